@@ -1,0 +1,1 @@
+"""thermoflow's `alerts` component (see ../shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""thermoflow's `ingest` component (see ../shared/DESIGN.md)."""

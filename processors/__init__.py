@@ -1,0 +1,1 @@
+"""thermoflow's `processors` component (see ../shared/DESIGN.md)."""

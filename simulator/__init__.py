@@ -1,0 +1,1 @@
+"""thermoflow's `simulator` component (see ../shared/DESIGN.md)."""

@@ -1,0 +1,143 @@
+"""The `thermoflow` command: one entry point, a sub-command per component (DESIGN.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from thermoflow.settings import ConfigError
+from thermoflow.stack import ServiceError, Stack, StackConfig
+from thermoflow.stack import check as stack_check
+
+app = typer.Typer(
+    name="thermoflow",
+    help="An IoT temperature-telemetry pipeline: MQTT -> Kafka -> functions -> alerts and PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The local services: Mosquitto, Kafka (KRaft, single node), PostgreSQL.",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+console = Console()
+errors = Console(stderr=True)
+
+StateDir = Annotated[
+    Path,
+    typer.Option("--state-dir", envvar="THERMOFLOW_STACK_DIR", help="where the stack keeps data and logs"),
+]
+
+
+def _config(state_dir: Path, **given: Any) -> StackConfig:
+    """Flags given now, else what the stack was last started with, else the defaults."""
+    saved = StackConfig.saved(state_dir.resolve())
+    base = saved.__dict__ if saved else {}
+    values = {**base, **{k: v for k, v in given.items() if v is not None}, "state_dir": state_dir}
+    try:
+        return StackConfig(**values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@stack_app.command("up")
+def stack_up(
+    state_dir: StateDir = Path(".thermoflow/stack"),
+    host: Annotated[str | None, typer.Option(help="address the services listen on [127.0.0.1]")] = None,
+    mqtt_port: Annotated[int | None, typer.Option(help="Mosquitto's port [1883]")] = None,
+    kafka_port: Annotated[int | None, typer.Option(help="Kafka's client port [9092]")] = None,
+    kafka_controller_port: Annotated[int | None, typer.Option(help="Kafka's KRaft controller port [9093]")] = None,
+    postgres_port: Annotated[int | None, typer.Option(help="PostgreSQL's port [5432]")] = None,
+    readings_partitions: Annotated[int | None, typer.Option(help="partitions of telemetry.readings [12]")] = None,
+    alerts_partitions: Annotated[int | None, typer.Option(help="partitions of telemetry.alerts [6]")] = None,
+) -> None:
+    """Start Mosquitto, Kafka and PostgreSQL (what is not running yet) and create the topics."""
+    config = _config(
+        state_dir, host=host, mqtt_port=mqtt_port, kafka_port=kafka_port,
+        kafka_controller_port=kafka_controller_port, postgres_port=postgres_port,
+        readings_partitions=readings_partitions, alerts_partitions=alerts_partitions,
+    )
+    stack = Stack(config)
+    started = time.monotonic()
+    stack.up()
+    console.print(f"stack up in {time.monotonic() - started:.1f}s (state: {stack.config.state_dir})")
+    settings = stack.settings()
+    console.print(f"  THERMOFLOW_MQTT_URL={settings.mqtt_url}")
+    console.print(f"  THERMOFLOW_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}")
+    console.print(f"  THERMOFLOW_DATABASE_URL={settings.database_url_redacted}")
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
+    """Stop every service the stack started; data stays in the state directory."""
+    Stack(_config(state_dir)).down()
+    console.print("stack down")
+
+
+@stack_app.command("status")
+def stack_status(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
+    """Say which services run and answer. Exits 1 unless all of them do."""
+    stack = Stack(_config(state_dir))
+    status = stack.status()
+    table = Table("service", "status", "address")
+    for service in stack.services:
+        table.add_row(service.name, status[service.name], service.address)
+    console.print(table)
+    if set(status.values()) != {"running"}:
+        raise typer.Exit(1)
+
+
+@stack_app.command("fetch")
+def stack_fetch(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
+    """Resolve Apache Kafka's jars from Maven Central into the cache (done by `up` when needed)."""
+    console.print(f"Kafka jars in {Stack(_config(state_dir)).kafka.fetch()}")
+
+
+@stack_app.command("check")
+def stack_check_command(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
+    """Send one real message through each service of a running stack."""
+    settings = Stack(_config(state_dir)).settings()
+    payload = stack_check.mqtt_round_trip(settings)
+    console.print(f"mqtt      {settings.mqtt_url}: QoS 1 round trip, got {payload!r}")
+    value = asyncio.run(stack_check.kafka_round_trip(settings))
+    console.print(f"kafka     {settings.kafka_bootstrap}: produce/consume round trip, got {value!r}")
+    version = stack_check.postgres_round_trip(settings)
+    console.print(f"postgres  {settings.database_url_redacted}: {version.split(',')[0]}")
+
+
+def _register_components() -> None:
+    from alerts.cli import register as register_alerts
+    from ingest.cli import register as register_ingest
+    from processors.cli import register as register_processors
+    from simulator.cli import register as register_simulator
+
+    for register in (register_ingest, register_processors, register_alerts, register_simulator):
+        register(app)
+
+
+def main() -> None:
+    """Entry point: user errors become one clear message and exit code 2, not a traceback."""
+    _register_components()
+    try:
+        app(standalone_mode=False)
+    except (ConfigError, ServiceError) as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        errors.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

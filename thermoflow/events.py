@@ -1,0 +1,167 @@
+"""The event contracts of DESIGN.md as msgspec structs, with reusable codecs.
+
+Everything here is pure: no Kafka, no clock. Decoding validates, and a decode error
+names the field that was wrong::
+
+    >>> decode_reading(b'{"v": 1, "device_id": "f-1", "value": "hot", "ts": 1.0, "received_at": 1.0}')
+    Traceback (most recent call last):
+    ...
+    thermoflow.events.EventDecodeError: invalid reading: Expected `float`, got `str` - at `$.value`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from thermoflow import topics
+
+SCHEMA_VERSION: Final = 1
+
+Severity = Literal["warning", "critical"]
+Condition = Literal["above", "below"]
+Stage = Literal["ingest", "processors", "alerts"]
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+#: Severities ordered from least to most severe; an index is a severity's rank.
+SEVERITIES: Final[tuple[Severity, ...]] = ("warning", "critical")
+
+
+class EventDecodeError(ValueError):
+    """A payload that is not a valid event; the message names the field and the problem."""
+
+
+class Reading(msgspec.Struct, frozen=True, kw_only=True):
+    """One temperature reading, as it travels on ``telemetry.readings``.
+
+    ``(device_id, metric, ts)`` is its natural key: a redelivered duplicate has the same key.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    device_id: NonEmpty
+    metric: NonEmpty = "temperature"
+    value: float
+    unit: Literal["C"] = "C"
+    ts: float
+    seq: int | None = None
+    received_at: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value):
+            raise ValueError(f"`value` must be a finite number, got {self.value!r}")
+        if not math.isfinite(self.ts):
+            raise ValueError(f"`ts` must be a finite number, got {self.ts!r}")
+
+    @property
+    def natural_key(self) -> tuple[str, str, float]:
+        """The key every store is idempotent on."""
+        return (self.device_id, self.metric, self.ts)
+
+
+class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One (device, rule) breach in one batch, for its worst reading (``telemetry.alerts``)."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    alert_id: NonEmpty
+    device_id: NonEmpty
+    metric: NonEmpty
+    rule_id: NonEmpty
+    severity: Severity
+    condition: Condition
+    threshold: float
+    value: float
+    reading_ts: float
+    detected_at: float
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """What the headers of a ``telemetry.deadletter`` record say about the original bytes."""
+
+    error: str
+    stage: Stage
+    source: str
+    failed_at: float
+
+
+def alert_id(*, device_id: str, rule_id: str, severity: str, reading_ts: float) -> str:
+    """A stable id for an alert: the same reading re-processed yields the same id.
+
+    >>> a = alert_id(device_id="f-1", rule_id="r", severity="critical", reading_ts=1.5)
+    >>> a == alert_id(device_id="f-1", rule_id="r", severity="critical", reading_ts=1.5), len(a)
+    (True, 32)
+    """
+    material = f"{device_id}\x1f{rule_id}\x1f{severity}\x1f{reading_ts!r}".encode()
+    return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+_encoder: Final = msgspec.json.Encoder()
+_reading_decoder: Final = msgspec.json.Decoder(Reading)
+_alert_decoder: Final = msgspec.json.Decoder(AlertEvent)
+
+
+def encode(event: Reading | AlertEvent) -> bytes:
+    """Serialize an event to its JSON wire form."""
+    return _encoder.encode(event)
+
+
+def decode_reading(payload: bytes | memoryview) -> Reading:
+    """Decode and validate one ``telemetry.readings`` value."""
+    try:
+        return _reading_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(f"invalid reading: {exc}") from None
+
+
+def decode_alert(payload: bytes | memoryview) -> AlertEvent:
+    """Decode and validate one ``telemetry.alerts`` value."""
+    try:
+        return _alert_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(f"invalid alert event: {exc}") from None
+
+
+KafkaHeaders = list[tuple[str, bytes]]
+
+
+def dead_letter_headers(letter: DeadLetter) -> KafkaHeaders:
+    """The Kafka headers that carry a dead letter's reason next to the unchanged bytes."""
+    return [
+        (topics.HEADER_ERROR, letter.error.encode()),
+        (topics.HEADER_STAGE, letter.stage.encode()),
+        (topics.HEADER_SOURCE, letter.source.encode()),
+        (topics.HEADER_FAILED_AT, repr(letter.failed_at).encode()),
+    ]
+
+
+def parse_dead_letter_headers(headers: Sequence[tuple[str, bytes]]) -> DeadLetter:
+    """Read a dead letter's reason back from its Kafka headers."""
+    found = {name: value.decode("utf-8", "replace") for name, value in headers}
+    missing = [
+        name
+        for name in (topics.HEADER_ERROR, topics.HEADER_STAGE, topics.HEADER_SOURCE, topics.HEADER_FAILED_AT)
+        if name not in found
+    ]
+    if missing:
+        raise EventDecodeError(f"dead letter lacks header(s): {', '.join(missing)}")
+    try:
+        return msgspec.convert(
+            {
+                "error": found[topics.HEADER_ERROR],
+                "stage": found[topics.HEADER_STAGE],
+                "source": found[topics.HEADER_SOURCE],
+                "failed_at": float(found[topics.HEADER_FAILED_AT]),
+            },
+            DeadLetter,
+        )
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise EventDecodeError(f"invalid dead letter headers: {exc}") from None
+
+
+def kafka_source(*, topic: str, partition: int, offset: int) -> str:
+    """The ``source`` header of a dead letter that came from Kafka: ``topic/partition/offset``."""
+    return f"{topic}/{partition}/{offset}"

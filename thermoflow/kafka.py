@@ -1,0 +1,96 @@
+"""Kafka connection helpers on aiokafka: clients built from the shared settings, topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from thermoflow import topics
+from thermoflow.logs import get_logger
+from thermoflow.settings import ThermoflowSettings
+
+log = get_logger(__name__)
+
+#: The pipeline's topics and their default partition counts.
+DEFAULT_PARTITIONS: Mapping[str, int] = {
+    topics.READINGS: 12,
+    topics.ALERTS: 6,
+    topics.DEADLETTER: 3,
+}
+
+
+def producer(settings: ThermoflowSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent, acks=all producer: what at-least-once without reordering needs."""
+    options: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 1 << 20,
+        "compression_type": None,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**settings.kafka_options(), **options)
+
+
+def consumer(
+    settings: ThermoflowSettings, *topic_names: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer that commits only when told to (after its output is durable)."""
+    options: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 5000,
+        "fetch_max_bytes": 64 << 20,
+        "max_partition_fetch_bytes": 8 << 20,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topic_names, **settings.kafka_options(), **options)
+
+
+async def ensure_topics(
+    settings: ThermoflowSettings, partitions: Mapping[str, int], *, timeout: float = 30.0
+) -> list[str]:
+    """Create the topics that don't exist yet; returns the names it created."""
+    admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=int(timeout * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name=name, num_partitions=count, replication_factor=1)
+            for name, count in partitions.items()
+            if name not in existing
+        ]
+        if not wanted:
+            return []
+        try:
+            await admin.create_topics(wanted)
+        except TopicAlreadyExistsError:
+            pass  # another process created it meanwhile: that is the goal
+        log.info("topics_created", topics=[t.name for t in wanted])
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()
+
+
+async def wait_for_kafka(settings: ThermoflowSettings, *, timeout: float = 60.0) -> None:
+    """Block until the cluster answers a metadata request, or raise TimeoutError."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Exception | None = None
+    while asyncio.get_running_loop().time() < deadline:
+        admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, KafkaConnectionError, OSError) as exc:
+            last = exc
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s: {last}")

@@ -1,0 +1,199 @@
+"""Shared connection settings: flags, then ``THERMOFLOW_*`` environment variables, then defaults.
+
+The defaults point at the local stack (``thermoflow stack up``). Each component's own
+``settings.py`` subclasses :class:`ThermoflowSettings`, so every process reads the same
+connection settings the same way. Secrets are ``SecretStr``: they print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_DATABASE_URL = "postgresql://thermoflow@127.0.0.1:5432/thermoflow"
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work; the message names each bad setting and why."""
+
+
+class ThermoflowSettings(BaseSettings):
+    """How to reach MQTT, Kafka and PostgreSQL."""
+
+    model_config = SettingsConfigDict(env_prefix="THERMOFLOW_", frozen=True, extra="ignore")
+
+    mqtt_url: str = Field(
+        DEFAULT_MQTT_URL, description="MQTT broker, mqtt://host:port or mqtts://host:port (TLS)"
+    )
+    mqtt_username: str | None = Field(None, description="MQTT username")
+    mqtt_password: SecretStr | None = Field(None, description="MQTT password")
+    mqtt_tls_ca: Path | None = Field(None, description="CA bundle that signs the broker's cert")
+    mqtt_tls_cert: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    mqtt_tls_key: Path | None = Field(None, description="client key (PEM) for mutual TLS")
+
+    kafka_bootstrap: str = Field(
+        DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT", description="Kafka security protocol"
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(None, description="Kafka SASL mechanism")
+    kafka_sasl_username: str | None = Field(None, description="Kafka SASL username")
+    kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for Kafka TLS")
+
+    database_url: SecretStr = Field(
+        SecretStr(DEFAULT_DATABASE_URL),
+        description="PostgreSQL URL, postgresql://user:password@host:port/db",
+    )
+    database_schema: str = Field(
+        "public", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="schema for thermoflow's tables"
+    )
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url_is_mqtt(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, got {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"no host in {url!r}")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {url!r}: {exc}") from None
+        return url
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_port(cls, bootstrap: str) -> str:
+        for server in bootstrap.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"each server must be host:port, got {server!r}")
+        return bootstrap
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgres(cls, url: SecretStr) -> SecretStr:
+        scheme = urlsplit(url.get_secret_value()).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"scheme must be postgresql://, got {scheme!r}://")
+        return url
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Self:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "kafka_security_protocol SASL_* needs kafka_sasl_mechanism, "
+                "kafka_sasl_username and kafka_sasl_password"
+            )
+        return self
+
+    # -- derived views -------------------------------------------------------------------------
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return urlsplit(self.mqtt_url).scheme in ("mqtts", "ssl") or self.mqtt_tls_ca is not None
+
+    @property
+    def mqtt_port(self) -> int:
+        return urlsplit(self.mqtt_url).port or (8883 if self.mqtt_tls else 1883)
+
+    @property
+    def mqtt_credentials(self) -> tuple[str, str | None] | None:
+        """Username and password from the settings, else from the URL's userinfo."""
+        parts = urlsplit(self.mqtt_url)
+        if self.mqtt_username:
+            password = self.mqtt_password.get_secret_value() if self.mqtt_password else None
+            return (self.mqtt_username, password)
+        if parts.username:
+            return (parts.username, parts.password)
+        return None
+
+    def mqtt_ssl_context(self) -> ssl.SSLContext | None:
+        """A TLS context for the broker, or None for plain TCP."""
+        if not self.mqtt_tls:
+            return None
+        context = ssl.create_default_context(cafile=self.mqtt_tls_ca)
+        if self.mqtt_tls_cert:
+            context.load_cert_chain(self.mqtt_tls_cert, self.mqtt_tls_key)
+        return context
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by aiokafka's producer, consumer and admin client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        if self.kafka_security_protocol.startswith("SASL"):
+            assert self.kafka_sasl_password is not None  # checked by _sasl_is_complete
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        return options
+
+    @property
+    def database_dsn(self) -> str:
+        """The database URL with its password: pass it to psycopg, never to a log."""
+        return self.database_url.get_secret_value()
+
+    @property
+    def database_url_redacted(self) -> str:
+        """The database URL with any password masked, fit for logs and status lines."""
+        return redact_url(self.database_dsn)
+
+
+def redact_url(url: str) -> str:
+    """Mask the password in a URL.
+
+    >>> redact_url("postgresql://app:s3cret@db:5432/thermoflow")
+    'postgresql://app:***@db:5432/thermoflow'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(cls: type[SettingsT], **flags: Any) -> SettingsT:
+    """Build settings with flags first (None means "not given"), then environment, then defaults.
+
+    Raises:
+        ConfigError: naming every bad setting, with the environment variable it may come from.
+    """
+    given = {name: value for name, value in flags.items() if value is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            where = f" (--{field.replace('_', '-')} or {prefix}{field.upper()})" if error["loc"] else ""
+            problems.append(f"{field}{where}: {error['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,115 @@
+"""Child processes the stack owns: started in their own session, tracked by pid files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class ServiceError(RuntimeError):
+    """A service that could not be started or found; the message says what to do."""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours is not alive: reap it if we can.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return _state(pid) not in ("Z", "X")
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat.rpartition(")")[2].split()[0]
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process still runs."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    pid_file: Path,
+    log_file: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Start ``argv`` detached in its own session, output to ``log_file``; returns its pid."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def terminate(pid: int, *, timeout: float) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is still there after ``timeout``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.1)
+    raise ServiceError(f"process {pid} did not stop")
+
+
+def run(argv: Sequence[str], *, what: str, timeout: float = 600, **kwargs: Any) -> str:
+    """Run a set-up command to completion; its output becomes the error when it fails."""
+    try:
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
+    except FileNotFoundError as exc:
+        raise ServiceError(f"{what}: {exc.filename} not found") from None
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip()[-2000:]
+        raise ServiceError(f"{what} failed (exit {done.returncode}):\n{output}")
+    return str(done.stdout)
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2
+) -> None:
+    """Poll ``check()`` until it returns True; raise ServiceError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last = exc
+        time.sleep(interval)
+    raise ServiceError(f"{what} did not become ready within {timeout:.0f}s (last error: {last})")

@@ -1,0 +1,366 @@
+"""The three services of the local stack, each a real process from the machine's packages.
+
+Each service is ``up`` (idempotent: a running, answering service is left alone), ``down``
+(leaves no process behind), ``running`` and ``ready`` (answers a real request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import pwd
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import paho.mqtt.client as paho
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+
+from thermoflow.kafka import wait_for_kafka
+from thermoflow.settings import ThermoflowSettings
+from thermoflow.stack.process import ServiceError, read_pid, run, spawn, terminate, wait_until
+
+KAFKA_VERSION = "4.1.1"
+
+
+class Service(Protocol):
+    name: str
+
+    @property
+    def address(self) -> str: ...
+    def up(self) -> None: ...
+    def down(self) -> None: ...
+    def running(self) -> bool: ...
+    def ready(self) -> bool: ...
+
+
+def _find(binary: str, *extra_dirs: str) -> str | None:
+    path = os.pathsep.join([os.environ.get("PATH", ""), *extra_dirs, "/usr/sbin", "/sbin"])
+    return shutil.which(binary, path=path)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _chown_to(path: Path, user: str) -> None:
+    """Give ``path`` (recursively) to a service's system user when we run as root."""
+    if not _is_root():
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.chown(name, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass(frozen=True)
+class Mosquitto:
+    """Eclipse Mosquitto, configured for a pipeline (see :meth:`config`)."""
+
+    home: Path
+    host: str
+    port: int
+    name: str = "mosquitto"
+
+    @property
+    def address(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.home / "mosquitto.pid"
+
+    def config(self) -> str:
+        # No per-client queue limit, so a slow QoS 1 subscriber (a bridge waiting on Kafka)
+        # is buffered, not dropped; a 1000-message in-flight window per MQTT 3.1.1 client
+        # (MQTT 5 clients set their own receive-maximum); persistence so a persistent
+        # session survives a broker restart.
+        return "\n".join(
+            [
+                "per_listener_settings false",
+                f"listener {self.port} {self.host}",
+                "allow_anonymous true",
+                "persistence true",
+                f"persistence_location {self.home / 'data'}/",
+                "autosave_interval 10",
+                "max_queued_messages 0",
+                "max_queued_bytes 0",
+                "max_inflight_messages 1000",
+                "max_keepalive 65535",
+                "set_tcp_nodelay true",
+                "log_dest stderr",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+                "connection_messages false",
+                "",
+            ]
+        )
+
+    def up(self) -> None:
+        if self.running() and self.ready():
+            return
+        binary = _find("mosquitto")
+        if binary is None:
+            raise ServiceError(
+                "mosquitto is not installed: run `make setup` (as root) or `apt-get install mosquitto`"
+            )
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        conf = self.home / "mosquitto.conf"
+        conf.write_text(self.config())
+        _chown_to(self.home / "data", "mosquitto")
+        spawn([binary, "-c", str(conf)], pid_file=self._pid_file, log_file=self.home / "mosquitto.log")
+        wait_until(self.ready, timeout=20, what=f"mosquitto on {self.address} (log: {self.home}/mosquitto.log)")
+
+    def down(self) -> None:
+        pid = read_pid(self._pid_file)
+        if pid is not None:
+            terminate(pid, timeout=10)
+        self._pid_file.unlink(missing_ok=True)
+
+    def running(self) -> bool:
+        return read_pid(self._pid_file) is not None
+
+    def ready(self) -> bool:
+        """A real MQTT CONNECT answered by a CONNACK."""
+        connected: list[bool] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"thermoflow-probe-{uuid.uuid4().hex[:8]}")
+        client.on_connect = lambda _c, _u, _f, reason, _p: connected.append(not reason.is_failure)
+        try:
+            client.connect(self.host, self.port, keepalive=10)
+            for _ in range(20):
+                client.loop(timeout=0.1)
+                if connected:
+                    break
+            client.disconnect()
+        except OSError:
+            return False
+        return connected == [True]
+
+
+@dataclass(frozen=True)
+class Kafka:
+    """A single Apache Kafka node in KRaft mode (broker and controller), from Maven Central jars."""
+
+    home: Path
+    host: str
+    port: int
+    controller_port: int
+    cache_dir: Path
+    heap: str = "1g"
+    name: str = "kafka"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def libs(self) -> Path:
+        return self.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    def fetch(self) -> Path:
+        """Resolve Kafka's jars with Maven into the cache (once per machine); returns the folder."""
+        done = self.libs / ".complete"
+        if done.exists():
+            return self.libs
+        mvn = _find("mvn")
+        if mvn is None:
+            raise ServiceError("Maven (mvn) is not installed: `apt-get install maven`, or run `make setup`")
+        pom = Path(__file__).with_name("kafka-pom.xml")
+        self.libs.mkdir(parents=True, exist_ok=True)
+        run(
+            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime", f"-Dkafka.version={KAFKA_VERSION}"],
+            what=f"resolving Apache Kafka {KAFKA_VERSION} jars with mvn",
+        )
+        done.touch()
+        return self.libs
+
+    def server_properties(self) -> str:
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={self.home / 'data'}",
+                "num.partitions=1",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=12",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=24",
+                "log.segment.bytes=268435456",
+                "",
+            ]
+        )
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = str(Path(java_home) / "bin" / "java") if java_home else _find("java")
+        if java is None or not Path(java).exists():
+            raise ServiceError("Java 17+ is not installed: `apt-get install openjdk-17-jre-headless`")
+        return java
+
+    def up(self) -> None:
+        if self.running() and self.ready():
+            return
+        libs = self.fetch()
+        java = self._java()
+        self.home.mkdir(parents=True, exist_ok=True)
+        props = self.home / "server.properties"
+        props.write_text(self.server_properties())
+        classpath = f"{libs}/*"
+        if not (self.home / "data" / "meta.properties").exists():
+            cluster_id = _kafka_uuid()
+            run(
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+                what="formatting Kafka's KRaft storage",
+            )
+        spawn(
+            [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+             "-Djava.awt.headless=true",
+             "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+             "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
+             "-cp", classpath, "kafka.Kafka", str(props)],
+            pid_file=self._pid_file,
+            log_file=self.home / "kafka.log",
+        )
+        wait_until(self.ready, timeout=90, interval=0.5,
+                   what=f"Kafka on {self.address} (log: {self.home}/kafka.log)")
+
+    def down(self) -> None:
+        pid = read_pid(self._pid_file)
+        if pid is not None:
+            terminate(pid, timeout=30)
+        self._pid_file.unlink(missing_ok=True)
+
+    def running(self) -> bool:
+        return read_pid(self._pid_file) is not None
+
+    def ready(self) -> bool:
+        """A real metadata request answered by the broker."""
+        if not _port_open(self.host, self.port):
+            return False
+        settings = ThermoflowSettings(kafka_bootstrap=self.address)
+        try:
+            asyncio.run(wait_for_kafka(settings, timeout=5))
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """PostgreSQL from Debian's package: initdb into the state directory, run with pg_ctl."""
+
+    home: Path
+    host: str
+    port: int
+    user: str = "thermoflow"
+    database: str = "thermoflow"
+    name: str = "postgres"
+
+    @property
+    def address(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+    @property
+    def _data(self) -> Path:
+        return self.home / "data"
+
+    def _bin(self, tool: str) -> str:
+        versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), key=lambda p: int(p.parts[-3]))
+        found = str(versions[-1]) if versions else _find(tool)
+        if found is None:
+            raise ServiceError(
+                f"PostgreSQL's {tool} is not installed: run `make setup` (as root) or `apt-get install postgresql`"
+            )
+        return found
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        # PostgreSQL refuses to run as root; as root, run it as the package's `postgres` user.
+        return ["runuser", "-u", "postgres", "--", *argv] if _is_root() else argv
+
+    def up(self) -> None:
+        if self.running() and self.ready():
+            self._create_database()
+            return
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not (self._data / "PG_VERSION").exists():
+            self._data.mkdir(mode=0o700, exist_ok=True)
+            _chown_to(self.home, "postgres")
+            run(
+                self._as_owner([self._bin("initdb"), "-D", str(self._data), "-U", self.user,
+                                "--auth=trust", "-E", "UTF8", "--no-locale"]),
+                what="initdb", cwd=self.home,
+            )
+        _chown_to(self.home, "postgres")
+        options = " ".join(
+            [f"-p {self.port}", f"-k {self.home}", f"-c listen_addresses={self.host}",
+             "-c max_connections=200", "-c shared_buffers=256MB", "-c max_wal_size=2GB",
+             "-c log_min_messages=warning"]
+        )
+        run(
+            self._as_owner([self._bin("pg_ctl"), "-D", str(self._data), "-l", str(self.home / "postgres.log"),
+                            "-o", options, "-w", "-t", "60", "start"]),
+            what=f"starting PostgreSQL (log: {self.home}/postgres.log)", cwd=self.home,
+        )
+        wait_until(self.ready, timeout=30, what=f"PostgreSQL on {self.host}:{self.port}")
+        self._create_database()
+
+    def _create_database(self) -> None:
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def down(self) -> None:
+        if self.running():
+            run(self._as_owner([self._bin("pg_ctl"), "-D", str(self._data), "-m", "fast", "-w", "stop"]),
+                what="stopping PostgreSQL", cwd=self.home)
+
+    def running(self) -> bool:
+        return read_pid(self._data / "postmaster.pid") is not None
+
+    def ready(self) -> bool:
+        """A real query answered."""
+        try:
+            with psycopg.connect(self._dsn("postgres"), connect_timeout=3) as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.OperationalError:
+            return False
+
+    def _dsn(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _kafka_uuid() -> str:
+    """A cluster id the way `kafka-storage random-uuid` makes one (URL-safe base64, 22 chars)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
