@@ -22,8 +22,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-stack_app = typer.Typer(help="The local services: Mosquitto, Kafka (KRaft, single node), PostgreSQL.",
-                        no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The local services: Mosquitto, Kafka (KRaft, single node), PostgreSQL.",
+    no_args_is_help=True,
+)
 app.add_typer(stack_app, name="stack")
 
 console = Console()
@@ -52,16 +54,25 @@ def stack_up(
     host: Annotated[str | None, typer.Option(help="address the services listen on [127.0.0.1]")] = None,
     mqtt_port: Annotated[int | None, typer.Option(help="Mosquitto's port [1883]")] = None,
     kafka_port: Annotated[int | None, typer.Option(help="Kafka's client port [9092]")] = None,
-    kafka_controller_port: Annotated[int | None, typer.Option(help="Kafka's KRaft controller port [9093]")] = None,
+    kafka_controller_port: Annotated[
+        int | None, typer.Option(help="Kafka's KRaft controller port [9093]")
+    ] = None,
     postgres_port: Annotated[int | None, typer.Option(help="PostgreSQL's port [5432]")] = None,
-    readings_partitions: Annotated[int | None, typer.Option(help="partitions of telemetry.readings [12]")] = None,
+    readings_partitions: Annotated[
+        int | None, typer.Option(help="partitions of telemetry.readings [12]")
+    ] = None,
     alerts_partitions: Annotated[int | None, typer.Option(help="partitions of telemetry.alerts [6]")] = None,
 ) -> None:
     """Start Mosquitto, Kafka and PostgreSQL (what is not running yet) and create the topics."""
     config = _config(
-        state_dir, host=host, mqtt_port=mqtt_port, kafka_port=kafka_port,
-        kafka_controller_port=kafka_controller_port, postgres_port=postgres_port,
-        readings_partitions=readings_partitions, alerts_partitions=alerts_partitions,
+        state_dir,
+        host=host,
+        mqtt_port=mqtt_port,
+        kafka_port=kafka_port,
+        kafka_controller_port=kafka_controller_port,
+        postgres_port=postgres_port,
+        readings_partitions=readings_partitions,
+        alerts_partitions=alerts_partitions,
     )
     stack = Stack(config)
     started = time.monotonic()
@@ -125,7 +136,9 @@ def main() -> None:
     """Entry point: user errors become one clear message and exit code 2, not a traceback."""
     _register_components()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except (ConfigError, ServiceError) as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(2)

@@ -64,23 +64,20 @@ def available_migrations() -> list[Migration]:
 def migrate(settings: ThermoflowSettings) -> list[str]:
     """Apply the migrations not yet recorded in the configured schema; returns their versions."""
     applied_now: list[str] = []
-    with connect(settings) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for migration in available_migrations():
-                if migration.version in done:
-                    continue
-                with conn.transaction():
-                    conn.execute(migration.sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES (%s)", (migration.version,)
-                    )
-                applied_now.append(migration.version)
+    with connect(settings) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for migration in available_migrations():
+            if migration.version in done:
+                continue
+            with conn.transaction():
+                conn.execute(migration.sql.encode())
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (migration.version,))
+            applied_now.append(migration.version)
     if applied_now:
         log.info("migrations_applied", schema=settings.database_schema, versions=applied_now)
     return applied_now

@@ -143,7 +143,12 @@ def parse_dead_letter_headers(headers: Sequence[tuple[str, bytes]]) -> DeadLette
     found = {name: value.decode("utf-8", "replace") for name, value in headers}
     missing = [
         name
-        for name in (topics.HEADER_ERROR, topics.HEADER_STAGE, topics.HEADER_SOURCE, topics.HEADER_FAILED_AT)
+        for name in (
+            topics.HEADER_ERROR,
+            topics.HEADER_STAGE,
+            topics.HEADER_SOURCE,
+            topics.HEADER_FAILED_AT,
+        )
         if name not in found
     ]
     if missing:

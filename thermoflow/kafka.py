@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,10 +69,8 @@ async def ensure_topics(
         ]
         if not wanted:
             return []
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another process was quicker: fine
             await admin.create_topics(wanted)
-        except TopicAlreadyExistsError:
-            pass  # another process created it meanwhile: that is the goal
         log.info("topics_created", topics=[t.name for t in wanted])
         return [t.name for t in wanted]
     finally:

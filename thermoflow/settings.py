@@ -44,9 +44,7 @@ class ThermoflowSettings(BaseSettings):
     kafka_bootstrap: str = Field(
         DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers, host:port[,host:port]"
     )
-    kafka_security_protocol: KafkaSecurityProtocol = Field(
-        "PLAINTEXT", description="Kafka security protocol"
-    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol")
     kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(None, description="Kafka SASL mechanism")
     kafka_sasl_username: str | None = Field(None, description="Kafka SASL username")
     kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password")
@@ -57,7 +55,9 @@ class ThermoflowSettings(BaseSettings):
         description="PostgreSQL URL, postgresql://user:password@host:port/db",
     )
     database_schema: str = Field(
-        "public", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="schema for thermoflow's tables"
+        "public",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="schema for thermoflow's tables",
     )
 
     @field_validator("mqtt_url")

@@ -54,29 +54,42 @@ def spawn(
     pid_file: Path,
     log_file: Path,
     cwd: Path | None = None,
-    env: dict[str, str] | None = None,
 ) -> int:
-    """Start ``argv`` detached in its own session, output to ``log_file``; returns its pid."""
+    """Start ``argv`` as a daemon in its own session, output to ``log_file``; returns its pid.
+
+    A short-lived shell starts it in the background and exits, so the service is no child
+    of ours: it outlives this process, and stopping it leaves no zombie here.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
-    pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    launcher = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!',
+            "sh",
+            str(log_file),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+        check=True,
+    )
+    pid = int(launcher.stdout.split()[0])
+    pid_file.write_text(f"{pid}\n")
+    return pid
 
 
 def terminate(pid: int, *, timeout: float) -> None:
     """SIGTERM the process group, then SIGKILL it if it is still there after ``timeout``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
+            group = os.getpgid(pid)
+            if group == os.getpgrp():  # never signal our own group
+                os.kill(pid, sig)
+            else:
+                os.killpg(group, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not pid_alive(pid):
@@ -99,9 +112,7 @@ def run(argv: Sequence[str], *, what: str, timeout: float = 600, **kwargs: Any) 
     return str(done.stdout)
 
 
-def wait_until(
-    check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2
-) -> None:
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2) -> None:
     """Poll ``check()`` until it returns True; raise ServiceError naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import paho.mqtt.client as paho
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
 from thermoflow.kafka import wait_for_kafka
 from thermoflow.settings import ThermoflowSettings
@@ -29,7 +27,8 @@ KAFKA_VERSION = "4.1.1"
 
 
 class Service(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def address(self) -> str: ...
@@ -115,7 +114,11 @@ class Mosquitto:
         conf.write_text(self.config())
         _chown_to(self.home / "data", "mosquitto")
         spawn([binary, "-c", str(conf)], pid_file=self._pid_file, log_file=self.home / "mosquitto.log")
-        wait_until(self.ready, timeout=20, what=f"mosquitto on {self.address} (log: {self.home}/mosquitto.log)")
+        wait_until(
+            self.ready,
+            timeout=20,
+            what=f"mosquitto on {self.address} (log: {self.home}/mosquitto.log)",
+        )
 
     def down(self) -> None:
         pid = read_pid(self._pid_file)
@@ -127,20 +130,18 @@ class Mosquitto:
         return read_pid(self._pid_file) is not None
 
     def ready(self) -> bool:
-        """A real MQTT CONNECT answered by a CONNACK."""
-        connected: list[bool] = []
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"thermoflow-probe-{uuid.uuid4().hex[:8]}")
-        client.on_connect = lambda _c, _u, _f, reason, _p: connected.append(not reason.is_failure)
+        """A real MQTT 3.1.1 CONNECT answered by a CONNACK that accepts it."""
+        client_id = f"thermoflow-probe-{uuid.uuid4().hex[:8]}".encode()
+        variable = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
+        connect = bytes([0x10, len(variable)]) + variable
         try:
-            client.connect(self.host, self.port, keepalive=10)
-            for _ in range(20):
-                client.loop(timeout=0.1)
-                if connected:
-                    break
-            client.disconnect()
+            with socket.create_connection((self.host, self.port), timeout=2) as sock:
+                sock.sendall(connect)
+                connack = sock.recv(4)
+                sock.sendall(b"\xe0\x00")  # DISCONNECT
         except OSError:
             return False
-        return connected == [True]
+        return connack == b"\x20\x02\x00\x00"
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,17 @@ class Kafka:
         pom = Path(__file__).with_name("kafka-pom.xml")
         self.libs.mkdir(parents=True, exist_ok=True)
         run(
-            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-             f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime", f"-Dkafka.version={KAFKA_VERSION}"],
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.libs}",
+                "-DincludeScope=runtime",
+                f"-Dkafka.version={KAFKA_VERSION}",
+            ],
             what=f"resolving Apache Kafka {KAFKA_VERSION} jars with mvn",
         )
         done.touch()
@@ -231,21 +241,44 @@ class Kafka:
         if not (self.home / "data" / "meta.properties").exists():
             cluster_id = _kafka_uuid()
             run(
-                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(props),
+                    "--ignore-formatted",
+                ],
                 what="formatting Kafka's KRaft storage",
             )
         spawn(
-            [java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-             "-Djava.awt.headless=true",
-             "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-             "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
-             "-cp", classpath, "kafka.Kafka", str(props)],
+            [
+                java,
+                f"-Xms{self.heap}",
+                f"-Xmx{self.heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                "-Dorg.slf4j.simpleLogger.log.kafka.server.KafkaRaftServer=info",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(props),
+            ],
             pid_file=self._pid_file,
             log_file=self.home / "kafka.log",
         )
-        wait_until(self.ready, timeout=90, interval=0.5,
-                   what=f"Kafka on {self.address} (log: {self.home}/kafka.log)")
+        wait_until(
+            self.ready,
+            timeout=90,
+            interval=0.5,
+            what=f"Kafka on {self.address} (log: {self.home}/kafka.log)",
+        )
 
     def down(self) -> None:
         pid = read_pid(self._pid_file)
@@ -292,7 +325,8 @@ class Postgres:
         found = str(versions[-1]) if versions else _find(tool)
         if found is None:
             raise ServiceError(
-                f"PostgreSQL's {tool} is not installed: run `make setup` (as root) or `apt-get install postgresql`"
+                f"PostgreSQL's {tool} is not installed: "
+                "run `make setup` (as root) or `apt-get install postgresql`"
             )
         return found
 
@@ -309,20 +343,52 @@ class Postgres:
             self._data.mkdir(mode=0o700, exist_ok=True)
             _chown_to(self.home, "postgres")
             run(
-                self._as_owner([self._bin("initdb"), "-D", str(self._data), "-U", self.user,
-                                "--auth=trust", "-E", "UTF8", "--no-locale"]),
-                what="initdb", cwd=self.home,
+                self._as_owner(
+                    [
+                        self._bin("initdb"),
+                        "-D",
+                        str(self._data),
+                        "-U",
+                        self.user,
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--no-locale",
+                    ]
+                ),
+                what="initdb",
+                cwd=self.home,
             )
         _chown_to(self.home, "postgres")
         options = " ".join(
-            [f"-p {self.port}", f"-k {self.home}", f"-c listen_addresses={self.host}",
-             "-c max_connections=200", "-c shared_buffers=256MB", "-c max_wal_size=2GB",
-             "-c log_min_messages=warning"]
+            [
+                f"-p {self.port}",
+                f"-k {self.home}",
+                f"-c listen_addresses={self.host}",
+                "-c max_connections=200",
+                "-c shared_buffers=256MB",
+                "-c max_wal_size=2GB",
+                "-c log_min_messages=warning",
+            ]
         )
         run(
-            self._as_owner([self._bin("pg_ctl"), "-D", str(self._data), "-l", str(self.home / "postgres.log"),
-                            "-o", options, "-w", "-t", "60", "start"]),
-            what=f"starting PostgreSQL (log: {self.home}/postgres.log)", cwd=self.home,
+            self._as_owner(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self._data),
+                    "-l",
+                    str(self.home / "postgres.log"),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            what=f"starting PostgreSQL (log: {self.home}/postgres.log)",
+            cwd=self.home,
         )
         wait_until(self.ready, timeout=30, what=f"PostgreSQL on {self.host}:{self.port}")
         self._create_database()
@@ -335,8 +401,11 @@ class Postgres:
 
     def down(self) -> None:
         if self.running():
-            run(self._as_owner([self._bin("pg_ctl"), "-D", str(self._data), "-m", "fast", "-w", "stop"]),
-                what="stopping PostgreSQL", cwd=self.home)
+            run(
+                self._as_owner([self._bin("pg_ctl"), "-D", str(self._data), "-m", "fast", "-w", "stop"]),
+                what="stopping PostgreSQL",
+                cwd=self.home,
+            )
 
     def running(self) -> bool:
         return read_pid(self._data / "postmaster.pid") is not None

@@ -8,6 +8,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from thermoflow import topics
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
@@ -94,7 +96,7 @@ class Stack:
         return ThermoflowSettings(
             mqtt_url=self.mosquitto.address,
             kafka_bootstrap=self.kafka.address,
-            database_url=self.postgres.address,  # type: ignore[arg-type]
+            database_url=SecretStr(self.postgres.address),
         )
 
     def up(self) -> None:

@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` (the main job) and `make test` (every check).
+.PHONY: setup demo test lint unit integration e2e down
+
+VENV := .venv/bin
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(VENV)/thermoflow stack up
+	$(VENV)/thermoflow stack check
+
+test: setup lint
+	$(VENV)/pytest -q
+
+lint:
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
+unit: setup
+	$(VENV)/pytest -q tests/unit
+
+integration: setup
+	$(VENV)/pytest -q -m integration
+
+e2e: setup
+	$(VENV)/pytest -q -m e2e
+
+down:
+	$(VENV)/thermoflow stack down

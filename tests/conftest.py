@@ -1,0 +1,179 @@
+"""The test harness: real service endpoints, per-test topics and schemas.
+
+Endpoints come from ``THERMOFLOW_TEST_MQTT_URL``, ``THERMOFLOW_TEST_KAFKA_BOOTSTRAP`` and
+``THERMOFLOW_TEST_DATABASE_URL`` when set; else from testcontainers when a Docker engine
+answers; else from a local stack (``.thermoflow/test-stack``, ports 21883/29092/25432)
+started once per test session and stopped at its end if this session started it.
+Unit tests ask for none of these fixtures and need no service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from thermoflow.kafka import ensure_topics
+from thermoflow.settings import ThermoflowSettings
+from thermoflow.stack import Stack, StackConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_VARS = (
+    "THERMOFLOW_TEST_MQTT_URL",
+    "THERMOFLOW_TEST_KAFKA_BOOTSTRAP",
+    "THERMOFLOW_TEST_DATABASE_URL",
+)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the real services of this test session are."""
+
+    mqtt_url: str
+    kafka_bootstrap: str
+    database_url: str
+    origin: str
+
+    def settings(self, **overrides: Any) -> ThermoflowSettings:
+        values: dict[str, Any] = {
+            "mqtt_url": self.mqtt_url,
+            "kafka_bootstrap": self.kafka_bootstrap,
+            "database_url": self.database_url,
+            **overrides,
+        }
+        return ThermoflowSettings(**values)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by folder, so `-m integration` and `-m e2e` select them."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+def _docker_reachable() -> bool:
+    """Whether a Docker engine answers a ping (the client alone is not enough)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        import docker
+
+        try:
+            client = docker.DockerClient(base_url=host, timeout=3)
+        except Exception:  # noqa: BLE001 - unreachable, refused, bad URL: all mean "no"
+            return False
+        with contextlib.closing(client):
+            return bool(client.ping())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(3)
+            sock.connect(host.removeprefix("unix://"))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(64)
+    except OSError:
+        return False
+
+
+def _from_containers(stack: ExitStack) -> Endpoints:
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.mqtt import MosquittoContainer
+    from testcontainers.postgres import PostgresContainer
+
+    kafka = stack.enter_context(KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft())
+    postgres = stack.enter_context(PostgresContainer("timescale/timescaledb:latest-pg16", driver=None))
+    mosquitto = stack.enter_context(MosquittoContainer())
+    return Endpoints(
+        mqtt_url=f"mqtt://{mosquitto.get_container_host_ip()}:{mosquitto.get_exposed_port(1883)}",
+        kafka_bootstrap=kafka.get_bootstrap_server(),
+        database_url=postgres.get_connection_url(),
+        origin="testcontainers",
+    )
+
+
+def test_stack_config() -> StackConfig:
+    return StackConfig(
+        state_dir=ROOT / ".thermoflow" / "test-stack",
+        mqtt_port=21883,
+        kafka_port=29092,
+        kafka_controller_port=29093,
+        postgres_port=25432,
+    )
+
+
+test_stack_config.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[Endpoints]:
+    given = {name: os.environ.get(name) for name in ENV_VARS}
+    if all(given.values()):
+        yield Endpoints(
+            mqtt_url=str(given["THERMOFLOW_TEST_MQTT_URL"]),
+            kafka_bootstrap=str(given["THERMOFLOW_TEST_KAFKA_BOOTSTRAP"]),
+            database_url=str(given["THERMOFLOW_TEST_DATABASE_URL"]),
+            origin="environment",
+        )
+        return
+    if any(given.values()):
+        missing = [name for name, value in given.items() if not value]
+        pytest.exit(f"set all of {', '.join(ENV_VARS)} or none; missing: {', '.join(missing)}", 2)
+    if _docker_reachable():
+        with ExitStack() as containers:
+            yield _from_containers(containers)
+        return
+    stack = Stack(test_stack_config())
+    was_running = all(state == "running" for state in stack.status().values())
+    stack.up()
+    settings = stack.settings()
+    try:
+        yield Endpoints(
+            mqtt_url=settings.mqtt_url,
+            kafka_bootstrap=settings.kafka_bootstrap,
+            database_url=settings.database_dsn,
+            origin="local stack",
+        )
+    finally:
+        if not was_running:
+            stack.down()
+
+
+def unique_name(prefix: str) -> str:
+    """``test-<prefix>-<8 hex>``: each test its own topics, groups and client ids."""
+    return f"test-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(endpoints: Endpoints) -> Iterator[ThermoflowSettings]:
+    """Connection settings for this test, with a database schema of its own (dropped after)."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    yield endpoints.settings(database_schema=schema)
+    with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def new_topic(endpoints: Endpoints) -> Callable[..., str]:
+    """Create a fresh topic: ``new_topic("readings", partitions=12)`` returns its name."""
+
+    def create(prefix: str, *, partitions: int = 1) -> str:
+        name = unique_name(prefix)
+        # Its own thread and loop, so sync and async tests alike can call it.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, ensure_topics(endpoints.settings(), {name: partitions})).result()
+        return name
+
+    return create

@@ -1,0 +1,104 @@
+"""`thermoflow stack up | status | down` as a user runs them, on ports of its own."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from thermoflow.stack.process import pid_alive
+
+PORTS = [
+    "--mqtt-port",
+    "31883",
+    "--kafka-port",
+    "39092",
+    "--kafka-controller-port",
+    "39093",
+    "--postgres-port",
+    "35432",
+]
+
+
+def thermoflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "thermoflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    # Under the project, not /tmp/pytest-of-root: PostgreSQL's user must reach it.
+    path = ROOT / ".thermoflow" / f"lifecycle-{uuid.uuid4().hex[:8]}"
+    yield path
+    thermoflow("stack", "down", "--state-dir", str(path))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def stack_pids(state_dir: Path) -> list[int]:
+    pids = []
+    for pid_file in [
+        state_dir / "mosquitto" / "mosquitto.pid",
+        state_dir / "kafka" / "kafka.pid",
+        state_dir / "postgres" / "data" / "postmaster.pid",
+    ]:
+        if pid_file.exists():
+            pids.append(int(pid_file.read_text().split()[0]))
+    return pids
+
+
+def test_up_twice_status_down_leaves_nothing_behind(state_dir: Path) -> None:
+    first = thermoflow("stack", "up", "--state-dir", str(state_dir), *PORTS)
+    assert first.returncode == 0, first.stderr
+    assert "THERMOFLOW_KAFKA_BOOTSTRAP=127.0.0.1:39092" in first.stdout
+    pids = stack_pids(state_dir)
+    assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+
+    again = thermoflow("stack", "up", "--state-dir", str(state_dir))  # ports from the saved config
+    assert again.returncode == 0, again.stderr
+    assert stack_pids(state_dir) == pids, "a second `up` must leave running services alone"
+
+    status = thermoflow("stack", "status", "--state-dir", str(state_dir))
+    assert status.returncode == 0
+    assert status.stdout.count("running") == 3
+
+    check = thermoflow("stack", "check", "--state-dir", str(state_dir))
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.count("round trip") == 2
+
+    down = thermoflow("stack", "down", "--state-dir", str(state_dir))
+    assert down.returncode == 0, down.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]
+    leftovers = subprocess.run(["pgrep", "-f", str(state_dir)], capture_output=True, text=True, check=False)
+    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
+
+    after = thermoflow("stack", "status", "--state-dir", str(state_dir))
+    assert after.returncode == 1
+    assert after.stdout.count("stopped") == 3
+
+
+def test_bad_flag_fails_fast_with_a_message() -> None:
+    result = thermoflow(
+        "stack",
+        "up",
+        "--state-dir",
+        str(ROOT / ".thermoflow" / "never"),
+        "--mqtt-port",
+        "31883",
+        "--kafka-port",
+        "31883",
+    )
+    assert result.returncode == 2
+    assert "ports must differ" in result.stderr
+    assert not (ROOT / ".thermoflow" / "never" / "kafka").exists()

@@ -1,0 +1,70 @@
+"""The stack's pure parts: its config, what it writes for each service, its error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thermoflow.stack import ServiceError, Stack, StackConfig, services
+
+
+def test_config_saved_and_read_back(tmp_path: Path) -> None:
+    config = StackConfig(
+        state_dir=tmp_path,
+        mqtt_port=1,
+        kafka_port=2,
+        kafka_controller_port=3,
+        postgres_port=4,
+        readings_partitions=24,
+    )
+    config.save()
+    assert StackConfig.saved(tmp_path) == config
+    assert StackConfig.saved(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kafka_port": 1883}, "ports must differ"),
+        ({"readings_partitions": 0}, "readings_partitions"),
+    ],
+)
+def test_config_refuses_what_cannot_work(changes: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StackConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_mosquitto_is_configured_for_a_pipeline(tmp_path: Path) -> None:
+    conf = Stack(StackConfig(state_dir=tmp_path)).mosquitto.config().splitlines()
+    assert "max_queued_messages 0" in conf  # no per-client queue limit that drops QoS 1
+    assert "set_tcp_nodelay true" in conf
+    assert "persistence true" in conf
+    assert "listener 1883 127.0.0.1" in conf
+
+
+def test_kafka_is_a_single_kraft_node(tmp_path: Path) -> None:
+    props = Stack(StackConfig(state_dir=tmp_path, kafka_port=19092)).kafka.server_properties()
+    assert "process.roles=broker,controller" in props
+    assert "advertised.listeners=PLAINTEXT://127.0.0.1:19092" in props
+    assert "offsets.topic.replication.factor=1" in props
+
+
+def test_topic_partitions_follow_config(tmp_path: Path) -> None:
+    stack = Stack(StackConfig(state_dir=tmp_path, readings_partitions=24))
+    assert stack.topic_partitions["telemetry.readings"] == 24
+    assert stack.settings().kafka_bootstrap == "127.0.0.1:9092"
+
+
+def test_missing_mosquitto_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services, "_find", lambda *_: None)
+    stack = Stack(StackConfig(state_dir=tmp_path, mqtt_port=1))  # nothing listens on port 1
+    with pytest.raises(ServiceError, match="apt-get install mosquitto"):
+        stack.mosquitto.up()
+
+
+def test_missing_maven_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services, "_find", lambda *_: None)
+    kafka = Stack(StackConfig(state_dir=tmp_path, cache_dir=tmp_path / "cache")).kafka
+    with pytest.raises(ServiceError, match="apt-get install maven"):
+        kafka.fetch()
