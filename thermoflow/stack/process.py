@@ -65,7 +65,8 @@ def spawn(
         [
             "sh",
             "-c",
-            'log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!',
+            # Room for a load test's thousands of connections, where the system allows it.
+            'ulimit -n 65536 2>/dev/null; log="$1"; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!',
             "sh",
             str(log_file),
             *argv,
