@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from thermoflow.settings import ConfigError
+from thermoflow import db, kafka, supervise, topics
+from thermoflow.settings import ConfigError, ThermoflowSettings, load_settings
 from thermoflow.stack import ServiceError, Stack, StackConfig
 from thermoflow.stack import check as stack_check
 
@@ -120,6 +122,58 @@ def stack_check_command(state_dir: StateDir = Path(".thermoflow/stack")) -> None
     console.print(f"kafka     {settings.kafka_bootstrap}: produce/consume round trip, got {value!r}")
     version = stack_check.postgres_round_trip(settings)
     console.print(f"postgres  {settings.database_url_redacted}: {version.split(',')[0]}")
+
+
+@app.command("init")
+def init_command(
+    kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
+    database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
+    readings_partitions: Annotated[int, typer.Option(min=1, help="partitions of telemetry.readings")] = 12,
+    alerts_partitions: Annotated[int, typer.Option(min=1, help="partitions of telemetry.alerts")] = 6,
+) -> None:
+    """Create the pipeline's topics and apply the database migrations (idempotent)."""
+    settings = load_settings(ThermoflowSettings, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
+    partitions = {
+        topics.READINGS: readings_partitions,
+        topics.ALERTS: alerts_partitions,
+        topics.DEADLETTER: 3,
+    }
+    created = asyncio.run(kafka.ensure_topics(settings, partitions))
+    applied = db.migrate(settings)
+    console.print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    console.print(f"migrations applied: {', '.join(applied) or 'none (schema up to date)'}")
+
+
+@app.command("run")
+def run_command(
+    scale: Annotated[
+        list[str] | None, typer.Option(help="instances of a component, e.g. --scale processor=2 (repeatable)")
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="comma-separated components to run: " + ", ".join(supervise.COMPONENTS))
+    ] = None,
+    status_file: Annotated[
+        Path | None, typer.Option(help="keep a JSON file of each instance's pid, state and restarts")
+    ] = None,
+    grace: Annotated[float, typer.Option(min=0, help="seconds a component gets to stop before SIGKILL")] = 30,
+) -> None:
+    """Run every pipeline component as a supervised child process (Ctrl-C stops them all)."""
+    from thermoflow.logs import configure_logging
+    from thermoflow.runner import Supervisor
+
+    try:
+        instances = supervise.plan(
+            scale=supervise.parse_scale(scale or []),
+            only=[name.strip() for name in only.split(",") if name.strip()] if only else [],
+        )
+    except supervise.PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    configure_logging(component="run")
+
+    async def main() -> int:
+        return await Supervisor(instances, env=dict(os.environ), grace=grace, status_file=status_file).run()
+
+    raise typer.Exit(asyncio.run(main()))
 
 
 def _register_components() -> None:

@@ -1,0 +1,107 @@
+"""`thermoflow run`'s plan and restart policy (pure), and the supervisor on real child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from thermoflow.runner import Supervisor
+from thermoflow.stack.process import pid_alive
+from thermoflow.supervise import Instance, PlanError, RestartPolicy, parse_scale, plan
+
+
+def test_plan_runs_one_of_each_component_by_default() -> None:
+    names = [instance.name for instance in plan(scale={})]
+    assert names == ["bridge-1", "processor-1", "sink-1", "store-1", "notifier-1"]
+
+
+def test_plan_scales_and_selects() -> None:
+    instances = plan(scale=parse_scale(["processor=3"]), only=["processor", "sink"])
+    assert [i.name for i in instances] == ["processor-1", "processor-2", "processor-3", "sink-1"]
+    assert instances[0].args == ("process",)
+    assert plan(scale={"store": 1}, only=["store"])[0].args == ("alerts", "store")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [(["cruncher=2"], "COMPONENT=N"), (["processor"], "COMPONENT=N"), (["processor=-1"], "whole number")],
+)
+def test_bad_scale_is_named(values: list[str], message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        parse_scale(values)
+
+
+def test_bad_only_and_empty_plan_are_refused() -> None:
+    with pytest.raises(PlanError, match="unknown component"):
+        plan(scale={}, only=["brdige"])
+    with pytest.raises(PlanError, match="nothing to run"):
+        plan(scale={"sink": 0}, only=["sink"])
+
+
+def test_restart_backoff_grows_to_a_ceiling_and_resets_when_stable() -> None:
+    policy = RestartPolicy(initial=0.5, factor=2, ceiling=4, stable_after=60)
+    assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert policy.failures_after(previous=3, ran_for=5) == 4
+    assert policy.failures_after(previous=3, ran_for=61) == 1
+
+
+COMPONENT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    marker = os.environ["MARKER"] + "." + os.environ["THERMOFLOW_INSTANCE"]
+    print("hello from", sys.argv[1:], flush=True)
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        sys.exit(3)  # crash on the first run
+    def stop(*_):
+        open(marker + ".stopped", "w").close()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        time.sleep(0.05)
+    """
+)
+
+
+async def test_supervisor_prefixes_output_restarts_crashes_and_stops_cleanly(tmp_path: Path) -> None:
+    script = tmp_path / "component.py"
+    script.write_text(COMPONENT)
+    status_file = tmp_path / "status.json"
+    out = io.BytesIO()
+    supervisor = Supervisor(
+        [Instance("sink", 1), Instance("sink", 2)],
+        env={**os.environ, "MARKER": str(tmp_path / "ran")},
+        command=(sys.executable, str(script)),
+        policy=RestartPolicy(initial=0.05),
+        status_file=status_file,
+        out=out,  # type: ignore[arg-type]
+        grace=5,
+    )
+    task = asyncio.create_task(supervisor.run())
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        status = json.loads(status_file.read_text()) if status_file.exists() else {}
+        running = [s for s in status.get("instances", {}).values() if s["state"] == "running"]
+        if len(running) == 2 and all(s["restarts"] == 1 for s in running):
+            break
+    else:
+        pytest.fail(f"instances were not restarted: {status}")
+    pids = [s["pid"] for s in running]
+    supervisor.stop.set()
+    assert await asyncio.wait_for(task, 10) == 0
+
+    lines = out.getvalue().decode().splitlines()
+    assert lines.count("sink-1      | hello from ['sink']") == 2  # first run, then the restart
+    assert lines.count("sink-2      | hello from ['sink']") == 2
+    assert (tmp_path / "ran.1.stopped").exists() and (tmp_path / "ran.2.stopped").exists()
+    assert not [pid for pid in pids if pid_alive(pid)]
+    final = json.loads(status_file.read_text())["instances"]
+    assert {name: s["state"] for name, s in final.items()} == {"sink-1": "stopped", "sink-2": "stopped"}
+    assert {s["last_exit"] for s in final.values()} == {0}
