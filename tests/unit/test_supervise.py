@@ -81,7 +81,7 @@ async def test_supervisor_prefixes_output_restarts_crashes_and_stops_cleanly(tmp
         command=(sys.executable, str(script)),
         policy=RestartPolicy(initial=0.05),
         status_file=status_file,
-        out=out,  # type: ignore[arg-type]
+        out=out,
         grace=5,
     )
     task = asyncio.create_task(supervisor.run())
