@@ -176,7 +176,14 @@ def run_command(
     raise typer.Exit(asyncio.run(main()))
 
 
-def _register_components() -> None:
+_registered = False
+
+
+def register_components() -> None:
+    """Add every component's commands to the app (once)."""
+    global _registered
+    if _registered:
+        return
     from alerts.cli import register as register_alerts
     from ingest.cli import register as register_ingest
     from processors.cli import register as register_processors
@@ -184,11 +191,12 @@ def _register_components() -> None:
 
     for register in (register_ingest, register_processors, register_alerts, register_simulator):
         register(app)
+    _registered = True
 
 
 def main() -> None:
     """Entry point: user errors become one clear message and exit code 2, not a traceback."""
-    _register_components()
+    register_components()
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)
