@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from thermoflow import topics
+
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_DATABASE_URL = "postgresql://thermoflow@127.0.0.1:5432/thermoflow"
@@ -49,6 +51,10 @@ class ThermoflowSettings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="Kafka SASL username")
     kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password")
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for Kafka TLS")
+
+    readings_topic: str = Field(topics.READINGS, min_length=1, description="Kafka topic of readings")
+    alerts_topic: str = Field(topics.ALERTS, min_length=1, description="Kafka topic of alert events")
+    deadletter_topic: str = Field(topics.DEADLETTER, min_length=1, description="Kafka dead-letter topic")
 
     database_url: SecretStr = Field(
         SecretStr(DEFAULT_DATABASE_URL),
