@@ -1,0 +1,40 @@
+"""The pipeline observer reads real topic sizes and consumer lag from Kafka."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.conftest import unique_name
+from thermoflow import kafka
+from thermoflow.observe import kafka_observer
+from thermoflow.settings import ThermoflowSettings
+
+
+async def test_end_offsets_and_lag(settings: ThermoflowSettings, new_topic: Callable[..., str]) -> None:
+    topic = new_topic("observe", partitions=3)
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for i in range(30):
+            await producer.send(topic, b"x", key=f"k{i}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    group = unique_name("observer-group")
+    consumer = kafka.consumer(settings, topic, group_id=group)
+    await consumer.start()
+    try:
+        seen = 0
+        while seen < 10:
+            batch = await consumer.getmany(timeout_ms=2000, max_records=10 - seen)
+            for tp, records in batch.items():
+                seen += len(records)
+                await consumer.commit({tp: records[-1].offset + 1})
+    finally:
+        await consumer.stop()
+
+    async with kafka_observer(settings) as observer:
+        assert await observer.end_offsets([topic]) == {topic: 30}
+        lag = await observer.lag([topic])
+    assert lag[group] == 20  # 30 records, 10 committed
