@@ -176,6 +176,38 @@ def run_command(
     raise typer.Exit(asyncio.run(main()))
 
 
+@app.command("demo")
+def demo_command(
+    duration: Annotated[float, typer.Option(min=10, help="seconds the demo fleet publishes")] = 120,
+    devices: Annotated[int, typer.Option(min=1, max=10_000, help="devices in the demo fleet")] = 200,
+    seed: Annotated[int, typer.Option(help="the fleet's random seed (anomalies are reproducible)")] = 7,
+    state_dir: StateDir = Path(".thermoflow/stack"),
+    live: Annotated[bool, typer.Option(help="show the live view (off: only the summary)")] = True,
+) -> None:
+    """The local stack, the whole pipeline, a demo fleet with anomalies, and a live view."""
+    from thermoflow.demo import run_demo
+    from thermoflow.logs import configure_logging
+
+    configure_logging(component="demo", level="WARNING")
+    stack = Stack(_config(state_dir))
+    console.print("starting the local stack ...")
+    stack.up()
+    summary = asyncio.run(
+        run_demo(
+            stack.settings(),
+            workdir=stack.config.state_dir.parent / "demo",
+            devices=devices,
+            duration=duration,
+            seed=seed,
+            live=live and console.is_terminal,
+        )
+    )
+    table = Table("summary", "value", title="thermoflow demo")
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
+
+
 _registered = False
 
 
