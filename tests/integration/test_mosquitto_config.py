@@ -39,7 +39,7 @@ def session_client(broker: Mosquitto, client_id: str, received: list[bytes], don
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
 
     def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        received.append(message.payload)
+        received.append(bytes(message.payload))
         if len(received) >= expected:
             done.set()
 
