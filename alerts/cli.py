@@ -1,9 +1,161 @@
-"""The `thermoflow` sub-commands of the alerts component."""
+"""The `thermoflow alerts` commands: `store`, `notify`, `list`, `ack`."""
 
 from __future__ import annotations
 
+import asyncio
+import getpass
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from alerts.settings import AlertsSettings
+from thermoflow.logs import configure_logging
+from thermoflow.settings import load_settings
+
+alerts_app = typer.Typer(
+    help="Alert events and incidents: store, notify, list, acknowledge.", no_args_is_help=True
+)
+console = Console()
+
+Topic = Annotated[str | None, typer.Option(help="source topic [telemetry.alerts] (THERMOFLOW_ALERTS_TOPIC)")]
+ResolveAfter = Annotated[
+    float | None, typer.Option(help="seconds without a breach before an incident resolves [300]")
+]
+LogLevel = Annotated[str, typer.Option(help="log level")]
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)``; SIGTERM/SIGINT set ``stop`` so it finishes its batch, commits and returns."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+@alerts_app.command("store")
+def store_command(
+    topic: Topic = None,
+    group: Annotated[str | None, typer.Option(help="consumer group (THERMOFLOW_STORE_GROUP)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="alert events per transaction [5000]")] = None,
+    resolve_after: ResolveAfter = None,
+    sweep_interval: Annotated[float | None, typer.Option(help="seconds between resolve sweeps [5]")] = None,
+    database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
+    kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Store alert events once each and keep incidents (runs until SIGTERM/SIGINT)."""
+    settings = load_settings(
+        AlertsSettings, alerts_topic=topic, store_group=group, store_batch_size=batch_size,
+        resolve_after=resolve_after, sweep_interval=sweep_interval, database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+    )  # fmt: skip
+    configure_logging(level=log_level, component="alerts.store")
+    from alerts.store import AlertStore
+
+    _run_until_signal(AlertStore(settings).run)
+
+
+@alerts_app.command("notify")
+def notify_command(
+    topic: Topic = None,
+    group: Annotated[str | None, typer.Option(help="consumer group (THERMOFLOW_NOTIFY_GROUP)")] = None,
+    routes: Annotated[
+        Path | None,
+        typer.Option(help="routing YAML: channels and their severities (THERMOFLOW_NOTIFY_ROUTES)"),
+    ] = None,
+    resolve_after: ResolveAfter = None,
+    repeat_interval: Annotated[
+        float | None, typer.Option(help="seconds between repeats while an incident fires [3600]")
+    ] = None,
+    kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Notify channels when incidents fire, escalate, repeat and resolve (runs until SIGTERM/SIGINT)."""
+    settings = load_settings(
+        AlertsSettings, alerts_topic=topic, notify_group=group, notify_routes=routes,
+        resolve_after=resolve_after, repeat_interval=repeat_interval, kafka_bootstrap=kafka_bootstrap,
+    )  # fmt: skip
+    from alerts.notifier import Notifier, build_channels, load_routes
+
+    # Fail fast on a bad routing file or missing secret, before connecting to anything.
+    channels = build_channels(load_routes(settings), timeout=settings.notify_timeout)
+
+    async def close_all() -> None:
+        for channel in channels.values():
+            await channel.close()
+
+    asyncio.run(close_all())
+    configure_logging(level=log_level, component="alerts.notify")
+    _run_until_signal(Notifier(settings).run)
+
+
+@alerts_app.command("list")
+def list_command(
+    open_only: Annotated[bool, typer.Option("--open", help="only firing and acknowledged incidents")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="only this device")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
+) -> None:
+    """List incidents, newest first."""
+    from alerts.queries import list_incidents
+    from thermoflow import db
+
+    settings = load_settings(AlertsSettings, database_url=database_url)
+    db.migrate(settings)
+    with db.connect(settings) as conn:
+        rows = list_incidents(conn, open_only=open_only, device_id=device, limit=limit)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                                   for k, v in row.__dict__.items()}))  # fmt: skip
+        return
+    table = Table(
+        "incident", "device", "rule", "severity", "status", "opened", "last breach", "peak", "breaches"
+    )
+    for row in rows:
+        table.add_row(
+            row.incident_id, row.device_id, row.rule_id, row.severity, row.status,
+            f"{row.opened_at:%Y-%m-%d %H:%M:%S}", f"{row.last_breach_at:%Y-%m-%d %H:%M:%S}",
+            f"{row.peak_value:g}", str(row.breach_count),
+        )  # fmt: skip
+    console.print(table)
+
+
+@alerts_app.command("ack")
+def ack_command(
+    incident_id: Annotated[str, typer.Argument(help="the incident to acknowledge")],
+    by: Annotated[str | None, typer.Option(help="who acknowledges it [the current user]")] = None,
+    database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
+) -> None:
+    """Acknowledge a firing incident (it still resolves on its own; an escalation re-fires it)."""
+    from alerts.queries import AckError, acknowledge
+    from thermoflow import db
+
+    settings = load_settings(AlertsSettings, database_url=database_url)
+    db.migrate(settings)
+    with db.connect(settings) as conn:
+        try:
+            row = acknowledge(conn, incident_id, by=by or getpass.getuser())
+        except AckError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    console.print(
+        f"incident {row.incident_id} ({row.device_id} {row.rule_id}) acknowledged by {row.acknowledged_by}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this component's commands to the `thermoflow` app."""
+    app.add_typer(alerts_app, name="alerts")

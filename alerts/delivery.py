@@ -1,0 +1,169 @@
+"""Delivering notifications: routing, retries with backoff and jitter, a breaker per channel.
+
+Every channel works through its own notifications concurrently with the others, so one
+failing channel never holds up the rest; within a channel, one incident's notifications go in
+order. A notification that exhausts its retries (or meets an open breaker) goes to the
+dead-letter sink with the reason: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from alerts.breaker import CircuitBreaker
+from alerts.channels import Channel, DeliveryError
+from alerts.notification import Notification
+from alerts.routing import Routes
+from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
+
+log = get_logger(__name__)
+
+
+class DeadLetterSink(Protocol):
+    """Where undeliverable notifications go (the dead-letter topic in production)."""
+
+    async def dead_letter(self, notification: Notification, *, channel: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    backoff: float = 0.5
+    backoff_max: float = 10.0
+    timeout: float = 10.0
+
+
+@dataclass
+class DispatchResult:
+    delivered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    dead_lettered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class CircuitOpenError(DeliveryError):
+    def __init__(self, channel: str, last: str | None) -> None:
+        reason = f"circuit breaker of channel {channel} is open"
+        super().__init__(f"{reason} (last failure: {last})" if last else reason, retryable=False)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DeliveryError) and exc.retryable
+
+
+class Dispatcher:
+    """Sends each notification to the channels its severity routes to."""
+
+    def __init__(
+        self,
+        channels: Mapping[str, Channel],
+        routes: Routes,
+        *,
+        dead_letters: DeadLetterSink,
+        retry: RetryPolicy,
+        breaker_failures: int = 5,
+        breaker_reset: float = 30.0,
+        concurrency: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
+    ) -> None:
+        missing = [name for name in routes.channels if name not in channels]
+        if missing:
+            raise ValueError(f"routes name channels with no implementation: {missing}")
+        self.channels = dict(channels)
+        self.routes = routes
+        self.breakers = {
+            name: CircuitBreaker(failures=breaker_failures, reset_after=breaker_reset, clock=clock)
+            for name in channels
+        }
+        self._dead_letters = dead_letters
+        self._retry = retry
+        self._concurrency = concurrency
+        self._sleep = sleep
+        self._last_failure: dict[str, str] = {}
+        self.metrics = metrics or Metrics("alerts.notify")
+
+    async def dispatch(self, notifications: Sequence[Notification]) -> DispatchResult:
+        """Deliver or dead-letter every notification; returns when each one is one or the other."""
+        result = DispatchResult()
+        per_channel: dict[str, dict[str, list[Notification]]] = defaultdict(lambda: defaultdict(list))
+        for notification in notifications:
+            for name in self.routes.for_severity(notification.severity):
+                per_channel[name][notification.incident_id].append(notification)
+        await asyncio.gather(
+            *(self._run_channel(name, by_incident, result) for name, by_incident in per_channel.items())
+        )
+        return result
+
+    async def _run_channel(
+        self, name: str, by_incident: dict[str, list[Notification]], result: DispatchResult
+    ) -> None:
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def in_order(sequence: list[Notification]) -> None:
+            async with gate:
+                for notification in sequence:
+                    if await self._deliver(name, notification):
+                        result.delivered[name] += 1
+                    else:
+                        result.dead_lettered[name] += 1
+
+        await asyncio.gather(*(in_order(sequence) for sequence in by_incident.values()))
+
+    async def _attempt(self, name: str, notification: Notification) -> None:
+        breaker = self.breakers[name]
+        if not breaker.allow():
+            raise CircuitOpenError(name, self._last_failure.get(name))
+        try:
+            await asyncio.wait_for(self.channels[name].send(notification), self._retry.timeout)
+        except TimeoutError as exc:
+            breaker.record_failure()
+            self._last_failure[name] = f"no answer within {self._retry.timeout:g}s"
+            raise DeliveryError(self._last_failure[name]) from exc
+        except DeliveryError as exc:
+            breaker.record_failure()
+            self._last_failure[name] = exc.reason
+            raise
+        breaker.record_success()
+
+    async def _deliver(self, name: str, notification: Notification) -> bool:
+        """True once delivered; False once dead-lettered (after retries or at an open breaker)."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=wait_random_exponential(multiplier=self._retry.backoff, max=self._retry.backoff_max),
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    await self._attempt(name, notification)
+        except DeliveryError as exc:
+            reason = f"channel {name}: {exc.reason} (after {attempts} attempt(s))"
+            log.warning(
+                "notification_dead_lettered",
+                channel=name,
+                device_id=notification.device_id,
+                incident_id=notification.incident_id,
+                transition=notification.transition,
+                reason=reason,
+            )
+            await self._dead_letters.dead_letter(notification, channel=name, reason=reason)
+            self.metrics.count(f"dead_lettered.{name}")
+            return False
+        self.metrics.count(f"delivered.{name}")
+        return True
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()

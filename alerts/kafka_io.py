@@ -1,0 +1,162 @@
+"""Kafka plumbing of the alerts component: the notifier's compacted state topic and dead letters.
+
+Why a compacted topic of our own for the notifier's state: the notifier is a plain aiokafka
+consumer (no faust worker to host a table), its state is one small record per (device, rule),
+and a compacted topic keeps exactly the latest of each, survives restarts and any number of
+instances, and needs no database (the notifier must keep working while PostgreSQL is down).
+The notifier writes a batch's changed states (acks=all) *after* the batch's notifications are
+delivered or dead-lettered and *before* it commits the batch's offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from alerts.lifecycle import Incident
+from alerts.notification import Notification, to_json
+from thermoflow import kafka
+from thermoflow.events import (
+    AlertEvent,
+    DeadLetter,
+    EventDecodeError,
+    dead_letter_headers,
+    decode_alert,
+    kafka_source,
+)
+from thermoflow.logs import get_logger
+from thermoflow.settings import ThermoflowSettings
+
+log = get_logger(__name__)
+
+_state_decoder = msgspec.json.Decoder(Incident)
+_encoder = msgspec.json.Encoder()
+
+
+def state_key(device_id: str, rule_id: str) -> bytes:
+    return f"{device_id}\x1f{rule_id}".encode()
+
+
+async def ensure_state_topic(settings: ThermoflowSettings, name: str) -> list[int]:
+    """Create the compacted state topic if missing (one partition: it is small); its partitions."""
+    admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        if name not in set(await admin.list_topics()):
+            topic = NewTopic(
+                name=name,
+                num_partitions=1,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([topic])
+        described = await admin.describe_topics([name])
+        return sorted(p["partition"] for d in described for p in d["partitions"])
+    finally:
+        await admin.close()
+
+
+async def load_states(settings: ThermoflowSettings, topic: str) -> list[Incident]:
+    """Read the state topic from its start to its current end: the latest state of each key."""
+    partitions = await ensure_state_topic(settings, topic)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer = kafka.consumer(settings, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    latest: dict[bytes, Incident] = {}
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    if record.key is None:
+                        continue
+                    if record.value is None:
+                        latest.pop(record.key, None)
+                    else:
+                        latest[record.key] = _state_decoder.decode(record.value)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return list(latest.values())
+
+
+async def write_states(producer: AIOKafkaProducer, topic: str, incidents: Sequence[Incident]) -> None:
+    """Persist states and wait until Kafka has them (acks=all)."""
+    futures = [
+        await producer.send(
+            topic, _encoder.encode(incident), key=state_key(incident.device_id, incident.rule_id)
+        )
+        for incident in incidents
+    ]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+class KafkaDeadLetters:
+    """Dead letters of stage ``alerts`` on the dead-letter topic, keyed by device id."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+
+    async def send_raw(self, value: bytes, *, key: bytes | None, reason: str, source: str) -> None:
+        letter = DeadLetter(error=reason, stage="alerts", source=source, failed_at=time.time())
+        future = await self._producer.send(self._topic, value, key=key, headers=dead_letter_headers(letter))
+        await future
+
+    async def dead_letter(self, notification: Notification, *, channel: str, reason: str) -> None:
+        """A notification no channel attempt could deliver: its JSON body, with the reason."""
+        await self.send_raw(
+            to_json(notification),
+            key=notification.device_id.encode(),
+            reason=reason,
+            source=f"alerts.notify/{channel}",
+        )
+
+
+@dataclass
+class DecodedBatch:
+    """A fetched batch: its valid alert events (with their partition) and the offsets to commit."""
+
+    alerts: list[tuple[int, AlertEvent]] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    received: int = 0
+    invalid: int = 0
+
+
+async def decode_batch(
+    batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]], dead_letters: KafkaDeadLetters
+) -> DecodedBatch:
+    """Decode every record; an invalid one goes to the dead-letter topic with the reason."""
+    decoded = DecodedBatch()
+    for tp, records in batch.items():
+        for record in records:
+            try:
+                decoded.alerts.append((tp.partition, decode_alert(record.value or b"")))
+            except EventDecodeError as exc:
+                source = kafka_source(topic=tp.topic, partition=tp.partition, offset=record.offset)
+                log.warning("alert_invalid", topic=tp.topic, partition=tp.partition, offset=record.offset,
+                            error=str(exc))  # fmt: skip
+                await dead_letters.send_raw(
+                    record.value or b"", key=record.key, reason=str(exc), source=source
+                )
+                decoded.invalid += 1
+        if records:
+            decoded.offsets[tp] = records[-1].offset + 1
+            decoded.received += len(records)
+    return decoded

@@ -1,0 +1,225 @@
+"""The incident lifecycle: pure functions over :class:`Incident` states, with the clock passed in.
+
+One incident is open per (device_id, rule_id). It **fires** on the first breach, **escalates**
+when a breach is more severe than any before (severity never goes down), **repeats** every
+``repeat_interval`` while it stays open, and **resolves** ``resolve_after`` seconds after its
+last breach.
+
+Two clocks, on purpose:
+
+* Breach times are the alert's ``reading_ts`` (the device's time). It is stable when a reading
+  is re-processed, so replays rebuild the same incidents: ``opened_at``, ``last_breach_at`` and
+  ``resolved_at = last_breach_at + resolve_after`` are all event time.
+* *When* an incident without new breaches is resolved, and when a repeat is due, is decided by
+  the processing clock ``now`` (wall clock in production, a fake one in tests) compared with
+  those event times. A breach that arrives more than ``resolve_after`` after the previous one
+  (in event time) resolves the old incident and opens a new one, whatever ``now`` says.
+
+Nothing here does I/O: the store and the notifier call these functions and persist the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from thermoflow.events import SEVERITIES, AlertEvent, Condition, Severity
+
+TransitionKind = Literal["fire", "escalate", "repeat", "resolve"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The lifecycle's timers, in seconds."""
+
+    resolve_after: float
+    repeat_interval: float
+
+    def __post_init__(self) -> None:
+        if not (self.resolve_after > 0 and self.repeat_interval > 0):
+            raise ValueError("resolve_after and repeat_interval must be positive")
+
+
+class Incident(msgspec.Struct, frozen=True, kw_only=True):
+    """What is known about one (device, rule) incident.
+
+    ``notified_at`` and ``seq`` are the notifier's bookkeeping (processing time of the last
+    fire/escalate/repeat, and how many transitions were emitted); ``partition`` is the
+    ``telemetry.alerts`` partition its device's alerts arrive on.
+    """
+
+    incident_id: str
+    device_id: str
+    rule_id: str
+    metric: str
+    condition: Condition
+    threshold: float
+    severity: Severity
+    opened_at: float
+    last_breach_at: float
+    peak_value: float
+    breach_count: int
+    resolved_at: float | None = None
+    notified_at: float | None = None
+    seq: int = 0
+    partition: int = -1
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+class Transition(NamedTuple):
+    """A lifecycle step worth telling someone about, with the incident as it is after it."""
+
+    kind: TransitionKind
+    incident: Incident
+
+
+def incident_id(*, device_id: str, rule_id: str, opened_at: float) -> str:
+    """A stable id: the store and the notifier derive the same one from the same first breach.
+
+    >>> incident_id(device_id="f-1", rule_id="r", opened_at=1.5) == incident_id(
+    ...     device_id="f-1", rule_id="r", opened_at=1.5)
+    True
+    """
+    material = f"{device_id}\x1f{rule_id}\x1f{opened_at!r}".encode()
+    return hashlib.blake2b(material, digest_size=12).hexdigest()
+
+
+def severity_rank(severity: Severity) -> int:
+    return SEVERITIES.index(severity)
+
+
+def _worse(condition: Condition, a: float, b: float) -> float:
+    """The value further into breach territory."""
+    return max(a, b) if condition == "above" else min(a, b)
+
+
+def _open(alert: AlertEvent, *, now: float, partition: int) -> Incident:
+    return Incident(
+        incident_id=incident_id(device_id=alert.device_id, rule_id=alert.rule_id, opened_at=alert.reading_ts),
+        device_id=alert.device_id,
+        rule_id=alert.rule_id,
+        metric=alert.metric,
+        condition=alert.condition,
+        threshold=alert.threshold,
+        severity=alert.severity,
+        opened_at=alert.reading_ts,
+        last_breach_at=alert.reading_ts,
+        peak_value=alert.value,
+        breach_count=1,
+        notified_at=now,
+        seq=1,
+        partition=partition,
+    )
+
+
+def resolve(incident: Incident, *, policy: Policy) -> Incident:
+    """The incident resolved, ``resolve_after`` after its last breach."""
+    return msgspec.structs.replace(
+        incident, resolved_at=incident.last_breach_at + policy.resolve_after, seq=incident.seq + 1
+    )
+
+
+def apply_breach(
+    incident: Incident | None, alert: AlertEvent, *, policy: Policy, now: float, partition: int = -1
+) -> tuple[Incident, list[Transition]]:
+    """Fold one alert into the (device, rule)'s latest incident.
+
+    Returns the incident the alert now belongs to and the transitions it caused (none for a
+    stale replay of a resolved incident's alert).
+    """
+    transitions: list[Transition] = []
+    if incident is not None and incident.is_open:
+        if alert.reading_ts - incident.last_breach_at >= policy.resolve_after:
+            incident = resolve(incident, policy=policy)
+            transitions.append(Transition("resolve", incident))
+        else:
+            updated = msgspec.structs.replace(
+                incident,
+                last_breach_at=max(incident.last_breach_at, alert.reading_ts),
+                peak_value=_worse(incident.condition, incident.peak_value, alert.value),
+                breach_count=incident.breach_count + 1,
+            )
+            if severity_rank(alert.severity) > severity_rank(incident.severity):
+                updated = msgspec.structs.replace(
+                    updated, severity=alert.severity, notified_at=now, seq=updated.seq + 1
+                )
+                transitions.append(Transition("escalate", updated))
+            return updated, transitions
+    if incident is not None and not incident.is_open and alert.reading_ts <= incident.last_breach_at:
+        return incident, transitions  # a replayed alert of an incident that is over
+    opened = _open(alert, now=now, partition=partition)
+    transitions.append(Transition("fire", opened))
+    return opened, transitions
+
+
+def tick(incident: Incident, *, policy: Policy, now: float) -> tuple[Incident, list[Transition]]:
+    """Resolve a quiet incident, or repeat a still-open one whose repeat is due.
+
+    Repeats are due exactly every ``repeat_interval`` after the last fire/escalate; after a
+    pause longer than that (the notifier was down), one repeat goes out, not a burst.
+    """
+    if not incident.is_open:
+        return incident, []
+    if now - incident.last_breach_at >= policy.resolve_after:
+        resolved = resolve(incident, policy=policy)
+        return resolved, [Transition("resolve", resolved)]
+    if incident.notified_at is not None and now >= incident.notified_at + policy.repeat_interval:
+        due = incident.notified_at + policy.repeat_interval
+        missed = math.floor((now - due) / policy.repeat_interval)
+        repeated = msgspec.structs.replace(
+            incident, notified_at=due + missed * policy.repeat_interval, seq=incident.seq + 1
+        )
+        return repeated, [Transition("repeat", repeated)]
+    return incident, []
+
+
+def resolve_cutoff(*, now: float, policy: Policy) -> float:
+    """Open incidents whose last breach is at or before this time are due to resolve."""
+    return now - policy.resolve_after
+
+
+IncidentStatus = Literal["firing", "acknowledged", "resolved"]
+
+
+class StoredIncident(NamedTuple):
+    """An incident as the store keeps it: the lifecycle state plus the operator-facing status."""
+
+    incident: Incident
+    status: IncidentStatus
+
+
+def fold_breaches(
+    open_incidents: dict[tuple[str, str], StoredIncident], alerts: list[AlertEvent], *, policy: Policy
+) -> dict[str, StoredIncident]:
+    """Fold new alerts (in ``reading_ts`` order per device and rule) into the open incidents.
+
+    Returns every incident that changed, by id: updated, escalated (back to ``firing`` even if
+    acknowledged), resolved by a long gap, or newly opened. Only alerts never stored before may
+    be passed in, so replays never count twice.
+    """
+    current = dict(open_incidents)
+    changed: dict[str, StoredIncident] = {}
+    for alert in sorted(alerts, key=lambda a: a.reading_ts):
+        key = (alert.device_id, alert.rule_id)
+        before = current.get(key)
+        incident, transitions = apply_breach(
+            before.incident if before else None, alert, policy=policy, now=alert.reading_ts
+        )
+        status: IncidentStatus = before.status if before else "firing"
+        for transition in transitions:
+            if transition.kind == "resolve":
+                changed[transition.incident.incident_id] = StoredIncident(transition.incident, "resolved")
+                status = "firing"
+            elif transition.kind in ("fire", "escalate"):
+                status = "firing"
+        stored = StoredIncident(incident, status)
+        current[key] = stored
+        changed[incident.incident_id] = stored
+    return changed

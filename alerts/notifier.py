@@ -1,0 +1,195 @@
+"""`thermoflow alerts notify`: telemetry.alerts -> incident transitions -> channels.
+
+The loop: fetch a batch of alert events, fold them into the :class:`IncidentTracker` (pure),
+tick it (resolve/repeat due incidents), deliver the notifications (every channel concurrently,
+retried, breaker-guarded, dead-lettered when undeliverable), persist the changed incident
+states to the compacted state topic, then commit the batch's offsets. Killed anywhere, it
+restarts from the last committed offsets with the state of the last persisted batch, so an
+already-notified transition is not notified again (a crash between a send and the state write
+re-sends it with the same idempotency key: at-least-once, de-duplicable by the receiver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+from alerts.channels import Channel, EmailChannel, LogChannel, SlackChannel, WebhookChannel
+from alerts.delivery import Dispatcher, RetryPolicy
+from alerts.kafka_io import KafkaDeadLetters, decode_batch, ensure_state_topic, load_states, write_states
+from alerts.lifecycle import Policy
+from alerts.routing import (
+    EmailRoute,
+    LogRoute,
+    Routes,
+    SlackRoute,
+    WebhookRoute,
+    env_secret,
+    parse_routes,
+    with_env_channels,
+)
+from alerts.settings import AlertsSettings
+from alerts.tracker import IncidentTracker
+from thermoflow import kafka
+from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
+from thermoflow.settings import ConfigError
+
+log = get_logger(__name__)
+
+
+def load_routes(settings: AlertsSettings) -> Routes:
+    """The routing file (if any) plus the channels configured by plain settings."""
+    routes = Routes()
+    if settings.notify_routes is not None:
+        path = settings.notify_routes
+        routes = parse_routes(path.read_text(encoding="utf-8"), source=str(path))
+    routes = with_env_channels(
+        routes,
+        log=settings.notify_log,
+        webhook_url=settings.webhook_url,
+        webhook_secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        slack_url=settings.slack_webhook_url.get_secret_value() if settings.slack_webhook_url else None,
+    )
+    if not routes.channels:
+        raise ConfigError("no notification channel: give --routes, THERMOFLOW_WEBHOOK_URL or keep the log")
+    return routes
+
+
+def build_channels(routes: Routes, *, timeout: float) -> dict[str, Channel]:
+    """One channel object per configured route; secrets resolved from the environment."""
+    channels: dict[str, Channel] = {}
+    for name, route in routes.channels.items():
+        if isinstance(route, LogRoute):
+            channels[name] = LogChannel(name, path=Path(route.path) if route.path else None)
+        elif isinstance(route, WebhookRoute):
+            url = route.url or env_secret(route.url_env)
+            secret = route.secret.get_secret_value() if route.secret else env_secret(route.secret_env)
+            if not url or not secret:
+                raise ConfigError(f"webhook channel {name} needs url (or url_env) and secret (or secret_env)")
+            channels[name] = WebhookChannel(name, url=url, secret=secret, timeout=timeout)
+        elif isinstance(route, SlackRoute):
+            url = route.url.get_secret_value() if route.url else env_secret(route.url_env)
+            if not url:
+                raise ConfigError(f"slack channel {name} needs url or url_env")
+            channels[name] = SlackChannel(name, url=url, timeout=timeout)
+        elif isinstance(route, EmailRoute):
+            password = route.password.get_secret_value() if route.password else env_secret(route.password_env)
+            channels[name] = EmailChannel(
+                name,
+                host=route.host,
+                port=route.port,
+                sender=route.sender,
+                recipients=route.recipients,
+                starttls=route.starttls,
+                use_ssl=route.ssl,
+                username=route.username,
+                password=password,
+                ca_file=route.ca_file,
+                timeout=route.timeout,
+            )
+    return channels
+
+
+class _Reload(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On a new assignment, take the latest persisted state (another instance may have moved on)."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._notifier.reload_state()
+
+
+class Notifier:
+    def __init__(
+        self,
+        settings: AlertsSettings,
+        *,
+        dispatcher: Dispatcher | None = None,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics or Metrics("alerts.notify")
+        self.tracker = IncidentTracker(
+            Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
+        )
+        self._dispatcher = dispatcher
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def reload_state(self) -> None:
+        states = await load_states(self.settings, self.settings.notifier_state_topic)
+        self.tracker.load(states)
+        log.info("notifier_state_loaded", incidents=len(states), open=self.tracker.open_count)
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        settings = self.settings
+        await kafka.ensure_topics(settings, {settings.alerts_topic: 6, settings.deadletter_topic: 3})
+        await ensure_state_topic(settings, settings.notifier_state_topic)
+        producer = kafka.producer(settings)
+        await producer.start()
+        dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            routes = load_routes(settings)
+            dispatcher = Dispatcher(
+                build_channels(routes, timeout=settings.notify_timeout),
+                routes,
+                dead_letters=dead_letters,
+                retry=RetryPolicy(
+                    attempts=settings.notify_retries,
+                    backoff=settings.notify_backoff,
+                    backoff_max=settings.notify_backoff_max,
+                    timeout=settings.notify_timeout,
+                ),
+                breaker_failures=settings.breaker_failures,
+                breaker_reset=settings.breaker_reset,
+                concurrency=settings.notify_concurrency,
+                metrics=self.metrics,
+            )
+        consumer = kafka.consumer(settings, group_id=settings.notify_group, max_poll_records=2000)
+        consumer.subscribe([settings.alerts_topic], listener=_Reload(self))
+        self._consumer = consumer
+        try:
+            await self.reload_state()
+            await consumer.start()
+            log.info("notifier_started", topic=settings.alerts_topic, group=settings.notify_group,
+                     channels=list(dispatcher.channels))  # fmt: skip
+            if ready is not None:
+                ready.set()
+            next_tick = 0.0
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                now = self.clock()
+                decoded = await decode_batch(batch, dead_letters)
+                notifications = [
+                    notification
+                    for partition, alert in decoded.alerts
+                    for notification in self.tracker.on_alert(alert, now=now, partition=partition)
+                ]
+                if now >= next_tick:
+                    assigned = {tp.partition for tp in consumer.assignment()}
+                    notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
+                    next_tick = now + settings.sweep_interval
+                if notifications:
+                    await dispatcher.dispatch(notifications)
+                    self.metrics.count("notifications", len(notifications))
+                await write_states(producer, settings.notifier_state_topic, self.tracker.take_changed())
+                if decoded.offsets:
+                    await consumer.commit(decoded.offsets)
+                self.metrics.count("alerts", decoded.received)
+        finally:
+            await consumer.stop()
+            await dispatcher.close()
+            await producer.stop()
+            log.info("notifier_stopped", **self.metrics.snapshot()["counters"])

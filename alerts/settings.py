@@ -1,0 +1,73 @@
+"""The alerts component's settings: one frozen class, flags then ``THERMOFLOW_*`` env, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from thermoflow import topics
+from thermoflow.settings import ThermoflowSettings
+
+#: The notifier's own compacted topic: the latest lifecycle state of every (device, rule).
+NOTIFIER_STATE_TOPIC = "telemetry.alerts.notifier-state"
+
+
+class AlertsSettings(ThermoflowSettings):
+    """Settings of `thermoflow alerts store` and `thermoflow alerts notify`."""
+
+    alerts_topic: str = Field(topics.ALERTS, description="topic the alert events come from")
+    deadletter_topic: str = Field(topics.DEADLETTER, description="topic for what cannot be stored or sent")
+    store_group: str = Field("thermoflow-alerts-store", description="consumer group of the store")
+    notify_group: str = Field("thermoflow-alerts-notify", description="consumer group of the notifier")
+    notifier_state_topic: str = Field(
+        NOTIFIER_STATE_TOPIC, description="compacted topic holding the notifier's incident state"
+    )
+
+    # Incident lifecycle, shared by the store and the notifier.
+    resolve_after: float = Field(
+        300.0, gt=0, description="seconds without a breach before an incident resolves"
+    )
+    repeat_interval: float = Field(
+        3600.0, gt=0, description="seconds between repeat notifications while an incident fires"
+    )
+    sweep_interval: float = Field(
+        5.0, gt=0, description="seconds between checks for incidents to resolve (and repeats to send)"
+    )
+
+    # Store batching.
+    store_batch_size: int = Field(5000, ge=1, le=100_000, description="alert events per database transaction")
+    store_batch_wait: float = Field(0.5, ge=0, description="seconds to wait to fill a store batch")
+
+    # Notifier routing and channels.
+    notify_routes: Path | None = Field(
+        None, description="YAML file: channels and the severities each one gets (default: log only)"
+    )
+    webhook_url: str | None = Field(None, description="a generic webhook channel that gets every severity")
+    webhook_secret: SecretStr | None = Field(
+        None, description="shared secret of the webhook's HMAC signature"
+    )
+    slack_webhook_url: SecretStr | None = Field(
+        None, description="a Slack incoming webhook for critical alerts"
+    )
+    notify_log: bool = Field(True, description="write every notification as a JSON line to stdout")
+    notify_retries: int = Field(4, ge=1, le=20, description="attempts per notification and channel")
+    notify_backoff: float = Field(
+        0.5, ge=0, description="first retry delay in seconds (doubles, with jitter)"
+    )
+    notify_backoff_max: float = Field(10.0, ge=0, description="longest retry delay in seconds")
+    notify_timeout: float = Field(10.0, gt=0, description="seconds one send may take")
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a channel's breaker")
+    breaker_reset: float = Field(30.0, gt=0, description="seconds an open breaker waits before a probe")
+    notify_concurrency: int = Field(64, ge=1, le=1024, description="sends in flight per channel")
+
+    @model_validator(mode="after")
+    def _webhook_has_secret(self) -> Self:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "webhook_url needs webhook_secret (THERMOFLOW_WEBHOOK_SECRET) to sign its bodies"
+            )
+        if self.notify_routes is not None and not self.notify_routes.is_file():
+            raise ValueError(f"notify_routes: no such file {str(self.notify_routes)!r}")
+        return self

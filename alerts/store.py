@@ -1,0 +1,246 @@
+"""`thermoflow alerts store`: telemetry.alerts -> alert_events and incidents in PostgreSQL.
+
+Per batch, in one transaction: COPY the events into a temporary table, insert the ones not
+stored yet (``ON CONFLICT DO NOTHING RETURNING``), fold only those into the open incidents
+(:func:`alerts.lifecycle.fold_breaches`, pure) and upsert the incidents that changed. The
+batch's offsets are committed after the transaction: a crash replays the batch, and the replay
+inserts nothing and counts nothing. A database error keeps the batch, reconnects with backoff
+and tries again: consumption pauses and resumes without loss.
+
+Resolution: a periodic sweep resolves open incidents whose last breach (event time) is
+``resolve_after`` older than the processing clock; it runs only while the consumer is caught
+up, so a backlog after an outage is folded in (by event time) before anything is resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+
+from alerts.kafka_io import KafkaDeadLetters, decode_batch
+from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
+from alerts.settings import AlertsSettings
+from thermoflow import db, kafka
+from thermoflow.events import AlertEvent
+from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+_EVENT_COLUMNS = (
+    "alert_id, reading_ts, device_id, metric, rule_id, severity, condition, threshold, value, detected_at"
+)
+_STAGE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS alert_stage (
+    alert_id text, reading_ts float8, device_id text, metric text, rule_id text, severity text,
+    condition text, threshold float8, value float8, detected_at float8
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS incident_stage (
+    incident_id text, device_id text, rule_id text, metric text, condition text, threshold float8,
+    severity text, status text, opened_at float8, last_breach_at float8, peak_value float8,
+    breach_count bigint, resolved_at float8
+) ON COMMIT DELETE ROWS
+"""
+_INSERT_EVENTS = f"""
+INSERT INTO alert_events ({_EVENT_COLUMNS})
+SELECT DISTINCT ON (alert_id) alert_id, to_timestamp(reading_ts), device_id, metric, rule_id, severity,
+       condition, threshold, value, to_timestamp(detected_at)
+FROM alert_stage
+ON CONFLICT DO NOTHING
+RETURNING alert_id
+"""
+_OPEN_INCIDENTS = """
+SELECT incident_id, device_id, rule_id, metric, condition, threshold, severity, status,
+       extract(epoch FROM opened_at)::float8, extract(epoch FROM last_breach_at)::float8,
+       peak_value, breach_count
+FROM incidents
+WHERE status <> 'resolved'
+  AND (device_id, rule_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+FOR UPDATE
+"""
+_UPSERT_INCIDENTS = """
+INSERT INTO incidents (incident_id, device_id, rule_id, metric, condition, threshold, severity, status,
+                       opened_at, last_breach_at, peak_value, breach_count, resolved_at)
+SELECT incident_id, device_id, rule_id, metric, condition, threshold, severity, status,
+       to_timestamp(opened_at), to_timestamp(last_breach_at), peak_value, breach_count,
+       to_timestamp(resolved_at)
+FROM incident_stage
+ORDER BY status = 'resolved' DESC  -- close an old incident before its successor opens
+ON CONFLICT (incident_id) DO UPDATE SET
+    severity = EXCLUDED.severity, status = EXCLUDED.status, last_breach_at = EXCLUDED.last_breach_at,
+    peak_value = EXCLUDED.peak_value, breach_count = EXCLUDED.breach_count,
+    resolved_at = EXCLUDED.resolved_at, updated_at = now()
+"""
+_SWEEP = """
+UPDATE incidents
+SET status = 'resolved', resolved_at = last_breach_at + make_interval(secs => %s), updated_at = now()
+WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s)
+"""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    inserted: int
+    duplicates: int
+    incidents_changed: int
+
+
+async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Create this connection's staging tables (emptied at every commit)."""
+    await conn.execute(_STAGE_DDL)
+    await conn.commit()
+
+
+async def store_batch(
+    conn: psycopg.AsyncConnection[Any], *, alerts: Sequence[AlertEvent], policy: Policy
+) -> BatchResult:
+    """Store a batch of alert events and update their incidents, in one transaction."""
+    async with conn.transaction(), conn.cursor() as cur:
+        async with cur.copy(f"COPY alert_stage ({_EVENT_COLUMNS}) FROM STDIN") as copy:
+            for a in alerts:
+                await copy.write_row(
+                    (a.alert_id, a.reading_ts, a.device_id, a.metric, a.rule_id, a.severity,
+                     a.condition, a.threshold, a.value, a.detected_at)
+                )  # fmt: skip
+        await cur.execute(_INSERT_EVENTS)
+        new_ids = {row[0] for row in await cur.fetchall()}
+        fresh: dict[str, AlertEvent] = {}
+        for a in alerts:
+            if a.alert_id in new_ids:
+                fresh.setdefault(a.alert_id, a)
+        changed = await _update_incidents(cur, list(fresh.values()), policy=policy) if fresh else 0
+    return BatchResult(inserted=len(fresh), duplicates=len(alerts) - len(fresh), incidents_changed=changed)
+
+
+async def _update_incidents(
+    cur: psycopg.AsyncCursor[Any], alerts: list[AlertEvent], *, policy: Policy
+) -> int:
+    keys = sorted({(a.device_id, a.rule_id) for a in alerts})
+    await cur.execute(_OPEN_INCIDENTS, ([k[0] for k in keys], [k[1] for k in keys]))
+    open_incidents: dict[tuple[str, str], StoredIncident] = {}
+    for row in await cur.fetchall():
+        incident = Incident(
+            incident_id=row[0], device_id=row[1], rule_id=row[2], metric=row[3], condition=row[4],
+            threshold=row[5], severity=row[6], opened_at=row[8], last_breach_at=row[9],
+            peak_value=row[10], breach_count=row[11],
+        )  # fmt: skip
+        open_incidents[(incident.device_id, incident.rule_id)] = StoredIncident(incident, row[7])
+    changed = fold_breaches(open_incidents, alerts, policy=policy)
+    async with cur.copy(
+        "COPY incident_stage (incident_id, device_id, rule_id, metric, condition, threshold, severity,"
+        " status, opened_at, last_breach_at, peak_value, breach_count, resolved_at) FROM STDIN"
+    ) as copy:
+        for incident, status in changed.values():
+            await copy.write_row(
+                (incident.incident_id, incident.device_id, incident.rule_id, incident.metric,
+                 incident.condition, incident.threshold, incident.severity, status, incident.opened_at,
+                 incident.last_breach_at, incident.peak_value, incident.breach_count, incident.resolved_at)
+            )  # fmt: skip
+    await cur.execute(_UPSERT_INCIDENTS)
+    return len(changed)
+
+
+async def sweep(conn: psycopg.AsyncConnection[Any], *, now: float, policy: Policy) -> int:
+    """Resolve the open incidents quiet for ``resolve_after``; returns how many."""
+    async with conn.transaction():
+        cur = await conn.execute(_SWEEP, (policy.resolve_after, resolve_cutoff(now=now, policy=policy)))
+        return cur.rowcount
+
+
+class AlertStore:
+    """The consumer loop around :func:`store_batch` and :func:`sweep`."""
+
+    def __init__(
+        self,
+        settings: AlertsSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics or Metrics("alerts.store")
+        self.policy = Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _with_db(
+        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], stop: asyncio.Event
+    ) -> T | None:
+        """Run ``work`` on a healthy connection, reconnecting with backoff; None if stopped first."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = await db.connect_async(self.settings)
+                    await prepare(self._conn)
+                return await work(self._conn)
+            except (psycopg.OperationalError, psycopg.errors.IntegrityError) as exc:
+                # Outage or a race with another store instance: retry the same batch.
+                log.warning("database_unavailable", error=str(exc).strip(), retry_in=delay)
+                self.metrics.count("database_errors")
+                await self._close_db()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
+    async def _sweep(self, now: float, stop: asyncio.Event) -> None:
+        resolved = await self._with_db(partial(sweep, now=now, policy=self.policy), stop)
+        if resolved:
+            log.info("incidents_resolved", count=resolved)
+            self.metrics.count("incidents_resolved", resolved)
+
+    async def _close_db(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        settings = self.settings
+        await asyncio.to_thread(db.migrate, settings)
+        await kafka.ensure_topics(settings, {settings.alerts_topic: 6, settings.deadletter_topic: 3})
+        producer = kafka.producer(settings)
+        await producer.start()
+        dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
+        consumer = kafka.consumer(settings, settings.alerts_topic, group_id=settings.store_group)
+        try:
+            await consumer.start()
+            log.info("store_started", topic=settings.alerts_topic, group=settings.store_group,
+                     database=settings.database_url_redacted)  # fmt: skip
+            if ready is not None:
+                ready.set()
+            next_sweep = 0.0
+            while not stop.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=int(settings.store_batch_wait * 1000), max_records=settings.store_batch_size
+                )
+                decoded = await decode_batch(batch, dead_letters)
+                if decoded.alerts:
+                    alerts = [alert for _, alert in decoded.alerts]
+                    result = await self._with_db(
+                        partial(store_batch, alerts=alerts, policy=self.policy), stop
+                    )
+                    if result is None:
+                        break  # stopped during an outage: the batch is not committed, it will replay
+                    self.metrics.count("alerts_inserted", result.inserted)
+                    self.metrics.count("alerts_duplicate", result.duplicates)
+                if decoded.offsets:
+                    await consumer.commit(decoded.offsets)
+                now = self.clock()
+                if decoded.received < settings.store_batch_size and now >= next_sweep:
+                    await self._sweep(now, stop)
+                    next_sweep = now + settings.sweep_interval
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await self._close_db()
+            log.info("store_stopped", **self.metrics.snapshot()["counters"])

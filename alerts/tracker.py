@@ -1,0 +1,78 @@
+"""The notifier's memory: the latest incident of every (device, rule), and what to notify. Pure.
+
+The adapter feeds it alert events and clock ticks, sends the notifications it returns, and
+persists :meth:`IncidentTracker.take_changed` before committing offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from alerts.lifecycle import Incident, Policy, Transition, apply_breach, tick
+from alerts.notification import Notification, from_transition
+from thermoflow.events import AlertEvent
+
+IncidentKey = tuple[str, str]  # (device_id, rule_id)
+
+
+def key_of(incident: Incident) -> IncidentKey:
+    return (incident.device_id, incident.rule_id)
+
+
+class IncidentTracker:
+    """Incident state per (device, rule), changed only by :meth:`on_alert` and :meth:`on_tick`."""
+
+    def __init__(self, policy: Policy, states: Iterable[Incident] = ()) -> None:
+        self.policy = policy
+        self.incidents: dict[IncidentKey, Incident] = {}
+        self._open: set[IncidentKey] = set()
+        self._changed: dict[IncidentKey, Incident] = {}
+        self.load(states)
+
+    def load(self, states: Iterable[Incident]) -> None:
+        """Take persisted states as they are (no notification)."""
+        for incident in states:
+            self._put(incident, changed=False)
+
+    def _put(self, incident: Incident, *, changed: bool = True) -> None:
+        key = key_of(incident)
+        self.incidents[key] = incident
+        if incident.is_open:
+            self._open.add(key)
+        else:
+            self._open.discard(key)
+        if changed:
+            self._changed[key] = incident
+
+    def on_alert(self, alert: AlertEvent, *, now: float, partition: int = -1) -> list[Notification]:
+        current = self.incidents.get((alert.device_id, alert.rule_id))
+        incident, transitions = apply_breach(current, alert, policy=self.policy, now=now, partition=partition)
+        if incident is not current:
+            self._put(incident)
+        return self._notifications(transitions, now=now)
+
+    def on_tick(self, *, now: float, partitions: set[int] | None = None) -> list[Notification]:
+        """Resolve and repeat what is due; only incidents of ``partitions`` when given."""
+        notifications: list[Notification] = []
+        for key in list(self._open):
+            current = self.incidents[key]
+            if partitions is not None and current.partition not in partitions:
+                continue
+            incident, transitions = tick(current, policy=self.policy, now=now)
+            if transitions:
+                self._put(incident)
+                notifications.extend(self._notifications(transitions, now=now))
+        return notifications
+
+    def take_changed(self) -> list[Incident]:
+        """The states changed since the last call, to persist."""
+        changed, self._changed = list(self._changed.values()), {}
+        return changed
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    @staticmethod
+    def _notifications(transitions: list[Transition], *, now: float) -> list[Notification]:
+        return [from_transition(transition, now=now) for transition in transitions]
