@@ -40,6 +40,11 @@ class CircuitBreaker:
         self._probing = True
         return True
 
+    @property
+    def probing(self) -> bool:
+        """Whether a half-open breaker's one probe is in flight."""
+        return self.state == "half-open" and self._probing
+
     def record_success(self) -> None:
         self.state = "closed"
         self.consecutive_failures = 0

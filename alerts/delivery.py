@@ -88,6 +88,7 @@ class Dispatcher:
         self._concurrency = concurrency
         self._sleep = sleep
         self._last_failure: dict[str, str] = {}
+        self._verdicts = {name: asyncio.Event() for name in channels}
         self.metrics = metrics or Metrics("alerts.notify")
 
     async def dispatch(self, notifications: Sequence[Notification]) -> DispatchResult:
@@ -119,8 +120,20 @@ class Dispatcher:
 
     async def _attempt(self, name: str, notification: Notification) -> None:
         breaker = self.breakers[name]
+        while breaker.probing:  # another send is probing a half-open channel: wait for its verdict
+            await self._verdicts[name].wait()
         if not breaker.allow():
             raise CircuitOpenError(name, self._last_failure.get(name))
+        if breaker.probing:
+            try:
+                await self._send(name, breaker, notification)
+            finally:
+                verdict, self._verdicts[name] = self._verdicts[name], asyncio.Event()
+                verdict.set()
+        else:
+            await self._send(name, breaker, notification)
+
+    async def _send(self, name: str, breaker: CircuitBreaker, notification: Notification) -> None:
         try:
             await asyncio.wait_for(self.channels[name].send(notification), self._retry.timeout)
         except TimeoutError as exc:
