@@ -1,0 +1,288 @@
+"""The measuring side of a load test: what reached Kafka and the database, and when.
+
+:class:`KafkaMeter` reads ``telemetry.readings``, ``telemetry.alerts`` and
+``telemetry.deadletter`` from the offsets they had when the run started (no consumer
+group: it commits nothing and disturbs no one), keeps only records of this fleet, and
+stores compact columns: device index, seq and ts of each reading, per-hop latencies, the
+alert events, the dead letters that came from this fleet's MQTT topics.
+
+Latency hops (seconds, from the publish time the simulator wrote into the payload):
+
+- ``publish_to_bridge``: the reading's ``received_at`` (the bridge's clock) minus ``ts``;
+- ``publish_to_kafka``: the Kafka record timestamp of the reading minus ``ts``;
+- ``publish_to_alert``: the Kafka record timestamp of an alert minus its ``reading_ts``;
+- ``publish_to_stored``: the ``readings`` row's ``stored_at`` minus ``ts`` (:func:`database_delivery`).
+
+All on one machine's clock; across machines they are only as good as its NTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from array import array
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import sql
+
+from simulator.score import percentiles
+from thermoflow import db, kafka
+from thermoflow.events import AlertEvent, EventDecodeError, decode_alert, decode_reading
+from thermoflow.logs import get_logger
+from thermoflow.settings import ThermoflowSettings
+from thermoflow.topics import HEADER_SOURCE
+
+log = get_logger(__name__)
+
+
+@dataclass
+class KafkaMeter:
+    """Consumes the pipeline's topics during and after a run."""
+
+    settings: ThermoflowSettings
+    device_index: Mapping[str, int]
+    mqtt_topics: Collection[str]
+    since: float  # epoch seconds: readings older than this belong to another run
+    readings_dev: array[int] = field(default_factory=lambda: array("q"))
+    readings_seq: array[int] = field(default_factory=lambda: array("q"))
+    readings_ts: array[float] = field(default_factory=lambda: array("d"))
+    to_bridge: array[float] = field(default_factory=lambda: array("d"))
+    to_kafka: array[float] = field(default_factory=lambda: array("d"))
+    to_alert: array[float] = field(default_factory=lambda: array("d"))
+    alerts: list[AlertEvent] = field(default_factory=list)
+    deadletters: int = 0
+    undecodable: int = 0
+    foreign: int = 0
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+    _topics: dict[str, str] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Position at the topics' current ends, then consume in the background."""
+        s = self.settings
+        self._topics = {
+            s.readings_topic: "readings",
+            s.alerts_topic: "alerts",
+            s.deadletter_topic: "deadletter",
+        }
+        await kafka.ensure_topics(s, {s.readings_topic: 12, s.alerts_topic: 6, s.deadletter_topic: 3})
+        consumer = kafka.consumer(s, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            partitions = []
+            for topic in self._topics:
+                for p in consumer.partitions_for_topic(topic) or await self._partitions(consumer, topic):
+                    partitions.append(TopicPartition(topic, p))
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            for tp, offset in ends.items():
+                consumer.seek(tp, offset)
+        except BaseException:
+            await consumer.stop()
+            self._consumer = None
+            raise
+        self._task = asyncio.create_task(self._consume())
+
+    @staticmethod
+    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+        for _ in range(50):
+            found = consumer.partitions_for_topic(topic)
+            if found:
+                return set(found)
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topic {topic} has no partitions")
+
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=20000)
+            for tp, records in batches.items():
+                kind = self._topics[tp.topic]
+                if kind == "readings":
+                    self._readings(records)
+                elif kind == "alerts":
+                    self._alerts(records)
+                else:
+                    self._deadletters(records)
+
+    def _readings(self, records: list[Any]) -> None:
+        index = self.device_index
+        since = self.since
+        for record in records:
+            try:
+                reading = decode_reading(record.value)
+            except EventDecodeError:
+                self.undecodable += 1
+                continue
+            device = index.get(reading.device_id)
+            if device is None or reading.ts < since:
+                self.foreign += 1
+                continue
+            self.readings_dev.append(device)
+            self.readings_seq.append(-1 if reading.seq is None else reading.seq)
+            self.readings_ts.append(reading.ts)
+            self.to_bridge.append(reading.received_at - reading.ts)
+            self.to_kafka.append(record.timestamp / 1000.0 - reading.ts)
+
+    def _alerts(self, records: list[Any]) -> None:
+        for record in records:
+            try:
+                alert = decode_alert(record.value)
+            except EventDecodeError:
+                self.undecodable += 1
+                continue
+            if alert.device_id not in self.device_index or alert.reading_ts < self.since:
+                continue
+            self.alerts.append(alert)
+            self.to_alert.append(record.timestamp / 1000.0 - alert.reading_ts)
+
+    def _deadletters(self, records: list[Any]) -> None:
+        for record in records:
+            source = dict(record.headers or ()).get(HEADER_SOURCE, b"").decode("utf-8", "replace")
+            if source in self.mqtt_topics and record.timestamp / 1000.0 >= self.since:
+                self.deadletters += 1
+
+    @property
+    def readings_received(self) -> int:
+        return len(self.readings_dev)
+
+    def received_arrays(self) -> tuple[Any, Any, Any]:
+        return (
+            np.frombuffer(self.readings_dev, dtype=np.int64).copy(),
+            np.frombuffer(self.readings_seq, dtype=np.int64).copy(),
+            np.frombuffer(self.readings_ts, dtype=np.float64).copy(),
+        )
+
+    def latency(self, *, with_ts: bool) -> dict[str, Any]:
+        """Percentiles per hop; without a device timestamp (number payloads) only the alert hop is known."""
+        hops: dict[str, Any] = {"publish_to_alert": percentiles(np.frombuffer(self.to_alert))}
+        if with_ts:
+            hops["publish_to_bridge"] = percentiles(np.frombuffer(self.to_bridge))
+            hops["publish_to_kafka"] = percentiles(np.frombuffer(self.to_kafka))
+        return hops
+
+    async def settle(
+        self,
+        *,
+        readings: int,
+        deadletters: int,
+        timeout: float,
+        quiet_s: float,
+        stop: asyncio.Event | None = None,
+    ) -> bool:
+        """Wait until ``readings`` and ``deadletters`` arrived and alerts went quiet for ``quiet_s``.
+
+        Returns False when ``timeout`` ran out first (a loss, or a pipeline that is behind).
+        """
+        deadline = time.monotonic() + timeout
+        last_alerts, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            if len(self.alerts) != last_alerts:
+                last_alerts, quiet_since = len(self.alerts), time.monotonic()
+            complete = self.readings_received >= readings and self.deadletters >= deadletters
+            if complete and time.monotonic() - quiet_since >= quiet_s:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+_READINGS_TABLE = "readings"
+
+
+async def database_delivery(
+    settings: ThermoflowSettings,
+    *,
+    device_ids: list[str],
+    since: float,
+    until: float,
+    expected: int,
+    timeout: float,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Rows of this run in the ``readings`` table: count, duplicates, loss and publish-to-stored latency.
+
+    Waits up to ``timeout`` for the sink to store ``expected`` rows. Rows are this run's when
+    their device is in the fleet and their ``ts`` is within ``[since, until]``.
+    """
+    conn = await db.connect_async(settings, autocommit=True)
+    try:
+        columns = await _column_types(conn)
+        if not {"device_id", "ts", "stored_at"} <= columns.keys():
+            return {
+                "error": f"table {_READINGS_TABLE} lacks device_id/ts/stored_at (columns: {sorted(columns)})"
+            }
+
+        def epoch(column: str) -> sql.Composable:
+            ident = sql.Identifier(column)
+            if columns[column].startswith("timestamp"):
+                return sql.SQL("extract(epoch from {})").format(ident)
+            return ident
+
+        ts = epoch("ts")
+        where = sql.SQL("device_id = ANY(%(devices)s) AND {ts} >= %(since)s AND {ts} <= %(until)s").format(
+            ts=ts
+        )
+        params = {"devices": device_ids, "since": since, "until": until}
+        count_query = sql.SQL("SELECT count(*), count(DISTINCT (device_id, ts)) FROM {} WHERE {}").format(
+            sql.Identifier(_READINGS_TABLE), where
+        )
+        deadline = time.monotonic() + timeout
+        rows = distinct = 0
+        while True:
+            cur = await conn.execute(count_query, params)
+            row = await cur.fetchone()
+            assert row is not None
+            rows, distinct = int(row[0]), int(row[1])
+            if distinct >= expected or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                break
+            await asyncio.sleep(0.5)
+        latency_query = sql.SQL(
+            "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag), count(*)"
+            " FROM (SELECT {stored} - {ts} AS lag FROM {table} WHERE {where}) AS lags"
+        ).format(stored=epoch("stored_at"), ts=ts, table=sql.Identifier(_READINGS_TABLE), where=where)
+        cur = await conn.execute(latency_query, params)
+        lat = await cur.fetchone()
+    finally:
+        await conn.close()
+    latency = None
+    if lat is not None and lat[2]:
+        p50, p95, p99 = (float(v) for v in lat[0])
+        latency = {
+            "p50_ms": round(p50 * 1000, 3),
+            "p95_ms": round(p95 * 1000, 3),
+            "p99_ms": round(p99 * 1000, 3),
+            "max_ms": round(float(lat[1]) * 1000, 3),
+            "samples": int(lat[2]),
+        }
+    return {
+        "expected": expected,
+        "rows": rows,
+        "unique": distinct,
+        "lost": max(0, expected - distinct),
+        "duplicates": rows - distinct,
+        "latency": latency,
+    }
+
+
+async def _column_types(conn: Any) -> dict[str, str]:
+    cur = await conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_name = %s AND table_schema = current_schema()",
+        (_READINGS_TABLE,),
+    )
+    return {name: dtype for name, dtype in await cur.fetchall()}
