@@ -1,0 +1,67 @@
+"""The functions `thermoflow process` runs by default: the threshold check.
+
+:func:`threshold_alerts` is pure (the clock and the rules are arguments); the registered
+factory binds it to the rules file (reloaded when it changes) and the wall clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from processors.codec import ReadingBatch
+from processors.runtime import Emit, FunctionBody, registry, setting
+from processors.settings import ProcessorSettings
+from processors.thresholds import CompiledRules, evaluate
+from processors.watcher import RulesWatcher
+from thermoflow.events import AlertEvent, alert_id
+
+
+def threshold_alerts(batch: ReadingBatch, rules: CompiledRules, *, detected_at: float) -> list[Emit]:
+    """One alert per (device, rule) breached in the batch, for its worst reading, keyed by device id."""
+    breaches = evaluate(batch.columns, rules)
+    alerts: list[Emit] = []
+    for row in range(len(breaches)):
+        reading = int(breaches.reading[row])
+        device_id = batch.device_id(reading)
+        rule_id = rules.rule_ids[int(breaches.rule[row])]
+        severity = breaches.severity_name(row)
+        reading_ts = float(batch.columns.ts[reading])
+        event = AlertEvent(
+            alert_id=alert_id(device_id=device_id, rule_id=rule_id, severity=severity, reading_ts=reading_ts),
+            device_id=device_id,
+            metric=batch.metric(reading),
+            rule_id=rule_id,
+            severity=severity,
+            condition=breaches.condition_name(row),
+            threshold=float(breaches.threshold[row]),
+            value=float(batch.columns.values[reading]),
+            reading_ts=reading_ts,
+            detected_at=detected_at,
+        )
+        alerts.append(
+            Emit(
+                key=device_id,
+                event=event,
+                partition=int(batch.partition[reading]),
+                offset=int(batch.offset[reading]),
+            )
+        )
+    return alerts
+
+
+def threshold_function(
+    rules: Callable[[], CompiledRules], *, clock: Callable[[], float] = time.time
+) -> FunctionBody:
+    """The threshold check over the rules in force when each batch arrives."""
+
+    def check(batch: ReadingBatch) -> list[Emit]:
+        return threshold_alerts(batch, rules(), detected_at=clock())
+
+    return check
+
+
+@registry.factory(name="thresholds", source=setting("readings_topic"), sink=setting("alerts_topic"))
+def build_thresholds(settings: ProcessorSettings) -> FunctionBody:
+    watcher = RulesWatcher(settings.rules_file, interval=settings.rules_poll_interval)
+    return threshold_function(watcher.current)

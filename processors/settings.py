@@ -1,0 +1,55 @@
+"""The processors component's settings: flags, then ``THERMOFLOW_*`` environment variables, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from processors.rules import DEFAULT_RULES_FILE
+from thermoflow.settings import ThermoflowSettings
+
+
+class ProcessorSettings(ThermoflowSettings):
+    """Settings of `thermoflow process`.
+
+    The source, sink and dead-letter topics are the shared ``readings_topic``, ``alerts_topic``
+    and ``deadletter_topic`` (``THERMOFLOW_READINGS_TOPIC`` ...).
+    """
+
+    processor_group: str = Field(
+        "thermoflow-processors",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="faust app id, which is the Kafka consumer group the workers share",
+    )
+    rules_file: Path = Field(
+        DEFAULT_RULES_FILE, description="YAML threshold rules (reloaded when it changes)"
+    )
+    rules_poll_interval: float = Field(1.0, gt=0, description="seconds between checks of the rules file")
+    workers: int = Field(1, ge=1, le=64, description="worker processes to run")
+    max_batch: int = Field(20_000, ge=1, le=1_000_000, description="readings per batch at most")
+    max_wait: float = Field(0.25, gt=0, le=60, description="seconds to wait to fill a batch")
+    function_retries: int = Field(3, ge=1, le=20, description="attempts per batch before it is dead-lettered")
+    function_backoff: float = Field(0.2, ge=0, description="first retry delay in seconds (doubles each time)")
+    functions: str = Field(
+        "", description="extra Python modules to import, comma-separated: each registers its functions"
+    )
+    web_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="serve faust's web views on this port (worker i uses port + i); none when not set",
+    )
+    data_dir: Path | None = Field(
+        None, description="faust data directory root (worker i uses <dir>/worker-i); a temp dir when not set"
+    )
+    instance: int = Field(
+        0, ge=0, le=10_000, description="this process's number under `thermoflow run` (THERMOFLOW_INSTANCE)"
+    )
+    log_level: str = Field("INFO", description="log level")
+
+    @property
+    def function_modules(self) -> list[str]:
+        """The modules named by ``functions``."""
+        return [name.strip() for name in self.functions.split(",") if name.strip()]
