@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
+from aiokafka import AIOKafkaConsumer
 
 from alerts.kafka_io import KafkaDeadLetters, decode_batch
 from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
@@ -155,6 +156,15 @@ async def sweep(conn: psycopg.AsyncConnection[Any], *, now: float, policy: Polic
         return cur.rowcount
 
 
+async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
+    """Whether every assigned partition has been read up to its high watermark."""
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None or await consumer.position(tp) < highwater:
+            return False
+    return True
+
+
 class AlertStore:
     """The consumer loop around :func:`store_batch` and :func:`sweep`."""
 
@@ -236,7 +246,7 @@ class AlertStore:
                 if decoded.offsets:
                     await consumer.commit(decoded.offsets)
                 now = self.clock()
-                if decoded.received < settings.store_batch_size and now >= next_sweep:
+                if now >= next_sweep and await _caught_up(consumer):
                     await self._sweep(now, stop)
                     next_sweep = now + settings.sweep_interval
         finally:

@@ -1,0 +1,243 @@
+"""The alert store against real Kafka and PostgreSQL: once per alert, incidents right, replays inert."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from alerts.lifecycle import Policy
+from alerts.queries import AckError, acknowledge, list_incidents
+from alerts.settings import AlertsSettings
+from alerts.store import AlertStore, prepare, store_batch, sweep
+from tests.conftest import ROOT, unique_name
+from tests.fakes import FakeClock, make_alert
+from tests.integration.alerts.helpers import TcpProxy, eventually, produce, running
+from thermoflow import db
+from thermoflow.events import AlertEvent, Severity, parse_dead_letter_headers
+from thermoflow.settings import ThermoflowSettings
+
+POLICY = Policy(resolve_after=60.0, repeat_interval=600.0)
+
+
+def _alerts_settings(settings: ThermoflowSettings, topic: str, **overrides: Any) -> AlertsSettings:
+    values = {
+        **settings.model_dump(),
+        "database_url": settings.database_dsn,
+        "alerts_topic": topic,
+        "store_group": unique_name("store"),
+        **overrides,
+    }
+    return AlertsSettings(**values)
+
+
+def _counts(settings: ThermoflowSettings) -> tuple[int, int, int, int]:
+    """(alert events, incidents, open incidents, sum of breach counts)."""
+    with db.connect(settings) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM alert_events), count(*),"
+            " count(*) FILTER (WHERE status <> 'resolved'), coalesce(sum(breach_count), 0) FROM incidents"
+        ).fetchone()
+    assert row is not None
+    return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def _scenario(devices: int = 4, steps: int = 30) -> list[AlertEvent]:
+    """Each device breaches every 10 s; halfway through it turns critical; device 0 pauses 2 min."""
+    alerts = []
+    for step in range(steps):
+        for d in range(devices):
+            ts = 1_764_218_400.0 + step * 10 + (120 if d == 0 and step >= steps // 2 else 0)
+            severity: Severity = "critical" if step >= steps // 2 else "warning"
+            alerts.append(make_alert(f"dev-{d}", ts, severity=severity, value=float(step)))
+    return alerts
+
+
+async def test_duplicates_and_replays_store_one_row_each_and_count_right(
+    settings: ThermoflowSettings,
+) -> None:
+    db.migrate(settings)
+    alerts = _scenario()
+    aconn = await db.connect_async(settings)
+    try:
+        await prepare(aconn)
+        # The batch carries duplicates; then the same events come again, split differently.
+        first = await store_batch(aconn, alerts=alerts[:70] + alerts[:10], policy=POLICY)
+        second = await store_batch(aconn, alerts=alerts[50:] + alerts[60:65], policy=POLICY)
+        replay = await store_batch(aconn, alerts=list(reversed(alerts)), policy=POLICY)
+    finally:
+        await aconn.close()
+    assert (first.inserted, first.duplicates) == (70, 10)
+    assert (second.inserted, second.duplicates) == (50, 25)
+    assert (replay.inserted, replay.duplicates, replay.incidents_changed) == (0, 120, 0)
+
+    events, incidents, open_, breaches = _counts(settings)
+    assert events == len(alerts) == breaches
+    # dev-0's 120 s pause (> resolve_after) split it into two incidents; the others have one each.
+    assert (incidents, open_) == (5, 4)
+    with db.connect(settings) as conn:
+        rows = list_incidents(conn)
+    by_device: dict[str, list[Any]] = {}
+    for row in rows:
+        by_device.setdefault(row.device_id, []).append(row)
+    assert sorted(r.status for r in by_device["dev-0"]) == ["firing", "resolved"]
+    assert all(
+        r.severity == "critical" and r.breach_count == 30 for d in ("dev-1", "dev-2") for r in by_device[d]
+    )
+    resolved = next(r for r in by_device["dev-0"] if r.status == "resolved")
+    assert resolved.severity == "warning" and resolved.breach_count == 15
+    assert (resolved.resolved_at - resolved.last_breach_at).total_seconds() == 60
+
+
+async def test_sweep_resolves_quiet_incidents_on_the_injected_clock_and_ack_works(
+    settings: ThermoflowSettings,
+) -> None:
+    db.migrate(settings)
+    clock = FakeClock()
+    conn = await db.connect_async(settings)
+    try:
+        await prepare(conn)
+        await store_batch(
+            conn, alerts=[make_alert("a", clock()), make_alert("b", clock() + 30)], policy=POLICY
+        )
+        with db.connect(settings) as sync:
+            firing = {r.device_id: r for r in list_incidents(sync, open_only=True)}
+            assert acknowledge(sync, firing["a"].incident_id, by="tester").status == "acknowledged"
+        assert await sweep(conn, now=clock.advance(59), policy=POLICY) == 0
+        assert await sweep(conn, now=clock.advance(1), policy=POLICY) == 1  # "a": 60 s quiet
+        assert await sweep(conn, now=clock.advance(30), policy=POLICY) == 1  # "b"
+    finally:
+        await conn.close()
+    with db.connect(settings) as sync:
+        assert list_incidents(sync, open_only=True) == []
+        assert {r.device_id for r in list_incidents(sync, device_id="a")} == {"a"}
+        with pytest.raises(AckError, match="resolved"):
+            acknowledge(sync, firing["b"].incident_id, by="tester")
+
+
+async def test_store_consumes_kafka_dead_letters_garbage_and_survives_redelivery(
+    settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    topic, deadletter = new_topic("alerts", partitions=3), new_topic("dlq")
+    config = _alerts_settings(settings, topic, deadletter_topic=deadletter, store_batch_wait=0.1)
+    alerts = _scenario(devices=6, steps=20)
+    await produce(settings, topic, [*alerts, b"not json", *alerts[:40]])  # garbage and redelivered events
+    async with running(AlertStore(config).run):
+        await eventually(lambda: _async(_counts(settings)[0] == len(alerts)), what="all events stored")
+    # A second consumer group replays everything from the start: nothing changes.
+    before = _counts(settings)
+    async with running(AlertStore(config.model_copy(update={"store_group": unique_name("replay")})).run):
+        await asyncio.sleep(3)
+    assert _counts(settings) == before
+    assert before[0] == before[3] == len(alerts)
+
+    from thermoflow import kafka
+
+    consumer = kafka.consumer(settings, deadletter, group_id=unique_name("dlq"))
+    await consumer.start()
+    try:
+        records = [r for batch in (await consumer.getmany(timeout_ms=5000)).values() for r in batch]
+    finally:
+        await consumer.stop()
+    assert [r.value for r in records] == [b"not json"] * 2  # once per consumer group that read it
+    letter = parse_dead_letter_headers(records[0].headers)
+    assert (
+        letter.stage == "alerts" and "invalid alert event" in letter.error and letter.source.startswith(topic)
+    )
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+def test_store_killed_mid_batch_has_exact_counts_after_restart(
+    settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    topic = new_topic("alerts", partitions=2)
+    start = time.time()  # event time near the wall clock: no incident is due to resolve during the test
+    alerts = [make_alert(f"dev-{i % 50}", start + (i // 50) / 100) for i in range(60_000)]
+    asyncio.run(produce(settings, topic, alerts))
+    env = {
+        **os.environ,
+        "THERMOFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "THERMOFLOW_DATABASE_URL": settings.database_dsn,
+        "THERMOFLOW_DATABASE_SCHEMA": settings.database_schema,
+        "THERMOFLOW_ALERTS_TOPIC": topic,
+        "THERMOFLOW_STORE_GROUP": unique_name("store"),
+        "THERMOFLOW_STORE_BATCH_SIZE": "2000",
+    }
+    command = [sys.executable, "-m", "thermoflow", "alerts", "store"]
+
+    def stored() -> int:
+        try:
+            return _counts(settings)[0]
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+    first = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while stored() == 0:
+            assert first.poll() is None, first.stderr.read() if first.stderr else ""
+            asyncio.run(asyncio.sleep(0.02))
+    finally:
+        first.kill()  # SIGKILL: no flush, no commit, mid-batch
+        first.wait()
+        if first.stderr:
+            first.stderr.close()
+    assert 0 < stored() < len(alerts), "the store was killed before it finished"
+
+    second = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(1200):
+            if stored() == len(alerts):
+                break
+            asyncio.run(asyncio.sleep(0.1))
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0  # a clean stop
+    events, incidents, open_, breaches = _counts(settings)
+    assert (events, breaches) == (len(alerts), len(alerts))
+    assert (incidents, open_) == (50, 50)
+
+
+async def test_a_database_outage_pauses_the_store_and_it_resumes_without_loss(
+    settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    db.migrate(settings)
+    parts = urlsplit(settings.database_dsn)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    topic = new_topic("alerts")
+    proxied = urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{proxy.port}"))
+    config = _alerts_settings(settings, topic, database_url=proxied, store_batch_wait=0.1)
+    now = time.time()
+    alerts = [make_alert(f"dev-{i % 5}", now + i / 10) for i in range(400)]
+
+    async def stored(n: int) -> bool:
+        return _counts(settings)[0] == n
+
+    try:
+        async with running(AlertStore(config).run):
+            await produce(settings, topic, alerts[:200])
+            await eventually(lambda: stored(200), what="the first half stored")
+            await proxy.cut()
+            await produce(settings, topic, alerts[200:])
+            await asyncio.sleep(3)  # the store retries against a dead database meanwhile
+            assert _counts(settings)[0] == 200
+            await proxy.restore()
+            await eventually(lambda: stored(400), what="the second half stored after the outage")
+    finally:
+        await proxy.close()
+    events, incidents, open_, breaches = _counts(settings)
+    assert (events, breaches, incidents, open_) == (400, 400, 5, 5)
