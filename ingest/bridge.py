@@ -1,0 +1,569 @@
+"""The MQTT→Kafka bridge: at least once, an MQTT message is acked only after Kafka acked its records.
+
+One thread, one asyncio loop. paho-mqtt runs on that loop through its external-loop hooks
+(``on_socket_open`` / ``on_socket_register_write`` ...), so ``client.ack`` is always called from
+the thread that owns the client (paho's ack is not thread-safe) and no lock sits on the hot path.
+
+- The socket's reader callback lets paho parse a burst of packets; ``on_message`` translates each
+  message (pure, :mod:`ingest.records`) into the outbox and notes it in the ``pending`` queue.
+- The sender task turns the outbox into one Kafka batch per partition (``send_batch``: one future
+  per batch, not per record) and starts a delivery task that waits for the acks and resends what
+  failed, with backoff, until Kafka takes it.
+- Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
+  the head of ``pending`` is acked once it and everything before it is in Kafka.
+- Memory stays bounded: the broker has at most ``receive_maximum`` (MQTT 5) or its
+  ``max_inflight_messages`` (3.1.1) QoS 1 messages unacked at the bridge, and past
+  ``bridge_max_pending`` held messages the bridge stops reading its socket (QoS 0).
+- A lost connection forgets the pending messages without acking them: the persistent session
+  redelivers them after the reconnect (duplicates in Kafka are allowed, losses are not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import paho.mqtt.client as paho
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.mapping import TopicTemplate
+from ingest.records import OutRecord, Translator
+from ingest.settings import IngestSettings
+from thermoflow import kafka, mqtt
+from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
+
+log = get_logger(__name__)
+
+_READ_BURST: Final = 2000  # packets parsed per readable event before the loop runs other work
+_BACKOFF_FIRST: Final = 0.5
+_BACKOFF_MAX: Final = 30.0
+_STOP_TIMEOUT: Final = 30.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One MQTT message waiting for Kafka: acked when ``done`` and first in line."""
+
+    mid: int
+    qos: int
+    received: float  # monotonic, for the bridge latency
+    records: int = 0  # Kafka records still unacked
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Group:
+    """Records bound for one topic-partition, and the messages they belong to."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    owners: list[_Pending] = field(default_factory=list)
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2))
+
+
+class Bridge:
+    """``await Bridge(settings).run(stop)`` bridges until ``stop`` is set, then drains and returns."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        metrics: Metrics | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics("bridge")
+        self._wall_clock = wall_clock
+        self._translator = Translator(
+            TopicTemplate(settings.topic_template),
+            readings_topic=settings.readings_topic,
+            deadletter_topic=settings.deadletter_topic,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        self._pending: deque[_Pending] = deque()
+        self._outbox: list[tuple[OutRecord, _Pending]] = []
+        self._outbox_ready = asyncio.Event()
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._partitions: dict[str, int] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._round_robin = 0
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._reading = False
+        self._stopping = False
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._producer: AIOKafkaProducer | None = None
+        self._client: paho.Client | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Bridge until ``stop`` is set; then stop reading, deliver and ack what is held, disconnect."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._producer = await self._start_producer(stop)
+        if self._producer is None:
+            return
+        try:
+            self._client = self._make_client()
+            tasks = [
+                asyncio.create_task(self._sender(), name="bridge-sender"),
+                asyncio.create_task(self._keep_connected(stop), name="bridge-connection"),
+                asyncio.create_task(self._housekeeping(), name="bridge-housekeeping"),
+            ]
+            try:
+                await stop.wait()
+                await self._drain()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for task in list(self._deliveries):
+                    task.cancel()
+                await asyncio.gather(*self._deliveries, return_exceptions=True)
+                self._close_client()
+        finally:
+            await self._producer.stop()
+            self._log_metrics("bridge_stopped")
+
+    async def _start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer | None:
+        """Start the producer, retrying with backoff while Kafka is unreachable (None if stopped first)."""
+        attempt = 0
+        while not stop.is_set():
+            producer = kafka.producer(self.settings, linger_ms=0)
+            try:
+                await producer.start()
+                return producer
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                delay = _backoff(attempt)
+                log.warning("kafka_unreachable", error=str(exc), retry_in=round(delay, 1))
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return None
+
+    async def _drain(self) -> None:
+        """Stop taking messages, get what is held into Kafka, ack it, then disconnect cleanly."""
+        self._stopping = True
+        self._pause_reading()
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        try:
+            await asyncio.wait_for(self._kafka_idle(), _STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("bridge_drain_timeout", outbox=len(self._outbox), deliveries=len(self._deliveries))
+        self._ack_ready()
+        client = self._client
+        if client is not None and self._connected.is_set():
+            while client.want_write() and time.monotonic() < deadline:
+                client.loop_write()
+                await asyncio.sleep(0)
+            client.disconnect()
+            while client.want_write() and time.monotonic() < deadline:
+                client.loop_write()
+                await asyncio.sleep(0.001)
+        log.info("bridge_drained", unacked=len(self._pending))
+
+    async def _kafka_idle(self) -> None:
+        """Until the outbox is sent and every delivery has its ack."""
+        while self._outbox or self._deliveries:
+            if self._deliveries:
+                await asyncio.wait(list(self._deliveries))
+            else:
+                self._outbox_ready.set()
+                await asyncio.sleep(0.005)  # the sender picks the outbox up
+
+    # -- MQTT ----------------------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        settings = self.settings
+        client = mqtt.client(
+            settings,
+            client_id=settings.mqtt_client_id,
+            version=settings.mqtt_version,
+            clean=False,
+            manual_ack=True,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    def _connect_blocking(self) -> None:
+        """paho's connect (a blocking socket connect): run in a worker thread."""
+        assert self._client is not None
+        settings = self.settings
+        if settings.mqtt_version == "5":
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.mqtt_session_expiry
+            properties.ReceiveMaximum = settings.mqtt_receive_maximum
+            self._client.connect(
+                settings.mqtt_host,
+                settings.mqtt_port,
+                keepalive=settings.mqtt_keepalive,
+                clean_start=False,
+                properties=properties,
+            )
+        else:
+            self._client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive)
+
+    async def _keep_connected(self, stop: asyncio.Event) -> None:
+        """Connect, and reconnect with backoff whenever the connection is lost."""
+        attempt = 0
+        while not stop.is_set():
+            self._lost.clear()
+            try:
+                await asyncio.to_thread(self._connect_blocking)
+            except (OSError, ValueError) as exc:
+                delay = _backoff(attempt)
+                attempt += 1
+                self.metrics.count("mqtt_connect_failures")
+                log.warning(
+                    "mqtt_connect_failed",
+                    url=self.settings.mqtt_url,
+                    error=str(exc),
+                    retry_in=round(delay, 1),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                continue
+            await self._lost.wait()
+            if self._connected.is_set():
+                attempt = 0
+            else:
+                attempt += 1
+            self._connected.clear()
+            if not stop.is_set():
+                delay = _backoff(attempt)
+                log.warning("mqtt_connection_lost", retry_in=round(delay, 1))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    def _on_connect(
+        self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("mqtt_connect_refused", reason=str(reason))
+            client.disconnect()
+            return
+        self._connected.set()
+        self.metrics.count("mqtt_connects")
+        log.info(
+            "mqtt_connected",
+            url=self.settings.mqtt_url,
+            client_id=self.settings.mqtt_client_id,
+            session_present=bool(flags.session_present),
+        )
+        # Subscribing again is harmless when the session kept the subscriptions, and needed when not.
+        client.subscribe([(topic_filter, 1) for topic_filter in self.settings.topic_filters])
+
+    def _on_subscribe(
+        self, _client: paho.Client, _userdata: Any, _mid: int, reasons: Any, _properties: Any
+    ) -> None:
+        granted = [str(reason) for reason in reasons]
+        if any(reason.is_failure for reason in reasons):
+            log.error("mqtt_subscribe_refused", filters=self.settings.topic_filters, reasons=granted)
+        else:
+            log.info("mqtt_subscribed", filters=self.settings.topic_filters, granted=granted)
+
+    def _on_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _properties: Any
+    ) -> None:
+        # The unacked messages come again in the resumed session: forget them without acking.
+        if self._pending:
+            log.info("mqtt_pending_dropped", pending=len(self._pending), reason=str(reason))
+        self._pending.clear()
+        self._reading = False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._lost.set)
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        pending = _Pending(message.mid, message.qos, time.monotonic())
+        self._pending.append(pending)
+        topic = message.topic
+        translation = self._translator.translate(
+            topic, bytes(message.payload), received_at=self._wall_clock()
+        )
+        self.metrics.count("received")
+        if translation.error is not None:
+            self.metrics.count("dead_lettered")
+            log.warning("dead_letter", topic=topic, error=translation.error)
+        pending.records = len(translation.records)
+        outbox = self._outbox
+        for record in translation.records:
+            outbox.append((record, pending))
+        if len(self._pending) >= self.settings.bridge_max_pending:
+            self._pause_reading()
+        self._outbox_ready.set()
+
+    # -- paho on our loop ----------------------------------------------------------------------
+
+    def _on_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._socket_opened, sock)
+
+    def _in_loop(self, callback: Callable[[socket.socket], None], sock: socket.socket) -> None:
+        """Run now when on the loop's thread (paho closes the socket right after), else hand over."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            callback(sock)
+        else:
+            self._loop.call_soon_threadsafe(callback, sock)
+
+    def _socket_opened(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._resume_reading()
+
+    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._socket_closed, sock)
+
+    def _socket_closed(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        if sock.fileno() != -1:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        if self._sock is sock:
+            self._sock = None
+            self._reading = False
+
+    def _on_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._register_write, sock)
+
+    def _register_write(self, sock: socket.socket) -> None:
+        assert self._loop is not None and self._client is not None
+        if sock is self._sock:
+            self._loop.add_writer(sock, self._client.loop_write)
+
+    def _on_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._loop is not None and sock is not None:
+            self._loop.remove_writer(sock)
+
+    def _readable(self) -> None:
+        """Let paho parse packets while whole messages keep coming (one packet per loop_read)."""
+        client = self._client
+        assert client is not None
+        for _ in range(_READ_BURST):
+            before = len(self._pending)
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or not self._reading:
+                return
+            if len(self._pending) == before:  # no message (partial packet, ack, ping): wait for readable
+                return
+
+    def _pause_reading(self) -> None:
+        if self._reading and self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock)
+        self._reading = False
+
+    def _resume_reading(self) -> None:
+        if not self._reading and not self._stopping and self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock, self._readable)
+            self._reading = True
+
+    # -- Kafka ---------------------------------------------------------------------------------
+
+    async def _sender(self) -> None:
+        """Move the outbox into Kafka batches, one delivery task per flush."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            if not self._outbox:
+                continue
+            outbox, self._outbox = self._outbox, []
+            if not self._stopping and len(self._pending) < self.settings.bridge_max_pending:
+                self._resume_reading()
+            groups = await self._group(outbox)
+            sent = await self._send(groups)
+            task = asyncio.create_task(self._deliver(sent))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _group(self, outbox: list[tuple[OutRecord, _Pending]]) -> dict[tuple[str, int], _Group]:
+        groups: dict[tuple[str, int], _Group] = {}
+        for record, owner in outbox:
+            partition = await self._partition(record)
+            group = groups.get((record.topic, partition))
+            if group is None:
+                group = groups[(record.topic, partition)] = _Group()
+            group.records.append(record)
+            group.owners.append(owner)
+        return groups
+
+    async def _partition(self, record: OutRecord) -> int:
+        """The default partitioner's choice (murmur2 of the key), cached per key: murmur2 is pure Python."""
+        count = self._partitions.get(record.topic)
+        if count is None:
+            count = await self._partition_count(record.topic)
+        if record.key is None:
+            self._round_robin += 1
+            return self._round_robin % count
+        cache_key = (record.topic, record.key)
+        partition = self._partition_of.get(cache_key)
+        if partition is None:
+            partition = (murmur2(record.key) & 0x7FFFFFFF) % count
+            if len(self._partition_of) > 1_000_000:
+                self._partition_of.clear()
+            self._partition_of[cache_key] = partition
+        return partition
+
+    async def _partition_count(self, topic: str) -> int:
+        assert self._producer is not None
+        attempt = 0
+        while True:
+            try:
+                partitions = await self._producer.partitions_for(topic)
+                if partitions:
+                    self._partitions[topic] = len(partitions)
+                    return len(partitions)
+            except KafkaError as exc:
+                log.warning("kafka_metadata_failed", topic=topic, error=str(exc))
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+
+    async def _send(
+        self, groups: dict[tuple[str, int], _Group]
+    ) -> list[tuple[_Group, asyncio.Future[Any] | BaseException]]:
+        """One ``send_batch`` per full batch; returns each group's delivery future (or the send error)."""
+        assert self._producer is not None
+        producer = self._producer
+        sent: list[tuple[_Group, asyncio.Future[Any] | BaseException]] = []
+        for (topic, partition), group in groups.items():
+            start = 0
+            while start < len(group.records):
+                batch = producer.create_batch()
+                end = start
+                for record in group.records[start:]:
+                    if (
+                        batch.append(
+                            key=record.key, value=record.value, timestamp=None, headers=record.headers
+                        )
+                        is None
+                    ):
+                        break
+                    end += 1
+                if end == start:  # a record bigger than a batch: cannot happen below max_payload_bytes
+                    raise ValueError(
+                        f"record of {len(group.records[start].value)} bytes exceeds the batch size"
+                    )
+                piece = _Group(group.records[start:end], group.owners[start:end])
+                try:
+                    sent.append((piece, await producer.send_batch(batch, topic, partition=partition)))
+                except KafkaError as exc:
+                    sent.append((piece, exc))
+                start = end
+        return sent
+
+    async def _deliver(self, sent: list[tuple[_Group, asyncio.Future[Any] | BaseException]]) -> None:
+        """Wait for Kafka's acks; resend what failed, with backoff, until it is in."""
+        attempt = 0
+        while sent:
+            failed: dict[tuple[str, int], _Group] = {}
+            for group, outcome in sent:
+                error: BaseException | None = outcome if isinstance(outcome, BaseException) else None
+                if error is None:
+                    assert isinstance(outcome, asyncio.Future)
+                    try:
+                        await outcome
+                    except KafkaError as exc:
+                        error = exc
+                if error is None:
+                    self._delivered(group)
+                    continue
+                self.metrics.count("produce_failures", len(group.records))
+                log.warning(
+                    "kafka_produce_failed", records=len(group.records), error=repr(error), attempt=attempt
+                )
+                retry = failed.setdefault((group.records[0].topic, -1), _Group())
+                retry.records.extend(group.records)
+                retry.owners.extend(group.owners)
+            if not failed:
+                break
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+            regrouped = await self._group(
+                [(r, o) for g in failed.values() for r, o in zip(g.records, g.owners, strict=True)]
+            )
+            sent = await self._send(regrouped)
+
+    def _delivered(self, group: _Group) -> None:
+        readings = 0
+        for record, owner in zip(group.records, group.owners, strict=True):
+            owner.records -= 1
+            if owner.records == 0:
+                owner.done = True
+            if record.topic == self.settings.readings_topic:
+                readings += 1
+        self.metrics.count("produced", readings)
+        self._ack_ready()
+
+    def _ack_ready(self) -> None:
+        """Ack, in arrival order, every message at the head of the line that Kafka has."""
+        pending = self._pending
+        client = self._client
+        if not pending or client is None:
+            return
+        now = time.monotonic()
+        acked = 0
+        while pending and pending[0].done:
+            message = pending.popleft()
+            if message.qos:
+                client.ack(message.mid, message.qos)
+            if acked % 16 == 0:  # a sample is plenty for percentiles, and cheaper
+                self.metrics.observe("bridge_latency", now - message.received)
+            acked += 1
+        self.metrics.count("acked", acked)
+        if not self._stopping and len(pending) < self.settings.bridge_max_pending // 2:
+            self._resume_reading()
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """paho's keepalive pings, and the metrics log line."""
+        next_log = time.monotonic() + self.settings.metrics_interval
+        while True:
+            await asyncio.sleep(1.0)
+            if self._client is not None and self._sock is not None:
+                self._client.loop_misc()
+            self.metrics.gauge("in_flight", len(self._pending))
+            if time.monotonic() >= next_log:
+                next_log += self.settings.metrics_interval
+                self._log_metrics("bridge_metrics")
+
+    def _log_metrics(self, event: str) -> None:
+        self.metrics.gauge("in_flight", len(self._pending))
+        snapshot = self.metrics.snapshot()
+        log.info(event, counters=snapshot["counters"], gauges=snapshot["gauges"], latency=snapshot["latency"])
+
+    def _close_client(self) -> None:
+        if self._sock is not None:
+            self._socket_closed(self._sock)
+        if self._client is not None:
+            self._client._sock_close()  # no public close without a DISCONNECT round
+            self._client = None
+
+
+async def run_bridge(
+    settings: IngestSettings, *, stop: asyncio.Event, metrics: Metrics | None = None
+) -> None:
+    """Run the bridge until ``stop`` is set (the entry of `thermoflow bridge`)."""
+    await Bridge(settings, metrics=metrics).run(stop)

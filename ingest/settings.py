@@ -1,0 +1,103 @@
+"""The ingest component's settings: flags, then ``THERMOFLOW_*`` environment variables, then defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ingest.mapping import TopicTemplate, TopicTemplateError, check_filter
+from thermoflow.settings import ThermoflowSettings
+
+MqttVersion = Literal["5", "3.1.1"]
+
+
+class IngestSettings(ThermoflowSettings):
+    """Settings of `thermoflow bridge` and `thermoflow sink`.
+
+    The Kafka topics are the shared ``readings_topic`` and ``deadletter_topic``
+    (``THERMOFLOW_READINGS_TOPIC`` ...).
+    """
+
+    # -- the bridge ----------------------------------------------------------------------------
+    mqtt_topics: str = Field(
+        "sensors/+/temperature", min_length=1, description="MQTT topic filters to subscribe, comma-separated"
+    )
+    topic_template: str = Field(
+        "sensors/{device_id}/{metric}",
+        description="how to read device_id and metric out of an MQTT topic ({device_id}, {metric})",
+    )
+    mqtt_client_id: str = Field(
+        "thermoflow-bridge",
+        min_length=1,
+        max_length=128,
+        description="the bridge's MQTT client id: fixed, so a restarted bridge resumes its session",
+    )
+    mqtt_version: MqttVersion = Field("5", description="MQTT protocol version, 5 or 3.1.1")
+    mqtt_share_group: str | None = Field(
+        None,
+        pattern=r"^[^/+#$]+$",
+        description="MQTT 5 shared-subscription group: bridges in one group split the messages",
+    )
+    mqtt_session_expiry: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="seconds the broker keeps the bridge's session while it is away (MQTT 5)",
+    )
+    mqtt_receive_maximum: int = Field(
+        10_000,
+        ge=1,
+        le=65_535,
+        description="QoS 1 messages the broker may have unacked at the bridge at once (MQTT 5)",
+    )
+    mqtt_keepalive: int = Field(30, ge=5, le=65_535, description="MQTT keepalive in seconds")
+    max_payload_bytes: int = Field(
+        65_536, ge=1, description="larger payloads are dead-lettered without being parsed"
+    )
+    bridge_max_pending: int = Field(
+        20_000,
+        ge=1,
+        description="messages held before the bridge stops reading its socket (bounds QoS 0 memory)",
+    )
+    metrics_interval: float = Field(10.0, gt=0, description="seconds between metrics log lines")
+
+    # -- the sink ------------------------------------------------------------------------------
+    sink_group: str = Field(
+        "thermoflow-sink", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="the sink's consumer group"
+    )
+    sink_batch: int = Field(
+        20_000, ge=1, le=1_000_000, description="readings per database transaction at most"
+    )
+    sink_wait: float = Field(0.2, gt=0, le=60, description="seconds to wait to fill a batch")
+
+    log_level: str = Field("INFO", description="log level")
+
+    @field_validator("topic_template")
+    @classmethod
+    def _template_is_usable(cls, template: str) -> str:
+        try:
+            TopicTemplate(template)
+        except TopicTemplateError as exc:
+            raise ValueError(str(exc)) from None
+        return template
+
+    @field_validator("mqtt_topics")
+    @classmethod
+    def _filters_are_valid(cls, filters: str) -> str:
+        for topic_filter in _split(filters):
+            check_filter(topic_filter)
+        if not _split(filters):
+            raise ValueError("give at least one topic filter")
+        return filters
+
+    @property
+    def topic_filters(self) -> list[str]:
+        """The filters to subscribe, with the shared-subscription prefix when a group is set."""
+        filters = _split(self.mqtt_topics)
+        if self.mqtt_share_group:
+            return [f"$share/{self.mqtt_share_group}/{f}" for f in filters]
+        return filters
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

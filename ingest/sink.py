@@ -1,0 +1,225 @@
+"""The readings sink: ``telemetry.readings`` into the ``readings`` table, at least once, idempotently.
+
+Per batch: decode (pure, :mod:`ingest.rows`), COPY the rows into a temporary staging table,
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``readings`` (so a replayed batch adds no
+rows), commit, dead-letter what was no reading, and only then commit the Kafka offsets.
+The database work runs on a worker thread with a synchronous connection: binary COPY's
+``write_row`` is then a plain C-accelerated call per row, and the event loop keeps fetching.
+A database outage pauses consumption: the same batch is retried with backoff until it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any, Final
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from psycopg import sql
+
+from ingest.rows import STAGE_COLUMNS, STAGE_TYPES, Row, rows_from_values
+from ingest.settings import IngestSettings
+from thermoflow import db, kafka
+from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
+from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
+
+log = get_logger(__name__)
+
+_BACKOFF_FIRST: Final = 0.5
+_BACKOFF_MAX: Final = 30.0
+
+_CREATE_STAGE: Final = sql.SQL(
+    "CREATE TEMPORARY TABLE IF NOT EXISTS readings_stage ("
+    " device_id text, metric text, value float8, ts float8, seq int8, received_at float8"
+    ") ON COMMIT DELETE ROWS"
+)
+_COPY_STAGE: Final = sql.SQL("COPY readings_stage ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(sql.Identifier(column) for column in STAGE_COLUMNS)
+)
+_INSERT: Final = sql.SQL(
+    "INSERT INTO readings (device_id, metric, ts, value, seq, received_at)"
+    " SELECT device_id, metric, to_timestamp(ts), value, seq, to_timestamp(received_at)"
+    " FROM readings_stage ON CONFLICT DO NOTHING"
+)
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2))
+
+
+class ReadingsWriter:
+    """Writes row batches idempotently; a synchronous connection, used from one worker thread."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def write(self, rows: list[Row]) -> int:
+        """COPY ``rows`` in and keep the new ones; returns how many rows were new. Raises psycopg.Error."""
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                with cur.copy(_COPY_STAGE) as copy:
+                    copy.set_types(list(STAGE_TYPES))
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(_INSERT)
+                inserted = cur.rowcount
+            conn.commit()
+            return inserted
+        except psycopg.Error:
+            self.close()
+            raise
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = db.connect(self.settings)
+            conn.execute(_CREATE_STAGE)
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
+class ReadingsSink:
+    """``await ReadingsSink(settings).run(stop)`` sinks until ``stop`` is set, then commits and returns."""
+
+    def __init__(self, settings: IngestSettings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics("sink")
+        self._writer = ReadingsWriter(settings)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Migrate the schema, then consume, write and commit batch after batch until ``stop``."""
+        if not await self._migrate(stop):
+            return
+        consumer = kafka.consumer(
+            self.settings,
+            self.settings.readings_topic,
+            group_id=self.settings.sink_group,
+            max_poll_records=self.settings.sink_batch,
+        )
+        producer = kafka.producer(self.settings)
+        try:
+            await consumer.start()
+            await producer.start()
+            log.info("sink_started", topic=self.settings.readings_topic, group=self.settings.sink_group)
+            await self._consume(consumer, producer, stop)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await asyncio.to_thread(self._writer.close)
+            self._log_metrics("sink_stopped")
+
+    async def _migrate(self, stop: asyncio.Event) -> bool:
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(db.migrate, self.settings)
+                return True
+            except psycopg.OperationalError as exc:
+                delay = _backoff(attempt)
+                attempt += 1
+                log.warning("database_unreachable", url=self.settings.database_url_redacted, error=str(exc),
+                            retry_in=round(delay, 1))  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return False
+
+    async def _consume(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> None:
+        next_log = time.monotonic() + self.settings.metrics_interval
+        while not stop.is_set():
+            fetched = await consumer.getmany(
+                timeout_ms=int(self.settings.sink_wait * 1000), max_records=self.settings.sink_batch
+            )
+            if fetched:
+                records = [record for batch in fetched.values() for record in batch]
+                if not await self._store(records, producer, stop):
+                    return  # stopped during a database outage: the batch comes again, uncommitted
+                await self._commit(consumer, fetched)
+            if time.monotonic() >= next_log:
+                next_log += self.settings.metrics_interval
+                self._log_metrics("sink_metrics")
+
+    async def _store(
+        self, records: list[ConsumerRecord[bytes, bytes]], producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> bool:
+        """Write the batch (retrying through a database outage) and dead-letter what is no reading."""
+        started = time.monotonic()
+        batch = rows_from_values([record.value for record in records])
+        attempt = 0
+        while True:
+            try:
+                inserted = await asyncio.to_thread(self._writer.write, batch.rows)
+                break
+            except psycopg.Error as exc:
+                if stop.is_set():
+                    return False
+                delay = _backoff(attempt)
+                attempt += 1
+                self.metrics.count("write_failures")
+                log.warning("database_write_failed", rows=len(batch.rows), error=str(exc).strip(),
+                            retry_in=round(delay, 1))  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        if batch.errors:
+            await self._dead_letter(records, batch.errors, producer)
+        self.metrics.count("consumed", len(records))
+        self.metrics.count("rows_inserted", inserted)
+        self.metrics.count("rows_duplicate", len(batch.rows) - inserted)
+        self.metrics.observe("batch_write", time.monotonic() - started)
+        return True
+
+    async def _dead_letter(
+        self,
+        records: list[ConsumerRecord[bytes, bytes]],
+        errors: list[tuple[int, str]],
+        producer: AIOKafkaProducer,
+    ) -> None:
+        futures = []
+        now = time.time()
+        for index, reason in errors:
+            record = records[index]
+            source = kafka_source(topic=record.topic, partition=record.partition, offset=record.offset)
+            log.warning("dead_letter", source=source, error=reason)
+            letter = DeadLetter(error=reason, stage="ingest", source=source, failed_at=now)
+            futures.append(
+                await producer.send(
+                    self.settings.deadletter_topic, record.value or b"", headers=dead_letter_headers(letter)
+                )
+            )
+        await asyncio.gather(*futures)
+        self.metrics.count("dead_lettered", len(errors))
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions away: their new owner replays them, idempotently.
+            log.warning("offset_commit_failed", error=str(exc))
+        except KafkaError as exc:
+            log.warning("offset_commit_failed", error=str(exc))
+
+    def _log_metrics(self, event: str) -> None:
+        snapshot = self.metrics.snapshot()
+        log.info(event, counters=snapshot["counters"], latency=snapshot["latency"])
+
+
+async def run_sink(settings: IngestSettings, *, stop: asyncio.Event, metrics: Metrics | None = None) -> None:
+    """Run the sink until ``stop`` is set (the entry of `thermoflow sink`)."""
+    await ReadingsSink(settings, metrics=metrics).run(stop)
