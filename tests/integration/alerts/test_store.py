@@ -135,8 +135,12 @@ async def test_store_consumes_kafka_dead_letters_garbage_and_survives_redelivery
         await eventually(lambda: _async(_counts(settings)[0] == len(alerts)), what="all events stored")
     # A second consumer group replays everything from the start: nothing changes.
     before = _counts(settings)
-    async with running(AlertStore(config.model_copy(update={"store_group": unique_name("replay")})).run):
-        await asyncio.sleep(3)
+    replayer = AlertStore(config.model_copy(update={"store_group": unique_name("replay")}))
+    async with running(replayer.run):
+        replayed = len(alerts) + 40
+        await eventually(
+            lambda: _async(replayer.metrics.counter("alerts_duplicate") == replayed), what="the replay"
+        )
     assert _counts(settings) == before
     assert before[0] == before[3] == len(alerts)
 
@@ -145,7 +149,9 @@ async def test_store_consumes_kafka_dead_letters_garbage_and_survives_redelivery
     consumer = kafka.consumer(settings, deadletter, group_id=unique_name("dlq"))
     await consumer.start()
     try:
-        records = [r for batch in (await consumer.getmany(timeout_ms=5000)).values() for r in batch]
+        records: list[Any] = []
+        for _ in range(20):
+            records += [r for batch in (await consumer.getmany(timeout_ms=500)).values() for r in batch]
     finally:
         await consumer.stop()
     assert [r.value for r in records] == [b"not json"] * 2  # once per consumer group that read it
