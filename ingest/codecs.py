@@ -93,6 +93,8 @@ def _bare_number(
     try:
         value = float(text)
     except ValueError:
+        if text.lstrip().startswith(("{", "[")):
+            raise PayloadError(f"payload is not valid JSON: {error}") from None
         raise PayloadError(f"payload is neither JSON nor a number: {error}") from None
     return _reading(fields, None, value=value, unit="C", ts=received_at, received_at=received_at)
 

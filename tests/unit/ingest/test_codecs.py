@@ -1,0 +1,165 @@
+"""Every payload codec and validation case of the bridge, without services."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import ingest.codecs
+import ingest.mapping
+import ingest.records
+import ingest.rows
+from ingest.codecs import PayloadError, decode_payload, parse_timestamp, to_celsius
+from ingest.mapping import TopicFields
+
+FIELDS = TopicFields(device_id="freezer-0042", metric="temperature")
+NOW = 1764218400.0
+
+
+def one(
+    payload: bytes, fields: TopicFields | None = FIELDS, max_bytes: int = 100
+) -> tuple[str, str, float, float, int | None]:
+    readings = decode_payload(payload, fields=fields, received_at=NOW, max_bytes=max_bytes)
+    assert len(readings) == 1
+    r = readings[0]
+    assert r.received_at == NOW and r.unit == "C"
+    return (r.device_id, r.metric, r.value, r.ts, r.seq)
+
+
+def reason(payload: bytes, fields: TopicFields | None = FIELDS, max_bytes: int = 65_536) -> str:
+    with pytest.raises(PayloadError) as caught:
+        decode_payload(payload, fields=fields, received_at=NOW, max_bytes=max_bytes)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"value": 21.5, "ts": 1764218000.25, "seq": 7, "unit": "C"}', 21.5),
+        (b'{"temperature": 21.5, "ts": 1764218000.25, "seq": 7}', 21.5),
+        (b'{"temp": 21.5, "ts": 1764218000.25, "seq": 7}', 21.5),
+        (b'{"temp": 70.7, "ts": 1764218000.25, "seq": 7, "unit": "F"}', (70.7 - 32) * 5 / 9),
+        (b'{"value": 294.65, "ts": 1764218000.25, "seq": 7, "unit": "K"}', 294.65 - 273.15),
+    ],
+)
+def test_json_object_with_any_value_key_and_unit(payload: bytes, expected: float) -> None:
+    device_id, metric, value, ts, seq = one(payload)
+    assert (device_id, metric, ts, seq) == ("freezer-0042", "temperature", 1764218000.25, 7)
+    assert value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("raw_ts", "expected"),
+    [
+        (b"1764218000.25", 1764218000.25),  # epoch seconds
+        (b"1764218000250", 1764218000.25),  # epoch milliseconds
+        (b'"2025-11-27T04:33:20.25Z"', 1764218000.25),  # RFC 3339, UTC
+        (b'"2025-11-27T05:33:20.25+01:00"', 1764218000.25),  # RFC 3339, with an offset
+    ],
+)
+def test_timestamps_in_seconds_milliseconds_and_rfc3339(raw_ts: bytes, expected: float) -> None:
+    assert one(b'{"value": 1.0, "ts": ' + raw_ts + b"}")[3] == pytest.approx(expected, abs=1e-6)
+
+
+def test_missing_timestamp_is_the_receive_time() -> None:
+    assert one(b'{"value": 1.0}')[3] == NOW
+
+
+@pytest.mark.parametrize("payload", [b"21.5", b"-18", b" 21.5\n", b"+21.5", b"2.15e1"])
+def test_bare_number(payload: bytes) -> None:
+    assert one(payload) == ("freezer-0042", "temperature", 21.5 if b"18" not in payload else -18.0, NOW, None)
+
+
+def test_senml_resolves_base_name_time_unit_and_value() -> None:
+    pack = (
+        b'[{"bn": "freezer-0042/", "bt": 1764218000, "bu": "Cel", "bv": 0.5, "n": "temperature", "v": -18.0},'
+        b' {"n": "temperature", "t": 10, "v": 32.0, "u": "degF"},'
+        b' {"n": "temperature", "t": 20, "v": 255.15, "u": "K"}]'
+    )
+    readings = decode_payload(pack, fields=None, received_at=NOW)
+    assert [(r.device_id, r.metric, r.ts) for r in readings] == [
+        ("freezer-0042", "temperature", 1764218000.0),
+        ("freezer-0042", "temperature", 1764218010.0),
+        ("freezer-0042", "temperature", 1764218020.0),
+    ]
+    assert [r.value for r in readings] == pytest.approx([-17.5, (32.5 - 32) * 5 / 9, 255.65 - 273.15])
+
+
+def test_senml_as_the_simulator_sends_it_and_relative_time() -> None:
+    # The topic names the device; a time below 2**28 is relative to now (RFC 8428 4.5.3).
+    readings = decode_payload(
+        b'[{"n":"temperature","u":"Cel","v":4.5,"t":-2.0}]', fields=FIELDS, received_at=NOW
+    )
+    assert [(r.device_id, r.metric, r.value, r.ts) for r in readings] == [
+        ("freezer-0042", "temperature", 4.5, NOW - 2.0)
+    ]
+
+
+def test_device_id_from_payload_when_the_topic_has_none() -> None:
+    assert one(b'{"device_id": "rack-7", "value": 3.0}', fields=None)[0] == "rack-7"
+
+
+@pytest.mark.parametrize(
+    ("payload", "fields", "words"),
+    [
+        (b'{"value": 1.0}', None, "no device id"),
+        (b'[{"n": "temperature", "v": 1.0}]', None, "no device id"),
+        (b'{"value": 1.0, "unit": "bananas"}', FIELDS, "unknown unit 'bananas'"),
+        (b'[{"n": "t", "v": 1.0, "u": "%RH"}]', FIELDS, "unknown unit '%RH'"),
+        (b"nan", FIELDS, "not a finite number"),
+        (b"inf", FIELDS, "not a finite number"),
+        (b'{"value": 1e999}', FIELDS, "not valid JSON: Number out of range"),
+        (b"\xff\xfe\x00", FIELDS, "not valid UTF-8"),
+        (b"{not json", FIELDS, "not valid JSON"),
+        (b"hot", FIELDS, "neither JSON nor a number"),
+        (b'{"value": "21.5"}', FIELDS, "`value` must be a number, got str"),
+        (b'{"value": true}', FIELDS, "`value` must be a number, got bool"),
+        (b'{"reading": 21.5}', FIELDS, "no `value`"),
+        (b'{"value": 1.0, "seq": "x"}', FIELDS, "`seq` must be an integer"),
+        (b'{"value": 1.0, "ts": "yesterday"}', FIELDS, "neither epoch seconds nor RFC 3339"),
+        (b'{"value": 1.0, "ts": "2025-11-27T04:33:20"}', FIELDS, "no time zone"),
+        (b'{"value": 1.0, "ts": -5}', FIELDS, "non-negative"),
+        (b'"21.5"', FIELDS, "JSON str"),
+        (b"[]", FIELDS, "SenML pack is empty"),
+        (b'[{"n": "t", "vs": "on"}]', FIELDS, "no numeric value"),
+        (b"[1, 2]", FIELDS, "SenML record 0 is a int"),
+    ],
+)
+def test_invalid_payloads_have_a_reason(payload: bytes, fields: TopicFields | None, words: str) -> None:
+    assert words in reason(payload, fields)
+
+
+def test_payload_over_the_size_limit_is_refused_unparsed() -> None:
+    assert reason(b"1" * 101, max_bytes=100) == "payload of 101 bytes exceeds the limit of 100"
+    assert one(b"1" * 100, fields=FIELDS)[2] == float("1" * 100)  # at the limit: parsed
+
+
+def test_device_id_longer_than_the_contract_allows() -> None:
+    assert "at most 256" in reason(b'{"value": 1}', TopicFields(device_id="x" * 257, metric="t"))
+
+
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False))
+def test_unit_conversions_agree_with_each_other(celsius: float) -> None:
+    fahrenheit = celsius * 9 / 5 + 32
+    kelvin = celsius + 273.15
+    assert to_celsius(fahrenheit, "°F") == pytest.approx(celsius, abs=1e-6)
+    assert to_celsius(kelvin, "kelvin") == pytest.approx(celsius, abs=1e-6)
+    assert to_celsius(celsius, "Cel") == celsius
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_epoch_seconds_and_milliseconds_mean_the_same_moment(seconds: float) -> None:
+    if seconds > 1e9:  # recent enough that milliseconds are unambiguous
+        assert parse_timestamp(seconds * 1000) == pytest.approx(seconds)
+    assert parse_timestamp(seconds) == seconds
+    assert math.isfinite(parse_timestamp(seconds))
+
+
+@pytest.mark.parametrize("module", [ingest.codecs, ingest.mapping, ingest.records, ingest.rows])
+def test_docstring_examples(module: object) -> None:
+    failures, _ = doctest.testmod(module, raise_on_error=False)  # type: ignore[arg-type]
+    assert failures == 0
