@@ -131,11 +131,12 @@ async def test_store_consumes_kafka_dead_letters_garbage_and_survives_redelivery
     config = _alerts_settings(settings, topic, deadletter_topic=deadletter, store_batch_wait=0.1)
     alerts = _scenario(devices=6, steps=20)
     await produce(settings, topic, [*alerts, b"not json", *alerts[:40]])  # garbage and redelivered events
-    async with running(AlertStore(config).run):
+    clock = FakeClock()  # the scenario's start: no incident is quiet long enough to resolve
+    async with running(AlertStore(config, clock=clock).run):
         await eventually(lambda: _async(_counts(settings)[0] == len(alerts)), what="all events stored")
     # A second consumer group replays everything from the start: nothing changes.
     before = _counts(settings)
-    replayer = AlertStore(config.model_copy(update={"store_group": unique_name("replay")}))
+    replayer = AlertStore(config.model_copy(update={"store_group": unique_name("replay")}), clock=clock)
     async with running(replayer.run):
         replayed = len(alerts) + 40
         await eventually(
