@@ -175,20 +175,30 @@ class KafkaMeter:
         deadletters: int,
         timeout: float,
         quiet_s: float,
+        stall_s: float = 10.0,
         stop: asyncio.Event | None = None,
     ) -> bool:
         """Wait until ``readings`` and ``deadletters`` arrived and alerts went quiet for ``quiet_s``.
 
-        Returns False when ``timeout`` ran out first (a loss, or a pipeline that is behind).
+        Gives up after ``timeout``, or when nothing at all arrived for ``stall_s`` seconds
+        (a loss, or a pipeline that stopped); returns whether everything arrived.
         """
         deadline = time.monotonic() + timeout
-        last_alerts, quiet_since = -1, time.monotonic()
-        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-            if len(self.alerts) != last_alerts:
-                last_alerts, quiet_since = len(self.alerts), time.monotonic()
+        seen = (-1, -1, -1)
+        changed = quiet_since = time.monotonic()
+        while not (stop is not None and stop.is_set()):
+            now = time.monotonic()
+            progress = (self.readings_received, len(self.alerts), self.deadletters)
+            if progress != seen:
+                changed = now
+                if progress[1] != seen[1]:
+                    quiet_since = now
+                seen = progress
             complete = self.readings_received >= readings and self.deadletters >= deadletters
-            if complete and time.monotonic() - quiet_since >= quiet_s:
+            if complete and now - quiet_since >= quiet_s:
                 return True
+            if now >= deadline or now - changed >= stall_s:
+                return complete
             await asyncio.sleep(0.1)
         return False
 
@@ -212,12 +222,14 @@ async def database_delivery(
     until: float,
     expected: int,
     timeout: float,
+    stall_s: float = 5.0,
     stop: asyncio.Event | None = None,
 ) -> dict[str, Any]:
     """Rows of this run in the ``readings`` table: count, duplicates, loss and publish-to-stored latency.
 
-    Waits up to ``timeout`` for the sink to store ``expected`` rows. Rows are this run's when
-    their device is in the fleet and their ``ts`` is within ``[since, until]``.
+    Waits up to ``timeout`` for the sink to store ``expected`` rows, or until the count has not
+    grown for ``stall_s`` seconds (called once Kafka has settled, so the sink had its input).
+    Rows are this run's when their device is in the fleet and their ``ts`` is within ``[since, until]``.
     """
     conn = await db.connect_async(settings, autocommit=True)
     try:
@@ -242,18 +254,23 @@ async def database_delivery(
             sql.Identifier(_READINGS_TABLE), where
         )
         deadline = time.monotonic() + timeout
-        rows = distinct = 0
+        rows = distinct = -1
+        changed = time.monotonic()
         while True:
             cur = await conn.execute(count_query, params)
             row = await cur.fetchone()
             assert row is not None
+            if (int(row[0]), int(row[1])) != (rows, distinct):
+                changed = time.monotonic()
             rows, distinct = int(row[0]), int(row[1])
-            if distinct >= expected or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            now = time.monotonic()
+            stalled = now - changed >= stall_s  # the sink stored nothing new for a while: it is done
+            if distinct >= expected or stalled or now >= deadline or (stop is not None and stop.is_set()):
                 break
             await asyncio.sleep(0.5)
         latency_query = sql.SQL(
             "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag), count(*)"
-            " FROM (SELECT {stored} - {ts} AS lag FROM {table} WHERE {where}) AS lags"
+            " FROM (SELECT ({stored} - {ts})::float8 AS lag FROM {table} WHERE {where}) AS lags"
         ).format(stored=epoch("stored_at"), ts=ts, table=sql.Identifier(_READINGS_TABLE), where=where)
         cur = await conn.execute(latency_query, params)
         lat = await cur.fetchone()
