@@ -1,0 +1,256 @@
+"""The notifier against real Kafka, a real local webhook server and a real local SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from alerts.channels import verify
+from alerts.notifier import Notifier
+from alerts.settings import AlertsSettings
+from tests.conftest import ROOT, unique_name
+from tests.fakes import make_alert
+from tests.integration.alerts.helpers import eventually, produce, running
+from tests.integration.alerts.servers import MailSink, WebhookReceiver, self_signed_cert
+from thermoflow import kafka
+from thermoflow.events import parse_dead_letter_headers
+from thermoflow.settings import ThermoflowSettings
+
+SECRET = "webhook-shared-secret"
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+def mail(tmp_path: Path) -> Any:
+    cert, key = self_signed_cert(tmp_path)
+    sink = MailSink(cert=cert, key=key, username="alerts", password="smtp-pass")
+    sink.start()
+    yield sink, cert
+    sink.stop()
+
+
+def _notifier_settings(settings: ThermoflowSettings, topic: str, **overrides: Any) -> AlertsSettings:
+    return AlertsSettings(
+        **{
+            **settings.model_dump(),
+            "database_url": settings.database_dsn,
+            "alerts_topic": topic,
+            "notify_group": unique_name("notify"),
+            "notifier_state_topic": unique_name("state"),
+            "deadletter_topic": unique_name("dlq"),
+            "notify_log": False,
+            **overrides,
+        }
+    )
+
+
+def _routes(tmp_path: Path, webhook: WebhookReceiver, mail_port: int, cert: Path) -> Path:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f"""
+channels:
+  audit: {{type: log, path: "{tmp_path / "notifications.jsonl"}"}}
+  hook: {{type: webhook, url: "{webhook.url}", secret_env: TEST_HOOK_SECRET}}
+  oncall:
+    type: email
+    host: 127.0.0.1
+    port: {mail_port}
+    starttls: true
+    ca_file: "{cert}"
+    username: alerts
+    password_env: TEST_SMTP_PASSWORD
+    sender: thermoflow@example.test
+    recipients: [oncall@example.test]
+    severities: [critical]
+"""
+    )
+    return path
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    async def probe() -> bool:
+        return check()
+
+    await eventually(probe, timeout=timeout, what=what)
+
+
+async def test_channels_deliver_signed_webhooks_and_starttls_email(
+    settings: ThermoflowSettings,
+    new_topic: Callable[..., str],
+    webhook: WebhookReceiver,
+    mail: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink, cert = mail
+    monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "smtp-pass")
+    topic = new_topic("alerts")
+    config = _notifier_settings(settings, topic, notify_routes=_routes(tmp_path, webhook, sink.port, cert))
+    now = time.time()
+    async with running(Notifier(config).run):
+        await produce(settings, topic, [
+            make_alert("dev-a", now, severity="warning"),
+            make_alert("dev-a", now + 1, severity="warning"),  # same incident: nothing new
+            make_alert("dev-a", now + 2, severity="critical"),  # escalation
+            make_alert("dev-b", now, severity="critical"),
+        ])  # fmt: skip
+        await _until(lambda: len(webhook.requests) == 3 and len(sink.messages) == 2, "3 webhooks, 2 emails")
+
+    bodies = [json.loads(r.body) for r in webhook.requests]
+    assert sorted((b["device_id"], b["transition"]) for b in bodies) == [
+        ("dev-a", "escalate"), ("dev-a", "fire"), ("dev-b", "fire"),
+    ]  # fmt: skip
+    for request, body in zip(webhook.requests, bodies, strict=True):
+        signature = request.headers["X-Thermoflow-Signature"]
+        assert verify(request.body, SECRET, signature)
+        assert not verify(request.body, "another secret", signature)
+        assert not verify(request.body + b" ", SECRET, signature)
+        assert request.headers["Idempotency-Key"] == body["idempotency_key"]
+    subjects = sorted(str(m["Subject"]).strip() for m in sink.messages)
+    assert subjects[0].startswith("[CRITICAL] ESCALATED: dev-a")
+    assert subjects[1].startswith("[CRITICAL] FIRING: dev-b")
+    assert sink.logins == ["alerts", "alerts"]
+    logged = [json.loads(line) for line in (tmp_path / "notifications.jsonl").read_text().splitlines()]
+    assert sorted(n["idempotency_key"] for n in logged) == sorted(webhook.keys())
+
+
+async def test_a_down_webhook_opens_its_breaker_while_the_others_deliver_and_nothing_is_lost(
+    settings: ThermoflowSettings,
+    new_topic: Callable[..., str],
+    webhook: WebhookReceiver,
+    mail: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink, cert = mail
+    monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "smtp-pass")
+    topic = new_topic("alerts")
+    config = _notifier_settings(
+        settings, topic, notify_routes=_routes(tmp_path, webhook, sink.port, cert),
+        notify_retries=3, notify_backoff=0.05, notify_backoff_max=0.2, breaker_failures=4, breaker_reset=1.0,
+    )  # fmt: skip
+    webhook.status = 503
+    now = time.time()
+    first = [make_alert(f"dev-{d}", now, severity="critical") for d in range(12)]
+    later = [make_alert(f"dev-{d}", now, severity="critical") for d in range(12, 17)]
+    async with running(Notifier(config).run):
+        await produce(settings, topic, first)
+        await _until(lambda: len(sink.messages) == 12, "the email channel delivering all 12")
+        letters = await _dead_letters(settings, config.deadletter_topic, 12)
+        attempts_while_down = webhook.attempts
+        webhook.status = 200
+        await asyncio.sleep(1.2)  # past breaker_reset: the next send is the half-open probe
+        await produce(settings, topic, later)
+        await _until(lambda: len(webhook.requests) == 5, "the webhook delivering after it came back")
+
+    assert attempts_while_down < 12 * 3  # the breaker stopped the retries
+    reasons = [parse_dead_letter_headers(r.headers) for r in letters]
+    assert all(letter.stage == "alerts" and "channel hook" in letter.error for letter in reasons)
+    assert any("HTTP 503" in letter.error for letter in reasons)
+    assert any("circuit breaker of channel hook is open" in letter.error for letter in reasons)
+    dead_keys = {json.loads(r.value)["idempotency_key"] for r in letters}
+    delivered_keys = set(webhook.keys())
+    # Nothing lost: every one of the 17 fires was either delivered or dead-lettered, none twice.
+    assert len(dead_keys) == 12 and len(delivered_keys) == 5 and not dead_keys & delivered_keys
+    logged = (tmp_path / "notifications.jsonl").read_text().splitlines()
+    assert len(logged) == 17 and len(sink.messages) == 17
+
+
+async def _dead_letters(settings: ThermoflowSettings, topic: str, count: int) -> list[Any]:
+    consumer = kafka.consumer(settings, topic, group_id=unique_name("dlq"))
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    assert len(records) == count
+    return records
+
+
+async def _committed(settings: ThermoflowSettings, group: str) -> int:
+    admin = AIOKafkaAdminClient(**settings.kafka_options())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for meta in offsets.values())
+
+
+async def test_a_killed_and_restarted_notifier_does_not_repeat_what_it_sent(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], webhook: WebhookReceiver
+) -> None:
+    topic = new_topic("alerts", partitions=2)
+    group, state = unique_name("notify"), unique_name("state")
+    env = {
+        **os.environ,
+        "THERMOFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "THERMOFLOW_ALERTS_TOPIC": topic,
+        "THERMOFLOW_NOTIFY_GROUP": group,
+        "THERMOFLOW_NOTIFIER_STATE_TOPIC": state,
+        "THERMOFLOW_DEADLETTER_TOPIC": unique_name("dlq"),
+        "THERMOFLOW_WEBHOOK_URL": webhook.url,
+        "THERMOFLOW_WEBHOOK_SECRET": SECRET,
+        "THERMOFLOW_NOTIFY_LOG": "false",
+    }
+    command = [sys.executable, "-m", "thermoflow", "alerts", "notify"]
+    now = time.time()
+    fires = [make_alert(f"dev-{d}", now) for d in range(20)]
+    escalations = [make_alert(f"dev-{d}", now + 5, severity="critical") for d in range(10)]
+
+    first = await asyncio.create_subprocess_exec(
+        *command, env=env, cwd=ROOT, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await produce(settings, topic, fires)
+        await _until(lambda: len(webhook.requests) == 20, "20 fires")
+        committed = 0
+        for _ in range(600):
+            committed = await _committed(settings, group)
+            if committed == 20:
+                break
+            await asyncio.sleep(0.1)
+        assert committed == 20
+    finally:
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+
+    # The same alerts again (a producer retry) and new escalations, for the restarted notifier.
+    await produce(settings, topic, fires + escalations)
+    second = await asyncio.create_subprocess_exec(
+        *command, env=env, cwd=ROOT, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await _until(lambda: len(webhook.requests) >= 30, "10 escalations after the restart")
+        await asyncio.sleep(2)  # time for any wrong repeat to show up
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await second.wait() == 0
+
+    bodies = [msgspec.json.decode(r.body) for r in webhook.requests]
+    assert sorted(b["transition"] for b in bodies) == ["escalate"] * 10 + ["fire"] * 20
+    assert len(set(webhook.keys())) == 30
