@@ -148,7 +148,7 @@ def simulate_command(
                             sample,
                             target_rate=settings.fleet_rate,
                             duration=settings.duration,
-                            connections=settings.connections,
+                            connections=settings.connection_count,
                             phase=phase,
                         )
                     )

@@ -111,7 +111,7 @@ async def simulate(
     )
     pool = Pool(
         endpoint=endpoint,
-        count=settings.connections,
+        count=settings.connection_count,
         qos=settings.qos,
         window=settings.inflight,
         client_prefix=settings.client_prefix,
@@ -141,9 +141,7 @@ async def simulate(
         await pool.open(ramp_s=settings.ramp, timeout=settings.ramp + 30.0)
         ramp_s = time.monotonic() - ramp_started
         connected_at_start = pool.stats.connected
-        log.info(
-            "connected", connections=connected_at_start, of=settings.connections, seconds=round(ramp_s, 2)
-        )
+        log.info("connected", connections=connected_at_start, of=pool.count, seconds=round(ramp_s, 2))
         if not controls.stop.is_set():
             await pacer.run(controls.stop, on_second=lambda s: show("publishing", s))
         publish_ended = time.time()
@@ -197,7 +195,7 @@ async def simulate(
             "duration_s": round(duration, 3),
             "seed": settings.seed,
             "devices": settings.devices,
-            "connections": settings.connections,
+            "connections": settings.connection_count,
             "qos": settings.qos,
             "format": settings.format,
             "topic_template": settings.topic_template,
@@ -225,7 +223,7 @@ async def simulate(
             "drained": drained,
             "errors": stats.connect_failures + stats.disconnects + (unacked if settings.qos else 0) + queued,
             "connections": {
-                "target": settings.connections,
+                "target": settings.connection_count,
                 "connected_at_start": connected_at_start,
                 "connected_at_end": stats.connected,
                 "connect_failures": stats.connect_failures,

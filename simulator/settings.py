@@ -41,7 +41,7 @@ class SimulatorSettings(ThermoflowSettings):
     rules: Path | None = Field(None, description="rules file for the ground truth [processors/rules.yaml]")
     incident_gap: float | None = Field(None, gt=0, description="seconds between breaches of one episode")
 
-    connections: int = Field(10, ge=1, le=100_000, description="MQTT connections")
+    connections: int | None = Field(None, ge=1, le=100_000, description="MQTT connections [min(10, devices)]")
     ramp: float = Field(0.0, ge=0, description="seconds over which connections are opened")
     inflight: int = Field(256, ge=1, le=65535, description="QoS 1 unacknowledged publishes per connection")
     max_backlog: int = Field(200_000, ge=1, description="queued publishes before the pacer holds back")
@@ -69,9 +69,13 @@ class SimulatorSettings(ThermoflowSettings):
     def _one_rate(self) -> Self:
         if self.rate is not None and self.total_rate is not None:
             raise ValueError("give --rate (per device) or --total-rate (fleet), not both")
-        if self.connections > self.devices:
+        if self.connections is not None and self.connections > self.devices:
             raise ValueError(f"--connections ({self.connections}) cannot exceed --devices ({self.devices})")
         return self
+
+    @property
+    def connection_count(self) -> int:
+        return self.connections if self.connections is not None else min(10, self.devices)
 
     @property
     def per_device_rate(self) -> float:

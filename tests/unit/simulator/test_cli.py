@@ -1,0 +1,69 @@
+"""Bad flags fail fast, before any connection, with exit code 2 and a message naming the flag."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.settings import SimulatorSettings
+from tests.conftest import ROOT
+from thermoflow.settings import ConfigError, load_settings
+
+
+def _simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "thermoflow", "simulate", "--mqtt-url", "mqtt://127.0.0.1:1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"rate": 1, "total_rate": 5}, "not both"),
+        ({"topic_template": "sensors/{metric}"}, "must contain {device_id}"),
+        ({"format": "xml"}, "format (--format or THERMOFLOW_FORMAT)"),
+        ({"qos": 2}, "qos (--qos or THERMOFLOW_QOS)"),
+        ({"devices": 0}, "devices (--devices or THERMOFLOW_DEVICES)"),
+        ({"profiles": "fridge"}, "unknown profile 'fridge'"),
+        ({"anomaly_kinds": "meltdown"}, "unknown anomaly kind"),
+        ({"connections": 20, "devices": 10}, "cannot exceed --devices"),
+    ],
+)
+def test_bad_settings_name_the_flag(flags: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(SimulatorSettings, **flags)
+    assert message in str(error.value)
+
+
+def test_bad_flags_exit_2_before_connecting() -> None:
+    result = _simulate("--rules", "/nonexistent/rules.yaml", "--duration", "1")
+    assert result.returncode == 2, result.stderr
+    assert "cannot read the rules file" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = _simulate("--rate", "1", "--total-rate", "5")
+    assert result.returncode == 2 and "not both" in result.stderr
+
+
+def test_a_bad_anomaly_schedule_names_the_entry(tmp_path: Path) -> None:
+    schedule = tmp_path / "anomalies.yaml"
+    schedule.write_text("- {kind: spike, device: rack-0001, at: 1}\n- {kind: spike, device: nobody, at: 1}\n")
+    result = _simulate("--anomaly-schedule", str(schedule), "--devices", "5", "--duration", "1")
+    assert result.returncode == 2
+    assert "anomaly #1: device 'nobody' is not in the fleet" in result.stderr
+
+
+def test_help_lists_the_flags() -> None:
+    result = _simulate("--help")
+    assert result.returncode == 0
+    for flag in ("--devices", "--total-rate", "--qos", "--format", "--topic-template", "--seed", "--measure"):
+        assert flag in result.stdout
