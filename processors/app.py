@@ -19,7 +19,8 @@ from typing import Any
 import faust
 import msgspec
 
-from processors.codec import RawRecord, decode_batch
+from processors.batching import BATCH_SERIALIZER, BatchingApp
+from processors.codec import KafkaRecord, decode_batch
 from processors.runtime import FunctionBody, FunctionFailed, FunctionSpec, Registry, call_with_retries
 from processors.settings import ProcessorSettings
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
@@ -48,9 +49,9 @@ def broker_credentials(settings: ProcessorSettings) -> Any:
 
 def build_app(
     settings: ProcessorSettings, *, registry: Registry, worker_index: int, data_dir: Path, metrics: Metrics
-) -> faust.App:
+) -> BatchingApp:
     """A faust app running every function of ``registry``; one per worker process."""
-    app = faust.App(
+    app = BatchingApp(
         settings.processor_group,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
@@ -68,15 +69,16 @@ def build_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         broker_commit_every=max(settings.max_batch, 10_000),
-        broker_max_poll_records=max(settings.max_batch, 500),
+        broker_max_poll_records=settings.max_batch,
         consumer_max_fetch_size=8 << 20,
-        stream_buffer_maxsize=max(settings.max_batch, 4096),
+        stream_buffer_maxsize=4 * settings.max_chunks,  # counted in partition chunks (processors.batching)
         producer_acks=-1,
         producer_linger=0.005,
         producer_max_batch_size=1 << 20,
         stream_wait_empty=False,  # a batch cut short by a rebalance is replayed (at-least-once)
     )
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
+    app.batch_topics = frozenset(spec.source_topic(settings) for spec in registry.specs())
     for spec in registry.specs():
         runner = BatchRunner(
             spec=spec,
@@ -86,7 +88,9 @@ def build_app(
             settings=settings,
             metrics=metrics,
         )
-        source = app.topic(spec.source_topic(settings), key_serializer="raw", value_serializer="raw")
+        source = app.topic(
+            spec.source_topic(settings), key_serializer="raw", value_serializer=BATCH_SERIALIZER
+        )
         app.agent(source, name=f"processors.{spec.name}")(runner.agent)
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
@@ -121,18 +125,14 @@ class BatchRunner:
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
         first = True
-        async for events in stream.take_events(self.settings.max_batch, within=self.settings.max_wait):
-            await self.process(
-                [
-                    RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset)
-                    for e in events
-                ]
-            )
+        # Each event is one partition's fetched chunk of records (processors.batching).
+        async for events in stream.take_events(self.settings.max_chunks, within=self.settings.max_wait):
+            await self.process([record for event in events for record in event.value])
             if first:
                 first = False
                 self.log.info("first_batch_processed", seconds_since_agent_start=time.monotonic() - started)
 
-    async def process(self, records: Sequence[RawRecord]) -> None:
+    async def process(self, records: Sequence[KafkaRecord]) -> None:
         """Decode, call, send; returns only once every output record is acked by Kafka."""
         started = time.perf_counter()
         batch, rejects = decode_batch(self.source, records)
@@ -170,7 +170,7 @@ class BatchRunner:
         self.metrics.count("dead_letters", len(rejects))
         self.metrics.observe("batch", time.perf_counter() - started)
 
-    async def _dead_letter(self, record: RawRecord, reason: str) -> asyncio.Future[Any]:
+    async def _dead_letter(self, record: KafkaRecord, reason: str) -> asyncio.Future[Any]:
         source = kafka_source(topic=self.source, partition=record.partition, offset=record.offset)
         self.log.warning(
             "dead_letter",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 import numpy as np
@@ -18,6 +18,19 @@ from processors.thresholds import I64, ReadingColumns
 from thermoflow.events import Reading, decode_reading
 
 _lines_decoder: Final = msgspec.json.Decoder(Reading)
+
+
+class KafkaRecord(Protocol):
+    """What the codec needs of a record: aiokafka's ``ConsumerRecord`` and :class:`RawRecord` both fit."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +47,7 @@ class RawRecord:
 class Reject:
     """A record that is not a valid reading, and why."""
 
-    record: RawRecord
+    record: KafkaRecord
     error: str
 
 
@@ -46,7 +59,7 @@ class ReadingBatch:
     columns: ReadingColumns
     partition: I64
     offset: I64
-    records: Sequence[RawRecord]  # the valid readings' original records, in the same order
+    records: Sequence[KafkaRecord]  # the valid readings' original records, in the same order
 
     def __len__(self) -> int:
         return len(self.columns)
@@ -70,7 +83,7 @@ def _decode_all(values: Sequence[bytes]) -> list[Reading] | None:
     return readings if len(readings) == len(values) else None  # blank records are skipped by decode_lines
 
 
-def decode_batch(topic: str, records: Sequence[RawRecord]) -> tuple[ReadingBatch, list[Reject]]:
+def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBatch, list[Reject]]:
     """Decode a batch of ``telemetry.readings`` records to columns; undecodable ones are rejected.
 
     >>> ok = RawRecord(b"f-1", b'{"device_id": "f-1", "value": -3.5, "ts": 10.0, "received_at": 10.1}', 0, 7)
@@ -82,12 +95,12 @@ def decode_batch(topic: str, records: Sequence[RawRecord]) -> tuple[ReadingBatch
     (8, 'invalid reading: Object missing required field `value`')
     """
     rejects: list[Reject] = []
-    kept: Sequence[RawRecord] = records
+    kept: Sequence[KafkaRecord] = records
     readings: list[Reading] | None = None
     if records and all(record.value for record in records):
         readings = _decode_all([record.value for record in records if record.value])
     if readings is None:
-        readings, kept = [], []
+        readings, valid = [], []
         for record in records:
             if not record.value:
                 rejects.append(Reject(record, "empty record value"))
@@ -97,7 +110,8 @@ def decode_batch(topic: str, records: Sequence[RawRecord]) -> tuple[ReadingBatch
             except ValueError as exc:
                 rejects.append(Reject(record, str(exc)))
                 continue
-            kept.append(record)
+            valid.append(record)
+        kept = valid
 
     pairs: dict[tuple[str, str], int] = {}
     pair = np.fromiter(

@@ -28,7 +28,10 @@ class ProcessorSettings(ThermoflowSettings):
     )
     rules_poll_interval: float = Field(1.0, gt=0, description="seconds between checks of the rules file")
     workers: int = Field(1, ge=1, le=64, description="worker processes to run")
-    max_batch: int = Field(20_000, ge=1, le=1_000_000, description="readings per batch at most")
+    max_batch: int = Field(20_000, ge=1, le=1_000_000, description="readings per fetch from Kafka at most")
+    max_chunks: int = Field(
+        16, ge=1, le=1024, description="partition chunks (fetched runs of records) per batch at most"
+    )
     max_wait: float = Field(0.25, gt=0, le=60, description="seconds to wait to fill a batch")
     function_retries: int = Field(3, ge=1, le=20, description="attempts per batch before it is dead-lettered")
     function_backoff: float = Field(0.2, ge=0, description="first retry delay in seconds (doubles each time)")

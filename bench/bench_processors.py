@@ -1,0 +1,315 @@
+"""Processors benchmark: the pure check, one worker end to end on real Kafka, cold start, a naive baseline.
+
+    .venv/bin/python bench/bench_processors.py [--readings 2000000] [--partitions 12] [--baseline-seconds 20]
+
+Kafka comes from THERMOFLOW_KAFKA_BOOTSTRAP (default: the local stack, 127.0.0.1:9092).
+It pre-fills a fresh topic with readings (1% of them breach a rule), then, in the same run:
+
+1. the pure check (decode excluded) on 100,000-reading batches, readings/s;
+2. `thermoflow process` (one worker process): consume -> decode -> check -> produce alerts,
+   readings/s from the first batch processed until the group has committed every reading;
+3. cold start: seconds from starting that process to its first batch processed;
+4. the baseline: a naive faust agent (one event at a time: decode, classify, send) over the
+   same topic in its own consumer group, readings/s, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka.admin import AIOKafkaAdminClient
+
+from processors.rules import DEFAULT_RULES_FILE, load_rules
+from processors.thresholds import ReadingColumns, compile_rules, evaluate
+from thermoflow import kafka
+from thermoflow.events import Reading, encode
+from thermoflow.settings import ThermoflowSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = {
+    "freezer": (-22.0, -16.0),
+    "coldroom": (2.0, 6.0),
+    "rack": (20.0, 30.0),
+    "greenhouse": (15.0, 32.0),
+}
+BREACH = {"freezer": -2.0, "coldroom": 15.0, "rack": 50.0, "greenhouse": 45.0}
+
+
+def readings(count: int, *, devices: int, breach_rate: float, seed: int = 7) -> list[Reading]:
+    """Readings of a fleet: values inside each profile's normal range, ``breach_rate`` of them far above."""
+    rng = np.random.default_rng(seed)
+    names = list(PROFILES)
+    device = rng.integers(0, devices, count)
+    breach = rng.random(count) < breach_rate
+    unit = rng.random(count)
+    out = []
+    for i in range(count):
+        profile = names[int(device[i]) % len(names)]
+        low, high = PROFILES[profile]
+        value = BREACH[profile] if breach[i] else low + (high - low) * float(unit[i])
+        ts = 1_764_000_000.0 + i * 0.001
+        out.append(Reading(device_id=f"{profile}-{int(device[i]):05d}", value=value, ts=ts, received_at=ts))
+    return out
+
+
+def bench_pure(batch_size: int = 100_000, repeat: int = 20) -> float:
+    rules = compile_rules(load_rules(DEFAULT_RULES_FILE))
+    batch = readings(batch_size, devices=10_000, breach_rate=0.01)
+    pairs: dict[tuple[str, str], int] = {}
+    pair = np.array([pairs.setdefault((r.device_id, r.metric), len(pairs)) for r in batch], dtype=np.int64)
+    columns = ReadingColumns(
+        device_ids=[d for d, _ in pairs],
+        metrics=[m for _, m in pairs],
+        pair=pair,
+        values=np.array([r.value for r in batch]),
+        ts=np.array([r.ts for r in batch]),
+    )
+    evaluate(columns, rules)  # warm the per-device rule cache, as a running worker has
+    started = time.perf_counter()
+    for _ in range(repeat):
+        evaluate(columns, rules)
+    return batch_size * repeat / (time.perf_counter() - started)
+
+
+async def prefill(settings: ThermoflowSettings, topic: str, batch: list[Reading], partitions: int) -> float:
+    """Write the readings fast: one producer batch per partition at a time, many in flight."""
+    producer = kafka.producer(settings, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending: dict[int, Any] = {}
+        inflight: list[asyncio.Future[Any]] = []
+        for reading in batch:
+            key = reading.device_id.encode()
+            partition = zlib.crc32(key) % partitions
+            builder = pending.get(partition)
+            if builder is None:
+                builder = pending[partition] = producer.create_batch()
+            value = encode(reading)
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                inflight.append(await producer.send_batch(builder, topic, partition=partition))
+                builder = pending[partition] = producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None)
+            if len(inflight) > 64:
+                await asyncio.gather(*inflight)
+                inflight.clear()
+        for partition, builder in pending.items():
+            inflight.append(await producer.send_batch(builder, topic, partition=partition))
+        await asyncio.gather(*inflight)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def committed(settings: ThermoflowSettings, group: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(**settings.kafka_options())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+def first_batch_at(log_path: Path) -> float | None:
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"first_batch_processed"' in line:
+            stamp = json.loads(line[line.index("{") :])["timestamp"]  # a terminal escape may precede it
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+async def measure(
+    settings: ThermoflowSettings,
+    *,
+    command: list[str],
+    env: dict[str, str],
+    group: str,
+    topic: str,
+    total: int,
+    max_seconds: float,
+    log_path: Path,
+) -> dict[str, float]:
+    """Start a worker; its rate from its first commit until all is committed (or max_seconds)."""
+    started = time.time()
+    with log_path.open("w") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        try:
+            first: tuple[float, int] | None = None
+            last = (time.time(), 0)
+            while time.time() - started < 120 + max_seconds:
+                done = await committed(settings, group, topic)
+                now = time.time()
+                if done and first is None:
+                    first = (now, done)
+                last = (now, done)
+                if done >= total or (first and now - first[0] >= max_seconds):
+                    break
+                if proc.returncode is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode}; see {log_path}")
+                await asyncio.sleep(0.25)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await asyncio.wait_for(proc.wait(), timeout=60)
+    if first is None or last[0] == first[0]:
+        raise RuntimeError(f"no progress measured; see {log_path}")
+    first_batch = first_batch_at(log_path)
+    return {
+        "rate": (last[1] - first[1]) / (last[0] - first[0]),
+        "processed": float(last[1]),
+        "cold_start": (first_batch - started) if first_batch else float("nan"),
+        "exit_code": float(proc.returncode or 0),
+    }
+
+
+# -- the baseline: a naive faust agent, one event at a time ---------------------------------------
+
+
+def naive_worker() -> None:
+    """Run the baseline agent (started by this script as a child process)."""
+    import faust
+
+    from thermoflow.events import AlertEvent, alert_id, decode_reading
+
+    group, source_name, sink_name = sys.argv[2:5]
+    settings = ThermoflowSettings()
+    ruleset = load_rules(DEFAULT_RULES_FILE)
+    data_dir = tempfile.mkdtemp(prefix="bench-naive-")
+    app = faust.App(
+        group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        autodiscover=False,
+        datadir=data_dir,
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+    )
+    source = app.topic(source_name, value_serializer="raw")
+    sink = app.topic(sink_name, value_serializer="raw")
+
+    @app.agent(source)
+    async def naive(stream: Any) -> None:
+        async for value in stream:
+            reading = decode_reading(value)
+            breach = ruleset.classify(reading.device_id, reading.metric, reading.value)
+            if breach is not None:
+                event = AlertEvent(
+                    alert_id=alert_id(
+                        device_id=reading.device_id,
+                        rule_id=breach.rule_id,
+                        severity=breach.severity,
+                        reading_ts=reading.ts,
+                    ),
+                    device_id=reading.device_id,
+                    metric=reading.metric,
+                    rule_id=breach.rule_id,
+                    severity=breach.severity,
+                    condition=breach.condition,
+                    threshold=breach.threshold,
+                    value=reading.value,
+                    reading_ts=reading.ts,
+                    detected_at=time.time(),
+                )
+                await sink.send(key=reading.device_id.encode(), value=encode(event))
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--readings", type=int, default=2_000_000)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--baseline-seconds", type=float, default=20.0)
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+
+    settings = ThermoflowSettings()
+    run = uuid.uuid4().hex[:8]
+    source, alerts, deadletter = f"bench-readings-{run}", f"bench-alerts-{run}", f"bench-dlq-{run}"
+    logs = Path(tempfile.mkdtemp(prefix="bench-processors-"))
+
+    print(f"pure check, 100,000-reading batches: {bench_pure():,.0f} readings/s", flush=True)
+
+    await kafka.ensure_topics(
+        settings, {source: args.partitions, alerts: 6, alerts + "-naive": 6, deadletter: 1}
+    )
+    batch = readings(args.readings, devices=args.devices, breach_rate=0.01)
+    seconds = await prefill(settings, source, batch, args.partitions)
+    del batch
+    print(f"pre-filled {source}: {args.readings:,} readings in {seconds:.1f}s", flush=True)
+
+    env = {
+        **os.environ,
+        "THERMOFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "THERMOFLOW_READINGS_TOPIC": source,
+        "THERMOFLOW_ALERTS_TOPIC": alerts,
+        "THERMOFLOW_DEADLETTER_TOPIC": deadletter,
+        "THERMOFLOW_PROCESSOR_GROUP": f"bench-process-{run}",
+    }
+    worker = await measure(
+        settings,
+        command=[sys.executable, "-m", "thermoflow", "process"],
+        env=env,
+        group=f"bench-process-{run}",
+        topic=source,
+        total=args.readings,
+        max_seconds=300,
+        log_path=logs / "process.log",
+    )
+    print(
+        f"thermoflow process, 1 worker, end to end: {worker['rate']:,.0f} readings/s "
+        f"({worker['processed']:,.0f} committed; exit code {worker['exit_code']:.0f})",
+        flush=True,
+    )
+    print(f"cold start (process start -> first batch processed): {worker['cold_start']:.2f}s", flush=True)
+    if not args.skip_baseline:
+        naive = await measure(
+            settings,
+            command=[
+                sys.executable,
+                __file__,
+                "--naive-worker",
+                f"bench-naive-{run}",
+                source,
+                f"{alerts}-naive",
+            ],
+            env=env,
+            group=f"bench-naive-{run}",
+            topic=source,
+            total=args.readings,
+            max_seconds=args.baseline_seconds,
+            log_path=logs / "naive.log",
+        )
+        print(f"baseline, naive faust agent (one event at a time): {naive['rate']:,.0f} readings/s")
+        print(f"ratio: {worker['rate'] / naive['rate']:.1f}x", flush=True)
+    print(f"worker logs: {logs}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--naive-worker":
+        naive_worker()
+    else:
+        asyncio.run(main())
