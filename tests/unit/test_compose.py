@@ -13,10 +13,10 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from thermoflow.cli import app, register_components
+from thermoflow.configref import COMPONENT_SETTINGS
 from thermoflow.settings import ThermoflowSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPONENT_SETTINGS = ("ingest.settings", "processors.settings", "alerts.settings", "simulator.settings")
 
 
 def compose() -> dict[str, Any]:
@@ -25,11 +25,12 @@ def compose() -> dict[str, Any]:
 
 
 def thermoflow_services() -> dict[str, dict[str, Any]]:
-    return {name: svc for name, svc in compose()["services"].items() if svc.get("image") == "thermoflow:latest"}
+    services = compose()["services"].items()
+    return {name: svc for name, svc in services if svc.get("image") == "thermoflow:latest"}
 
 
 def all_settings_classes() -> list[type[BaseSettings]]:
-    for module in COMPONENT_SETTINGS:
+    for _title, module in COMPONENT_SETTINGS:
         importlib.import_module(module)
     found: list[type[BaseSettings]] = []
     pending: list[type[BaseSettings]] = [ThermoflowSettings]
