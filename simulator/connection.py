@@ -152,6 +152,11 @@ class Connection(asyncio.Protocol):
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes written but still in the socket's send buffer (not yet taken by the kernel)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     # -- publishing ------------------------------------------------------------------------------
 
     def publish(self, topics: list[bytes], payloads: list[bytes]) -> None:

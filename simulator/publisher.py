@@ -117,11 +117,16 @@ class Pool:
     def unacked(self) -> int:
         return sum(conn.unacked for conn in self.connections)
 
+    @property
+    def buffered(self) -> int:
+        return sum(conn.buffered for conn in self.connections)
+
     async def drain(self, *, timeout: float) -> bool:
-        """Wait until nothing is queued and (QoS 1) everything is acknowledged; False on timeout."""
+        """Wait until nothing is queued and everything is acknowledged (QoS 1) or handed to the
+        kernel (QoS 0); False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.stats.queued == 0 and (self.qos == 0 or self.unacked == 0):
+            if self.stats.queued == 0 and (self.unacked == 0 if self.qos else self.buffered == 0):
                 return True
             await asyncio.sleep(0.05)
         return False

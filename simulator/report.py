@@ -1,36 +1,62 @@
 """The load-test report: the JSON file (``--report``), the human summary, the live view, the plot.
 
 The JSON keys below are stable (``version`` 1); tests and `thermoflow demo` read them.
-Counts are integers, rates are per second, latencies in milliseconds; a section that was
-not measured is ``null``.
+Counts are integers, rates per second, times epoch seconds, latencies milliseconds; a
+section that was not measured is ``null``. "Readings" are well-formed messages with a
+``seq``; "malformed" messages are the garbage of the malformed-payload anomaly.
 
 ```
-version              1
-run                  {started_at, ended_at, duration_s (publishing), seed, devices, connections,
-                      qos, format, topic_template, rate_per_device, target_rate, rules, incident_gap_s}
-published            well-formed readings published (== publish.readings)
-publish              {messages (readings + malformed), readings, malformed, offline_slots,
-                      slots, target_rate, achieved_rate (messages/s), slot_rate, rate_held (bool:
-                      slot_rate >= 97% of target_rate), written, acked (QoS 1), unacked_at_end,
-                      resent, queued_at_end, errors, connections {target, connected_at_start,
-                      connected_at_end, connect_failures, disconnects, reconnects, ramp_s},
-                      ack_latency (QoS 1 publish->PUBACK percentiles), timeline [{t, written, rate,
-                      due, slots, queued, unacked, connected}]}
-anomalies            {by_kind {kind: count}, total, events [first 200: {kind, device_id, start_s,
-                      duration_s, magnitude}]}
-ground_truth         {file, rules, breaching_readings, by_severity {warning, critical}, malformed,
-                      episodes {warning, critical}}
-measured             bool: --measure was on
-latency              null | {publish_to_bridge, publish_to_kafka, publish_to_alert, publish_to_stored}
-                      each null | {p50_ms, p95_ms, p99_ms, max_ms, samples}
-delivery             null | {kafka {key, expected, received, unique, lost, duplicates, unexpected,
-                      lost_by_device}, database {expected, rows, unique, lost, duplicates} | {error},
-                      deadletter {expected, received}, settled (bool), undecodable, foreign}
-alerts               null | {received, unique, duplicates, correct, false_positives, precision,
-                      episodes, detected, missed_episodes, recall, recall_by_severity {warning,
-                      critical: {episodes, detected, recall}}, missed [...], false [...]}
+version                       1
+run.started_at / ended_at     when publishing started / ended
+run.duration_s                seconds of publishing
+run.seed, devices, connections, qos, format, topic_template, rate_per_device, target_rate,
+run.rules, incident_gap_s     the settings the run used
+published                     readings published (== publish.readings)
+publish.messages              readings + malformed
+publish.readings, malformed
+publish.offline_slots         (device, tick) slots skipped by dropouts
+publish.slots                 slots taken; slots == messages + offline_slots
+publish.target_rate           slots per second asked for
+publish.achieved_rate         messages per second published
+publish.slot_rate             slots per second taken
+publish.rate_held             slot_rate >= 97% of target_rate
+publish.written               publishes handed to the sockets (QoS 1: first sends)
+publish.acked                 QoS 1 PUBACKs (0 at QoS 0)
+publish.resent                QoS 1 publishes sent again (DUP) after a reconnect
+publish.unacked_at_end, queued_at_end
+publish.errors                publishes not delivered when the run ended (queued + unacked)
+publish.drained, drain_s      whether / how long until nothing was queued and everything was
+                              acked (QoS 1) or taken by the kernel (QoS 0)
+publish.connections           {target, connected_at_start, connected_at_end, connect_failures,
+                               disconnects, reconnects, ramp_s}
+publish.ack_latency           QoS 1 publish -> PUBACK percentiles (see latency.*), or null
+publish.timeline              per second: {t, written, rate, due, slots, queued, unacked, connected}
+anomalies.by_kind             {spike, drift, stuck, dropout, flapping, malformed: count started}
+anomalies.total, events       events: the first 200 {kind, device_id, start_tick, end_tick,
+                              start_s, duration_s, magnitude}
+ground_truth.file             the ground-truth JSON (simulator.truth.TruthFile)
+ground_truth.rules            the rules file used
+ground_truth.breaching_readings, by_severity {warning, critical}, malformed
+ground_truth.episodes         {warning, critical}: episodes per level (simulator.truth)
+measured                      whether --measure was on
+latency                       null, or per hop {p50_ms, p95_ms, p99_ms, max_ms, samples} | null:
+  .publish_to_bridge          reading.received_at - ts
+  .publish_to_kafka           readings record timestamp - ts
+  .publish_to_alert           alerts record timestamp - reading_ts
+  .publish_to_stored          readings row stored_at - ts
+delivery                      null, or:
+  .kafka                      {key ("seq" | "ts" | "count"), expected, received, unique, lost,
+                               duplicates, unexpected, lost_by_device {device_id: n}}
+  .database                   {expected, rows, unique, lost, duplicates} or {error}
+  .deadletter                 {expected (malformed sent), received (dead letters from our topics)}
+  .settled                    everything expected arrived before the wait ended
+  .undecodable, foreign       records that did not decode / were not this run's
+alerts                        null, or {received, unique, duplicates, correct, false_positives,
+                              precision, episodes, detected, missed_episodes, recall,
+                              recall_by_severity {warning, critical: {episodes, detected, recall}},
+                              missed [first 50 episodes], false [first 50 alerts]}
 ```
-(precision and recall are defined in :mod:`simulator.score`; episodes in :mod:`simulator.truth`.)
+Precision and recall are defined in :mod:`simulator.score`, episodes in :mod:`simulator.truth`.
 """
 
 from __future__ import annotations

@@ -146,7 +146,9 @@ async def simulate(
             await pacer.run(controls.stop, on_second=lambda s: show("publishing", s))
         publish_ended = time.time()
         show("draining", pacer.timeline[-1] if pacer.timeline else None)
+        drain_started = time.monotonic()
         drained = await pool.drain(timeout=0.0 if controls.abort.is_set() else outputs.drain_timeout)
+        drain_s = time.monotonic() - drain_started
         unacked = pool.unacked
         queued = pool.stats.queued
         await pool.close()
@@ -221,7 +223,8 @@ async def simulate(
             "resent": stats.resent,
             "queued_at_end": queued,
             "drained": drained,
-            "errors": stats.connect_failures + stats.disconnects + (unacked if settings.qos else 0) + queued,
+            "drain_s": round(drain_s, 3),
+            "errors": queued + (unacked if settings.qos else 0),
             "connections": {
                 "target": settings.connection_count,
                 "connected_at_start": connected_at_start,
