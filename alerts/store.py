@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -52,10 +52,10 @@ CREATE TEMP TABLE IF NOT EXISTS incident_stage (
 """
 _INSERT_EVENTS = f"""
 INSERT INTO alert_events ({_EVENT_COLUMNS})
-SELECT DISTINCT ON (alert_id) alert_id, to_timestamp(reading_ts), device_id, metric, rule_id, severity,
+SELECT alert_id, to_timestamp(reading_ts), device_id, metric, rule_id, severity,
        condition, threshold, value, to_timestamp(detected_at)
 FROM alert_stage
-ON CONFLICT DO NOTHING
+ON CONFLICT DO NOTHING  -- also skips a duplicate within the batch: no DISTINCT (and no sort) needed
 RETURNING alert_id
 """
 _OPEN_INCIDENTS = """
@@ -87,6 +87,21 @@ WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s)
 """
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _text(value: str) -> str:
+    """A string as a COPY text-format field."""
+    if value.isprintable() and "\\" not in value:  # the common case: nothing to escape
+        return value
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_text(rows: Iterable[tuple[str, ...]]) -> bytes:
+    """Rows of already-formatted fields as one COPY text-format payload (faster than write_row)."""
+    return "".join("\t".join(row) + "\n" for row in rows).encode()
+
+
 @dataclass(frozen=True)
 class BatchResult:
     inserted: int
@@ -106,11 +121,11 @@ async def store_batch(
     """Store a batch of alert events and update their incidents, in one transaction."""
     async with conn.transaction(), conn.cursor() as cur:
         async with cur.copy(f"COPY alert_stage ({_EVENT_COLUMNS}) FROM STDIN") as copy:
-            for a in alerts:
-                await copy.write_row(
-                    (a.alert_id, a.reading_ts, a.device_id, a.metric, a.rule_id, a.severity,
-                     a.condition, a.threshold, a.value, a.detected_at)
-                )  # fmt: skip
+            await copy.write(_copy_text(
+                (_text(a.alert_id), repr(a.reading_ts), _text(a.device_id), _text(a.metric), _text(a.rule_id),
+                 a.severity, a.condition, repr(a.threshold), repr(a.value), repr(a.detected_at))
+                for a in alerts
+            ))  # fmt: skip
         await cur.execute(_INSERT_EVENTS)
         new_ids = {row[0] for row in await cur.fetchall()}
         fresh: dict[str, AlertEvent] = {}
@@ -139,12 +154,12 @@ async def _update_incidents(
         "COPY incident_stage (incident_id, device_id, rule_id, metric, condition, threshold, severity,"
         " status, opened_at, last_breach_at, peak_value, breach_count, resolved_at) FROM STDIN"
     ) as copy:
-        for incident, status in changed.values():
-            await copy.write_row(
-                (incident.incident_id, incident.device_id, incident.rule_id, incident.metric,
-                 incident.condition, incident.threshold, incident.severity, status, incident.opened_at,
-                 incident.last_breach_at, incident.peak_value, incident.breach_count, incident.resolved_at)
-            )  # fmt: skip
+        await copy.write(_copy_text(
+            (i.incident_id, _text(i.device_id), _text(i.rule_id), _text(i.metric), i.condition,
+             repr(i.threshold), i.severity, status, repr(i.opened_at), repr(i.last_breach_at),
+             repr(i.peak_value), str(i.breach_count), r"\N" if i.resolved_at is None else repr(i.resolved_at))
+            for i, status in changed.values()
+        ))  # fmt: skip
     await cur.execute(_UPSERT_INCIDENTS)
     return len(changed)
 

@@ -51,6 +51,10 @@ def _counts(settings: ThermoflowSettings) -> tuple[int, int, int, int]:
     return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+def _device(d: int) -> str:
+    return "dev-0" if d == 0 else f"dev-{d}" if d < 3 else f"dev\t{d}\\with\nodd chars"
+
+
 def _scenario(devices: int = 4, steps: int = 30) -> list[AlertEvent]:
     """Each device breaches every 10 s; halfway through it turns critical; device 0 pauses 2 min."""
     alerts = []
@@ -58,7 +62,7 @@ def _scenario(devices: int = 4, steps: int = 30) -> list[AlertEvent]:
         for d in range(devices):
             ts = 1_764_218_400.0 + step * 10 + (120 if d == 0 and step >= steps // 2 else 0)
             severity: Severity = "critical" if step >= steps // 2 else "warning"
-            alerts.append(make_alert(f"dev-{d}", ts, severity=severity, value=float(step)))
+            alerts.append(make_alert(_device(d), ts, severity=severity, value=float(step)))
     return alerts
 
 
