@@ -63,7 +63,9 @@ def simulate_command(
     max_backlog: Annotated[
         int | None, typer.Option(help="queued publishes before the pacer holds back")
     ] = None,
-    client_prefix: Annotated[str | None, typer.Option(help="MQTT client id prefix [thermoflow-sim]")] = None,
+    client_prefix: Annotated[
+        str | None, typer.Option(help="MQTT client id prefix [thermoflow-sim-<pid>-<random>]")
+    ] = None,
     mqtt_url: Annotated[str | None, typer.Option(help="MQTT broker URL")] = None,
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (--measure)")] = None,
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL (--measure)")] = None,

@@ -114,7 +114,7 @@ async def simulate(
         count=settings.connection_count,
         qos=settings.qos,
         window=settings.inflight,
-        client_prefix=settings.client_prefix,
+        client_prefix=settings.client_id_prefix,
     )
     pacer = Pacer(
         engine=engine,

@@ -7,6 +7,8 @@ reported under the flag a user typed.
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Literal, Self
 
@@ -18,6 +20,7 @@ from simulator.profiles import parse_mix
 from thermoflow.settings import ThermoflowSettings
 
 DEFAULT_TOPIC_TEMPLATE = "sensors/{device_id}/{metric}"
+_RUN_TAG = secrets.token_hex(3)
 
 
 class SimulatorSettings(ThermoflowSettings):
@@ -45,7 +48,9 @@ class SimulatorSettings(ThermoflowSettings):
     ramp: float = Field(0.0, ge=0, description="seconds over which connections are opened")
     inflight: int = Field(256, ge=1, le=65535, description="QoS 1 unacknowledged publishes per connection")
     max_backlog: int = Field(200_000, ge=1, description="queued publishes before the pacer holds back")
-    client_prefix: str = Field("thermoflow-sim", min_length=1, description="MQTT client id prefix")
+    client_prefix: str | None = Field(
+        None, min_length=1, description="MQTT client id prefix [thermoflow-sim-<pid>-<random>]"
+    )
     keepalive: int = Field(60, ge=5, le=65535, description="MQTT keepalive seconds")
 
     @field_validator("topic_template")
@@ -72,6 +77,11 @@ class SimulatorSettings(ThermoflowSettings):
         if self.connections is not None and self.connections > self.devices:
             raise ValueError(f"--connections ({self.connections}) cannot exceed --devices ({self.devices})")
         return self
+
+    @property
+    def client_id_prefix(self) -> str:
+        """Unique per process unless given: two simulators with one client id would kick each other off."""
+        return self.client_prefix or f"thermoflow-sim-{os.getpid()}-{_RUN_TAG}"
 
     @property
     def connection_count(self) -> int:
