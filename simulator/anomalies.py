@@ -20,6 +20,7 @@ Everything here is pure numpy; :meth:`Injector.apply` changes one tick of values
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,7 @@ class Injector:
         self._active: list[Anomaly] = []
         self._held: dict[tuple[int, int], float] = {}  # stuck value per (device, start)
         self._epoch = -1
-        self._upcoming: list[Anomaly] = []
+        self._upcoming: deque[Anomaly] = deque()
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
 
     def apply(self, tick: int, values: Floats) -> TickEffects:
@@ -215,9 +216,9 @@ class Injector:
         epoch = tick // self.schedule.epoch_ticks
         if epoch != self._epoch:
             self._epoch = epoch
-            self._upcoming = [a for a in self.schedule.epoch(epoch) if a.start >= tick]
+            self._upcoming = deque(a for a in self.schedule.epoch(epoch) if a.start >= tick)
         while self._upcoming and self._upcoming[0].start <= tick:
-            anomaly = self._upcoming.pop(0)
+            anomaly = self._upcoming.popleft()
             self._active.append(anomaly)
             effects.started.append(anomaly)
             self.counts[anomaly.kind] += 1

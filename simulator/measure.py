@@ -13,7 +13,9 @@ Latency hops (seconds, from the publish time the simulator wrote into the payloa
 - ``publish_to_alert``: the Kafka record timestamp of an alert minus its ``reading_ts``;
 - ``publish_to_stored``: the ``readings`` row's ``stored_at`` minus ``ts`` (:func:`database_delivery`).
 
-All on one machine's clock; across machines they are only as good as its NTP.
+All on one machine's clock; across machines they are only as good as its NTP. Kafka record
+timestamps have millisecond resolution (truncated), so a Kafka hop can read up to 1 ms low,
+even slightly negative on an idle pipeline.
 """
 
 from __future__ import annotations

@@ -110,8 +110,8 @@ class Pool:
                     conn.ping()
 
     @property
-    def queued(self) -> int:
-        return self.stats.queued
+    def closed(self) -> bool:
+        return self._closing
 
     @property
     def unacked(self) -> int:

@@ -161,7 +161,7 @@ async def simulate(
     finally:
         if meter is not None:
             await meter.close()
-        if not pool._closing:
+        if not pool.closed:
             await pool.close()
 
     episodes = truth.episodes(incident_gap=settings.episode_gap)
@@ -267,6 +267,13 @@ async def simulate(
         "delivery": measured.get("delivery"),
         "alerts": measured.get("alerts"),
     }
+    if not report["publish"]["rate_held"]:
+        log.warning(
+            "rate_not_held",
+            target_rate=settings.fleet_rate,
+            slot_rate=report["publish"]["slot_rate"],
+            hint="CPU-bound or the broker is slow: fewer devices/rate, QoS 0, or more connections",
+        )
     if outputs.report is not None:
         write_report(outputs.report, report)
     if outputs.plot is not None:
