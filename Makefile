@@ -7,8 +7,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(VENV)/thermoflow stack up
-	$(VENV)/thermoflow stack check
+	$(VENV)/thermoflow demo
 
 test: setup lint
 	$(VENV)/pytest -q

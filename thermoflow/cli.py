@@ -204,7 +204,7 @@ def demo_command(
     )
     table = Table("summary", "value", title="thermoflow demo")
     for key, value in summary.items():
-        table.add_row(key.replace("_", " "), str(value))
+        table.add_row(key, str(value))
     console.print(table)
 
 

@@ -31,7 +31,8 @@ from thermoflow.settings import ThermoflowSettings
 from thermoflow.webhook_receiver import WebhookReceiver
 
 REFRESH_S = 1.0
-DRAIN_TIMEOUT_S = 60.0
+RESOLVE_AFTER_S = 20.0
+DRAIN_TIMEOUT_S = 90.0
 
 
 @dataclass
@@ -55,6 +56,7 @@ class DemoRun:
     seed: int
     console: Console = field(default_factory=Console)
     receiver: WebhookReceiver = field(default_factory=WebhookReceiver)
+    started_at: float = field(default_factory=time.time)
     rates: dict[str, float] = field(default_factory=dict)
     _previous: Sample | None = None
 
@@ -71,6 +73,11 @@ class DemoRun:
             "THERMOFLOW_DATABASE_URL": s.database_dsn,
             "THERMOFLOW_DATABASE_SCHEMA": s.database_schema,
             "THERMOFLOW_WEBHOOK_URL": self.receiver.url,
+            "THERMOFLOW_WEBHOOK_SECRET": "thermoflow-demo",
+            # A demo is short: incidents resolve after 20 quiet seconds, not the default 5 minutes.
+            "THERMOFLOW_RESOLVE_AFTER": str(RESOLVE_AFTER_S),
+            "THERMOFLOW_SWEEP_INTERVAL": "2",
+            "THERMOFLOW_NOTIFY_LOG": "false",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -90,23 +97,33 @@ class DemoRun:
         topic_names = [s.readings_topic, s.alerts_topic, s.deadletter_topic]
         totals = await observer.end_offsets(topic_names)
         lag = await observer.lag([s.readings_topic, s.alerts_topic])
-        stored, incidents, counts = await asyncio.to_thread(self._query_database)
+        stored, incidents, counts = await asyncio.to_thread(self.query_database)
         return Sample(time.monotonic(), totals, lag, stored, incidents, counts)
 
-    def _query_database(self) -> tuple[int, list[tuple[Any, ...]], dict[str, int]]:
+    def query_database(self) -> tuple[int, list[tuple[Any, ...]], dict[str, int]]:
+        """Rows stored and incidents opened since the demo started, and the open incidents."""
+        since = self.started_at
         try:
             with db.connect(self.settings) as conn:
-                stored = _scalar(conn, "SELECT count(*) FROM readings")
+                stored = _scalar(
+                    conn, "SELECT count(*) FROM readings WHERE stored_at >= to_timestamp(%s)", since
+                )
                 incidents = conn.execute(
                     "SELECT device_id, rule_id, severity, status, peak_value, opened_at FROM incidents"
                     " WHERE status <> 'resolved' ORDER BY severity DESC, opened_at DESC LIMIT 12"
                 ).fetchall()
-                counts = dict(
-                    conn.execute("SELECT status, count(*) FROM incidents GROUP BY status").fetchall()
+                opened = _scalar(
+                    conn, "SELECT count(*) FROM incidents WHERE opened_at >= to_timestamp(%s)", since
+                )
+                resolved = _scalar(
+                    conn,
+                    "SELECT count(*) FROM incidents"
+                    " WHERE opened_at >= to_timestamp(%s) AND status = 'resolved'",
+                    since,
                 )
         except psycopg.Error:
             return 0, [], {}  # tables not created yet: the consumers are still starting
-        return stored, incidents, {str(k): int(v) for k, v in counts.items()}
+        return stored, incidents, {"opened": opened, "resolved": resolved}
 
     def view(self, sample: Sample, elapsed: float) -> Group:
         s = self.settings
@@ -145,13 +162,15 @@ class DemoRun:
 
         title = (
             f"thermoflow demo: {self.devices} devices, {elapsed:,.0f}s / {self.duration:,.0f}s"
-            f"   incidents {sample.incident_counts}   notifications {len(self.receiver.deliveries)}"
+            f"   incidents opened {sample.incident_counts.get('opened', 0)}"
+            f", resolved {sample.incident_counts.get('resolved', 0)}"
+            f"   notifications {len(self.receiver.deliveries)}"
         )
         return Group(Panel(Group(flow, lag), title=title), incidents, notes)
 
 
-def _scalar(conn: psycopg.Connection[Any], query: str) -> int:
-    row = conn.execute(query).fetchone()
+def _scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> int:
+    row = conn.execute(query.encode(), params).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -180,10 +199,14 @@ async def run_demo(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    (workdir / "pipeline.log").unlink(missing_ok=True)
     pipeline = await demo.start(["run", "--status-file", str(workdir / "run-status.json")], "pipeline.log")
+    # Messages published before the bridge's first subscription would have nowhere to go.
+    await _wait_for_line(workdir / "pipeline.log", "mqtt_subscribed", timeout=60)
     fleet = await demo.start(
         ["simulate", "--devices", str(devices), "--rate", "1", "--duration", str(duration),
-         "--seed", str(seed), "--report", str(demo.report_path), "--measure", "--quiet"],
+         "--seed", str(seed), "--incident-gap", str(RESOLVE_AFTER_S), "--anomaly-rate", "10",
+         "--report", str(demo.report_path), "--measure", "--quiet"],
         "simulator.log",
     )  # fmt: skip
     started = time.monotonic()
@@ -215,29 +238,47 @@ async def run_demo(
     return summarize(demo, final)
 
 
+async def _wait_for_line(log: Path, needle: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in await asyncio.to_thread(log.read_text, errors="replace"):
+            return
+        await asyncio.sleep(0.3)
+    raise RuntimeError(f"the pipeline did not start within {timeout:.0f}s: see {log}")
+
+
 async def _drain(observer: KafkaObserver, demo: DemoRun, stop: asyncio.Event) -> None:
-    """After the fleet stops, give the consumers time to catch up (lag 0), unless interrupted."""
+    """After the fleet stops, let the consumers catch up (lag 0) and the run's incidents
+    resolve (``resolve_after`` after their last breach), unless interrupted."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while not stop.is_set() and time.monotonic() < deadline:
         lag = await observer.lag([demo.settings.readings_topic, demo.settings.alerts_topic])
-        if lag and not any(lag.values()):
+        _, _, counts = await asyncio.to_thread(demo.query_database)
+        if lag and not any(lag.values()) and counts.get("opened") == counts.get("resolved"):
             return
         await asyncio.sleep(REFRESH_S)
 
 
 def summarize(demo: DemoRun, final: Sample) -> dict[str, Any]:
+    """This run's figures: from the simulator's report (checked against Kafka and the database)."""
     report: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         report = json.loads(demo.report_path.read_text())
+    database = (report.get("delivery") or {}).get("database") or {}
+    alerts = report.get("alerts") or {}
+    stored_latency = (report.get("latency") or {}).get("publish_to_stored") or {}
     return {
-        "readings_published": report.get("published"),
-        "readings_stored": final.stored,
-        "dead_letters": final.totals.get(demo.settings.deadletter_topic, 0),
-        "incidents": final.incident_counts,
+        "readings published": report.get("published"),
+        "readings stored": database.get("rows", final.stored),
+        "readings lost / doubled": f"{database.get('lost')} / {database.get('duplicates')}",
+        "dead letters (malformed on purpose)": ((report.get("delivery") or {}).get("deadletter") or {}).get(
+            "received"
+        ),
+        "incidents opened / resolved": f"{final.incident_counts.get('opened')} / "
+        f"{final.incident_counts.get('resolved')}",
         "notifications": len(demo.receiver.deliveries),
-        "alert_precision": (report.get("alerts") or {}).get("precision"),
-        "alert_recall": (report.get("alerts") or {}).get("recall"),
-        "latency_p99_ms": (report.get("latency") or {}).get("publish_to_stored", {}).get("p99_ms"),
+        "alert precision / recall": f"{alerts.get('precision')} / {alerts.get('recall')}",
+        "p99 publish -> stored row": f"{stored_latency.get('p99_ms')} ms",
         "report": str(demo.report_path),
         "logs": str(demo.workdir),
     }
