@@ -83,7 +83,7 @@ class Schedule:
     rate: float  # ticks per second
     seed: int
     per_hour: float = 0.0  # anomalies per device per hour, over all enabled kinds
-    kinds: Sequence[Kind] = KINDS
+    kinds: Mapping[Kind, float] = field(default_factory=lambda: {k: MODELS[k].weight for k in KINDS})
     explicit: Sequence[Anomaly] = ()
     epoch_ticks: int = 0  # 0: about a minute of ticks
 
@@ -97,12 +97,14 @@ class Schedule:
         last = first + self.epoch_ticks
         events = [a for a in self.explicit if first <= a.start < last]
         if self.per_hour > 0 and self.kinds:
-            total_weight = sum(MODELS[k].weight for k in self.kinds)
+            total_weight = sum(self.kinds.values())
             epoch_s = self.epoch_ticks / self.rate
-            for kind in self.kinds:
+            for kind, weight in self.kinds.items():
+                if weight <= 0:
+                    continue
                 model = MODELS[kind]
                 rng = np.random.default_rng([self.seed, index, _KIND_CODE[kind], 0xA7])
-                mean = self.per_hour * model.weight / total_weight * self.devices * epoch_s / 3600.0
+                mean = self.per_hour * weight / total_weight * self.devices * epoch_s / 3600.0
                 count = int(rng.poisson(mean))
                 if not count:
                     continue
@@ -127,17 +129,37 @@ class Schedule:
         return found
 
 
-def parse_kinds(text: str) -> tuple[Kind, ...]:
-    """``--anomaly-kinds spike,drift`` (``all`` or ``none`` too)."""
-    if text.strip() in ("", "none"):
-        return ()
-    if text.strip() == "all":
-        return KINDS
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise AnomalyError(f"unknown anomaly kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
-    return tuple(k for k in KINDS if k in kinds)
+def parse_kinds(text: str) -> dict[Kind, float]:
+    """``--anomaly-kinds``: which kinds share ``--anomaly-rate``, and in which proportions.
+
+    ``all`` (the default shares), ``none``, ``spike,drift`` (their default shares) or
+    ``spike=3,malformed=1`` (explicit shares).
+
+    >>> parse_kinds("spike=3,malformed")
+    {'spike': 3.0, 'malformed': 1.0}
+    >>> parse_kinds("drift,stuck") == {"drift": 1.0, "stuck": 1.0}
+    True
+    """
+    text = text.strip()
+    if text in ("", "none"):
+        return {}
+    if text == "all":
+        return {k: MODELS[k].weight for k in KINDS}
+    kinds: dict[Kind, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, share = part.partition("=")
+        if name not in KINDS:
+            raise AnomalyError(f"unknown anomaly kind {name!r}; choose from {', '.join(KINDS)}")
+        try:
+            weight = float(share) if sep else MODELS[name].weight
+        except ValueError:
+            raise AnomalyError(f"anomaly kind share must be a number, got {part!r}") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise AnomalyError(f"anomaly kind share must be >= 0, got {part!r}")
+        kinds[name] = weight
+    return kinds
 
 
 class _ScheduleEntry(msgspec.Struct, forbid_unknown_fields=True):

@@ -45,7 +45,8 @@ def simulate_command(
     anomaly_kinds: Annotated[
         str | None,
         typer.Option(
-            help="kinds at --anomaly-rate: spike,drift,stuck,dropout,flapping,malformed, all, none [all]"
+            help="kinds sharing --anomaly-rate: spike,drift,stuck,dropout,flapping,malformed with"
+            " optional shares (spike=3,malformed=1), all, none [all: spike 3, others 1]"
         ),
     ] = None,
     anomaly_schedule: Annotated[

@@ -71,6 +71,18 @@ def test_the_anomaly_schedule_is_reproducible_by_seed() -> None:
     assert schedule(42)[:10] == Schedule(devices=1000, rate=2.0, seed=42, per_hour=20.0).between(0, 1200)[:10]
 
 
+def test_anomaly_kinds_share_the_rate_by_weight() -> None:
+    kinds = parse_kinds("spike=3,malformed=1")
+    events = Schedule(devices=2000, rate=1.0, seed=3, per_hour=60.0, kinds=kinds).between(0, 600)
+    counts = {kind: sum(1 for a in events if a.kind == kind) for kind in ("spike", "malformed")}
+    assert set(a.kind for a in events) == {"spike", "malformed"}
+    assert counts["spike"] / counts["malformed"] == pytest.approx(3.0, rel=0.15)
+    assert (
+        Schedule(devices=2000, rate=1.0, seed=3, per_hour=60.0, kinds=parse_kinds("none")).between(0, 600)
+        == []
+    )
+
+
 def test_the_injector_applies_each_kind() -> None:
     explicit = [
         Anomaly(kind="spike", device=0, start=2, end=3, magnitude=20.0),
