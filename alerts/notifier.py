@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from alerts.channels import Channel, EmailChannel, LogChannel, SlackChannel, WebhookChannel
 from alerts.delivery import Dispatcher, RetryPolicy
 from alerts.kafka_io import KafkaDeadLetters, decode_batch, ensure_state_topic, load_states, write_states
-from alerts.lifecycle import Policy
+from alerts.lifecycle import Incident, Policy
 from alerts.routing import (
     EmailRoute,
     LogRoute,
@@ -132,11 +133,30 @@ class Notifier:
         self.tracker.load(states)
         log.info("notifier_state_loaded", incidents=len(states), open=self.tracker.open_count)
 
+    async def _persist_and_commit(
+        self,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        changed: list[Incident],
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        """Write the batch's changed incident states (acked), then commit the batch's offsets."""
+        started = time.perf_counter()
+        await write_states(producer, self.settings.notifier_state_topic, changed)
+        persisted = time.perf_counter()
+        self.metrics.observe("persist_state", persisted - started)
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except CommitFailedError as exc:  # a rebalance took the partitions: they replay elsewhere
+                log.warning("commit_failed", error=str(exc))
+            self.metrics.observe("commit", time.perf_counter() - persisted)
+
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
         await kafka.ensure_topics(settings, {settings.alerts_topic: 6, settings.deadletter_topic: 3})
         await ensure_state_topic(settings, settings.notifier_state_topic)
-        producer = kafka.producer(settings)
+        producer = kafka.producer(settings, linger_ms=0)  # state writes are on the latency path
         await producer.start()
         dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
         dispatcher = self._dispatcher
@@ -168,6 +188,7 @@ class Notifier:
             if ready is not None:
                 ready.set()
             next_tick = 0.0
+            pending: asyncio.Task[None] | None = None
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200)
                 now = self.clock()
@@ -181,15 +202,24 @@ class Notifier:
                     assigned = {tp.partition for tp in consumer.assignment()}
                     notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
                     next_tick = now + settings.sweep_interval
+                started = time.perf_counter()
                 if notifications:
                     await dispatcher.dispatch(notifications)
                     self.metrics.count("notifications", len(notifications))
-                await write_states(producer, settings.notifier_state_topic, self.tracker.take_changed())
-                if decoded.offsets:
-                    await consumer.commit(decoded.offsets)
+                    self.metrics.observe("dispatch", time.perf_counter() - started)
+                # Persist and commit this batch while the next one is fetched and dispatched; the
+                # next batch's persist waits for this one, so states and offsets stay in order.
+                if pending is not None:
+                    await pending
+                pending = asyncio.create_task(
+                    self._persist_and_commit(producer, consumer, self.tracker.take_changed(), decoded.offsets)
+                )
                 self.metrics.count("alerts", decoded.received)
+            if pending is not None:
+                await pending
         finally:
             await consumer.stop()
             await dispatcher.close()
             await producer.stop()
-            log.info("notifier_stopped", **self.metrics.snapshot()["counters"])
+            snapshot = self.metrics.snapshot()
+            log.info("notifier_stopped", **snapshot["counters"], latency=snapshot["latency"])
