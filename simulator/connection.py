@@ -57,6 +57,7 @@ class PublishStats:
     connect_failures: int = 0
     disconnects: int = 0
     reconnects: int = 0
+    last_error: str | None = None  # of the last failed connection attempt
     ack_latency: list[float] = field(default_factory=list)
     _ack_count: int = 0
 

@@ -71,8 +71,12 @@ class Pool:
                     await asyncio.sleep(delay)
                     if progress:
                         progress()
-        deadline = time.monotonic() + timeout
+        ramped = time.monotonic()
+        deadline = ramped + timeout
         while self.stats.connected < self.count and time.monotonic() < deadline:
+            hopeless = self.stats.connected == 0 and self.stats.connect_failures >= self.count
+            if hopeless and time.monotonic() - ramped > 3.0:
+                break  # every connection failed, none came up: the broker is not there
             await asyncio.sleep(0.05)
             if progress:
                 progress()
@@ -90,7 +94,10 @@ class Pool:
                     await conn.connect()
             except (OSError, ConnectError, TimeoutError) as exc:
                 self.stats.connect_failures += 1
-                log.warning("mqtt_connect_failed", client_id=conn.client_id, error=str(exc), retry_in=backoff)
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                # One line per connection's first failure; the retries of a broker outage go to debug.
+                report = log.warning if backoff == 0.1 else log.debug
+                report("mqtt_connect_failed", client_id=conn.client_id, error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -30,6 +30,7 @@ from simulator.score import AlertScorer, KeyMode, delivery, percentiles
 from simulator.settings import SimulatorSettings
 from simulator.truth import GroundTruth, Thresholds, TruthFile, write_truth
 from thermoflow.logs import get_logger
+from thermoflow.stack import ServiceError
 
 log = get_logger(__name__)
 
@@ -141,6 +142,11 @@ async def simulate(
         await pool.open(ramp_s=settings.ramp, timeout=settings.ramp + 30.0)
         ramp_s = time.monotonic() - ramp_started
         connected_at_start = pool.stats.connected
+        if connected_at_start == 0:
+            raise ServiceError(
+                f"no connection to the MQTT broker at {endpoint.host}:{endpoint.port}"
+                f" ({pool.stats.last_error}); is it running? (--mqtt-url or THERMOFLOW_MQTT_URL)"
+            )
         log.info("connected", connections=connected_at_start, of=pool.count, seconds=round(ramp_s, 2))
         if not controls.stop.is_set():
             await pacer.run(controls.stop, on_second=lambda s: show("publishing", s))
