@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiokafka.errors import KafkaError
 
 from processors.rules import DEFAULT_RULES_FILE, load_rules
 from simulator.anomalies import KINDS, Injector, Schedule, load_schedule, parse_kinds
@@ -135,7 +136,13 @@ async def simulate(
             mqtt_topics=set(topics),
             since=run_started - 1.0,
         )
-        await meter.start()
+        try:
+            await meter.start()
+        except (KafkaError, OSError) as exc:
+            raise ServiceError(
+                f"--measure: cannot read Kafka at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc});"
+                " is it running? (--kafka-bootstrap or THERMOFLOW_KAFKA_BOOTSTRAP)"
+            ) from None
     try:
         show("connecting", None)
         ramp_started = time.monotonic()

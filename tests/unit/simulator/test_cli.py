@@ -61,6 +61,13 @@ def test_an_unreachable_broker_is_a_clear_error_not_a_hang() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_measure_without_kafka_is_a_clear_error() -> None:
+    result = _simulate("--devices", "3", "--duration", "1", "--measure", "--kafka-bootstrap", "127.0.0.1:1")
+    assert result.returncode == 2, result.stderr
+    assert "--measure: cannot read Kafka at 127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_bad_anomaly_schedule_names_the_entry(tmp_path: Path) -> None:
     schedule = tmp_path / "anomalies.yaml"
     schedule.write_text("- {kind: spike, device: rack-0001, at: 1}\n- {kind: spike, device: nobody, at: 1}\n")
