@@ -47,7 +47,7 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 def store_command(
     topic: Topic = None,
     group: Annotated[str | None, typer.Option(help="consumer group (THERMOFLOW_STORE_GROUP)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="alert events per transaction [5000]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="alert events per transaction [20000]")] = None,
     resolve_after: ResolveAfter = None,
     sweep_interval: Annotated[float | None, typer.Option(help="seconds between resolve sweeps [5]")] = None,
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,

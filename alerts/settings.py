@@ -37,7 +37,9 @@ class AlertsSettings(ThermoflowSettings):
     )
 
     # Store batching.
-    store_batch_size: int = Field(5000, ge=1, le=100_000, description="alert events per database transaction")
+    store_batch_size: int = Field(
+        20_000, ge=1, le=100_000, description="most alert events per database transaction"
+    )
     store_batch_wait: float = Field(0.5, ge=0, description="seconds to wait to fill a store batch")
 
     # Notifier routing and channels.
