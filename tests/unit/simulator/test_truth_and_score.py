@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -196,3 +198,30 @@ def test_delivery_counts_loss_duplicates_and_strangers_by_seq_and_by_ts() -> Non
         origin=0,
     )
     assert counted["lost"] == 2 and counted["duplicates"] is None
+
+
+@given(
+    published=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), unique=True, max_size=60),
+    picks=st.lists(st.integers(0, 200), max_size=120),
+    strangers=st.lists(st.tuples(st.integers(0, 5), st.integers(31, 40)), max_size=5),
+)
+def test_delivery_matches_a_scalar_count(
+    published: list[tuple[int, int]], picks: list[int], strangers: list[tuple[int, int]]
+) -> None:
+    received = [published[i % len(published)] for i in picks] if published else []
+    received += strangers
+    origin = 1_700_000_000.0
+
+    def arrays(keys: list[tuple[int, int]]) -> tuple[Any, Any, Any]:
+        dev = np.array([d for d, _ in keys], dtype=np.int64)
+        seq = np.array([s for _, s in keys], dtype=np.int64)
+        return dev, seq, origin + seq * 0.25 + dev * 1e-6  # a ts per key, as published
+
+    want = set(published)
+    got_known = [k for k in received if k in want]
+    for mode in ("seq", "ts"):
+        result = delivery(mode=mode, published=arrays(published), received=arrays(received), origin=origin)
+        assert result["lost"] == len(want - set(received))
+        assert result["duplicates"] == len(got_known) - len(set(got_known))
+        assert result["unexpected"] == len(received) - len(got_known)
+        assert result["unique"] == len(set(got_known))
