@@ -126,7 +126,7 @@ class Notifier:
             Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
         )
         self._dispatcher = dispatcher
-        self._consumer: AIOKafkaConsumer | None = None
+        self._pending: asyncio.Task[None] | None = None
 
     async def reload_state(self) -> None:
         states = await load_states(self.settings, self.settings.notifier_state_topic)
@@ -152,74 +152,85 @@ class Notifier:
                 log.warning("commit_failed", error=str(exc))
             self.metrics.observe("commit", time.perf_counter() - persisted)
 
+    def _build_dispatcher(self, dead_letters: KafkaDeadLetters) -> Dispatcher:
+        settings = self.settings
+        routes = load_routes(settings)
+        return Dispatcher(
+            build_channels(routes, timeout=settings.notify_timeout),
+            routes,
+            dead_letters=dead_letters,
+            retry=RetryPolicy(
+                attempts=settings.notify_retries,
+                backoff=settings.notify_backoff,
+                backoff_max=settings.notify_backoff_max,
+                timeout=settings.notify_timeout,
+            ),
+            breaker_failures=settings.breaker_failures,
+            breaker_reset=settings.breaker_reset,
+            concurrency=settings.notify_concurrency,
+            metrics=self.metrics,
+        )
+
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Consume, notify, persist, commit, until ``stop`` is set; then finish the batch and return."""
         settings = self.settings
         await kafka.ensure_topics(settings, {settings.alerts_topic: 6, settings.deadletter_topic: 3})
         await ensure_state_topic(settings, settings.notifier_state_topic)
         producer = kafka.producer(settings, linger_ms=0)  # state writes are on the latency path
-        await producer.start()
         dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
-        dispatcher = self._dispatcher
-        if dispatcher is None:
-            routes = load_routes(settings)
-            dispatcher = Dispatcher(
-                build_channels(routes, timeout=settings.notify_timeout),
-                routes,
-                dead_letters=dead_letters,
-                retry=RetryPolicy(
-                    attempts=settings.notify_retries,
-                    backoff=settings.notify_backoff,
-                    backoff_max=settings.notify_backoff_max,
-                    timeout=settings.notify_timeout,
-                ),
-                breaker_failures=settings.breaker_failures,
-                breaker_reset=settings.breaker_reset,
-                concurrency=settings.notify_concurrency,
-                metrics=self.metrics,
-            )
+        dispatcher = self._dispatcher or self._build_dispatcher(dead_letters)
         consumer = kafka.consumer(settings, group_id=settings.notify_group, max_poll_records=2000)
         consumer.subscribe([settings.alerts_topic], listener=_Reload(self))
-        self._consumer = consumer
         try:
+            await producer.start()
             await self.reload_state()
             await consumer.start()
             log.info("notifier_started", topic=settings.alerts_topic, group=settings.notify_group,
                      channels=list(dispatcher.channels))  # fmt: skip
             if ready is not None:
                 ready.set()
-            next_tick = 0.0
-            pending: asyncio.Task[None] | None = None
-            while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                now = self.clock()
-                decoded = await decode_batch(batch, dead_letters)
-                notifications = [
-                    notification
-                    for partition, alert in decoded.alerts
-                    for notification in self.tracker.on_alert(alert, now=now, partition=partition)
-                ]
-                if now >= next_tick:
-                    assigned = {tp.partition for tp in consumer.assignment()}
-                    notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
-                    next_tick = now + settings.sweep_interval
-                started = time.perf_counter()
-                if notifications:
-                    await dispatcher.dispatch(notifications)
-                    self.metrics.count("notifications", len(notifications))
-                    self.metrics.observe("dispatch", time.perf_counter() - started)
-                # Persist and commit this batch while the next one is fetched and dispatched; the
-                # next batch's persist waits for this one, so states and offsets stay in order.
-                if pending is not None:
-                    await pending
-                pending = asyncio.create_task(
-                    self._persist_and_commit(producer, consumer, self.tracker.take_changed(), decoded.offsets)
-                )
-                self.metrics.count("alerts", decoded.received)
-            if pending is not None:
-                await pending
+            await self._loop(stop, consumer, producer, dispatcher, dead_letters)
         finally:
+            if self._pending is not None:  # the last batch's persist and commit, if still running
+                await asyncio.gather(self._pending, return_exceptions=True)
             await consumer.stop()
             await dispatcher.close()
             await producer.stop()
             snapshot = self.metrics.snapshot()
             log.info("notifier_stopped", **snapshot["counters"], latency=snapshot["latency"])
+
+    async def _loop(
+        self,
+        stop: asyncio.Event,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        dispatcher: Dispatcher,
+        dead_letters: KafkaDeadLetters,
+    ) -> None:
+        next_tick = 0.0
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            now = self.clock()
+            decoded = await decode_batch(batch, dead_letters)
+            notifications = [
+                notification
+                for partition, alert in decoded.alerts
+                for notification in self.tracker.on_alert(alert, now=now, partition=partition)
+            ]
+            if now >= next_tick:
+                assigned = {tp.partition for tp in consumer.assignment()}
+                notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
+                next_tick = now + self.settings.sweep_interval
+            started = time.perf_counter()
+            if notifications:
+                await dispatcher.dispatch(notifications)
+                self.metrics.count("notifications", len(notifications))
+                self.metrics.observe("dispatch", time.perf_counter() - started)
+            # Persist and commit this batch while the next one is fetched and dispatched; the next
+            # batch's persist waits for this one, so states and offsets stay in order.
+            if self._pending is not None:
+                await self._pending
+            self._pending = asyncio.create_task(
+                self._persist_and_commit(producer, consumer, self.tracker.take_changed(), decoded.offsets)
+            )
+            self.metrics.count("alerts", decoded.received)

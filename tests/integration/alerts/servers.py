@@ -31,6 +31,7 @@ class WebhookReceiver:
 
     status: int = 200
     requests: list[Received] = field(default_factory=list)
+    slack: list[Received] = field(default_factory=list)
     attempts: int = 0
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -43,9 +44,14 @@ class WebhookReceiver:
         self.requests.append(Received(body=body, headers=dict(request.headers), at=time.time()))
         return web.Response(status=200, text="ok")
 
+    async def _slack(self, request: web.Request) -> web.Response:
+        self.slack.append(Received(body=await request.read(), headers=dict(request.headers), at=time.time()))
+        return web.Response(status=200, text="ok")
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._hook)
+        app.router.add_post("/slack", self._slack)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

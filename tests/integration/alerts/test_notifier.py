@@ -69,6 +69,7 @@ def _routes(tmp_path: Path, webhook: WebhookReceiver, mail_port: int, cert: Path
 channels:
   audit: {{type: log, path: "{tmp_path / "notifications.jsonl"}"}}
   hook: {{type: webhook, url: "{webhook.url}", secret_env: TEST_HOOK_SECRET}}
+  team: {{type: slack, url: "{webhook.url.replace("/hook", "/slack")}", severities: [critical]}}
   oncall:
     type: email
     host: 127.0.0.1
@@ -113,7 +114,10 @@ async def test_channels_deliver_signed_webhooks_and_starttls_email(
             make_alert("dev-a", now + 2, severity="critical"),  # escalation
             make_alert("dev-b", now, severity="critical"),
         ])  # fmt: skip
-        await _until(lambda: len(webhook.requests) == 3 and len(sink.messages) == 2, "3 webhooks, 2 emails")
+        await _until(
+            lambda: (len(webhook.requests), len(sink.messages), len(webhook.slack)) == (3, 2, 2),
+            "3 webhooks, 2 emails, 2 Slack messages",
+        )
 
     bodies = [json.loads(r.body) for r in webhook.requests]
     assert sorted((b["device_id"], b["transition"]) for b in bodies) == [
@@ -129,6 +133,10 @@ async def test_channels_deliver_signed_webhooks_and_starttls_email(
     assert subjects[0].startswith("[CRITICAL] ESCALATED: dev-a")
     assert subjects[1].startswith("[CRITICAL] FIRING: dev-b")
     assert sink.logins == ["alerts", "alerts"]
+    slack_texts = sorted(json.loads(r.body)["text"] for r in webhook.slack)
+    assert len(slack_texts) == 2
+    assert "[CRITICAL] ESCALATED: dev-a freezer-too-warm" in slack_texts[0]
+    assert "[CRITICAL] FIRING: dev-b freezer-too-warm" in slack_texts[1]
     logged = [json.loads(line) for line in (tmp_path / "notifications.jsonl").read_text().splitlines()]
     assert sorted(n["idempotency_key"] for n in logged) == sorted(webhook.keys())
 
