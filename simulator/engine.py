@@ -28,6 +28,8 @@ Ints = NDArray[np.int64]
 
 #: Sensor resolution: published values are rounded to this many decimals.
 DECIMALS = 2
+#: Anomalies kept for the report and the ground truth (a day of a big fleet has millions).
+MAX_KEPT_ANOMALIES = 100_000
 
 
 @dataclass
@@ -92,7 +94,8 @@ class Engine:
         self.tick += 1
         values = self.signal.tick(self.tick)
         effects = self.injector.apply(self.tick, values)
-        self.anomalies.extend(effects.started)
+        if len(self.anomalies) < MAX_KEPT_ANOMALIES:
+            self.anomalies.extend(effects.started)
         self._values = np.round(values, DECIMALS)
         self._publish = effects.publish & ~effects.malformed
         self._malformed = effects.publish & effects.malformed

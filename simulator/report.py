@@ -32,9 +32,11 @@ publish.connections           {target, connected_at_start, connected_at_end, con
 publish.ack_latency           QoS 1 publish -> PUBACK percentiles (see latency.*), or null
 publish.timeline              per second: {t, written, rate, due, slots, queued, unacked, connected}
 anomalies.by_kind             {spike, drift, stuck, dropout, flapping, malformed: count started}
-anomalies.total, events       events: the first 200 {kind, device_id, start_tick, end_tick,
+anomalies.total, events       total started; events: the first 200 {kind, device_id, start_tick, end_tick,
                               start_s, duration_s, magnitude}
-ground_truth.file             the ground-truth JSON (simulator.truth.TruthFile)
+ground_truth.kept             False when nothing was to be written (no --report, --ground-truth or
+                              --measure): then only the counts below, and episodes are null
+ground_truth.file             the ground-truth JSON (simulator.truth.TruthFile), or null
 ground_truth.rules            the rules file used
 ground_truth.breaching_readings, by_severity {warning, critical}, malformed
 ground_truth.episodes         {warning, critical}: episodes per level (simulator.truth)

@@ -87,7 +87,9 @@ async def simulate(
         explicit=explicit,
     )
     injector = Injector(schedule, flap_level=thresholds.flap_levels(fleet.high + 2.0))
-    truth = GroundTruth(thresholds, fleet.device_ids)
+    # Without a report, a ground-truth file or --measure nobody reads the breaches: count them only.
+    keep_truth = bool(outputs.report or outputs.ground_truth or outputs.measure)
+    truth = GroundTruth(thresholds, fleet.device_ids, keep=keep_truth)
     payload_format = PayloadFormat(settings.format)
     signal_model = SignalModel(
         fleet, rate=rate, seed=settings.seed, start=time.time(), time_scale=settings.time_scale
@@ -177,8 +179,8 @@ async def simulate(
         if not pool.closed:
             await pool.close()
 
-    episodes = truth.episodes(incident_gap=settings.episode_gap)
-    breaches = truth.breaches()
+    episodes = truth.episodes(incident_gap=settings.episode_gap) if keep_truth else []
+    breaches = truth.breaches() if keep_truth else []
     truth_path = outputs.ground_truth or (
         outputs.report.with_name(outputs.report.stem + ".truth.json") if outputs.report else None
     )
@@ -264,16 +266,20 @@ async def simulate(
         },
         "anomalies": {
             "by_kind": {k: injector.counts[k] for k in KINDS},
-            "total": len(engine.anomalies),
+            "total": sum(injector.counts.values()),
             "events": [_anomaly_json(a, fleet.device_ids, rate) for a in engine.anomalies[:200]],
         },
         "ground_truth": {
             "file": str(truth_path) if truth_path else None,
             "rules": str(rules_path),
-            "breaching_readings": len(breaches),
-            "by_severity": {s: sum(1 for b in breaches if b.severity == s) for s in ("warning", "critical")},
+            "kept": keep_truth,
+            "breaching_readings": truth.breach_count,
+            "by_severity": {s: truth.counts[s] for s in ("warning", "critical")},
             "malformed": truth.malformed_count,
-            "episodes": {s: sum(1 for e in episodes if e.level == s) for s in ("warning", "critical")},
+            "episodes": {
+                s: sum(1 for e in episodes if e.level == s) if keep_truth else None
+                for s in ("warning", "critical")
+            },
         },
         "measured": meter is not None,
         "latency": measured.get("latency"),

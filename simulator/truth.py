@@ -133,6 +133,8 @@ class GroundTruth:
 
     thresholds: Thresholds | None
     device_ids: Sequence[str]
+    keep: bool = True  # False: count only (a long run with no report to write)
+    counts: dict[str, int] = field(default_factory=lambda: {"warning": 0, "critical": 0, "malformed": 0})
     _breach_chunks: list[tuple[Ints, Ints, Floats, Floats, Small, Small, Floats]] = field(
         default_factory=list
     )
@@ -145,17 +147,27 @@ class GroundTruth:
         rank, condition, threshold = self.thresholds.classify(devices, values)
         hit = np.flatnonzero(rank)
         if hit.size:
+            critical = int(np.count_nonzero(rank == 2))
+            self.counts["critical"] += critical
+            self.counts["warning"] += int(hit.size) - critical
+        if hit.size and self.keep:
             self._breach_chunks.append(
                 (devices[hit], seqs[hit], ts[hit], values[hit], rank[hit], condition[hit], threshold[hit])
             )
         return int(hit.size)
 
     def record_malformed(self, device: int, ts: float, variant: int) -> None:
-        self._malformed.append((device, ts, variant))
+        self.counts["malformed"] += 1
+        if self.keep:
+            self._malformed.append((device, ts, variant))
 
     @property
     def malformed_count(self) -> int:
-        return len(self._malformed)
+        return self.counts["malformed"]
+
+    @property
+    def breach_count(self) -> int:
+        return self.counts["warning"] + self.counts["critical"]
 
     def breach_arrays(self) -> tuple[Ints, Ints, Floats, Floats, Small, Small, Floats]:
         """(devices, seqs, ts, values, rank, condition, threshold) of every breach, in publish order."""

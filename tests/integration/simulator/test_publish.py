@@ -60,6 +60,8 @@ def test_a_subscriber_sees_exactly_what_the_report_claims(
     assert len(got) == publish["messages"]
 
     truth = read_truth(tmp_path / "report.truth.json")
+    assert report["ground_truth"]["kept"] is True
+    assert report["ground_truth"]["file"] == str(tmp_path / "report.truth.json")
     rules = load_rules(DEFAULT_RULES_FILE)
     seqs: dict[str, list[int]] = defaultdict(list)
     breaching = set()
@@ -115,6 +117,8 @@ def test_many_connections_at_qos0_with_a_ramp(endpoints: Endpoints, subscriber_f
         anomaly_rate=0.0,
     )
     report = run_simulation(settings, Outputs())
+    assert report["ground_truth"]["kept"] is False  # nothing to write it to: counts only
+    assert report["ground_truth"]["episodes"] == {"warning": None, "critical": None}
     connections = report["publish"]["connections"]
     assert connections["connected_at_start"] == 600
     assert connections["disconnects"] == 0 and connections["connected_at_end"] == 0
