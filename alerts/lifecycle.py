@@ -167,7 +167,7 @@ def tick(incident: Incident, *, policy: Policy, now: float) -> tuple[Incident, l
     """
     if not incident.is_open:
         return incident, []
-    if now - incident.last_breach_at >= policy.resolve_after:
+    if now >= incident.last_breach_at + policy.resolve_after:
         resolved = resolve(incident, policy=policy)
         return resolved, [Transition("resolve", resolved)]
     if incident.notified_at is not None and now >= incident.notified_at + policy.repeat_interval:
@@ -178,6 +178,14 @@ def tick(incident: Incident, *, policy: Policy, now: float) -> tuple[Incident, l
         )
         return repeated, [Transition("repeat", repeated)]
     return incident, []
+
+
+def due_at(incident: Incident, *, policy: Policy) -> float:
+    """When :func:`tick` next has something to do for this open incident (resolve or repeat)."""
+    due = incident.last_breach_at + policy.resolve_after
+    if incident.notified_at is not None:
+        due = min(due, incident.notified_at + policy.repeat_interval)
+    return due
 
 
 def resolve_cutoff(*, now: float, policy: Policy) -> float:

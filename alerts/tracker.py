@@ -6,9 +6,10 @@ persists :meth:`IncidentTracker.take_changed` before committing offsets.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
-from alerts.lifecycle import Incident, Policy, Transition, apply_breach, tick
+from alerts.lifecycle import Incident, Policy, Transition, apply_breach, due_at, tick
 from alerts.notification import Notification, from_transition
 from thermoflow.events import AlertEvent
 
@@ -27,6 +28,8 @@ class IncidentTracker:
         self.incidents: dict[IncidentKey, Incident] = {}
         self._open: set[IncidentKey] = set()
         self._changed: dict[IncidentKey, Incident] = {}
+        # (due time, key) of open incidents; entries made stale by later changes are skipped.
+        self._due: list[tuple[float, IncidentKey]] = []
         self.load(states)
 
     def load(self, states: Iterable[Incident]) -> None:
@@ -39,6 +42,7 @@ class IncidentTracker:
         self.incidents[key] = incident
         if incident.is_open:
             self._open.add(key)
+            heapq.heappush(self._due, (due_at(incident, policy=self.policy), key))
         else:
             self._open.discard(key)
         if changed:
@@ -52,16 +56,27 @@ class IncidentTracker:
         return self._notifications(transitions, now=now)
 
     def on_tick(self, *, now: float, partitions: set[int] | None = None) -> list[Notification]:
-        """Resolve and repeat what is due; only incidents of ``partitions`` when given."""
+        """Resolve and repeat what is due; only incidents of ``partitions`` when given.
+
+        Costs O(log n) per due incident, not a scan of every open one.
+        """
         notifications: list[Notification] = []
-        for key in list(self._open):
-            current = self.incidents[key]
+        not_yet: list[tuple[float, IncidentKey]] = []
+        while self._due and self._due[0][0] <= now:
+            due, key = heapq.heappop(self._due)
+            current = self.incidents.get(key)
+            if current is None or not current.is_open or due_at(current, policy=self.policy) != due:
+                continue  # stale entry: the incident changed since
             if partitions is not None and current.partition not in partitions:
-                continue
+                continue  # another instance owns it now (a reload re-adds it here if it comes back)
             incident, transitions = tick(current, policy=self.policy, now=now)
             if transitions:
                 self._put(incident)
                 notifications.extend(self._notifications(transitions, now=now))
+            else:  # not due after all (cannot happen while due_at and tick agree): look again later
+                not_yet.append((due, key))
+        for entry in not_yet:
+            heapq.heappush(self._due, entry)
         return notifications
 
     def take_changed(self) -> list[Incident]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_breaches
+from alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_breaches, tick
 from alerts.tracker import IncidentTracker
 from tests.fakes import FakeClock, make_alert
 from thermoflow.events import Severity
@@ -140,3 +140,42 @@ def test_folding_in_two_batches_equals_folding_in_one(stream: list[tuple[str, in
     # At most one open incident per (device, rule).
     open_keys = [(s.incident.device_id, s.incident.rule_id) for s in whole.values() if s.status != "resolved"]
     assert len(open_keys) == len(set(open_keys))
+
+
+def _scan_all(tracker: IncidentTracker, *, now: float) -> list[tuple[str, str, int]]:
+    """The obviously-right reference for on_tick: look at every open incident."""
+    out = []
+    for key, incident in list(tracker.incidents.items()):
+        updated, transitions = tick(incident, policy=tracker.policy, now=now)
+        tracker.incidents[key] = updated
+        out += [(t.incident.device_id, t.kind, t.incident.seq) for t in transitions]
+    return sorted(out)
+
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["alert", "tick"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.floats(0, 50),
+        st.sampled_from(["warning", "critical"]),
+    ),
+    max_size=60,
+)
+
+
+@given(events)
+def test_heap_driven_ticks_match_scanning_every_incident(steps: list[tuple[str, str, float, str]]) -> None:
+    policy = Policy(resolve_after=30.0, repeat_interval=20.0)
+    fast, slow = IncidentTracker(policy), IncidentTracker(policy)
+    now = 0.0
+    for kind, device, advance, severity in steps:
+        now += advance
+        if kind == "alert":
+            alert = make_alert(device, now, severity=severity)  # type: ignore[arg-type]
+            a = [(n.device_id, n.transition, n.seq) for n in fast.on_alert(alert, now=now)]
+            b = [(n.device_id, n.transition, n.seq) for n in slow.on_alert(alert, now=now)]
+            assert a == b
+        else:
+            got = sorted((n.device_id, n.transition, n.seq) for n in fast.on_tick(now=now))
+            assert got == _scan_all(slow, now=now)
+    assert fast.incidents == slow.incidents
