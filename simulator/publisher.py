@@ -49,10 +49,8 @@ class Pool:
     _closing: bool = False
     _keepalive: asyncio.Task[None] | None = None
 
-    async def open(
-        self, *, ramp_s: float, timeout: float, progress: Callable[[], None] | None = None
-    ) -> None:
-        """Start every connection (spread over ``ramp_s``) and wait until all are up or ``timeout``."""
+    async def open(self, *, ramp_s: float, timeout: float, stop: asyncio.Event | None = None) -> None:
+        """Start every connection (spread over ``ramp_s``); wait until all are up, ``timeout`` or ``stop``."""
         self._gate = asyncio.Semaphore(self.connect_concurrency)
         started = time.monotonic()
         for i in range(self.count):
@@ -65,21 +63,21 @@ class Pool:
             )
             self.connections.append(conn)
             self._tasks.append(asyncio.create_task(self._keep_up(conn), name=conn.client_id))
+            if stop is not None and stop.is_set():
+                return
             if ramp_s > 0:
                 delay = started + ramp_s * (i + 1) / self.count - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                    if progress:
-                        progress()
         ramped = time.monotonic()
         deadline = ramped + timeout
         while self.stats.connected < self.count and time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                break
             hopeless = self.stats.connected == 0 and self.stats.connect_failures >= self.count
             if hopeless and time.monotonic() - ramped > 3.0:
                 break  # every connection failed, none came up: the broker is not there
             await asyncio.sleep(0.05)
-            if progress:
-                progress()
         self._keepalive = asyncio.create_task(self._ping_idle())
 
     async def _keep_up(self, conn: Connection) -> None:

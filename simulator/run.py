@@ -55,9 +55,11 @@ class Controls:
 
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     abort: asyncio.Event = field(default_factory=asyncio.Event)
+    publishing_over: bool = False
 
     def signal(self) -> None:
-        if self.stop.is_set():
+        """SIGINT/SIGTERM: stop publishing; once publishing is over (or on a second signal), stop waiting."""
+        if self.stop.is_set() or self.publishing_over:
             self.abort.set()
         self.stop.set()
 
@@ -148,10 +150,10 @@ async def simulate(
     try:
         show("connecting", None)
         ramp_started = time.monotonic()
-        await pool.open(ramp_s=settings.ramp, timeout=settings.ramp + 30.0)
+        await pool.open(ramp_s=settings.ramp, timeout=settings.ramp + 30.0, stop=controls.stop)
         ramp_s = time.monotonic() - ramp_started
         connected_at_start = pool.stats.connected
-        if connected_at_start == 0:
+        if connected_at_start == 0 and not controls.stop.is_set():
             raise ServiceError(
                 f"no connection to the MQTT broker at {endpoint.host}:{endpoint.port}"
                 f" ({pool.stats.last_error}); is it running? (--mqtt-url or THERMOFLOW_MQTT_URL)"
@@ -160,6 +162,7 @@ async def simulate(
         if not controls.stop.is_set():
             await pacer.run(controls.stop, on_second=lambda s: show("publishing", s))
         publish_ended = time.time()
+        controls.publishing_over = True
         show("draining", pacer.timeline[-1] if pacer.timeline else None)
         drain_started = time.monotonic()
         drained = await pool.drain(timeout=0.0 if controls.abort.is_set() else outputs.drain_timeout)
