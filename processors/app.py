@@ -79,10 +79,12 @@ def build_app(
     )
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
     app.batch_topics = frozenset(spec.source_topic(settings) for spec in registry.specs())
+    bodies: list[FunctionBody] = []
     for spec in registry.specs():
+        bodies.append(spec.build(settings))
         runner = BatchRunner(
             spec=spec,
-            body=spec.build(settings),
+            body=bodies[-1],
             sink=app.topic(spec.sink_topic(settings), key_serializer="raw", value_serializer="raw"),
             deadletter=deadletter,
             settings=settings,
@@ -92,6 +94,13 @@ def build_app(
             spec.source_topic(settings), key_serializer="raw", value_serializer=BATCH_SERIALIZER
         )
         app.agent(source, name=f"processors.{spec.name}")(runner.agent)
+
+    ticks = [getattr(body, "tick") for body in bodies if callable(getattr(body, "tick", None))]  # noqa: B009
+
+    @app.timer(interval=settings.rules_poll_interval)  # type: ignore[untyped-decorator]
+    async def tick_functions() -> None:
+        for tick in ticks:
+            tick()
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def report_metrics() -> None:

@@ -50,18 +50,21 @@ def threshold_alerts(batch: ReadingBatch, rules: CompiledRules, *, detected_at: 
     return alerts
 
 
-def threshold_function(
-    rules: Callable[[], CompiledRules], *, clock: Callable[[], float] = time.time
-) -> FunctionBody:
+class ThresholdCheck:
     """The threshold check over the rules in force when each batch arrives."""
 
-    def check(batch: ReadingBatch) -> list[Emit]:
-        return threshold_alerts(batch, rules(), detected_at=clock())
+    def __init__(self, watcher: RulesWatcher, *, clock: Callable[[], float] = time.time) -> None:
+        self.watcher = watcher
+        self.clock = clock
 
-    return check
+    def __call__(self, batch: ReadingBatch) -> list[Emit]:
+        return threshold_alerts(batch, self.watcher.current(), detected_at=self.clock())
+
+    def tick(self) -> None:
+        """Between batches: pick up (or reject, with a logged reason) a changed rules file now."""
+        self.watcher.poll()
 
 
 @registry.factory(name="thresholds", source=setting("readings_topic"), sink=setting("alerts_topic"))
 def build_thresholds(settings: ProcessorSettings) -> FunctionBody:
-    watcher = RulesWatcher(settings.rules_file, interval=settings.rules_poll_interval)
-    return threshold_function(watcher.current)
+    return ThresholdCheck(RulesWatcher(settings.rules_file, interval=settings.rules_poll_interval))

@@ -14,7 +14,9 @@ results to the sink topic and only then lets the offsets be committed::
 
 Run it with ``thermoflow process --functions my_package.my_module``. A function that needs
 the settings (the threshold check reads the rules file) registers a factory with
-:meth:`Registry.factory` instead.
+:meth:`Registry.factory` instead. A function object may also have a ``tick()`` method: the
+worker calls it every ``rules_poll_interval`` seconds between batches (the threshold check
+reloads its rules file there, so a change is logged even while no reading arrives).
 """
 
 from __future__ import annotations
