@@ -6,7 +6,9 @@ import asyncio
 import getpass
 import json
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +23,8 @@ from thermoflow.settings import load_settings
 alerts_app = typer.Typer(
     help="Alert events and incidents: store, notify, list, acknowledge.", no_args_is_help=True
 )
-console = Console()
+# Piped output gets room for whole ids and timestamps instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 Topic = Annotated[str | None, typer.Option(help="source topic [telemetry.alerts] (THERMOFLOW_ALERTS_TOPIC)")]
 ResolveAfter = Annotated[
@@ -113,6 +116,7 @@ def list_command(
     from thermoflow import db
 
     settings = load_settings(AlertsSettings, database_url=database_url)
+    configure_logging(level="WARNING", component="alerts")  # logs to stderr: stdout is the answer
     db.migrate(settings)
     with db.connect(settings) as conn:
         rows = list_incidents(conn, open_only=open_only, device_id=device, limit=limit)
@@ -122,12 +126,21 @@ def list_command(
                                    for k, v in row.__dict__.items()}))  # fmt: skip
         return
     table = Table(
-        "incident", "device", "rule", "severity", "status", "opened", "last breach", "peak", "breaches"
+        "incident",
+        "device",
+        "rule",
+        "severity",
+        "status",
+        "opened (UTC)",
+        "last breach (UTC)",
+        "peak",
+        "breaches",
     )
     for row in rows:
         table.add_row(
             row.incident_id, row.device_id, row.rule_id, row.severity, row.status,
-            f"{row.opened_at:%Y-%m-%d %H:%M:%S}", f"{row.last_breach_at:%Y-%m-%d %H:%M:%S}",
+            f"{row.opened_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            f"{row.last_breach_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
             f"{row.peak_value:g}", str(row.breach_count),
         )  # fmt: skip
     console.print(table)
@@ -144,6 +157,7 @@ def ack_command(
     from thermoflow import db
 
     settings = load_settings(AlertsSettings, database_url=database_url)
+    configure_logging(level="WARNING", component="alerts")
     db.migrate(settings)
     with db.connect(settings) as conn:
         try:
@@ -151,7 +165,7 @@ def ack_command(
         except AckError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-    console.print(
+    typer.echo(
         f"incident {row.incident_id} ({row.device_id} {row.rule_id}) acknowledged by {row.acknowledged_by}"
     )
 

@@ -1,0 +1,85 @@
+"""The operator commands: `thermoflow alerts list` and `ack`, and fast failure on bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from alerts.lifecycle import Policy
+from alerts.store import prepare, store_batch
+from tests.fakes import make_alert
+from thermoflow import db
+from thermoflow.cli import main
+from thermoflow.settings import ThermoflowSettings
+
+
+def thermoflow(*args: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr("sys.argv", ["thermoflow", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return int(exit_.value.code or 0)
+
+
+def _seed(settings: ThermoflowSettings) -> None:
+    async def seed() -> None:
+        conn = await db.connect_async(settings)
+        try:
+            await prepare(conn)
+            alerts = [make_alert("fridge-1", 100.0), make_alert("fridge-2", 100.0, severity="critical")]
+            alerts.append(make_alert("fridge-3", 0.0))
+            alerts.append(make_alert("fridge-3", 1000.0))  # a gap: its first incident resolved
+            await store_batch(conn, alerts=alerts, policy=Policy(resolve_after=300, repeat_interval=600))
+        finally:
+            await conn.close()
+
+    db.migrate(settings)
+    asyncio.run(seed())
+
+
+def test_list_and_ack(
+    settings: ThermoflowSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed(settings)
+    capsys.readouterr()  # what seeding logged
+    monkeypatch.setenv("THERMOFLOW_DATABASE_URL", settings.database_dsn)
+    monkeypatch.setenv("THERMOFLOW_DATABASE_SCHEMA", settings.database_schema)
+
+    assert thermoflow("alerts", "list", "--json", monkeypatch=monkeypatch) == 0
+    everything = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((i["device_id"], i["status"]) for i in everything) == [
+        ("fridge-1", "firing"), ("fridge-2", "firing"), ("fridge-3", "firing"), ("fridge-3", "resolved"),
+    ]  # fmt: skip
+
+    assert (
+        thermoflow("alerts", "list", "--json", "--open", "--device", "fridge-3", monkeypatch=monkeypatch) == 0
+    )
+    [open_3] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert open_3["status"] == "firing"
+
+    assert thermoflow("alerts", "ack", open_3["incident_id"], "--by", "ops", monkeypatch=monkeypatch) == 0
+    assert "acknowledged by ops" in capsys.readouterr().out
+    assert thermoflow("alerts", "list", "--json", "--device", "fridge-3", monkeypatch=monkeypatch) == 0
+    statuses = {i["incident_id"]: i["status"] for i in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert statuses[open_3["incident_id"]] == "acknowledged"
+
+    resolved = next(i for i in everything if i["status"] == "resolved")
+    assert thermoflow("alerts", "ack", resolved["incident_id"], monkeypatch=monkeypatch) == 1
+    assert thermoflow("alerts", "ack", "no-such-incident", monkeypatch=monkeypatch) == 1
+    assert thermoflow("alerts", "list", monkeypatch=monkeypatch) == 0  # the table renders
+    assert "fridge-2" in capsys.readouterr().out
+
+
+def test_bad_notifier_config_fails_fast_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("channels: {pager: {type: webhook, url: 'http://x', secret_env: NOT_SET_ANYWHERE}}")
+    assert thermoflow("alerts", "notify", "--routes", str(routes), monkeypatch=monkeypatch) == 2
+    assert "NOT_SET_ANYWHERE" in capsys.readouterr().err
+    monkeypatch.setenv("THERMOFLOW_WEBHOOK_URL", "http://127.0.0.1:1/hook")
+    assert thermoflow("alerts", "notify", monkeypatch=monkeypatch) == 2
+    assert "THERMOFLOW_WEBHOOK_SECRET" in capsys.readouterr().err
+    assert thermoflow("alerts", "store", "--batch-size", "0", monkeypatch=monkeypatch) == 2
