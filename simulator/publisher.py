@@ -154,7 +154,8 @@ class Sample:
     """One second of the run, for the timeline and the plot."""
 
     t: float
-    written: int
+    written: int  # publishes written since the previous sample
+    rate: float  # of those, per second (the last sample may cover less than a second)
     readings: int
     slots: int
     due: int
@@ -197,6 +198,7 @@ class Pacer:
         next_sample = 1.0
         stats = self.pool.stats
         last_written = 0
+        last_t = 0.0
         while not stop.is_set():
             elapsed = clock() - start
             if self.duration is not None and elapsed >= self.duration:
@@ -205,9 +207,11 @@ class Pacer:
             if due > 0 and stats.queued < self.max_backlog:
                 self._send(min(due, max_chunk))
             if elapsed >= next_sample or (self.duration is not None and elapsed >= self.duration):
+                span = max(elapsed - last_t, 1e-3)
                 sample = Sample(
                     t=round(elapsed, 3),
                     written=stats.written - last_written,
+                    rate=round((stats.written - last_written) / span, 1),
                     readings=self.readings,
                     slots=self.engine.slots,
                     due=int(self.total_rate * elapsed),
@@ -215,7 +219,7 @@ class Pacer:
                     unacked=self.pool.unacked if self.pool.qos else 0,
                     connected=stats.connected,
                 )
-                last_written = stats.written
+                last_written, last_t = stats.written, elapsed
                 self.timeline.append(sample)
                 next_sample = math.floor(elapsed) + 1.0
                 if on_second is not None:

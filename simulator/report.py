@@ -94,7 +94,7 @@ def live_view(
         behind = "" if share >= 0.97 else f"  [red]behind: {sample.due - sample.slots} slots[/red]"
         total = f" / {duration:.0f}s" if duration else ""
         table.add_row("elapsed", f"{sample.t:.0f}s{total}")
-        table.add_row("rate", f"{sample.written:,}/s (target {target_rate:,.0f}/s){behind}")
+        table.add_row("rate", f"{sample.rate:,.0f}/s (target {target_rate:,.0f}/s){behind}")
         table.add_row("readings", f"{sample.readings:,}")
         table.add_row("connections", f"{sample.connected:,} / {connections:,}")
         table.add_row("queued / unacked", f"{sample.queued:,} / {sample.unacked:,}")

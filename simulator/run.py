@@ -257,7 +257,7 @@ async def simulate(
                 {
                     "t": s.t,
                     "written": s.written,
-                    "rate": s.written,
+                    "rate": s.rate,
                     "due": s.due,
                     "slots": s.slots,
                     "queued": s.queued,
