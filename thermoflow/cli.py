@@ -200,6 +200,7 @@ def demo_command(
             duration=duration,
             seed=seed,
             live=live and console.is_terminal,
+            console=console,
         )
     )
     table = Table("summary", "value", title="thermoflow demo")
