@@ -23,49 +23,60 @@ def register(app: typer.Typer) -> None:
 
 
 def simulate_command(
-    devices: Annotated[int | None, typer.Option(help="number of devices [100]")] = None,
-    rate: Annotated[float | None, typer.Option(help="readings per second per device [1]")] = None,
+    devices: Annotated[int | None, typer.Option(help="number of devices (default: 100)")] = None,
+    rate: Annotated[float | None, typer.Option(help="readings per second per device (default: 1)")] = None,
     total_rate: Annotated[float | None, typer.Option(help="readings per second over the fleet")] = None,
-    duration: Annotated[float | None, typer.Option(help="seconds to publish [until stopped]")] = None,
-    qos: Annotated[int | None, typer.Option(help="MQTT QoS, 0 or 1 [1]")] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="seconds to publish (default: until stopped)")
+    ] = None,
+    qos: Annotated[int | None, typer.Option(help="MQTT QoS, 0 or 1 (default: 1)")] = None,
     payload_format: Annotated[
-        str | None, typer.Option("--format", help="payload format: json, number or senml [json]")
+        str | None, typer.Option("--format", help="payload format: json, number or senml (default: json)")
     ] = None,
     topic_template: Annotated[
-        str | None, typer.Option(help="MQTT topic per device [sensors/{device_id}/{metric}]")
+        str | None, typer.Option(help="MQTT topic per device (default: sensors/{device_id}/{metric})")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="random seed [1]")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: 1)")] = None,
     profiles: Annotated[
-        str | None, typer.Option(help="profile mix, e.g. freezer=2,rack [all five, equal shares]")
+        str | None, typer.Option(help="profile mix, e.g. freezer=2,rack (default: all five, equal shares)")
     ] = None,
     time_scale: Annotated[
-        float | None, typer.Option(help="simulated seconds per second, for the daily cycle [1]")
+        float | None, typer.Option(help="simulated seconds per second, for the daily cycle (default: 1)")
     ] = None,
-    anomaly_rate: Annotated[float | None, typer.Option(help="anomalies per device per hour [2]")] = None,
+    anomaly_rate: Annotated[
+        float | None, typer.Option(help="anomalies per device per hour (default: 2)")
+    ] = None,
     anomaly_kinds: Annotated[
         str | None,
         typer.Option(
             help="kinds sharing --anomaly-rate: spike,drift,stuck,dropout,flapping,malformed with"
-            " optional shares (spike=3,malformed=1), all, none [all: spike 3, others 1]"
+            " optional shares (spike=3,malformed=1), all, none (default: all: spike 3, others 1)"
         ),
     ] = None,
     anomaly_schedule: Annotated[
         Path | None, typer.Option(help="YAML list of {kind, device, at, duration, magnitude}")
     ] = None,
     rules: Annotated[
-        Path | None, typer.Option(help="rules file for the ground truth [processors/rules.yaml]")
+        Path | None, typer.Option(help="rules file for the ground truth (default: processors/rules.yaml)")
     ] = None,
     incident_gap: Annotated[
-        float | None, typer.Option(help="max seconds between breaches of one episode [max(30, 3/rate)]")
+        float | None,
+        typer.Option(help="max seconds between breaches of one episode (default: max(30, 3/rate))"),
     ] = None,
-    connections: Annotated[int | None, typer.Option(help="MQTT connections [10]")] = None,
-    ramp: Annotated[float | None, typer.Option(help="seconds over which to open the connections [0]")] = None,
-    inflight: Annotated[int | None, typer.Option(help="QoS 1 in-flight window per connection [256]")] = None,
+    connections: Annotated[
+        int | None, typer.Option(help="MQTT connections (default: 10, at most --devices)")
+    ] = None,
+    ramp: Annotated[
+        float | None, typer.Option(help="seconds over which to open the connections (default: 0)")
+    ] = None,
+    inflight: Annotated[
+        int | None, typer.Option(help="QoS 1 in-flight window per connection (default: 256)")
+    ] = None,
     max_backlog: Annotated[
-        int | None, typer.Option(help="queued publishes before the pacer holds back")
+        int | None, typer.Option(help="queued publishes before the pacer holds back (default: 200000)")
     ] = None,
     client_prefix: Annotated[
-        str | None, typer.Option(help="MQTT client id prefix [thermoflow-sim-<pid>-<random>]")
+        str | None, typer.Option(help="MQTT client id prefix (default: thermoflow-sim-<pid>-<random>)")
     ] = None,
     mqtt_url: Annotated[str | None, typer.Option(help="MQTT broker URL")] = None,
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (--measure)")] = None,
@@ -81,7 +92,7 @@ def simulate_command(
     ] = 60.0,
     report: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
     ground_truth: Annotated[
-        Path | None, typer.Option(help="write the ground truth here [next to --report, .truth.json]")
+        Path | None, typer.Option(help="write the ground truth here (default: next to --report, .truth.json)")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="write a PNG of rate and latency over time")] = None,
     quiet: Annotated[bool, typer.Option(help="no live display and no summary")] = False,
