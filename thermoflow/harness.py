@@ -146,9 +146,9 @@ class PipelineRun:
         return loaded
 
     async def simulate(
-        self, *args: str, report: Path | None = None, log_name: str = "simulator.log"
+        self, *args: str, measure: bool = True, report: Path | None = None, log_name: str = "simulator.log"
     ) -> dict[str, Any]:
-        """Run `thermoflow simulate ARGS --measure` against this run; returns its JSON report."""
+        """Run `thermoflow simulate ARGS [--measure]` against this run; returns its JSON report."""
         report = report or self.workdir / "report.json"
         s = self.settings
         with (self.workdir / log_name).open("wb") as log:
@@ -157,7 +157,8 @@ class PipelineRun:
                 "--incident-gap", str(self.resolve_after), "--topic-template", self.topic_template,
                 "--client-prefix", f"{self.mqtt_prefix}-sim",
                 "--readings-topic", s.readings_topic, "--alerts-topic", s.alerts_topic,
-                "--deadletter-topic", s.deadletter_topic, "--measure", "--report", str(report), "--quiet",
+                "--deadletter-topic", s.deadletter_topic, "--measure" if measure else "--no-measure",
+                "--report", str(report), "--quiet",
                 stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 env=self.env(),
             )  # fmt: skip
