@@ -63,7 +63,6 @@ def process(
     if settings.workers == 1:
         raise typer.Exit(run_worker(settings, worker_index=0))
     env = child_env(
-        settings,
         rules_file=str(settings.rules_file.resolve()),
         processor_group=settings.processor_group,
         functions=settings.functions,

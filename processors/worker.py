@@ -83,6 +83,7 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int) -> int:
             override_logging=False,
             redirect_stdouts=False,
         )
+        worker.spinner = None  # faust's terminal spinner would write escape codes into the log stream
         log.info(
             "worker_starting",
             group=settings.processor_group,
@@ -163,7 +164,7 @@ def _stop_children(children: list[subprocess.Popen[bytes]]) -> int:
     return code
 
 
-def child_env(settings: ProcessorSettings, **given: str) -> dict[str, str]:
+def child_env(**given: str) -> dict[str, str]:
     """The environment for worker processes: ours plus the flags this process was given."""
     env = dict(os.environ)
     env.update({f"THERMOFLOW_{name.upper()}": value for name, value in given.items()})
