@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError
 
 from alerts.kafka_io import KafkaDeadLetters, decode_batch
 from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
@@ -259,7 +260,12 @@ class AlertStore:
                     self.metrics.count("alerts_inserted", result.inserted)
                     self.metrics.count("alerts_duplicate", result.duplicates)
                 if decoded.offsets:
-                    await consumer.commit(decoded.offsets)
+                    try:
+                        await consumer.commit(decoded.offsets)
+                    except CommitFailedError as exc:
+                        # A rebalance (e.g. after a long database outage) took the partitions: the
+                        # batch is stored, its redelivery elsewhere inserts nothing twice.
+                        log.warning("commit_failed", error=str(exc))
                 now = self.clock()
                 if now >= next_sweep and await _caught_up(consumer):
                     await self._sweep(now, stop)

@@ -17,7 +17,10 @@ from thermoflow.settings import ThermoflowSettings
 
 
 def thermoflow(*args: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run the CLI in this process; exit code back."""
     monkeypatch.setattr("sys.argv", ["thermoflow", *args])
+    # configure_logging binds structlog to this test's captured stderr for good; skip it here.
+    monkeypatch.setattr("alerts.cli.configure_logging", lambda **_: None)
     with pytest.raises(SystemExit) as exit_:
         main()
     return int(exit_.value.code or 0)
