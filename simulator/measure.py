@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
 
 from simulator.score import percentiles
@@ -40,6 +41,65 @@ from thermoflow.settings import ThermoflowSettings
 from thermoflow.topics import HEADER_SOURCE
 
 log = get_logger(__name__)
+
+
+@dataclass
+class ConsumerGroups:
+    """The consumer groups that read the readings topic during this run, and how far behind they are.
+
+    A group counts as *active* when its committed offsets on the topic moved after the run
+    started (or it appeared): the processors and the sink of the pipeline under test, not the
+    stale groups of earlier runs on a shared topic. Only partitions a group committed count.
+    """
+
+    settings: ThermoflowSettings
+    topic: str
+    _admin: AIOKafkaAdminClient | None = None
+    _probe: AIOKafkaConsumer | None = None
+    _partitions: list[TopicPartition] = field(default_factory=list)
+    _baseline: dict[str, dict[TopicPartition, int]] = field(default_factory=dict)
+
+    async def start(self, partitions: list[TopicPartition]) -> None:
+        self._partitions = [tp for tp in partitions if tp.topic == self.topic]
+        self._admin = AIOKafkaAdminClient(**self.settings.kafka_options())
+        await self._admin.start()
+        self._probe = AIOKafkaConsumer(
+            **self.settings.kafka_options(), group_id=None, enable_auto_commit=False
+        )
+        await self._probe.start()
+        self._baseline = await self._committed()
+
+    async def _committed(self) -> dict[str, dict[TopicPartition, int]]:
+        assert self._admin is not None
+        wanted = set(self._partitions)
+        found: dict[str, dict[TopicPartition, int]] = {}
+        for group in await self._admin.list_consumer_groups():
+            offsets = await self._admin.list_consumer_group_offsets(group[0])
+            mine = {tp: meta.offset for tp, meta in offsets.items() if tp in wanted and meta.offset >= 0}
+            if mine:
+                found[group[0]] = mine
+        return found
+
+    async def lag(self) -> dict[str, int]:
+        """Records of the readings topic each active group has not committed yet."""
+        assert self._probe is not None
+        committed = await self._committed()
+        active = {g: offsets for g, offsets in committed.items() if offsets != self._baseline.get(g)}
+        if not active:
+            return {}
+        ends = await self._probe.end_offsets(self._partitions)
+        return {
+            g: sum(max(0, ends[tp] - offset) for tp, offset in offsets.items())
+            for g, offsets in active.items()
+        }
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            await self._probe.stop()
+            self._probe = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
 
 
 @dataclass
@@ -60,6 +120,8 @@ class KafkaMeter:
     deadletters: int = 0
     undecodable: int = 0
     foreign: int = 0
+    lag_at_end: dict[str, int] = field(default_factory=dict)
+    _groups: ConsumerGroups | None = None
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
     _topics: dict[str, str] = field(default_factory=dict)
@@ -85,9 +147,10 @@ class KafkaMeter:
             ends = await consumer.end_offsets(partitions)
             for tp, offset in ends.items():
                 consumer.seek(tp, offset)
+            self._groups = ConsumerGroups(s, s.readings_topic)
+            await self._groups.start(partitions)
         except BaseException:
-            await consumer.stop()
-            self._consumer = None
+            await self.close()
             raise
         self._task = asyncio.create_task(self._consume())
 
@@ -177,26 +240,37 @@ class KafkaMeter:
         deadletters: int,
         timeout: float,
         quiet_s: float,
-        stall_s: float = 10.0,
+        stall_s: float = 20.0,
         stop: asyncio.Event | None = None,
     ) -> bool:
-        """Wait until ``readings`` and ``deadletters`` arrived and alerts went quiet for ``quiet_s``.
+        """Wait until the pipeline caught up with the run, and say whether it did.
 
-        Gives up after ``timeout``, or when nothing at all arrived for ``stall_s`` seconds
-        (a loss, or a pipeline that stopped); returns whether everything arrived.
+        Caught up: ``readings`` and ``deadletters`` arrived, every active consumer group of the
+        readings topic (processors, sink) committed everything, and no alert came for
+        ``quiet_s``. Gives up after ``timeout``, or when nothing moved (records, lag) for
+        ``stall_s`` seconds: a loss, or a pipeline that stopped.
         """
+        assert self._groups is not None
         deadline = time.monotonic() + timeout
-        seen = (-1, -1, -1)
+        seen: tuple[int, ...] = ()
         changed = quiet_since = time.monotonic()
+        next_lag_check = 0.0
         while not (stop is not None and stop.is_set()):
             now = time.monotonic()
-            progress = (self.readings_received, len(self.alerts), self.deadletters)
+            if now >= next_lag_check:
+                self.lag_at_end = await self._groups.lag()
+                next_lag_check = time.monotonic() + 0.5
+            progress = (self.readings_received, len(self.alerts), self.deadletters, *self.lag_at_end.values())
             if progress != seen:
                 changed = now
-                if progress[1] != seen[1]:
+                if not seen or progress[1] != seen[1]:
                     quiet_since = now
                 seen = progress
-            complete = self.readings_received >= readings and self.deadletters >= deadletters
+            complete = (
+                self.readings_received >= readings
+                and self.deadletters >= deadletters
+                and not any(self.lag_at_end.values())
+            )
             if complete and now - quiet_since >= quiet_s:
                 return True
             if now >= deadline or now - changed >= stall_s:
@@ -209,8 +283,13 @@ class KafkaMeter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+        if self._groups is not None:
+            await self._groups.close()
+            self._groups = None
         if self._consumer is not None:
             await self._consumer.stop()
+            self._consumer = None
 
 
 _READINGS_TABLE = "readings"

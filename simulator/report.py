@@ -51,7 +51,10 @@ delivery                      null, or:
                                duplicates, unexpected, lost_by_device {device_id: n}}
   .database                   {expected, rows, unique, lost, duplicates} or {error}
   .deadletter                 {expected (malformed sent), received (dead letters from our topics)}
-  .settled                    everything expected arrived before the wait ended
+  .settled                    the pipeline caught up before the wait ended: everything expected
+                              arrived and its consumer groups committed all (see measure.py)
+  .consumer_lag               {group: records not committed} of the groups active on the readings
+                              topic during the run (processors, sink), when the wait ended
   .undecodable, foreign       records that did not decode / were not this run's
 alerts                        null, or {received, unique, duplicates, correct, false_positives,
                               precision, episodes, detected, missed_episodes, recall,

@@ -355,6 +355,7 @@ async def _measure(
             "database": database,
             "deadletter": {"expected": truth.malformed_count, "received": meter.deadletters},
             "settled": settled,
+            "consumer_lag": meter.lag_at_end,
             "undecodable": meter.undecodable,
             "foreign": meter.foreign,
         },

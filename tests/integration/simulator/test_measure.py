@@ -38,6 +38,7 @@ class StandInPipeline:
         self.breaches = 0
         self.lost = False
         self.first_alert: AlertEvent | None = None
+        self.group_ready = asyncio.Event()
 
     async def run(self) -> None:
         producer = kafka.producer(self.settings)
@@ -55,6 +56,19 @@ class StandInPipeline:
         finally:
             await producer.stop()
             await conn.close()
+
+    async def slow_consumer_group(self, group: str) -> None:
+        """A consumer group on the readings topic that commits only every 2 seconds, like a lagging sink."""
+        consumer = kafka.consumer(self.settings, self.settings.readings_topic, group_id=group)
+        await consumer.start()
+        try:
+            while True:
+                await consumer.getmany(timeout_ms=2000)
+                await consumer.commit()
+                self.group_ready.set()
+                await asyncio.sleep(2.0)
+        finally:
+            await consumer.stop()
 
     async def _one(self, producer: Any, conn: Any, topic: str, payload: bytes) -> None:
         s = self.settings
@@ -153,8 +167,11 @@ async def test_measure_counts_loss_duplicates_dead_letters_latency_and_alert_qua
     await asyncio.to_thread(db.migrate, sim_settings)
     subscriber = await asyncio.to_thread(Subscriber, settings, prefix, 1)
     pipeline = StandInPipeline(sim_settings, subscriber, lose=17, duplicate=23)
+    group = unique_name("slow-sink")
     task = asyncio.create_task(pipeline.run())
+    slow = asyncio.create_task(pipeline.slow_consumer_group(group))
     try:
+        await asyncio.wait_for(pipeline.group_ready.wait(), 60)  # joined and committed once
         outputs = Outputs(
             report=tmp_path / "report.json",
             plot=tmp_path / "run.png",
@@ -164,8 +181,9 @@ async def test_measure_counts_loss_duplicates_dead_letters_latency_and_alert_qua
         )
         report = await simulate(sim_settings, outputs, Controls())
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for running in (task, slow):
+            running.cancel()
+        await asyncio.gather(task, slow, return_exceptions=True)
         await asyncio.to_thread(subscriber.close)
 
     assert report == json.loads((tmp_path / "report.json").read_text())
@@ -184,6 +202,9 @@ async def test_measure_counts_loss_duplicates_dead_letters_latency_and_alert_qua
         1,
         0,
     )
+    # The wait ended only once the pipeline's consumer groups had committed everything.
+    assert report["delivery"]["consumer_lag"] == {group: 0}
+    assert report["delivery"]["settled"] is True
     dead = report["delivery"]["deadletter"]
     assert dead["expected"] == dead["received"] == report["publish"]["malformed"] > 0
     for hop in ("publish_to_bridge", "publish_to_kafka", "publish_to_alert", "publish_to_stored"):
