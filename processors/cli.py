@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -55,7 +56,7 @@ def process(
     except RulesError as exc:
         raise ConfigError(f"rules_file (--rules or THERMOFLOW_RULES_FILE): {exc}") from None
     if worker_index is not None:
-        raise typer.Exit(run_worker(settings, worker_index=worker_index))
+        raise typer.Exit(run_worker(settings, worker_index=worker_index, parent_pid=os.getppid()))
     try:
         prepare(settings)
     except ImportError as exc:

@@ -58,8 +58,12 @@ def prepare(settings: ProcessorSettings) -> None:
     asyncio.run(check())
 
 
-def run_worker(settings: ProcessorSettings, *, worker_index: int) -> int:
-    """Run one faust worker until SIGTERM/SIGINT; returns the exit code."""
+def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: int | None = None) -> int:
+    """Run one faust worker until SIGTERM/SIGINT; returns the exit code.
+
+    A worker started by ``--workers N`` passes its supervisor's ``parent_pid``: should the
+    supervisor die without passing a signal on (SIGKILL), the worker stops itself.
+    """
     import_functions(settings.function_modules)
     slot = worker_slot(settings, worker_index)
     if settings.data_dir is not None:
@@ -84,6 +88,14 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int) -> int:
             redirect_stdouts=False,
         )
         worker.spinner = None  # faust's terminal spinner would write escape codes into the log stream
+        if parent_pid is not None:
+
+            @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+            async def watch_parent() -> None:
+                if os.getppid() != parent_pid:
+                    log.warning("supervisor_gone", parent_pid=parent_pid)
+                    os.kill(os.getpid(), signal.SIGTERM)
+
         log.info(
             "worker_starting",
             group=settings.processor_group,

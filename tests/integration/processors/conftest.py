@@ -180,8 +180,13 @@ async def rig(
         yield rig
     finally:
         await rig.producer.stop()
-        for worker in rig.workers:
+        for worker in rig.workers:  # a failed test may leave workers running: stop them (and their children)
             if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in rig.workers:
+            try:
+                worker.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 worker.proc.kill()
                 worker.proc.wait()
 
