@@ -26,9 +26,10 @@ alerts_app = typer.Typer(
 # Piped output gets room for whole ids and timestamps instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
-Topic = Annotated[str | None, typer.Option(help="source topic [telemetry.alerts] (THERMOFLOW_ALERTS_TOPIC)")]
+# Flags are named after their settings (docs/configuration.md): --alerts-topic is THERMOFLOW_ALERTS_TOPIC.
+AlertsTopic = Annotated[str | None, typer.Option(help="source topic (default: telemetry.alerts)")]
 ResolveAfter = Annotated[
-    float | None, typer.Option(help="seconds without a breach before an incident resolves [300]")
+    float | None, typer.Option(help="seconds without a breach before an incident resolves (default: 300)")
 ]
 LogLevel = Annotated[str, typer.Option(help="log level")]
 
@@ -48,18 +49,24 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
 @alerts_app.command("store")
 def store_command(
-    topic: Topic = None,
-    group: Annotated[str | None, typer.Option(help="consumer group (THERMOFLOW_STORE_GROUP)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="alert events per transaction [20000]")] = None,
+    alerts_topic: AlertsTopic = None,
+    store_group: Annotated[
+        str | None, typer.Option(help="consumer group (default: thermoflow-alerts-store)")
+    ] = None,
+    store_batch_size: Annotated[
+        int | None, typer.Option(help="most alert events per transaction (default: 20000)")
+    ] = None,
     resolve_after: ResolveAfter = None,
-    sweep_interval: Annotated[float | None, typer.Option(help="seconds between resolve sweeps [5]")] = None,
+    sweep_interval: Annotated[
+        float | None, typer.Option(help="seconds between resolve sweeps (default: 5)")
+    ] = None,
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Store alert events once each and keep incidents (runs until SIGTERM/SIGINT)."""
     settings = load_settings(
-        AlertsSettings, alerts_topic=topic, store_group=group, store_batch_size=batch_size,
+        AlertsSettings, alerts_topic=alerts_topic, store_group=store_group, store_batch_size=store_batch_size,
         resolve_after=resolve_after, sweep_interval=sweep_interval, database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
     )  # fmt: skip
@@ -71,22 +78,24 @@ def store_command(
 
 @alerts_app.command("notify")
 def notify_command(
-    topic: Topic = None,
-    group: Annotated[str | None, typer.Option(help="consumer group (THERMOFLOW_NOTIFY_GROUP)")] = None,
-    routes: Annotated[
+    alerts_topic: AlertsTopic = None,
+    notify_group: Annotated[
+        str | None, typer.Option(help="consumer group (default: thermoflow-alerts-notify)")
+    ] = None,
+    notify_routes: Annotated[
         Path | None,
-        typer.Option(help="routing YAML: channels and their severities (THERMOFLOW_NOTIFY_ROUTES)"),
+        typer.Option(help="routing YAML: channels and the severities each gets (default: log only)"),
     ] = None,
     resolve_after: ResolveAfter = None,
     repeat_interval: Annotated[
-        float | None, typer.Option(help="seconds between repeats while an incident fires [3600]")
+        float | None, typer.Option(help="seconds between repeats while an incident fires (default: 3600)")
     ] = None,
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Notify channels when incidents fire, escalate, repeat and resolve (runs until SIGTERM/SIGINT)."""
     settings = load_settings(
-        AlertsSettings, alerts_topic=topic, notify_group=group, notify_routes=routes,
+        AlertsSettings, alerts_topic=alerts_topic, notify_group=notify_group, notify_routes=notify_routes,
         resolve_after=resolve_after, repeat_interval=repeat_interval, kafka_bootstrap=kafka_bootstrap,
     )  # fmt: skip
     from alerts.notifier import Notifier, build_channels, load_routes
@@ -149,7 +158,7 @@ def list_command(
 @alerts_app.command("ack")
 def ack_command(
     incident_id: Annotated[str, typer.Argument(help="the incident to acknowledge")],
-    by: Annotated[str | None, typer.Option(help="who acknowledges it [the current user]")] = None,
+    by: Annotated[str | None, typer.Option(help="who acknowledges it (default: the current user)")] = None,
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
 ) -> None:
     """Acknowledge a firing incident (it still resolves on its own; an escalation re-fires it)."""

@@ -7,7 +7,6 @@ from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from thermoflow import topics
 from thermoflow.settings import ThermoflowSettings
 
 #: The notifier's own compacted topic: the latest lifecycle state of every (device, rule).
@@ -15,10 +14,11 @@ NOTIFIER_STATE_TOPIC = "telemetry.alerts.notifier-state"
 
 
 class AlertsSettings(ThermoflowSettings):
-    """Settings of `thermoflow alerts store` and `thermoflow alerts notify`."""
+    """Settings of `thermoflow alerts store` and `thermoflow alerts notify`.
 
-    alerts_topic: str = Field(topics.ALERTS, description="topic the alert events come from")
-    deadletter_topic: str = Field(topics.DEADLETTER, description="topic for what cannot be stored or sent")
+    The source and dead-letter topics are the shared ``alerts_topic`` and ``deadletter_topic``.
+    """
+
     store_group: str = Field("thermoflow-alerts-store", description="consumer group of the store")
     notify_group: str = Field("thermoflow-alerts-notify", description="consumer group of the notifier")
     notifier_state_topic: str = Field(

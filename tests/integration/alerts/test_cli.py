@@ -80,9 +80,9 @@ def test_bad_notifier_config_fails_fast_with_exit_2(
 ) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text("channels: {pager: {type: webhook, url: 'http://x', secret_env: NOT_SET_ANYWHERE}}")
-    assert thermoflow("alerts", "notify", "--routes", str(routes), monkeypatch=monkeypatch) == 2
+    assert thermoflow("alerts", "notify", "--notify-routes", str(routes), monkeypatch=monkeypatch) == 2
     assert "NOT_SET_ANYWHERE" in capsys.readouterr().err
     monkeypatch.setenv("THERMOFLOW_WEBHOOK_URL", "http://127.0.0.1:1/hook")
     assert thermoflow("alerts", "notify", monkeypatch=monkeypatch) == 2
     assert "THERMOFLOW_WEBHOOK_SECRET" in capsys.readouterr().err
-    assert thermoflow("alerts", "store", "--batch-size", "0", monkeypatch=monkeypatch) == 2
+    assert thermoflow("alerts", "store", "--store-batch-size", "0", monkeypatch=monkeypatch) == 2
