@@ -104,7 +104,8 @@ class _Reload(ConsumerRebalanceListener):  # type: ignore[misc]
         self._notifier = notifier
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
+        # Persist and commit what was dispatched, so the next owner starts where this one stopped.
+        await self._notifier.flush_pending()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._notifier.reload_state()
@@ -127,6 +128,14 @@ class Notifier:
         )
         self._dispatcher = dispatcher
         self._pending: asyncio.Task[None] | None = None
+
+    async def flush_pending(self) -> None:
+        """Wait for the last batch's state write and offset commit."""
+        if self._pending is not None:
+            [outcome] = await asyncio.gather(self._pending, return_exceptions=True)
+            self._pending = None
+            if isinstance(outcome, Exception):  # not committed: the batch is redelivered, re-sent
+                log.error("persist_failed", error=repr(outcome))
 
     async def reload_state(self) -> None:
         states = await load_states(self.settings, self.settings.notifier_state_topic)
@@ -191,8 +200,7 @@ class Notifier:
                 ready.set()
             await self._loop(stop, consumer, producer, dispatcher, dead_letters)
         finally:
-            if self._pending is not None:  # the last batch's persist and commit, if still running
-                await asyncio.gather(self._pending, return_exceptions=True)
+            await self.flush_pending()  # the last batch's persist and commit, if still running
             await consumer.stop()
             await dispatcher.close()
             await producer.stop()
