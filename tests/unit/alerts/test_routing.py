@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from alerts.routing import EmailRoute, WebhookRoute, env_secret, parse_routes, with_env_channels
@@ -55,3 +57,10 @@ def test_a_named_secret_must_be_set() -> None:
     assert env_secret("PAGER_SECRET", {"PAGER_SECRET": "x"}) == "x"
     with pytest.raises(ConfigError, match="PAGER_SECRET"):
         env_secret("PAGER_SECRET", {})
+
+
+def test_the_shipped_example_parses() -> None:
+    example = Path(__file__).resolve().parents[3] / "alerts" / "routes.example.yaml"
+    routes = parse_routes(example.read_text(), source=str(example))
+    assert routes.for_severity("critical") == ["audit", "pager", "team", "oncall"]
+    assert routes.for_severity("warning") == ["audit", "team"]
