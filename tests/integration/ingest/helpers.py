@@ -178,6 +178,11 @@ class KafkaReader:
                 raise AssertionError(f"timed out waiting for {what}; records so far: {counts}")
             await self.poll()
 
+    async def until_count(self, topic: str, count: int, *, timeout: float) -> None:
+        await self.until(
+            lambda: len(self.records[topic]) >= count, timeout=timeout, what=f"{count} in {topic}"
+        )
+
     async def settle(self, seconds: float = 2.0) -> None:
         """Read on for a while, so that records that should not be there would show."""
         deadline = time.monotonic() + seconds

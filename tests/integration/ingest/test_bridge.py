@@ -151,12 +151,7 @@ async def test_sigkill_mid_stream_loses_no_reading_and_sigterm_exits_cleanly(
             )
             # Kill it three times while readings flow (the last two while it catches up on a backlog).
             for kill in range(3):
-                target = len(readings) + 1000
-                await kafka.until(
-                    lambda target=target: len(readings) >= target,
-                    timeout=60,
-                    what=f"readings before kill {kill}",
-                )
+                await kafka.until_count(config.readings_topic, len(readings) + 1000, timeout=60)
                 bridge.kill()
                 assert published[0] < MESSAGES or kill > 0, "the first kill must come mid-stream"
                 if kill < 2:
