@@ -91,8 +91,12 @@ def incident_id(*, device_id: str, rule_id: str, opened_at: float) -> str:
     return hashlib.blake2b(material, digest_size=12).hexdigest()
 
 
+_RANKS: dict[str, int] = {severity: rank for rank, severity in enumerate(SEVERITIES)}
+
+
 def severity_rank(severity: Severity) -> int:
-    return SEVERITIES.index(severity)
+    """0 for warning, 1 for critical: a higher rank is an escalation."""
+    return _RANKS[severity]
 
 
 def _worse(condition: Condition, a: float, b: float) -> float:
