@@ -67,7 +67,7 @@ def build_app(
         web_port=(settings.web_port or 6066) + worker_index,
         web_host="127.0.0.1",
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval,
         broker_commit_every=max(settings.max_batch, 10_000),
         broker_max_poll_records=settings.max_batch,
         consumer_max_fetch_size=8 << 20,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 import numpy as np
@@ -18,7 +18,24 @@ import numpy as np
 from processors.thresholds import I64, ReadingColumns
 from thermoflow.events import Reading, decode_reading
 
-_lines_decoder: Final = msgspec.json.Decoder(Reading)
+
+def _wire_struct() -> type[msgspec.Struct]:
+    """``Reading``'s fields, types and defaults, without its ``__post_init__``.
+
+    The batch decoder's only difference from :func:`thermoflow.events.decode_reading`: the
+    finiteness checks in ``Reading.__post_init__`` cost a Python call per reading, and JSON
+    cannot carry a non-finite number (msgspec rejects ``1e999`` as out of range), so they
+    can never fail here. Built from ``Reading`` itself, so the two cannot drift apart.
+    """
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(Reading)
+    ]
+    return msgspec.defstruct("WireReading", fields, kw_only=True, frozen=True, forbid_unknown_fields=False)
+
+
+WireReading: Final = _wire_struct()
+_lines_decoder: Final = msgspec.json.Decoder(WireReading)
 _value: Final = operator.attrgetter("value")
 _partition: Final = operator.attrgetter("partition")
 _offset: Final = operator.attrgetter("offset")
@@ -78,7 +95,7 @@ class ReadingBatch:
         return self.columns.metrics[int(self.columns.pair[reading])]
 
 
-def _decode_all(values: Sequence[bytes]) -> list[Reading] | None:
+def _decode_all(values: Sequence[bytes]) -> list[Any] | None:
     """The fast path: every record valid and newline-free, or None."""
     joined = b"\n".join(values)
     if joined.count(b"\n") != len(values) - 1:
@@ -103,7 +120,7 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
     """
     rejects: list[Reject] = []
     kept: Sequence[KafkaRecord] = records
-    readings: list[Reading] | None = None
+    readings: list[Any] | None = None  # WireReading (fast path) or Reading: the same fields
     values: list[bytes | None] = list(map(_value, records))  # map/attrgetter: loops in C, not in Python
     if values and all(values):
         readings = _decode_all(values)  # type: ignore[arg-type]  # all() checked: no None, no b""

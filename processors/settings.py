@@ -33,6 +33,9 @@ class ProcessorSettings(ThermoflowSettings):
         16, ge=1, le=1024, description="partition chunks (fetched runs of records) per batch at most"
     )
     max_wait: float = Field(0.25, gt=0, le=60, description="seconds to wait to fill a batch")
+    commit_interval: float = Field(
+        1.0, gt=0, le=60, description="seconds between offset commits (of what has been sent)"
+    )
     function_retries: int = Field(3, ge=1, le=20, description="attempts per batch before it is dead-lettered")
     function_backoff: float = Field(0.2, ge=0, description="first retry delay in seconds (doubles each time)")
     functions: str = Field(

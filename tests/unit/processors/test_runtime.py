@@ -195,3 +195,31 @@ def test_process_with_a_broken_rules_file_exits_2_naming_rule_and_field(tmp_path
 def test_columns_are_numpy_arrays() -> None:
     batch, _ = decode_batch("t", [good(0, "a", 1.0)])
     assert batch.columns.values.dtype == np.float64 and batch.columns.pair.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"device_id": "x", "value": 1.5, "ts": 2.0, "received_at": 3.0}',
+        b'{"v": 1, "device_id": "x", "metric": "humidity", "value": -1, "unit": "C", "ts": 2, "seq": 7,'
+        b' "received_at": 3.0, "extra": true}',
+        b'{"v": 2, "device_id": "x", "value": 1.5, "ts": 2.0, "received_at": 3.0}',
+        b'{"device_id": "", "value": 1.5, "ts": 2.0, "received_at": 3.0}',
+        b'{"device_id": "x", "value": 1e999, "ts": 2.0, "received_at": 3.0}',
+        b'{"device_id": "x", "value": 1.5, "ts": 2.0, "received_at": 3.0, "unit": "K"}',
+        b'{"device_id": "x", "value": 1.5, "ts": 2.0, "received_at": 3.0, "seq": "one"}',
+        b'{"device_id": "x", "value": NaN, "ts": 2.0, "received_at": 3.0}',
+    ],
+)
+def test_the_batch_decoder_accepts_exactly_what_decode_reading_accepts(payload: bytes) -> None:
+    from thermoflow.events import decode_reading
+
+    try:
+        expected: Reading | None = decode_reading(payload)
+    except ValueError:
+        expected = None
+    batch, rejects = decode_batch("t", [record(0, payload)])
+    assert (len(batch), len(rejects)) == ((1, 0) if expected else (0, 1))
+    if expected:
+        assert (batch.device_id(0), batch.metric(0)) == (expected.device_id, expected.metric)
+        assert (batch.columns.values[0], batch.columns.ts[0]) == (expected.value, expected.ts)
