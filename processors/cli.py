@@ -22,6 +22,7 @@ def process(
         Path | None,
         typer.Option(
             "--rules",
+            "--rules-file",
             help="threshold rules file [THERMOFLOW_RULES_FILE; default: the shipped processors/rules.yaml]",
         ),
     ] = None,
@@ -30,7 +31,9 @@ def process(
     ] = None,
     group: Annotated[
         str | None,
-        typer.Option("--group", help="consumer group / faust app id [THERMOFLOW_PROCESSOR_GROUP]"),
+        typer.Option(
+            "--group", "--processor-group", help="consumer group / faust app id [THERMOFLOW_PROCESSOR_GROUP]"
+        ),
     ] = None,
     functions: Annotated[
         str | None,
@@ -52,7 +55,7 @@ def process(
     )
     configure_logging(level=settings.log_level, component="processors")
     try:
-        load_rules(settings.rules_file)  # fail fast on a bad file: exit 2 with the rule and field named
+        load_rules(settings.rules_path)  # fail fast on a bad file: exit 2 with the rule and field named
     except RulesError as exc:
         raise ConfigError(f"rules_file (--rules or THERMOFLOW_RULES_FILE): {exc}") from None
     if worker_index is not None:
@@ -64,7 +67,7 @@ def process(
     if settings.workers == 1:
         raise typer.Exit(run_worker(settings, worker_index=0))
     env = child_env(
-        rules_file=str(settings.rules_file.resolve()),
+        rules_file=str(settings.rules_path.resolve()),
         processor_group=settings.processor_group,
         functions=settings.functions,
         workers=str(settings.workers),

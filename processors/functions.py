@@ -67,4 +67,4 @@ class ThresholdCheck:
 
 @registry.factory(name="thresholds", source=setting("readings_topic"), sink=setting("alerts_topic"))
 def build_thresholds(settings: ProcessorSettings) -> FunctionBody:
-    return ThresholdCheck(RulesWatcher(settings.rules_file, interval=settings.rules_poll_interval))
+    return ThresholdCheck(RulesWatcher(settings.rules_path, interval=settings.rules_poll_interval))

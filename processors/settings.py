@@ -23,8 +23,8 @@ class ProcessorSettings(ThermoflowSettings):
         pattern=r"^[A-Za-z0-9._-]+$",
         description="faust app id, which is the Kafka consumer group the workers share",
     )
-    rules_file: Path = Field(
-        DEFAULT_RULES_FILE, description="YAML threshold rules (reloaded when it changes)"
+    rules_file: Path | None = Field(
+        None, description="YAML threshold rules, reloaded when the file changes [the shipped example]"
     )
     rules_poll_interval: float = Field(1.0, gt=0, description="seconds between checks of the rules file")
     workers: int = Field(1, ge=1, le=64, description="worker processes to run")
@@ -59,3 +59,8 @@ class ProcessorSettings(ThermoflowSettings):
     def function_modules(self) -> list[str]:
         """The modules named by ``functions``."""
         return [name.strip() for name in self.functions.split(",") if name.strip()]
+
+    @property
+    def rules_path(self) -> Path:
+        """The rules file in use: ``rules_file``, else the shipped ``processors/rules.yaml``."""
+        return self.rules_file if self.rules_file is not None else DEFAULT_RULES_FILE

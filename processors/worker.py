@@ -101,7 +101,7 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: in
             group=settings.processor_group,
             worker=slot,
             functions=[spec.name for spec in registry.specs()],
-            rules=str(settings.rules_file),
+            rules=str(settings.rules_path),
             data_dir=str(data_dir),
         )
         code = 0
