@@ -1,0 +1,268 @@
+"""Bridge benchmark: readings/s from MQTT into Kafka through one `thermoflow bridge` process.
+
+    .venv/bin/python bench/bench_bridge.py [--messages 200000] [--devices 1000] [--connections 4]
+
+MQTT, Kafka from THERMOFLOW_MQTT_URL / THERMOFLOW_KAFKA_BOOTSTRAP (default: the local stack).
+Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In the same run:
+
+1. `thermoflow bridge` (a subprocess, MQTT 5, ack after Kafka) with the load published live at
+   QoS 1, then at QoS 0, by a publisher process of its own (raw-socket MQTT connections from
+   `simulator.connection`, several of them on one event loop);
+2. the baseline, a naive bridge (this file, `naive` mode, a subprocess): paho's threaded loop with
+   automatic acks, whose `on_message` hands each message to `producer.send` on an asyncio loop;
+3. the ratios.
+
+Throughput = readings landed in Kafka per second: the readings topic's end offsets, polled every
+0.1 s, from the first record until all of them are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def payload(i: int, devices: int) -> tuple[str, bytes]:
+    device = f"freezer-{i % devices:04d}"
+    body = b'{"value":%r,"ts":%r,"seq":%d,"unit":"C"}' % (
+        -18.0 + (i % 50) / 10,
+        1_764_000_000.0 + i / 1000,
+        i,
+    )
+    return device, body
+
+
+# -- the publisher (a subprocess) ---------------------------------------------------------------
+
+
+async def publish(*, prefix: str, messages: int, devices: int, qos: int, connections: int) -> None:
+    from ingest.settings import IngestSettings
+    from simulator import packets
+    from simulator.connection import Connection, Endpoint, PublishStats
+
+    settings = IngestSettings()
+    stats = PublishStats()
+    endpoint = Endpoint(settings.mqtt_host, settings.mqtt_port)
+    tag = uuid.uuid4().hex[:6]
+    pool = [
+        Connection(client_id=f"bench-pub-{tag}-{n}", endpoint=endpoint, qos=qos, window=1000, stats=stats)
+        for n in range(connections)
+    ]
+    for connection in pool:
+        await connection.connect()
+    fields = [packets.topic_field(f"{prefix}/freezer-{d:04d}/temperature".encode()) for d in range(devices)]
+    chunk = 2000
+    started = time.perf_counter()
+    for start in range(0, messages, chunk):
+        index = range(start, min(start + chunk, messages))
+        connection = pool[(start // chunk) % connections]
+        connection.publish([fields[i % devices] for i in index], [payload(i, devices)[1] for i in index])
+        # Keep the queues short, so the sockets, not Python lists, hold the backlog.
+        while sum(c.queued for c in pool) > 20_000:  # noqa: ASYNC110 - polling the pool's queues
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+    target = messages if qos else 0
+    while (stats.acked if qos else 0) < target or any(c.queued or c.buffered for c in pool):  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    for connection in pool:
+        await connection.close()
+    print(json.dumps({"published": messages, "seconds": elapsed}), flush=True)
+
+
+# -- the naive baseline bridge (a subprocess) ---------------------------------------------------
+
+
+def naive_bridge(*, filters: str, readings_topic: str) -> None:
+    """paho's own thread with automatic acks; on_message -> producer.send per message."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from ingest.codecs import decode_payload
+    from ingest.mapping import TopicTemplate
+    from ingest.settings import IngestSettings
+    from thermoflow import kafka
+    from thermoflow.events import encode
+
+    settings = IngestSettings()
+    template = TopicTemplate(settings.topic_template)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def start_producer() -> Any:
+        producer = kafka.producer(settings)
+        await producer.start()
+        return producer
+
+    producer = asyncio.run_coroutine_threadsafe(start_producer(), loop).result(60)
+
+    def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        topic = message.topic
+        for reading in decode_payload(
+            bytes(message.payload), fields=template.match(topic), received_at=time.time()
+        ):
+            asyncio.run_coroutine_threadsafe(
+                producer.send(readings_topic, encode(reading), key=reading.device_id.encode()), loop
+            )
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-naive-{uuid.uuid4().hex[:6]}")
+    client.on_message = on_message
+    client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in filters.split(",")])
+    client.connect(settings.mqtt_host, settings.mqtt_port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    client.loop_start()
+    print("ready", flush=True)
+    stop.wait()
+    client.disconnect()
+    client.loop_stop()
+    asyncio.run_coroutine_threadsafe(producer.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+# -- the measurement ----------------------------------------------------------------------------
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return sum(offsets.values())
+    finally:
+        await consumer.stop()
+
+
+async def measure(*, bootstrap: str, topic: str, partitions: int, expected: int, timeout: float) -> float:
+    """Readings/s landing in ``topic``: from the first record to the last (or the timeout)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    first: tuple[float, int] | None = None
+    last = (time.perf_counter(), 0)
+    deadline = time.perf_counter() + timeout
+    try:
+        while time.perf_counter() < deadline:
+            landed = sum((await consumer.end_offsets(tps)).values())
+            now = time.perf_counter()
+            if landed and first is None:
+                first = (now, landed)
+            last = (now, landed)
+            if landed >= expected:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+    if first is None or last[0] <= first[0]:
+        return 0.0
+    if last[1] < expected:
+        print(f"    only {last[1]} of {expected} readings arrived within {timeout:.0f}s", flush=True)
+    return (last[1] - first[1]) / (last[0] - first[0])
+
+
+async def run_case(name: str, *, args: argparse.Namespace, qos: int, naive: bool) -> float:
+    from ingest.settings import IngestSettings
+    from thermoflow.kafka import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"bench-{tag}"
+    readings_topic, deadletter_topic = f"bench-readings-{tag}", f"bench-deadletter-{tag}"
+    settings = IngestSettings()
+    await ensure_topics(settings, {readings_topic: 12, deadletter_topic: 1})
+    env = {
+        **os.environ,
+        "THERMOFLOW_READINGS_TOPIC": readings_topic,
+        "THERMOFLOW_DEADLETTER_TOPIC": deadletter_topic,
+        "THERMOFLOW_MQTT_TOPICS": f"{prefix}/+/temperature",
+        "THERMOFLOW_TOPIC_TEMPLATE": f"{prefix}/{{device_id}}/{{metric}}",
+        "THERMOFLOW_MQTT_CLIENT_ID": f"bench-bridge-{tag}",
+        "THERMOFLOW_MQTT_SESSION_EXPIRY": "60",
+        "THERMOFLOW_LOG_LEVEL": "WARNING",
+    }
+    if naive:
+        command = [sys.executable, __file__, "naive", f"{prefix}/+/temperature", readings_topic]
+    else:
+        command = [sys.executable, "-m", "thermoflow", "bridge"]
+    bridge = await asyncio.create_subprocess_exec(
+        *command, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE if naive else None
+    )
+    try:
+        if naive:
+            assert bridge.stdout is not None
+            await bridge.stdout.readline()
+        else:
+            await asyncio.sleep(2.5)  # started, connected, subscribed
+        publisher = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "publish", prefix, str(args.messages), str(args.devices), str(qos),
+            str(args.connections), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        rate = await measure(
+            bootstrap=settings.kafka_bootstrap,
+            topic=readings_topic,
+            partitions=12,
+            expected=args.messages,
+            timeout=args.timeout,
+        )
+        out, _ = await asyncio.wait_for(publisher.communicate(), args.timeout)
+        published = json.loads(out.decode().strip().splitlines()[-1])
+        landed = await end_offsets(settings.kafka_bootstrap, readings_topic, 12)
+        print(
+            f"{name:<44} {rate:>10,.0f} readings/s   ({landed:,} of {args.messages:,} landed;"
+            f" publisher {args.messages / published['seconds']:,.0f} msg/s)",
+            flush=True,
+        )
+        return rate
+    finally:
+        bridge.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(bridge.wait(), 60)
+        except TimeoutError:
+            bridge.kill()
+            await bridge.wait()
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(
+        f"{args.messages:,} messages from {args.devices:,} devices, {args.connections} publisher connections"
+    )
+    qos1 = await run_case("bridge, QoS 1, ack after Kafka", args=args, qos=1, naive=False)
+    qos0 = await run_case("bridge, QoS 0", args=args, qos=0, naive=False)
+    naive1 = await run_case("baseline: naive bridge, QoS 1, auto-ack", args=args, qos=1, naive=True)
+    print(f"ratio QoS 1 bridge / naive bridge: {qos1 / naive1 if naive1 else float('inf'):.2f}x")
+    print(f"ratio QoS 0 bridge / naive bridge: {qos0 / naive1 if naive1 else float('inf'):.2f}x")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    if len(sys.argv) > 1 and sys.argv[1] == "publish":
+        prefix, messages, devices, qos, connections = sys.argv[2:7]
+        asyncio.run(
+            publish(prefix=prefix, messages=int(messages), devices=int(devices), qos=int(qos),
+                    connections=int(connections))
+        )  # fmt: skip
+    elif len(sys.argv) > 1 and sys.argv[1] == "naive":
+        naive_bridge(filters=sys.argv[2], readings_topic=sys.argv[3])
+    else:
+        parser = argparse.ArgumentParser(
+            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        parser.add_argument("--messages", type=int, default=200_000)
+        parser.add_argument("--devices", type=int, default=1000)
+        parser.add_argument("--connections", type=int, default=4)
+        parser.add_argument("--timeout", type=float, default=120.0)
+        asyncio.run(main(parser.parse_args()))
