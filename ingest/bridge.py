@@ -102,6 +102,7 @@ class Bridge:
         self._partitions: dict[str, int] = {}
         self._partition_of: dict[tuple[str, bytes], int] = {}
         self._round_robin = 0
+        self._received = 0  # counted here, moved into the metrics per flush (no lock per message)
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._reading = False
@@ -306,7 +307,7 @@ class Bridge:
         translation = self._translator.translate(
             topic, bytes(message.payload), received_at=self._wall_clock()
         )
-        self.metrics.count("received")
+        self._received += 1
         if translation.error is not None:
             self.metrics.count("dead_lettered")
             log.warning("dead_letter", topic=topic, error=translation.error)
@@ -390,6 +391,7 @@ class Bridge:
             if not self._outbox:
                 continue
             outbox, self._outbox = self._outbox, []
+            self._flush_counts()
             if not self._stopping and len(self._pending) < self.settings.bridge_max_pending:
                 self._resume_reading()
             groups = await self._group(outbox)
@@ -549,7 +551,13 @@ class Bridge:
                 next_log += self.settings.metrics_interval
                 self._log_metrics("bridge_metrics")
 
+    def _flush_counts(self) -> None:
+        if self._received:
+            self.metrics.count("received", self._received)
+            self._received = 0
+
     def _log_metrics(self, event: str) -> None:
+        self._flush_counts()
         self.metrics.gauge("in_flight", len(self._pending))
         snapshot = self.metrics.snapshot()
         log.info(event, counters=snapshot["counters"], gauges=snapshot["gauges"], latency=snapshot["latency"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from ingest.codecs import PayloadError, decode_payload
-from ingest.mapping import TopicTemplate
+from ingest.mapping import TopicFields, TopicTemplate
 from thermoflow import topics
 from thermoflow.events import DeadLetter, KafkaHeaders, dead_letter_headers, encode
 
@@ -25,6 +25,7 @@ class Translation(NamedTuple):
 
 
 _JSON_HEADER: Final = (topics.HEADER_CONTENT_TYPE, topics.CONTENT_TYPE_JSON)
+_CACHE_TOPICS: Final = 200_000  # topics whose fields and headers are kept (about one per device)
 
 
 class Translator:
@@ -50,9 +51,20 @@ class Translator:
         self.readings_topic = readings_topic
         self.deadletter_topic = deadletter_topic
         self.max_payload_bytes = max_payload_bytes
+        self._fields: dict[str, TopicFields | None] = {}  # a device publishes to the same topic
+        self._headers: dict[str, KafkaHeaders] = {}
+
+    def _topic(self, mqtt_topic: str) -> tuple[TopicFields | None, KafkaHeaders]:
+        if mqtt_topic not in self._fields:
+            if len(self._fields) >= _CACHE_TOPICS:
+                self._fields.clear()
+                self._headers.clear()
+            self._fields[mqtt_topic] = self.template.match(mqtt_topic)
+            self._headers[mqtt_topic] = [(topics.HEADER_MQTT_TOPIC, mqtt_topic.encode()), _JSON_HEADER]
+        return self._fields[mqtt_topic], self._headers[mqtt_topic]
 
     def translate(self, mqtt_topic: str, payload: bytes, *, received_at: float) -> Translation:
-        fields = self.template.match(mqtt_topic)
+        fields, headers = self._topic(mqtt_topic)
         try:
             readings = decode_payload(
                 payload, fields=fields, received_at=received_at, max_bytes=self.max_payload_bytes
@@ -65,7 +77,6 @@ class Translator:
             return Translation(
                 [OutRecord(self.deadletter_topic, None, payload, dead_letter_headers(letter))], reason
             )
-        headers = [(topics.HEADER_MQTT_TOPIC, mqtt_topic.encode()), _JSON_HEADER]
         return Translation(
             [OutRecord(self.readings_topic, r.device_id.encode(), encode(r), headers) for r in readings], None
         )
