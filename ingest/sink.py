@@ -4,7 +4,8 @@ Per batch: decode (pure, :mod:`ingest.rows`), COPY the rows into a temporary sta
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``readings`` (so a replayed batch adds no
 rows), commit, dead-letter what was no reading, and only then commit the Kafka offsets.
 The database work runs on a worker thread with a synchronous connection: binary COPY's
-``write_row`` is then a plain C-accelerated call per row, and the event loop keeps fetching.
+``write_row`` is then a plain C-accelerated call per row, and the event loop meanwhile fetches
+and decodes the next batch (one batch ahead at most, so an outage holds back one batch).
 A database outage pauses consumption: the same batch is retried with backoff until it lands.
 """
 
@@ -21,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from psycopg import sql
 
-from ingest.rows import STAGE_COLUMNS, STAGE_TYPES, Row, rows_from_values
+from ingest.rows import STAGE_COLUMNS, STAGE_TYPES, Row, RowBatch, rows_from_values
 from ingest.settings import IngestSettings
 from thermoflow import db, kafka
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
@@ -46,6 +47,9 @@ _INSERT: Final = sql.SQL(
     " SELECT device_id, metric, to_timestamp(ts), value, seq, to_timestamp(received_at)"
     " FROM readings_stage ON CONFLICT DO NOTHING"
 )
+
+
+Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
 def _backoff(attempt: int) -> float:
@@ -139,26 +143,40 @@ class ReadingsSink:
     async def _consume(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
     ) -> None:
+        """Fetch and decode the next batch while the previous one is written; commit in order."""
         next_log = time.monotonic() + self.settings.metrics_interval
-        while not stop.is_set():
-            fetched = await consumer.getmany(
-                timeout_ms=int(self.settings.sink_wait * 1000), max_records=self.settings.sink_batch
-            )
-            if fetched:
-                records = [record for batch in fetched.values() for record in batch]
-                if not await self._store(records, producer, stop):
+        writing: tuple[asyncio.Task[bool], Fetched] | None = None
+        while True:
+            fetched: Fetched = {}
+            if not stop.is_set():
+                fetched = await consumer.getmany(
+                    timeout_ms=int(self.settings.sink_wait * 1000), max_records=self.settings.sink_batch
+                )
+            records = [record for batch in fetched.values() for record in batch]
+            decoded = rows_from_values([record.value for record in records]) if records else None
+            if writing is not None:
+                task, written = writing
+                writing = None
+                if not await task:
                     return  # stopped during a database outage: the batch comes again, uncommitted
-                await self._commit(consumer, fetched)
+                await self._commit(consumer, written)
+            if decoded is not None:
+                writing = (asyncio.create_task(self._store(records, decoded, producer, stop)), fetched)
+            elif stop.is_set():
+                return
             if time.monotonic() >= next_log:
                 next_log += self.settings.metrics_interval
                 self._log_metrics("sink_metrics")
 
     async def _store(
-        self, records: list[ConsumerRecord[bytes, bytes]], producer: AIOKafkaProducer, stop: asyncio.Event
+        self,
+        records: list[ConsumerRecord[bytes, bytes]],
+        batch: RowBatch,
+        producer: AIOKafkaProducer,
+        stop: asyncio.Event,
     ) -> bool:
         """Write the batch (retrying through a database outage) and dead-letter what is no reading."""
         started = time.monotonic()
-        batch = rows_from_values([record.value for record in records])
         attempt = 0
         while True:
             try:
@@ -203,9 +221,7 @@ class ReadingsSink:
         await asyncio.gather(*futures)
         self.metrics.count("dead_lettered", len(errors))
 
-    async def _commit(
-        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, fetched: Fetched) -> None:
         offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
         try:
             await consumer.commit(offsets)
