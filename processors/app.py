@@ -68,6 +68,9 @@ def build_app(
         web_host="127.0.0.1",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval,
+        # faust's default session timeout is 60s: a SIGKILLed worker's partitions would stall that long.
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(1.0, settings.session_timeout / 6),
         broker_commit_every=max(settings.max_batch, 10_000),
         broker_max_poll_records=settings.max_batch,
         consumer_max_fetch_size=8 << 20,

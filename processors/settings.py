@@ -36,6 +36,12 @@ class ProcessorSettings(ThermoflowSettings):
     commit_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between offset commits (of what has been sent)"
     )
+    session_timeout: float = Field(
+        10.0,
+        ge=6,
+        le=300,
+        description="seconds before a silent (killed) worker's partitions go to the others",
+    )
     function_retries: int = Field(3, ge=1, le=20, description="attempts per batch before it is dead-lettered")
     function_backoff: float = Field(0.2, ge=0, description="first retry delay in seconds (doubles each time)")
     functions: str = Field(
