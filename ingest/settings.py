@@ -68,6 +68,9 @@ class IngestSettings(ThermoflowSettings):
     sink_batch: int = Field(
         20_000, ge=1, le=1_000_000, description="readings per database transaction at most"
     )
+    sink_writers: int = Field(
+        2, ge=1, le=16, description="database connections writing batches at once (offsets commit in order)"
+    )
     sink_wait: float = Field(0.2, gt=0, le=60, description="seconds to wait to fill a batch")
 
     log_level: str = Field("INFO", description="log level")

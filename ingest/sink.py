@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from typing import Any, Final
 
 import psycopg
@@ -45,7 +46,7 @@ _COPY_STAGE: Final = sql.SQL("COPY readings_stage ({}) FROM STDIN (FORMAT BINARY
 _INSERT: Final = sql.SQL(
     "INSERT INTO readings (device_id, metric, ts, value, seq, received_at)"
     " SELECT device_id, metric, to_timestamp(ts), value, seq, to_timestamp(received_at)"
-    " FROM readings_stage ON CONFLICT DO NOTHING"
+    " FROM readings_stage ORDER BY device_id, metric, ts ON CONFLICT DO NOTHING"
 )
 
 
@@ -101,7 +102,8 @@ class ReadingsSink:
     def __init__(self, settings: IngestSettings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("sink")
-        self._writer = ReadingsWriter(settings)
+        self._writers = [ReadingsWriter(settings) for _ in range(settings.sink_writers)]
+        self._free: list[ReadingsWriter] = list(self._writers)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Migrate the schema, then consume, write and commit batch after batch until ``stop``."""
@@ -122,7 +124,8 @@ class ReadingsSink:
         finally:
             await consumer.stop()
             await producer.stop()
-            await asyncio.to_thread(self._writer.close)
+            for writer in self._writers:
+                await asyncio.to_thread(writer.close)
             self._log_metrics("sink_stopped")
 
     async def _migrate(self, stop: asyncio.Event) -> bool:
@@ -143,9 +146,9 @@ class ReadingsSink:
     async def _consume(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
     ) -> None:
-        """Fetch and decode the next batch while the previous one is written; commit in order."""
+        """Fetch and decode while up to ``sink_writers`` batches are written; commit offsets in order."""
         next_log = time.monotonic() + self.settings.metrics_interval
-        writing: tuple[asyncio.Task[bool], Fetched] | None = None
+        writing: deque[tuple[asyncio.Task[bool], Fetched]] = deque()
         while True:
             fetched: Fetched = {}
             if not stop.is_set():
@@ -153,20 +156,33 @@ class ReadingsSink:
                     timeout_ms=int(self.settings.sink_wait * 1000), max_records=self.settings.sink_batch
                 )
             records = [record for batch in fetched.values() for record in batch]
-            decoded = rows_from_values([record.value for record in records]) if records else None
-            if writing is not None:
-                task, written = writing
-                writing = None
-                if not await task:
-                    return  # stopped during a database outage: the batch comes again, uncommitted
-                await self._commit(consumer, written)
-            if decoded is not None:
-                writing = (asyncio.create_task(self._store(records, decoded, producer, stop)), fetched)
-            elif stop.is_set():
+            if records:
+                decoded = rows_from_values([record.value for record in records])
+                if len(writing) >= len(self._writers) and not await self._finish_oldest(consumer, writing):
+                    return
+                task = asyncio.create_task(self._store(records, decoded, producer, stop))
+                writing.append((task, fetched))
+            while writing and (writing[0][0].done() or (stop.is_set() and not records)):
+                if not await self._finish_oldest(consumer, writing):
+                    return
+            if stop.is_set() and not records and not writing:
                 return
             if time.monotonic() >= next_log:
                 next_log += self.settings.metrics_interval
                 self._log_metrics("sink_metrics")
+
+    async def _finish_oldest(
+        self, consumer: AIOKafkaConsumer, writing: deque[tuple[asyncio.Task[bool], Fetched]]
+    ) -> bool:
+        """Wait for the oldest batch and commit its offsets; False (and wait for the rest) if stopped."""
+        task, fetched = writing.popleft()
+        if await task:
+            await self._commit(consumer, fetched)
+            return True
+        # Stopped during a database outage: this batch and the later ones come again, uncommitted.
+        await asyncio.gather(*(later for later, _ in writing), return_exceptions=True)
+        writing.clear()
+        return False
 
     async def _store(
         self,
@@ -180,7 +196,11 @@ class ReadingsSink:
         attempt = 0
         while True:
             try:
-                inserted = await asyncio.to_thread(self._writer.write, batch.rows)
+                writer = self._free.pop()
+                try:
+                    inserted = await asyncio.to_thread(writer.write, batch.rows)
+                finally:
+                    self._free.append(writer)
                 break
             except psycopg.Error as exc:
                 if stop.is_set():

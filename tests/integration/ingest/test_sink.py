@@ -115,12 +115,14 @@ async def test_ten_thousand_readings_and_a_full_replay_make_ten_thousand_rows(
 async def test_sigkill_mid_stream_and_restart_make_exactly_ten_thousand_rows(
     settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:
-    config = sink_settings(settings, new_topic, sink_batch=500)
+    config = sink_settings(settings, new_topic, sink_batch=100)  # many small transactions
     await produce_readings(config, config.readings_topic, fleet_readings())
     sink = Component("sink", config, tmp_path)
     sink.start()
     try:
-        await wait_for(lambda: count_rows(config) >= 2000, timeout=90, what="2000 rows before the kill")
+        await wait_for(
+            lambda: count_rows(config) >= 2000, timeout=90, what="2000 rows before the kill", every=0.01
+        )
         sink.kill()
         assert count_rows(config) < 10_000, "the kill must come mid-stream"
         sink.start()
