@@ -212,8 +212,18 @@ class ReadingsSink:
                             retry_in=round(delay, 1))  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-        if batch.errors:
-            await self._dead_letter(records, batch.errors, producer)
+        attempt = 0
+        while batch.errors:
+            try:
+                await self._dead_letter(records, batch.errors, producer)
+                break
+            except KafkaError as exc:  # the rows are in; the batch is committed once its letters are too
+                if stop.is_set():
+                    return False
+                log.warning("dead_letter_failed", error=repr(exc), attempt=attempt)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _backoff(attempt))
+                attempt += 1
         self.metrics.count("consumed", len(records))
         self.metrics.count("rows_inserted", inserted)
         self.metrics.count("rows_duplicate", len(batch.rows) - inserted)
