@@ -1,4 +1,6 @@
-"""The faust app: each registered function runs as an agent over ``stream.take_events()``.
+"""The faust app: each registered function runs as an agent over
+``stream.take_events(max_chunks, within=max_wait)``, where each event is one partition's
+fetched chunk of records (see :mod:`processors.batching` for why).
 
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
 function (retried with backoff; a batch that keeps failing is dead-lettered whole) -> send
