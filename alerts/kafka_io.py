@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -160,3 +160,12 @@ async def decode_batch(
             decoded.offsets[tp] = records[-1].offset + 1
             decoded.received += len(records)
     return decoded
+
+
+async def caught_up(consumer: AIOKafkaConsumer) -> bool:
+    """Whether every assigned partition has been read up to its high watermark."""
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None or await consumer.position(tp) < highwater:
+            return False
+    return True

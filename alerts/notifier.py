@@ -22,7 +22,14 @@ from aiokafka.errors import CommitFailedError
 
 from alerts.channels import Channel, EmailChannel, LogChannel, SlackChannel, WebhookChannel
 from alerts.delivery import Dispatcher, RetryPolicy
-from alerts.kafka_io import KafkaDeadLetters, decode_batch, ensure_state_topic, load_states, write_states
+from alerts.kafka_io import (
+    KafkaDeadLetters,
+    caught_up,
+    decode_batch,
+    ensure_state_topic,
+    load_states,
+    write_states,
+)
 from alerts.lifecycle import Incident, Policy
 from alerts.routing import (
     EmailRoute,
@@ -225,7 +232,9 @@ class Notifier:
                 for partition, alert in decoded.alerts
                 for notification in self.tracker.on_alert(alert, now=now, partition=partition)
             ]
-            if now >= next_tick:
+            # Like the store, decide resolves and repeats only once caught up: a backlog of
+            # breaches is folded in first, so lag alone never resolves an incident.
+            if now >= next_tick and await caught_up(consumer):
                 assigned = {tp.partition for tp in consumer.assignment()}
                 notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
                 next_tick = now + self.settings.sweep_interval

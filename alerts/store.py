@@ -23,10 +23,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
 
-from alerts.kafka_io import KafkaDeadLetters, decode_batch
+from alerts.kafka_io import KafkaDeadLetters, caught_up, decode_batch
 from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
 from alerts.settings import AlertsSettings
 from thermoflow import db, kafka
@@ -172,15 +171,6 @@ async def sweep(conn: psycopg.AsyncConnection[Any], *, now: float, policy: Polic
         return cur.rowcount
 
 
-async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
-    """Whether every assigned partition has been read up to its high watermark."""
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        if highwater is None or await consumer.position(tp) < highwater:
-            return False
-    return True
-
-
 class AlertStore:
     """The consumer loop around :func:`store_batch` and :func:`sweep`."""
 
@@ -282,7 +272,7 @@ class AlertStore:
                         # batch is stored, its redelivery elsewhere inserts nothing twice.
                         log.warning("commit_failed", error=str(exc))
                 now = self.clock()
-                if now >= next_sweep and await _caught_up(consumer):
+                if now >= next_sweep and await caught_up(consumer):
                     await self._sweep(now, stop)
                     next_sweep = now + settings.sweep_interval
         finally:
