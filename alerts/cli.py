@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +16,7 @@ from rich.table import Table
 
 from alerts.settings import AlertsSettings
 from thermoflow.logs import configure_logging
+from thermoflow.service import run_until_signal
 from thermoflow.settings import load_settings
 
 alerts_app = typer.Typer(
@@ -32,19 +31,6 @@ ResolveAfter = Annotated[
     float | None, typer.Option(help="seconds without a breach before an incident resolves (default: 300)")
 ]
 LogLevel = Annotated[str, typer.Option(help="log level")]
-
-
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)``; SIGTERM/SIGINT set ``stop`` so it finishes its batch, commits and returns."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
 
 
 @alerts_app.command("store")
@@ -73,7 +59,7 @@ def store_command(
     configure_logging(level=log_level, component="alerts.store")
     from alerts.store import AlertStore
 
-    _run_until_signal(AlertStore(settings).run)
+    run_until_signal(AlertStore(settings).run)
 
 
 @alerts_app.command("notify")
@@ -109,7 +95,7 @@ def notify_command(
 
     asyncio.run(close_all())
     configure_logging(level=log_level, component="alerts.notify")
-    _run_until_signal(Notifier(settings).run)
+    run_until_signal(Notifier(settings).run)
 
 
 @alerts_app.command("list")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
 
 from ingest.settings import IngestSettings
 from thermoflow.logs import configure_logging
+from thermoflow.service import run_until_signal
 from thermoflow.settings import load_settings
 
 MqttUrl = Annotated[str | None, typer.Option(help="MQTT broker, mqtt://host:port (THERMOFLOW_MQTT_URL)")]
@@ -22,19 +20,6 @@ ReadingsTopic = Annotated[
     str | None, typer.Option(help="Kafka topic of readings [telemetry.readings] (THERMOFLOW_READINGS_TOPIC)")
 ]
 LogLevel = Annotated[str | None, typer.Option(help="log level [INFO] (THERMOFLOW_LOG_LEVEL)")]
-
-
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)``; SIGTERM/SIGINT set ``stop`` so it drains, commits and returns (exit 0)."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
 
 
 def bridge_command(
@@ -74,7 +59,7 @@ def bridge_command(
         kafka_bootstrap=kafka_bootstrap, readings_topic=readings_topic, log_level=log_level,
     )  # fmt: skip
     configure_logging(level=settings.log_level, component="bridge")
-    _run_until_signal(lambda stop: run_bridge(settings, stop=stop))
+    run_until_signal(lambda stop: run_bridge(settings, stop=stop))
 
 
 def sink_command(
@@ -97,7 +82,7 @@ def sink_command(
         kafka_bootstrap=kafka_bootstrap, readings_topic=readings_topic, log_level=log_level,
     )  # fmt: skip
     configure_logging(level=settings.log_level, component="sink")
-    _run_until_signal(lambda stop: run_sink(settings, stop=stop))
+    run_until_signal(lambda stop: run_sink(settings, stop=stop))
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from psycopg import sql
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack import Stack, StackConfig
+from thermoflow.stack.services import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = (
@@ -149,6 +151,27 @@ def endpoints() -> Iterator[Endpoints]:
     finally:
         if not was_running:
             stack.down()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def private_broker() -> Iterator[Mosquitto]:
+    """A Mosquitto of this test's own (configured as the stack's), for tests that restart it.
+
+    Its home is under the project, not /tmp/pytest-of-root: the broker's user must reach it.
+    """
+    home = ROOT / ".thermoflow" / f"mosquitto-{uuid.uuid4().hex[:8]}"
+    broker = Mosquitto(home=home, host="127.0.0.1", port=free_port())
+    broker.up()
+    yield broker
+    broker.down()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def unique_name(prefix: str) -> str:

@@ -3,35 +3,13 @@ survive a broker restart, and a slow subscriber's queue has no limit that drops 
 
 from __future__ import annotations
 
-import shutil
-import socket
 import threading
 import uuid
-from collections.abc import Iterator
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import ROOT
 from thermoflow.stack.services import Mosquitto
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    home = ROOT / ".thermoflow" / f"mosquitto-{uuid.uuid4().hex[:8]}"
-    mosquitto = Mosquitto(home=home, host="127.0.0.1", port=free_port())
-    mosquitto.up()
-    yield mosquitto
-    mosquitto.down()
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def session_client(broker: Mosquitto, client_id: str, received: list[bytes], done: threading.Event,
@@ -48,7 +26,10 @@ def session_client(broker: Mosquitto, client_id: str, received: list[bytes], don
     return client
 
 
-def test_persistent_session_survives_a_broker_restart_and_queues_without_limit(broker: Mosquitto) -> None:
+def test_persistent_session_survives_a_broker_restart_and_queues_without_limit(
+    private_broker: Mosquitto,
+) -> None:
+    broker = private_broker
     topic = f"test/{uuid.uuid4().hex[:8]}/temperature"
     client_id = f"test-session-{uuid.uuid4().hex[:8]}"
     count = 3000  # above mosquitto's default per-client queue of 1000

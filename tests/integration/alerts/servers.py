@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
 import threading
@@ -16,6 +15,8 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.conftest import free_port
 
 
 @dataclass
@@ -65,12 +66,6 @@ class WebhookReceiver:
 
     def keys(self) -> list[str]:
         return [r.headers["Idempotency-Key"] for r in self.requests]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def self_signed_cert(folder: Path) -> tuple[Path, Path]:

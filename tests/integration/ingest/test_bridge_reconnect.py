@@ -3,39 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import uuid
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from ingest.bridge import run_bridge
-from tests.conftest import ROOT, Endpoints
+from tests.conftest import Endpoints
 from tests.integration.ingest.helpers import KafkaReader, bridge_settings, mqtt_prefix, publish, wait_for
 from tests.integration.ingest.test_bridge import valid_message
-from tests.integration.test_mosquitto_config import free_port
 from thermoflow.events import decode_reading
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack.services import Mosquitto
 
 
-@pytest.fixture
-def own_broker() -> Iterator[Mosquitto]:
-    home = ROOT / ".thermoflow" / f"mosquitto-ingest-{uuid.uuid4().hex[:8]}"
-    broker = Mosquitto(home=home, host="127.0.0.1", port=free_port())
-    broker.up()
-    yield broker
-    broker.down()
-    shutil.rmtree(home, ignore_errors=True)
-
-
 async def test_broker_restart_mid_stream_loses_nothing(
-    endpoints: Endpoints, settings: ThermoflowSettings, new_topic: Callable[..., str], own_broker: Mosquitto
+    endpoints: Endpoints,
+    settings: ThermoflowSettings,
+    new_topic: Callable[..., str],
+    private_broker: Mosquitto,
 ) -> None:
-    config = bridge_settings(settings, new_topic, mqtt_url=own_broker.address)
+    config = bridge_settings(settings, new_topic, mqtt_url=private_broker.address)
     here = Endpoints(
-        mqtt_url=own_broker.address,
+        mqtt_url=private_broker.address,
         kafka_bootstrap=endpoints.kafka_bootstrap,
         database_url=endpoints.database_url,
         origin="own broker",
@@ -53,8 +41,8 @@ async def test_broker_restart_mid_stream_loses_nothing(
             await asyncio.sleep(0.5)  # subscribed
             await asyncio.to_thread(publish, here, stream[:2000])
             await kafka.until_count(config.readings_topic, 1000, timeout=60)
-            await asyncio.to_thread(own_broker.down)
-            await asyncio.to_thread(own_broker.up)
+            await asyncio.to_thread(private_broker.down)
+            await asyncio.to_thread(private_broker.up)
             await asyncio.to_thread(publish, here, stream[2000:])
             seen: set[tuple[str, float]] = set()
             wanted = {key for _, _, key, _ in messages}

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from simulator.run import Outputs
 from simulator.settings import SimulatorSettings
@@ -56,24 +50,8 @@ def test_sigterm_stops_publishing_writes_the_report_and_exits_0(endpoints: Endpo
     assert publish["acked"] == publish["messages"] and publish["unacked_at_end"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    home = ROOT / ".thermoflow" / f"mosquitto-sim-{uuid.uuid4().hex[:8]}"
-    mosquitto = Mosquitto(home=home, host="127.0.0.1", port=_free_port())
-    mosquitto.up()
-    yield mosquitto
-    mosquitto.down()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-def test_connections_come_back_after_a_broker_restart(broker: Mosquitto) -> None:
+def test_connections_come_back_after_a_broker_restart(private_broker: Mosquitto) -> None:
+    broker = private_broker
     import threading
 
     settings = SimulatorSettings(
