@@ -59,8 +59,14 @@ async def ensure_state_topic(settings: ThermoflowSettings, name: str) -> list[in
             )
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([topic])
-        described = await admin.describe_topics([name])
-        return sorted(p["partition"] for d in described for p in d["partitions"])
+        # A topic created a moment ago may not show its partitions yet (fresh clusters): wait.
+        for _ in range(100):
+            described = await admin.describe_topics([name])
+            partitions = sorted(p["partition"] for d in described for p in d["partitions"])
+            if partitions:
+                return partitions
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"Kafka shows no partitions for the notifier's state topic {name!r}")
     finally:
         await admin.close()
 

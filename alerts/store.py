@@ -208,20 +208,6 @@ class AlertStore:
                 delay = min(delay * 2, 5.0)
         return None
 
-    async def _migrate(self, stop: asyncio.Event) -> bool:
-        """Apply the migrations, waiting for the database if it is down; False if stopped first."""
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(db.migrate, self.settings)
-                return True
-            except psycopg.OperationalError as exc:
-                log.warning("database_unavailable", error=str(exc).strip(), retry_in=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 5.0)
-        return False
-
     async def _sweep(self, now: float, stop: asyncio.Event) -> None:
         resolved = await self._with_db(partial(sweep, now=now, policy=self.policy), stop)
         if resolved:
@@ -236,7 +222,7 @@ class AlertStore:
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
-        if not await self._migrate(stop):
+        if not await db.migrate_when_available(self.settings, stop):
             return
         await kafka.ensure_topics(settings, {settings.alerts_topic: 6, settings.deadletter_topic: 3})
         producer = kafka.producer(settings)

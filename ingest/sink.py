@@ -107,7 +107,7 @@ class ReadingsSink:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Migrate the schema, then consume, write and commit batch after batch until ``stop``."""
-        if not await self._migrate(stop):
+        if not await db.migrate_when_available(self.settings, stop):
             return
         consumer = kafka.consumer(
             self.settings,
@@ -127,21 +127,6 @@ class ReadingsSink:
             for writer in self._writers:
                 await asyncio.to_thread(writer.close)
             self._log_metrics("sink_stopped")
-
-    async def _migrate(self, stop: asyncio.Event) -> bool:
-        attempt = 0
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(db.migrate, self.settings)
-                return True
-            except psycopg.OperationalError as exc:
-                delay = _backoff(attempt)
-                attempt += 1
-                log.warning("database_unreachable", url=self.settings.database_url_redacted, error=str(exc),
-                            retry_in=round(delay, 1))  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-        return False
 
     async def _consume(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event

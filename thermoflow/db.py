@@ -8,6 +8,8 @@ processes start at once. A migration that wants TimescaleDB checks for the exten
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -81,6 +83,26 @@ def migrate(settings: ThermoflowSettings) -> list[str]:
     if applied_now:
         log.info("migrations_applied", schema=settings.database_schema, versions=applied_now)
     return applied_now
+
+
+async def migrate_when_available(settings: ThermoflowSettings, stop: asyncio.Event) -> bool:
+    """Apply the migrations, waiting with backoff while the database is unreachable.
+
+    Returns False when ``stop`` was set first: a consumer starting before its database is up
+    waits for it instead of crash-looping.
+    """
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(migrate, settings)
+            return True
+        except psycopg.OperationalError as exc:
+            log.warning("database_unavailable", url=settings.database_url_redacted, error=str(exc).strip(),
+                        retry_in=delay)  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+    return False
 
 
 def timescaledb_available(conn: psycopg.Connection[Any]) -> bool:
