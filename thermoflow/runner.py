@@ -46,7 +46,6 @@ class Supervisor:
     out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     _states: dict[str, _State] = field(default_factory=dict)
-    _procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code for `thermoflow run` (0 on a clean stop)."""
@@ -72,7 +71,6 @@ class Supervisor:
                 env={**self.env, "THERMOFLOW_INSTANCE": str(instance.index)},
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop them in order
             )  # fmt: skip
-            self._procs[instance.name] = proc
             state.pid, state.state = proc.pid, "running"
             self._write_status()
             log.info("started", instance=instance.name, pid=proc.pid)
@@ -87,9 +85,7 @@ class Supervisor:
             code = await waiter
             state.last_exit, state.pid = code, None
             if self.stop.is_set():
-                state.state = "stopped"
-                self._write_status()
-                return
+                break
             ran_for = time.monotonic() - started
             state.failures = self.policy.failures_after(previous=state.failures, ran_for=ran_for)
             state.restarts += 1
@@ -101,6 +97,8 @@ class Supervisor:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), delay)
+        state.state = "stopped"  # also when stopped while waiting to restart
+        self._write_status()
 
     async def _terminate(self, name: str, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
