@@ -110,3 +110,39 @@ async def test_supervisor_prefixes_output_restarts_crashes_and_stops_cleanly(tmp
     final = json.loads(status_file.read_text())["instances"]
     assert {name: s["state"] for name, s in final.items()} == {"sink-1": "stopped", "sink-2": "stopped"}
     assert {s["last_exit"] for s in final.values()} == {0}
+
+
+STUBBORN = textwrap.dedent(
+    """
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ignores the polite stop
+    print("up", flush=True)
+    while True:
+        time.sleep(0.05)
+    """
+)
+
+
+async def test_a_component_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    status_file = tmp_path / "status.json"
+    out = io.BytesIO()
+    supervisor = Supervisor(
+        [Instance("bridge", 1)], env=dict(os.environ), command=(sys.executable, str(script)),
+        status_file=status_file, out=out, grace=0.5,
+    )  # fmt: skip
+    task = asyncio.create_task(supervisor.run())
+    try:
+        for _ in range(1200):
+            await asyncio.sleep(0.05)
+            if b"up" in out.getvalue():
+                break
+        pid = json.loads(status_file.read_text())["instances"]["bridge-1"]["pid"]
+    finally:
+        supervisor.stop.set()
+        code = await asyncio.wait_for(task, 30)
+    assert code == 0
+    assert not pid_alive(pid)
+    final = json.loads(status_file.read_text())["instances"]["bridge-1"]
+    assert (final["state"], final["last_exit"]) == ("stopped", -9)
