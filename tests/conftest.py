@@ -29,7 +29,7 @@ from psycopg import sql
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack import Stack, StackConfig
-from thermoflow.stack.services import Mosquitto
+from thermoflow.stack.services import Mosquitto, service_home
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = (
@@ -167,11 +167,11 @@ def private_broker() -> Iterator[Mosquitto]:
     Its home is under the project, not /tmp/pytest-of-root: the broker's user must reach it.
     """
     home = ROOT / ".thermoflow" / f"mosquitto-{uuid.uuid4().hex[:8]}"
-    broker = Mosquitto(home=home, host="127.0.0.1", port=free_port())
+    broker = Mosquitto(home=service_home(home), host="127.0.0.1", port=free_port())
     broker.up()
     yield broker
     broker.down()
-    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(broker.home, ignore_errors=True)
 
 
 def unique_name(prefix: str) -> str:

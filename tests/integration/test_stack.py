@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from thermoflow.stack import Stack, StackConfig
 from thermoflow.stack.process import pid_alive
 
 PORTS = [
@@ -43,16 +44,16 @@ def state_dir() -> Iterator[Path]:
     path = ROOT / ".thermoflow" / f"lifecycle-{uuid.uuid4().hex[:8]}"
     yield path
     thermoflow("stack", "down", "--state-dir", str(path))
-    shutil.rmtree(path, ignore_errors=True)
+    stack = Stack(StackConfig(state_dir=path))
+    for folder in (path, stack.mosquitto.home, stack.postgres.home):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def stack_pids(state_dir: Path) -> list[int]:
+    stack = Stack(StackConfig(state_dir=state_dir))
     pids = []
-    for pid_file in [
-        state_dir / "mosquitto" / "mosquitto.pid",
-        state_dir / "kafka" / "kafka.pid",
-        state_dir / "postgres" / "data" / "postmaster.pid",
-    ]:
+    for pid_file in [stack.mosquitto.home / "mosquitto.pid", stack.kafka.home / "kafka.pid",
+                     stack.postgres.home / "data" / "postmaster.pid"]:  # fmt: skip
         if pid_file.exists():
             pids.append(int(pid_file.read_text().split()[0]))
     return pids
@@ -80,8 +81,10 @@ def test_up_twice_status_down_leaves_nothing_behind(state_dir: Path) -> None:
     down = thermoflow("stack", "down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     assert not [pid for pid in pids if pid_alive(pid)]
-    leftovers = subprocess.run(["pgrep", "-f", str(state_dir)], capture_output=True, text=True, check=False)
-    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
+    stack = Stack(StackConfig(state_dir=state_dir))
+    for folder in {state_dir, stack.mosquitto.home, stack.postgres.home}:
+        leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True, check=False)
+        assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
 
     after = thermoflow("stack", "status", "--state-dir", str(state_dir))
     assert after.returncode == 1

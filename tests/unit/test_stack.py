@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,21 @@ def test_missing_maven_says_what_to_install(tmp_path: Path, monkeypatch: pytest.
     kafka = Stack(StackConfig(state_dir=tmp_path, cache_dir=tmp_path / "cache")).kafka
     with pytest.raises(ServiceError, match="apt-get install maven"):
         kafka.fetch()
+
+
+def test_service_data_moves_only_where_the_service_user_cannot_reach(tmp_path: Path) -> None:
+    hidden = tmp_path / "private"  # pytest's tmp folders are mode 700: the postgres user cannot enter
+    hidden.mkdir(mode=0o700)
+    open_dir = Path(tempfile.mkdtemp(dir="/tmp"))  # /tmp is world-traversable
+    open_dir.chmod(0o755)
+    try:
+        if os.geteuid() == 0:
+            moved = services.service_home(hidden / "postgres")
+            assert moved.parent.parent == Path("/var/lib/thermoflow")
+            assert moved.name == "postgres"
+            assert moved == services.service_home(hidden / "postgres")  # stable: down finds it again
+        else:
+            assert services.service_home(hidden / "postgres") == hidden / "postgres"
+        assert services.service_home(open_dir / "postgres") == open_dir / "postgres"
+    finally:
+        open_dir.rmdir()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import pwd
 import shutil
 import socket
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,22 @@ def _chown_to(path: Path, user: str) -> None:
     for root, dirs, files in os.walk(path):
         for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
             os.chown(name, entry.pw_uid, entry.pw_gid)
+
+
+def service_home(path: Path) -> Path:
+    """Where a service that runs as its own system user keeps ``path``'s data.
+
+    Mosquitto and PostgreSQL drop root for their own users, which must be able to reach the
+    folder. When we run as root from a folder they cannot enter (a checkout under /root),
+    their data goes to ``/var/lib/thermoflow/<hash of path>/`` instead; otherwise it stays put.
+    """
+    path = path.resolve()
+    if not _is_root() or all(
+        os.stat(parent).st_mode & stat.S_IXOTH for parent in path.parents if parent.exists()
+    ):
+        return path
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    return Path("/var/lib/thermoflow") / digest / path.name
 
 
 @dataclass(frozen=True)

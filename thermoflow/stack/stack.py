@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from thermoflow import topics
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
-from thermoflow.stack.services import Kafka, Mosquitto, Postgres, Service
+from thermoflow.stack.services import Kafka, Mosquitto, Postgres, Service, service_home
 
 
 def default_cache_dir() -> Path:
@@ -69,7 +69,9 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = StackConfig(**{**asdict(config), "state_dir": config.state_dir.resolve()})
         home = self.config.state_dir
-        self.mosquitto = Mosquitto(home=home / "mosquitto", host=config.host, port=config.mqtt_port)
+        self.mosquitto = Mosquitto(
+            home=service_home(home / "mosquitto"), host=config.host, port=config.mqtt_port
+        )
         self.kafka = Kafka(
             home=home / "kafka",
             host=config.host,
@@ -77,7 +79,9 @@ class Stack:
             controller_port=config.kafka_controller_port,
             cache_dir=config.cache_dir,
         )
-        self.postgres = Postgres(home=home / "postgres", host=config.host, port=config.postgres_port)
+        self.postgres = Postgres(
+            home=service_home(home / "postgres"), host=config.host, port=config.postgres_port
+        )
 
     @property
     def services(self) -> tuple[Service, ...]:
