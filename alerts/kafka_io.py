@@ -169,8 +169,15 @@ async def decode_batch(
 
 
 async def caught_up(consumer: AIOKafkaConsumer) -> bool:
-    """Whether every assigned partition has been read up to its high watermark."""
-    for tp in consumer.assignment():
+    """Whether every assigned partition has been read up to its high watermark.
+
+    Not while nothing is assigned (starting, or waiting for a killed member's session to
+    expire): a tick then would judge incidents this instance does not own yet.
+    """
+    assignment = consumer.assignment()
+    if not assignment:
+        return False
+    for tp in assignment:
         highwater = consumer.highwater(tp)
         if highwater is None or await consumer.position(tp) < highwater:
             return False
