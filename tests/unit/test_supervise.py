@@ -57,14 +57,14 @@ COMPONENT = textwrap.dedent(
     """
     import os, signal, sys, time
     marker = os.environ["MARKER"] + "." + os.environ["THERMOFLOW_INSTANCE"]
+    def stop(*_):
+        open(marker + ".stopped", "w").close()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)  # before the greeting: once it is out, SIGTERM is handled
     print("hello from", sys.argv[1:], flush=True)
     if not os.path.exists(marker):
         open(marker, "w").close()
         sys.exit(3)  # crash on the first run
-    def stop(*_):
-        open(marker + ".stopped", "w").close()
-        sys.exit(0)
-    signal.signal(signal.SIGTERM, stop)
     while True:
         time.sleep(0.05)
     """
@@ -92,7 +92,8 @@ async def test_supervisor_prefixes_output_restarts_crashes_and_stops_cleanly(tmp
             await asyncio.sleep(0.05)
             status = json.loads(status_file.read_text()) if status_file.exists() else {}
             running = [s for s in status.get("instances", {}).values() if s["state"] == "running"]
-            if len(running) == 2 and all(s["restarts"] == 1 for s in running):
+            greeted = out.getvalue().count(b"| hello from ['sink']")
+            if len(running) == 2 and all(s["restarts"] == 1 for s in running) and greeted == 4:
                 break
         else:
             pytest.fail(f"instances were not restarted: {status}")
