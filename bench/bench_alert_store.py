@@ -28,7 +28,7 @@ from alerts.lifecycle import Policy
 from alerts.settings import AlertsSettings
 from alerts.store import AlertStore, prepare, store_batch
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent, Severity, alert_id, encode
+from thermoflow.events import AlertEvent, Severity, alert_id
 
 
 def make_alerts(count: int, devices: int, *, start: float) -> list[AlertEvent]:
@@ -58,17 +58,7 @@ def make_alerts(count: int, devices: int, *, start: float) -> list[AlertEvent]:
 
 async def fill_topic(settings: AlertsSettings, topic: str, alerts: list[AlertEvent]) -> None:
     await kafka.ensure_topics(settings, {topic: 6})
-    producer = kafka.producer(settings, linger_ms=20)
-    await producer.start()
-    try:
-        for chunk in range(0, len(alerts), 10_000):
-            futures = [
-                await producer.send(topic, encode(a), key=a.device_id.encode())
-                for a in alerts[chunk : chunk + 10_000]
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await kafka.produce_events(settings, topic, alerts)
 
 
 async def bench_store(settings: AlertsSettings, total: int) -> float:

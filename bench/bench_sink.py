@@ -28,7 +28,7 @@ from ingest.rows import Row
 from ingest.settings import IngestSettings
 from ingest.sink import ReadingsSink, ReadingsWriter
 from thermoflow import db, kafka
-from thermoflow.events import Reading, encode
+from thermoflow.events import Reading
 from thermoflow.metrics import Metrics
 
 T0 = 1_764_000_000.0
@@ -48,17 +48,7 @@ def readings(count: int, devices: int, *, offset: int = 0) -> list[Reading]:
 
 
 async def fill(settings: IngestSettings, topic: str, batch: list[Reading]) -> None:
-    producer = kafka.producer(settings, linger_ms=20)
-    await producer.start()
-    try:
-        for start in range(0, len(batch), 50_000):
-            futures = [
-                await producer.send(topic, encode(r), key=r.device_id.encode())
-                for r in batch[start : start + 50_000]
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await kafka.produce_events(settings, topic, batch, chunk=50_000)
 
 
 async def bench_sink(settings: IngestSettings, count: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from thermoflow import topics
+from thermoflow.events import AlertEvent, Reading, encode
 from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
 
@@ -52,6 +53,27 @@ def consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topic_names, **settings.kafka_options(), **options)
+
+
+async def produce_events(
+    settings: ThermoflowSettings,
+    topic: str,
+    events: Sequence[Reading | AlertEvent],
+    *,
+    chunk: int = 10_000,
+) -> None:
+    """Send events keyed by device id, ``chunk`` futures in flight at a time (filling a topic)."""
+    sender = producer(settings, linger_ms=20)
+    await sender.start()
+    try:
+        for start in range(0, len(events), chunk):
+            futures = [
+                await sender.send(topic, encode(event), key=event.device_id.encode())
+                for event in events[start : start + chunk]
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await sender.stop()
 
 
 async def ensure_topics(
