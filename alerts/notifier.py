@@ -112,6 +112,7 @@ class _Reload(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         # Persist and commit what was dispatched, so the next owner starts where this one stopped.
+        self._notifier.state_ready.clear()
         await self._notifier.flush_pending()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -135,6 +136,9 @@ class Notifier:
         )
         self._dispatcher = dispatcher
         self._pending: asyncio.Task[None] | None = None
+        # Clear from a revocation until the reload after the next assignment is done. aiokafka
+        # hands out the new assignment's records while that reload still runs: they wait for it.
+        self.state_ready = asyncio.Event()
 
     async def flush_pending(self) -> None:
         """Wait for the last batch's state write and offset commit."""
@@ -145,9 +149,12 @@ class Notifier:
                 log.error("persist_failed", error=repr(outcome))
 
     async def reload_state(self) -> None:
-        states = await load_states(self.settings, self.settings.notifier_state_topic)
-        self.tracker.load(states)
-        log.info("notifier_state_loaded", incidents=len(states), open=self.tracker.open_count)
+        try:
+            states = await load_states(self.settings, self.settings.notifier_state_topic)
+            self.tracker.load(states)
+            log.info("notifier_state_loaded", incidents=len(states), open=self.tracker.open_count)
+        finally:
+            self.state_ready.set()  # a failed reload is logged by aiokafka; go on with what we hold
 
     async def _persist_and_commit(
         self,
@@ -225,6 +232,8 @@ class Notifier:
         next_tick = 0.0
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200)
+            if batch:
+                await self.state_ready.wait()
             now = self.clock()
             decoded = await decode_batch(batch, dead_letters)
             notifications = [
@@ -234,7 +243,7 @@ class Notifier:
             ]
             # Like the store, decide resolves and repeats only once caught up: a backlog of
             # breaches is folded in first, so lag alone never resolves an incident.
-            if now >= next_tick and await caught_up(consumer):
+            if now >= next_tick and self.state_ready.is_set() and await caught_up(consumer):
                 assigned = {tp.partition for tp in consumer.assignment()}
                 notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
                 next_tick = now + self.settings.sweep_interval

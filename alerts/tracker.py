@@ -20,6 +20,11 @@ def key_of(incident: Incident) -> IncidentKey:
     return (incident.device_id, incident.rule_id)
 
 
+def progress(incident: Incident) -> tuple[float, int, float, int]:
+    """Orders the states of one (device, rule): a later incident, then more transitions or breaches."""
+    return (incident.opened_at, incident.seq, incident.last_breach_at, incident.breach_count)
+
+
 class IncidentTracker:
     """Incident state per (device, rule), changed only by :meth:`on_alert` and :meth:`on_tick`."""
 
@@ -33,9 +38,19 @@ class IncidentTracker:
         self.load(states)
 
     def load(self, states: Iterable[Incident]) -> None:
-        """Take persisted states as they are (no notification)."""
+        """Take persisted states (no notification), keeping whichever of two states is later.
+
+        A reload can land after this instance has already folded newer alerts (aiokafka hands
+        out records while the assignment callback still runs): an older persisted state must
+        not replace them, or an incident opened meanwhile is forgotten and never resolves.
+        Incidents of a (device, rule) follow each other in event time, and each one only moves
+        forward, so :func:`progress` orders any two states of the same key.
+        """
         for incident in states:
-            self._put(incident, changed=False)
+            current = self.incidents.get(key_of(incident))
+            if current is not None and progress(current) > progress(incident):
+                incident = current
+            self._put(incident, changed=False)  # re-adds its due entry even when kept
 
     def _put(self, incident: Incident, *, changed: bool = True) -> None:
         key = key_of(incident)

@@ -132,12 +132,7 @@ def assert_pipeline_result(run: PipelineRun, report: dict[str, Any], *, componen
         assert len(by_incident) == incidents
     for incident_id, transitions in by_incident.items():
         assert transitions["fire"] == 1, (incident_id, transitions)
-        # Known gap (see the issue note): after a notifier SIGKILL mid-run an incident's resolve
-        # notification has been seen missing (1 of ~50 incidents, 2 of 4 runs); the fix is open.
-        assert transitions["resolve"] == 1 or (components_killed and transitions["resolve"] == 0), (
-            incident_id,
-            transitions,
-        )
+        assert transitions["resolve"] == 1, (incident_id, transitions)
         assert transitions["escalate"] <= 1 and transitions["repeat"] == 0, (incident_id, transitions)
     escalated = sum(t["escalate"] for t in by_incident.values())
     assert escalated <= count(run, "SELECT count(*) FROM incidents WHERE severity = 'critical'")

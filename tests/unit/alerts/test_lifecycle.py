@@ -179,3 +179,43 @@ def test_heap_driven_ticks_match_scanning_every_incident(steps: list[tuple[str, 
             got = sorted((n.device_id, n.transition, n.seq) for n in fast.on_tick(now=now))
             assert got == _scan_all(slow, now=now)
     assert fast.incidents == slow.incidents
+
+
+def test_reloading_older_persisted_states_keeps_what_was_folded_since() -> None:
+    # The persisted state: an incident that was resolved. Then, before the reload lands, a new
+    # breach opens the next incident: the reload must not bring back the resolved one, or the
+    # new incident never resolves.
+    tracker = IncidentTracker(POLICY)
+    tracker.on_alert(make_alert("f", 0.0), now=0.0)
+    tracker.on_tick(now=60.0)
+    persisted = tracker.take_changed()
+    restarted = IncidentTracker(POLICY, persisted)
+    fired = restarted.on_alert(make_alert("f", 100.0), now=100.0)
+    restarted.load(persisted)
+    assert restarted.incidents[("f", "freezer-too-warm")].incident_id == fired[0].incident_id
+    assert [n.transition for n in restarted.on_tick(now=160.0)] == ["resolve"]
+
+
+def test_reloading_keeps_breaches_folded_since_and_takes_newer_persisted_states() -> None:
+    tracker = IncidentTracker(POLICY)
+    tracker.on_alert(make_alert("f", 0.0), now=0.0)
+    persisted = tracker.take_changed()
+    tracker.on_alert(make_alert("f", 30.0), now=30.0)
+    tracker.load(persisted)  # older: the breach at 30 s stays
+    assert tracker.on_tick(now=60.0) == []
+    assert [n.transition for n in tracker.on_tick(now=90.0)] == ["resolve"]
+
+    # Another instance moved on (resolved it) while this one held an old state: take that one.
+    stale = IncidentTracker(POLICY, persisted)
+    stale.load(tracker.take_changed())
+    assert not stale.incidents[("f", "freezer-too-warm")].is_open
+    assert stale.on_tick(now=200.0) == []
+
+
+def test_a_due_incident_of_a_partition_held_elsewhere_is_ticked_after_it_comes_back() -> None:
+    tracker = IncidentTracker(POLICY)
+    tracker.on_alert(make_alert("f", 0.0), now=0.0, partition=3)
+    persisted = tracker.take_changed()
+    assert tracker.on_tick(now=60.0, partitions={1, 2}) == []
+    tracker.load(persisted)  # partition 3 assigned again: the same state, due once more
+    assert [n.transition for n in tracker.on_tick(now=61.0, partitions={3})] == ["resolve"]
