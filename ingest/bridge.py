@@ -4,8 +4,9 @@ One thread, one asyncio loop. paho-mqtt runs on that loop through its external-l
 (``on_socket_open`` / ``on_socket_register_write`` ...), so ``client.ack`` is always called from
 the thread that owns the client (paho's ack is not thread-safe) and no lock sits on the hot path.
 
-- The socket's reader callback lets paho parse a burst of packets; ``on_message`` translates each
-  message (pure, :mod:`ingest.records`) into the outbox and notes it in the ``pending`` queue.
+- The socket's reader callback reads a chunk and cuts its packets (:mod:`ingest.mqtt_reader`);
+  ``_on_publish`` translates each message (pure, :mod:`ingest.records`) into the outbox and notes
+  it in the ``pending`` queue.
 - The sender task turns the outbox into one Kafka batch per partition (``send_batch``: one future
   per batch, not per record) and starts a delivery task that waits for the acks and resends what
   failed, with backoff, until Kafka takes it.
@@ -39,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.mapping import TopicTemplate
+from ingest.mqtt_reader import BulkReadClient
 from ingest.records import OutRecord, Translator
 from ingest.settings import IngestSettings
 from thermoflow import kafka, mqtt
@@ -47,7 +49,6 @@ from thermoflow.metrics import Metrics
 
 log = get_logger(__name__)
 
-_READ_BURST: Final = 2000  # packets parsed per readable event before the loop runs other work
 _BACKOFF_FIRST: Final = 0.5
 _BACKOFF_MAX: Final = 30.0
 _STOP_TIMEOUT: Final = 30.0
@@ -201,10 +202,11 @@ class Bridge:
             version=settings.mqtt_version,
             clean=False,
             manual_ack=True,
+            cls=BulkReadClient,
+            on_publish=self._on_publish,
         )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
@@ -300,13 +302,10 @@ class Bridge:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._lost.set)
 
-    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        pending = _Pending(message.mid, message.qos, time.monotonic())
+    def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        pending = _Pending(mid, qos, time.monotonic())
         self._pending.append(pending)
-        topic = message.topic
-        translation = self._translator.translate(
-            topic, bytes(message.payload), received_at=self._wall_clock()
-        )
+        translation = self._translator.translate(topic, payload, received_at=self._wall_clock())
         self._received += 1
         if translation.error is not None:
             self.metrics.count("dead_lettered")
@@ -361,15 +360,9 @@ class Bridge:
             self._loop.remove_writer(sock)
 
     def _readable(self) -> None:
-        """Let paho parse packets while whole messages keep coming (one packet per loop_read)."""
-        client = self._client
-        assert client is not None
-        for _ in range(_READ_BURST):
-            before = len(self._pending)
-            if client.loop_read() != paho.MQTT_ERR_SUCCESS or not self._reading:
-                return
-            if len(self._pending) == before:  # no message (partial packet, ack, ping): wait for readable
-                return
+        """One chunk of what the socket holds (up to 64 KiB); the loop calls again while more is there."""
+        assert self._client is not None
+        self._client.loop_read()
 
     def _pause_reading(self) -> None:
         if self._reading and self._sock is not None and self._loop is not None:

@@ -11,6 +11,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_debs+
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need_debs+=(postgresql)
 command -v java >/dev/null 2>&1 || need_debs+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_debs+=(maven)
+command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)  # the tests' TLS certificates
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_debs[*]} with apt-get"

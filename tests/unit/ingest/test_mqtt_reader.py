@@ -1,0 +1,147 @@
+"""The bridge's bulk MQTT reader: packets cut right wherever the socket splits the stream.
+
+The reader runs on a socket pair (no broker): the test writes MQTT packets into one end in
+arbitrary pieces and calls ``loop_read`` on the other, as the bridge does on a readable event.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import paho.mqtt.client as paho
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from ingest.mqtt_reader import BulkReadClient, MalformedPacketError, parse_publish
+from simulator.packets import remaining_length, utf8_field
+
+Message = tuple[str, bytes, int, int]
+
+
+def publish_packet(
+    topic: str, payload: bytes, *, qos: int, mid: int, mqtt5: bool, properties: bytes = b""
+) -> bytes:
+    body = utf8_field(topic) + (mid.to_bytes(2, "big") if qos else b"")
+    if mqtt5:
+        body += remaining_length(len(properties)) + properties
+    body += payload
+    return bytes((0x30 | qos << 1,)) + remaining_length(len(body)) + body
+
+
+class Reader:
+    """A BulkReadClient reading one end of a socket pair; what it handed on, in order."""
+
+    def __init__(self, *, mqtt5: bool) -> None:
+        self.received: list[Message] = []
+        self.client = BulkReadClient(
+            CallbackAPIVersion.VERSION2,
+            protocol=paho.MQTTv5 if mqtt5 else paho.MQTTv311,
+            on_publish=lambda *message: self.received.append(message),
+        )
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.setblocking(False)
+        self.client._sock = self.ours
+
+    def feed(self, data: bytes) -> MQTTErrorCode:
+        self.theirs.sendall(data)
+        rc = self.client.loop_read()
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.client._sock is not None and readable(self.ours):
+            rc = self.client.loop_read()
+        return rc
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+
+def readable(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+
+
+@pytest.fixture
+def reader5() -> Iterator[Reader]:
+    reader = Reader(mqtt5=True)
+    yield reader
+    reader.close()
+
+
+messages = st.lists(
+    st.tuples(
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40),
+        st.binary(max_size=400),  # past 127 bytes the remaining length takes two bytes
+        st.sampled_from([0, 1]),
+        st.integers(1, 65535),
+        st.binary(max_size=20),  # MQTT 5 properties: skipped, whatever they hold
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages, st.booleans(), st.lists(st.integers(1, 200), min_size=1, max_size=20))
+def test_every_publish_comes_out_whole_and_in_order_however_the_stream_is_split(
+    sent: list[tuple[str, bytes, int, int, bytes]], mqtt5: bool, cuts: list[int]
+) -> None:
+    reader = Reader(mqtt5=mqtt5)
+    try:
+        stream = b"".join(
+            publish_packet(topic, payload, qos=qos, mid=mid, mqtt5=mqtt5, properties=properties)
+            for topic, payload, qos, mid, properties in sent
+        )
+        position, piece = 0, 0
+        while position < len(stream):
+            size = cuts[piece % len(cuts)]
+            assert reader.feed(stream[position : position + size]) == MQTTErrorCode.MQTT_ERR_SUCCESS
+            position += size
+            piece += 1
+        expected = [(topic, payload, mid if qos else 0, qos) for topic, payload, qos, mid, _ in sent]
+        assert reader.received == expected
+        assert reader.client._rest == b""
+    finally:
+        reader.close()
+
+
+def test_other_packets_go_to_paho_between_publishes(reader5: Reader) -> None:
+    reader5.client._ping_t = 123.0  # paho is waiting for a PINGRESP
+    stream = (
+        publish_packet("a/1", b"1", qos=1, mid=7, mqtt5=True)
+        + bytes((0xD0, 0x00))  # PINGRESP
+        + publish_packet("a/2", b"2", qos=0, mid=0, mqtt5=True)
+    )
+    assert reader5.feed(stream) == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert reader5.received == [("a/1", b"1", 7, 1), ("a/2", b"2", 0, 0)]
+    assert reader5.client._ping_t == 0  # paho's handler saw the PINGRESP
+
+
+def test_a_malformed_packet_drops_the_connection(reader5: Reader) -> None:
+    disconnects: list[object] = []
+    reader5.client.on_disconnect = lambda *args: disconnects.append(args[3])
+    # A PUBLISH whose topic length runs past the packet's end.
+    assert reader5.feed(bytes((0x30, 0x03, 0x00, 0x09, 0x61))) == MQTTErrorCode.MQTT_ERR_PROTOCOL
+    assert reader5.client._sock is None and reader5.received == [] and len(disconnects) == 1
+
+
+def test_a_closed_socket_is_a_lost_connection(reader5: Reader) -> None:
+    reader5.theirs.close()
+    assert reader5.client.loop_read() == MQTTErrorCode.MQTT_ERR_CONN_LOST
+    assert reader5.client._sock is None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\x00", "without a topic length"),
+        (b"\x00\x01a\x00", "before its packet id"),
+        (b"\x00\x01a\x00\x01", "before its properties"),
+        (b"\x00\x01a\x00\x01\x05ab", "shorter than"),
+    ],
+)
+def test_parse_publish_names_what_is_cut_off(body: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacketError, match=reason):
+        parse_publish(0x32, body, 0, len(body), mqtt5=True)
