@@ -112,7 +112,7 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._producer: AIOKafkaProducer | None = None
-        self._client: paho.Client | None = None
+        self._client: BulkReadClient | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ class Bridge:
 
     # -- MQTT ----------------------------------------------------------------------------------
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> BulkReadClient:
         settings = self.settings
         client = mqtt.client(
             settings,
@@ -205,6 +205,7 @@ class Bridge:
             cls=BulkReadClient,
             on_publish=self._on_publish,
         )
+        assert isinstance(client, BulkReadClient)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -519,13 +520,15 @@ class Bridge:
             return
         now = time.monotonic()
         acked = 0
+        mids = []
         while pending and pending[0].done:
             message = pending.popleft()
             if message.qos:
-                client.ack(message.mid, message.qos)
+                mids.append(message.mid)
             if acked % 16 == 0:  # a sample is plenty for percentiles, and cheaper
                 self.metrics.observe("bridge_latency", now - message.received)
             acked += 1
+        client.ack_many(mids)
         self.metrics.count("acked", acked)
         if not self._stopping and len(pending) < self.settings.bridge_max_pending // 2:
             self._resume_reading()

@@ -8,10 +8,10 @@ payloads. :class:`BulkReadClient` replaces only the read loop: it reads up to 64
 cuts whole packets out of it, hands each QoS 0/1 PUBLISH to ``on_publish(topic, payload, mid,
 qos)``, and passes every other packet (CONNACK, SUBACK, PINGRESP, DISCONNECT, a QoS 2 PUBLISH)
 to paho's own handler. paho still owns the protocol: connect, the session, subscriptions,
-PUBACKs (``ack``), keepalive and reconnects.
+keepalive and reconnects. :meth:`BulkReadClient.ack_many` queues many PUBACKs as one write.
 
-It relies on three internals of paho-mqtt 2.x (pinned below 3 in pyproject.toml):
-``_sock_recv``, ``_in_packet`` with ``_packet_handle``, and ``_loop_rc_handle``. The bridge's
+It relies on internals of paho-mqtt 2.x (pinned below 3 in pyproject.toml): ``_sock_recv``,
+``_in_packet`` with ``_packet_handle``, ``_loop_rc_handle`` and ``_packet_queue``. The bridge's
 tests cover it against a real Mosquitto in MQTT 5 and 3.1.1.
 """
 
@@ -30,6 +30,7 @@ PublishHandler = Callable[[str, bytes, int, int], None]
 
 _CHUNK: Final = 65_536
 _PUBLISH: Final = 0x30
+_PUBACK: Final = 0x40
 _QOS2: Final = 0x04
 _OK: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -167,6 +168,16 @@ class BulkReadClient(paho.Client):
             "pos": 0,
         }
         return rc
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK these QoS 1 packet ids in one write (paho's ``ack`` queues and writes each apart).
+
+        Each is the 4-byte PUBACK that paho's ``ack`` sends (MQTT 5 allows leaving out a success
+        reason code), queued together as one of paho's outgoing packets.
+        """
+        if mids:
+            acks = b"".join(bytes((_PUBACK, 2, mid >> 8, mid & 0xFF)) for mid in mids)
+            self._packet_queue(_PUBACK, acks, 0, 1)
 
     def _sock_close(self) -> None:
         self._rest = b""  # a new connection starts at a packet boundary

@@ -145,3 +145,18 @@ def test_a_closed_socket_is_a_lost_connection(reader5: Reader) -> None:
 def test_parse_publish_names_what_is_cut_off(body: bytes, reason: str) -> None:
     with pytest.raises(MalformedPacketError, match=reason):
         parse_publish(0x32, body, 0, len(body), mqtt5=True)
+
+
+def test_ack_many_writes_the_pubacks_paho_would_send_one_by_one(reader5: Reader) -> None:
+    one_by_one = BulkReadClient(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, on_publish=print)
+    one_by_one._sock = reader5.ours
+    for client in (one_by_one, reader5.client):  # as in the bridge: queued, written when writable
+        client.on_socket_register_write = lambda *_: None
+    for mid in (1, 300, 65535):
+        one_by_one._send_puback(mid)
+    reader5.client.ack_many([1, 300, 65535])
+    reader5.client.ack_many([])
+    [queued] = reader5.client._out_packet
+    assert queued["packet"] == b"".join(packet["packet"] for packet in one_by_one._out_packet)
+    assert reader5.client.loop_write() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert reader5.theirs.recv(100) == queued["packet"]
