@@ -381,6 +381,9 @@ class Bridge:
         """Move the outbox into Kafka batches, one delivery task per flush."""
         while True:
             await self._outbox_ready.wait()
+            if self.settings.bridge_linger and not self._stopping:
+                # Let a few reads gather: one produce request per linger, not one per socket read.
+                await asyncio.sleep(self.settings.bridge_linger)
             self._outbox_ready.clear()
             if not self._outbox:
                 continue

@@ -59,6 +59,12 @@ class IngestSettings(ThermoflowSettings):
         ge=1,
         description="messages held before the bridge stops reading its socket (bounds QoS 0 memory)",
     )
+    bridge_linger: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="seconds the bridge gathers messages before producing them: fewer, larger Kafka requests",
+    )
     metrics_interval: float = Field(10.0, gt=0, description="seconds between metrics log lines")
 
     # -- the sink ------------------------------------------------------------------------------

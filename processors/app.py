@@ -84,6 +84,8 @@ def build_app(
     )
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
     app.batch_topics = frozenset(spec.source_topic(settings) for spec in registry.specs())
+    app.fetch_min_bytes = settings.kafka_fetch_min_bytes
+    app.fetch_max_wait_ms = round(settings.kafka_fetch_wait * 1000)
     bodies: list[FunctionBody] = []
     for spec in registry.specs():
         bodies.append(spec.build(settings))

@@ -133,6 +133,21 @@ class BatchConsumer(faust_aiokafka.Consumer):
             generation_id=self.app.consumer_generation_id,
         )
 
+    def _new_consumer_thread(self) -> _BatchConsumerThread:
+        return _BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, with the app's fetch wait (faust fixes fetch_max_wait_ms at 1500 ms
+    and leaves fetch_min_bytes at 1: a fetch per record or two at a moderate rate)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its fetcher: the consumer is not started yet.
+        consumer._fetch_min_bytes = getattr(self.app, "fetch_min_bytes", 1)
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        return consumer
+
 
 class BatchTransport(faust_aiokafka.Transport):
     Consumer: ClassVar[type[Any]] = BatchConsumer
@@ -142,6 +157,8 @@ class BatchingApp(faust.App):
     """A faust app whose consumer delivers partition chunks for the topics in ``batch_topics``."""
 
     batch_topics: frozenset[str] = frozenset()
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 1500
 
     def _new_transport(self) -> Any:
         return BatchTransport(self.conf.broker_consumer, self)

@@ -42,7 +42,12 @@ def producer(settings: ThermoflowSettings, **overrides: Any) -> AIOKafkaProducer
 def consumer(
     settings: ThermoflowSettings, *topic_names: str, group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
-    """A consumer that commits only when told to (after its output is durable)."""
+    """A consumer that commits only when told to (after its output is durable).
+
+    Its fetches wait up to ``kafka_fetch_wait`` for ``kafka_fetch_min_bytes``: a fetch that
+    answers with whatever one record is there makes many tiny batches, and each batch costs its
+    consumer (a COPY, a commit) the same whatever its size.
+    """
     options: dict[str, Any] = {
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -50,6 +55,8 @@ def consumer(
         "max_poll_records": 5000,
         "fetch_max_bytes": 64 << 20,
         "max_partition_fetch_bytes": 8 << 20,
+        "fetch_min_bytes": settings.kafka_fetch_min_bytes,
+        "fetch_max_wait_ms": round(settings.kafka_fetch_wait * 1000),
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topic_names, **settings.kafka_options(), **options)

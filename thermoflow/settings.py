@@ -51,6 +51,15 @@ class ThermoflowSettings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="Kafka SASL username")
     kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password")
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for Kafka TLS")
+    kafka_fetch_min_bytes: int = Field(
+        256 << 10, ge=1, description="bytes a consumer's fetch waits for (up to kafka_fetch_wait)"
+    )
+    kafka_fetch_wait: float = Field(
+        0.02,
+        ge=0,
+        le=10,
+        description="seconds a consumer's fetch may wait for kafka_fetch_min_bytes: fewer, larger batches",
+    )
 
     readings_topic: str = Field(topics.READINGS, min_length=1, description="Kafka topic of readings")
     alerts_topic: str = Field(topics.ALERTS, min_length=1, description="Kafka topic of alert events")
