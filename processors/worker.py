@@ -29,6 +29,7 @@ from thermoflow import kafka
 from thermoflow.kafka import DEFAULT_PARTITIONS
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
+from thermoflow.service import tune_gc
 from thermoflow.stack import ServiceError
 
 log = get_logger(__name__)
@@ -88,6 +89,7 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: in
             redirect_stdouts=False,
         )
         worker.spinner = None  # faust's terminal spinner would write escape codes into the log stream
+        tune_gc()
         if parent_pid is not None:
 
             @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

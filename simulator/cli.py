@@ -14,6 +14,7 @@ from rich.live import Live
 
 from processors.rules import RulesError
 from simulator.anomalies import AnomalyError
+from thermoflow.service import tune_gc
 from thermoflow.settings import ConfigError, load_settings
 
 
@@ -172,6 +173,7 @@ def simulate_command(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
+    tune_gc()  # the fleet allocates per reading, like the pipeline's components
     try:
         result = asyncio.run(main())
     except (RulesError, AnomalyError) as exc:
