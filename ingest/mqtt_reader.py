@@ -100,23 +100,26 @@ class BulkReadClient(paho.Client):
         sock = self._sock
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
+        data, lost = b"", False
         try:
             data = self._sock_recv(_CHUNK)
+            lost = not data
             # TLS: records already decrypted wait in the SSL object, not the socket: no readable event.
-            while data and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            while not lost and isinstance(sock, ssl.SSLSocket) and sock.pending():
                 data += self._sock_recv(sock.pending())
         except BlockingIOError:
-            return _OK
+            pass
         except OSError:
-            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
-        if not data:
-            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
-        self._last_bytes_received = paho.time_func()
-        try:
-            rc = self._handle_packets(self._rest + data if self._rest else data)
-        except MalformedPacketError:
-            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        return self._loop_rc_handle(rc) if rc else _OK
+            lost = True
+        if data:
+            self._last_bytes_received = paho.time_func()
+            try:
+                rc = self._handle_packets(self._rest + data if self._rest else data)
+            except MalformedPacketError:
+                rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+            if rc:
+                return self._loop_rc_handle(rc)
+        return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST) if lost else _OK
 
     def _handle_packets(self, buf: bytes) -> MQTTErrorCode:
         end = len(buf)
@@ -134,7 +137,7 @@ class BulkReadClient(paho.Client):
                 on_publish(topic.decode("utf-8", "replace"), payload, mid, (header >> 1) & 0x03)
             else:
                 rc = self._paho_handle(header, buf[start:stop])
-                if rc:
+                if rc or self._sock is None:  # an error, or paho closed the connection (DISCONNECT)
                     self._rest = b""
                     return rc
             pos = stop

@@ -160,3 +160,14 @@ def test_ack_many_writes_the_pubacks_paho_would_send_one_by_one(reader5: Reader)
     assert queued["packet"] == b"".join(packet["packet"] for packet in one_by_one._out_packet)
     assert reader5.client.loop_write() == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert reader5.theirs.recv(100) == queued["packet"]
+
+
+def test_nothing_after_a_server_disconnect_is_carried_into_the_next_connection(reader5: Reader) -> None:
+    stream = (
+        publish_packet("a/1", b"1", qos=1, mid=1, mqtt5=True)
+        + bytes((0xE0, 0x00))  # DISCONNECT from the server (MQTT 5)
+        + publish_packet("a/2", b"2", qos=1, mid=2, mqtt5=True)[:5]  # the start of one more packet
+    )
+    reader5.feed(stream)
+    assert reader5.received == [("a/1", b"1", 1, 1)]
+    assert reader5.client._sock is None and reader5.client._rest == b""
