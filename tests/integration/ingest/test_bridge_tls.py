@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingest.bridge import run_bridge
+from ingest.settings import IngestSettings
 from tests.conftest import ROOT, Endpoints, free_port
 from tests.integration.ingest.helpers import KafkaReader, bridge_settings, mqtt_prefix, publish, wait_for
 from tests.integration.ingest.test_bridge import valid_message
@@ -82,23 +83,30 @@ def tls_broker() -> Iterator[TlsMosquitto]:
     shutil.rmtree(home, ignore_errors=True)
 
 
+def tls_bridge_settings(
+    base: ThermoflowSettings, new_topic: Callable[..., str], broker: TlsMosquitto, *, password: str
+) -> IngestSettings:
+    """A bridge on the broker's TLS listener, with the client certificate and this password."""
+    certs = broker.home / "certs"
+    return bridge_settings(
+        base,
+        new_topic,
+        mqtt_url=f"mqtts://127.0.0.1:{broker.tls_port}",
+        mqtt_username=USER,
+        mqtt_password=password,
+        mqtt_tls_ca=certs / "ca.pem",
+        mqtt_tls_cert=certs / "client.pem",
+        mqtt_tls_key=certs / "client.key",
+    )
+
+
 async def test_bridge_over_tls_with_a_client_certificate_and_a_password(
     endpoints: Endpoints,
     settings: ThermoflowSettings,
     new_topic: Callable[..., str],
     tls_broker: TlsMosquitto,
 ) -> None:
-    certs = tls_broker.home / "certs"
-    config = bridge_settings(
-        settings,
-        new_topic,
-        mqtt_url=f"mqtts://127.0.0.1:{tls_broker.tls_port}",
-        mqtt_username=USER,
-        mqtt_password=PASSWORD,
-        mqtt_tls_ca=certs / "ca.pem",
-        mqtt_tls_cert=certs / "client.pem",
-        mqtt_tls_key=certs / "client.key",
-    )
+    config = tls_bridge_settings(settings, new_topic, tls_broker, password=PASSWORD)
     # Devices publish on the plain listener; the bridge reads the same topics over TLS.
     devices = Endpoints(
         mqtt_url=tls_broker.address,
@@ -132,17 +140,7 @@ async def test_a_wrong_password_is_refused_and_logged(
     tls_broker: TlsMosquitto,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    certs = tls_broker.home / "certs"
-    config = bridge_settings(
-        settings,
-        new_topic,
-        mqtt_url=f"mqtts://127.0.0.1:{tls_broker.tls_port}",
-        mqtt_username=USER,
-        mqtt_password="wrong",
-        mqtt_tls_ca=certs / "ca.pem",
-        mqtt_tls_cert=certs / "client.pem",
-        mqtt_tls_key=certs / "client.key",
-    )
+    config = tls_bridge_settings(settings, new_topic, tls_broker, password="wrong")
     stop = asyncio.Event()
     metrics = Metrics("bridge")
     bridge = asyncio.create_task(run_bridge(config, stop=stop, metrics=metrics))
