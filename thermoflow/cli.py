@@ -185,7 +185,7 @@ def demo_command(
     live: Annotated[bool, typer.Option(help="show the live view (off: only the summary)")] = True,
 ) -> None:
     """The local stack, the whole pipeline, a demo fleet with anomalies, and a live view."""
-    from thermoflow.demo import run_demo
+    from thermoflow.demo import demo_run, run_demo
     from thermoflow.logs import configure_logging
 
     configure_logging(component="demo", level="WARNING")
@@ -194,8 +194,7 @@ def demo_command(
     stack.up()
     summary = asyncio.run(
         run_demo(
-            stack.settings(),
-            workdir=stack.config.state_dir.parent / "demo",
+            demo_run(stack.settings(), stack.config.state_dir.parent / "demo"),
             devices=devices,
             duration=duration,
             seed=seed,

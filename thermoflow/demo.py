@@ -117,11 +117,12 @@ def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: 
 
 
 async def run_demo(
-    settings: ThermoflowSettings, *, workdir: Path, devices: int, duration: float, seed: int, live: bool,
-    console: Console,
-) -> dict[str, Any]:  # fmt: skip
-    """Run the pipeline and a fleet for ``duration`` seconds; returns the summary of this run."""
-    run = PipelineRun(settings, workdir, resolve_after=RESOLVE_AFTER_S)
+    run: PipelineRun, *, devices: int, duration: float, seed: int, live: bool, console: Console
+) -> dict[str, Any]:
+    """Run the pipeline and a fleet for ``duration`` seconds; returns the summary of this run.
+
+    ``run`` is :func:`demo_run` for `thermoflow demo` (the local stack's default names).
+    """
     since = time.time()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,7 +135,7 @@ async def run_demo(
     started = time.monotonic()
     report: dict[str, Any] = {}
     try:
-        async with kafka_observer(settings) as observer:
+        async with kafka_observer(run.settings) as observer:
             previous: Sample | None = None
             view = Live(console=console, auto_refresh=False) if live else None
             with view or contextlib.nullcontext():
@@ -161,7 +162,12 @@ async def run_demo(
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await fleet
         await run.stop()
-    return summarize(report, final, notifications=len(run.receiver.deliveries), workdir=workdir)
+    return summarize(report, final, notifications=len(run.receiver.deliveries), workdir=run.workdir)
+
+
+def demo_run(settings: ThermoflowSettings, workdir: Path) -> PipelineRun:
+    """The demo's pipeline: the settings' topics and the default groups, short incidents."""
+    return PipelineRun(settings, workdir, resolve_after=RESOLVE_AFTER_S)
 
 
 async def settle(run: PipelineRun, observer: KafkaObserver, since: float, stop: asyncio.Event) -> None:
