@@ -28,7 +28,7 @@ from alerts.lifecycle import Policy
 from alerts.settings import AlertsSettings
 from alerts.store import AlertStore, prepare, store_batch
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent, Severity, alert_id
+from thermoflow.events import AlertEvent, Severity, new_alert
 
 
 def make_alerts(count: int, devices: int, *, start: float) -> list[AlertEvent]:
@@ -40,8 +40,7 @@ def make_alerts(count: int, devices: int, *, start: float) -> list[AlertEvent]:
         ts = start + i // (2 * devices)
         severity: Severity = "critical" if i % 7 == 0 else "warning"
         alerts.append(
-            AlertEvent(
-                alert_id=alert_id(device_id=device, rule_id=rule, severity=severity, reading_ts=ts),
+            new_alert(
                 device_id=device,
                 metric="temperature",
                 rule_id=rule,

@@ -29,15 +29,14 @@ import numpy as np
 from aiohttp import web
 
 from thermoflow import kafka
-from thermoflow.events import AlertEvent, alert_id, encode
+from thermoflow.events import AlertEvent, encode, new_alert
 from thermoflow.settings import ThermoflowSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def alert(device: str, ts: float) -> AlertEvent:
-    return AlertEvent(
-        alert_id=alert_id(device_id=device, rule_id="too-warm", severity="critical", reading_ts=ts),
+    return new_alert(
         device_id=device, metric="temperature", rule_id="too-warm", severity="critical",
         condition="above", threshold=-10.0, value=-2.0, reading_ts=ts, detected_at=ts,
     )  # fmt: skip

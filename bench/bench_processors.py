@@ -190,7 +190,7 @@ def naive_worker() -> None:
     """Run the baseline agent (started by this script as a child process)."""
     import faust
 
-    from thermoflow.events import AlertEvent, alert_id, decode_reading
+    from thermoflow.events import decode_reading, new_alert
 
     group, source_name, sink_name = sys.argv[2:5]
     settings = ThermoflowSettings()
@@ -218,13 +218,7 @@ def naive_worker() -> None:
             reading = decode_reading(value)
             breach = ruleset.classify(reading.device_id, reading.metric, reading.value)
             if breach is not None:
-                event = AlertEvent(
-                    alert_id=alert_id(
-                        device_id=reading.device_id,
-                        rule_id=breach.rule_id,
-                        severity=breach.severity,
-                        reading_ts=reading.ts,
-                    ),
+                event = new_alert(
                     device_id=reading.device_id,
                     metric=reading.metric,
                     rule_id=breach.rule_id,

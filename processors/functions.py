@@ -14,7 +14,7 @@ from processors.runtime import Emit, FunctionBody, registry, setting
 from processors.settings import ProcessorSettings
 from processors.thresholds import CompiledRules, evaluate
 from processors.watcher import RulesWatcher
-from thermoflow.events import AlertEvent, alert_id
+from thermoflow.events import new_alert
 
 
 def threshold_alerts(batch: ReadingBatch, rules: CompiledRules, *, detected_at: float) -> list[Emit]:
@@ -27,8 +27,7 @@ def threshold_alerts(batch: ReadingBatch, rules: CompiledRules, *, detected_at: 
         rule_id = rules.rule_ids[int(breaches.rule[row])]
         severity = breaches.severity_name(row)
         reading_ts = float(batch.columns.ts[reading])
-        event = AlertEvent(
-            alert_id=alert_id(device_id=device_id, rule_id=rule_id, severity=severity, reading_ts=reading_ts),
+        event = new_alert(
             device_id=device_id,
             metric=batch.metric(reading),
             rule_id=rule_id,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from alerts.channels import DeliveryError
 from alerts.notification import Notification
-from thermoflow.events import AlertEvent, Severity, alert_id
+from thermoflow.events import AlertEvent, Severity, new_alert
 
 
 @dataclass
@@ -86,8 +86,7 @@ def make_alert(
     threshold: float = -10.0,
 ) -> AlertEvent:
     """An alert event as the processors emit it (stable alert_id)."""
-    return AlertEvent(
-        alert_id=alert_id(device_id=device_id, rule_id=rule_id, severity=severity, reading_ts=reading_ts),
+    return new_alert(
         device_id=device_id,
         metric="temperature",
         rule_id=rule_id,

@@ -99,6 +99,33 @@ def alert_id(*, device_id: str, rule_id: str, severity: str, reading_ts: float) 
     return hashlib.blake2b(material, digest_size=16).hexdigest()
 
 
+def new_alert(
+    *,
+    device_id: str,
+    metric: str,
+    rule_id: str,
+    severity: Severity,
+    condition: Condition,
+    threshold: float,
+    value: float,
+    reading_ts: float,
+    detected_at: float,
+) -> AlertEvent:
+    """An alert event with its ``alert_id`` derived from its own fields (:func:`alert_id`)."""
+    return AlertEvent(
+        alert_id=alert_id(device_id=device_id, rule_id=rule_id, severity=severity, reading_ts=reading_ts),
+        device_id=device_id,
+        metric=metric,
+        rule_id=rule_id,
+        severity=severity,
+        condition=condition,
+        threshold=threshold,
+        value=value,
+        reading_ts=reading_ts,
+        detected_at=detected_at,
+    )
+
+
 _encoder: Final = msgspec.json.Encoder()
 _reading_decoder: Final = msgspec.json.Decoder(Reading)
 _alert_decoder: Final = msgspec.json.Decoder(AlertEvent)

@@ -22,7 +22,7 @@ from simulator.settings import SimulatorSettings
 from tests.conftest import unique_name
 from tests.integration.simulator.conftest import Subscriber
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent, DeadLetter, Reading, alert_id, dead_letter_headers, encode
+from thermoflow.events import AlertEvent, DeadLetter, Reading, dead_letter_headers, encode, new_alert
 from thermoflow.settings import ThermoflowSettings
 
 
@@ -103,10 +103,7 @@ class StandInPipeline:
         if breach is None:
             return
         self.breaches += 1
-        alert = AlertEvent(
-            alert_id=alert_id(
-                device_id=device_id, rule_id=breach.rule_id, severity=breach.severity, reading_ts=reading.ts
-            ),
+        alert = new_alert(
             device_id=device_id,
             metric="temperature",
             rule_id=breach.rule_id,
@@ -127,18 +124,9 @@ class StandInPipeline:
 
 
 def msgspec_replace(alert: AlertEvent, **changes: Any) -> AlertEvent:
-    import msgspec
-
-    changed = msgspec.structs.replace(alert, **changes)
-    return msgspec.structs.replace(
-        changed,
-        alert_id=alert_id(
-            device_id=changed.device_id,
-            rule_id=changed.rule_id,
-            severity=changed.severity,
-            reading_ts=changed.reading_ts,
-        ),
-    )
+    """The alert with ``changes``, and the alert id those give."""
+    fields = {name: getattr(alert, name) for name in alert.__struct_fields__ if name not in ("v", "alert_id")}
+    return new_alert(**{**fields, **changes})
 
 
 async def test_measure_counts_loss_duplicates_dead_letters_latency_and_alert_quality(

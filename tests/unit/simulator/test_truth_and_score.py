@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from processors.rules import DEFAULT_RULES_FILE, RuleSet, load_rules, parse_rules
 from simulator.score import AlertScorer, KeyMode, delivery
 from simulator.truth import GroundTruth, Thresholds, episodes_of
-from thermoflow.events import AlertEvent, alert_id
+from thermoflow.events import AlertEvent, new_alert
 
 RULES = parse_rules(
     """
@@ -107,8 +107,7 @@ def test_episodes_match_a_scalar_grouping(events: list[tuple[int, float, int]], 
 def _alert(
     device: str, rule: str, severity: str, ts: float, value: float, condition: str = "above"
 ) -> AlertEvent:
-    return AlertEvent(
-        alert_id=alert_id(device_id=device, rule_id=rule, severity=severity, reading_ts=ts),
+    return new_alert(
         device_id=device,
         metric="temperature",
         rule_id=rule,
