@@ -20,14 +20,13 @@ Nothing here does I/O: the store and the notifier call these functions and persi
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import msgspec
 
-from thermoflow.events import SEVERITIES, AlertEvent, Condition, Severity
+from thermoflow.events import SEVERITIES, AlertEvent, Condition, Severity, stable_id
 
 TransitionKind = Literal["fire", "escalate", "repeat", "resolve"]
 
@@ -87,8 +86,7 @@ def incident_id(*, device_id: str, rule_id: str, opened_at: float) -> str:
     ...     device_id="f-1", rule_id="r", opened_at=1.5)
     True
     """
-    material = f"{device_id}\x1f{rule_id}\x1f{opened_at!r}".encode()
-    return hashlib.blake2b(material, digest_size=12).hexdigest()
+    return stable_id(device_id, rule_id, repr(opened_at), size=12)
 
 
 _RANKS: dict[str, int] = {severity: rank for rank, severity in enumerate(SEVERITIES)}

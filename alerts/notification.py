@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 
 import msgspec
 
 from alerts.lifecycle import Incident, Transition, TransitionKind
-from thermoflow.events import Condition, Severity
+from thermoflow.events import Condition, Severity, stable_id
 
 _encoder = msgspec.json.Encoder()
 
@@ -42,8 +41,7 @@ def idempotency_key(*, incident_id: str, transition: TransitionKind, seq: int) -
     ...     incident_id="abc", transition="fire", seq=1)
     True
     """
-    material = f"{incident_id}\x1f{transition}\x1f{seq}".encode()
-    return hashlib.blake2b(material, digest_size=16).hexdigest()
+    return stable_id(incident_id, transition, str(seq))
 
 
 def from_transition(transition: Transition, *, now: float) -> Notification:

@@ -88,6 +88,18 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     failed_at: float
 
 
+def stable_id(*parts: str, size: int = 16) -> str:
+    """A hex id of ``size`` bytes from ``parts`` (BLAKE2b over them joined by U+001F).
+
+    The alert, incident and notification ids are stored and compared across processes, so
+    their parts must keep exactly their text (floats as ``repr``).
+
+    >>> stable_id("a", "b", size=4)
+    '1c6ce4dd'
+    """
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=size).hexdigest()
+
+
 def alert_id(*, device_id: str, rule_id: str, severity: str, reading_ts: float) -> str:
     """A stable id for an alert: the same reading re-processed yields the same id.
 
@@ -95,8 +107,7 @@ def alert_id(*, device_id: str, rule_id: str, severity: str, reading_ts: float) 
     >>> a == alert_id(device_id="f-1", rule_id="r", severity="critical", reading_ts=1.5), len(a)
     (True, 32)
     """
-    material = f"{device_id}\x1f{rule_id}\x1f{severity}\x1f{reading_ts!r}".encode()
-    return hashlib.blake2b(material, digest_size=16).hexdigest()
+    return stable_id(device_id, rule_id, severity, repr(reading_ts))
 
 
 def new_alert(

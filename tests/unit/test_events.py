@@ -138,3 +138,24 @@ def test_kafka_source() -> None:
     assert (
         events.kafka_source(topic="telemetry.readings", partition=3, offset=42) == "telemetry.readings/3/42"
     )
+
+
+def test_stored_ids_keep_their_values() -> None:
+    # Alert, incident and notification ids are stored and compared across processes and
+    # versions: these values were computed before they shared `stable_id`, and must not move.
+    from alerts.lifecycle import incident_id
+    from alerts.notification import idempotency_key
+    from thermoflow.events import alert_id
+
+    ts = 1764000000.125
+    assert (
+        alert_id(device_id="freezer-0001", rule_id="freezer-too-warm", severity="critical", reading_ts=ts)
+        == "4891007f389e2aa1efe7908827e2816e"
+    )
+    assert (
+        incident_id(device_id="freezer-0001", rule_id="freezer-too-warm", opened_at=ts)
+        == "b2e22430f5d07b9f413f4c47"
+    )
+    assert (
+        idempotency_key(incident_id="abc", transition="resolve", seq=3) == "059b4439776da76a80e649948170ae3d"
+    )
