@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka.admin import AIOKafkaAdminClient
 
 from processors.rules import DEFAULT_RULES_FILE, load_rules
 from processors.thresholds import ReadingColumns, compile_rules, evaluate
 from thermoflow import kafka
 from thermoflow.events import Reading, encode
+from thermoflow.observe import committed
 from thermoflow.settings import ThermoflowSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,16 +113,6 @@ async def prefill(settings: ThermoflowSettings, topic: str, batch: list[Reading]
     finally:
         await producer.stop()
     return time.perf_counter() - started
-
-
-async def committed(settings: ThermoflowSettings, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(**settings.kafka_options())
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
 def first_batch_at(log_path: Path) -> float | None:

@@ -75,3 +75,14 @@ async def kafka_observer(settings: ThermoflowSettings) -> AsyncIterator[KafkaObs
         yield observer
     finally:
         await observer.close()
+
+
+async def committed(settings: ThermoflowSettings, group: str, topic: str | None = None) -> int:
+    """The offsets ``group`` has committed, summed over its partitions (of ``topic`` when given)."""
+    admin = AIOKafkaAdminClient(**settings.kafka_options())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if topic in (None, tp.topic) and meta.offset > 0)

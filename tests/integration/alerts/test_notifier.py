@@ -14,7 +14,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from alerts.channels import verify
 from alerts.notifier import Notifier
@@ -25,6 +24,7 @@ from tests.integration.alerts.helpers import eventually, produce, running
 from tests.integration.alerts.servers import MailSink, WebhookReceiver, self_signed_cert
 from thermoflow import kafka
 from thermoflow.events import parse_dead_letter_headers
+from thermoflow.observe import committed
 from thermoflow.settings import ThermoflowSettings
 
 SECRET = "webhook-shared-secret"
@@ -199,16 +199,6 @@ async def _dead_letters(settings: ThermoflowSettings, topic: str, count: int) ->
     return records
 
 
-async def _committed(settings: ThermoflowSettings, group: str) -> int:
-    admin = AIOKafkaAdminClient(**settings.kafka_options())
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for meta in offsets.values())
-
-
 async def test_a_killed_and_restarted_notifier_does_not_repeat_what_it_sent(
     settings: ThermoflowSettings, new_topic: Callable[..., str], webhook: WebhookReceiver
 ) -> None:
@@ -236,13 +226,13 @@ async def test_a_killed_and_restarted_notifier_does_not_repeat_what_it_sent(
     try:
         await produce(settings, topic, fires)
         await _until(lambda: len(webhook.requests) == 20, "20 fires")
-        committed = 0
+        done = 0
         for _ in range(600):
-            committed = await _committed(settings, group)
-            if committed == 20:
+            done = await committed(settings, group)
+            if done == 20:
                 break
             await asyncio.sleep(0.1)
-        assert committed == 20
+        assert done == 20
     finally:
         first.send_signal(signal.SIGKILL)
         await first.wait()
