@@ -62,7 +62,12 @@ def _notifier_settings(settings: ThermoflowSettings, topic: str, **overrides: An
     )
 
 
-def _routes(tmp_path: Path, webhook: WebhookReceiver, mail_port: int, cert: Path) -> Path:
+@pytest.fixture
+def routes(tmp_path: Path, webhook: WebhookReceiver, mail: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A routes file: a log, the webhook, Slack (on the same receiver) and email; secrets in the env."""
+    sink, cert = mail
+    monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "smtp-pass")
     path = tmp_path / "routes.yaml"
     path.write_text(
         f"""
@@ -73,7 +78,7 @@ channels:
   oncall:
     type: email
     host: 127.0.0.1
-    port: {mail_port}
+    port: {sink.port}
     starttls: true
     ca_file: "{cert}"
     username: alerts
@@ -98,14 +103,12 @@ async def test_channels_deliver_signed_webhooks_and_starttls_email(
     new_topic: Callable[..., str],
     webhook: WebhookReceiver,
     mail: Any,
+    routes: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sink, cert = mail
-    monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "smtp-pass")
+    sink, _ = mail
     topic = new_topic("alerts")
-    config = _notifier_settings(settings, topic, notify_routes=_routes(tmp_path, webhook, sink.port, cert))
+    config = _notifier_settings(settings, topic, notify_routes=routes)
     now = time.time()
     async with running(Notifier(config).run):
         await produce(settings, topic, [
@@ -146,15 +149,13 @@ async def test_a_down_webhook_opens_its_breaker_while_the_others_deliver_and_not
     new_topic: Callable[..., str],
     webhook: WebhookReceiver,
     mail: Any,
+    routes: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sink, cert = mail
-    monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
-    monkeypatch.setenv("TEST_SMTP_PASSWORD", "smtp-pass")
+    sink, _ = mail
     topic = new_topic("alerts")
     config = _notifier_settings(
-        settings, topic, notify_routes=_routes(tmp_path, webhook, sink.port, cert),
+        settings, topic, notify_routes=routes,
         notify_retries=3, notify_backoff=0.05, notify_backoff_max=0.2, breaker_failures=4, breaker_reset=1.0,
     )  # fmt: skip
     webhook.status = 503
