@@ -25,6 +25,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
+from thermoflow.mqtt import MalformedPacketError, read_remaining_length
+
 #: ``(topic, payload, packet id, QoS)`` of one received PUBLISH; the packet id is 0 for QoS 0.
 PublishHandler = Callable[[str, bytes, int, int], None]
 
@@ -33,31 +35,6 @@ _PUBLISH: Final = 0x30
 _PUBACK: Final = 0x40
 _QOS2: Final = 0x04
 _OK: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
-
-
-class MalformedPacketError(ValueError):
-    """A packet that breaks the MQTT framing rules; the connection is dropped."""
-
-
-def remaining_length(buf: bytes, pos: int, end: int) -> tuple[int, int] | None:
-    """The variable byte integer at ``pos``: (value, position after it), or None if cut off.
-
-    >>> remaining_length(bytes([0x7F]), 0, 1), remaining_length(bytes([0x80, 0x01]), 0, 2)
-    ((127, 1), (128, 2))
-    >>> remaining_length(bytes([0x80]), 0, 1) is None
-    True
-    """
-    value = shift = 0
-    while pos < end:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 21:
-            raise MalformedPacketError("variable byte integer longer than 4 bytes")
-    return None
 
 
 def parse_publish(header: int, buf: bytes, start: int, end: int, *, mqtt5: bool) -> tuple[bytes, bytes, int]:
@@ -78,7 +55,7 @@ def parse_publish(header: int, buf: bytes, start: int, end: int, *, mqtt5: bool)
         mid = buf[pos] << 8 | buf[pos + 1]
         pos += 2
     if mqtt5:
-        properties = remaining_length(buf, pos, end)
+        properties = read_remaining_length(buf, pos, end)
         if properties is None:
             raise MalformedPacketError("PUBLISH cut off before its properties")
         pos = properties[1] + properties[0]
@@ -128,7 +105,7 @@ class BulkReadClient(paho.Client):
         on_publish = self.on_publish_packet
         while end - pos >= 2:
             header = buf[pos]
-            length = remaining_length(buf, pos + 1, end)
+            length = read_remaining_length(buf, pos + 1, end)
             if length is None or length[1] + length[0] > end:
                 break  # the rest of this packet comes with the next read
             start, stop = length[1], length[1] + length[0]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from thermoflow.mqtt import MalformedPacketError, read_remaining_length
+
 CONNECT: Final = 0x10
 CONNACK: Final = 0x20
 PUBLISH: Final = 0x30
@@ -120,26 +122,16 @@ def parse_packets(buffer: bytearray) -> tuple[list[tuple[int, bytes]], int]:
     packets: list[tuple[int, bytes]] = []
     pos = 0
     size = len(buffer)
-    while pos + 2 <= size:
-        first = buffer[pos]
-        length = 0
-        multiplier = 1
-        i = pos + 1
-        while True:
-            if i >= size:
-                return packets, pos
-            digit = buffer[i]
-            length += (digit & 0x7F) * multiplier
-            i += 1
-            if not digit & 0x80:
-                break
-            multiplier *= 128
-            if multiplier > 128**3:
-                raise ProtocolError("malformed remaining length")
-        if i + length > size:
+    while size - pos >= 2:
+        try:
+            length = read_remaining_length(buffer, pos + 1, size)
+        except MalformedPacketError as exc:
+            raise ProtocolError(f"malformed remaining length: {exc}") from None
+        if length is None or length[1] + length[0] > size:
             break
-        packets.append((first, bytes(buffer[i : i + length])))
-        pos = i + length
+        start, stop = length[1], length[1] + length[0]
+        packets.append((buffer[pos], bytes(buffer[start:stop])))
+        pos = stop
     return packets, pos
 
 

@@ -1,4 +1,4 @@
-"""MQTT connection helpers on paho-mqtt 2.x: a client configured from the shared settings."""
+"""MQTT helpers: a paho-mqtt 2.x client configured from the shared settings, and packet framing."""
 
 from __future__ import annotations
 
@@ -41,3 +41,30 @@ def client(
     if context is not None:
         mqtt.tls_set_context(context)
     return mqtt
+
+
+class MalformedPacketError(ValueError):
+    """A packet that breaks the MQTT framing rules; the connection is dropped."""
+
+
+def read_remaining_length(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
+    """The variable byte integer (a remaining length) at ``pos``: (value, position after it).
+
+    None when ``end`` cuts it off. The bridge's reader and the simulator's client both frame with it.
+
+    >>> read_remaining_length(bytes([0x7F]), 0, 1), read_remaining_length(bytes([0x80, 0x01]), 0, 2)
+    ((127, 1), (128, 2))
+    >>> read_remaining_length(bytes([0x80]), 0, 1) is None
+    True
+    """
+    value = shift = 0
+    while pos < end:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 21:
+            raise MalformedPacketError("variable byte integer longer than 4 bytes")
+    return None

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from ingest.mqtt_reader import BulkReadClient, MalformedPacketError, parse_publish
+from ingest.mqtt_reader import BulkReadClient, parse_publish
 from simulator.packets import remaining_length, utf8_field
+from thermoflow.mqtt import MalformedPacketError
 
 Message = tuple[str, bytes, int, int]
 
