@@ -61,6 +61,13 @@ class ThermoflowSettings(BaseSettings):
         description="seconds a consumer's fetch may wait for kafka_fetch_min_bytes: fewer, larger batches",
     )
 
+    stall_timeout: float = Field(
+        120.0,
+        ge=0,
+        description="seconds a component may hold waiting input without progress before it exits"
+        " (code 3) to be restarted; 0 disables",
+    )
+
     readings_topic: str = Field(topics.READINGS, min_length=1, description="Kafka topic of readings")
     alerts_topic: str = Field(topics.ALERTS, min_length=1, description="Kafka topic of alert events")
     deadletter_topic: str = Field(topics.DEADLETTER, min_length=1, description="Kafka dead-letter topic")
