@@ -1,13 +1,14 @@
 # One image for every thermoflow component: `docker run thermoflow <command>`.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY thermoflow thermoflow
 COPY ingest ingest
 COPY processors processors
 COPY alerts alerts
 COPY simulator simulator
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The dependencies at the versions CI tested (the lock as constraints: no dev tools in the image).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint requirements.lock .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /app --create-home thermoflow

@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` (the main job) and `make test` (every check).
-.PHONY: setup demo test lint unit integration e2e down
+.PHONY: setup demo test lint unit integration e2e down lock
 
 VENV := .venv/bin
 
@@ -28,3 +28,9 @@ e2e: setup
 
 down:
 	$(VENV)/thermoflow stack down
+
+# Pin every dependency (and the dev tools) for Python 3.11 on Linux; setup and CI install from it.
+lock:
+	$(VENV)/pip install -q uv
+	$(VENV)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--no-header --annotation-style line -o requirements.lock

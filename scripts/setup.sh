@@ -26,9 +26,12 @@ fi
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: thermoflow needs Python 3.11+, $PYTHON is $("$PYTHON" --version)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+# The exact set CI tested: every dependency pinned in requirements.lock (`make lock` renews it
+# from pyproject.toml), then thermoflow itself without resolving anything again.
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] || [ requirements.lock -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[dev]"
+  .venv/bin/pip install -q -r requirements.lock
+  .venv/bin/pip install -q --no-deps -e .
   touch .venv/.installed
 fi
 .venv/bin/thermoflow stack fetch
