@@ -29,7 +29,8 @@ def _locked() -> dict[str, str]:
 
 def _declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(text) for text in [*project["dependencies"], *project["optional-dependencies"]["dev"]]]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    return [Requirement(text) for text in declared]
 
 
 def test_every_declared_dependency_is_pinned_within_its_bounds() -> None:
@@ -48,4 +49,4 @@ def test_the_environment_is_the_locked_set() -> None:
         for name, version in _locked().items()
         if metadata.version(name) != version
     }
-    assert not mismatched, f"installed versions differ from requirements.lock (pinned, installed): {mismatched}"
+    assert not mismatched, f"installed differs from requirements.lock (pinned, installed): {mismatched}"
