@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -24,6 +25,7 @@ from tests.integration.ingest.helpers import (
     produce_readings,
     wait_for,
 )
+from thermoflow import db
 from thermoflow.events import Reading, parse_dead_letter_headers
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
@@ -166,3 +168,93 @@ def _table_exists(settings: ThermoflowSettings) -> bool:
     with psycopg.connect(settings.database_dsn) as conn:
         row = conn.execute("SELECT to_regclass(%s)", (f"{settings.database_schema}.readings",)).fetchone()
         return row is not None and row[0] is not None
+
+
+# Records no bridge should let through, produced straight onto the readings topic: the sink
+# defends itself. Before, each of these stalled it (retried forever) or crash-looped it.
+UNSTORABLE = {
+    b'{"device_id":"freezer-x","value":1.5,"ts":1e19,"received_at":1764000000.0}': "`ts`",
+    b'{"device_id":"freezer\\u0000x","value":1.5,"ts":1764000000.0,"received_at":1764000000.0}': (
+        "`device_id`"
+    ),
+    b'{"device_id":"freezer-x","value":1.5,"ts":1764000000.0,"seq":9223372036854775808,'
+    b'"received_at":1764000000.0}': "`seq`",
+}
+
+
+async def _dead_letters(endpoints: Endpoints, topic: str, count: int) -> dict[bytes, tuple[str, str, str]]:
+    """``count`` dead letters: original bytes -> (error, stage, source)."""
+    async with KafkaReader(endpoints.kafka_bootstrap, topic) as kafka:
+        await kafka.until_count(topic, count, timeout=60)
+        await kafka.settle(1.0)
+    letters = {}
+    for record in kafka.records[topic]:
+        reason = parse_dead_letter_headers(record.headers)
+        letters[record.value] = (reason.error, reason.stage, reason.source)
+    assert len(kafka.records[topic]) == count, letters
+    return letters
+
+
+async def test_unstorable_readings_become_dead_letters_and_every_other_reading_is_stored(
+    endpoints: Endpoints, settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    config = sink_settings(settings, new_topic)
+    readings = fleet_readings(3000, devices=100)
+    await produce_readings(config, config.readings_topic, readings[:1500])
+    await produce_raw(config, config.readings_topic, list(UNSTORABLE))
+    await produce_readings(config, config.readings_topic, readings[1500:])
+    total = len(readings) + len(UNSTORABLE)
+    metrics = Metrics("sink")
+    stop = asyncio.Event()
+    sink = asyncio.create_task(run_sink(config, stop=stop, metrics=metrics))
+    try:
+        await wait_for(lambda: metrics.counter("consumed") >= total, timeout=90, what="every record")
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink, 60)
+    assert count_rows(config) == len(readings)
+    assert metrics.counter("write_failures") == 0  # nothing was retried: the bad ones never got written
+    done, end = await committed(config, config.readings_topic, PARTITIONS)
+    assert done == end == total
+    letters = await _dead_letters(endpoints, config.deadletter_topic, len(UNSTORABLE))
+    for value, field in UNSTORABLE.items():
+        error, stage, source = letters[value]
+        assert field in error and stage == "ingest", error
+        assert source.startswith(f"{config.readings_topic}/")
+
+
+async def test_rows_the_database_refuses_are_set_apart_and_the_rest_of_their_batch_is_stored(
+    endpoints: Endpoints, settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    """A refusal no check before the write foresaw (here an operator's CHECK constraint): the batch
+    is split until the refused rows stand alone; they are dead-lettered, the rest is written."""
+    config = sink_settings(settings, new_topic)
+    await asyncio.to_thread(db.migrate, config)
+    with psycopg.connect(config.database_dsn, autocommit=True) as conn:
+        check = sql.SQL("ALTER TABLE {} ADD CONSTRAINT plausible CHECK (value < 100)")
+        conn.execute(check.format(table(config)))
+    readings = fleet_readings(2000, devices=100)
+    hot = {17, 1234, 1235, 1999}
+    readings = [
+        msgspec.structs.replace(reading, value=500.0 + i) if i in hot else reading
+        for i, reading in enumerate(readings)
+    ]
+    await produce_readings(config, config.readings_topic, readings)
+    metrics = Metrics("sink")
+    stop = asyncio.Event()
+    sink = asyncio.create_task(run_sink(config, stop=stop, metrics=metrics))
+    try:
+        await wait_for(lambda: metrics.counter("consumed") >= len(readings), timeout=90, what="every record")
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink, 60)
+    assert count_rows(config) == len(readings) - len(hot)
+    assert metrics.counter("rows_inserted") == len(readings) - len(hot)
+    done, end = await committed(config, config.readings_topic, PARTITIONS)
+    assert done == end == len(readings)
+    letters = await _dead_letters(endpoints, config.deadletter_topic, len(hot))
+    assert {msgspec.json.decode(value)["seq"] for value in letters} == hot
+    for error, stage, source in letters.values():
+        assert "plausible" in error and stage == "ingest", error
+        topic, partition, offset = source.rsplit("/", 2)
+        assert topic == config.readings_topic and partition.isdigit() and offset.isdigit()
