@@ -4,6 +4,7 @@ SIGKILL and a failing database."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,3 +259,45 @@ async def test_rows_the_database_refuses_are_set_apart_and_the_rest_of_their_bat
         assert "plausible" in error and stage == "ingest", error
         topic, partition, offset = source.rsplit("/", 2)
         assert topic == config.readings_topic and partition.isdigit() and offset.isdigit()
+
+
+async def test_sigkill_under_load_the_restarted_static_member_resumes_and_stores_each_reading_once(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Readings keep arriving while the sink is killed and restarted as the same static member
+    (``THERMOFLOW_INSTANCE``, as `thermoflow run` sets it): every reading stored, none twice."""
+    config = sink_settings(settings, new_topic, sink_batch=500, instance=0)
+    readings = fleet_readings(20_000, devices=500)
+    sink = Component("sink", config, tmp_path)
+
+    async def feed() -> None:  # ~5,000 readings/s for 4 s
+        for start in range(0, len(readings), 1000):
+            await produce_readings(config, config.readings_topic, readings[start : start + 1000])
+            await asyncio.sleep(0.2)
+
+    sink.start()
+    feeding = asyncio.create_task(feed())
+    try:
+        await wait_for(lambda: count_rows(config) >= 3000, timeout=90, what="3000 rows", every=0.01)
+        sink.kill()
+        at_kill = count_rows(config)
+        assert not feeding.done(), "the kill must come while readings arrive"
+        sink.start()
+        restarted = time.monotonic()
+        await wait_for(
+            lambda: count_rows(config) > at_kill, timeout=60, what="rows after the restart", every=0.02
+        )
+        print(f"sink stored again {time.monotonic() - restarted:.2f} s after its restart")  # the figure
+        await feeding
+        await wait_for(lambda: count_rows(config) >= len(readings), timeout=90, what="every reading stored")
+        assert sink.terminate() == 0, sink.log()
+    finally:
+        feeding.cancel()
+        sink.close()
+    with psycopg.connect(config.database_dsn) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*), count(DISTINCT seq) FROM {}").format(table(config))
+        ).fetchone()
+    assert row == (len(readings), len(readings))
+    done, end = await committed(config, config.readings_topic, PARTITIONS)
+    assert done == end == len(readings)
