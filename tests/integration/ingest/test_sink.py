@@ -30,6 +30,7 @@ from thermoflow import db
 from thermoflow.events import Reading, parse_dead_letter_headers
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.watchdog import EXIT_STALLED
 
 T0 = 1_764_000_000.0
 PARTITIONS = 4
@@ -188,7 +189,7 @@ async def _dead_letters(endpoints: Endpoints, topic: str, count: int) -> dict[by
     async with KafkaReader(endpoints.kafka_bootstrap, topic) as kafka:
         await kafka.until_count(topic, count, timeout=60)
         await kafka.settle(1.0)
-    letters = {}
+    letters: dict[bytes, tuple[str, str, str]] = {}
     for record in kafka.records[topic]:
         reason = parse_dead_letter_headers(record.headers)
         letters[record.value] = (reason.error, reason.stage, reason.source)
@@ -301,3 +302,30 @@ async def test_sigkill_under_load_the_restarted_static_member_resumes_and_stores
     assert row == (len(readings), len(readings))
     done, end = await committed(config, config.readings_topic, PARTITIONS)
     assert done == end == len(readings)
+
+
+async def test_a_sink_whose_writes_hang_exits_as_stalled_and_its_restart_stores_everything(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A write that neither fails nor finishes (a lock held elsewhere) is no outage the sink can
+    see: its watchdog ends it with exit code 3, for `thermoflow run` to restart it."""
+    config = sink_settings(settings, new_topic, stall_timeout=2.0)
+    await asyncio.to_thread(db.migrate, config)
+    sink = Component("sink", config, tmp_path)
+    locker = psycopg.connect(config.database_dsn)
+    try:
+        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table(config)))
+        sink.start()
+        await produce_readings(config, config.readings_topic, fleet_readings(1000, devices=50))
+        assert sink.process is not None
+        code = await asyncio.to_thread(sink.process.wait, 60)
+        assert code == EXIT_STALLED, sink.log()
+        assert '"component_stalled"' in sink.log()
+        locker.rollback()  # the lock goes
+        sink.start()
+        await wait_for(lambda: count_rows(config) >= 1000, timeout=60, what="the rows after the restart")
+        assert sink.terminate() == 0, sink.log()
+    finally:
+        locker.close()
+        sink.close()
+    assert count_rows(config) == 1000
