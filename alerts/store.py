@@ -4,8 +4,11 @@ Per batch, in one transaction: COPY the events into a temporary table, insert th
 stored yet (``ON CONFLICT DO NOTHING RETURNING``), fold only those into the open incidents
 (:func:`alerts.lifecycle.fold_breaches`, pure) and upsert the incidents that changed. The
 batch's offsets are committed after the transaction: a crash replays the batch, and the replay
-inserts nothing and counts nothing. A database error keeps the batch, reconnects with backoff
-and tries again: consumption pauses and resumes without loss.
+inserts nothing and counts nothing. A database outage keeps the batch, reconnects with backoff
+and tries again (forever): consumption pauses and resumes without loss. An event the database
+can never take (a time beyond year 9999, a NUL in an id) is dead-lettered, found before the
+write (:func:`unstorable`) or isolated by splitting the batch when the database refuses it
+(:func:`thermoflow.db.write_isolating`); the rest of the batch is stored and committed.
 
 Resolution: a periodic sweep resolves open incidents whose last breach (event time) is
 ``resolve_after`` older than the processing clock; it runs only while the consumer is caught
@@ -17,21 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
-from aiokafka.errors import CommitFailedError
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 
-from alerts.kafka_io import KafkaDeadLetters, caught_up, decode_batch
+from alerts.kafka_io import DecodedBatch, KafkaDeadLetters, caught_up, decode_batch
 from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
 from alerts.settings import AlertsSettings
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent
+from thermoflow.events import AlertEvent, EventDecodeError, decode_alert, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
+from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -100,6 +105,26 @@ def _text(value: str) -> str:
 def _copy_text(rows: Iterable[tuple[str, ...]]) -> bytes:
     """Rows of already-formatted fields as one COPY text-format payload (faster than write_row)."""
     return "".join("\t".join(row) + "\n" for row in rows).encode()
+
+
+def unstorable(alert: AlertEvent) -> str | None:
+    """Why ``alert_events`` cannot take ``alert`` (naming the field), or None if it can.
+
+    >>> from thermoflow.events import new_alert
+    >>> unstorable(new_alert(device_id="f-1", metric="temperature", rule_id="r", severity="critical",
+    ...     condition="above", threshold=-10.0, value=-4.0, reading_ts=1e19, detected_at=1.0))
+    'unstorable alert event: `reading_ts` 1e+19 is outside the storable time range (years 1 to 9999)'
+    """
+    reason = (
+        db.unstorable_epoch("reading_ts", alert.reading_ts)
+        or db.unstorable_epoch("detected_at", alert.detected_at)
+        or next(filter(None, (db.unstorable_text(name, getattr(alert, name)) for name in _TEXT_FIELDS)), None)
+    )
+    return f"unstorable alert event: {reason}" if reason else None
+
+
+_TEXT_FIELDS = ("alert_id", "device_id", "metric", "rule_id")
+Fetched = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
 
 @dataclass(frozen=True)
@@ -186,27 +211,100 @@ class AlertStore:
         self.metrics = metrics or Metrics("alerts.store")
         self.policy = Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.watchdog = Watchdog(component="alerts.store", stall_after=settings.stall_timeout)
 
     async def _with_db(
         self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], stop: asyncio.Event
     ) -> T | None:
-        """Run ``work`` on a healthy connection, reconnecting with backoff; None if stopped first."""
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = await db.connect_async(self.settings)
-                    await prepare(self._conn)
-                return await work(self._conn)
-            except (psycopg.OperationalError, psycopg.errors.IntegrityError) as exc:
-                # Outage or a race with another store instance: retry the same batch.
-                log.warning("database_unavailable", error=str(exc).strip(), retry_in=delay)
-                self.metrics.count("database_errors")
+        """Run ``work`` on a healthy connection, reconnecting with backoff; None if stopped first.
+
+        Transient errors (an outage) are retried forever, a unique-key race with another store
+        instance a few times (:func:`thermoflow.db.retry_transient`); a data error is raised.
+        """
+        try:
+            return await db.retry_transient(
+                partial(self._on_db, work), stop=stop, on_retry=self._database_failed
+            )
+        except db.Stopped:
+            return None
+
+    async def _on_db(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """One try of ``work``; the connection is dropped after any error but a data error."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await db.connect_async(self.settings)
+                await prepare(self._conn)
+            return await work(self._conn)
+        except Exception as exc:
+            if db.classify(exc) is not db.Fault.DATA:  # a data error rolled back; the connection is fine
                 await self._close_db()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 5.0)
-        return None
+            raise
+
+    def _database_failed(self, exc: BaseException, delay: float) -> None:
+        log.warning("database_unavailable", error=" ".join(str(exc).split()), retry_in=round(delay, 1))
+        self.metrics.count("database_errors")
+        self.watchdog.retrying("database unavailable")
+
+    async def _store(
+        self, batch: Fetched, decoded: DecodedBatch, dead_letters: KafkaDeadLetters, stop: asyncio.Event
+    ) -> bool:
+        """Store the batch's events; dead-letter those the database cannot take. False if stopped first."""
+        results: list[BatchResult] = []
+
+        async def write(part: Sequence[AlertEvent]) -> int:
+            result = await self._on_db(partial(store_batch, alerts=part, policy=self.policy))
+            results.append(result)
+            return result.inserted
+
+        storable: list[tuple[int, AlertEvent]] = []
+        bad: list[tuple[int, AlertEvent, str]] = []
+        for partition, alert in decoded.alerts:
+            reason = unstorable(alert)
+            if reason is None:
+                storable.append((partition, alert))
+            else:
+                bad.append((partition, alert, reason))
+        try:
+            _, refused = await db.write_isolating(
+                [alert for _, alert in storable],
+                write=write,
+                retry=lambda attempt: db.retry_transient(attempt, stop=stop, on_retry=self._database_failed),
+            )
+            bad += [(*storable[index], reason) for index, reason in refused]
+            if bad:
+                await db.retry_transient(
+                    partial(self._dead_letter, batch, bad, dead_letters),
+                    stop=stop,
+                    on_retry=self._dead_letter_failed,
+                    transient=lambda exc: isinstance(exc, KafkaError),
+                )
+        except db.Stopped:
+            return False  # the batch is not committed: it replays
+        self.metrics.count("alerts_inserted", sum(r.inserted for r in results))
+        self.metrics.count("alerts_duplicate", sum(r.duplicates for r in results))
+        self.metrics.count("alerts_refused", len(bad))
+        return True
+
+    async def _dead_letter(
+        self, batch: Fetched, bad: list[tuple[int, AlertEvent, str]], dead_letters: KafkaDeadLetters
+    ) -> None:
+        """Each refused event's original record, with the reason and its topic/partition/offset."""
+        for partition, alert, reason in bad:
+            tp = TopicPartition(self.settings.alerts_topic, partition)
+            record = _record_of(alert, batch.get(tp, ()))
+            offset = record.offset if record is not None else -1
+            source = kafka_source(topic=tp.topic, partition=partition, offset=offset)
+            log.warning("alert_refused", source=source, device_id=alert.device_id, error=reason)
+            await dead_letters.send_raw(
+                record.value or b"" if record is not None else b"",
+                key=alert.device_id.encode("utf-8", "replace"),
+                reason=reason,
+                source=source,
+            )
+
+    def _dead_letter_failed(self, exc: BaseException, delay: float) -> None:
+        log.warning("dead_letter_failed", error=repr(exc), retry_in=round(delay, 1))
+        self.watchdog.retrying("dead letter failed")
 
     async def _sweep(self, now: float, stop: asyncio.Event) -> None:
         resolved = await self._with_db(partial(sweep, now=now, policy=self.policy), stop)
@@ -235,34 +333,44 @@ class AlertStore:
                      database=settings.database_url_redacted)  # fmt: skip
             if ready is not None:
                 ready.set()
+            self.watchdog.start()
             next_sweep = 0.0
             while not stop.is_set():
                 batch = await consumer.getmany(
                     timeout_ms=int(settings.store_batch_wait * 1000), max_records=settings.store_batch_size
                 )
+                self.watchdog.waiting(sum(len(records) for records in batch.values()))
                 decoded = await decode_batch(batch, dead_letters)
-                if decoded.alerts:
-                    alerts = [alert for _, alert in decoded.alerts]
-                    result = await self._with_db(
-                        partial(store_batch, alerts=alerts, policy=self.policy), stop
-                    )
-                    if result is None:
-                        break  # stopped during an outage: the batch is not committed, it will replay
-                    self.metrics.count("alerts_inserted", result.inserted)
-                    self.metrics.count("alerts_duplicate", result.duplicates)
+                if decoded.alerts and not await self._store(batch, decoded, dead_letters, stop):
+                    break  # stopped during an outage: the batch is not committed, it will replay
                 if decoded.offsets:
                     try:
                         await consumer.commit(decoded.offsets)
+                        self.watchdog.progress()
                     except CommitFailedError as exc:
                         # A rebalance (e.g. after a long database outage) took the partitions: the
                         # batch is stored, its redelivery elsewhere inserts nothing twice.
                         log.warning("commit_failed", error=str(exc))
+                        self.watchdog.retrying("offset commit failed")
+                self.watchdog.waiting(0)
                 now = self.clock()
                 if now >= next_sweep and await caught_up(consumer):
                     await self._sweep(now, stop)
                     next_sweep = now + settings.sweep_interval
         finally:
+            self.watchdog.stop()
             await consumer.stop()
             await producer.stop()
             await self._close_db()
             log.info("store_stopped", **self.metrics.snapshot()["counters"])
+
+
+def _record_of(
+    alert: AlertEvent, records: Sequence[ConsumerRecord[bytes, bytes]]
+) -> ConsumerRecord[bytes, bytes] | None:
+    """The fetched record ``alert`` was decoded from (rare path: only for a refused event)."""
+    for record in records:
+        with contextlib.suppress(EventDecodeError):
+            if decode_alert(record.value or b"") == alert:
+                return record
+    return None

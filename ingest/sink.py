@@ -7,15 +7,20 @@ The database work runs on a worker thread with a synchronous connection: binary 
 ``write_row`` is then a plain C-accelerated call per row, and the event loop meanwhile fetches
 and decodes the next batch (one batch ahead at most, so an outage holds back one batch).
 A database outage pauses consumption: the same batch is retried with backoff until it lands.
+A row the database refuses for its data (a value out of range) is isolated by splitting the
+batch (:func:`thermoflow.db.write_isolating`), dead-lettered with the database's reason, and the
+rest is written and committed; rows that can be seen to be unstorable never get that far
+(:func:`ingest.rows.rows_from_values`). A :class:`~thermoflow.watchdog.Watchdog` ends the process
+when fetched records wait without a commit for ``stall_timeout`` and no retry explains it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import psycopg
@@ -29,11 +34,9 @@ from thermoflow import db, kafka
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
+from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
-
-_BACKOFF_FIRST: Final = 0.5
-_BACKOFF_MAX: Final = 30.0
 
 _CREATE_STAGE: Final = sql.SQL(
     "CREATE TEMPORARY TABLE IF NOT EXISTS readings_stage ("
@@ -53,10 +56,6 @@ _INSERT: Final = sql.SQL(
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2))
-
-
 class ReadingsWriter:
     """Writes row batches idempotently; a synchronous connection, used from one worker thread."""
 
@@ -64,8 +63,12 @@ class ReadingsWriter:
         self.settings = settings
         self._conn: psycopg.Connection[Any] | None = None
 
-    def write(self, rows: list[Row]) -> int:
-        """COPY ``rows`` in and keep the new ones; returns how many rows were new. Raises psycopg.Error."""
+    def write(self, rows: Sequence[Row]) -> int:
+        """COPY ``rows`` in and keep the new ones; returns how many rows were new.
+
+        Raises psycopg.Error, or the ``OverflowError``/``ValueError`` of a value psycopg cannot
+        encode (see :func:`thermoflow.db.classify`).
+        """
         conn = self._connection()
         try:
             with conn.cursor() as cur:
@@ -77,9 +80,19 @@ class ReadingsWriter:
                 inserted = cur.rowcount
             conn.commit()
             return inserted
-        except psycopg.Error:
-            self.close()
+        except Exception as exc:
+            self._recover(exc)
             raise
+
+    def _recover(self, exc: Exception) -> None:
+        """After a data error the connection is fine (roll back, keep it); after anything else, drop it."""
+        if db.classify(exc) is db.Fault.DATA and self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()
+                return
+            except psycopg.Error:
+                pass
+        self.close()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -104,6 +117,8 @@ class ReadingsSink:
         self.metrics = metrics or Metrics("sink")
         self._writers = [ReadingsWriter(settings) for _ in range(settings.sink_writers)]
         self._free: list[ReadingsWriter] = list(self._writers)
+        self.watchdog = Watchdog(component="sink", stall_after=settings.stall_timeout)
+        self._uncommitted = 0  # records fetched and not yet committed: the watchdog's "waiting"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Migrate the schema, then consume, write and commit batch after batch until ``stop``."""
@@ -120,8 +135,10 @@ class ReadingsSink:
             await consumer.start()
             await producer.start()
             log.info("sink_started", topic=self.settings.readings_topic, group=self.settings.sink_group)
+            self.watchdog.start()
             await self._consume(consumer, producer, stop)
         finally:
+            self.watchdog.stop()
             await consumer.stop()
             await producer.stop()
             for writer in self._writers:
@@ -142,6 +159,8 @@ class ReadingsSink:
                 )
             records = [record for batch in fetched.values() for record in batch]
             if records:
+                self._uncommitted += len(records)
+                self.watchdog.waiting(self._uncommitted)
                 decoded = rows_from_values([record.value for record in records])
                 if len(writing) >= len(self._writers) and not await self._finish_oldest(consumer, writing):
                     return
@@ -176,44 +195,49 @@ class ReadingsSink:
         producer: AIOKafkaProducer,
         stop: asyncio.Event,
     ) -> bool:
-        """Write the batch (retrying through a database outage) and dead-letter what is no reading."""
+        """Write the batch and dead-letter what is no reading or was refused; False if stopped first.
+
+        A database outage is retried until it ends; a row the database refuses is set apart.
+        """
         started = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                writer = self._free.pop()
-                try:
-                    inserted = await asyncio.to_thread(writer.write, batch.rows)
-                finally:
-                    self._free.append(writer)
-                break
-            except psycopg.Error as exc:
-                if stop.is_set():
-                    return False
-                delay = _backoff(attempt)
-                attempt += 1
-                self.metrics.count("write_failures")
-                log.warning("database_write_failed", rows=len(batch.rows), error=str(exc).strip(),
-                            retry_in=round(delay, 1))  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-        attempt = 0
-        while batch.errors:
-            try:
-                await self._dead_letter(records, batch.errors, producer)
-                break
-            except KafkaError as exc:  # the rows are in; the batch is committed once its letters are too
-                if stop.is_set():
-                    return False
-                log.warning("dead_letter_failed", error=repr(exc), attempt=attempt)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), _backoff(attempt))
-                attempt += 1
+        try:
+            inserted, refused = await db.write_isolating(
+                batch.rows, write=self._write, retry=lambda attempt: self._retry(attempt, stop)
+            )
+            errors = batch.errors + [(batch.sources[position], reason) for position, reason in refused]
+            if errors:  # the rows are in; the batch is committed once its letters are too
+                await db.retry_transient(
+                    lambda: self._dead_letter(records, errors, producer),
+                    stop=stop,
+                    on_retry=self._dead_letter_failed,
+                    transient=lambda exc: isinstance(exc, KafkaError),
+                )
+        except db.Stopped:
+            return False  # this batch and the later ones come again, uncommitted
         self.metrics.count("consumed", len(records))
         self.metrics.count("rows_inserted", inserted)
-        self.metrics.count("rows_duplicate", len(batch.rows) - inserted)
+        self.metrics.count("rows_duplicate", len(batch.rows) - len(refused) - inserted)
         self.metrics.observe("batch_write", time.monotonic() - started)
         return True
+
+    async def _write(self, rows: Sequence[Row]) -> int:
+        writer = self._free.pop()  # one per batch being stored: never empty
+        try:
+            return await asyncio.to_thread(writer.write, rows)
+        finally:
+            self._free.append(writer)
+
+    async def _retry(self, attempt: Callable[[], Awaitable[int]], stop: asyncio.Event) -> int:
+        return await db.retry_transient(attempt, stop=stop, on_retry=self._write_failed)
+
+    def _write_failed(self, exc: BaseException, delay: float) -> None:
+        self.metrics.count("write_failures")
+        self.watchdog.retrying("database write failed")
+        log.warning("database_write_failed", error=" ".join(str(exc).split()), retry_in=round(delay, 1))
+
+    def _dead_letter_failed(self, exc: BaseException, delay: float) -> None:
+        self.watchdog.retrying("dead letter failed")
+        log.warning("dead_letter_failed", error=repr(exc), retry_in=round(delay, 1))
 
     async def _dead_letter(
         self,
@@ -238,13 +262,18 @@ class ReadingsSink:
 
     async def _commit(self, consumer: AIOKafkaConsumer, fetched: Fetched) -> None:
         offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
+        self._uncommitted -= sum(len(batch) for batch in fetched.values())
         try:
             await consumer.commit(offsets)
+            self.watchdog.progress()
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance took the partitions away: their new owner replays them, idempotently.
             log.warning("offset_commit_failed", error=str(exc))
+            self.watchdog.retrying("offset commit failed")
         except KafkaError as exc:
             log.warning("offset_commit_failed", error=str(exc))
+            self.watchdog.retrying("offset commit failed")
+        self.watchdog.waiting(self._uncommitted)
 
     def _log_metrics(self, event: str) -> None:
         snapshot = self.metrics.snapshot()

@@ -4,18 +4,26 @@ Migrations are plain SQL files in ``thermoflow/migrations/``, applied in name or
 its own transaction, and recorded in ``schema_migrations``; an advisory lock lets several
 processes start at once. A migration that wants TimescaleDB checks for the extension itself
 (see ``010_readings.sql``), so the same schema runs on plain PostgreSQL.
+
+Writers share one error policy (:func:`classify`, :func:`retry_transient`,
+:func:`write_isolating`): a database that is down or busy is waited for, forever, with
+backoff; rows the database can never take are isolated by splitting the batch, and handed
+back with the reason so the consumer can dead-letter them and commit the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import sql
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_random
 
 from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
@@ -23,6 +31,8 @@ from thermoflow.settings import ThermoflowSettings
 log = get_logger(__name__)
 
 _MIGRATION_LOCK = 0x7468_6572_6D6F  # "thermo": one lock id for every thermoflow process
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,3 +119,206 @@ def timescaledb_available(conn: psycopg.Connection[Any]) -> bool:
     """Whether this server can turn tables into hypertables."""
     row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
     return row is not None
+
+
+# -- what the database can store ------------------------------------------------------------------
+
+#: Epoch seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC. ``to_timestamp`` takes a wider range,
+#: but a row outside this one cannot be read back into a Python ``datetime`` (psycopg refuses it).
+EPOCH_MIN: Final = -62_135_596_800.0
+EPOCH_MAX: Final = 253_402_300_799.0
+_INT8_MIN: Final = -(2**63)
+_INT8_MAX: Final = 2**63 - 1
+
+
+def unstorable_text(field: str, value: str) -> str | None:
+    """Why ``value`` cannot be a text column (PostgreSQL text holds no NUL), or None if it can.
+
+    >>> unstorable_text("device_id", "f\\x00-1")
+    '`device_id` contains a NUL character, which PostgreSQL text cannot hold'
+    """
+    if "\x00" in value:
+        return f"`{field}` contains a NUL character, which PostgreSQL text cannot hold"
+    return None
+
+
+def unstorable_epoch(field: str, value: float) -> str | None:
+    """Why ``value`` (epoch seconds) cannot be a timestamptz column, or None if it can.
+
+    >>> unstorable_epoch("ts", 1e19)
+    '`ts` 1e+19 is outside the storable time range (years 1 to 9999)'
+    """
+    if not EPOCH_MIN <= value <= EPOCH_MAX:  # also NaN
+        return f"`{field}` {value!r} is outside the storable time range (years 1 to 9999)"
+    return None
+
+
+def unstorable_int8(field: str, value: int | None) -> str | None:
+    """Why ``value`` cannot be a bigint column, or None if it can.
+
+    >>> unstorable_int8("seq", 2**63)
+    '`seq` 9223372036854775808 is outside the 64-bit integer range'
+    """
+    if value is not None and not _INT8_MIN <= value <= _INT8_MAX:
+        return f"`{field}` {value} is outside the 64-bit integer range"
+    return None
+
+
+# -- the error policy of every writer -------------------------------------------------------------
+
+
+class Fault(enum.Enum):
+    """What a failed write means for the rows it carried."""
+
+    TRANSIENT = "transient"  # the database is down, restarting or busy: the same write works later
+    CONFLICT = "conflict"  # a race with another writer (a unique key): worth a few more tries
+    DATA = "data"  # some row can never be written: isolate it
+
+
+#: SQLSTATE classes about the data itself: 22 data exception, 23 integrity constraint violation.
+_DATA_CLASSES: Final = ("22", "23")
+_UNIQUE_VIOLATION: Final = "23505"
+#: How often a write that hit a unique-key race is tried before its rows count as bad data.
+CONFLICT_ATTEMPTS: Final = 5
+
+
+def classify(exc: BaseException) -> Fault | None:
+    """The :class:`Fault` a write's exception stands for; None for one that is no database matter (a bug).
+
+    A psycopg error outside the data classes (connection lost, server shutting down, a
+    serialization failure or deadlock, even a missing column while someone migrates) is
+    transient: the rows are fine, and dead-lettering them would lose good readings. A value
+    psycopg cannot encode (an int beyond 64 bits, a lone surrogate) fails in Python before it
+    reaches the server, as ``OverflowError`` or ``ValueError``: that is bad data too.
+
+    >>> classify(psycopg.errors.DatetimeFieldOverflow()), classify(psycopg.errors.AdminShutdown())
+    (<Fault.DATA: 'data'>, <Fault.TRANSIENT: 'transient'>)
+    >>> classify(psycopg.errors.UniqueViolation()), classify(OverflowError()), classify(KeyError())
+    (<Fault.CONFLICT: 'conflict'>, <Fault.DATA: 'data'>, None)
+    """
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or ""
+        if state == _UNIQUE_VIOLATION:
+            return Fault.CONFLICT
+        if state[:2] in _DATA_CLASSES or isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+            return Fault.DATA
+        return Fault.TRANSIENT
+    if isinstance(exc, ValueError | OverflowError | TypeError):  # UnicodeEncodeError is a ValueError
+        return Fault.DATA
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same database write later can succeed."""
+    return classify(exc) is Fault.TRANSIENT
+
+
+class Stopped(Exception):
+    """The component was asked to stop while it waited to retry: the work stays undone (and uncommitted)."""
+
+
+def _should_retry(transient: Callable[[BaseException], bool]) -> Callable[[RetryCallState], bool]:
+    def should_retry(state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is None:
+            return False
+        if transient(exc):
+            return True
+        return classify(exc) is Fault.CONFLICT and state.attempt_number < CONFLICT_ATTEMPTS
+
+    return should_retry
+
+
+async def retry_transient(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    stop: asyncio.Event,
+    on_retry: Callable[[BaseException, float], None],
+    transient: Callable[[BaseException], bool] = is_transient,
+    first: float = 0.5,
+    most: float = 30.0,
+) -> T:
+    """Run ``attempt`` until it succeeds, retrying transient errors forever with jittered backoff.
+
+    Any other error is raised at once (a unique-key conflict after :data:`CONFLICT_ATTEMPTS`).
+    ``on_retry(error, delay)`` runs before each wait: log it, count it, tell the watchdog.
+
+    Raises:
+        Stopped: ``stop`` was set while the attempt failed or while waiting to retry.
+    """
+
+    async def wait(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        if stop.is_set():
+            raise Stopped
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        assert exc is not None  # only failed attempts are retried
+        on_retry(exc, state.upcoming_sleep)
+
+    retrying = AsyncRetrying(
+        retry=_should_retry(transient),
+        stop=lambda _: stop.is_set(),
+        wait=wait_exponential(multiplier=first, max=most) + wait_random(0, first),
+        sleep=wait,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+    async def call() -> T:  # a coroutine function: tenacity does not await a lambda's coroutine
+        return await attempt()
+
+    try:
+        return await retrying(call)
+    except BaseException as exc:
+        if stop.is_set() and not isinstance(exc, Stopped) and transient(exc):
+            raise Stopped from exc
+        raise
+
+
+async def write_isolating(
+    items: Sequence[T],
+    *,
+    write: Callable[[Sequence[T]], Awaitable[int]],
+    retry: Callable[[Callable[[], Awaitable[int]]], Awaitable[int]],
+) -> tuple[int, list[tuple[int, str]]]:
+    """Write ``items``; on a data error, split the batch in halves until the bad items stand alone.
+
+    ``write`` stores a slice in one transaction and returns how many rows it added; ``retry``
+    wraps each call in the transient-error policy (e.g. :func:`retry_transient`). One bad item
+    among ``n`` costs about ``2·log2(n)`` extra writes; the good ones are written.
+
+    Returns:
+        The rows added, and ``(index in items, reason)`` for each item the database refused.
+    """
+    rejected: list[tuple[int, str]] = []
+
+    async def attempt(start: int, stop: int) -> int:
+        part = items[start:stop]
+        try:
+            return await retry(lambda: write(part))
+        except Exception as exc:
+            if classify(exc) not in (Fault.DATA, Fault.CONFLICT):
+                raise
+            if stop - start == 1:
+                rejected.append((start, refusal(exc)))
+                return 0
+        middle = (start + stop) // 2
+        return await attempt(start, middle) + await attempt(middle, stop)
+
+    added = await attempt(0, len(items)) if items else 0
+    return added, rejected
+
+
+def refusal(exc: BaseException) -> str:
+    """A dead letter's reason for a row the database refused: the error on one line.
+
+    >>> refusal(OverflowError("int too big to convert"))
+    'database refused it: OverflowError: int too big to convert'
+    """
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, psycopg.Error):
+        text = f"{type(exc).__name__}: {text}"
+    return f"database refused it: {text}"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +42,30 @@ def producer(settings: ThermoflowSettings, **overrides: Any) -> AIOKafkaProducer
     return AIOKafkaProducer(**settings.kafka_options(), **options)
 
 
+def group_instance_id(settings: ThermoflowSettings, group_id: str | None) -> str | None:
+    """The static member id (KIP-345) of this process in ``group_id``, or None for dynamic membership.
+
+    A static member killed and restarted with the same id within the session timeout gets its
+    partitions back at once, without waiting for the broker to expire it (~10 s before). Two live
+    processes with one id fence each other, so an id is only derived where it is known unique:
+    ``instance_id`` when set (e.g. a Kubernetes pod name), else under `thermoflow run`, which sets
+    ``THERMOFLOW_INSTANCE`` per instance: group, host, the supervisor's pid (the parent, the same
+    across a child's restarts, different for another `thermoflow run` on the host) and the number.
+    A process started on its own keeps dynamic membership.
+
+    The price: a static member does not leave the group when it stops, so a stopped instance's
+    partitions wait for its session timeout before another member takes them (scale-down).
+    """
+    if group_id is None:
+        return None
+    if settings.instance_id:
+        return settings.instance_id
+    if settings.instance is None:
+        return None
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100]
+    return f"{group_id}-{host}-{os.getppid()}-{settings.instance}"
+
+
 def consumer(
     settings: ThermoflowSettings, *topic_names: str, group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
@@ -46,10 +73,12 @@ def consumer(
 
     Its fetches wait up to ``kafka_fetch_wait`` for ``kafka_fetch_min_bytes``: a fetch that
     answers with whatever one record is there makes many tiny batches, and each batch costs its
-    consumer (a COPY, a commit) the same whatever its size.
+    consumer (a COPY, a commit) the same whatever its size. In a group it is a static member
+    when :func:`group_instance_id` gives it an id.
     """
     options: dict[str, Any] = {
         "group_id": group_id,
+        "group_instance_id": group_instance_id(settings, group_id),
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_records": 5000,

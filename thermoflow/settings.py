@@ -61,6 +61,20 @@ class ThermoflowSettings(BaseSettings):
         description="seconds a consumer's fetch may wait for kafka_fetch_min_bytes: fewer, larger batches",
     )
 
+    instance: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="this process's number among its component's instances, set by `thermoflow run`"
+        " (THERMOFLOW_INSTANCE); with it, Kafka consumers use static group membership",
+    )
+    instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        description="static group member id (KIP-345) of this process's Kafka consumers, unique per"
+        " process in a group: a restart with the same id gets its partitions back at once",
+    )
+
     stall_timeout: float = Field(
         120.0,
         ge=0,

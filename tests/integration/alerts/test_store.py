@@ -23,7 +23,7 @@ from tests.conftest import ROOT, unique_name
 from tests.fakes import FakeClock, make_alert
 from tests.integration.alerts.helpers import TcpProxy, eventually, produce, running
 from thermoflow import db
-from thermoflow.events import AlertEvent, Severity, parse_dead_letter_headers
+from thermoflow.events import AlertEvent, Severity, encode, parse_dead_letter_headers
 from thermoflow.settings import ThermoflowSettings
 
 POLICY = Policy(resolve_after=60.0, repeat_interval=600.0)
@@ -252,3 +252,51 @@ async def test_a_database_outage_pauses_the_store_and_it_resumes_without_loss(
         await proxy.close()
     events, incidents, open_, breaches = _counts(settings)
     assert (events, breaches, incidents, open_) == (400, 400, 5, 5)
+
+
+async def test_events_the_database_cannot_take_are_dead_lettered_and_the_rest_stored(
+    settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    """Produced straight onto the topic, as no processor should: a breach at ts 1e19 (the store
+    crash-looped on DatetimeFieldOverflow), a NUL in a device id, and an event an operator's
+    CHECK constraint refuses (found only by the database: the batch is split around it)."""
+    db.migrate(settings)
+    with db.connect(settings) as conn:
+        conn.execute("ALTER TABLE alert_events ADD CONSTRAINT plausible CHECK (value < 1000)")
+        conn.commit()
+    topic, deadletter = new_topic("alerts", partitions=2), new_topic("dlq")
+    config = _alerts_settings(settings, topic, deadletter_topic=deadletter, store_batch_wait=0.1)
+    now = time.time()
+    good = [make_alert(f"dev-{i % 5}", now + i / 10) for i in range(300)]
+    bad = {
+        "`reading_ts`": make_alert("dev-1", 1e19, severity="critical"),
+        "`device_id`": make_alert("dev\x00nul", now),
+        "plausible": make_alert("dev-2", now + 7.05, value=5000.0),
+    }
+    await produce(settings, topic, [*good[:150], *bad.values(), *good[150:]])
+    store = AlertStore(config)
+    async with running(store.run):
+        await eventually(lambda: _async(_counts(settings)[0] == len(good)), what="the good events stored")
+        await eventually(
+            lambda: _async(store.metrics.counter("alerts_refused") == len(bad)), what="the refusals"
+        )
+    events, incidents, open_, breaches = _counts(settings)
+    assert (events, breaches, incidents, open_) == (300, 300, 5, 5)
+
+    from thermoflow import kafka
+
+    consumer = kafka.consumer(settings, deadletter, group_id=unique_name("dlq"))
+    await consumer.start()
+    try:
+        records: list[Any] = []
+        for _ in range(10):
+            records += [r for batch in (await consumer.getmany(timeout_ms=500)).values() for r in batch]
+    finally:
+        await consumer.stop()
+    assert len(records) == len(bad)
+    letters = {r.value: parse_dead_letter_headers(r.headers) for r in records}
+    for field, alert in bad.items():
+        letter = letters[encode(alert)]  # the original bytes
+        assert field in letter.error and letter.stage == "alerts", letter.error
+        topic_name, partition, offset = letter.source.rsplit("/", 2)
+        assert topic_name == topic and int(partition) in (0, 1) and int(offset) >= 0

@@ -4,10 +4,12 @@ SIGKILL and a failing database."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -24,9 +26,11 @@ from tests.integration.ingest.helpers import (
     produce_readings,
     wait_for,
 )
+from thermoflow import db
 from thermoflow.events import Reading, parse_dead_letter_headers
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.watchdog import EXIT_STALLED
 
 T0 = 1_764_000_000.0
 PARTITIONS = 4
@@ -166,3 +170,162 @@ def _table_exists(settings: ThermoflowSettings) -> bool:
     with psycopg.connect(settings.database_dsn) as conn:
         row = conn.execute("SELECT to_regclass(%s)", (f"{settings.database_schema}.readings",)).fetchone()
         return row is not None and row[0] is not None
+
+
+# Records no bridge should let through, produced straight onto the readings topic: the sink
+# defends itself. Before, each of these stalled it (retried forever) or crash-looped it.
+UNSTORABLE = {
+    b'{"device_id":"freezer-x","value":1.5,"ts":1e19,"received_at":1764000000.0}': "`ts`",
+    b'{"device_id":"freezer\\u0000x","value":1.5,"ts":1764000000.0,"received_at":1764000000.0}': (
+        "`device_id`"
+    ),
+    b'{"device_id":"freezer-x","value":1.5,"ts":1764000000.0,"seq":9223372036854775808,'
+    b'"received_at":1764000000.0}': "`seq`",
+}
+
+
+async def _dead_letters(endpoints: Endpoints, topic: str, count: int) -> dict[bytes, tuple[str, str, str]]:
+    """``count`` dead letters: original bytes -> (error, stage, source)."""
+    async with KafkaReader(endpoints.kafka_bootstrap, topic) as kafka:
+        await kafka.until_count(topic, count, timeout=60)
+        await kafka.settle(1.0)
+    letters: dict[bytes, tuple[str, str, str]] = {}
+    for record in kafka.records[topic]:
+        reason = parse_dead_letter_headers(record.headers)
+        letters[record.value] = (reason.error, reason.stage, reason.source)
+    assert len(kafka.records[topic]) == count, letters
+    return letters
+
+
+async def test_unstorable_readings_become_dead_letters_and_every_other_reading_is_stored(
+    endpoints: Endpoints, settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    config = sink_settings(settings, new_topic)
+    readings = fleet_readings(3000, devices=100)
+    await produce_readings(config, config.readings_topic, readings[:1500])
+    await produce_raw(config, config.readings_topic, list(UNSTORABLE))
+    await produce_readings(config, config.readings_topic, readings[1500:])
+    total = len(readings) + len(UNSTORABLE)
+    metrics = Metrics("sink")
+    stop = asyncio.Event()
+    sink = asyncio.create_task(run_sink(config, stop=stop, metrics=metrics))
+    try:
+        await wait_for(lambda: metrics.counter("consumed") >= total, timeout=90, what="every record")
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink, 60)
+    assert count_rows(config) == len(readings)
+    assert metrics.counter("write_failures") == 0  # nothing was retried: the bad ones never got written
+    done, end = await committed(config, config.readings_topic, PARTITIONS)
+    assert done == end == total
+    letters = await _dead_letters(endpoints, config.deadletter_topic, len(UNSTORABLE))
+    for value, field in UNSTORABLE.items():
+        error, stage, source = letters[value]
+        assert field in error and stage == "ingest", error
+        assert source.startswith(f"{config.readings_topic}/")
+
+
+async def test_rows_the_database_refuses_are_set_apart_and_the_rest_of_their_batch_is_stored(
+    endpoints: Endpoints, settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    """A refusal no check before the write foresaw (here an operator's CHECK constraint): the batch
+    is split until the refused rows stand alone; they are dead-lettered, the rest is written."""
+    config = sink_settings(settings, new_topic)
+    await asyncio.to_thread(db.migrate, config)
+    with psycopg.connect(config.database_dsn, autocommit=True) as conn:
+        check = sql.SQL("ALTER TABLE {} ADD CONSTRAINT plausible CHECK (value < 100)")
+        conn.execute(check.format(table(config)))
+    readings = fleet_readings(2000, devices=100)
+    hot = {17, 1234, 1235, 1999}
+    readings = [
+        msgspec.structs.replace(reading, value=500.0 + i) if i in hot else reading
+        for i, reading in enumerate(readings)
+    ]
+    await produce_readings(config, config.readings_topic, readings)
+    metrics = Metrics("sink")
+    stop = asyncio.Event()
+    sink = asyncio.create_task(run_sink(config, stop=stop, metrics=metrics))
+    try:
+        await wait_for(lambda: metrics.counter("consumed") >= len(readings), timeout=90, what="every record")
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink, 60)
+    assert count_rows(config) == len(readings) - len(hot)
+    assert metrics.counter("rows_inserted") == len(readings) - len(hot)
+    done, end = await committed(config, config.readings_topic, PARTITIONS)
+    assert done == end == len(readings)
+    letters = await _dead_letters(endpoints, config.deadletter_topic, len(hot))
+    assert {msgspec.json.decode(value)["seq"] for value in letters} == hot
+    for error, stage, source in letters.values():
+        assert "plausible" in error and stage == "ingest", error
+        topic, partition, offset = source.rsplit("/", 2)
+        assert topic == config.readings_topic and partition.isdigit() and offset.isdigit()
+
+
+async def test_sigkill_under_load_the_restarted_static_member_resumes_and_stores_each_reading_once(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Readings keep arriving while the sink is killed and restarted as the same static member
+    (``THERMOFLOW_INSTANCE``, as `thermoflow run` sets it): every reading stored, none twice."""
+    config = sink_settings(settings, new_topic, sink_batch=500, instance=0)
+    readings = fleet_readings(20_000, devices=500)
+    sink = Component("sink", config, tmp_path)
+
+    async def feed() -> None:  # ~5,000 readings/s for 4 s
+        for start in range(0, len(readings), 1000):
+            await produce_readings(config, config.readings_topic, readings[start : start + 1000])
+            await asyncio.sleep(0.2)
+
+    sink.start()
+    feeding = asyncio.create_task(feed())
+    try:
+        await wait_for(lambda: count_rows(config) >= 3000, timeout=90, what="3000 rows", every=0.01)
+        sink.kill()
+        at_kill = count_rows(config)
+        assert not feeding.done(), "the kill must come while readings arrive"
+        sink.start()
+        restarted = time.monotonic()
+        await wait_for(
+            lambda: count_rows(config) > at_kill, timeout=60, what="rows after the restart", every=0.02
+        )
+        print(f"sink stored again {time.monotonic() - restarted:.2f} s after its restart")  # the figure
+        await feeding
+        await wait_for(lambda: count_rows(config) >= len(readings), timeout=90, what="every reading stored")
+        assert sink.terminate() == 0, sink.log()
+    finally:
+        feeding.cancel()
+        sink.close()
+    with psycopg.connect(config.database_dsn) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*), count(DISTINCT seq) FROM {}").format(table(config))
+        ).fetchone()
+    assert row == (len(readings), len(readings))
+    done, end = await committed(config, config.readings_topic, PARTITIONS)
+    assert done == end == len(readings)
+
+
+async def test_a_sink_whose_writes_hang_exits_as_stalled_and_its_restart_stores_everything(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A write that neither fails nor finishes (a lock held elsewhere) is no outage the sink can
+    see: its watchdog ends it with exit code 3, for `thermoflow run` to restart it."""
+    config = sink_settings(settings, new_topic, stall_timeout=2.0)
+    await asyncio.to_thread(db.migrate, config)
+    sink = Component("sink", config, tmp_path)
+    locker = psycopg.connect(config.database_dsn)
+    try:
+        locker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table(config)))
+        sink.start()
+        await produce_readings(config, config.readings_topic, fleet_readings(1000, devices=50))
+        assert sink.process is not None
+        code = await asyncio.to_thread(sink.process.wait, 60)
+        assert code == EXIT_STALLED, sink.log()
+        assert '"component_stalled"' in sink.log()
+        locker.rollback()  # the lock goes
+        sink.start()
+        await wait_for(lambda: count_rows(config) >= 1000, timeout=60, what="the rows after the restart")
+        assert sink.terminate() == 0, sink.log()
+    finally:
+        locker.close()
+        sink.close()
+    assert count_rows(config) == 1000
