@@ -45,6 +45,16 @@ def test_mosquitto_is_configured_for_a_pipeline(tmp_path: Path) -> None:
     assert "listener 1883 127.0.0.1" in conf
 
 
+def test_mosquitto_saves_often_here_and_in_compose(tmp_path: Path) -> None:
+    """The save interval bounds what a broker crash loses (README); compose ships the same."""
+    conf = Stack(StackConfig(state_dir=tmp_path)).mosquitto.config().splitlines()
+    saving = [line for line in conf if line.startswith("autosave")]
+    assert saving == [f"autosave_interval {services.AUTOSAVE_INTERVAL_S}", "autosave_on_changes false"]
+    assert services.AUTOSAVE_INTERVAL_S <= 1
+    compose = (Path(__file__).parents[2] / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    assert [line for line in compose if line.startswith("autosave")] == saving
+
+
 def test_kafka_is_a_single_kraft_node(tmp_path: Path) -> None:
     props = Stack(StackConfig(state_dir=tmp_path, kafka_port=19092)).kafka.server_properties()
     assert "process.roles=broker,controller" in props
