@@ -59,7 +59,7 @@ def store_command(
     configure_logging(level=log_level, component="alerts.store")
     from alerts.store import AlertStore
 
-    run_until_signal(AlertStore(settings).run)
+    run_until_signal(AlertStore(settings).run, grace=settings.shutdown_grace)
 
 
 @alerts_app.command("notify")
@@ -95,7 +95,7 @@ def notify_command(
 
     asyncio.run(close_all())
     configure_logging(level=log_level, component="alerts.notify")
-    run_until_signal(Notifier(settings).run)
+    run_until_signal(Notifier(settings).run, grace=settings.shutdown_grace)
 
 
 @alerts_app.command("list")
