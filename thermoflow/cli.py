@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -156,10 +157,17 @@ def run_command(
         Path | None, typer.Option(help="keep a JSON file of each instance's pid, state and restarts")
     ] = None,
     grace: Annotated[float, typer.Option(min=0, help="seconds a component gets to stop before SIGKILL")] = 30,
+    exit_with_parent: Annotated[
+        bool, typer.Option(help="stop (as on SIGTERM) when the process that started this one ends")
+    ] = False,
 ) -> None:
-    """Run every pipeline component as a supervised child process (Ctrl-C stops them all)."""
+    """Run every pipeline component as a supervised child process (Ctrl-C stops them all).
+
+    SIGTERM, SIGINT or SIGHUP stop every component (SIGKILL after --grace; a second signal at
+    once); it exits once none runs. A component dies with it even if it is SIGKILLed.
+    """
     from thermoflow.logs import configure_logging
-    from thermoflow.runner import Supervisor
+    from thermoflow.runner import Supervisor, die_with_parent
 
     try:
         instances = supervise.plan(
@@ -169,6 +177,8 @@ def run_command(
     except supervise.PlanError as exc:
         raise ConfigError(str(exc)) from None
     configure_logging(component="run")
+    if exit_with_parent:
+        die_with_parent(signal.SIGTERM, parent=os.getppid())
 
     async def main() -> int:
         return await Supervisor(instances, env=dict(os.environ), grace=grace, status_file=status_file).run()
@@ -202,6 +212,9 @@ def demo_command(
             console=console,
         )
     )
+    if not summary:
+        console.print("demo stopped before the pipeline was up")
+        raise typer.Exit(1)
     table = Table("summary", "value", title="thermoflow demo")
     for key, value in summary.items():
         table.add_row(key, str(value))

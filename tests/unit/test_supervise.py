@@ -162,6 +162,10 @@ RUN = textwrap.dedent(
     from thermoflow.supervise import Instance, RestartPolicy
 
     component, status_file, grace = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    if os.environ.get("EXIT_WITH_PARENT"):  # what `thermoflow run --exit-with-parent` does
+        import signal
+        from thermoflow.runner import die_with_parent
+        die_with_parent(signal.SIGTERM, parent=os.getppid())
     supervisor = Supervisor(
         [Instance("bridge", 1), Instance("sink", 1)], env=dict(os.environ),
         command=(sys.executable, component), status_file=status_file, grace=grace,
@@ -283,3 +287,37 @@ def test_a_stalled_child_is_restarted_and_the_reason_logged(tmp_path: Path) -> N
     log = (tmp_path / "run.log").read_text(errors="replace")
     exited = [line for line in log.splitlines() if "exited" in line and "code=3" in line]
     assert len(exited) == 2 and all("reason=stalled" in line for line in exited), log
+
+
+PARENT = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    subprocess.Popen(sys.argv[1:])  # like `thermoflow demo` starting `thermoflow run`
+    time.sleep(3600)
+    """
+)
+
+
+def test_run_started_with_exit_with_parent_stops_its_children_when_the_parent_is_sigkilled(
+    tmp_path: Path,
+) -> None:
+    """`thermoflow demo` SIGKILLed (or its terminal gone): `thermoflow run` stops, and its children."""
+    (tmp_path / "run.py").write_text(RUN)
+    (tmp_path / "component.py").write_text(QUIET_COMPONENT)
+    (tmp_path / "parent.py").write_text(PARENT)
+    status_file = tmp_path / "status.json"
+    with (tmp_path / "run.log").open("wb") as log:
+        parent = subprocess.Popen(
+            [sys.executable, str(tmp_path / "parent.py"), sys.executable, str(tmp_path / "run.py"),
+             str(tmp_path / "component.py"), str(status_file), "5"],
+            env={**os.environ, "MARKER": str(tmp_path / "ran"), "EXIT_WITH_PARENT": "1"},
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    children = running_children(status_file)
+    supervisor_pid = json.loads(status_file.read_text())["supervisor_pid"]
+    parent.kill()
+    parent.wait(60)
+    assert gone([supervisor_pid, *children]) == []
+    final = json.loads(status_file.read_text())["instances"]
+    assert {s["state"] for s in final.values()} == {"stopped"}  # a clean stop, not a kill
+    assert {s["last_exit"] for s in final.values()} == {-15}
