@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import pwd
@@ -59,6 +60,10 @@ def _chown_to(path: Path, user: str) -> None:
             os.chown(name, entry.pw_uid, entry.pw_gid)
 
 
+#: Where a service's data goes when its system user cannot enter the stack's state directory.
+SERVICE_HOMES: Final = Path("/var/lib/thermoflow")
+
+
 def service_home(path: Path) -> Path:
     """Where a service that runs as its own system user keeps ``path``'s data.
 
@@ -72,7 +77,7 @@ def service_home(path: Path) -> Path:
     ):
         return path
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    return Path("/var/lib/thermoflow") / digest / path.name
+    return SERVICE_HOMES / digest / path.name
 
 
 #: Seconds between Mosquitto's saves of its database. Mosquitto 2.0 keeps queued messages in
@@ -84,6 +89,22 @@ def service_home(path: Path) -> Path:
 #: loss by a count instead, but each save rewrites the whole backlog: every 1,000 changes cost
 #: 7.2x the CPU and could not keep 10,000/s, and the cost grows with the backlog.
 AUTOSAVE_INTERVAL_S: Final = 1
+
+
+def remove_home(home: Path) -> list[Path]:
+    """Delete a service's data folder; one under ``/var/lib/thermoflow/<hash>/`` goes with its hash folder.
+
+    Returns what was removed. ``/var/lib/thermoflow`` itself goes too once it is empty.
+    """
+    home = home.resolve()
+    target = home.parent if home.parent.parent == SERVICE_HOMES else home
+    if not target.exists():
+        return []
+    shutil.rmtree(target)
+    if target.parent == SERVICE_HOMES:
+        with contextlib.suppress(OSError):  # not empty: another stack's data
+            SERVICE_HOMES.rmdir()
+    return [target]
 
 
 @dataclass(frozen=True)
