@@ -67,7 +67,7 @@ def describe_stuck(loop: asyncio.AbstractEventLoop | None) -> dict[str, list[str
 
 def _await_chain(coro: object, *, limit: int = 8) -> list[str]:
     """``file:line in function`` of a coroutine and of what it awaits, outermost first."""
-    chain = []
+    chain: list[str] = []
     while coro is not None and len(chain) < limit:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is not None:
