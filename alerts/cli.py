@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from alerts.settings import AlertsSettings
+from thermoflow import reach
 from thermoflow.logs import configure_logging
 from thermoflow.service import run_until_signal
 from thermoflow.settings import load_settings
@@ -59,7 +60,7 @@ def store_command(
     configure_logging(level=log_level, component="alerts.store")
     from alerts.store import AlertStore
 
-    run_until_signal(AlertStore(settings).run)
+    run_until_signal(AlertStore(settings).run, grace=settings.shutdown_grace)
 
 
 @alerts_app.command("notify")
@@ -95,7 +96,7 @@ def notify_command(
 
     asyncio.run(close_all())
     configure_logging(level=log_level, component="alerts.notify")
-    run_until_signal(Notifier(settings).run)
+    run_until_signal(Notifier(settings).run, grace=settings.shutdown_grace)
 
 
 @alerts_app.command("list")
@@ -112,9 +113,10 @@ def list_command(
 
     settings = load_settings(AlertsSettings, database_url=database_url)
     configure_logging(level="WARNING", component="alerts")  # logs to stderr: stdout is the answer
-    db.migrate(settings)
-    with db.connect(settings) as conn:
-        rows = list_incidents(conn, open_only=open_only, device_id=device, limit=limit)
+    with reach.needs(reach.database(settings)):
+        db.migrate(settings)
+        with db.connect(settings) as conn:
+            rows = list_incidents(conn, open_only=open_only, device_id=device, limit=limit)
     if as_json:
         for row in rows:
             typer.echo(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
@@ -153,13 +155,14 @@ def ack_command(
 
     settings = load_settings(AlertsSettings, database_url=database_url)
     configure_logging(level="WARNING", component="alerts")
-    db.migrate(settings)
-    with db.connect(settings) as conn:
-        try:
-            row = acknowledge(conn, incident_id, by=by or getpass.getuser())
-        except AckError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+    with reach.needs(reach.database(settings)):
+        db.migrate(settings)
+        with db.connect(settings) as conn:
+            try:
+                row = acknowledge(conn, incident_id, by=by or getpass.getuser())
+            except AckError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
     typer.echo(
         f"incident {row.incident_id} ({row.device_id} {row.rule_id}) acknowledged by {row.acknowledged_by}"
     )

@@ -59,7 +59,7 @@ def bridge_command(
         kafka_bootstrap=kafka_bootstrap, readings_topic=readings_topic, log_level=log_level,
     )  # fmt: skip
     configure_logging(level=settings.log_level, component="bridge")
-    run_until_signal(lambda stop: run_bridge(settings, stop=stop))
+    run_until_signal(lambda stop: run_bridge(settings, stop=stop), grace=settings.shutdown_grace)
 
 
 def sink_command(
@@ -82,7 +82,7 @@ def sink_command(
         kafka_bootstrap=kafka_bootstrap, readings_topic=readings_topic, log_level=log_level,
     )  # fmt: skip
     configure_logging(level=settings.log_level, component="sink")
-    run_until_signal(lambda stop: run_sink(settings, stop=stop))
+    run_until_signal(lambda stop: run_sink(settings, stop=stop), grace=settings.shutdown_grace)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from psycopg import sql
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack import Stack, StackConfig
-from thermoflow.stack.services import Mosquitto, service_home
+from thermoflow.stack.services import Mosquitto, remove_home, service_home
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = (
@@ -171,7 +170,7 @@ def private_broker() -> Iterator[Mosquitto]:
     broker.up()
     yield broker
     broker.down()
-    shutil.rmtree(broker.home, ignore_errors=True)
+    remove_home(broker.home)  # with /var/lib/thermoflow/<hash> when it went there: nothing accumulates
 
 
 def unique_name(prefix: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from thermoflow import db, kafka, supervise, topics
+from thermoflow import db, kafka, reach, supervise, topics
 from thermoflow.settings import ConfigError, ThermoflowSettings, load_settings
 from thermoflow.stack import ServiceError, Stack, StackConfig
 from thermoflow.stack import check as stack_check
@@ -87,10 +89,23 @@ def stack_up(
 
 
 @stack_app.command("down")
-def stack_down(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
-    """Stop every service the stack started; data stays in the state directory."""
-    Stack(_config(state_dir)).down()
-    console.print("stack down")
+def stack_down(
+    state_dir: StateDir = Path(".thermoflow/stack"),
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge", help="also delete the stack's data: the state directory and /var/lib/thermoflow/<hash>"
+        ),
+    ] = False,
+) -> None:
+    """Stop every service the stack started; data stays in the state directory unless --purge."""
+    stack = Stack(_config(state_dir))
+    if not purge:
+        stack.down()
+        console.print("stack down")
+        return
+    removed = stack.purge()
+    console.print("stack down, data removed: " + (", ".join(map(str, removed)) or "none was there"))
 
 
 @stack_app.command("status")
@@ -116,11 +131,16 @@ def stack_fetch(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
 def stack_check_command(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
     """Send one real message through each service of a running stack."""
     settings = Stack(_config(state_dir)).settings()
-    payload = stack_check.mqtt_round_trip(settings)
+    # The stack's addresses come from its saved config, not from THERMOFLOW_* settings.
+    how = f"`thermoflow stack up --state-dir {state_dir}` (its ports: `thermoflow stack up --help`)"
+    with reach.needs(dataclasses.replace(reach.mqtt(settings), setting=how)):
+        payload = stack_check.mqtt_round_trip(settings)
     console.print(f"mqtt      {settings.mqtt_url}: QoS 1 round trip, got {payload!r}")
-    value = asyncio.run(stack_check.kafka_round_trip(settings))
+    with reach.needs(dataclasses.replace(reach.kafka(settings), setting=how)):
+        value = asyncio.run(stack_check.kafka_round_trip(settings))
     console.print(f"kafka     {settings.kafka_bootstrap}: produce/consume round trip, got {value!r}")
-    version = stack_check.postgres_round_trip(settings)
+    with reach.needs(dataclasses.replace(reach.database(settings), setting=how)):
+        version = stack_check.postgres_round_trip(settings)
     console.print(f"postgres  {settings.database_url_redacted}: {version.split(',')[0]}")
 
 
@@ -138,8 +158,10 @@ def init_command(
         topics.ALERTS: alerts_partitions,
         topics.DEADLETTER: 3,
     }
-    created = asyncio.run(kafka.ensure_topics(settings, partitions))
-    applied = db.migrate(settings)
+    with reach.needs(reach.kafka(settings)):
+        created = asyncio.run(kafka.ensure_topics(settings, partitions))
+    with reach.needs(reach.database(settings)):
+        applied = db.migrate(settings)
     console.print(f"topics created: {', '.join(created) or 'none (all existed)'}")
     console.print(f"migrations applied: {', '.join(applied) or 'none (schema up to date)'}")
 
@@ -156,10 +178,17 @@ def run_command(
         Path | None, typer.Option(help="keep a JSON file of each instance's pid, state and restarts")
     ] = None,
     grace: Annotated[float, typer.Option(min=0, help="seconds a component gets to stop before SIGKILL")] = 30,
+    exit_with_parent: Annotated[
+        bool, typer.Option(help="stop (as on SIGTERM) when the process that started this one ends")
+    ] = False,
 ) -> None:
-    """Run every pipeline component as a supervised child process (Ctrl-C stops them all)."""
+    """Run every pipeline component as a supervised child process (Ctrl-C stops them all).
+
+    SIGTERM, SIGINT or SIGHUP stop every component (SIGKILL after --grace; a second signal at
+    once); it exits once none runs. A component dies with it even if it is SIGKILLed.
+    """
     from thermoflow.logs import configure_logging
-    from thermoflow.runner import Supervisor
+    from thermoflow.runner import Supervisor, die_with_parent
 
     try:
         instances = supervise.plan(
@@ -169,6 +198,8 @@ def run_command(
     except supervise.PlanError as exc:
         raise ConfigError(str(exc)) from None
     configure_logging(component="run")
+    if exit_with_parent:
+        die_with_parent(signal.SIGTERM, parent=os.getppid())
 
     async def main() -> int:
         return await Supervisor(instances, env=dict(os.environ), grace=grace, status_file=status_file).run()
@@ -202,6 +233,9 @@ def demo_command(
             console=console,
         )
     )
+    if not summary:
+        console.print("demo stopped before the pipeline was up")
+        raise typer.Exit(1)
     table = Table("summary", "value", title="thermoflow demo")
     for key, value in summary.items():
         table.add_row(key, str(value))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from rich.table import Table
 from thermoflow import db
 from thermoflow.harness import PipelineRun
 from thermoflow.observe import KafkaObserver, kafka_observer
+from thermoflow.service import STOP_SIGNALS
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.webhook_receiver import Delivery
 
@@ -126,15 +127,18 @@ async def run_demo(
     since = time.time()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:  # SIGHUP too: a closed terminal stops the demo and all it started
         loop.add_signal_handler(sig, stop.set)
-    await run.start()
-    fleet_args = ["--devices", str(devices), "--rate", "1", "--duration", str(duration),
-                  "--seed", str(seed), "--anomaly-rate", "10"]  # fmt: skip
-    fleet = asyncio.create_task(run.simulate(*fleet_args))
-    started = time.monotonic()
+    fleet: asyncio.Task[dict[str, Any]] | None = None
     report: dict[str, Any] = {}
     try:
+        # `thermoflow run` stops its components when this process ends, even by SIGKILL.
+        if not await until_stopped(run.start("--exit-with-parent"), stop):
+            return {}
+        fleet_args = ["--devices", str(devices), "--rate", "1", "--duration", str(duration),
+                      "--seed", str(seed), "--anomaly-rate", "10"]  # fmt: skip
+        fleet = asyncio.create_task(run.simulate(*fleet_args))
+        started = time.monotonic()
         async with kafka_observer(run.settings) as observer:
             previous: Sample | None = None
             view = Live(console=console, auto_refresh=False) if live else None
@@ -156,13 +160,32 @@ async def run_demo(
                     report = fleet.result()
                     await settle(run, observer, since, stop)
             final = await take_sample(run, observer, since)
-    finally:
-        if not fleet.done():
+    finally:  # also when the pipeline failed to start: nothing it started may stay behind
+        if fleet is not None and not fleet.done():
             fleet.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await fleet
         await run.stop()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
     return summarize(report, final, notifications=len(run.receiver.deliveries), workdir=run.workdir)
+
+
+async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then cancel it); True if it finished."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()  # its error, if it failed
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def demo_run(settings: ThermoflowSettings, workdir: Path) -> PipelineRun:

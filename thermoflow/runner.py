@@ -2,14 +2,19 @@
 
 Each instance runs as ``python -m thermoflow <command>`` with the same environment (so the
 same ``THERMOFLOW_*`` settings) plus ``THERMOFLOW_INSTANCE``; its output lines are
-prefixed with its name; a crash is restarted after an exponential backoff; SIGINT or
-SIGTERM stops them all with SIGTERM (SIGKILL after a grace period) and exits 0.
+prefixed with its name; a crash (or a stall, exit code 3) is restarted after an exponential
+backoff; SIGTERM, SIGINT or SIGHUP stops them all with SIGTERM (SIGKILL after a grace period,
+or at once on a second signal) and exits 0 once every child has ended. A child dies with
+the supervisor even when that is SIGKILLed (Linux ``PR_SET_PDEATHSIG``), so nothing is left
+running without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import signal
@@ -21,9 +26,26 @@ from pathlib import Path
 from typing import BinaryIO
 
 from thermoflow.logs import get_logger
-from thermoflow.supervise import Instance, RestartPolicy
+from thermoflow.service import STOP_SIGNALS
+from thermoflow.supervise import Instance, RestartPolicy, exit_reason
 
 log = get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGKILL, *, parent: int | None = None) -> None:
+    """Have the kernel send ``sig`` to this process when its parent ends (Linux; elsewhere a no-op).
+
+    Safe in a ``preexec_fn``: no allocation beyond the call. When the parent ended already
+    (``parent`` given and no longer ours), the signal is sent now.
+    """
+    if _libc is None:
+        return
+    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 @dataclass
@@ -45,19 +67,42 @@ class Supervisor:
     status_file: Path | None = None
     out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    kill_now: asyncio.Event = field(default_factory=asyncio.Event)
     _states: dict[str, _State] = field(default_factory=dict)
+    _children: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
 
     async def run(self) -> int:
-        """Run until stopped; returns the exit code for `thermoflow run` (0 on a clean stop)."""
+        """Run until stopped; returns the exit code for `thermoflow run` (0 on a clean stop).
+
+        It returns only once every child has ended: whatever happens here (a signal, an
+        error, a cancellation), what still runs is killed and waited for.
+        """
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop.set)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             await asyncio.gather(*(self._keep_running(instance) for instance in self.instances))
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            self.stop.set()  # on an error too: no instance restarts any more
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
+            await asyncio.shield(self._kill_the_rest())
         return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            log.warning("killing_now", signal=sig.name)
+            self.kill_now.set()
+            return
+        log.info("stopping", signal=sig.name, grace=self.grace)
+        self.stop.set()
+
+    async def _kill_the_rest(self) -> None:
+        for name, proc in list(self._children.items()):
+            if proc.returncode is None:
+                log.warning("killed_on_exit", instance=name, pid=proc.pid)
+                _kill_group(proc.pid)
+                await proc.wait()
 
     async def _keep_running(self, instance: Instance) -> None:
         state = self._states.setdefault(instance.name, _State())
@@ -70,7 +115,9 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**self.env, "THERMOFLOW_INSTANCE": str(instance.index)},
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop them in order
+                preexec_fn=functools.partial(die_with_parent, parent=os.getpid()),
             )  # fmt: skip
+            self._children[instance.name] = proc
             state.pid, state.state = proc.pid, "running"
             self._write_status()
             log.info("started", instance=instance.name, pid=proc.pid)
@@ -81,9 +128,11 @@ class Supervisor:
             if not waiter.done():
                 await self._terminate(instance.name, proc)
             stopper.cancel()
-            await pump
             code = await waiter
+            _kill_group(proc.pid)  # what it left behind in its session, which would hold its output open
+            await pump
             state.last_exit, state.pid = code, None
+            del self._children[instance.name]
             if self.stop.is_set():
                 break
             ran_for = time.monotonic() - started
@@ -93,22 +142,28 @@ class Supervisor:
             self._write_status()
             delay = self.policy.delay(state.failures)
             log.warning(
-                "exited", instance=instance.name, code=code, ran_for=round(ran_for, 1), restart_in=delay
-            )
+                "exited", instance=instance.name, code=code, reason=exit_reason(code),
+                ran_for=round(ran_for, 1), restart_in=delay,
+            )  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), delay)
         state.state = "stopped"  # also when stopped while waiting to restart
         self._write_status()
 
     async def _terminate(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM, then SIGKILL of its process group after the grace period or a second signal."""
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
+        ended = asyncio.ensure_future(proc.wait())
+        hurry = asyncio.ensure_future(self.kill_now.wait())
         try:
-            await asyncio.wait_for(proc.wait(), self.grace)
-        except TimeoutError:
-            log.warning("killed_after_grace", instance=name, grace=self.grace)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.wait({ended, hurry}, timeout=self.grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+        if not ended.done():
+            log.warning("killed_after_grace", instance=name, grace=self.grace, hurried=self.kill_now.is_set())
+            _kill_group(proc.pid)
+        await ended
 
     async def _pump(self, name: str, proc: asyncio.subprocess.Process) -> None:
         """Copy a child's output line by line, each prefixed with the instance name."""
@@ -129,3 +184,9 @@ class Supervisor:
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2))
         tmp.replace(self.status_file)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a child's process group (its own session: the child and what it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

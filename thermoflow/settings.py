@@ -82,6 +82,13 @@ class ThermoflowSettings(BaseSettings):
         " (code 3) to be restarted; 0 disables",
     )
 
+    shutdown_grace: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a component gets to stop after SIGTERM/SIGINT/SIGHUP before it exits hard"
+        " (code 4), leaving what it had not acked or committed for redelivery",
+    )
+
     readings_topic: str = Field(topics.READINGS, min_length=1, description="Kafka topic of readings")
     alerts_topic: str = Field(topics.ALERTS, min_length=1, description="Kafka topic of alert events")
     deadletter_topic: str = Field(topics.DEADLETTER, min_length=1, description="Kafka dead-letter topic")

@@ -5,9 +5,13 @@ No processes, no clock of its own: :mod:`thermoflow.runner` does the I/O around 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from thermoflow.service import EXIT_STOP_TIMEOUT
+from thermoflow.watchdog import EXIT_STALLED
 
 #: Every pipeline component and the `thermoflow` arguments that start one instance of it.
 COMPONENTS: Final[Mapping[str, tuple[str, ...]]] = {
@@ -96,3 +100,17 @@ class RestartPolicy:
     def failures_after(self, *, previous: int, ran_for: float) -> int:
         """The crash count after a crash: reset to 1 when the process had been stable."""
         return 1 if ran_for >= self.stable_after else previous + 1
+
+
+def exit_reason(code: int) -> str:
+    """Why a child ended, from its exit code (negative: the signal that killed it).
+
+    >>> [exit_reason(code) for code in (0, 1, 3, 4, -9)]
+    ['exited', 'crashed', 'stalled', 'stuck_on_stop', 'killed_by_SIGKILL']
+    """
+    if code < 0:
+        try:
+            return f"killed_by_{signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed_by_signal_{-code}"
+    return {0: "exited", EXIT_STALLED: "stalled", EXIT_STOP_TIMEOUT: "stuck_on_stop"}.get(code, "crashed")

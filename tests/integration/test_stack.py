@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import uuid
@@ -43,10 +42,7 @@ def state_dir() -> Iterator[Path]:
     # Under the project, not /tmp/pytest-of-root: PostgreSQL's user must reach it.
     path = ROOT / ".thermoflow" / f"lifecycle-{uuid.uuid4().hex[:8]}"
     yield path
-    thermoflow("stack", "down", "--state-dir", str(path))
-    stack = Stack(StackConfig(state_dir=path))
-    for folder in (path, stack.mosquitto.home, stack.postgres.home):
-        shutil.rmtree(folder, ignore_errors=True)
+    thermoflow("stack", "down", "--purge", "--state-dir", str(path))
 
 
 def stack_pids(state_dir: Path) -> list[int]:
@@ -89,6 +85,12 @@ def test_up_twice_status_down_leaves_nothing_behind(state_dir: Path) -> None:
     after = thermoflow("stack", "status", "--state-dir", str(state_dir))
     assert after.returncode == 1
     assert after.stdout.count("stopped") == 3
+    assert (state_dir / "kafka" / "data").exists()  # a plain `down` keeps the data
+
+    purged = thermoflow("stack", "down", "--purge", "--state-dir", str(state_dir))
+    assert purged.returncode == 0, purged.stderr
+    for folder in {state_dir, stack.mosquitto.home, stack.postgres.home}:
+        assert not folder.exists(), f"{folder} left after --purge"
 
 
 def test_bad_flag_fails_fast_with_a_message() -> None:

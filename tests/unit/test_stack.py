@@ -45,6 +45,16 @@ def test_mosquitto_is_configured_for_a_pipeline(tmp_path: Path) -> None:
     assert "listener 1883 127.0.0.1" in conf
 
 
+def test_mosquitto_saves_often_here_and_in_compose(tmp_path: Path) -> None:
+    """The save interval bounds what a broker crash loses (README); compose ships the same."""
+    conf = Stack(StackConfig(state_dir=tmp_path)).mosquitto.config().splitlines()
+    saving = [line for line in conf if line.startswith("autosave")]
+    assert saving == [f"autosave_interval {services.AUTOSAVE_INTERVAL_S}", "autosave_on_changes false"]
+    assert services.AUTOSAVE_INTERVAL_S <= 1
+    compose = (Path(__file__).parents[2] / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    assert [line for line in compose if line.startswith("autosave")] == saving
+
+
 def test_kafka_is_a_single_kraft_node(tmp_path: Path) -> None:
     props = Stack(StackConfig(state_dir=tmp_path, kafka_port=19092)).kafka.server_properties()
     assert "process.roles=broker,controller" in props
@@ -88,3 +98,34 @@ def test_service_data_moves_only_where_the_service_user_cannot_reach(tmp_path: P
         assert services.service_home(open_dir / "postgres") == open_dir / "postgres"
     finally:
         open_dir.rmdir()
+
+
+def test_purge_removes_the_state_dir_and_the_service_homes_moved_out_of_it(tmp_path: Path) -> None:
+    hidden = tmp_path / "private"  # mode 700: as root, the services' data moves to /var/lib/thermoflow
+    hidden.mkdir(mode=0o700)
+    stack = Stack(StackConfig(state_dir=hidden / "stack"))
+    homes = [stack.mosquitto.home, stack.postgres.home, stack.kafka.home]
+    for home in homes:
+        (home / "data").mkdir(parents=True)
+        (home / "data" / "file").write_text("data")
+    removed = stack.purge()  # nothing runs: down has nothing to stop
+    assert [home for home in homes if home.exists()] == []
+    assert not (hidden / "stack").exists()
+    if os.geteuid() == 0:
+        assert stack.postgres.home.parent in removed  # the <hash> folder, not only what is in it
+        assert not stack.postgres.home.parent.exists()
+
+
+def test_remove_home_takes_the_hash_folder_and_the_empty_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services, "SERVICE_HOMES", tmp_path / "var-lib-thermoflow")
+    first = tmp_path / "var-lib-thermoflow" / "0123456789ab" / "postgres"
+    second = tmp_path / "var-lib-thermoflow" / "ba9876543210" / "mosquitto"
+    for home in (first, second):
+        (home / "data").mkdir(parents=True)
+    assert services.remove_home(first) == [first.parent]
+    assert second.exists()  # another stack's data stays
+    assert services.remove_home(second) == [second.parent]
+    assert not (tmp_path / "var-lib-thermoflow").exists()
+    assert services.remove_home(second) == []

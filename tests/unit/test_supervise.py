@@ -6,8 +6,11 @@ import asyncio
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +150,174 @@ async def test_a_component_that_ignores_sigterm_is_killed_after_the_grace_period
     assert not pid_alive(pid)
     final = json.loads(status_file.read_text())["instances"]["bridge-1"]
     assert (final["state"], final["last_exit"]) == ("stopped", -9)
+
+
+# -- `thermoflow run` as a process of its own: signals, orphans, restarts ------------------------
+
+RUN = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from pathlib import Path
+    from thermoflow.runner import Supervisor
+    from thermoflow.supervise import Instance, RestartPolicy
+
+    component, status_file, grace = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    if os.environ.get("EXIT_WITH_PARENT"):  # what `thermoflow run --exit-with-parent` does
+        import signal
+        from thermoflow.runner import die_with_parent
+        die_with_parent(signal.SIGTERM, parent=os.getppid())
+    supervisor = Supervisor(
+        [Instance("bridge", 1), Instance("sink", 1)], env=dict(os.environ),
+        command=(sys.executable, component), status_file=status_file, grace=grace,
+        policy=RestartPolicy(initial=0.05), out=sys.stdout.buffer,
+    )
+    sys.exit(asyncio.run(supervisor.run()))
+    """
+)
+
+QUIET_COMPONENT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    if os.environ.get("IGNORE_TERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # only what the supervisor sends may stop it
+    marker = os.environ["MARKER"] + "." + sys.argv[1]
+    if os.environ.get("STALL_ONCE") and not os.path.exists(marker):
+        open(marker, "w").close()
+        print("stalling", flush=True)
+        sys.exit(3)  # what thermoflow.watchdog does on a stall
+    print("up", flush=True)
+    while True:
+        time.sleep(0.05)
+    """
+)
+
+
+def start_run(tmp_path: Path, *, grace: float = 5, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    (tmp_path / "run.py").write_text(RUN)
+    (tmp_path / "component.py").write_text(QUIET_COMPONENT)
+    status_file = tmp_path / "status.json"
+    with (tmp_path / "run.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "component.py"), str(status_file),
+             str(grace)],
+            env={**os.environ, "MARKER": str(tmp_path / "ran"), **env},
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return proc, status_file
+
+
+def running_children(status_file: Path, *, count: int = 2) -> list[int]:
+    """The pids of the instances once ``count`` of them run and have greeted."""
+    for _ in range(1200):  # a minute at most: a loaded machine starts Python slowly
+        time.sleep(0.05)
+        try:
+            instances = json.loads(status_file.read_text())["instances"]
+        except (OSError, ValueError):
+            continue
+        pids = [s["pid"] for s in instances.values() if s["state"] == "running" and s["pid"]]
+        log = (status_file.parent / "run.log").read_text(errors="replace")
+        if len(pids) == count and log.count("| up") >= count:
+            return pids
+    pytest.fail(f"the instances did not start: {status_file.read_text() if status_file.exists() else ''}")
+
+
+def gone(pids: list[int]) -> list[int]:
+    """Wait (a minute at most) for ``pids`` to end; returns those still alive."""
+    for _ in range(600):
+        alive = [pid for pid in pids if pid_alive(pid)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return alive
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_run_stops_every_child_before_run_exits(tmp_path: Path, sig: signal.Signals) -> None:
+    run, status_file = start_run(tmp_path)
+    children = running_children(status_file)
+    run.send_signal(sig)
+    assert run.wait(120) == 0
+    assert [pid for pid in children if pid_alive(pid)] == []  # none outlives run
+    final = json.loads(status_file.read_text())["instances"]
+    assert {s["state"] for s in final.values()} == {"stopped"}
+
+
+def test_children_that_ignore_sigterm_are_killed_after_the_grace_and_run_exits(tmp_path: Path) -> None:
+    run, status_file = start_run(tmp_path, grace=0.5, IGNORE_TERM="1")
+    children = running_children(status_file)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(120) == 0
+    assert [pid for pid in children if pid_alive(pid)] == []
+    final = json.loads(status_file.read_text())["instances"]
+    assert {s["last_exit"] for s in final.values()} == {-9}
+
+
+def test_a_second_signal_kills_the_children_at_once(tmp_path: Path) -> None:
+    run, status_file = start_run(tmp_path, grace=3600, IGNORE_TERM="1")
+    children = running_children(status_file)
+    run.send_signal(signal.SIGTERM)
+    for _ in range(600):
+        if "stopping" in (tmp_path / "run.log").read_text(errors="replace"):
+            break
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(120) == 0  # without the second signal it would wait an hour
+    assert [pid for pid in children if pid_alive(pid)] == []
+
+
+def test_sigkill_of_run_leaves_no_orphan(tmp_path: Path) -> None:
+    run, status_file = start_run(tmp_path, IGNORE_TERM="1")
+    children = running_children(status_file)
+    run.kill()
+    run.wait(60)
+    assert gone(children) == [], "children outlived a SIGKILLed `thermoflow run`"
+
+
+def test_a_stalled_child_is_restarted_and_the_reason_logged(tmp_path: Path) -> None:
+    run, status_file = start_run(tmp_path, STALL_ONCE="1")
+    try:
+        running_children(status_file)
+        final = json.loads(status_file.read_text())["instances"]
+        assert {s["restarts"] for s in final.values()} == {1}
+        assert {s["last_exit"] for s in final.values()} == {3}
+    finally:
+        run.terminate()
+        run.wait(120)
+    log = (tmp_path / "run.log").read_text(errors="replace")
+    exited = [line for line in log.splitlines() if "exited" in line and "code=3" in line]
+    assert len(exited) == 2 and all("reason=stalled" in line for line in exited), log
+
+
+PARENT = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    subprocess.Popen(sys.argv[1:])  # like `thermoflow demo` starting `thermoflow run`
+    time.sleep(3600)
+    """
+)
+
+
+def test_run_started_with_exit_with_parent_stops_its_children_when_the_parent_is_sigkilled(
+    tmp_path: Path,
+) -> None:
+    """`thermoflow demo` SIGKILLed (or its terminal gone): `thermoflow run` stops, and its children."""
+    (tmp_path / "run.py").write_text(RUN)
+    (tmp_path / "component.py").write_text(QUIET_COMPONENT)
+    (tmp_path / "parent.py").write_text(PARENT)
+    status_file = tmp_path / "status.json"
+    with (tmp_path / "run.log").open("wb") as log:
+        parent = subprocess.Popen(
+            [sys.executable, str(tmp_path / "parent.py"), sys.executable, str(tmp_path / "run.py"),
+             str(tmp_path / "component.py"), str(status_file), "5"],
+            env={**os.environ, "MARKER": str(tmp_path / "ran"), "EXIT_WITH_PARENT": "1"},
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    children = running_children(status_file)
+    supervisor_pid = json.loads(status_file.read_text())["supervisor_pid"]
+    parent.kill()
+    parent.wait(60)
+    assert gone([supervisor_pid, *children]) == []
+    final = json.loads(status_file.read_text())["instances"]
+    assert {s["state"] for s in final.values()} == {"stopped"}  # a clean stop, not a kill
+    assert {s["last_exit"] for s in final.values()} == {-15}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pydantic import SecretStr
 from thermoflow import topics
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
-from thermoflow.stack.services import Kafka, Mosquitto, Postgres, Service, service_home
+from thermoflow.stack.services import Kafka, Mosquitto, Postgres, Service, remove_home, service_home
 
 
 def default_cache_dir() -> Path:
@@ -120,6 +121,18 @@ class Stack:
                 errors.append(f"{service.name}: {exc}")
         if errors:
             raise RuntimeError("could not stop: " + "; ".join(errors))
+
+    def purge(self) -> list[Path]:
+        """Stop the services, then delete all their data: the state directory, and the folders
+        under ``/var/lib/thermoflow`` used when the services' users cannot enter it. Returns
+        what was removed. The Kafka jars' cache (shared by every stack) stays.
+        """
+        self.down()
+        removed = [*remove_home(self.mosquitto.home), *remove_home(self.postgres.home)]
+        if self.config.state_dir.exists():
+            shutil.rmtree(self.config.state_dir)
+            removed.append(self.config.state_dir)
+        return removed
 
     def status(self) -> dict[str, str]:
         """``running`` (answers), ``starting`` (process up, not answering) or ``stopped``, per service."""
