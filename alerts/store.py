@@ -7,9 +7,11 @@ batch's offsets are committed after the transaction: a crash replays the batch, 
 inserts nothing and counts nothing. A database error keeps the batch, reconnects with backoff
 and tries again: consumption pauses and resumes without loss.
 
-Resolution: a periodic sweep resolves open incidents whose last breach (event time) is
-``resolve_after`` older than the processing clock; it runs only while the consumer is caught
-up, so a backlog after an outage is folded in (by event time) before anything is resolved.
+Resolution: a periodic sweep resolves the open incidents that the pipeline watermark of their
+alerts partition (:class:`~alerts.watermarks.PipelineWatermarks`, from the processors'
+watermark records on the same partition) has passed by ``resolve_after``: event time
+throughout, so readings still upstream after an outage, or behind a stopped processor, hold
+the watermark back and cannot re-fire an incident resolved too early.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -25,9 +27,10 @@ from typing import Any, TypeVar
 import psycopg
 from aiokafka.errors import CommitFailedError
 
-from alerts.kafka_io import KafkaDeadLetters, caught_up, decode_batch
+from alerts.kafka_io import KafkaDeadLetters, decode_batch, partition_of
 from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
 from alerts.settings import AlertsSettings
+from alerts.watermarks import PipelineWatermarks
 from thermoflow import db, kafka
 from thermoflow.events import AlertEvent
 from thermoflow.logs import get_logger
@@ -80,10 +83,14 @@ ON CONFLICT (incident_id) DO UPDATE SET
     peak_value = EXCLUDED.peak_value, breach_count = EXCLUDED.breach_count,
     resolved_at = EXCLUDED.resolved_at, updated_at = now()
 """
+_SWEEP_CANDIDATES = """
+SELECT DISTINCT device_id FROM incidents WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s)
+"""
 _SWEEP = """
-UPDATE incidents
-SET status = 'resolved', resolved_at = last_breach_at + make_interval(secs => %s), updated_at = now()
-WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s)
+UPDATE incidents i
+SET status = 'resolved', resolved_at = i.last_breach_at + make_interval(secs => %s), updated_at = now()
+FROM unnest(%s::text[], %s::float8[]) AS due(device_id, cutoff)
+WHERE i.device_id = due.device_id AND i.status <> 'resolved' AND i.last_breach_at <= to_timestamp(due.cutoff)
 """
 
 
@@ -164,10 +171,31 @@ async def _update_incidents(
     return len(changed)
 
 
-async def sweep(conn: psycopg.AsyncConnection[Any], *, now: float, policy: Policy) -> int:
-    """Resolve the open incidents quiet for ``resolve_after``; returns how many."""
+async def sweep(
+    conn: psycopg.AsyncConnection[Any], *, watermarks: Mapping[int, float], partitions: int, policy: Policy
+) -> int:
+    """Resolve the open incidents that their partition's watermark has passed by ``resolve_after``.
+
+    Args:
+        watermarks: the pipeline watermark of each alerts partition this store reads (and knows
+            one for); incidents of other partitions are left to whoever reads those.
+        partitions: how many partitions the alerts topic has (a device's partition follows).
+
+    Returns how many incidents were resolved.
+    """
+    if not watermarks:
+        return 0
+    cutoffs = {p: resolve_cutoff(watermark=w, policy=policy) for p, w in watermarks.items()}
     async with conn.transaction():
-        cur = await conn.execute(_SWEEP, (policy.resolve_after, resolve_cutoff(now=now, policy=policy)))
+        cur = await conn.execute(_SWEEP_CANDIDATES, (max(cutoffs.values()),))
+        due = [
+            (device_id, cutoffs[p])
+            for (device_id,) in await cur.fetchall()
+            if (p := partition_of(device_id, partitions=partitions)) in cutoffs
+        ]
+        if not due:
+            return 0
+        cur = await conn.execute(_SWEEP, (policy.resolve_after, [d for d, _ in due], [c for _, c in due]))
         return cur.rowcount
 
 
@@ -185,6 +213,7 @@ class AlertStore:
         self.clock = clock
         self.metrics = metrics or Metrics("alerts.store")
         self.policy = Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
+        self.watermarks = PipelineWatermarks()
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def _with_db(
@@ -208,8 +237,19 @@ class AlertStore:
                 delay = min(delay * 2, 5.0)
         return None
 
-    async def _sweep(self, now: float, stop: asyncio.Event) -> None:
-        resolved = await self._with_db(partial(sweep, now=now, policy=self.policy), stop)
+    async def _sweep(self, consumer: Any, stop: asyncio.Event) -> None:
+        topic = self.settings.alerts_topic
+        partitions = consumer.partitions_for_topic(topic)
+        watermarks = {
+            tp.partition: mark
+            for tp in consumer.assignment()
+            if (mark := self.watermarks.watermark(tp.partition)) is not None
+        }
+        if not partitions or not watermarks:
+            return
+        resolved = await self._with_db(
+            partial(sweep, watermarks=watermarks, partitions=len(partitions), policy=self.policy), stop
+        )
         if resolved:
             log.info("incidents_resolved", count=resolved)
             self.metrics.count("incidents_resolved", resolved)
@@ -241,6 +281,8 @@ class AlertStore:
                     timeout_ms=int(settings.store_batch_wait * 1000), max_records=settings.store_batch_size
                 )
                 decoded = await decode_batch(batch, dead_letters)
+                for partition, mark in decoded.watermarks:
+                    self.watermarks.observe(partition, mark)
                 if decoded.alerts:
                     alerts = [alert for _, alert in decoded.alerts]
                     result = await self._with_db(
@@ -258,8 +300,8 @@ class AlertStore:
                         # batch is stored, its redelivery elsewhere inserts nothing twice.
                         log.warning("commit_failed", error=str(exc))
                 now = self.clock()
-                if now >= next_sweep and await caught_up(consumer):
-                    await self._sweep(now, stop)
+                if now >= next_sweep:
+                    await self._sweep(consumer, stop)
                     next_sweep = now + settings.sweep_interval
         finally:
             await consumer.stop()
