@@ -226,15 +226,17 @@ class StoredIncident(NamedTuple):
 def fold_breaches(
     open_incidents: dict[tuple[str, str], StoredIncident], alerts: list[AlertEvent], *, policy: Policy
 ) -> dict[str, StoredIncident]:
-    """Fold new alerts (in ``reading_ts`` order per device and rule) into the open incidents.
+    """Fold new alerts into the open incidents, in the order they were read from the topic.
 
     Returns every incident that changed, by id: updated, escalated (back to ``firing`` even if
     acknowledged), resolved by a long gap, or newly opened. Only alerts never stored before may
-    be passed in, so replays never count twice.
+    be passed in, so replays never count twice. Topic order, not ``reading_ts`` order: the
+    notifier folds the same records one by one in that order, and where a device's alerts
+    arrive out of time order the two must still open the same incidents.
     """
     current = dict(open_incidents)
     changed: dict[str, StoredIncident] = {}
-    for alert in sorted(alerts, key=lambda a: a.reading_ts):
+    for alert in alerts:
         key = (alert.device_id, alert.rule_id)
         before = current.get(key)
         incident, transitions = apply_breach(

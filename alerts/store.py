@@ -32,7 +32,7 @@ from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, re
 from alerts.settings import AlertsSettings
 from alerts.watermarks import PipelineWatermarks
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent
+from thermoflow.events import AlertEvent, Watermark
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 
@@ -214,6 +214,11 @@ class AlertStore:
         self.metrics = metrics or Metrics("alerts.store")
         self.policy = Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
         self.watermarks = PipelineWatermarks()
+        # Per alerts partition, the highest pipeline watermark since the last sweep. The highest,
+        # not the latest: the notifier resolves at each watermark record, and an incident it
+        # resolved there must be resolved here too, even if the watermark dipped since (a
+        # partition that was idle got readings again).
+        self._reached: dict[int, float] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def _with_db(
@@ -237,19 +242,23 @@ class AlertStore:
                 delay = min(delay * 2, 5.0)
         return None
 
+    def _observe(self, partition: int, mark: Watermark) -> None:
+        self.watermarks.observe(partition, mark)
+        watermark = self.watermarks.watermark(partition)
+        if watermark is not None:
+            self._reached[partition] = max(self._reached.get(partition, watermark), watermark)
+
     async def _sweep(self, consumer: Any, stop: asyncio.Event) -> None:
-        topic = self.settings.alerts_topic
-        partitions = consumer.partitions_for_topic(topic)
-        watermarks = {
-            tp.partition: mark
-            for tp in consumer.assignment()
-            if (mark := self.watermarks.watermark(tp.partition)) is not None
-        }
+        partitions = consumer.partitions_for_topic(self.settings.alerts_topic)
+        assigned = {tp.partition for tp in consumer.assignment()}
+        watermarks = {p: w for p, w in self._reached.items() if p in assigned}
         if not partitions or not watermarks:
             return
         resolved = await self._with_db(
             partial(sweep, watermarks=watermarks, partitions=len(partitions), policy=self.policy), stop
         )
+        if resolved is not None:
+            self._reached.clear()
         if resolved:
             log.info("incidents_resolved", count=resolved)
             self.metrics.count("incidents_resolved", resolved)
@@ -282,7 +291,7 @@ class AlertStore:
                 )
                 decoded = await decode_batch(batch, dead_letters)
                 for partition, mark in decoded.watermarks:
-                    self.watermarks.observe(partition, mark)
+                    self._observe(partition, mark)
                 if decoded.alerts:
                     alerts = [alert for _, alert in decoded.alerts]
                     result = await self._with_db(
