@@ -42,6 +42,12 @@ class ProcessorSettings(ThermoflowSettings):
         le=300,
         description="seconds before a silent (killed) worker's partitions go to the others",
     )
+    alert_window: float = Field(
+        1.0,
+        gt=0,
+        description="at most one alert per device, rule and batch and per this many seconds of device"
+        " time: a backlog's breaches stay continuous (keep it well below resolve_after)",
+    )
     watermark_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between the watermarks sent to the alerts topic"
     )
