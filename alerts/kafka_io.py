@@ -20,6 +20,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from alerts.lifecycle import Incident
 from alerts.notification import Notification, to_json
@@ -28,8 +29,11 @@ from thermoflow.events import (
     AlertEvent,
     DeadLetter,
     EventDecodeError,
+    Watermark,
     dead_letter_headers,
     decode_alert,
+    decode_watermark,
+    is_watermark,
     kafka_source,
 )
 from thermoflow.logs import get_logger
@@ -137,23 +141,37 @@ class KafkaDeadLetters:
 
 @dataclass
 class DecodedBatch:
-    """A fetched batch: its valid alert events (with their partition) and the offsets to commit."""
+    """A fetched batch: its valid records in order (alerts and watermarks, with their partition)
+    and the offsets to commit."""
 
-    alerts: list[tuple[int, AlertEvent]] = field(default_factory=list)
+    events: list[tuple[int, AlertEvent | Watermark]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     received: int = 0
     invalid: int = 0
+
+    @property
+    def alerts(self) -> list[tuple[int, AlertEvent]]:
+        return [(p, e) for p, e in self.events if isinstance(e, AlertEvent)]
+
+    @property
+    def watermarks(self) -> list[tuple[int, Watermark]]:
+        return [(p, e) for p, e in self.events if isinstance(e, Watermark)]
 
 
 async def decode_batch(
     batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]], dead_letters: KafkaDeadLetters
 ) -> DecodedBatch:
-    """Decode every record; an invalid one goes to the dead-letter topic with the reason."""
+    """Decode every record, in order per partition; an invalid one goes to the dead-letter topic.
+
+    A record with the ``kind: watermark`` header is a processor's watermark, not an alert.
+    """
     decoded = DecodedBatch()
     for tp, records in batch.items():
         for record in records:
             try:
-                decoded.alerts.append((tp.partition, decode_alert(record.value or b"")))
+                value = record.value or b""
+                event = decode_watermark(value) if is_watermark(record.headers) else decode_alert(value)
+                decoded.events.append((tp.partition, event))
             except EventDecodeError as exc:
                 source = kafka_source(topic=tp.topic, partition=tp.partition, offset=record.offset)
                 log.warning("alert_invalid", topic=tp.topic, partition=tp.partition, offset=record.offset,
@@ -166,6 +184,12 @@ async def decode_batch(
             decoded.offsets[tp] = records[-1].offset + 1
             decoded.received += len(records)
     return decoded
+
+
+def partition_of(device_id: str, *, partitions: int) -> int:
+    """The ``telemetry.alerts`` partition of a device's alerts: Kafka's default partitioner on the
+    key (murmur2, as the Java client and aiokafka, which the processors send with)."""
+    return (int(murmur2(device_id.encode())) & 0x7FFFFFFF) % partitions
 
 
 async def caught_up(consumer: AIOKafkaConsumer) -> bool:

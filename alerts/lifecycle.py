@@ -1,4 +1,4 @@
-"""The incident lifecycle: pure functions over :class:`Incident` states, with the clock passed in.
+"""The incident lifecycle: pure functions over :class:`Incident` states, with the clocks passed in.
 
 One incident is open per (device_id, rule_id). It **fires** on the first breach, **escalates**
 when a breach is more severe than any before (severity never goes down), **repeats** every
@@ -7,13 +7,22 @@ last breach.
 
 Two clocks, on purpose:
 
-* Breach times are the alert's ``reading_ts`` (the device's time). It is stable when a reading
-  is re-processed, so replays rebuild the same incidents: ``opened_at``, ``last_breach_at`` and
-  ``resolved_at = last_breach_at + resolve_after`` are all event time.
-* *When* an incident without new breaches is resolved, and when a repeat is due, is decided by
-  the processing clock ``now`` (wall clock in production, a fake one in tests) compared with
-  those event times. A breach that arrives more than ``resolve_after`` after the previous one
-  (in event time) resolves the old incident and opens a new one, whatever ``now`` says.
+* Resolution is event time throughout. Breach times are the alert's ``reading_ts`` (the
+  device's time), stable when a reading is re-processed, so replays rebuild the same
+  incidents: ``opened_at``, ``last_breach_at`` and ``resolved_at = last_breach_at +
+  resolve_after`` are event times. *When* a quiet incident is resolved is decided by the
+  pipeline's **watermark** (:mod:`alerts.watermarks`): the event time up to which every
+  reading has been processed and its alerts read. An incident resolves once the watermark
+  reaches ``last_breach_at + resolve_after``: a breach still held upstream (an outage, a
+  stopped processor) cannot come later and re-fire it, because the watermark waits for it.
+  A breach that arrives more than ``resolve_after`` after the previous one (in event time)
+  resolves the old incident and opens a new one, whatever the watermark says.
+* Repeats are processing time: ``now`` (the wall clock in production, a fake one in tests)
+  against ``notified_at``.
+
+Since both the store and the notifier derive the incident id from the first breach (device,
+rule, ``opened_at``) and resolve on the same watermark records, they agree on every id
+without talking to each other.
 
 Nothing here does I/O: the store and the notifier call these functions and persist the result.
 """
@@ -161,18 +170,28 @@ def apply_breach(
     return opened, transitions
 
 
+def resolves_at(incident: Incident, *, policy: Policy) -> float:
+    """The watermark at which this open incident resolves: ``resolve_after`` past its last breach."""
+    return incident.last_breach_at + policy.resolve_after
+
+
+def settle(incident: Incident, *, policy: Policy, watermark: float) -> tuple[Incident, list[Transition]]:
+    """Resolve the incident if the pipeline's watermark is ``resolve_after`` past its last breach."""
+    if incident.is_open and watermark >= resolves_at(incident, policy=policy):
+        resolved = resolve(incident, policy=policy)
+        return resolved, [Transition("resolve", resolved)]
+    return incident, []
+
+
 def tick(incident: Incident, *, policy: Policy, now: float) -> tuple[Incident, list[Transition]]:
-    """Resolve a quiet incident, or repeat a still-open one whose repeat is due.
+    """Repeat a still-open incident whose repeat is due (processing time).
 
     Repeats are due exactly every ``repeat_interval`` after the last fire/escalate; after a
     pause longer than that (the notifier was down), one repeat goes out, not a burst.
     """
-    if not incident.is_open:
+    if not incident.is_open or incident.notified_at is None:
         return incident, []
-    if now >= incident.last_breach_at + policy.resolve_after:
-        resolved = resolve(incident, policy=policy)
-        return resolved, [Transition("resolve", resolved)]
-    if incident.notified_at is not None and now >= incident.notified_at + policy.repeat_interval:
+    if now >= incident.notified_at + policy.repeat_interval:
         due = incident.notified_at + policy.repeat_interval
         missed = math.floor((now - due) / policy.repeat_interval)
         repeated = msgspec.structs.replace(
@@ -182,17 +201,16 @@ def tick(incident: Incident, *, policy: Policy, now: float) -> tuple[Incident, l
     return incident, []
 
 
-def due_at(incident: Incident, *, policy: Policy) -> float:
-    """When :func:`tick` next has something to do for this open incident (resolve or repeat)."""
-    due = incident.last_breach_at + policy.resolve_after
-    if incident.notified_at is not None:
-        due = min(due, incident.notified_at + policy.repeat_interval)
-    return due
+def repeat_due_at(incident: Incident, *, policy: Policy) -> float | None:
+    """When :func:`tick` next repeats this open incident (None: it never notified)."""
+    if incident.notified_at is None:
+        return None
+    return incident.notified_at + policy.repeat_interval
 
 
-def resolve_cutoff(*, now: float, policy: Policy) -> float:
+def resolve_cutoff(*, watermark: float, policy: Policy) -> float:
     """Open incidents whose last breach is at or before this time are due to resolve."""
-    return now - policy.resolve_after
+    return watermark - policy.resolve_after
 
 
 IncidentStatus = Literal["firing", "acknowledged", "resolved"]
@@ -208,15 +226,17 @@ class StoredIncident(NamedTuple):
 def fold_breaches(
     open_incidents: dict[tuple[str, str], StoredIncident], alerts: list[AlertEvent], *, policy: Policy
 ) -> dict[str, StoredIncident]:
-    """Fold new alerts (in ``reading_ts`` order per device and rule) into the open incidents.
+    """Fold new alerts into the open incidents, in the order they were read from the topic.
 
     Returns every incident that changed, by id: updated, escalated (back to ``firing`` even if
     acknowledged), resolved by a long gap, or newly opened. Only alerts never stored before may
-    be passed in, so replays never count twice.
+    be passed in, so replays never count twice. Topic order, not ``reading_ts`` order: the
+    notifier folds the same records one by one in that order, and where a device's alerts
+    arrive out of time order the two must still open the same incidents.
     """
     current = dict(open_incidents)
     changed: dict[str, StoredIncident] = {}
-    for alert in sorted(alerts, key=lambda a: a.reading_ts):
+    for alert in alerts:
         key = (alert.device_id, alert.rule_id)
         before = current.get(key)
         incident, transitions = apply_breach(

@@ -1,9 +1,14 @@
 """`thermoflow alerts notify`: telemetry.alerts -> incident transitions -> channels.
 
-The loop: fetch a batch of alert events, fold them into the :class:`IncidentTracker` (pure),
-tick it (resolve/repeat due incidents), deliver the notifications (every channel concurrently,
-retried, breaker-guarded, dead-lettered when undeliverable), persist the changed incident
-states to the compacted state topic, then commit the batch's offsets. Killed anywhere, it
+The loop: fetch a batch of ``telemetry.alerts`` records and fold them, in order, into the
+:class:`IncidentTracker` (pure): alert events open, extend and escalate incidents; the
+processors' watermark records move each partition's pipeline watermark
+(:class:`~alerts.watermarks.PipelineWatermarks`), which resolves the quiet incidents it has
+passed. Then tick it (repeats, on the wall clock), deliver the notifications (every channel
+concurrently, retried, breaker-guarded, dead-lettered when undeliverable), persist the changed
+incident states to the compacted state topic, then commit the batch's offsets. A
+:class:`~thermoflow.watchdog.Watchdog` ends the process (for a restart) if fetched records
+stay uncommitted for ``stall_timeout``. Killed anywhere, it
 restarts from the last committed offsets with the state of the last persisted batch, so an
 already-notified transition is not notified again (a crash between a send and the state write
 re-sends it with the same idempotency key: at-least-once, de-duplicable by the receiver).
@@ -43,10 +48,13 @@ from alerts.routing import (
 )
 from alerts.settings import AlertsSettings
 from alerts.tracker import IncidentTracker
+from alerts.watermarks import PipelineWatermarks
 from thermoflow import kafka
+from thermoflow.events import AlertEvent
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ConfigError
+from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 
@@ -134,6 +142,9 @@ class Notifier:
         self.tracker = IncidentTracker(
             Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
         )
+        self.watermarks = PipelineWatermarks()
+        self.watchdog = Watchdog(component="alerts.notify", stall_after=settings.stall_timeout)
+        self._uncommitted = 0  # records fetched and not committed yet: the watchdog's "waiting"
         self._dispatcher = dispatcher
         self._pending: asyncio.Task[None] | None = None
         # Clear from a revocation until the reload after the next assignment is done. aiokafka
@@ -162,6 +173,7 @@ class Notifier:
         consumer: AIOKafkaConsumer,
         changed: list[Incident],
         offsets: dict[TopicPartition, int],
+        records: int,
     ) -> None:
         """Write the batch's changed incident states (acked), then commit the batch's offsets."""
         started = time.perf_counter()
@@ -174,6 +186,9 @@ class Notifier:
             except CommitFailedError as exc:  # a rebalance took the partitions: they replay elsewhere
                 log.warning("commit_failed", error=str(exc))
             self.metrics.observe("commit", time.perf_counter() - persisted)
+        self._uncommitted -= records
+        self.watchdog.waiting(self._uncommitted)
+        self.watchdog.progress()
 
     def _build_dispatcher(self, dead_letters: KafkaDeadLetters) -> Dispatcher:
         settings = self.settings
@@ -212,8 +227,10 @@ class Notifier:
                      channels=list(dispatcher.channels))  # fmt: skip
             if ready is not None:
                 ready.set()
+            self.watchdog.start()
             await self._loop(stop, consumer, producer, dispatcher, dead_letters)
         finally:
+            self.watchdog.stop()
             await self.flush_pending()  # the last batch's persist and commit, if still running
             await consumer.stop()
             await dispatcher.close()
@@ -236,13 +253,20 @@ class Notifier:
                 await self.state_ready.wait()
             now = self.clock()
             decoded = await decode_batch(batch, dead_letters)
-            notifications = [
-                notification
-                for partition, alert in decoded.alerts
-                for notification in self.tracker.on_alert(alert, now=now, partition=partition)
-            ]
-            # Like the store, decide resolves and repeats only once caught up: a backlog of
-            # breaches is folded in first, so lag alone never resolves an incident.
+            self._uncommitted += decoded.received
+            self.watchdog.waiting(self._uncommitted)
+            notifications = []
+            for partition, event in decoded.events:  # in order: a watermark covers the alerts before it
+                if isinstance(event, AlertEvent):
+                    notifications += self.tracker.on_alert(event, now=now, partition=partition)
+                    continue
+                self.watermarks.observe(partition, event)
+                watermark = self.watermarks.watermark(partition)
+                if watermark is not None:
+                    notifications += self.tracker.on_watermark(
+                        partition=partition, watermark=watermark, now=now
+                    )
+            # Repeats only once caught up: a backlog may still hold what resolves the incident.
             if now >= next_tick and self.state_ready.is_set() and await caught_up(consumer):
                 assigned = {tp.partition for tp in consumer.assignment()}
                 notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
@@ -257,6 +281,8 @@ class Notifier:
             if self._pending is not None:
                 await self._pending
             self._pending = asyncio.create_task(
-                self._persist_and_commit(producer, consumer, self.tracker.take_changed(), decoded.offsets)
+                self._persist_and_commit(
+                    producer, consumer, self.tracker.take_changed(), decoded.offsets, decoded.received
+                )
             )
             self.metrics.count("alerts", decoded.received)

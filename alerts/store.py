@@ -10,9 +10,11 @@ can never take (a time beyond year 9999, a NUL in an id) is dead-lettered, found
 write (:func:`unstorable`) or isolated by splitting the batch when the database refuses it
 (:func:`thermoflow.db.write_isolating`); the rest of the batch is stored and committed.
 
-Resolution: a periodic sweep resolves open incidents whose last breach (event time) is
-``resolve_after`` older than the processing clock; it runs only while the consumer is caught
-up, so a backlog after an outage is folded in (by event time) before anything is resolved.
+Resolution: a periodic sweep resolves the open incidents that the pipeline watermark of their
+alerts partition (:class:`~alerts.watermarks.PipelineWatermarks`, from the processors'
+watermark records on the same partition) has passed by ``resolve_after``: event time
+throughout, so readings still upstream after an outage, or behind a stopped processor, hold
+the watermark back and cannot re-fire an incident resolved too early.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from alerts.kafka_io import DecodedBatch, KafkaDeadLetters, caught_up, decode_batch
+from alerts.kafka_io import DecodedBatch, KafkaDeadLetters, decode_batch, partition_of
 from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
 from alerts.settings import AlertsSettings
+from alerts.watermarks import PipelineWatermarks
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent, EventDecodeError, decode_alert, kafka_source
+from thermoflow.events import AlertEvent, EventDecodeError, Watermark, decode_alert, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog
@@ -85,10 +88,14 @@ ON CONFLICT (incident_id) DO UPDATE SET
     peak_value = EXCLUDED.peak_value, breach_count = EXCLUDED.breach_count,
     resolved_at = EXCLUDED.resolved_at, updated_at = now()
 """
+_SWEEP_CANDIDATES = """
+SELECT DISTINCT device_id FROM incidents WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s)
+"""
 _SWEEP = """
-UPDATE incidents
-SET status = 'resolved', resolved_at = last_breach_at + make_interval(secs => %s), updated_at = now()
-WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s)
+UPDATE incidents i
+SET status = 'resolved', resolved_at = i.last_breach_at + make_interval(secs => %s), updated_at = now()
+FROM unnest(%s::text[], %s::float8[]) AS due(device_id, cutoff)
+WHERE i.device_id = due.device_id AND i.status <> 'resolved' AND i.last_breach_at <= to_timestamp(due.cutoff)
 """
 
 
@@ -189,10 +196,31 @@ async def _update_incidents(
     return len(changed)
 
 
-async def sweep(conn: psycopg.AsyncConnection[Any], *, now: float, policy: Policy) -> int:
-    """Resolve the open incidents quiet for ``resolve_after``; returns how many."""
+async def sweep(
+    conn: psycopg.AsyncConnection[Any], *, watermarks: Mapping[int, float], partitions: int, policy: Policy
+) -> int:
+    """Resolve the open incidents that their partition's watermark has passed by ``resolve_after``.
+
+    Args:
+        watermarks: the pipeline watermark of each alerts partition this store reads (and knows
+            one for); incidents of other partitions are left to whoever reads those.
+        partitions: how many partitions the alerts topic has (a device's partition follows).
+
+    Returns how many incidents were resolved.
+    """
+    if not watermarks:
+        return 0
+    cutoffs = {p: resolve_cutoff(watermark=w, policy=policy) for p, w in watermarks.items()}
     async with conn.transaction():
-        cur = await conn.execute(_SWEEP, (policy.resolve_after, resolve_cutoff(now=now, policy=policy)))
+        cur = await conn.execute(_SWEEP_CANDIDATES, (max(cutoffs.values()),))
+        due = [
+            (device_id, cutoffs[p])
+            for (device_id,) in await cur.fetchall()
+            if (p := partition_of(device_id, partitions=partitions)) in cutoffs
+        ]
+        if not due:
+            return 0
+        cur = await conn.execute(_SWEEP, (policy.resolve_after, [d for d, _ in due], [c for _, c in due]))
         return cur.rowcount
 
 
@@ -210,6 +238,12 @@ class AlertStore:
         self.clock = clock
         self.metrics = metrics or Metrics("alerts.store")
         self.policy = Policy(resolve_after=settings.resolve_after, repeat_interval=settings.repeat_interval)
+        self.watermarks = PipelineWatermarks()
+        # Per alerts partition, the highest pipeline watermark since the last sweep. The highest,
+        # not the latest: the notifier resolves at each watermark record, and an incident it
+        # resolved there must be resolved here too, even if the watermark dipped since (a
+        # partition that was idle got readings again).
+        self._reached: dict[int, float] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.watchdog = Watchdog(component="alerts.store", stall_after=settings.stall_timeout)
 
@@ -306,8 +340,23 @@ class AlertStore:
         log.warning("dead_letter_failed", error=repr(exc), retry_in=round(delay, 1))
         self.watchdog.retrying("dead letter failed")
 
-    async def _sweep(self, now: float, stop: asyncio.Event) -> None:
-        resolved = await self._with_db(partial(sweep, now=now, policy=self.policy), stop)
+    def _observe(self, partition: int, mark: Watermark) -> None:
+        self.watermarks.observe(partition, mark)
+        watermark = self.watermarks.watermark(partition)
+        if watermark is not None:
+            self._reached[partition] = max(self._reached.get(partition, watermark), watermark)
+
+    async def _sweep(self, consumer: Any, stop: asyncio.Event) -> None:
+        partitions = consumer.partitions_for_topic(self.settings.alerts_topic)
+        assigned = {tp.partition for tp in consumer.assignment()}
+        watermarks = {p: w for p, w in self._reached.items() if p in assigned}
+        if not partitions or not watermarks:
+            return
+        resolved = await self._with_db(
+            partial(sweep, watermarks=watermarks, partitions=len(partitions), policy=self.policy), stop
+        )
+        if resolved is not None:
+            self._reached.clear()
         if resolved:
             log.info("incidents_resolved", count=resolved)
             self.metrics.count("incidents_resolved", resolved)
@@ -341,6 +390,8 @@ class AlertStore:
                 )
                 self.watchdog.waiting(sum(len(records) for records in batch.values()))
                 decoded = await decode_batch(batch, dead_letters)
+                for partition, mark in decoded.watermarks:
+                    self._observe(partition, mark)
                 if decoded.alerts and not await self._store(batch, decoded, dead_letters, stop):
                     break  # stopped during an outage: the batch is not committed, it will replay
                 if decoded.offsets:
@@ -354,8 +405,8 @@ class AlertStore:
                         self.watchdog.retrying("offset commit failed")
                 self.watchdog.waiting(0)
                 now = self.clock()
-                if now >= next_sweep and await caught_up(consumer):
-                    await self._sweep(now, stop)
+                if now >= next_sweep:
+                    await self._sweep(consumer, stop)
                     next_sweep = now + settings.sweep_interval
         finally:
             self.watchdog.stop()

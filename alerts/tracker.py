@@ -1,7 +1,9 @@
 """The notifier's memory: the latest incident of every (device, rule), and what to notify. Pure.
 
-The adapter feeds it alert events and clock ticks, sends the notifications it returns, and
-persists :meth:`IncidentTracker.take_changed` before committing offsets.
+The adapter feeds it alert events, the pipeline watermark of each alerts partition (which
+resolves quiet incidents) and clock ticks (which repeat long-firing ones), sends the
+notifications it returns, and persists :meth:`IncidentTracker.take_changed` before committing
+offsets.
 """
 
 from __future__ import annotations
@@ -9,11 +11,21 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from alerts.lifecycle import Incident, Policy, Transition, apply_breach, due_at, tick
+from alerts.lifecycle import (
+    Incident,
+    Policy,
+    Transition,
+    apply_breach,
+    repeat_due_at,
+    resolves_at,
+    settle,
+    tick,
+)
 from alerts.notification import Notification, from_transition
 from thermoflow.events import AlertEvent
 
 IncidentKey = tuple[str, str]  # (device_id, rule_id)
+_Due = tuple[float, IncidentKey]
 
 
 def key_of(incident: Incident) -> IncidentKey:
@@ -26,15 +38,18 @@ def progress(incident: Incident) -> tuple[float, int, float, int]:
 
 
 class IncidentTracker:
-    """Incident state per (device, rule), changed only by :meth:`on_alert` and :meth:`on_tick`."""
+    """Incident state per (device, rule), changed by :meth:`on_alert`, :meth:`on_watermark` and
+    :meth:`on_tick`."""
 
     def __init__(self, policy: Policy, states: Iterable[Incident] = ()) -> None:
         self.policy = policy
         self.incidents: dict[IncidentKey, Incident] = {}
         self._open: set[IncidentKey] = set()
         self._changed: dict[IncidentKey, Incident] = {}
-        # (due time, key) of open incidents; entries made stale by later changes are skipped.
-        self._due: list[tuple[float, IncidentKey]] = []
+        # Open incidents by the watermark that resolves them, per alerts partition, and by the
+        # time of their next repeat; entries made stale by later changes are skipped.
+        self._resolves: dict[int, list[_Due]] = {}
+        self._repeats: list[_Due] = []
         self.load(states)
 
     def load(self, states: Iterable[Incident]) -> None:
@@ -50,14 +65,18 @@ class IncidentTracker:
             current = self.incidents.get(key_of(incident))
             if current is not None and progress(current) > progress(incident):
                 incident = current
-            self._put(incident, changed=False)  # re-adds its due entry even when kept
+            self._put(incident, changed=False)  # re-adds its due entries even when kept
 
     def _put(self, incident: Incident, *, changed: bool = True) -> None:
         key = key_of(incident)
         self.incidents[key] = incident
         if incident.is_open:
             self._open.add(key)
-            heapq.heappush(self._due, (due_at(incident, policy=self.policy), key))
+            resolves = self._resolves.setdefault(incident.partition, [])
+            heapq.heappush(resolves, (resolves_at(incident, policy=self.policy), key))
+            repeat = repeat_due_at(incident, policy=self.policy)
+            if repeat is not None:
+                heapq.heappush(self._repeats, (repeat, key))
         else:
             self._open.discard(key)
         if changed:
@@ -70,28 +89,38 @@ class IncidentTracker:
             self._put(incident)
         return self._notifications(transitions, now=now)
 
-    def on_tick(self, *, now: float, partitions: set[int] | None = None) -> list[Notification]:
-        """Resolve and repeat what is due; only incidents of ``partitions`` when given.
+    def on_watermark(self, *, partition: int, watermark: float, now: float) -> list[Notification]:
+        """Resolve the open incidents of alerts ``partition`` that the pipeline watermark has passed.
 
-        Costs O(log n) per due incident, not a scan of every open one.
+        Costs O(log n) per resolved incident, not a scan of every open one.
         """
+        due = self._resolves.get(partition)
         notifications: list[Notification] = []
-        not_yet: list[tuple[float, IncidentKey]] = []
-        while self._due and self._due[0][0] <= now:
-            due, key = heapq.heappop(self._due)
+        while due and due[0][0] <= watermark:
+            at, key = heapq.heappop(due)
             current = self.incidents.get(key)
-            if current is None or not current.is_open or due_at(current, policy=self.policy) != due:
+            if current is None or not current.is_open or current.partition != partition:
+                continue  # stale entry: resolved since, or its alerts now come on another partition
+            if resolves_at(current, policy=self.policy) != at:
+                continue  # stale entry: a later breach moved it (that entry is in the heap too)
+            incident, transitions = settle(current, policy=self.policy, watermark=watermark)
+            self._put(incident)
+            notifications.extend(self._notifications(transitions, now=now))
+        return notifications
+
+    def on_tick(self, *, now: float, partitions: set[int] | None = None) -> list[Notification]:
+        """Repeat what is due (processing time); only incidents of ``partitions`` when given."""
+        notifications: list[Notification] = []
+        while self._repeats and self._repeats[0][0] <= now:
+            due, key = heapq.heappop(self._repeats)
+            current = self.incidents.get(key)
+            if current is None or not current.is_open or repeat_due_at(current, policy=self.policy) != due:
                 continue  # stale entry: the incident changed since
             if partitions is not None and current.partition not in partitions:
                 continue  # another instance owns it now (a reload re-adds it here if it comes back)
             incident, transitions = tick(current, policy=self.policy, now=now)
-            if transitions:
-                self._put(incident)
-                notifications.extend(self._notifications(transitions, now=now))
-            else:  # not due after all (cannot happen while due_at and tick agree): look again later
-                not_yet.append((due, key))
-        for entry in not_yet:
-            heapq.heappush(self._due, entry)
+            self._put(incident)
+            notifications.extend(self._notifications(transitions, now=now))
         return notifications
 
     def take_changed(self) -> list[Incident]:

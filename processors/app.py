@@ -8,24 +8,33 @@ its events to the sink -> wait until Kafka has acked every record sent. Only the
 agent return to ``take_events``, which acks the batch's events; faust commits acked offsets
 (after flushing its producer) every ``broker_commit_interval``. So nothing is committed
 before its output is durable: at-least-once.
+
+After the acks, the batch moves its partitions' watermarks (:mod:`processors.watermarks`);
+every ``watermark_interval`` a :class:`WatermarkEmitter` sends each owned partition's
+watermark to every partition of the sink topic, behind the alerts it covers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 import msgspec
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from faust.types import TP
 
 from processors.batching import BATCH_SERIALIZER, BatchingApp
-from processors.codec import KafkaRecord, decode_batch
+from processors.codec import KafkaRecord, ReadingBatch, decode_batch
 from processors.runtime import FunctionBody, FunctionFailed, FunctionSpec, Registry, call_with_retries
 from processors.settings import ProcessorSettings
-from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
+from processors.watermarks import PartitionProgress, latest_per_partition
+from thermoflow.events import WATERMARK_HEADERS, DeadLetter, dead_letter_headers, encode, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 
@@ -87,15 +96,29 @@ def build_app(
     app.fetch_min_bytes = settings.kafka_fetch_min_bytes
     app.fetch_max_wait_ms = round(settings.kafka_fetch_wait * 1000)
     bodies: list[FunctionBody] = []
+    emitters: list[WatermarkEmitter] = []
     for spec in registry.specs():
         bodies.append(spec.build(settings))
+        sink = app.topic(spec.sink_topic(settings), key_serializer="raw", value_serializer="raw")
+        emitters.append(
+            WatermarkEmitter(
+                app=app,
+                sink=sink,
+                progress=PartitionProgress(
+                    source=spec.name, topic=spec.source_topic(settings), idle_after=settings.idle_after
+                ),
+                sink_topic=spec.sink_topic(settings),
+                settings=settings,
+            )
+        )
         runner = BatchRunner(
             spec=spec,
             body=bodies[-1],
-            sink=app.topic(spec.sink_topic(settings), key_serializer="raw", value_serializer="raw"),
+            sink=sink,
             deadletter=deadletter,
             settings=settings,
             metrics=metrics,
+            emitter=emitters[-1],
         )
         source = app.topic(
             spec.source_topic(settings), key_serializer="raw", value_serializer=BATCH_SERIALIZER
@@ -108,6 +131,11 @@ def build_app(
     async def tick_functions() -> None:
         for tick in ticks:
             tick()
+
+    @app.timer(interval=settings.watermark_interval)  # type: ignore[untyped-decorator]
+    async def emit_watermarks() -> None:
+        for emitter in emitters:
+            await emitter.emit()
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def report_metrics() -> None:
@@ -128,6 +156,7 @@ class BatchRunner:
         deadletter: Any,
         settings: ProcessorSettings,
         metrics: Metrics,
+        emitter: WatermarkEmitter | None = None,
     ) -> None:
         self.spec = spec
         self.body = body
@@ -135,6 +164,7 @@ class BatchRunner:
         self.deadletter = deadletter
         self.settings = settings
         self.metrics = metrics
+        self.emitter = emitter
         self.source = spec.source_topic(settings)
         self.log = log.bind(function=spec.name, topic=self.source)
 
@@ -182,6 +212,9 @@ class BatchRunner:
                 self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset)
             self.metrics.count("emitted", len(emits))
         await asyncio.gather(*deliveries)
+        if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
+            self.emitter.processed(records, batch)
+            await self.emitter.emit()
         self.metrics.count("readings", len(batch))
         self.metrics.count("dead_letters", len(rejects))
         self.metrics.observe("batch", time.perf_counter() - started)
@@ -199,3 +232,126 @@ class BatchRunner:
         return await self.deadletter.send(  # type: ignore[no-any-return]
             key=record.key, value=record.value, headers=dead_letter_headers(letter)
         )
+
+
+class WatermarkEmitter:
+    """Sends one function's source-partition watermarks to every partition of its sink topic.
+
+    Called after each batch and by a timer; sends at most once per ``watermark_interval``. A
+    previous round not yet acked by then counts as trouble reaching Kafka
+    (:meth:`PartitionProgress.disturbed`), so partitions do not turn idle through an outage.
+    """
+
+    COUNTS_MAX_AGE = 60.0  # seconds before the topics' partition counts are asked for again
+
+    def __init__(
+        self,
+        *,
+        app: Any,
+        sink: Any,
+        sink_topic: str,
+        progress: PartitionProgress,
+        settings: ProcessorSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.sink = sink
+        self.sink_topic = sink_topic
+        self.progress = progress
+        self.settings = settings
+        self.clock = clock
+        self.log = log.bind(function=progress.source, topic=progress.topic)
+        self._last = float("-inf")
+        self._inflight: asyncio.Future[Any] | None = None
+        self._counts: tuple[int, int] | None = None  # (source partitions, sink partitions)
+        self._counts_at = float("-inf")
+        self._counting: asyncio.Task[None] | None = None
+
+    def processed(self, records: Sequence[KafkaRecord], batch: ReadingBatch) -> None:
+        """A batch's records are done and its output acked: move their partitions forward."""
+        now = self.clock()
+        event_time = latest_per_partition(batch.partition, batch.event_ts)
+        ends: dict[int, int] = {}
+        for record in records:
+            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+        for partition, end in ends.items():
+            self.progress.processed(partition, event_time=event_time.get(partition), next_offset=end, now=now)
+
+    async def emit(self) -> None:
+        now = self.clock()
+        if now - self._last < self.settings.watermark_interval * 0.9:
+            return
+        self._last = now
+        self._refresh_counts(now)
+        if self._inflight is not None:
+            if not self._inflight.done():
+                self.progress.disturbed(now=now)
+                self.log.warning("watermarks_unacked", seconds=self.settings.watermark_interval)
+                return
+            if not self._inflight.cancelled() and self._inflight.exception() is not None:
+                self.progress.disturbed(now=now)
+                self.log.warning("watermarks_failed", error=repr(self._inflight.exception()))
+            self._inflight = None
+        if self._counts is None:
+            return
+        source_partitions, sink_partitions = self._counts
+        owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.progress.topic}
+        self.progress.assign(owned, now=now)
+        positions = {p: await self._position(p) for p in owned}
+        marks = self.progress.marks(
+            partitions=source_partitions,
+            caught_up=lambda p, next_offset: self._caught_up(p, next_offset, positions.get(p)),
+            now=now,
+        )
+        futures = []
+        for mark in marks:
+            value = encode(mark)
+            for partition in range(sink_partitions):
+                sent = await self.sink.send(
+                    value=value, partition=partition, headers=list(WATERMARK_HEADERS), force=True
+                )
+                futures.append(sent)
+        if futures:
+            self._inflight = asyncio.ensure_future(asyncio.gather(*futures))
+            self.log.debug("watermarks_sent", marks=len(marks), partitions=sink_partitions)
+
+    def _caught_up(self, partition: int, next_offset: int | None, position: int | None) -> bool:
+        """Nothing left to process: the offset after the last one processed (else the consumer's
+        position, when nothing was processed since the assignment) is at the partition's end."""
+        with contextlib.suppress(Exception):  # not assigned any more, or not known yet
+            end = self.app.consumer.highwater(TP(self.progress.topic, partition))
+            done = next_offset if next_offset is not None else position
+            return end is not None and done is not None and done >= end
+        return False
+
+    async def _position(self, partition: int) -> int | None:
+        with contextlib.suppress(Exception):  # faust's consumer may be rebalancing: unknown then
+            position = await self.app.consumer.position(TP(self.progress.topic, partition))
+            return int(position) if position is not None else None
+        return None
+
+    def _refresh_counts(self, now: float) -> None:
+        """Ask Kafka for the partition counts in the background when they are missing or old."""
+        if now - self._counts_at < self.COUNTS_MAX_AGE or (self._counting and not self._counting.done()):
+            return
+        self._counts_at = now
+        self._counting = asyncio.ensure_future(self._count_partitions())
+
+    async def _count_partitions(self) -> None:
+        topics = [self.progress.topic, self.sink_topic]
+        admin = AIOKafkaAdminClient(**self.settings.kafka_options(), request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            described = await admin.describe_topics(topics)
+        except (KafkaError, OSError) as exc:
+            self._counts_at = float("-inf")  # ask again at the next round
+            self.log.warning("partition_count_failed", error=repr(exc))
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        counts = {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions")}
+        if all(counts.get(topic) for topic in topics):
+            self._counts = (counts[topics[0]], counts[topics[1]])
+        else:
+            self._counts_at = float("-inf")

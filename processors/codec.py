@@ -15,7 +15,7 @@ from typing import Any, Final, Protocol
 import msgspec
 import numpy as np
 
-from processors.thresholds import I64, ReadingColumns
+from processors.thresholds import F64, I64, ReadingColumns
 from thermoflow.events import Reading, decode_reading
 
 
@@ -42,6 +42,7 @@ _offset: Final = operator.attrgetter("offset")
 _pair_key: Final = operator.attrgetter("device_id", "metric")
 _reading_value: Final = operator.attrgetter("value")
 _reading_ts: Final = operator.attrgetter("ts")
+_reading_received_at: Final = operator.attrgetter("received_at")
 
 
 class KafkaRecord(Protocol):
@@ -84,6 +85,7 @@ class ReadingBatch:
     partition: I64
     offset: I64
     records: Sequence[KafkaRecord]  # the valid readings' original records, in the same order
+    event_ts: F64  # min(ts, received_at): how far a reading moves its partition's watermark
 
     def __len__(self) -> int:
         return len(self.columns)
@@ -154,5 +156,8 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
         partition=np.fromiter(map(_partition, kept), dtype=np.int64, count=len(kept)),
         offset=np.fromiter(map(_offset, kept), dtype=np.int64, count=len(kept)),
         records=kept,
+        event_ts=np.minimum(
+            columns.ts, np.fromiter(map(_reading_received_at, readings), dtype=np.float64, count=count)
+        ),
     )
     return batch, rejects

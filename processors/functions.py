@@ -17,9 +17,12 @@ from processors.watcher import RulesWatcher
 from thermoflow.events import new_alert
 
 
-def threshold_alerts(batch: ReadingBatch, rules: CompiledRules, *, detected_at: float) -> list[Emit]:
-    """One alert per (device, rule) breached in the batch, for its worst reading, keyed by device id."""
-    breaches = evaluate(batch.columns, rules)
+def threshold_alerts(
+    batch: ReadingBatch, rules: CompiledRules, *, detected_at: float, window: float | None = None
+) -> list[Emit]:
+    """One alert per (device, rule) breached in the batch (and per ``window`` seconds of device
+    time, see :func:`~processors.thresholds.evaluate`), for its worst reading, keyed by device id."""
+    breaches = evaluate(batch.columns, rules, window=window)
     alerts: list[Emit] = []
     for row in range(len(breaches)):
         reading = int(breaches.reading[row])
@@ -52,12 +55,15 @@ def threshold_alerts(batch: ReadingBatch, rules: CompiledRules, *, detected_at: 
 class ThresholdCheck:
     """The threshold check over the rules in force when each batch arrives."""
 
-    def __init__(self, watcher: RulesWatcher, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, watcher: RulesWatcher, *, clock: Callable[[], float] = time.time, window: float | None = None
+    ) -> None:
         self.watcher = watcher
         self.clock = clock
+        self.window = window
 
     def __call__(self, batch: ReadingBatch) -> list[Emit]:
-        return threshold_alerts(batch, self.watcher.current(), detected_at=self.clock())
+        return threshold_alerts(batch, self.watcher.current(), detected_at=self.clock(), window=self.window)
 
     def tick(self) -> None:
         """Between batches: pick up (or reject, with a logged reason) a changed rules file now."""
@@ -66,4 +72,6 @@ class ThresholdCheck:
 
 @registry.factory(name="thresholds", source=setting("readings_topic"), sink=setting("alerts_topic"))
 def build_thresholds(settings: ProcessorSettings) -> FunctionBody:
-    return ThresholdCheck(RulesWatcher(settings.rules_path, interval=settings.rules_poll_interval))
+    return ThresholdCheck(
+        RulesWatcher(settings.rules_path, interval=settings.rules_poll_interval), window=settings.alert_window
+    )

@@ -42,6 +42,21 @@ class ProcessorSettings(ThermoflowSettings):
         le=300,
         description="seconds before a silent (killed) worker's partitions go to the others",
     )
+    alert_window: float = Field(
+        1.0,
+        gt=0,
+        description="at most one alert per device, rule and batch and per this many seconds of device"
+        " time: a backlog's breaches stay continuous (keep it well below resolve_after)",
+    )
+    watermark_interval: float = Field(
+        1.0, gt=0, le=60, description="seconds between the watermarks sent to the alerts topic"
+    )
+    idle_after: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a caught-up readings partition must stay quiet before it counts as idle"
+        " (its watermark then follows the clock, so incidents resolve when the fleet falls silent)",
+    )
     function_retries: int = Field(3, ge=1, le=20, description="attempts per batch before it is dead-lettered")
     function_backoff: float = Field(0.2, ge=0, description="first retry delay in seconds (doubles each time)")
     functions: str = Field(

@@ -138,8 +138,13 @@ def _empty() -> Breaches:
     return Breaches(none, none, none, none, np.empty(0))
 
 
-def evaluate(batch: ReadingColumns, rules: CompiledRules) -> Breaches:
+def evaluate(batch: ReadingColumns, rules: CompiledRules, *, window: float | None = None) -> Breaches:
     """The breaches of a batch: at most one per (device, rule), for its worst reading.
+
+    With ``window``, at most one per (device, rule) and per ``window`` seconds of device time
+    (buckets ``floor(ts / window)``): a batch that spans a long stretch of time, a backlog
+    after an outage, then still shows that the breach went on, instead of one alert for the
+    whole stretch (which the incident lifecycle would read as a gap of that length).
 
     >>> from processors.rules import parse_rules
     >>> rules = compile_rules(parse_rules("default: {above: {warning: 30, critical: 40}}"))
@@ -173,12 +178,17 @@ def evaluate(batch: ReadingColumns, rules: CompiledRules) -> Breaches:
     values = values[breached]
     extremity = np.where(is_above, values, -values)  # larger is worse, both ways
     pair = batch.pair[reading]
+    ts = batch.ts[reading]
+    bucket = np.zeros(reading.size, dtype=np.int64)
+    if window is not None and ts.size and float(ts.max() - ts.min()) >= window:
+        bucket = np.floor(ts / window).astype(np.int64)
 
-    # lexsort: the last key sorts first. Worst first within each pair, then keep each pair's first row.
-    order = np.lexsort((reading, batch.ts[reading], -extremity, (~is_above).astype(np.int8), -severity, pair))
-    sorted_pair = pair[order]
+    # lexsort: the last key sorts first. Worst first within each pair (and bucket), then keep
+    # each group's first row.
+    order = np.lexsort((reading, ts, -extremity, (~is_above).astype(np.int8), -severity, bucket, pair))
+    sorted_pair, sorted_bucket = pair[order], bucket[order]
     first = np.ones(order.size, dtype=bool)
-    first[1:] = sorted_pair[1:] != sorted_pair[:-1]
+    first[1:] = (sorted_pair[1:] != sorted_pair[:-1]) | (sorted_bucket[1:] != sorted_bucket[:-1])
     worst = order[first]
 
     condition = np.where(is_above[worst], _ABOVE, _BELOW)

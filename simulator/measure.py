@@ -35,7 +35,7 @@ from psycopg import sql
 
 from simulator.score import percentiles
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent, EventDecodeError, decode_alert, decode_reading
+from thermoflow.events import AlertEvent, EventDecodeError, decode_alert, decode_reading, is_watermark
 from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.topics import HEADER_SOURCE
@@ -198,6 +198,8 @@ class KafkaMeter:
 
     def _alerts(self, records: list[Any]) -> None:
         for record in records:
+            if is_watermark(record.headers):
+                continue  # a processor's progress report, not an alert
             try:
                 alert = decode_alert(record.value)
             except EventDecodeError:

@@ -79,6 +79,49 @@ class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
     detected_at: float
 
 
+class Watermark(msgspec.Struct, frozen=True, kw_only=True):
+    """A processor's progress, sent on ``telemetry.alerts`` next to the alerts (to every partition).
+
+    "Function ``source`` has processed the readings of ``topic`` partition ``partition`` (of
+    ``partitions``) up to event time ``event_time``, and every alert from them is already on
+    this topic, before this record." A reading's event time is ``min(ts, received_at)``: a
+    device clock running ahead cannot push it forward, and a backlog keeps its device times.
+    ``idle`` says the partition is caught up and has had no reading for a while: consumers
+    leave it out of the pipeline's watermark (the minimum over the partitions that are not).
+
+    On the wire the record carries the header ``kind: watermark`` (:data:`WATERMARK_HEADER`)
+    and no key; alert consumers tell the two apart by the header, the ``kind`` field makes the
+    value self-describing.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    kind: Literal["watermark"] = "watermark"
+    source: NonEmpty
+    topic: NonEmpty
+    partition: Annotated[int, msgspec.Meta(ge=0)]
+    partitions: Annotated[int, msgspec.Meta(ge=1)]
+    event_time: float
+    idle: bool = False
+    emitted_at: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.event_time):
+            raise ValueError(f"`event_time` must be a finite number, got {self.event_time!r}")
+        if self.partition >= self.partitions:
+            raise ValueError(f"`partition` {self.partition} is not below `partitions` {self.partitions}")
+
+
+#: The header that marks a ``telemetry.alerts`` record as a :class:`Watermark`, not an alert.
+HEADER_KIND: Final = "kind"
+WATERMARK_KIND: Final = b"watermark"
+WATERMARK_HEADERS: Final[list[tuple[str, bytes]]] = [(HEADER_KIND, WATERMARK_KIND)]
+
+
+def is_watermark(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """Whether a ``telemetry.alerts`` record's headers mark it as a watermark."""
+    return any(name == HEADER_KIND and value == WATERMARK_KIND for name, value in headers or ())
+
+
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """What the headers of a ``telemetry.deadletter`` record say about the original bytes."""
 
@@ -140,9 +183,10 @@ def new_alert(
 _encoder: Final = msgspec.json.Encoder()
 _reading_decoder: Final = msgspec.json.Decoder(Reading)
 _alert_decoder: Final = msgspec.json.Decoder(AlertEvent)
+_watermark_decoder: Final = msgspec.json.Decoder(Watermark)
 
 
-def encode(event: Reading | AlertEvent) -> bytes:
+def encode(event: Reading | AlertEvent | Watermark) -> bytes:
     """Serialize an event to its JSON wire form."""
     return _encoder.encode(event)
 
@@ -161,6 +205,14 @@ def decode_alert(payload: bytes | memoryview) -> AlertEvent:
         return _alert_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(f"invalid alert event: {exc}") from None
+
+
+def decode_watermark(payload: bytes | memoryview) -> Watermark:
+    """Decode and validate one watermark record of ``telemetry.alerts``."""
+    try:
+        return _watermark_decoder.decode(payload)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise EventDecodeError(f"invalid watermark: {exc}") from None
 
 
 KafkaHeaders = list[tuple[str, bytes]]

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from alerts.kafka_io import partition_of
 from alerts.lifecycle import Policy
 from alerts.queries import AckError, acknowledge, list_incidents
 from alerts.settings import AlertsSettings
@@ -116,9 +117,10 @@ async def test_sweep_resolves_quiet_incidents_on_the_injected_clock_and_ack_work
         with db.connect(settings) as sync:
             firing = {r.device_id: r for r in list_incidents(sync, open_only=True)}
             assert acknowledge(sync, firing["a"].incident_id, by="tester").status == "acknowledged"
-        assert await sweep(conn, now=clock.advance(59), policy=POLICY) == 0
-        assert await sweep(conn, now=clock.advance(1), policy=POLICY) == 1  # "a": 60 s quiet
-        assert await sweep(conn, now=clock.advance(30), policy=POLICY) == 1  # "b"
+        # The pipeline watermark (event time) decides; one alerts partition holds every device.
+        assert await sweep(conn, watermarks={0: clock.advance(59)}, partitions=1, policy=POLICY) == 0
+        assert await sweep(conn, watermarks={0: clock.advance(1)}, partitions=1, policy=POLICY) == 1  # "a"
+        assert await sweep(conn, watermarks={0: clock.advance(30)}, partitions=1, policy=POLICY) == 1  # "b"
     finally:
         await conn.close()
     with db.connect(settings) as sync:
@@ -126,6 +128,28 @@ async def test_sweep_resolves_quiet_incidents_on_the_injected_clock_and_ack_work
         assert {r.device_id for r in list_incidents(sync, device_id="a")} == {"a"}
         with pytest.raises(AckError, match="resolved"):
             acknowledge(sync, firing["b"].incident_id, by="tester")
+
+
+async def test_sweep_resolves_only_incidents_of_partitions_whose_watermark_has_passed(
+    settings: ThermoflowSettings,
+) -> None:
+    db.migrate(settings)
+    devices = [f"dev-{i}" for i in range(20)]
+    on = {p: [d for d in devices if partition_of(d, partitions=2) == p] for p in (0, 1)}
+    assert on[0] and on[1]
+    conn = await db.connect_async(settings)
+    try:
+        await prepare(conn)
+        await store_batch(conn, alerts=[make_alert(d, 1_000.0) for d in devices], policy=POLICY)
+        # Partition 1's watermark is past the quiet period, partition 0's is not; no other is known.
+        assert await sweep(conn, watermarks={0: 1_059.0, 1: 1_060.0}, partitions=2, policy=POLICY) == len(
+            on[1]
+        )
+        assert await sweep(conn, watermarks={0: 1_060.0}, partitions=2, policy=POLICY) == len(on[0])
+    finally:
+        await conn.close()
+    with db.connect(settings) as sync:
+        assert all(r.status == "resolved" for r in list_incidents(sync))
 
 
 async def test_store_consumes_kafka_dead_letters_garbage_and_survives_redelivery(

@@ -22,7 +22,7 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from processors.rules import DEFAULT_RULES_FILE
 from tests.conftest import ROOT, Endpoints, unique_name
 from thermoflow import kafka
-from thermoflow.events import AlertEvent, Reading, decode_alert, encode
+from thermoflow.events import AlertEvent, Reading, decode_alert, encode, is_watermark
 from thermoflow.settings import ThermoflowSettings
 
 
@@ -147,10 +147,15 @@ class ProcessorRig:
     async def alerts(
         self, *, until: Callable[[list[AlertEvent]], bool], timeout: float = 60.0
     ) -> list[AlertEvent]:
-        records = await self.records(
-            self.alerts_topic,
-            until=lambda found: until([decode_alert(r.value) for r in found]),
-            timeout=timeout,
+        def alerts_of(found: list[ConsumerRecord]) -> list[ConsumerRecord]:
+            return [r for r in found if not is_watermark(r.headers)]  # the processors' progress reports
+
+        records = alerts_of(
+            await self.records(
+                self.alerts_topic,
+                until=lambda found: until([decode_alert(r.value) for r in alerts_of(found)]),
+                timeout=timeout,
+            )
         )
         for record in records:
             assert record.key == decode_alert(record.value).device_id.encode()

@@ -18,7 +18,7 @@ from tests.fakes import make_alert
 def _resolve_notification() -> Notification:
     tracker = IncidentTracker(Policy(resolve_after=60, repeat_interval=600))
     tracker.on_alert(make_alert("freezer-7", 1_764_218_400.0, value=-4.5), now=1_764_218_400.0)
-    [resolved] = tracker.on_tick(now=1_764_218_460.0)
+    [resolved] = tracker.on_watermark(partition=-1, watermark=1_764_218_460.0, now=1_764_218_460.0)
     return resolved
 
 

@@ -99,7 +99,7 @@ async def test_one_incidents_notifications_reach_a_channel_in_order() -> None:
     tracker = IncidentTracker(Policy(resolve_after=60, repeat_interval=600))
     batch = tracker.on_alert(make_alert("f", 0.0), now=0.0)
     batch += tracker.on_alert(make_alert("f", 1.0, severity="critical"), now=1.0)
-    batch += tracker.on_tick(now=100.0)
+    batch += tracker.on_watermark(partition=-1, watermark=100.0, now=100.0)
     clock, dead = FakeClock(), RecordingDeadLetters()
     log = RecordingChannel("log", failures=1)  # the first send fails and is retried
     dispatcher = _dispatcher({"log": log, "pager": RecordingChannel("pager")}, ROUTES, clock, dead)

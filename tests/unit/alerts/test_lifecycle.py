@@ -1,11 +1,12 @@
-"""The incident lifecycle on an injected clock: fire, escalate, repeat, resolve, and replays."""
+"""The incident lifecycle: fire, escalate and resolve in event time (the pipeline watermark),
+repeat on an injected clock, and replays."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_breaches, tick
+from alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_breaches, settle, tick
 from alerts.tracker import IncidentTracker
 from tests.fakes import FakeClock, make_alert
 from thermoflow.events import Severity
@@ -18,14 +19,15 @@ def test_ten_minutes_of_breaches_fire_once_repeat_on_schedule_and_resolve_once()
     start = clock()
     tracker = IncidentTracker(POLICY)
     sent: list[tuple[str, float]] = []
-    # A breach every 10 s for 10 minutes; the notifier ticks every second.
+    # A breach every 10 s for 10 minutes; the notifier ticks every second, and the pipeline's
+    # watermark follows the readings (no lag).
     for second in range(0, 15 * 60):
         now = start + second
         clock.t = now
         if second < 600 and second % 10 == 0:
             for n in tracker.on_alert(make_alert("freezer-1", now, value=-3.0 + second / 1000), now=now):
                 sent.append((n.transition, now - start))
-        for n in tracker.on_tick(now=now):
+        for n in tracker.on_watermark(partition=-1, watermark=now, now=now) + tracker.on_tick(now=now):
             sent.append((n.transition, now - start))
 
     assert sent == [
@@ -77,7 +79,9 @@ def test_replayed_alerts_of_a_resolved_incident_do_not_fire_again() -> None:
     alerts = [make_alert("f", 100.0 + i) for i in range(5)]
     for a in alerts:
         tracker.on_alert(a, now=a.reading_ts)
-    assert [n.transition for n in tracker.on_tick(now=200.0)] == ["resolve"]
+    assert [n.transition for n in tracker.on_watermark(partition=-1, watermark=200.0, now=200.0)] == [
+        "resolve"
+    ]
     replayed = [n for a in alerts for n in tracker.on_alert(a, now=300.0)]
     assert replayed == []
     # A new breach after the incident is a new incident.
@@ -100,7 +104,7 @@ def test_idempotency_keys_are_stable_and_distinct_per_transition() -> None:
         keys = [n.idempotency_key for n in tracker.on_alert(make_alert("f", 0.0), now=0.0)]
         keys += [n.idempotency_key for n in tracker.on_tick(now=10.0)]
         keys += [n.idempotency_key for n in tracker.on_tick(now=20.0)]
-        keys += [n.idempotency_key for n in tracker.on_tick(now=30.0)]
+        keys += [n.idempotency_key for n in tracker.on_watermark(partition=-1, watermark=30.0, now=30.0)]
         return keys
 
     assert run() == run()
@@ -112,8 +116,10 @@ def test_tracker_restored_from_persisted_state_does_not_notify_again() -> None:
     tracker.on_alert(make_alert("f", 0.0), now=0.0)
     restored = IncidentTracker(POLICY, tracker.take_changed())
     assert restored.on_alert(make_alert("f", 0.0), now=5.0) == []
-    assert restored.on_tick(now=30.0) == []
-    assert [n.transition for n in restored.on_tick(now=60.0)] == ["resolve"]
+    assert restored.on_watermark(partition=-1, watermark=59.0, now=30.0) == []
+    assert [n.transition for n in restored.on_watermark(partition=-1, watermark=60.0, now=30.0)] == [
+        "resolve"
+    ]
 
 
 # The store folds batches of new alerts; where batches split must not change the incidents.
@@ -142,11 +148,14 @@ def test_folding_in_two_batches_equals_folding_in_one(stream: list[tuple[str, in
     assert len(open_keys) == len(set(open_keys))
 
 
-def _scan_all(tracker: IncidentTracker, *, now: float) -> list[tuple[str, str, int]]:
-    """The obviously-right reference for on_tick: look at every open incident."""
+def _scan_all(tracker: IncidentTracker, *, now: float, watermark: float | None) -> list[tuple[str, str, int]]:
+    """The obviously-right reference for on_watermark and on_tick: look at every open incident."""
     out = []
     for key, incident in list(tracker.incidents.items()):
-        updated, transitions = tick(incident, policy=tracker.policy, now=now)
+        if watermark is not None:
+            updated, transitions = settle(incident, policy=tracker.policy, watermark=watermark)
+        else:
+            updated, transitions = tick(incident, policy=tracker.policy, now=now)
         tracker.incidents[key] = updated
         out += [(t.incident.device_id, t.kind, t.incident.seq) for t in transitions]
     return sorted(out)
@@ -154,7 +163,7 @@ def _scan_all(tracker: IncidentTracker, *, now: float) -> list[tuple[str, str, i
 
 events = st.lists(
     st.tuples(
-        st.sampled_from(["alert", "tick"]),
+        st.sampled_from(["alert", "tick", "watermark"]),
         st.sampled_from(["a", "b", "c"]),
         st.floats(0, 50),
         st.sampled_from(["warning", "critical"]),
@@ -164,7 +173,9 @@ events = st.lists(
 
 
 @given(events)
-def test_heap_driven_ticks_match_scanning_every_incident(steps: list[tuple[str, str, float, str]]) -> None:
+def test_heap_driven_resolves_and_repeats_match_scanning_every_incident(
+    steps: list[tuple[str, str, float, str]],
+) -> None:
     policy = Policy(resolve_after=30.0, repeat_interval=20.0)
     fast, slow = IncidentTracker(policy), IncidentTracker(policy)
     now = 0.0
@@ -175,9 +186,14 @@ def test_heap_driven_ticks_match_scanning_every_incident(steps: list[tuple[str, 
             a = [(n.device_id, n.transition, n.seq) for n in fast.on_alert(alert, now=now)]
             b = [(n.device_id, n.transition, n.seq) for n in slow.on_alert(alert, now=now)]
             assert a == b
-        else:
+        elif kind == "tick":
             got = sorted((n.device_id, n.transition, n.seq) for n in fast.on_tick(now=now))
-            assert got == _scan_all(slow, now=now)
+            assert got == _scan_all(slow, now=now, watermark=None)
+        else:
+            watermark = now - advance / 2  # the pipeline lags the clock a little
+            notified = fast.on_watermark(partition=-1, watermark=watermark, now=now)
+            got = sorted((n.device_id, n.transition, n.seq) for n in notified)
+            assert got == _scan_all(slow, now=now, watermark=watermark)
     assert fast.incidents == slow.incidents
 
 
@@ -187,13 +203,14 @@ def test_reloading_older_persisted_states_keeps_what_was_folded_since() -> None:
     # new incident never resolves.
     tracker = IncidentTracker(POLICY)
     tracker.on_alert(make_alert("f", 0.0), now=0.0)
-    tracker.on_tick(now=60.0)
+    tracker.on_watermark(partition=-1, watermark=60.0, now=60.0)
     persisted = tracker.take_changed()
     restarted = IncidentTracker(POLICY, persisted)
     fired = restarted.on_alert(make_alert("f", 100.0), now=100.0)
     restarted.load(persisted)
     assert restarted.incidents[("f", "freezer-too-warm")].incident_id == fired[0].incident_id
-    assert [n.transition for n in restarted.on_tick(now=160.0)] == ["resolve"]
+    resolved = restarted.on_watermark(partition=-1, watermark=160.0, now=160.0)
+    assert [n.transition for n in resolved] == ["resolve"]
 
 
 def test_reloading_keeps_breaches_folded_since_and_takes_newer_persisted_states() -> None:
@@ -202,20 +219,27 @@ def test_reloading_keeps_breaches_folded_since_and_takes_newer_persisted_states(
     persisted = tracker.take_changed()
     tracker.on_alert(make_alert("f", 30.0), now=30.0)
     tracker.load(persisted)  # older: the breach at 30 s stays
-    assert tracker.on_tick(now=60.0) == []
-    assert [n.transition for n in tracker.on_tick(now=90.0)] == ["resolve"]
+    assert tracker.on_watermark(partition=-1, watermark=60.0, now=60.0) == []
+    assert [n.transition for n in tracker.on_watermark(partition=-1, watermark=90.0, now=90.0)] == ["resolve"]
 
     # Another instance moved on (resolved it) while this one held an old state: take that one.
     stale = IncidentTracker(POLICY, persisted)
     stale.load(tracker.take_changed())
     assert not stale.incidents[("f", "freezer-too-warm")].is_open
-    assert stale.on_tick(now=200.0) == []
+    assert stale.on_watermark(partition=-1, watermark=200.0, now=200.0) == []
 
 
-def test_a_due_incident_of_a_partition_held_elsewhere_is_ticked_after_it_comes_back() -> None:
+def test_a_partition_resolves_only_on_its_own_watermark() -> None:
     tracker = IncidentTracker(POLICY)
+    tracker.on_alert(make_alert("f", 0.0), now=0.0, partition=3)
+    assert tracker.on_watermark(partition=1, watermark=1000.0, now=1.0) == []
+    assert [n.transition for n in tracker.on_watermark(partition=3, watermark=60.0, now=1.0)] == ["resolve"]
+
+
+def test_a_due_repeat_of_a_partition_held_elsewhere_goes_out_after_it_comes_back() -> None:
+    tracker = IncidentTracker(Policy(resolve_after=1000.0, repeat_interval=60.0))
     tracker.on_alert(make_alert("f", 0.0), now=0.0, partition=3)
     persisted = tracker.take_changed()
     assert tracker.on_tick(now=60.0, partitions={1, 2}) == []
     tracker.load(persisted)  # partition 3 assigned again: the same state, due once more
-    assert [n.transition for n in tracker.on_tick(now=61.0, partitions={3})] == ["resolve"]
+    assert [n.transition for n in tracker.on_tick(now=61.0, partitions={3})] == ["repeat"]

@@ -176,3 +176,21 @@ def test_empty_batches_and_empty_rules() -> None:
 
 def test_module_examples_hold() -> None:
     assert doctest.testmod(processors.thresholds).failed == 0
+
+
+def test_a_batch_spanning_a_long_time_keeps_one_alert_per_window_so_the_breach_stays_continuous() -> None:
+    # A backlog: 30 s of one device breaching every 0.5 s, in one batch, plus a normal device.
+    rules = compile_rules(parse_rules("default: {above: {warning: 30, critical: 40}}"))
+    ts = np.concatenate([np.arange(0.0, 30.0, 0.5), np.arange(0.0, 30.0, 0.5)]) + 1_000.0
+    batch = ReadingColumns(
+        device_ids=["hot", "fine"],
+        metrics=["temperature"] * 2,
+        pair=np.repeat(np.array([0, 1]), 60),
+        values=np.concatenate([np.full(60, 35.0), np.full(60, 20.0)]),
+        ts=ts,
+    )
+    assert len(evaluate(batch, rules)) == 1  # without a window: one alert for the whole stretch
+    found = evaluate(batch, rules, window=1.0)
+    times = np.sort(batch.ts[found.reading])
+    assert len(found) == 30 and set(batch.pair[found.reading].tolist()) == {0}
+    assert times[0] == 1_000.0 and float(np.diff(times).max()) <= 1.0
