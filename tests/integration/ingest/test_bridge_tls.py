@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from tests.integration.ingest.test_bridge import valid_message
 from thermoflow.events import decode_reading
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
-from thermoflow.stack.services import Mosquitto, service_home
+from thermoflow.stack.services import Mosquitto, remove_home, service_home
 
 USER, PASSWORD = "bridge", "s3cret-pass"
 
@@ -80,7 +79,7 @@ def tls_broker() -> Iterator[TlsMosquitto]:
     broker.up()
     yield broker
     broker.down()
-    shutil.rmtree(home, ignore_errors=True)
+    remove_home(home)  # with /var/lib/thermoflow/<hash> when it went there: nothing accumulates
 
 
 def tls_bridge_settings(
