@@ -181,7 +181,7 @@ def _from_object(
     return _reading(
         fields,
         document,
-        value=_number(document[key], key),
+        value=_number(document[key], f"`{key}`"),
         unit=document.get("unit", document.get("u", "C")),
         ts=received_at if ts_key is None else parse_timestamp(document[ts_key], what=f"`{ts_key}`"),
         at=received_at,
@@ -357,7 +357,7 @@ def parse_timestamp(raw: Any, *, what: str = "timestamp") -> float:
             return moment.timestamp()
         except (ValueError, OverflowError):  # an offset that moves year 1 or 9999 out of range
             raise PayloadError(f"{what} {_show(raw)} is out of range") from None
-    ts = _number(raw, what.strip("`"))
+    ts = _number(raw, what)
     if not math.isfinite(ts) or ts < 0:
         raise PayloadError(f"{what} must be a finite, non-negative epoch time, got {_show(raw)}")
     if ts > _US_ABOVE:
@@ -374,8 +374,8 @@ def _number(raw: Any, what: str) -> float:
         try:
             return float(raw)
         except OverflowError:  # JSON allows integers of any length; a float ends near 1.8e308
-            raise PayloadError(f"`{what}` {_show(raw)} is too large for a number") from None
-    raise PayloadError(f"`{what}` must be a number, got {type(raw).__name__}")
+            raise PayloadError(f"{what} {_show(raw)} is too large for a number") from None
+    raise PayloadError(f"{what} must be a number, got {type(raw).__name__}")
 
 
 def _text(raw: Any, what: str) -> str:
@@ -396,8 +396,12 @@ def _show(raw: Any, limit: int = 40) -> str:
 
 
 def _span(seconds: float) -> str:
-    """A duration for a reason: ``600 s``, ``7 days``, ``3.2e+05 years``."""
-    for size, unit in ((365.25 * 86_400, "years"), (86_400, "days"), (3600, "h"), (60, "min")):
+    """A duration for a reason: ``601 s``, ``7 days``, ``3.17e+05 years``.
+
+    >>> _span(600.4), _span(7 * 86_400), _span(1e13)
+    ('600 s', '7 days', '3.17e+05 years')
+    """
+    for size, unit in ((365.25 * 86_400, "years"), (86_400, "days"), (3600, "h")):
         if seconds >= 2 * size:
             return f"{seconds / size:.3g} {unit}"
-    return f"{seconds:.3g} s"
+    return f"{seconds:.0f} s"
