@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+from hypothesis import strategies as st
+
 from ingest.codecs import PayloadError, PayloadLimits, decode_payload
 from ingest.mapping import TopicFields
 
@@ -283,3 +286,30 @@ def stable_outcome(payload: bytes, *, device: str, now: float, slack: float = 30
     """
     first = outcome(payload, device=device, received_at=now)
     return first if first == outcome(payload, device=device, received_at=now + slack) else None
+
+
+# -- hypothesis --------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_keys = st.sampled_from(["value", "temp", "temperature", "ts", "timestamp", "time", "seq", "unit", "u",
+                         "device_id", "metric", "v", "t", "bt", "bv", "bn", "bu", "n", "vs"])  # fmt: skip
+_readingish = st.dictionaries(_keys, json_values, max_size=6)
+#: Payloads: raw bytes, any JSON, objects and SenML packs made of the keys the codec reads.
+payloads = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(msgspec.json.encode),
+    _readingish.map(msgspec.json.encode),
+    st.lists(_readingish, max_size=5).map(msgspec.json.encode),
+    st.text(max_size=50).map(str.encode),
+)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ingest.codecs import PayloadError, PayloadLimits, decode_payload
 from ingest.mapping import TopicFields, TopicTemplate
 from ingest.records import Translator
-from tests.hostile import LIMITS, Case, catalogue, fuzz_payloads
+from tests.hostile import LIMITS, Case, catalogue, fuzz_payloads, payloads
 from thermoflow import topics
 from thermoflow.events import Reading, decode_reading, parse_dead_letter_headers
 
@@ -172,28 +172,6 @@ def test_senml_record_count_and_depth_limits_are_settings() -> None:
 
 # -- properties ----------------------------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-keys = st.sampled_from(["value", "temp", "temperature", "ts", "timestamp", "time", "seq", "unit", "u",
-                        "device_id", "metric", "v", "t", "bt", "bv", "bn", "bu", "n", "vs"])  # fmt: skip
-readingish = st.dictionaries(keys, json_values, max_size=6)
-payloads = st.one_of(
-    st.binary(max_size=200),
-    json_values.map(msgspec.json.encode),
-    readingish.map(msgspec.json.encode),
-    st.lists(readingish, max_size=5).map(msgspec.json.encode),
-    st.text(max_size=50).map(str.encode),
-)
 devices = st.one_of(st.just("freezer-1"), st.text(min_size=1, max_size=300), st.none())
 
 
