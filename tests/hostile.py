@@ -21,8 +21,9 @@ from typing import Any
 import msgspec
 from hypothesis import strategies as st
 
-from ingest.codecs import PayloadError, PayloadLimits, decode_payload
-from ingest.mapping import TopicFields
+from ingest.codecs import PayloadLimits
+from ingest.mapping import TopicTemplate
+from ingest.records import Translator
 
 LIMITS = PayloadLimits()  # the bridge's defaults
 DAY = 86_400.0
@@ -177,22 +178,19 @@ def catalogue(now: float, *, big: bool = True) -> list[Case]:
     return cases
 
 
-def outcome(payload: bytes, *, device: str, received_at: float, limits: PayloadLimits = LIMITS) -> int:
-    """Readings the codec makes of ``payload`` on ``device``'s topic (0: a dead letter).
+def outcome(payload: bytes, *, device: str, received_at: float, limits: PayloadLimits = LIMITS) -> int | str:
+    """Readings the bridge's translator makes of ``payload`` on ``device``'s topic, or its dead
+    letter's reason.
 
-    The oracle of the fuzz runs: the bridge must yield exactly this many readings per message.
+    The oracle of the fuzz runs: the bridge must yield exactly this per message.
     """
-    try:
-        return len(
-            decode_payload(
-                payload,
-                fields=TopicFields(device_id=device, metric="temperature"),
-                received_at=received_at,
-                limits=limits,
-            )
-        )
-    except PayloadError:
-        return 0
+    out = Translator(_TEMPLATE, readings_topic="r", deadletter_topic="d", limits=limits).translate(
+        f"p/{device}/temperature", payload, received_at=received_at
+    )
+    return len(out.records) if out.error is None else out.error
+
+
+_TEMPLATE = TopicTemplate("p/{device_id}/{metric}")
 
 
 # -- the fuzzer ----------------------------------------------------------------------------------
@@ -279,13 +277,16 @@ def fuzz_payloads(rng: random.Random, now: float, cases: list[Case]) -> Iterator
 
 
 def stable_outcome(payload: bytes, *, device: str, now: float, slack: float = 300.0) -> int | None:
-    """The payload's outcome, or None when it would change within ``slack`` seconds of ``now``.
+    """Readings the payload must yield (0: a dead letter), or None when that would change within
+    ``slack`` seconds of ``now``.
 
     A fuzzed timestamp can land next to an edge of the window; such payloads are left out, so the
     counts a run expects do not depend on when the bridge gets to them.
     """
-    first = outcome(payload, device=device, received_at=now)
-    return first if first == outcome(payload, device=device, received_at=now + slack) else None
+    first = expected_outcome(payload, device=device, now=now, slack=slack)
+    if first is None:
+        return None
+    return first if isinstance(first, int) else 0
 
 
 # -- hypothesis --------------------------------------------------------------------------------
@@ -313,3 +314,48 @@ payloads = st.one_of(
     st.lists(_readingish, max_size=5).map(msgspec.json.encode),
     st.text(max_size=50).map(str.encode),
 )
+
+
+# -- outcomes by class ---------------------------------------------------------------------------
+
+#: Dead-letter reasons by class, first match wins (the fuzz report's outcome table).
+REASON_CLASSES: list[tuple[tuple[str, ...], str]] = [
+    (("internal error",), "internal error (a codec bug)"),
+    (("MQTT topic",), "topic too long"),
+    (("exceeds the limit",), "payload too large"),
+    (("nesting is deeper",), "JSON nested too deep"),
+    (("not valid UTF-8",), "not UTF-8"),
+    (("not valid JSON",), "malformed JSON"),
+    (("neither JSON nor a number",), "neither JSON nor a number"),
+    (("not an object, number or SenML",), "wrong JSON type"),
+    (("SenML pack", "is a ", "SenML record"), "SenML structure"),
+    (("device id", "metric"), "bad device id or metric"),
+    (("too large for a number",), "integer too large for a float"),
+    (("not a finite number",), "value not finite"),
+    (("`seq`",), "seq not an int64"),
+    (("ahead of the receive time",), "ts too far ahead"),
+    (("before the receive time",), "ts too old"),
+    (("not a finite time", "non-negative", "RFC 3339", "out of range"), "ts unparseable"),
+    (("unknown unit",), "unknown unit"),
+    (("must be a number", "must be a string", "must be an integer"), "wrong field type"),
+    (("no `value`", "no value", "no numeric value", "no record with a value"), "no value"),
+]
+
+
+def reason_class(reason: str) -> str:
+    """The class of a dead letter's reason, for a table of outcomes."""
+    for words, name in REASON_CLASSES:
+        if any(word in reason for word in words):
+            return name
+    return "other"
+
+
+def expected_outcome(payload: bytes, *, device: str, now: float, slack: float = 300.0) -> str | int | None:
+    """Readings (an int) or the dead letter's reason class (a str) the bridge must make of it.
+
+    None when the outcome would change within ``slack`` seconds of ``now``.
+    """
+    first = outcome(payload, device=device, received_at=now)
+    if first != outcome(payload, device=device, received_at=now + slack):
+        return None
+    return first if isinstance(first, int) else reason_class(first)
