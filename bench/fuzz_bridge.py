@@ -93,9 +93,12 @@ def publish(url: str, messages: list[tuple[str, bytes]], acked: list[int]) -> No
     client.connect(host, int(port))
     client.loop_start()
     try:
-        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(600)
+        for start in range(0, len(messages), 10_000):  # paho holds at most 65,535 packet ids
+            infos = [
+                client.publish(topic, payload, qos=1) for topic, payload in messages[start : start + 10_000]
+            ]
+            for info in infos:
+                info.wait_for_publish(600)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -215,3 +215,24 @@ def test_the_fuzzer_payloads_never_raise_anything_but_payload_error() -> None:
         for reading in readings:
             assert_storable(reading, NOW)
     assert produced > 5_000  # the fuzzer makes plenty of valid readings too
+
+
+def test_the_bridge_callback_turns_any_translate_failure_into_a_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Even if translate itself broke, the message gets a dead letter, so its ack is not held back."""
+    from ingest.bridge import Bridge
+    from ingest.settings import IngestSettings
+
+    bridge = Bridge(IngestSettings(), wall_clock=lambda: NOW)
+
+    def broken(*_: object, **__: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(bridge._translator, "translate", broken)
+    bridge._on_publish("sensors/f-1/temperature", b"[[[", 7, 1)
+    [(record, pending)] = bridge._outbox
+    assert record.topic == bridge.settings.deadletter_topic and record.value == b"[[["
+    error = parse_dead_letter_headers(record.headers).error
+    assert error == "internal error translating message: RecursionError"
+    assert (pending.mid, pending.records) == (7, 1)
