@@ -257,7 +257,7 @@ async def run_case(
         landed = await end_offsets(settings.kafka_bootstrap, readings_topic, 12)
         result = Result(rate, cpu, landed)
         print(
-            f"{name:<48} {rate:>9,.0f} readings/s  {1000 * cpu / max(landed, 1):>6.3f} CPU-s/1k"
+            f"{name:<48} {rate:>9,.0f} readings/s  {1000 * cpu / max(landed, 1):>7.4f} CPU-s/1k"
             f"  {result.per_cpu_second:>8,.0f} readings/CPU-s   ({landed:,} of {args.messages:,} landed;"
             f" publisher {args.messages / published['seconds']:,.0f} msg/s)",
             flush=True,

@@ -44,7 +44,8 @@ class Outcome:
 
 
 def _topic_of(record: ConsumerRecord[bytes, bytes]) -> str:
-    return dict(record.headers)[topics.HEADER_MQTT_TOPIC].decode()
+    value: bytes = dict(record.headers)[topics.HEADER_MQTT_TOPIC]
+    return value.decode()
 
 
 async def through_bridge(
@@ -92,7 +93,8 @@ async def through_bridge(
         assert (
             reading.received_at - config.ts_max_age <= reading.ts <= reading.received_at + config.ts_max_ahead
         )
-        assert (reading.device_id.isprintable() and reading.seq is None) or -(2**63) <= reading.seq < 2**63
+        assert reading.device_id.isprintable()
+        assert reading.seq is None or -(2**63) <= reading.seq < 2**63
     by_topic: Counter[str] = Counter(_topic_of(r) for r in got_readings)
     assert by_topic.pop(sentinel) == 1, "the sentinel after the bad messages must arrive, once"
     dead: dict[str, list[ConsumerRecord[bytes, bytes]]] = {}
