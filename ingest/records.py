@@ -35,7 +35,7 @@ _CACHE_TOPICS: Final = 200_000  # topics whose fields and headers are kept (abou
 #: and metric, and each would be copied into every record's header and the topic cache.
 MAX_TOPIC_LENGTH: Final = 1_024
 #: The default cut of a dead letter's bytes: well under Kafka's 1 MiB record and request limits.
-DEADLETTER_MAX_BYTES: Final = 65_536
+DEADLETTER_MAX_BYTES: Final = 256 * 1024
 
 
 class Translator:

@@ -56,7 +56,7 @@ class IngestSettings(ThermoflowSettings):
         65_536, ge=1, description="larger payloads are dead-lettered without being parsed"
     )
     deadletter_max_bytes: int = Field(
-        65_536,
+        256 * 1024,
         ge=1024,
         le=512 * 1024,
         description="a dead letter keeps at most this many bytes of its payload (headers give the"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ingest.codecs import PayloadError, PayloadLimits, decode_payload
 from ingest.mapping import TopicFields, TopicTemplate
-from ingest.records import Translator
+from ingest.records import DEADLETTER_MAX_BYTES, Translator
 from tests.hostile import LIMITS, Case, catalogue, fuzz_payloads, payloads
 from thermoflow import topics
 from thermoflow.events import Reading, decode_reading, parse_dead_letter_headers
@@ -82,13 +82,13 @@ def test_a_codec_bug_costs_one_message_a_dead_letter_with_the_reason(monkeypatch
     assert (letter.topic, letter.value) == ("d", b"1")
 
 
-@pytest.mark.parametrize("size", [10_000_000, 65_537])
+@pytest.mark.parametrize("size", [10_000_000, DEADLETTER_MAX_BYTES + 1])
 def test_an_oversized_payload_is_dead_lettered_cut_with_its_size_and_hash(size: int) -> None:
     # Defect 2: the dead letter carried all 10 MB and Kafka refused it, forever.
     payload = random.Random(size).randbytes(size)
     out = translator().translate("sensors/f-1/temperature", payload, received_at=NOW)
     [letter] = out.records
-    assert letter.value == payload[:65_536]
+    assert letter.value == payload[:DEADLETTER_MAX_BYTES]
     headers = dict(letter.headers)
     assert headers[topics.HEADER_TRUNCATED] == b"true"
     assert headers[topics.HEADER_ORIGINAL_SIZE] == str(size).encode()
@@ -97,7 +97,7 @@ def test_an_oversized_payload_is_dead_lettered_cut_with_its_size_and_hash(size: 
 
 
 def test_a_dead_letter_within_the_cut_keeps_its_bytes_unchanged() -> None:
-    payload = b'{"value": "x", "pad": "' + b"p" * 60_000 + b'"}'
+    payload = b"x" * DEADLETTER_MAX_BYTES  # over the payload limit, and kept whole
     [letter] = translator().translate("sensors/f-1/temperature", payload, received_at=NOW).records
     assert letter.value == payload and topics.HEADER_TRUNCATED not in dict(letter.headers)
 
