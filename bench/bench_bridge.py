@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,9 +293,12 @@ async def main(args: argparse.Namespace) -> None:
     before = None
     if args.previous:
         tree = checkout(args.previous)
-        before = await run_case(
-            f"bridge at {args.previous[:12]}, QoS 1 (previous code)", args=args, qos=1, tree=tree
-        )
+        try:
+            before = await run_case(
+                f"bridge at {args.previous[:12]}, QoS 1 (previous code)", args=args, qos=1, tree=tree
+            )
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
     qos0 = await run_case("bridge, QoS 0", args=args, qos=0)
     naive1 = await run_case("baseline: naive bridge, QoS 1, auto-ack", args=args, qos=1, naive=True)
     if before is not None:
