@@ -1,6 +1,7 @@
 """Bridge benchmark: readings/s from MQTT into Kafka through one `thermoflow bridge` process.
 
     .venv/bin/python bench/bench_bridge.py [--messages 200000] [--devices 1000] [--connections 4]
+                                           [--previous REV]
 
 MQTT, Kafka from THERMOFLOW_MQTT_URL / THERMOFLOW_KAFKA_BOOTSTRAP (default: the local stack).
 Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In the same run:
@@ -10,10 +11,16 @@ Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In
    `simulator.connection`, several of them on one event loop);
 2. the baseline, a naive bridge (this file, `naive` mode, a subprocess): paho's threaded loop with
    automatic acks, whose `on_message` hands each message to `producer.send` on an asyncio loop;
-3. the ratios.
+3. with ``--previous REV`` (a git revision, e.g. the commit before the bridge's input validation),
+   the same QoS 1 case on that revision's code (``git archive`` into a temporary folder, run from
+   there), for before/after in one run;
+4. the ratios.
 
 Throughput = readings landed in Kafka per second: the readings topic's end offsets, polled every
-0.1 s, from the first record until all of them are there.
+0.1 s, from the first record until all of them are there. CPU = the bridge process's user + system
+time (``/proc/<pid>/stat``) from just before publishing until the last reading landed: printed as
+CPU-seconds per 1,000 readings and readings per CPU-second, the figure a peer is judged by.
+The payloads' ``ts`` start an hour before the run, inside the bridge's accepted window.
 """
 
 from __future__ import annotations
@@ -22,25 +29,46 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+T0 = float(int(time.time()) - 3600)  # the first payload's ts: an hour ago
 
 
-def payload(i: int, devices: int) -> tuple[str, bytes]:
+def payload(i: int, devices: int, t0: float = T0) -> tuple[str, bytes]:
     device = f"freezer-{i % devices:04d}"
     body = b'{"value":%r,"ts":%r,"seq":%d,"unit":"C"}' % (
         -18.0 + (i % 50) / 10,
-        1_764_000_000.0 + i / 1000,
+        t0 + i / 1000,
         i,
     )
     return device, body
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+
+
+class Result(NamedTuple):
+    rate: float  # readings/s
+    cpu: float  # CPU-seconds of the bridge process while the readings came
+    readings: int
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.readings / self.cpu if self.cpu else 0.0
 
 
 # -- the publisher (a subprocess) ---------------------------------------------------------------
@@ -175,7 +203,10 @@ async def measure(*, bootstrap: str, topic: str, partitions: int, expected: int,
     return (last[1] - first[1]) / (last[0] - first[0])
 
 
-async def run_case(name: str, *, args: argparse.Namespace, qos: int, naive: bool) -> float:
+async def run_case(
+    name: str, *, args: argparse.Namespace, qos: int, naive: bool = False, tree: Path = ROOT
+) -> Result:
+    """One bridge (``tree``'s code, or the naive one) under one publisher run."""
     from ingest.settings import IngestSettings
     from thermoflow.kafka import ensure_topics
 
@@ -198,8 +229,10 @@ async def run_case(name: str, *, args: argparse.Namespace, qos: int, naive: bool
         command = [sys.executable, __file__, "naive", f"{prefix}/+/temperature", readings_topic]
     else:
         command = [sys.executable, "-m", "thermoflow", "bridge"]
+        if tree != ROOT:  # that revision's packages first on the path
+            env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
     bridge = await asyncio.create_subprocess_exec(
-        *command, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE if naive else None
+        *command, env=env, cwd=tree, stdout=asyncio.subprocess.PIPE if naive else None
     )
     try:
         if naive:
@@ -207,6 +240,7 @@ async def run_case(name: str, *, args: argparse.Namespace, qos: int, naive: bool
             await bridge.stdout.readline()
         else:
             await asyncio.sleep(2.5)  # started, connected, subscribed
+        cpu_before = cpu_seconds(bridge.pid)
         publisher = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "publish", prefix, str(args.messages), str(args.devices), str(qos),
             str(args.connections), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
@@ -218,15 +252,18 @@ async def run_case(name: str, *, args: argparse.Namespace, qos: int, naive: bool
             expected=args.messages,
             timeout=args.timeout,
         )
+        cpu = cpu_seconds(bridge.pid) - cpu_before
         out, _ = await asyncio.wait_for(publisher.communicate(), args.timeout)
         published = json.loads(out.decode().strip().splitlines()[-1])
         landed = await end_offsets(settings.kafka_bootstrap, readings_topic, 12)
+        result = Result(rate, cpu, landed)
         print(
-            f"{name:<44} {rate:>10,.0f} readings/s   ({landed:,} of {args.messages:,} landed;"
+            f"{name:<48} {rate:>9,.0f} readings/s  {1000 * cpu / max(landed, 1):>7.4f} CPU-s/1k"
+            f"  {result.per_cpu_second:>8,.0f} readings/CPU-s   ({landed:,} of {args.messages:,} landed;"
             f" publisher {args.messages / published['seconds']:,.0f} msg/s)",
             flush=True,
         )
-        return rate
+        return result
     finally:
         bridge.send_signal(signal.SIGTERM)
         try:
@@ -236,15 +273,39 @@ async def run_case(name: str, *, args: argparse.Namespace, qos: int, naive: bool
             await bridge.wait()
 
 
+def checkout(revision: str) -> Path:
+    """``revision``'s tree in a temporary folder (``git archive``), to run its bridge."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-bridge-previous-"))
+    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "inf"
+
+
 async def main(args: argparse.Namespace) -> None:
     print(
         f"{args.messages:,} messages from {args.devices:,} devices, {args.connections} publisher connections"
     )
-    qos1 = await run_case("bridge, QoS 1, ack after Kafka", args=args, qos=1, naive=False)
-    qos0 = await run_case("bridge, QoS 0", args=args, qos=0, naive=False)
+    qos1 = await run_case("bridge, QoS 1, ack after Kafka", args=args, qos=1)
+    before = None
+    if args.previous:
+        tree = checkout(args.previous)
+        try:
+            before = await run_case(
+                f"bridge at {args.previous[:12]}, QoS 1 (previous code)", args=args, qos=1, tree=tree
+            )
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
+    qos0 = await run_case("bridge, QoS 0", args=args, qos=0)
     naive1 = await run_case("baseline: naive bridge, QoS 1, auto-ack", args=args, qos=1, naive=True)
-    print(f"ratio QoS 1 bridge / naive bridge: {qos1 / naive1 if naive1 else float('inf'):.2f}x")
-    print(f"ratio QoS 0 bridge / naive bridge: {qos0 / naive1 if naive1 else float('inf'):.2f}x")
+    if before is not None:
+        print(f"ratio QoS 1 bridge / previous code: {ratio(qos1.rate, before.rate)} readings/s,"
+              f" {ratio(qos1.per_cpu_second, before.per_cpu_second)} readings per CPU-second")  # fmt: skip
+    print(f"ratio QoS 1 bridge / naive bridge: {ratio(qos1.rate, naive1.rate)}")
+    print(f"ratio QoS 0 bridge / naive bridge: {ratio(qos0.rate, naive1.rate)}")
 
 
 if __name__ == "__main__":
@@ -265,4 +326,5 @@ if __name__ == "__main__":
         parser.add_argument("--devices", type=int, default=1000)
         parser.add_argument("--connections", type=int, default=4)
         parser.add_argument("--timeout", type=float, default=120.0)
+        parser.add_argument("--previous", help="a git revision whose bridge runs the QoS 1 case too")
         asyncio.run(main(parser.parse_args()))

@@ -41,7 +41,7 @@ from paho.mqtt.properties import Properties
 
 from ingest.mapping import TopicTemplate
 from ingest.mqtt_reader import BulkReadClient
-from ingest.records import OutRecord, Translator
+from ingest.records import LogSampler, OutRecord, Translator
 from ingest.settings import IngestSettings
 from thermoflow import kafka, mqtt
 from thermoflow.logs import get_logger
@@ -94,8 +94,10 @@ class Bridge:
             TopicTemplate(settings.topic_template),
             readings_topic=settings.readings_topic,
             deadletter_topic=settings.deadletter_topic,
-            max_payload_bytes=settings.max_payload_bytes,
+            limits=settings.payload_limits,
+            deadletter_max_bytes=settings.deadletter_max_bytes,
         )
+        self._dead_letter_log = LogSampler(per_second=10)
         self._pending: deque[_Pending] = deque()
         self._outbox: list[tuple[OutRecord, _Pending]] = []
         self._outbox_ready = asyncio.Event()
@@ -304,13 +306,26 @@ class Bridge:
             self._loop.call_soon_threadsafe(self._lost.set)
 
     def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        """One message into the outbox: its readings, or its dead letter. Never raises.
+
+        It runs inside paho's read of the socket: an exception here would leave the message
+        pending forever, and the acks of every message after it with it.
+        """
         pending = _Pending(mid, qos, time.monotonic())
         self._pending.append(pending)
-        translation = self._translator.translate(topic, payload, received_at=self._wall_clock())
         self._received += 1
+        received_at = self._wall_clock()
+        try:
+            translation = self._translator.translate(topic, payload, received_at=received_at)
+        except Exception as exc:  # translate does not raise; if it ever does, one message pays
+            log.exception("translate_failed", topic=topic[:200])
+            reason = f"internal error translating message: {type(exc).__name__}"
+            translation = self._translator.dead_letter(topic, payload, reason, received_at=received_at)
         if translation.error is not None:
             self.metrics.count("dead_lettered")
-            log.warning("dead_letter", topic=topic, error=translation.error)
+            held = self._dead_letter_log.admit(now=pending.received)
+            if held is not None:
+                log.warning("dead_letter", topic=topic[:200], error=translation.error[:500], not_logged=held)
         pending.records = len(translation.records)
         outbox = self._outbox
         for record in translation.records:

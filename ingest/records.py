@@ -1,13 +1,18 @@
-"""What the bridge sends to Kafka for one MQTT message: reading records or one dead letter (pure)."""
+"""What the bridge sends to Kafka for one MQTT message: reading records or one dead letter (pure).
+
+:meth:`Translator.translate` never raises: a message that yields no valid reading, for whatever
+reason (a bad payload, or a bug in a codec), becomes one dead letter with the reason, and a dead
+letter always fits in a Kafka record.
+"""
 
 from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from ingest.codecs import PayloadError, decode_payload
+from ingest.codecs import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_payload
 from ingest.mapping import TopicFields, TopicTemplate
 from thermoflow import topics
-from thermoflow.events import DeadLetter, KafkaHeaders, dead_letter_headers, encode
+from thermoflow.events import DeadLetter, KafkaHeaders, dead_letter_body, dead_letter_headers, encode
 
 
 class OutRecord(NamedTuple):
@@ -26,6 +31,11 @@ class Translation(NamedTuple):
 
 _JSON_HEADER: Final = (topics.HEADER_CONTENT_TYPE, topics.CONTENT_TYPE_JSON)
 _CACHE_TOPICS: Final = 200_000  # topics whose fields and headers are kept (about one per device)
+#: Longer MQTT topics (up to 65,535 bytes on the wire) are refused: none names a valid device id
+#: and metric, and each would be copied into every record's header and the topic cache.
+MAX_TOPIC_LENGTH: Final = 1_024
+#: The default cut of a dead letter's bytes: well under Kafka's 1 MiB record and request limits.
+DEADLETTER_MAX_BYTES: Final = 256 * 1024
 
 
 class Translator:
@@ -45,38 +55,84 @@ class Translator:
         *,
         readings_topic: str,
         deadletter_topic: str,
-        max_payload_bytes: int = 65_536,
+        limits: PayloadLimits = DEFAULT_LIMITS,
+        deadletter_max_bytes: int = DEADLETTER_MAX_BYTES,
     ) -> None:
         self.template = template
         self.readings_topic = readings_topic
         self.deadletter_topic = deadletter_topic
-        self.max_payload_bytes = max_payload_bytes
+        self.limits = limits
+        self.deadletter_max_bytes = deadletter_max_bytes
         self._fields: dict[str, TopicFields | None] = {}  # a device publishes to the same topic
         self._headers: dict[str, KafkaHeaders] = {}
 
     def _topic(self, mqtt_topic: str) -> tuple[TopicFields | None, KafkaHeaders]:
         if mqtt_topic not in self._fields:
+            if len(mqtt_topic) > MAX_TOPIC_LENGTH:
+                raise PayloadError(
+                    f"MQTT topic of {len(mqtt_topic)} characters is longer than {MAX_TOPIC_LENGTH}"
+                )
             if len(self._fields) >= _CACHE_TOPICS:
                 self._fields.clear()
                 self._headers.clear()
+            headers = [(topics.HEADER_MQTT_TOPIC, mqtt_topic.encode("utf-8", "replace")), _JSON_HEADER]
             self._fields[mqtt_topic] = self.template.match(mqtt_topic)
-            self._headers[mqtt_topic] = [(topics.HEADER_MQTT_TOPIC, mqtt_topic.encode()), _JSON_HEADER]
+            self._headers[mqtt_topic] = headers
         return self._fields[mqtt_topic], self._headers[mqtt_topic]
 
     def translate(self, mqtt_topic: str, payload: bytes, *, received_at: float) -> Translation:
-        fields, headers = self._topic(mqtt_topic)
+        """The message's reading records, or its one dead letter (never an exception)."""
+        fields: TopicFields | None = None
         try:
-            readings = decode_payload(
-                payload, fields=fields, received_at=received_at, max_bytes=self.max_payload_bytes
+            fields, headers = self._topic(mqtt_topic)
+            readings = decode_payload(payload, fields=fields, received_at=received_at, limits=self.limits)
+            if not readings:  # every message must end somewhere: its ack waits for its records
+                raise PayloadError("payload holds no reading")
+            readings_topic = self.readings_topic
+            return Translation(
+                [OutRecord(readings_topic, r.device_id.encode(), encode(r), headers) for r in readings], None
             )
         except PayloadError as exc:
             reason = str(exc)
-            if fields is None:
+            if fields is None and not reason.startswith("MQTT topic"):
                 reason += f" (topic {mqtt_topic!r} does not match the template {self.template.template!r})"
-            letter = DeadLetter(error=reason, stage="ingest", source=mqtt_topic, failed_at=received_at)
-            return Translation(
-                [OutRecord(self.deadletter_topic, None, payload, dead_letter_headers(letter))], reason
-            )
+        except Exception as exc:  # noqa: BLE001 - a codec's bug must cost one message, not the fleet's acks
+            reason = f"internal error decoding payload: {type(exc).__name__}: {exc}"
+        return self.dead_letter(mqtt_topic, payload, reason, received_at=received_at)
+
+    def dead_letter(self, mqtt_topic: str, payload: bytes, reason: str, *, received_at: float) -> Translation:
+        """The message as one dead letter: its bytes (cut to ``deadletter_max_bytes``) and the reason."""
+        letter = DeadLetter(error=reason, stage="ingest", source=mqtt_topic, failed_at=received_at)
+        body, extra = dead_letter_body(payload, max_bytes=self.deadletter_max_bytes)
         return Translation(
-            [OutRecord(self.readings_topic, r.device_id.encode(), encode(r), headers) for r in readings], None
+            [OutRecord(self.deadletter_topic, None, body, dead_letter_headers(letter) + extra)], reason
         )
+
+
+class LogSampler:
+    """Admits at most ``per_second`` log lines a second, and says how many it held back.
+
+    A flood of bad payloads must not turn into a flood of log lines (each costs more CPU than
+    the message did).
+
+    >>> sampler = LogSampler(per_second=2)
+    >>> [sampler.admit(now=10.0) for _ in range(4)], sampler.admit(now=11.5)
+    ([0, 0, None, None], 2)
+    """
+
+    def __init__(self, *, per_second: int = 10) -> None:
+        self.per_second = per_second
+        self._window = float("-inf")
+        self._admitted = 0
+        self._held = 0
+
+    def admit(self, *, now: float) -> int | None:
+        """None: skip this line; else log it, with the count of lines held back before it."""
+        if now - self._window >= 1.0:
+            self._window, self._admitted = now, 0
+        if self._admitted >= self.per_second:
+            self._held += 1
+            return None
+        self._admitted += 1
+        held, self._held = self._held, 0
+        return held

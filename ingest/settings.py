@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from ingest.codecs import PayloadLimits
 from ingest.mapping import TopicTemplate, TopicTemplateError, check_filter
 from thermoflow.settings import ThermoflowSettings
 
@@ -54,6 +55,29 @@ class IngestSettings(ThermoflowSettings):
     max_payload_bytes: int = Field(
         65_536, ge=1, description="larger payloads are dead-lettered without being parsed"
     )
+    deadletter_max_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=512 * 1024,
+        description="a dead letter keeps at most this many bytes of its payload (headers give the"
+        " original size and SHA-256): under Kafka's 1 MiB, so it always fits",
+    )
+    max_json_depth: int = Field(
+        32, ge=2, le=200, description="deeper-nested JSON payloads are dead-lettered (SenML needs 2)"
+    )
+    senml_max_records: int = Field(
+        1_000, ge=1, le=100_000, description="SenML packs with more records are dead-lettered"
+    )
+    ts_max_age: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="seconds a reading's `ts` may lie before its receive time; older ones are dead-lettered",
+    )
+    ts_max_ahead: float = Field(
+        600.0,
+        ge=0,
+        description="seconds a reading's `ts` may lie after its receive time (device clocks run fast)",
+    )
     bridge_max_pending: int = Field(
         20_000,
         ge=1,
@@ -98,6 +122,17 @@ class IngestSettings(ThermoflowSettings):
         if not _split(filters):
             raise ValueError("give at least one topic filter")
         return filters
+
+    @property
+    def payload_limits(self) -> PayloadLimits:
+        """The limits the bridge's codecs check (:class:`ingest.codecs.PayloadLimits`)."""
+        return PayloadLimits(
+            max_bytes=self.max_payload_bytes,
+            max_depth=self.max_json_depth,
+            max_records=self.senml_max_records,
+            max_age=self.ts_max_age,
+            max_ahead=self.ts_max_ahead,
+        )
 
     @property
     def topic_filters(self) -> list[str]:

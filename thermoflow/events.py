@@ -218,13 +218,50 @@ def decode_watermark(payload: bytes | memoryview) -> Watermark:
 KafkaHeaders = list[tuple[str, bytes]]
 
 
+#: Characters of a dead letter's ``error`` and ``source`` kept in its headers: a reason can quote
+#: the input and an MQTT topic can be 64 KiB, and the whole record must fit in one Kafka request.
+DEAD_LETTER_TEXT_MAX: Final = 1_000
+
+
 def dead_letter_headers(letter: DeadLetter) -> KafkaHeaders:
-    """The Kafka headers that carry a dead letter's reason next to the unchanged bytes."""
+    """The Kafka headers that carry a dead letter's reason next to the bytes.
+
+    Whatever the texts hold, the headers are valid UTF-8 of bounded size (lone surrogates become
+    ``?``, a text past :data:`DEAD_LETTER_TEXT_MAX` characters is cut and ends in ``…``).
+    """
     return [
-        (topics.HEADER_ERROR, letter.error.encode()),
+        (topics.HEADER_ERROR, _header_text(letter.error)),
         (topics.HEADER_STAGE, letter.stage.encode()),
-        (topics.HEADER_SOURCE, letter.source.encode()),
+        (topics.HEADER_SOURCE, _header_text(letter.source)),
         (topics.HEADER_FAILED_AT, repr(letter.failed_at).encode()),
+    ]
+
+
+def _header_text(text: str) -> bytes:
+    if len(text) > DEAD_LETTER_TEXT_MAX:
+        text = text[: DEAD_LETTER_TEXT_MAX - 1] + "…"
+    return text.encode("utf-8", "replace")
+
+
+def dead_letter_body(original: bytes, *, max_bytes: int) -> tuple[bytes, KafkaHeaders]:
+    """A dead letter's value and its extra headers: the original bytes if they fit in ``max_bytes``.
+
+    Larger ones are cut to their first ``max_bytes``, so that the dead letter always fits in a
+    Kafka record, with headers ``truncated: true``, ``original-size`` and ``original-sha256``
+    (hex) to tell the original by.
+
+    >>> dead_letter_body(b"abc", max_bytes=3)
+    (b'abc', [])
+    >>> body, headers = dead_letter_body(b"abcd", max_bytes=3)
+    >>> body, headers[:2]
+    (b'abc', [('truncated', b'true'), ('original-size', b'4')])
+    """
+    if len(original) <= max_bytes:
+        return original, []
+    return original[:max_bytes], [
+        (topics.HEADER_TRUNCATED, b"true"),
+        (topics.HEADER_ORIGINAL_SIZE, str(len(original)).encode()),
+        (topics.HEADER_ORIGINAL_SHA256, hashlib.sha256(original).hexdigest().encode()),
     ]
 
 

@@ -16,3 +16,7 @@ HEADER_ERROR: Final = "error"
 HEADER_STAGE: Final = "stage"
 HEADER_SOURCE: Final = "source"
 HEADER_FAILED_AT: Final = "failed_at"
+# ... and on a dead letter whose bytes were cut to fit in a Kafka record.
+HEADER_TRUNCATED: Final = "truncated"
+HEADER_ORIGINAL_SIZE: Final = "original-size"
+HEADER_ORIGINAL_SHA256: Final = "original-sha256"

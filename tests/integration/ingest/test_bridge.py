@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from thermoflow.settings import ThermoflowSettings
 
 DEVICES = 1000
 MESSAGES = 10_000
-T0 = 1_764_000_000.0
+T0 = float(int(time.time()) // 3600 * 3600 - 86_400)  # a day ago: inside the bridge's ts window
 
 #: Malformed payloads, each with the words its dead letter's reason must contain.
 MALFORMED: list[tuple[bytes, str]] = [

@@ -87,7 +87,7 @@ def test_senml_pack_becomes_several_records() -> None:
         TopicTemplate("sensors/{device_id}/{metric}"), readings_topic="r", deadletter_topic="d"
     )
     out = translator.translate(
-        "sensors/f-1/temperature", b'[{"bt":1700000000,"v":1},{"t":1,"v":2}]', received_at=1e9
+        "sensors/f-1/temperature", b'[{"bt":1700000000,"v":1},{"t":1,"v":2}]', received_at=1700000005.0
     )
     assert [decode_reading(r.value).ts for r in out.records] == [1700000000.0, 1700000001.0]
 
