@@ -145,7 +145,8 @@ def _stuck(
 ) -> None:
     tolerance = config.stuck_tolerance[row]
     off = np.isnan(tolerance)
-    new.run_start[found.device[off]] = np.nan  # a rule that turned stuck off drops the run
+    dropped = found.device[off]  # a rule that turned stuck off drops the run
+    new.run_start[dropped] = new.run_min[dropped] = new.run_max[dropped] = np.nan
     chosen = np.flatnonzero(~off)
     if chosen.size == 0:
         return

@@ -128,9 +128,11 @@ def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step
         if not late.any():
             break
         found = found - late
-    anchor = np.maximum(found, 0)
-    change: F64 = 60.0 * (value - history.value[anchor]) / (ts - history.ts[anchor])
-    return np.where(inside, change, np.nan)
+    rated = np.flatnonzero(inside)
+    anchor = found[rated]
+    change = np.full(ts.size, np.nan)
+    change[rated] = 60.0 * (value[rated] - history.value[anchor]) / (ts[rated] - history.ts[anchor])
+    return change
 
 
 def outlier_scores(
