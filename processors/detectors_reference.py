@@ -142,8 +142,8 @@ def observe(memory: Memory, reading: ScalarReading, index: int, config: Detector
                 median = statistics.median(baseline)
                 mad = statistics.median([abs(v - median) for v in baseline])
                 deviation = abs(x - median)
-                score = deviation / max(MAD_SCALE * mad, SCALE_FLOOR)
-                if deviation > config.outlier.min_abs_deviation:
+                if deviation > config.outlier.min_abs_deviation:  # else no score: it cannot be an outlier
+                    score = deviation / max(MAD_SCALE * mad, SCALE_FLOOR)
                     outlier_severity = _severity(score, config.outlier.thresholds)
         if not memory.history or math.floor(memory.history[-1][0] / step) != bucket:
             memory.history.append((ts, x))

@@ -217,55 +217,52 @@ def _history(
     buckets = config.outlier_buckets[row]
     scored = np.flatnonzero(buckets > 0)
     if scored.size:
-        score, deviation = history.outlier_scores(
+        score = history.outlier_scores(
             history=merged,
             unit=unit[scored],
             bucket=bucket[scored],
             value=value[scored],
             buckets=buckets[scored],
             min_samples=config.outlier_min_samples[row[scored]],
+            min_abs=config.outlier_min_abs[row[scored]],
         )
-        far = deviation > config.outlier_min_abs[row[scored]]
         found.score[chosen[scored]] = score
-        found.outlier_severity[chosen[scored]] = np.where(
-            far, _severities(score, config.outlier_thresholds[row[scored]]), 0
-        )
+        found.outlier_severity[chosen[scored]] = _severities(score, config.outlier_thresholds[row[scored]])
     history.store(merged, new)
 
 
 def worst(found: Findings, *, config: CompiledDetectors, rows: I64) -> Detections:
     """The worst finding per (device, kind) (the order in the module docstring)."""
     row = rows[found.device]
-    columns: list[tuple[I64, F64, F64, F64, I64]] = []  # severity, measure, value, threshold, kind
-    for kind, severity, measure, limits in (
-        (STUCK, found.stuck, found.stuck_seconds, config.stuck_for[row][:, None].repeat(2, axis=1)),
-        (RATE, found.rate_severity, np.abs(found.rate), config.rate_limits[row]),
-        (OUTLIER, found.outlier_severity, found.score, config.outlier_thresholds[row]),
+    parts: list[tuple[I64, I64, F64, F64, F64]] = []  # finding, kind, measure, value, threshold
+    for kind, severity, measure, shown in (
+        (STUCK, found.stuck, found.stuck_seconds, found.stuck_seconds),
+        (RATE, found.rate_severity, np.abs(found.rate), found.rate),
+        (OUTLIER, found.outlier_severity, found.score, found.score),
     ):
-        shown = found.rate if kind == RATE else measure
-        threshold = limits[np.arange(len(found)), np.maximum(severity - 1, 0)]
-        columns.append((severity, measure, shown, threshold, np.full(len(found), kind)))
-    severity = np.concatenate([c[0] for c in columns])
-    hit = np.flatnonzero(severity > 0)
-    if hit.size == 0:
-        none = np.empty(0, dtype=np.int64)
-        return Detections(none, none, none, np.empty(0), np.empty(0), np.empty(0), none)
-    tile = hit % len(found)
-    measure = np.concatenate([c[1] for c in columns])[hit]
-    kind = np.concatenate([c[4] for c in columns])[hit]
-    device, ts = found.device[tile], found.ts[tile]
-    order = np.lexsort((ts, -measure, -severity[hit], kind, device))
-    key = device[order] * len(KINDS) + kind[order]
-    best = hit[order][group_starts(key)]
-    best_tile = best % len(found)
+        hit = np.flatnonzero(severity > 0)
+        column = severity[hit] - 1
+        if kind == STUCK:
+            threshold = config.stuck_for[row[hit]]
+        else:
+            limits = config.rate_limits if kind == RATE else config.outlier_thresholds
+            threshold = limits[row[hit], column]
+        parts.append((hit, np.full(hit.size, kind), measure[hit], shown[hit], threshold))
+    hit = np.concatenate([p[0] for p in parts])
+    kind = np.concatenate([p[1] for p in parts])
+    measure = np.concatenate([p[2] for p in parts])
+    severity = np.concatenate([found.stuck[parts[0][0]], found.rate_severity[parts[1][0]], found.outlier_severity[parts[2][0]]])
+    device, ts = found.device[hit], found.ts[hit]
+    order = np.lexsort((ts, -measure, -severity, kind, device))
+    best = order[group_starts(device[order] * len(KINDS) + kind[order])]
     return Detections(
-        device=found.device[best_tile],
-        kind=np.concatenate([c[4] for c in columns])[best],
+        device=device[best],
+        kind=kind[best],
         severity=severity[best],
-        value=np.concatenate([c[2] for c in columns])[best],
-        threshold=np.concatenate([c[3] for c in columns])[best],
-        reading_ts=found.ts[best_tile],
-        reading=found.reading[best_tile],
+        value=np.concatenate([p[3] for p in parts])[best],
+        threshold=np.concatenate([p[4] for p in parts])[best],
+        reading_ts=ts[best],
+        reading=found.reading[hit[best]],
     )
 
 

@@ -15,7 +15,8 @@ alone, it is the same however the stream is cut into batches.
   ``|x_i - median| / (1.4826 · MAD)`` over the history entries of buckets ``k - m .. k - 1``
   (``m`` buckets: the window), which never holds the reading itself. The scale is floored at
   :data:`SCALE_FLOOR` so a perfectly flat baseline scores finitely. A baseline of fewer than
-  ``min_samples`` entries scores nothing.
+  ``min_samples`` entries scores nothing, and neither does a reading within
+  ``min_abs_deviation`` of the median (it cannot be an outlier, however small the MAD).
 
 Lookups are ``searchsorted`` over one exact key per entry, ``device · span + bucket``
 (integers below 2**53, so float64 holds them exactly).
@@ -136,9 +137,14 @@ def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step
 
 
 def outlier_scores(
-    *, history: History, unit: I64, bucket: F64, value: F64, buckets: I64, min_samples: I64
-) -> tuple[F64, F64]:
-    """Robust z of each reading against its baseline, and ``|x - median|``; NaN where too few samples."""
+    *, history: History, unit: I64, bucket: F64, value: F64, buckets: I64, min_samples: I64, min_abs: F64
+) -> F64:
+    """Robust z of each reading against its baseline (NaN: too few samples, or within ``min_abs`` of the median).
+
+    The median lies between the baseline's min and max, so a reading within ``min_abs`` of
+    both cannot be an outlier: only the others pay for a median and a MAD. Most readings of
+    a sensor whose ``min_abs`` is above its noise are skipped that way.
+    """
     first = np.ones(unit.size, dtype=bool)
     first[1:] = (unit[1:] != unit[:-1]) | (bucket[1:] != bucket[:-1])
     pair = np.cumsum(first) - 1
@@ -146,27 +152,47 @@ def outlier_scores(
     low = np.searchsorted(history.key, history.search_key(pair_unit, pair_bucket - buckets[first]))
     high = np.searchsorted(history.key, history.search_key(pair_unit, pair_bucket))
     counts = high - low
-    width = int(counts.max(initial=0))
-    if width == 0:
-        none = np.full(unit.size, np.nan)
-        return none, none.copy()
-    column = np.arange(width)
-    taken = column < counts[:, None]
-    at = np.minimum(low[:, None] + column, history.value.size - 1)
-    sample = np.sort(np.where(taken, history.value[at], np.nan), axis=1)  # NaN sorts last
-    median = _median(sample, counts)
-    spread = np.sort(np.abs(sample - median[:, None]), axis=1)
-    mad = _median(spread, counts)
-    deviation = np.abs(value - median[pair])
-    score = deviation / np.maximum(MAD_SCALE * mad[pair], SCALE_FLOOR)
-    enough = counts[pair] >= min_samples
-    return np.where(enough, score, np.nan), np.where(enough, deviation, np.nan)
+    score = np.full(unit.size, np.nan)
+    lowest, highest = _range(history.value, low, counts)
+    near = (value - lowest[pair] <= min_abs) & (highest[pair] - value <= min_abs)
+    candidate = np.flatnonzero((counts[pair] >= min_samples) & ~near)
+    if candidate.size == 0:
+        return score
+    median = np.full(counts.size, np.nan)
+    mad = np.full(counts.size, np.nan)
+    needed = np.zeros(counts.size, dtype=bool)
+    needed[pair[candidate]] = True
+    for count in np.unique(counts[needed]).tolist():
+        # Baselines of one size are rows of one sliding-window view: a gather of rows, no index matrix.
+        rows = np.flatnonzero(needed & (counts == count))
+        sample = np.sort(np.lib.stride_tricks.sliding_window_view(history.value, count)[low[rows]], axis=1)
+        middle = (sample[:, (count - 1) // 2] + sample[:, count // 2]) / 2
+        spread = np.partition(np.abs(sample - middle[:, None]), [(count - 1) // 2, count // 2], axis=1)
+        median[rows] = middle
+        mad[rows] = (spread[:, (count - 1) // 2] + spread[:, count // 2]) / 2
+    at = pair[candidate]
+    deviation = np.abs(value[candidate] - median[at])
+    z = deviation / np.maximum(MAD_SCALE * mad[at], SCALE_FLOOR)
+    score[candidate] = np.where(deviation > min_abs[candidate], z, np.nan)
+    return score
 
 
-def _median(ordered: F64, counts: I64) -> F64:
-    """Row medians of ascending rows whose first ``counts`` entries are real (NaN for an empty row)."""
-    rows = np.arange(ordered.shape[0])
-    lower = ordered[rows, np.maximum((counts - 1) // 2, 0)]
-    upper = ordered[rows, np.minimum(counts // 2, ordered.shape[1] - 1)]
-    result: F64 = np.where(counts > 0, (lower + upper) / 2, np.nan)
-    return result
+def _range(values: F64, low: I64, counts: I64) -> tuple[F64, F64]:
+    """Min and max of ``values[low : low + count]`` per row (NaN for empty rows): sparse tables."""
+    levels = max(int(counts.max(initial=1)).bit_length(), 1)
+    pad = 1 << levels
+    lows, highs = [np.concatenate((values, np.full(pad, np.inf)))], [np.concatenate((values, np.full(pad, -np.inf)))]
+    for level in range(1, levels):
+        half = 1 << (level - 1)
+        down, up = lows[-1].copy(), highs[-1].copy()
+        down[:-half] = np.minimum(down[:-half], lows[-1][half:])
+        up[:-half] = np.maximum(up[:-half], highs[-1][half:])
+        lows.append(down)
+        highs.append(up)
+    level = (np.frexp(np.maximum(counts, 1))[1] - 1).astype(np.int64)  # floor(log2), exactly
+    tail = low + np.maximum(counts, 1) - (1 << level)
+    low_table, high_table = np.stack(lows), np.stack(highs)
+    lowest = np.minimum(low_table[level, low], low_table[level, tail])
+    highest = np.maximum(high_table[level, low], high_table[level, tail])
+    empty = counts == 0
+    return np.where(empty, np.nan, lowest), np.where(empty, np.nan, highest)
