@@ -70,7 +70,9 @@ def split(readings: Readings, size: int) -> list[Readings]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100_000)
     parser.add_argument("--batches", type=int, default=20)
@@ -144,7 +146,8 @@ def main() -> None:
     print(f"thresholds (processors.thresholds.evaluate):        {thresholds_rate:,.0f} readings/s")
     print(f"ratio detectors / thresholds: {detectors_rate / thresholds_rate:.2f}")
     print(f"offline check over {args.devices:,} devices: {offline_seconds * 1e6:,.0f} µs per tick")
-    print(f"state to bytes and back: {round_trip * 1e6:.1f} µs per device, {np.mean([len(b) for b in blobs]):.0f} B")
+    size = np.mean([len(blob) for blob in blobs])
+    print(f"state to bytes and back: {round_trip * 1e6:.1f} µs per device, {size:.0f} B per device")
     print(f"detections: {dict(sorted(fired.items()))}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,8 +47,6 @@ class Memory:
 
     def record(self) -> DeviceState:
         """The stored form, to compare with the vectorized state byte for byte."""
-        import struct
-
         flat = [number for pair in self.history for number in pair]
         return DeviceState(
             last_seen=self.last_seen,
@@ -100,7 +99,9 @@ def step_of(config: DetectorConfig) -> float:
     return max(windows) / WINDOW_BUCKETS if windows else math.nan
 
 
-def observe(memory: Memory, reading: ScalarReading, index: int, config: DetectorConfig | None) -> ScalarFinding | None:
+def observe(
+    memory: Memory, reading: ScalarReading, index: int, config: DetectorConfig | None
+) -> ScalarFinding | None:
     """Fold one reading into its device's memory; its finding, or None when it is late."""
     if math.isnan(memory.last_seen) or reading.received_at > memory.last_seen:
         memory.last_seen = reading.received_at
@@ -137,7 +138,9 @@ def observe(memory: Memory, reading: ScalarReading, index: int, config: Detector
         bucket = math.floor(ts / step)
         if config.outlier is not None:
             buckets = max(1, min(WINDOW_BUCKETS, round(config.outlier.window / step)))
-            baseline = [v for t, v in memory.history if bucket - buckets <= math.floor(t / step) <= bucket - 1]
+            baseline = [
+                v for t, v in memory.history if bucket - buckets <= math.floor(t / step) <= bucket - 1
+            ]
             if len(baseline) >= config.outlier.min_samples:
                 median = statistics.median(baseline)
                 mad = statistics.median([abs(v - median) for v in baseline])
@@ -148,7 +151,9 @@ def observe(memory: Memory, reading: ScalarReading, index: int, config: Detector
         if not memory.history or math.floor(memory.history[-1][0] / step) != bucket:
             memory.history.append((ts, x))
             del memory.history[:-HISTORY]
-    return ScalarFinding(index, reading.device, ts, stuck_seconds, stuck, rate, rate_severity, score, outlier_severity)
+    return ScalarFinding(
+        index, reading.device, ts, stuck_seconds, stuck, rate, rate_severity, score, outlier_severity
+    )
 
 
 def scan(
@@ -157,18 +162,24 @@ def scan(
     """Every accepted reading's finding, in arrival order; ``memories`` is updated in place."""
     found = []
     for index, reading in enumerate(batch):
-        finding = observe(memories.setdefault(reading.device, Memory()), reading, index, configs.get(reading.device))
+        finding = observe(
+            memories.setdefault(reading.device, Memory()), reading, index, configs.get(reading.device)
+        )
         if finding is not None:
             found.append(finding)
     return found
 
 
-def worst(found: Iterable[ScalarFinding], configs: Mapping[int, DetectorConfig | None]) -> list[ScalarDetection]:
+def worst(
+    found: Iterable[ScalarFinding], configs: Mapping[int, DetectorConfig | None]
+) -> list[ScalarDetection]:
     """The worst finding per (device, kind): severity, then measure, then the earliest ts."""
     best: dict[tuple[int, str], tuple[tuple[float, float, float], ScalarDetection]] = {}
     for finding in found:
         config = configs.get(finding.device) or DetectorConfig()
-        candidates: list[tuple[str, int, float, float, float]] = []  # kind, severity, measure, value, threshold
+        candidates: list[
+            tuple[str, int, float, float, float]
+        ] = []  # kind, severity, measure, value, threshold
         if finding.stuck and config.stuck is not None:
             seconds = finding.stuck_seconds
             candidates.append(("stuck", finding.stuck, seconds, seconds, config.stuck.stuck_for))
@@ -204,7 +215,13 @@ def offline(
             memory.offline_reported = memory.last_seen
             found.append(
                 ScalarDetection(
-                    device, "offline", config.offline_severity, silent, config.offline_after, memory.last_seen, -1
+                    device,
+                    "offline",
+                    config.offline_severity,
+                    silent,
+                    config.offline_after,
+                    memory.last_seen,
+                    -1,
                 )
             )
     return found

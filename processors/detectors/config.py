@@ -70,7 +70,9 @@ class StuckConfig:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise DetectorConfigError(f"`stuck.tolerance` must be a finite number >= 0, got {self.tolerance!r}")
+            raise DetectorConfigError(
+                f"`stuck.tolerance` must be a finite number >= 0, got {self.tolerance!r}"
+            )
         _positive("stuck.stuck_for", self.stuck_for)
 
 
@@ -149,6 +151,7 @@ class CompiledDetectors:
     outlier_min_abs: F64
     outlier_min_samples: I64
     step: F64  # history bucket width (s); NaN when neither rate nor outlier is on
+
 
 def compile_detectors(configs: Sequence[DetectorConfig]) -> CompiledDetectors:
     """Compile validated detector settings to arrays, one row per config, then the all-off row."""

@@ -141,7 +141,13 @@ def scan(
 
 
 def _stuck(
-    found: Findings, *, row: I64, value: F64, states: DeviceStates, new: DeviceStates, config: CompiledDetectors
+    found: Findings,
+    *,
+    row: I64,
+    value: F64,
+    states: DeviceStates,
+    new: DeviceStates,
+    config: CompiledDetectors,
 ) -> None:
     tolerance = config.stuck_tolerance[row]
     off = np.isnan(tolerance)
@@ -188,13 +194,28 @@ def _severities(measure: F64, limits: F64) -> I64:
 
 
 def _history(
-    found: Findings, *, row: I64, value: F64, states: DeviceStates, new: DeviceStates, config: CompiledDetectors
+    found: Findings,
+    *,
+    row: I64,
+    value: F64,
+    states: DeviceStates,
+    new: DeviceStates,
+    config: CompiledDetectors,
 ) -> None:
     step = config.step[row]
     chosen = np.flatnonzero(~np.isnan(step))
     if chosen.size == 0:
         return
-    device, ts, value, row, step = found.device[chosen], found.ts[chosen], value[chosen], row[chosen], step[chosen]
+    if chosen.size < len(found):  # a gather per column is a cost worth skipping when every device is on
+        device, ts, value, row, step = (
+            found.device[chosen],
+            found.ts[chosen],
+            value[chosen],
+            row[chosen],
+            step[chosen],
+        )
+    else:
+        device, ts = found.device, found.ts
     first = group_starts(device)
     unit = np.cumsum(first) - 1
     bucket = np.floor(ts / step)
@@ -235,23 +256,25 @@ def worst(found: Findings, *, config: CompiledDetectors, rows: I64) -> Detection
     """The worst finding per (device, kind) (the order in the module docstring)."""
     row = rows[found.device]
     parts: list[tuple[I64, I64, F64, F64, F64]] = []  # finding, kind, measure, value, threshold
-    for kind, severity, measure, shown in (
+    for code, severity, measure, shown in (
         (STUCK, found.stuck, found.stuck_seconds, found.stuck_seconds),
         (RATE, found.rate_severity, np.abs(found.rate), found.rate),
         (OUTLIER, found.outlier_severity, found.score, found.score),
     ):
         hit = np.flatnonzero(severity > 0)
         column = severity[hit] - 1
-        if kind == STUCK:
+        if code == STUCK:
             threshold = config.stuck_for[row[hit]]
         else:
-            limits = config.rate_limits if kind == RATE else config.outlier_thresholds
+            limits = config.rate_limits if code == RATE else config.outlier_thresholds
             threshold = limits[row[hit], column]
-        parts.append((hit, np.full(hit.size, kind), measure[hit], shown[hit], threshold))
+        parts.append((hit, np.full(hit.size, code), measure[hit], shown[hit], threshold))
     hit = np.concatenate([p[0] for p in parts])
     kind = np.concatenate([p[1] for p in parts])
     measure = np.concatenate([p[2] for p in parts])
-    severity = np.concatenate([found.stuck[parts[0][0]], found.rate_severity[parts[1][0]], found.outlier_severity[parts[2][0]]])
+    severity = np.concatenate(
+        [found.stuck[parts[0][0]], found.rate_severity[parts[1][0]], found.outlier_severity[parts[2][0]]]
+    )
     device, ts = found.device[hit], found.ts[hit]
     order = np.lexsort((ts, -measure, -severity, kind, device))
     best = order[group_starts(device[order] * len(KINDS) + kind[order])]

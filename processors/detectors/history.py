@@ -59,7 +59,9 @@ class History:
         return result
 
 
-def merge(*, unit: I64, devices: I64, ts: F64, value: F64, bucket: F64, states: DeviceStates, step: F64) -> History:
+def merge(
+    *, unit: I64, devices: I64, ts: F64, value: F64, bucket: F64, states: DeviceStates, step: F64
+) -> History:
     """The history of ``devices`` with this batch's accepted readings (grouped by ``unit``, by ts).
 
     ``step`` is per device (of ``devices``); ``bucket`` per reading.
@@ -91,7 +93,9 @@ def merge(*, unit: I64, devices: I64, ts: F64, value: F64, bucket: F64, states: 
     top = float(max(entry_bucket.max(initial=-np.inf), bucket.max(initial=-np.inf)))
     span = float(2 ** int(np.ceil(np.log2(top - base + 2)))) if total or bucket.size else 1.0
     if span * (devices.size + 1) >= 2.0**53:
-        raise ValueError(f"detector history keys would lose precision: {devices.size} devices x {span} buckets")
+        raise ValueError(
+            f"detector history keys would lose precision: {devices.size} devices x {span} buckets"
+        )
     key = entry_unit * span + (entry_bucket - base)
     return History(devices, entry_unit, entry_ts, entry_value, key, span, base, offsets, counts)
 
@@ -139,7 +143,7 @@ def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step
 def outlier_scores(
     *, history: History, unit: I64, bucket: F64, value: F64, buckets: I64, min_samples: I64, min_abs: F64
 ) -> F64:
-    """Robust z of each reading against its baseline (NaN: too few samples, or within ``min_abs`` of the median).
+    """Robust z of each reading against its baseline; NaN with too few samples or within ``min_abs``.
 
     The median lies between the baseline's min and max, so a reading within ``min_abs`` of
     both cannot be an outlier: only the others pay for a median and a MAD. Most readings of
@@ -180,19 +184,17 @@ def outlier_scores(
 def _range(values: F64, low: I64, counts: I64) -> tuple[F64, F64]:
     """Min and max of ``values[low : low + count]`` per row (NaN for empty rows): sparse tables."""
     levels = max(int(counts.max(initial=1)).bit_length(), 1)
-    pad = 1 << levels
-    lows, highs = [np.concatenate((values, np.full(pad, np.inf)))], [np.concatenate((values, np.full(pad, -np.inf)))]
+    size = values.size + (1 << levels)
+    low_table, high_table = np.full((levels, size), np.inf), np.full((levels, size), -np.inf)
+    low_table[0, : values.size] = values
+    high_table[0, : values.size] = values
     for level in range(1, levels):
         half = 1 << (level - 1)
-        down, up = lows[-1].copy(), highs[-1].copy()
-        down[:-half] = np.minimum(down[:-half], lows[-1][half:])
-        up[:-half] = np.maximum(up[:-half], highs[-1][half:])
-        lows.append(down)
-        highs.append(up)
-    level = (np.frexp(np.maximum(counts, 1))[1] - 1).astype(np.int64)  # floor(log2), exactly
-    tail = low + np.maximum(counts, 1) - (1 << level)
-    low_table, high_table = np.stack(lows), np.stack(highs)
-    lowest = np.minimum(low_table[level, low], low_table[level, tail])
-    highest = np.maximum(high_table[level, low], high_table[level, tail])
+        np.minimum(low_table[level - 1, :-half], low_table[level - 1, half:], out=low_table[level, :-half])
+        np.maximum(high_table[level - 1, :-half], high_table[level - 1, half:], out=high_table[level, :-half])
+    rung: I64 = (np.frexp(np.maximum(counts, 1))[1] - 1).astype(np.int64)  # floor(log2), exactly
+    tail = low + np.maximum(counts, 1) - (1 << rung)
+    lowest = np.minimum(low_table[rung, low], low_table[rung, tail])
+    highest = np.maximum(high_table[rung, low], high_table[rung, tail])
     empty = counts == 0
     return np.where(empty, np.nan, lowest), np.where(empty, np.nan, highest)

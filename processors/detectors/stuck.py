@@ -1,4 +1,4 @@
-"""Stuck runs: the readings of a device cut greedily into runs whose spread (max - min) stays within tolerance.
+"""Stuck runs: a device's readings cut greedily into runs whose spread (max - min) stays within tolerance.
 
 A run starts at a device's first reading; each reading joins the current run if the run's
 spread with it stays ``<= tolerance``, and otherwise starts a new run of its own. A reading

@@ -64,7 +64,9 @@ def test_a_stuck_run_continues_across_batches() -> None:
     states = DeviceStates.empty(1)
     fired = []
     for part in np.array_split(np.arange(90), 9):  # 10 s batches: none alone lasts 60 s
-        found, states = detect(batch(ts[part], np.full(part.size, 5.0)), states=states, config=config, rows=ONE)
+        found, states = detect(
+            batch(ts[part], np.full(part.size, 5.0)), states=states, config=config, rows=ONE
+        )
         fired += found.reading_ts.tolist()
     assert fired == [169.0, 179.0, 189.0]  # stuck from 160.0 on; per batch its worst (longest) reading
     assert states.run_start[0] == 100.0
@@ -126,9 +128,13 @@ def test_late_duplicate_and_replayed_readings_change_nothing() -> None:
     assert replayed.to_bytes() == states.to_bytes()
 
     shuffled = np.random.default_rng(3).permutation(120)
-    found, _ = scan(batch(ts[shuffled], values[shuffled]), states=DeviceStates.empty(1), config=config, rows=ONE)
+    found, _ = scan(
+        batch(ts[shuffled], values[shuffled]), states=DeviceStates.empty(1), config=config, rows=ONE
+    )
     # Only readings later than every earlier arrival count: the running maxima of the arrival order.
-    records = np.flatnonzero(ts[shuffled] > np.maximum.accumulate(np.concatenate(([-np.inf], ts[shuffled][:-1]))))
+    records = np.flatnonzero(
+        ts[shuffled] > np.maximum.accumulate(np.concatenate(([-np.inf], ts[shuffled][:-1])))
+    )
     assert found.reading.tolist() == records.tolist()
 
 
@@ -166,7 +172,9 @@ def test_ingest_silent_is_one_detection_for_the_fleet_and_none_while_lagging() -
     )
     assert [(s.partition, s.since, s.silent_for) for s in fleet] == [(None, 13.0, 87.0)]
     lagging = np.array([True, False, True, True])
-    found = ingest_silent(now=100.0, partitions=partitions, watermark=watermark, caught_up=lagging, silent_after=30.0)
+    found = ingest_silent(
+        now=100.0, partitions=partitions, watermark=watermark, caught_up=lagging, silent_after=30.0
+    )
     assert [s.partition for s in found] == [0, 2, 3]
 
 

@@ -9,6 +9,7 @@ batch-split invariance on the vectorized code alone.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import astuple
 from typing import Any
@@ -103,7 +104,7 @@ def streams(draw: Any, *, max_size: int = 60) -> Stream:
 def cut(stream: Stream, data: st.DataObject) -> list[Stream]:
     points = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     edges = [0, *points, len(stream)]
-    return [stream[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [stream[a:b] for a, b in itertools.pairwise(edges)]
 
 
 def readings(batch: Stream) -> Readings:
@@ -178,9 +179,7 @@ def test_matches_the_scalar_reference(stream: Stream, device_configs: Configs, d
     offset = 0
     for batch, got_findings, got_detections in zip(batches, findings, detections, strict=True):
         expected = reference.scan(batch, memories, device_configs)
-        expected_rows = sorted(
-            (comparable(astuple(f)[:1] + astuple(f)[1:]) for f in expected), key=lambda r: (r[1], r[2])
-        )
+        expected_rows = sorted((comparable(astuple(f)) for f in expected), key=lambda r: (r[1], r[2]))
         shifted = [(r[0] + offset, *r[1:]) for r in expected_rows]
         assert got_findings == shifted
         want = [(*astuple(d)[:6], d.reading + offset) for d in reference.worst(expected, device_configs)]
@@ -195,9 +194,15 @@ def test_matches_the_scalar_reference(stream: Stream, device_configs: Configs, d
     reported = states.offline_reported
     for now in (110.0, 140.0, 140.5):
         got, reported = offline(
-            now=now, last_seen=states.last_seen, reported=reported, config=config, rows=rows_of(device_configs)
+            now=now,
+            last_seen=states.last_seen,
+            reported=reported,
+            config=config,
+            rows=rows_of(device_configs),
         )
-        assert detection_rows(got, 0) == [astuple(d) for d in reference.offline(now, memories, device_configs)]
+        assert detection_rows(got, 0) == [
+            astuple(d) for d in reference.offline(now, memories, device_configs)
+        ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -217,9 +222,11 @@ def test_any_cut_gives_the_same_findings_state_and_alerts(
     def key(row: tuple[Any, ...]) -> tuple[Any, ...]:
         return (row[1], row[2])
 
-    assert sorted(sum(split_findings, []), key=key) == sorted(whole_findings[0], key=key)
+    assert sorted(list(itertools.chain.from_iterable(split_findings)), key=key) == sorted(
+        whole_findings[0], key=key
+    )
     assert split_state.to_bytes() == whole_state.to_bytes()
-    emitted = sum(split_detections, [])
+    emitted = list(itertools.chain.from_iterable(split_detections))
     assert {(d[0], d[1]) for d in emitted} == {(d[0], d[1]) for d in whole_detections[0]}
     assert set(whole_detections[0]) <= set(emitted)
     evidence = {(r[1], r[2]) for r in whole_findings[0]}
@@ -232,14 +239,20 @@ def test_any_cut_gives_the_same_findings_state_and_alerts(
     tolerance=st.sampled_from([0.0, 0.05, 0.1]),
     data=st.data(),
 )
-def test_long_calm_stretches_cut_into_the_same_runs(values: list[float], tolerance: float, data: st.DataObject) -> None:
+def test_long_calm_stretches_cut_into_the_same_runs(
+    values: list[float], tolerance: float, data: st.DataObject
+) -> None:
     """Long segments between hard breaks exercise the binary lifting and pointer doubling in full."""
     stream = [reference.ScalarReading(0, 100.0 + i, 100.0 + i, v) for i, v in enumerate(values)]
-    device_configs: Configs = {0: DetectorConfig(stuck=StuckConfig(tolerance=tolerance, stuck_for=20.0)), 1: None, 2: None}
+    device_configs: Configs = {
+        0: DetectorConfig(stuck=StuckConfig(tolerance=tolerance, stuck_for=20.0)),
+        1: None,
+        2: None,
+    }
     findings, _, states = run(cut(stream, data), device_configs)
     memories: dict[int, reference.Memory] = {}
     expected = [comparable(astuple(f)) for f in reference.scan(stream, memories, device_configs)]
-    assert [r[1:] for r in sum(findings, [])] == [r[1:] for r in expected]
+    assert [r[1:] for r in itertools.chain.from_iterable(findings)] == [r[1:] for r in expected]
     assert states.to_bytes()[0] == msgspec.msgpack.encode(memories[0].record())
 
 
@@ -253,7 +266,9 @@ def test_kinds_are_the_alert_conditions() -> None:
     values=st.lists(st.floats(-5, 5, allow_nan=False), min_size=300, max_size=300),
     data=st.data(),
 )
-def test_history_holds_every_window_across_cuts(steps: list[float], values: list[float], data: st.DataObject) -> None:
+def test_history_holds_every_window_across_cuts(
+    steps: list[float], values: list[float], data: st.DataObject
+) -> None:
     """A device with more history than the state keeps: rate anchors and baselines still agree across cuts."""
     times = np.cumsum(steps) + 100.0
     stream = [reference.ScalarReading(0, float(t), float(t), v) for t, v in zip(times, values, strict=False)]
@@ -262,5 +277,5 @@ def test_history_holds_every_window_across_cuts(steps: list[float], values: list
     device_configs: Configs = {0: DetectorConfig(rate=rate, outlier=outlier), 1: None, 2: None}
     whole, _, whole_state = run([stream], device_configs)
     split, _, split_state = run(cut(stream, data), device_configs)
-    assert [r[1:] for r in sum(split, [])] == [r[1:] for r in whole[0]]
+    assert [r[1:] for r in itertools.chain.from_iterable(split)] == [r[1:] for r in whole[0]]
     assert split_state.to_bytes() == whole_state.to_bytes()
