@@ -1,0 +1,58 @@
+"""The device detectors of issue 13, pure and vectorized: stuck, rate, outlier, offline (and ingest_silent).
+
+No faust, Kafka or clock here: a batch of readings as columns and its devices' state in,
+detections and the new state out (:func:`detect`); the offline check is a separate pure
+function of an event-time ``now`` for the caller's timer (:func:`offline`). The state is
+plain columns (:class:`DeviceStates`) that store one compact msgpack record per device
+(:class:`DeviceState`), for a faust table or a compacted topic keyed by device.
+
+The modules, in the order a batch meets them:
+
+- :mod:`~processors.detectors.config`: settings per rule, compiled to arrays;
+- :mod:`~processors.detectors.grouping`: group by device, drop late and duplicate readings;
+- :mod:`~processors.detectors.stuck`: greedy runs within a tolerance;
+- :mod:`~processors.detectors.history`: one reading per time bucket; rate and outlier over it;
+- :mod:`~processors.detectors.detect`: findings per reading, the worst per (device, kind);
+- :mod:`~processors.detectors.offline`: offline and ingest_silent;
+- :mod:`~processors.detectors.state`: the state columns and their stored form.
+"""
+
+from processors.detectors.config import (
+    HISTORY,
+    KINDS,
+    NO_DETECTORS,
+    CompiledDetectors,
+    DetectorConfig,
+    DetectorConfigError,
+    OutlierConfig,
+    RateConfig,
+    StuckConfig,
+    compile_detectors,
+)
+from processors.detectors.detect import Detections, Findings, Readings, detect, scan, worst
+from processors.detectors.offline import IngestSilence, ingest_silent, offline
+from processors.detectors.state import DeviceState, DeviceStates
+
+__all__ = [
+    "HISTORY",
+    "KINDS",
+    "NO_DETECTORS",
+    "CompiledDetectors",
+    "Detections",
+    "DetectorConfig",
+    "DetectorConfigError",
+    "DeviceState",
+    "DeviceStates",
+    "Findings",
+    "IngestSilence",
+    "OutlierConfig",
+    "RateConfig",
+    "Readings",
+    "StuckConfig",
+    "compile_detectors",
+    "detect",
+    "ingest_silent",
+    "offline",
+    "scan",
+    "worst",
+]

@@ -1,0 +1,308 @@
+"""The batch entry point: a batch of readings and its devices' state in, detections and the new state out.
+
+Per batch and per (device, kind) at most one detection: the worst reading's, by
+
+1. the higher severity;
+2. the larger measure: seconds stuck, ``|°C/min|``, outlier score;
+3. the earlier ``ts`` (so a replayed batch names the same reading, hence the same alert id).
+
+**Batch-split invariance.** Every accepted reading gets a *finding* per detector (its
+measure and severity, :class:`Findings`) that depends only on the stream of its device up
+to it, never on where batches were cut; so is the final state. A batch's detections are the
+worst finding per (device, kind) among its readings. Hence, however a stream is cut: the
+same (device, kind) pairs fire, a stream's worst finding per (device, kind) is always
+emitted, and every detection emitted is one of the stream's findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from processors.detectors import history
+from processors.detectors.config import (
+    CRITICAL,
+    F64,
+    I64,
+    KINDS,
+    OUTLIER,
+    RATE,
+    STUCK,
+    WARNING,
+    CompiledDetectors,
+)
+from processors.detectors.grouping import group, group_starts
+from processors.detectors.state import DeviceStates
+from processors.detectors.stuck import run_starts
+from thermoflow.events import SEVERITIES, Severity
+
+
+@dataclass(frozen=True, eq=False)
+class Readings:
+    """A batch as columns. ``device`` indexes the batch's devices (their states, their config rows)."""
+
+    device: I64
+    ts: F64  # the device's time: what stuck, rate and outlier measure
+    received_at: F64  # the bridge's receive time: what offline measures
+    value: F64
+
+    def __len__(self) -> int:
+        return int(self.value.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Findings:
+    """Per accepted reading, grouped by device then ``ts``: each detector's measure and severity (0: none).
+
+    A measure is NaN where its detector is off or has too little history to say.
+    """
+
+    reading: I64  # index in the batch
+    device: I64
+    ts: F64
+    stuck_seconds: F64
+    stuck: I64
+    rate: F64  # °C/min, signed
+    rate_severity: I64
+    score: F64
+    outlier_severity: I64
+
+    def __len__(self) -> int:
+        return int(self.reading.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """At most one row per (device, kind): columns, like processors.thresholds.Breaches.
+
+    ``value``/``threshold`` as the alert contract says for each kind: seconds (stuck,
+    offline), °C/min (rate), score (outlier); ``reading_ts`` is the evidence's time: the
+    reading's ``ts``, or for offline the ``received_at`` of the last reading.
+    """
+
+    device: I64
+    kind: I64  # index into KINDS
+    severity: I64  # 1 warning, 2 critical
+    value: F64
+    threshold: F64
+    reading_ts: F64
+    reading: I64  # index in the batch; -1 for offline
+
+    def __len__(self) -> int:
+        return int(self.device.shape[0])
+
+    def kind_name(self, row: int) -> str:
+        return KINDS[int(self.kind[row])]
+
+    def severity_name(self, row: int) -> Severity:
+        return SEVERITIES[int(self.severity[row]) - 1]
+
+
+def _copy(states: DeviceStates) -> DeviceStates:
+    return replace(states, **{name: getattr(states, name).copy() for name in states.__dataclass_fields__})
+
+
+def scan(
+    readings: Readings, *, states: DeviceStates, config: CompiledDetectors, rows: I64
+) -> tuple[Findings, DeviceStates]:
+    """Every accepted reading's findings, and the devices' new state. ``states`` is not modified.
+
+    ``rows[d]`` is device ``d``'s config row (``NO_DETECTORS`` for none). Readings may come
+    in any order; late ones (see :mod:`processors.detectors.grouping`) only refresh ``last_seen``.
+    """
+    new = _copy(states)
+    grouped = group(device=readings.device, ts=readings.ts, last_ts=states.last_ts)
+    if grouped.order.size:
+        seen = np.maximum.reduceat(readings.received_at[grouped.order], grouped.starts)
+        present = grouped.device[grouped.starts]
+        new.last_seen[present] = np.fmax(states.last_seen[present], seen)
+    reading = grouped.order[grouped.accepted]
+    device = grouped.device[grouped.accepted]
+    ts, value = readings.ts[reading], readings.value[reading]
+    last = np.flatnonzero(np.append(device[1:] != device[:-1], True)) if device.size else device
+    new.last_ts[device[last]] = ts[last]
+    row = rows[device]
+    count = device.size
+    found = Findings(
+        reading=reading,
+        device=device,
+        ts=ts,
+        stuck_seconds=np.full(count, np.nan),
+        stuck=np.zeros(count, dtype=np.int64),
+        rate=np.full(count, np.nan),
+        rate_severity=np.zeros(count, dtype=np.int64),
+        score=np.full(count, np.nan),
+        outlier_severity=np.zeros(count, dtype=np.int64),
+    )
+    _stuck(found, row=row, value=value, states=states, new=new, config=config)
+    _history(found, row=row, value=value, states=states, new=new, config=config)
+    return found, new
+
+
+def _stuck(
+    found: Findings,
+    *,
+    row: I64,
+    value: F64,
+    states: DeviceStates,
+    new: DeviceStates,
+    config: CompiledDetectors,
+) -> None:
+    tolerance = config.stuck_tolerance[row]
+    off = np.isnan(tolerance)
+    dropped = found.device[off]  # a rule that turned stuck off drops the run
+    new.run_start[dropped] = new.run_min[dropped] = new.run_max[dropped] = np.nan
+    chosen = np.flatnonzero(~off)
+    if chosen.size == 0:
+        return
+    device, ts = found.device[chosen], found.ts[chosen]
+    first = np.flatnonzero(group_starts(device))
+    owner = device[first]
+    carried = np.isfinite(states.run_start[owner])
+    at = first[carried]  # the carried run goes before its device's first reading, as an element [min, max]
+    owners = owner[carried]
+    element_device = np.insert(device, at, owners)
+    low = np.insert(value[chosen], at, states.run_min[owners])
+    high = np.insert(value[chosen], at, states.run_max[owners])
+    element_ts = np.insert(ts, at, states.run_start[owners])
+    starts = run_starts(
+        low=low,
+        high=high,
+        tolerance=np.insert(tolerance[chosen], at, tolerance[chosen][at]),
+        first=group_starts(element_device),
+    )
+    is_reading = np.insert(np.ones(chosen.size, dtype=bool), at, False)
+    seconds = ts - element_ts[starts[is_reading]]
+    found.stuck_seconds[chosen] = seconds
+    found.stuck[chosen] = np.where(
+        seconds >= config.stuck_for[row[chosen]], config.stuck_severity[row[chosen]], 0
+    )
+
+    run_first = np.flatnonzero(starts == np.arange(starts.size))
+    run_of = np.cumsum(starts == np.arange(starts.size)) - 1
+    ends = np.flatnonzero(np.append(element_device[1:] != element_device[:-1], True))
+    new.run_start[owner] = element_ts[starts[ends]]
+    new.run_min[owner] = np.minimum.reduceat(low, run_first)[run_of[ends]]
+    new.run_max[owner] = np.maximum.reduceat(high, run_first)[run_of[ends]]
+
+
+def _severities(measure: F64, limits: F64) -> I64:
+    """CRITICAL where ``measure`` exceeds column 1, else WARNING where it exceeds column 0 (NaN: neither)."""
+    result: I64 = np.where(measure > limits[:, 1], CRITICAL, np.where(measure > limits[:, 0], WARNING, 0))
+    return result
+
+
+def _history(
+    found: Findings,
+    *,
+    row: I64,
+    value: F64,
+    states: DeviceStates,
+    new: DeviceStates,
+    config: CompiledDetectors,
+) -> None:
+    step = config.step[row]
+    chosen = np.flatnonzero(~np.isnan(step))
+    if chosen.size == 0:
+        return
+    if chosen.size < len(found):  # a gather per column is a cost worth skipping when every device is on
+        device, ts, value, row, step = (
+            found.device[chosen],
+            found.ts[chosen],
+            value[chosen],
+            row[chosen],
+            step[chosen],
+        )
+    else:
+        device, ts = found.device, found.ts
+    first = group_starts(device)
+    unit = np.cumsum(first) - 1
+    bucket = np.floor(ts / step)
+    merged = history.merge(
+        unit=unit, devices=device[first], ts=ts, value=value, bucket=bucket, states=states, step=step[first]
+    )
+    window = config.rate_window[row]
+    rated = np.flatnonzero(~np.isnan(window))
+    if rated.size:
+        rate = history.rates(
+            history=merged,
+            unit=unit[rated],
+            ts=ts[rated],
+            value=value[rated],
+            window=window[rated],
+            step=step[rated],
+        )
+        found.rate[chosen[rated]] = rate
+        found.rate_severity[chosen[rated]] = _severities(np.abs(rate), config.rate_limits[row[rated]])
+    buckets = config.outlier_buckets[row]
+    scored = np.flatnonzero(buckets > 0)
+    if scored.size:
+        score = history.outlier_scores(
+            history=merged,
+            unit=unit[scored],
+            bucket=bucket[scored],
+            value=value[scored],
+            buckets=buckets[scored],
+            min_samples=config.outlier_min_samples[row[scored]],
+            min_abs=config.outlier_min_abs[row[scored]],
+        )
+        found.score[chosen[scored]] = score
+        found.outlier_severity[chosen[scored]] = _severities(score, config.outlier_thresholds[row[scored]])
+    history.store(merged, new)
+
+
+def worst(found: Findings, *, config: CompiledDetectors, rows: I64) -> Detections:
+    """The worst finding per (device, kind) (the order in the module docstring)."""
+    row = rows[found.device]
+    parts: list[tuple[I64, I64, F64, F64, F64]] = []  # finding, kind, measure, value, threshold
+    for code, severity, measure, shown in (
+        (STUCK, found.stuck, found.stuck_seconds, found.stuck_seconds),
+        (RATE, found.rate_severity, np.abs(found.rate), found.rate),
+        (OUTLIER, found.outlier_severity, found.score, found.score),
+    ):
+        hit = np.flatnonzero(severity > 0)
+        column = severity[hit] - 1
+        if code == STUCK:
+            threshold = config.stuck_for[row[hit]]
+        else:
+            limits = config.rate_limits if code == RATE else config.outlier_thresholds
+            threshold = limits[row[hit], column]
+        parts.append((hit, np.full(hit.size, code), measure[hit], shown[hit], threshold))
+    hit = np.concatenate([p[0] for p in parts])
+    kind = np.concatenate([p[1] for p in parts])
+    measure = np.concatenate([p[2] for p in parts])
+    severity = np.concatenate(
+        [found.stuck[parts[0][0]], found.rate_severity[parts[1][0]], found.outlier_severity[parts[2][0]]]
+    )
+    device, ts = found.device[hit], found.ts[hit]
+    order = np.lexsort((ts, -measure, -severity, kind, device))
+    best = order[group_starts(device[order] * len(KINDS) + kind[order])]
+    return Detections(
+        device=device[best],
+        kind=kind[best],
+        severity=severity[best],
+        value=np.concatenate([p[3] for p in parts])[best],
+        threshold=np.concatenate([p[4] for p in parts])[best],
+        reading_ts=ts[best],
+        reading=found.reading[hit[best]],
+    )
+
+
+def detect(
+    readings: Readings, *, states: DeviceStates, config: CompiledDetectors, rows: I64
+) -> tuple[Detections, DeviceStates]:
+    """Stuck, rate and outlier detections of a batch (the worst per device and kind), and the new state.
+
+    >>> from processors.detectors.config import DetectorConfig, StuckConfig, compile_detectors
+    >>> config = compile_detectors([DetectorConfig(stuck=StuckConfig(tolerance=0.1, stuck_for=60.0))])
+    >>> batch = Readings(device=np.zeros(4, dtype=np.int64), ts=np.array([0.0, 30.0, 60.0, 90.0]),
+    ...                  received_at=np.array([0.0, 30.0, 60.0, 90.0]), value=np.full(4, -18.0))
+    >>> found, state = detect(batch, states=DeviceStates.empty(1), config=config, rows=np.zeros(1, np.int64))
+    >>> found.kind_name(0), found.severity_name(0), found.value.tolist(), found.reading_ts.tolist()
+    ('stuck', 'critical', [90.0], [90.0])
+    >>> state.run_start.tolist(), state.last_seen.tolist()
+    ([0.0], [90.0])
+    """
+    found, new = scan(readings, states=states, config=config, rows=rows)
+    return worst(found, config=config, rows=rows), new

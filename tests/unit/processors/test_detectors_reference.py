@@ -1,0 +1,281 @@
+"""processors.detectors against the scalar reference, and cut into batches every which way.
+
+The reference folds one reading at a time, so it cannot depend on batch cuts. The
+vectorized detectors are checked against it on random streams (late and duplicate readings,
+long flat stretches, few timestamps) cut at random places: findings per reading, the worst
+per (device, kind) per batch, and the stored state byte for byte. A separate test states
+batch-split invariance on the vectorized code alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import astuple
+from typing import Any
+
+import msgspec
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processors import detectors_reference as reference
+from processors.detectors import (
+    KINDS,
+    NO_DETECTORS,
+    DetectorConfig,
+    DeviceStates,
+    OutlierConfig,
+    RateConfig,
+    Readings,
+    StuckConfig,
+    compile_detectors,
+    offline,
+    scan,
+    worst,
+)
+
+DEVICES = 3
+Stream = list[reference.ScalarReading]
+Configs = dict[int, DetectorConfig | None]
+
+limits = st.one_of(
+    st.fixed_dictionaries({"warning": st.sampled_from([0.5, 2.0, 10.0])}),
+    st.fixed_dictionaries({"critical": st.sampled_from([1.0, 3.0])}),
+    st.just({"warning": 1.0, "critical": 4.0}),
+)
+configs = st.builds(
+    DetectorConfig,
+    offline_after=st.sampled_from([None, 2.0, 5.0]),
+    offline_severity=st.sampled_from(["warning", "critical"]),
+    stuck=st.one_of(
+        st.none(),
+        st.builds(
+            StuckConfig,
+            tolerance=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
+            stuck_for=st.sampled_from([0.5, 2.0, 6.0]),
+            severity=st.sampled_from(["warning", "critical"]),
+        ),
+    ),
+    rate=st.one_of(st.none(), st.builds(RateConfig, window=st.sampled_from([1.0, 2.5, 8.0]), limits=limits)),
+    outlier=st.one_of(
+        st.none(),
+        st.builds(
+            OutlierConfig,
+            window=st.sampled_from([2.0, 6.0, 16.0]),
+            thresholds=limits,
+            min_abs_deviation=st.sampled_from([0.01, 0.5]),
+            min_samples=st.integers(1, 5),
+        ),
+    ),
+)
+device_configs = st.lists(st.one_of(st.none(), configs), min_size=DEVICES, max_size=DEVICES).map(
+    lambda found: dict(enumerate(found))
+)
+values = st.one_of(
+    st.sampled_from([0.0, 0.05, 0.1, 0.5, 1.0, -3.0, 5.0]),  # flat stretches and exact ties
+    st.floats(-20, 20, allow_nan=False),
+)
+
+
+@st.composite
+def streams(draw: Any, *, max_size: int = 60) -> Stream:
+    """Readings in arrival order: ts mostly rising per device, some late, some duplicated."""
+    steps = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, DEVICES - 1),
+                st.sampled_from([0.25, 0.5, 1.0, 1.0, 1.0, 2.0, 7.0, 0.0, -1.5]),  # 0: duplicate ts, <0: late
+                values,
+            ),
+            max_size=max_size,
+        )
+    )
+    clock = dict.fromkeys(range(DEVICES), 100.0)
+    stream = []
+    for arrival, (device, step, value) in enumerate(steps):
+        clock[device] += step
+        stream.append(reference.ScalarReading(device, clock[device], 100.0 + arrival * 0.5, value))
+        if step < 0:
+            clock[device] -= step  # a late reading does not move the device's clock back
+    return stream
+
+
+def cut(stream: Stream, data: st.DataObject) -> list[Stream]:
+    points = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    edges = [0, *points, len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def readings(batch: Stream) -> Readings:
+    return Readings(
+        device=np.array([r.device for r in batch], dtype=np.int64),
+        ts=np.array([r.ts for r in batch], dtype=np.float64),
+        received_at=np.array([r.received_at for r in batch], dtype=np.float64),
+        value=np.array([r.value for r in batch], dtype=np.float64),
+    )
+
+
+def rows_of(device_configs: Configs) -> np.ndarray[Any, np.dtype[np.int64]]:
+    return np.array([d if device_configs[d] else NO_DETECTORS for d in range(DEVICES)], dtype=np.int64)
+
+
+def comparable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """NaN equals NaN, for comparing rows."""
+    return tuple("nan" if isinstance(v, float) and math.isnan(v) else v for v in row)
+
+
+def vectorized_rows(found: Any, offset: int) -> list[tuple[Any, ...]]:
+    columns = [
+        found.reading + offset,
+        found.device,
+        found.ts,
+        found.stuck_seconds,
+        found.stuck,
+        found.rate,
+        found.rate_severity,
+        found.score,
+        found.outlier_severity,
+    ]
+    return [comparable(tuple(c[i].item() for c in columns)) for i in range(len(found))]
+
+
+def detection_rows(detections: Any, offset: int) -> list[tuple[Any, ...]]:
+    return [
+        (
+            int(detections.device[i]),
+            detections.kind_name(i),
+            detections.severity_name(i),
+            float(detections.value[i]),
+            float(detections.threshold[i]),
+            float(detections.reading_ts[i]),
+            int(detections.reading[i]) + offset if detections.reading[i] >= 0 else -1,
+        )
+        for i in range(len(detections))
+    ]
+
+
+def run(batches: list[Stream], device_configs: Configs) -> tuple[list[Any], list[Any], DeviceStates]:
+    """The vectorized detectors over the batches: findings and detections of each batch, final state."""
+    config = compile_detectors([device_configs[d] or DetectorConfig() for d in range(DEVICES)])
+    rows = rows_of(device_configs)
+    states = DeviceStates.empty(DEVICES)
+    findings, detections, offset = [], [], 0
+    for batch in batches:
+        found, states = scan(readings(batch), states=states, config=config, rows=rows)
+        findings.append(vectorized_rows(found, offset))
+        detections.append(detection_rows(worst(found, config=config, rows=rows), offset))
+        offset += len(batch)
+    return findings, detections, states
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=streams(), device_configs=device_configs, data=st.data())
+def test_matches_the_scalar_reference(stream: Stream, device_configs: Configs, data: st.DataObject) -> None:
+    batches = cut(stream, data)
+    findings, detections, states = run(batches, device_configs)
+
+    memories: dict[int, reference.Memory] = {}
+    offset = 0
+    for batch, got_findings, got_detections in zip(batches, findings, detections, strict=True):
+        expected = reference.scan(batch, memories, device_configs)
+        expected_rows = sorted((comparable(astuple(f)) for f in expected), key=lambda r: (r[1], r[2]))
+        shifted = [(r[0] + offset, *r[1:]) for r in expected_rows]
+        assert got_findings == shifted
+        want = [(*astuple(d)[:6], d.reading + offset) for d in reference.worst(expected, device_configs)]
+        assert got_detections == want
+        offset += len(batch)
+
+    stored = [msgspec.msgpack.encode(memories.get(d, reference.Memory()).record()) for d in range(DEVICES)]
+    assert states.to_bytes() == stored
+
+    # The offline timer over the final state, at a few event times.
+    config = compile_detectors([device_configs[d] or DetectorConfig() for d in range(DEVICES)])
+    reported = states.offline_reported
+    for now in (110.0, 140.0, 140.5):
+        got, reported = offline(
+            now=now,
+            last_seen=states.last_seen,
+            reported=reported,
+            config=config,
+            rows=rows_of(device_configs),
+        )
+        assert detection_rows(got, 0) == [
+            astuple(d) for d in reference.offline(now, memories, device_configs)
+        ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=streams(), device_configs=device_configs, data=st.data())
+def test_any_cut_gives_the_same_findings_state_and_alerts(
+    stream: Stream, device_configs: Configs, data: st.DataObject
+) -> None:
+    """Batch-split invariance, stated on the vectorized code alone.
+
+    Per reading the findings are the same; so is the final state (byte for byte); the same
+    (device, kind) pairs fire; and the stream's worst finding per (device, kind) is among
+    the alerts of any cut, every alert of which is one of the stream's findings.
+    """
+    whole_findings, whole_detections, whole_state = run([stream], device_configs)
+    split_findings, split_detections, split_state = run(cut(stream, data), device_configs)
+
+    def key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (row[1], row[2])
+
+    assert sorted(list(itertools.chain.from_iterable(split_findings)), key=key) == sorted(
+        whole_findings[0], key=key
+    )
+    assert split_state.to_bytes() == whole_state.to_bytes()
+    emitted = list(itertools.chain.from_iterable(split_detections))
+    assert {(d[0], d[1]) for d in emitted} == {(d[0], d[1]) for d in whole_detections[0]}
+    assert set(whole_detections[0]) <= set(emitted)
+    evidence = {(r[1], r[2]) for r in whole_findings[0]}
+    assert all((d[0], d[5]) in evidence for d in emitted)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, 0.02, 0.04, 0.06, 0.3]), min_size=200, max_size=400),
+    tolerance=st.sampled_from([0.0, 0.05, 0.1]),
+    data=st.data(),
+)
+def test_long_calm_stretches_cut_into_the_same_runs(
+    values: list[float], tolerance: float, data: st.DataObject
+) -> None:
+    """Long segments between hard breaks exercise the binary lifting and pointer doubling in full."""
+    stream = [reference.ScalarReading(0, 100.0 + i, 100.0 + i, v) for i, v in enumerate(values)]
+    device_configs: Configs = {
+        0: DetectorConfig(stuck=StuckConfig(tolerance=tolerance, stuck_for=20.0)),
+        1: None,
+        2: None,
+    }
+    findings, _, states = run(cut(stream, data), device_configs)
+    memories: dict[int, reference.Memory] = {}
+    expected = [comparable(astuple(f)) for f in reference.scan(stream, memories, device_configs)]
+    assert [r[1:] for r in itertools.chain.from_iterable(findings)] == [r[1:] for r in expected]
+    assert states.to_bytes()[0] == msgspec.msgpack.encode(memories[0].record())
+
+
+def test_kinds_are_the_alert_conditions() -> None:
+    assert KINDS == ("stuck", "rate", "outlier", "offline")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.sampled_from([0.1, 0.2, 0.25]), min_size=100, max_size=300),  # every bucket filled
+    values=st.lists(st.floats(-5, 5, allow_nan=False), min_size=300, max_size=300),
+    data=st.data(),
+)
+def test_history_holds_every_window_across_cuts(
+    steps: list[float], values: list[float], data: st.DataObject
+) -> None:
+    """A device with more history than the state keeps: rate anchors and baselines still agree across cuts."""
+    times = np.cumsum(steps) + 100.0
+    stream = [reference.ScalarReading(0, float(t), float(t), v) for t, v in zip(times, values, strict=False)]
+    rate = RateConfig(window=data.draw(st.sampled_from([4.0, 7.9, 8.0])), limits={"warning": 1.0})
+    outlier = OutlierConfig(window=8.0, thresholds={"warning": 1.0}, min_abs_deviation=0.01, min_samples=1)
+    device_configs: Configs = {0: DetectorConfig(rate=rate, outlier=outlier), 1: None, 2: None}
+    whole, _, whole_state = run([stream], device_configs)
+    split, _, split_state = run(cut(stream, data), device_configs)
+    assert [r[1:] for r in itertools.chain.from_iterable(split)] == [r[1:] for r in whole[0]]
+    assert split_state.to_bytes() == whole_state.to_bytes()
