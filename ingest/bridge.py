@@ -63,7 +63,8 @@ _BACKOFF_MAX: Final = 30.0
 _STOP_TIMEOUT: Final = 10.0
 #: Of those, kept for the acks, the DISCONNECT and the producer once Kafka has had its time.
 _STOP_RESERVE: Final = 3.0
-#: Seconds without an ack, messages held, before the bridge asks whether Kafka answers at all.
+#: Seconds without an ack, messages held, before the bridge asks whether Kafka answers at all
+#: (a quarter of the stall timeout when that is shorter).
 _PROBE_AFTER: Final = 5.0
 
 _Pending = Held  # one MQTT message held until Kafka has its records (the name _on_publish uses)
@@ -121,6 +122,8 @@ class Bridge:
         self._client: BulkReadClient | None = None
         self._acked_at = time.monotonic()
         self._probe: asyncio.Task[None] | None = None
+        # Early enough that an outage is known (retrying) well before it could look like a stall.
+        self._probe_after = min(_PROBE_AFTER, self.watchdog.stall_after / 4 or _PROBE_AFTER)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -601,7 +604,7 @@ class Bridge:
             held = len(self._pending)
             self.metrics.gauge("in_flight", held)
             self.watchdog.waiting(held)
-            stuck = held and time.monotonic() - self._acked_at >= _PROBE_AFTER
+            stuck = held and time.monotonic() - self._acked_at >= self._probe_after
             if stuck and self._producer is not None and (self._probe is None or self._probe.done()):
                 self._probe = asyncio.create_task(self._probe_kafka(self._producer))
             if time.monotonic() >= next_log:
@@ -611,7 +614,7 @@ class Bridge:
     async def _probe_kafka(self, producer: AIOKafkaProducer) -> None:
         """Acks are not moving: Kafka not answering is an outage (retrying), not a stall."""
         try:
-            answered = bool(await asyncio.wait_for(producer.client.force_metadata_update(), _PROBE_AFTER))
+            answered = bool(await asyncio.wait_for(producer.client.force_metadata_update(), self._probe_after))
         except (KafkaError, OSError, TimeoutError):
             answered = False
         if not answered:
