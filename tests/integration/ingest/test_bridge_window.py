@@ -93,8 +93,10 @@ async def test_a_kill_9_under_load_loses_nothing_and_duplicates_at_most_one_wind
             await asyncio.to_thread(publisher.join, 120)
             assert not errors, errors
             await kafka.until(
-                lambda: {(decode_reading(r.value).device_id, decode_reading(r.value).ts) for r in readings}
-                >= wanted,
+                lambda: (
+                    {(decode_reading(r.value).device_id, decode_reading(r.value).ts) for r in readings}
+                    >= wanted
+                ),
                 timeout=120,
                 what="every reading after the restarts",
             )
