@@ -56,7 +56,9 @@ async def run_window(window: int, *, args: argparse.Namespace) -> tuple[float, f
         "THERMOFLOW_BRIDGE_MAX_PENDING": str(window),
         "THERMOFLOW_LOG_LEVEL": "WARNING",
     }
-    bridge = await asyncio.create_subprocess_exec(sys.executable, "-m", "thermoflow", "bridge", env=env, cwd=ROOT)
+    bridge = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "thermoflow", "bridge", env=env, cwd=ROOT
+    )
     try:
         await asyncio.sleep(2.5)  # started, connected, subscribed
         cpu_before = cpu_seconds(bridge.pid)
@@ -87,7 +89,9 @@ async def run_window(window: int, *, args: argparse.Namespace) -> tuple[float, f
 
 async def main(args: argparse.Namespace) -> None:
     windows = [int(w) for w in args.windows.split(",")]
-    print(f"{args.messages:,} QoS 1 messages from {args.devices:,} devices per run, {args.repeat} run(s) each")
+    print(
+        f"{args.messages:,} QoS 1 messages from {args.devices:,} devices per run, {args.repeat} run(s) each"
+    )
     print(f"{'window':>8} {'readings/s':>12} {'CPU-s/1000':>11} {'landed':>9}")
     for _ in range(args.repeat):
         for window in windows:
@@ -97,7 +101,9 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--windows", default="250,500,1000,2000,5000,10000")
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=1000)

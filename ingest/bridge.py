@@ -614,7 +614,9 @@ class Bridge:
     async def _probe_kafka(self, producer: AIOKafkaProducer) -> None:
         """Acks are not moving: Kafka not answering is an outage (retrying), not a stall."""
         try:
-            answered = bool(await asyncio.wait_for(producer.client.force_metadata_update(), self._probe_after))
+            answered = bool(
+                await asyncio.wait_for(producer.client.force_metadata_update(), self._probe_after)
+            )
         except (KafkaError, OSError, TimeoutError):
             answered = False
         if not answered:

@@ -13,7 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 
 from ingest.mqtt_reader import BulkReadClient, parse_publish
 from simulator.packets import remaining_length, utf8_field
@@ -202,9 +202,7 @@ def test_the_reader_never_hands_on_more_than_the_window_and_loses_nothing_it_hel
     reader = WindowedReader(window=window)
     try:
         sent = [(f"a/{i}", str(i).encode(), i % 65_535 + 1, 1) for i in range(200)]
-        reader.theirs.sendall(
-            b"".join(publish_packet(t, p, qos=1, mid=m, mqtt5=True) for t, p, m, _ in sent)
-        )
+        reader.theirs.sendall(b"".join(publish_packet(t, p, qos=1, mid=m, mqtt5=True) for t, p, m, _ in sent))
         for count in [*releases, 200]:  # the caller acks some, then reads on
             while reader.client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS and not reader.client.holding:
                 if not readable(reader.ours):
@@ -222,9 +220,11 @@ def test_the_reader_never_hands_on_more_than_the_window_and_loses_nothing_it_hel
 
 def test_a_held_back_reader_keeps_pinging_instead_of_dropping_the_connection(reader5: Reader) -> None:
     reader5.client.room = lambda: 0
-    reader5.client._state = paho._ConnectionState.MQTT_CS_CONNECTED
+    reader5.client._state = _ConnectionState.MQTT_CS_CONNECTED
     reader5.client._keepalive = 5
-    assert reader5.feed(publish_packet("a/1", b"1", qos=1, mid=1, mqtt5=True)) == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert (
+        reader5.feed(publish_packet("a/1", b"1", qos=1, mid=1, mqtt5=True)) == MQTTErrorCode.MQTT_ERR_SUCCESS
+    )
     assert reader5.client.holding and reader5.received == []
     reader5.client._ping_t = 1.0  # a PINGREQ went out long ago; its answer is behind the held PUBLISH
     reader5.client._last_msg_out = reader5.client._last_bytes_received = 0.0
