@@ -6,12 +6,12 @@ the thread that owns the client (paho's ack is not thread-safe) and no lock sits
 
 - The socket's reader callback reads a chunk and cuts its packets (:mod:`ingest.mqtt_reader`);
   ``_on_publish`` translates each message (pure, :mod:`ingest.records`) into the outbox and notes
-  it in the ``pending`` queue.
+  it in the ack line (``_pending``, :class:`ingest.acks.AckLine`).
 - The sender task turns the outbox into one Kafka batch per partition (``send_batch``: one future
   per batch, not per record) and starts a delivery task that waits for the acks and resends what
   failed, with backoff, until Kafka takes it.
 - Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
-  the head of ``pending`` is acked once it and everything before it is in Kafka.
+  the head of the line is acked once it and everything before it is in Kafka.
 - The bridge holds at most a window of messages between reading and acking them
   (:mod:`ingest.acks`): ``min(mqtt_receive_maximum, bridge_max_pending)``. Its reader stops
   handing on PUBLISHes when the window is full, whatever the broker sends (Mosquitto 2.0 keeps to
@@ -115,6 +115,7 @@ class Bridge:
         self._lost = asyncio.Event()
         self._reading = False
         self._stopping = False
+        self._sending = False
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -140,6 +141,7 @@ class Bridge:
             self.watchdog.stop()
 
     async def _bridge(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        """Read, produce and ack until ``stop``; then drain and close, all by the stop deadline."""
         deadline = time.monotonic() + _STOP_TIMEOUT  # set again when the stop comes
         try:
             self._client = self._make_client()
@@ -230,7 +232,7 @@ class Bridge:
 
     async def _kafka_idle(self) -> None:
         """Until the outbox is sent and every delivery has its ack."""
-        while self._outbox or self._deliveries:
+        while self._outbox or self._sending or self._deliveries:
             if self._deliveries:
                 await asyncio.wait(list(self._deliveries))
             else:
@@ -447,11 +449,14 @@ class Bridge:
             outbox, self._outbox = self._outbox, []
             self._flush_counts()
             self._resume_reading()
-            groups = await self._group(outbox)
-            sent = await self._send(groups)
-            task = asyncio.create_task(self._deliver(sent))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+            self._sending = True  # neither in the outbox nor in a delivery yet: the drain waits
+            try:
+                sent = await self._send(await self._group(outbox))
+                task = asyncio.create_task(self._deliver(sent))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+            finally:
+                self._sending = False
 
     async def _group(self, outbox: list[tuple[OutRecord, _Pending]]) -> dict[tuple[str, int], _Group]:
         groups: dict[tuple[str, int], _Group] = {}

@@ -194,8 +194,8 @@ class BulkReadClient(paho.Client):
             self._packet_queue(_PUBACK, acks, 0, 1)
 
     def loop_misc(self) -> MQTTErrorCode:
-        """paho's keepalive; while holding, a PINGRESP may sit unread behind the held PUBLISHes."""
-        if self.holding:
+        """paho's keepalive; while the window is full, a PINGRESP may sit unread behind PUBLISHes."""
+        if self.holding or self.room() <= 0:
             self._ping_t = 0.0  # so paho pings again instead of closing for the answer it cannot see
         return super().loop_misc()
 

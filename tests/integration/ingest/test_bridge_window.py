@@ -1,6 +1,6 @@
 """The bridge's window against real Mosquitto and Kafka: never more held than the window, whatever
-the broker sends; a kill -9 duplicates at most one window; a bridge whose acks stop moving while
-Kafka answers is found stalled.
+the broker sends, kill -9 included, and nothing lost; a bridge whose acks stop moving while Kafka
+answers is found stalled.
 
 Mosquitto 2.0 keeps to an MQTT 5 receive maximum only until the first PUBACK, then sends all it
 has queued: the window is the bridge's own, and these tests hold it to that.
@@ -9,9 +9,9 @@ has queued: the window is the bridge's own, and these tests hold it to that.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,17 +59,38 @@ async def test_the_bridge_never_holds_more_than_its_window_though_the_broker_sen
     assert gauges["unacked"] == 0
 
 
-async def test_a_kill_9_under_load_loses_nothing_and_duplicates_at_most_one_window_per_kill(
+def logged_peaks(log_dir: Path) -> list[int]:
+    """``in_flight_peak`` of every metrics line the bridge runs wrote, killed ones included."""
+    peaks = []
+    for path in sorted(log_dir.glob("bridge-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"bridge_metrics"' in line or '"bridge_stopped"' in line:
+                peaks.append(json.loads(line)["gauges"]["in_flight_peak"])
+    return peaks
+
+
+async def test_a_kill_9_under_load_loses_nothing_and_no_run_holds_more_than_its_window(
     endpoints: Endpoints, settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
 ) -> None:
+    """Killed while the stream flows, then while the restarted bridge catches up on a backlog.
+
+    What a kill -9 duplicates is what the bridge held in Kafka but unacked (at most its window,
+    asserted here from each run's own metrics), plus PUBACKs the broker had not read yet:
+    Mosquitto 2.0.11 drops those when the dead bridge's connection resets, and after a burst of
+    acks that can be several windows more (measured: 0-600 duplicates per run of two kills most
+    of the time with a window of 300, up to about 1,200 now and then), so the duplicates alone
+    are not asserted against the window.
+    """
     window = 300
-    config = bridge_settings(settings, new_topic, mqtt_receive_maximum=window, bridge_max_pending=window)
+    config = bridge_settings(
+        settings, new_topic, mqtt_receive_maximum=window, bridge_max_pending=window, metrics_interval=0.5
+    )
     prefix = mqtt_prefix(config)
-    messages = [valid_message(i, prefix) for i in range(30_000)]
+    messages = [valid_message(i, prefix) for i in range(12_000)]
     wanted = {key for _, _, key, _ in messages}
     bridge = Component("bridge", config, tmp_path)
+    bridge.env["PYTHONUNBUFFERED"] = "1"  # a killed run's log lines are on disk, not in its buffer
     bridge.start()
-    kills = 0
     try:
         async with KafkaReader(endpoints.kafka_bootstrap, config.readings_topic) as kafka:
             readings = kafka.records[config.readings_topic]
@@ -77,18 +98,15 @@ async def test_a_kill_9_under_load_loses_nothing_and_duplicates_at_most_one_wind
             published = [0]
             publisher, errors = start_thread(
                 lambda: publish(
-                    endpoints, [(t, p) for t, p, _, _ in messages], pause_every=500, pause=0.05,
+                    endpoints, [(t, p) for t, p, _, _ in messages], pause_every=50, pause=0.05,
                     published=published,
                 )
             )  # fmt: skip
-            # Once while the stream flows, once while the restarted bridge catches up on a backlog:
-            # its window is full all the time then, with records in Kafka not yet acked.
-            for _ in range(2):
-                await kafka.until_count(config.readings_topic, len(readings) + 3000, timeout=90)
+            for kill in range(2):
+                await kafka.until_count(config.readings_topic, len(readings) + 2000, timeout=90)
                 bridge.kill()
-                kills += 1
-                assert published[0] < len(messages), "each kill must come while messages flow"
-                await asyncio.sleep(1.5)  # a backlog gathers in the broker
+                assert published[0] < len(messages) or kill > 0, "the first kill must come mid-stream"
+                await asyncio.sleep(3.0)  # a backlog of several windows gathers in the broker
                 bridge.start()
             await asyncio.to_thread(publisher.join, 120)
             assert not errors, errors
@@ -100,14 +118,13 @@ async def test_a_kill_9_under_load_loses_nothing_and_duplicates_at_most_one_wind
                 timeout=120,
                 what="every reading after the restarts",
             )
-            await kafka.settle(2.0)
             assert bridge.terminate() == 0, bridge.log()
     finally:
         bridge.close()
-    seen = Counter((decode_reading(r.value).device_id, decode_reading(r.value).ts) for r in readings)
-    assert set(seen) == wanted  # nothing lost
-    duplicates = sum(seen.values()) - len(seen)
-    assert duplicates <= kills * window, f"{duplicates} duplicates after {kills} kills, window {window}"
+    seen = {(decode_reading(r.value).device_id, decode_reading(r.value).ts) for r in readings}
+    assert seen == wanted  # nothing lost
+    peaks = logged_peaks(tmp_path)
+    assert peaks and max(peaks) <= window, peaks
 
 
 async def test_acks_that_cannot_move_while_kafka_answers_are_a_stall(
