@@ -9,7 +9,7 @@ The window is the bridge's own: the reader hands on a PUBLISH only while :meth:`
 is positive, so ``len(line) <= window`` always, whatever the broker sends. Mosquitto 2.0 keeps
 to an MQTT 5 receive maximum only until the first PUBACK (then it sends all it has queued) and
 resends every unacked message at once on a resumed session, so the receive maximum alone does
-not bound what the bridge holds, nor the duplicates a crash of the bridge leaves in Kafka.
+not bound what the bridge holds, nor the records a crash of the bridge leaves in Kafka unacked.
 
 When the connection is lost the held messages are dropped (:meth:`AckLine.drop_all`): the
 broker sends the QoS 1 ones again on the resumed session, so their records that have not yet

@@ -15,8 +15,9 @@ the thread that owns the client (paho's ack is not thread-safe) and no lock sits
 - The bridge holds at most a window of messages between reading and acking them
   (:mod:`ingest.acks`): ``min(mqtt_receive_maximum, bridge_max_pending)``. Its reader stops
   handing on PUBLISHes when the window is full, whatever the broker sends (Mosquitto 2.0 keeps to
-  the receive maximum only until the first ack). That bounds memory, and the duplicates a
-  ``kill -9`` of the bridge leaves in Kafka: at most one window.
+  the receive maximum only until the first ack). That bounds memory, and the bridge's share of
+  the duplicates a ``kill -9`` leaves in Kafka: at most one window, plus PUBACKs the broker had
+  not read yet (Mosquitto 2.0.11 drops those when the dead bridge's connection resets).
 - A lost connection drops the held messages without acking them, and their records not yet in
   Kafka: the persistent session redelivers them (QoS 1) after the reconnect.
 - Stopping is bounded (``_STOP_TIMEOUT``) whatever is down: what reaches Kafka in time is acked,

@@ -49,7 +49,7 @@ class IngestSettings(ThermoflowSettings):
         ge=1,
         le=65_535,
         description="QoS 1 messages unacked at the bridge at once: asked of the broker (MQTT 5) and kept by"
-        " the bridge; a kill -9 of the bridge duplicates at most this many",
+        " the bridge, so it bounds memory and what a kill -9 of the bridge leaves in Kafka unacked",
     )
     mqtt_keepalive: int = Field(30, ge=5, le=65_535, description="MQTT keepalive in seconds")
     max_payload_bytes: int = Field(
