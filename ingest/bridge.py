@@ -6,17 +6,25 @@ the thread that owns the client (paho's ack is not thread-safe) and no lock sits
 
 - The socket's reader callback reads a chunk and cuts its packets (:mod:`ingest.mqtt_reader`);
   ``_on_publish`` translates each message (pure, :mod:`ingest.records`) into the outbox and notes
-  it in the ``pending`` queue.
+  it in the ack line (``_pending``, :class:`ingest.acks.AckLine`).
 - The sender task turns the outbox into one Kafka batch per partition (``send_batch``: one future
   per batch, not per record) and starts a delivery task that waits for the acks and resends what
   failed, with backoff, until Kafka takes it.
 - Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
-  the head of ``pending`` is acked once it and everything before it is in Kafka.
-- Memory stays bounded: the broker has at most ``receive_maximum`` (MQTT 5) or its
-  ``max_inflight_messages`` (3.1.1) QoS 1 messages unacked at the bridge, and past
-  ``bridge_max_pending`` held messages the bridge stops reading its socket (QoS 0).
-- A lost connection forgets the pending messages without acking them: the persistent session
-  redelivers them after the reconnect (duplicates in Kafka are allowed, losses are not).
+  the head of the line is acked once it and everything before it is in Kafka.
+- The bridge holds at most a window of messages between reading and acking them
+  (:mod:`ingest.acks`): ``min(mqtt_receive_maximum, bridge_max_pending)``. Its reader stops
+  handing on PUBLISHes when the window is full, whatever the broker sends (Mosquitto 2.0 keeps to
+  the receive maximum only until the first ack). That bounds memory, and the bridge's share of
+  the duplicates a ``kill -9`` leaves in Kafka: at most one window, plus PUBACKs the broker had
+  not read yet (Mosquitto 2.0.11 drops those when the dead bridge's connection resets).
+- A lost connection drops the held messages without acking them, and their records not yet in
+  Kafka: the persistent session redelivers them (QoS 1) after the reconnect.
+- Stopping is bounded (``_STOP_TIMEOUT``) whatever is down: what reaches Kafka in time is acked,
+  the rest is dropped unacked for the broker to redeliver, and the producer is abandoned if it
+  cannot flush.
+- A :class:`~thermoflow.watchdog.Watchdog` ends the process when messages are held, Kafka
+  answers, and no ack has moved for ``stall_timeout``; Kafka or MQTT being down is not a stall.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import random
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -39,6 +46,7 @@ from aiokafka.partitioner import murmur2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ingest.acks import AckLine, Held
 from ingest.mapping import TopicTemplate
 from ingest.mqtt_reader import BulkReadClient
 from ingest.records import LogSampler, OutRecord, Translator
@@ -46,23 +54,21 @@ from ingest.settings import IngestSettings
 from thermoflow import kafka, mqtt
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
+from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 
 _BACKOFF_FIRST: Final = 0.5
 _BACKOFF_MAX: Final = 30.0
-_STOP_TIMEOUT: Final = 30.0
+#: Seconds from the stop signal to the bridge's return, whatever is down (within `run`'s grace).
+_STOP_TIMEOUT: Final = 10.0
+#: Of those, kept for the acks, the DISCONNECT and the producer once Kafka has had its time.
+_STOP_RESERVE: Final = 3.0
+#: Seconds without an ack, messages held, before the bridge asks whether Kafka answers at all
+#: (a quarter of the stall timeout when that is shorter).
+_PROBE_AFTER: Final = 5.0
 
-
-@dataclass(slots=True)
-class _Pending:
-    """One MQTT message waiting for Kafka: acked when ``done`` and first in line."""
-
-    mid: int
-    qos: int
-    received: float  # monotonic, for the bridge latency
-    records: int = 0  # Kafka records still unacked
-    done: bool = False
+_Pending = Held  # one MQTT message held until Kafka has its records (the name _on_publish uses)
 
 
 @dataclass(slots=True)
@@ -86,9 +92,11 @@ class Bridge:
         *,
         metrics: Metrics | None = None,
         wall_clock: Callable[[], float] = time.time,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("bridge")
+        self.watchdog = watchdog or Watchdog(component="bridge", stall_after=settings.stall_timeout)
         self._wall_clock = wall_clock
         self._translator = Translator(
             TopicTemplate(settings.topic_template),
@@ -98,7 +106,7 @@ class Bridge:
             deadletter_max_bytes=settings.deadletter_max_bytes,
         )
         self._dead_letter_log = LogSampler(per_second=10)
-        self._pending: deque[_Pending] = deque()
+        self._pending = AckLine(window=min(settings.mqtt_receive_maximum, settings.bridge_max_pending))
         self._outbox: list[tuple[OutRecord, _Pending]] = []
         self._outbox_ready = asyncio.Event()
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -110,11 +118,16 @@ class Bridge:
         self._lost = asyncio.Event()
         self._reading = False
         self._stopping = False
+        self._sending = False
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._producer: AIOKafkaProducer | None = None
         self._client: BulkReadClient | None = None
+        self._acked_at = time.monotonic()
+        self._probe: asyncio.Task[None] | None = None
+        # Early enough that an outage is known (retrying) well before it could look like a stall.
+        self._probe_after = min(_PROBE_AFTER, self.watchdog.stall_after / 4 or _PROBE_AFTER)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -122,9 +135,17 @@ class Bridge:
         """Bridge until ``stop`` is set; then stop reading, deliver and ack what is held, disconnect."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._producer = await self._start_producer(stop)
-        if self._producer is None:
-            return
+        self.watchdog.start()
+        try:
+            self._producer = await self._start_producer(stop)
+            if self._producer is not None:
+                await self._bridge(self._producer, stop)
+        finally:
+            self.watchdog.stop()
+
+    async def _bridge(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        """Read, produce and ack until ``stop``; then drain and close, all by the stop deadline."""
+        deadline = time.monotonic() + _STOP_TIMEOUT  # set again when the stop comes
         try:
             self._client = self._make_client()
             tasks = [
@@ -134,17 +155,15 @@ class Bridge:
             ]
             try:
                 await stop.wait()
-                await self._drain()
+                deadline = time.monotonic() + _STOP_TIMEOUT
+                await self._drain(deadline)
             finally:
-                for task in tasks:
+                for task in [*tasks, *self._deliveries, *([self._probe] if self._probe else [])]:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                for task in list(self._deliveries):
-                    task.cancel()
-                await asyncio.gather(*self._deliveries, return_exceptions=True)
+                await asyncio.gather(*tasks, *self._deliveries, return_exceptions=True)
                 self._close_client()
         finally:
-            await self._producer.stop()
+            await self._stop_producer(producer, deadline)
             self._log_metrics("bridge_stopped")
 
     async def _start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer | None:
@@ -152,42 +171,71 @@ class Bridge:
         attempt = 0
         while not stop.is_set():
             producer = kafka.producer(self.settings, linger_ms=0)
-            try:
-                await producer.start()
+            starting = asyncio.ensure_future(producer.start())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():  # stopped while Kafka does not answer: give up on it
+                starting.cancel()
+                await self._stop_producer(producer, time.monotonic() + _STOP_RESERVE)
+                return None
+            error = starting.exception()
+            if error is None:
                 return producer
-            except (KafkaError, OSError) as exc:
-                await producer.stop()
-                delay = _backoff(attempt)
-                log.warning("kafka_unreachable", error=str(exc), retry_in=round(delay, 1))
-                attempt += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            if not isinstance(error, KafkaError | OSError):
+                raise error
+            await self._stop_producer(producer, time.monotonic() + _STOP_RESERVE)
+            delay = _backoff(attempt)
+            log.warning("kafka_unreachable", error=str(error), retry_in=round(delay, 1))
+            self.watchdog.retrying("kafka unreachable")
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
         return None
 
-    async def _drain(self) -> None:
-        """Stop taking messages, get what is held into Kafka, ack it, then disconnect cleanly."""
+    @staticmethod
+    async def _stop_producer(producer: AIOKafkaProducer, deadline: float) -> None:
+        """Close the producer; one that cannot flush (Kafka gone) is abandoned at the deadline."""
+        try:
+            await asyncio.wait_for(producer.stop(), max(0.5, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("kafka_producer_abandoned", reason="its flush did not finish by the stop deadline")
+        except (KafkaError, OSError) as exc:
+            log.warning("kafka_producer_stop_failed", error=repr(exc))
+
+    async def _drain(self, deadline: float) -> None:
+        """Stop taking messages, get what is held into Kafka in time, ack it, then disconnect.
+
+        Whatever is not in Kafka by then is dropped unacked: the broker sends it again to the
+        next bridge on this session.
+        """
         self._stopping = True
         self._pause_reading()
-        deadline = time.monotonic() + _STOP_TIMEOUT
         try:
-            await asyncio.wait_for(self._kafka_idle(), _STOP_TIMEOUT)
+            await asyncio.wait_for(self._kafka_idle(), max(0.0, deadline - _STOP_RESERVE - time.monotonic()))
         except TimeoutError:
-            log.warning("bridge_drain_timeout", outbox=len(self._outbox), deliveries=len(self._deliveries))
+            log.warning(
+                "bridge_drain_timeout", held=len(self._pending), outbox=len(self._outbox),
+                deliveries=len(self._deliveries),
+            )  # fmt: skip
         self._ack_ready()
+        held = len(self._pending)
         client = self._client
         if client is not None and self._connected.is_set():
-            while client.want_write() and time.monotonic() < deadline:
-                client.loop_write()
-                await asyncio.sleep(0)
-            client.disconnect()
-            while client.want_write() and time.monotonic() < deadline:
+            flushed_by = deadline - _STOP_RESERVE / 2  # the rest is the producer's
+            while client.want_write() and time.monotonic() < flushed_by:
                 client.loop_write()
                 await asyncio.sleep(0.001)
-        log.info("bridge_drained", unacked=len(self._pending))
+            client.disconnect()
+            while client.want_write() and time.monotonic() < flushed_by:
+                client.loop_write()
+                await asyncio.sleep(0.001)
+        line = self._pending
+        log.info("bridge_drained", unacked=line.unacked, held=held, acked=line.acked, taken=line.taken)
 
     async def _kafka_idle(self) -> None:
         """Until the outbox is sent and every delivery has its ack."""
-        while self._outbox or self._deliveries:
+        while self._outbox or self._sending or self._deliveries:
             if self._deliveries:
                 await asyncio.wait(list(self._deliveries))
             else:
@@ -206,6 +254,7 @@ class Bridge:
             manual_ack=True,
             cls=BulkReadClient,
             on_publish=self._on_publish,
+            room=self._pending.room,
         )
         assert isinstance(client, BulkReadClient)
         client.on_connect = self._on_connect
@@ -246,6 +295,7 @@ class Bridge:
                 delay = _backoff(attempt)
                 attempt += 1
                 self.metrics.count("mqtt_connect_failures")
+                self.watchdog.retrying("mqtt unreachable")
                 log.warning(
                     "mqtt_connect_failed",
                     url=self.settings.mqtt_url,
@@ -297,10 +347,11 @@ class Bridge:
     def _on_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _properties: Any
     ) -> None:
-        # The unacked messages come again in the resumed session: forget them without acking.
-        if self._pending:
-            log.info("mqtt_pending_dropped", pending=len(self._pending), reason=str(reason))
-        self._pending.clear()
+        # The unacked messages come again in the resumed session: drop them without acking,
+        # with their records not yet sent (the sender and the retries skip dropped messages).
+        dropped = self._pending.drop_all()
+        if dropped:
+            log.info("mqtt_pending_dropped", pending=dropped, reason=str(reason))
         self._reading = False
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._lost.set)
@@ -377,8 +428,12 @@ class Bridge:
 
     def _readable(self) -> None:
         """One chunk of what the socket holds (up to 64 KiB); the loop calls again while more is there."""
-        assert self._client is not None
-        self._client.loop_read()
+        client = self._client
+        if client is None or not self._reading:
+            return
+        client.loop_read()
+        if client.holding:  # the window is full: read again once acks make room
+            self._pause_reading()
 
     def _pause_reading(self) -> None:
         if self._reading and self._sock is not None and self._loop is not None:
@@ -386,9 +441,14 @@ class Bridge:
         self._reading = False
 
     def _resume_reading(self) -> None:
-        if not self._reading and not self._stopping and self._sock is not None and self._loop is not None:
-            self._loop.add_reader(self._sock, self._readable)
-            self._reading = True
+        """Read again, once there is room in the window (a no-op while stopping or unconnected)."""
+        loop, sock = self._loop, self._sock
+        if self._reading or self._stopping or sock is None or loop is None or self._pending.room() <= 0:
+            return
+        loop.add_reader(sock, self._readable)
+        self._reading = True
+        if self._client is not None and self._client.holding:
+            loop.call_soon(self._readable)  # packets already read wait: no readable event will come
 
     # -- Kafka ---------------------------------------------------------------------------------
 
@@ -404,17 +464,21 @@ class Bridge:
                 continue
             outbox, self._outbox = self._outbox, []
             self._flush_counts()
-            if not self._stopping and len(self._pending) < self.settings.bridge_max_pending:
-                self._resume_reading()
-            groups = await self._group(outbox)
-            sent = await self._send(groups)
-            task = asyncio.create_task(self._deliver(sent))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+            self._resume_reading()
+            self._sending = True  # neither in the outbox nor in a delivery yet: the drain waits
+            try:
+                sent = await self._send(await self._group(outbox))
+                task = asyncio.create_task(self._deliver(sent))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+            finally:
+                self._sending = False
 
     async def _group(self, outbox: list[tuple[OutRecord, _Pending]]) -> dict[tuple[str, int], _Group]:
         groups: dict[tuple[str, int], _Group] = {}
         for record, owner in outbox:
+            if owner.dropped:  # its connection is gone: the broker sends the message again
+                continue
             partition = await self._partition(record)
             group = groups.get((record.topic, partition))
             if group is None:
@@ -451,6 +515,7 @@ class Bridge:
                     return len(partitions)
             except KafkaError as exc:
                 log.warning("kafka_metadata_failed", topic=topic, error=str(exc))
+                self.watchdog.retrying("kafka metadata unavailable")
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
 
@@ -504,6 +569,7 @@ class Bridge:
                     self._delivered(group)
                     continue
                 self.metrics.count("produce_failures", len(group.records))
+                self.watchdog.retrying("kafka produce failed")
                 log.warning(
                     "kafka_produce_failed", records=len(group.records), error=repr(error), attempt=attempt
                 )
@@ -521,49 +587,61 @@ class Bridge:
 
     def _delivered(self, group: _Group) -> None:
         readings = 0
+        delivered = self._pending.delivered
+        readings_topic = self.settings.readings_topic
         for record, owner in zip(group.records, group.owners, strict=True):
-            owner.records -= 1
-            if owner.records == 0:
-                owner.done = True
-            if record.topic == self.settings.readings_topic:
+            delivered(owner)
+            if record.topic == readings_topic:
                 readings += 1
         self.metrics.count("produced", readings)
         self._ack_ready()
 
     def _ack_ready(self) -> None:
         """Ack, in arrival order, every message at the head of the line that Kafka has."""
-        pending = self._pending
         client = self._client
-        if not pending or client is None:
+        if client is None:
+            return
+        ready = self._pending.pop_ready()
+        if not ready:
             return
         now = time.monotonic()
-        acked = 0
-        mids = []
-        while pending and pending[0].done:
-            message = pending.popleft()
-            if message.qos:
-                mids.append(message.mid)
-            if acked % 16 == 0:  # a sample is plenty for percentiles, and cheaper
-                self.metrics.observe("bridge_latency", now - message.received)
-            acked += 1
-        client.ack_many(mids)
-        self.metrics.count("acked", acked)
-        if not self._stopping and len(pending) < self.settings.bridge_max_pending // 2:
-            self._resume_reading()
+        for message in ready[::16]:  # a sample is plenty for percentiles, and cheaper
+            self.metrics.observe("bridge_latency", now - message.received)
+        client.ack_many([message.mid for message in ready if message.qos])
+        self.metrics.count("acked", len(ready))
+        self._acked_at = now
+        self.watchdog.progress()
+        self._resume_reading()
 
     # -- housekeeping --------------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        """paho's keepalive pings, and the metrics log line."""
+        """paho's keepalive pings, the watchdog's input, and the metrics log line."""
         next_log = time.monotonic() + self.settings.metrics_interval
         while True:
             await asyncio.sleep(1.0)
             if self._client is not None and self._sock is not None:
                 self._client.loop_misc()
-            self.metrics.gauge("in_flight", len(self._pending))
+            held = len(self._pending)
+            self.metrics.gauge("in_flight", held)
+            self.watchdog.waiting(held)
+            stuck = held and time.monotonic() - self._acked_at >= self._probe_after
+            if stuck and self._producer is not None and (self._probe is None or self._probe.done()):
+                self._probe = asyncio.create_task(self._probe_kafka(self._producer))
             if time.monotonic() >= next_log:
                 next_log += self.settings.metrics_interval
                 self._log_metrics("bridge_metrics")
+
+    async def _probe_kafka(self, producer: AIOKafkaProducer) -> None:
+        """Acks are not moving: Kafka not answering is an outage (retrying), not a stall."""
+        try:
+            answered = bool(
+                await asyncio.wait_for(producer.client.force_metadata_update(), self._probe_after)
+            )
+        except (KafkaError, OSError, TimeoutError):
+            answered = False
+        if not answered:
+            self.watchdog.retrying("kafka unreachable")
 
     def _flush_counts(self) -> None:
         if self._received:
@@ -573,6 +651,8 @@ class Bridge:
     def _log_metrics(self, event: str) -> None:
         self._flush_counts()
         self.metrics.gauge("in_flight", len(self._pending))
+        self.metrics.gauge("in_flight_peak", self._pending.peak)
+        self.metrics.gauge("unacked", self._pending.unacked)
         snapshot = self.metrics.snapshot()
         log.info(event, counters=snapshot["counters"], gauges=snapshot["gauges"], latency=snapshot["latency"])
 

@@ -40,7 +40,7 @@ def bridge_command(
         str | None, typer.Option(help="MQTT 5 shared-subscription group, so several bridges split the load")
     ] = None,
     receive_maximum: Annotated[
-        int | None, typer.Option(help="QoS 1 messages unacked at the bridge at most (MQTT 5) [10000]")
+        int | None, typer.Option(help="QoS 1 messages unacked at the bridge at most [2000]")
     ] = None,
     max_payload_bytes: Annotated[
         int | None, typer.Option(help="larger payloads are dead-lettered [65536]")

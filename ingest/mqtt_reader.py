@@ -10,6 +10,12 @@ qos)``, and passes every other packet (CONNACK, SUBACK, PINGRESP, DISCONNECT, a 
 to paho's own handler. paho still owns the protocol: connect, the session, subscriptions,
 keepalive and reconnects. :meth:`BulkReadClient.ack_many` queues many PUBACKs as one write.
 
+The reader keeps to a window of its own: it hands on a PUBLISH only while ``room()`` allows one
+more, and otherwise keeps the packets it has read (``holding``) until the caller reads again. The
+broker's receive maximum cannot be relied on for that (Mosquitto 2.0 exceeds it once acks flow).
+While it holds, a PINGRESP may wait behind the held PUBLISHes: the keepalive then still sends
+PINGREQs but does not count the unread answer as a dead connection.
+
 It relies on internals of paho-mqtt 2.x (pinned below 3 in pyproject.toml): ``_sock_recv``,
 ``_in_packet`` with ``_packet_handle``, ``_loop_rc_handle`` and ``_packet_queue``. The bridge's
 tests cover it against a real Mosquitto in MQTT 5 and 3.1.1.
@@ -64,19 +70,41 @@ def parse_publish(header: int, buf: bytes, start: int, end: int, *, mqtt5: bool)
     return topic, buf[pos:end], mid
 
 
-class BulkReadClient(paho.Client):
-    """A paho ``Client`` whose ``loop_read`` reads whole chunks and sends PUBLISHes to ``on_publish``."""
+def _unbounded() -> int:
+    return 1 << 30
 
-    def __init__(self, *args: Any, on_publish: PublishHandler, **kwargs: Any) -> None:
+
+class BulkReadClient(paho.Client):
+    """A paho ``Client`` whose ``loop_read`` reads whole chunks and sends PUBLISHes to ``on_publish``.
+
+    ``room()`` says how many more PUBLISHes may be handed on now; it is asked once per read (only
+    ``on_publish`` adds to what the caller holds, so the answer stays exact through the read).
+    """
+
+    def __init__(
+        self, *args: Any, on_publish: PublishHandler, room: Callable[[], int] = _unbounded, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.on_publish_packet = on_publish
-        self._rest = b""  # the start of a packet whose end has not arrived yet
+        self.room = room
+        self.holding = False  # whole packets wait in _rest for room in the window
+        self._rest = b""  # packets not handled yet: a partial one, or held ones
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read what the socket has (up to 64 KiB) and handle every whole packet in it."""
+        """Handle the packets held back, then read what the socket has (up to 64 KiB) and handle it.
+
+        While the window is full nothing more is read from the socket: the broker's messages
+        wait in the kernel's buffers and the broker, not in this process.
+        """
         sock = self._sock
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
+        if self.holding:
+            rc = self._handle_packets(self._rest)
+            if rc:
+                return self._loop_rc_handle(rc)
+            if self.holding or self._sock is None:
+                return _OK
         data, lost = b"", False
         try:
             data = self._sock_recv(_CHUNK)
@@ -103,6 +131,8 @@ class BulkReadClient(paho.Client):
         pos = 0
         mqtt5 = self._protocol == paho.MQTTv5
         on_publish = self.on_publish_packet
+        room = self.room()
+        self.holding = False
         while end - pos >= 2:
             header = buf[pos]
             length = read_remaining_length(buf, pos + 1, end)
@@ -110,6 +140,10 @@ class BulkReadClient(paho.Client):
                 break  # the rest of this packet comes with the next read
             start, stop = length[1], length[1] + length[0]
             if header & 0xF0 == _PUBLISH and not header & _QOS2:
+                if room <= 0:
+                    self.holding = True
+                    break
+                room -= 1
                 topic, payload, mid = parse_publish(header, buf, start, stop, mqtt5=mqtt5)
                 on_publish(topic.decode("utf-8", "replace"), payload, mid, (header >> 1) & 0x03)
             else:
@@ -159,6 +193,13 @@ class BulkReadClient(paho.Client):
             acks = b"".join(bytes((_PUBACK, 2, mid >> 8, mid & 0xFF)) for mid in mids)
             self._packet_queue(_PUBACK, acks, 0, 1)
 
+    def loop_misc(self) -> MQTTErrorCode:
+        """paho's keepalive; while the window is full, a PINGRESP may sit unread behind PUBLISHes."""
+        if self.holding or self.room() <= 0:
+            self._ping_t = 0.0  # so paho pings again instead of closing for the answer it cannot see
+        return super().loop_misc()
+
     def _sock_close(self) -> None:
         self._rest = b""  # a new connection starts at a packet boundary
+        self.holding = False
         super()._sock_close()

@@ -46,10 +46,11 @@ class IngestSettings(ThermoflowSettings):
         description="seconds the broker keeps the bridge's session while it is away (MQTT 5)",
     )
     mqtt_receive_maximum: int = Field(
-        10_000,
+        2_000,
         ge=1,
         le=65_535,
-        description="QoS 1 messages the broker may have unacked at the bridge at once (MQTT 5)",
+        description="QoS 1 messages unacked at the bridge at once: asked of the broker (MQTT 5) and kept by"
+        " the bridge, so it bounds memory and what a kill -9 of the bridge leaves in Kafka unacked",
     )
     mqtt_keepalive: int = Field(30, ge=5, le=65_535, description="MQTT keepalive in seconds")
     max_payload_bytes: int = Field(
@@ -79,9 +80,10 @@ class IngestSettings(ThermoflowSettings):
         description="seconds a reading's `ts` may lie after its receive time (device clocks run fast)",
     )
     bridge_max_pending: int = Field(
-        20_000,
+        2_000,
         ge=1,
-        description="messages held before the bridge stops reading its socket (bounds QoS 0 memory)",
+        description="messages of any QoS held before the bridge stops reading its socket (the window is"
+        " the smaller of this and mqtt_receive_maximum)",
     )
     bridge_linger: float = Field(
         0.005,

@@ -13,7 +13,7 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 
 from ingest.mqtt_reader import BulkReadClient, parse_publish
 from simulator.packets import remaining_length, utf8_field
@@ -172,3 +172,62 @@ def test_nothing_after_a_server_disconnect_is_carried_into_the_next_connection(r
     reader5.feed(stream)
     assert reader5.received == [("a/1", b"1", 1, 1)]
     assert reader5.client._sock is None and reader5.client._rest == b""
+
+
+class WindowedReader(Reader):
+    """A reader whose caller holds what it was handed until ``release``, at most ``window`` at once."""
+
+    def __init__(self, *, window: int) -> None:
+        super().__init__(mqtt5=True)
+        self.window = window
+        self.held = 0
+        self.peak = 0
+        self.client.on_publish_packet = self.take
+        self.client.room = lambda: self.window - self.held
+
+    def take(self, *message: object) -> None:
+        self.received.append(message)  # type: ignore[arg-type]
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+
+    def release(self, count: int) -> None:
+        self.held -= count
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 20), st.lists(st.integers(1, 30), min_size=1, max_size=30))
+def test_the_reader_never_hands_on_more_than_the_window_and_loses_nothing_it_held_back(
+    window: int, releases: list[int]
+) -> None:
+    reader = WindowedReader(window=window)
+    try:
+        sent = [(f"a/{i}", str(i).encode(), i % 65_535 + 1, 1) for i in range(200)]
+        reader.theirs.sendall(b"".join(publish_packet(t, p, qos=1, mid=m, mqtt5=True) for t, p, m, _ in sent))
+        for count in [*releases, 200]:  # the caller acks some, then reads on
+            while reader.client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS and not reader.client.holding:
+                if not readable(reader.ours):
+                    break
+            assert reader.held <= window
+            reader.release(min(count, reader.held))
+        while len(reader.received) < len(sent):  # everything comes out once there is room
+            reader.release(reader.held)
+            assert reader.client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert reader.received == sent
+        assert reader.peak <= window
+    finally:
+        reader.close()
+
+
+def test_a_held_back_reader_keeps_pinging_instead_of_dropping_the_connection(reader5: Reader) -> None:
+    reader5.client.room = lambda: 0
+    reader5.client._state = _ConnectionState.MQTT_CS_CONNECTED
+    reader5.client._keepalive = 5
+    assert (
+        reader5.feed(publish_packet("a/1", b"1", qos=1, mid=1, mqtt5=True)) == MQTTErrorCode.MQTT_ERR_SUCCESS
+    )
+    assert reader5.client.holding and reader5.received == []
+    reader5.client._ping_t = 1.0  # a PINGREQ went out long ago; its answer is behind the held PUBLISH
+    reader5.client._last_msg_out = reader5.client._last_bytes_received = 0.0
+    assert reader5.client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert reader5.client._sock is not None  # still connected
+    assert reader5.theirs.recv(10) == bytes((0xC0, 0x00))  # and it pinged again
