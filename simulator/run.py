@@ -94,7 +94,11 @@ async def simulate(
     truth = GroundTruth(thresholds, fleet.device_ids, keep=keep_truth)
     payload_format = PayloadFormat(settings.format)
     signal_model = SignalModel(
-        fleet, rate=rate, seed=settings.seed, start=time.time(), time_scale=settings.time_scale
+        fleet,
+        rate=rate,
+        seed=settings.seed,
+        start=time.time() - settings.clock_start,
+        time_scale=settings.time_scale,
     )
     engine = Engine(
         fleet=fleet,

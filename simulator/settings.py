@@ -76,7 +76,16 @@ class SimulatorSettings(ThermoflowSettings):
             raise ValueError("give --rate (per device) or --total-rate (fleet), not both")
         if self.connections is not None and self.connections > self.devices:
             raise ValueError(f"--connections ({self.connections}) cannot exceed --devices ({self.devices})")
+        if self.time_scale > 1 and self.duration is None:
+            # A fast clock runs ahead of real time, and the bridge refuses readings from the future.
+            raise ValueError("--time-scale above 1 needs --duration (the fleet's clock then ends at now)")
         return self
+
+    @property
+    def clock_start(self) -> float:
+        """Seconds before now the fleet's clock starts: with ``time_scale`` > 1 it runs fast, so it
+        starts early enough that its last reading is stamped now and none lies in the future."""
+        return (self.duration or 0.0) * max(0.0, self.time_scale - 1.0)
 
     @property
     def client_id_prefix(self) -> str:

@@ -25,7 +25,7 @@ from thermoflow.settings import ThermoflowSettings
 from thermoflow.webhook_receiver import WebhookReceiver
 
 RESOLVE_AFTER = 4.0
-PROCESSOR_DOWN_S = 20.0  # five times resolve_after (the issue saw it with a minute; any gap > resolve_after)
+PROCESSOR_DOWN_S = 60.0  # a minute, as the issue asks: fifteen times resolve_after
 BREACHING = "freezer-0035"
 NORMAL = [f"freezer-{i:04d}" for i in range(1, 6)]
 PROCESSOR_ENV = {"THERMOFLOW_IDLE_AFTER": "2", "THERMOFLOW_WATERMARK_INTERVAL": "0.5"}

@@ -37,12 +37,19 @@ def _simulate(*args: str) -> subprocess.CompletedProcess[str]:
         ({"profiles": "fridge"}, "unknown profile 'fridge'"),
         ({"anomaly_kinds": "meltdown"}, "unknown anomaly kind"),
         ({"connections": 20, "devices": 10}, "cannot exceed --devices"),
+        ({"time_scale": 60}, "--time-scale above 1 needs --duration"),
     ],
 )
 def test_bad_settings_name_the_flag(flags: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_settings(SimulatorSettings, **flags)
     assert message in str(error.value)
+
+
+def test_a_fast_fleet_clock_ends_at_now_so_no_reading_is_from_the_future() -> None:
+    settings = load_settings(SimulatorSettings, time_scale=60, duration=30)
+    assert settings.clock_start == 30 * 59  # the last of 30 real seconds is stamped now
+    assert load_settings(SimulatorSettings, duration=30).clock_start == 0
 
 
 def test_bad_flags_exit_2_before_connecting() -> None:
