@@ -23,7 +23,18 @@ from thermoflow import topics
 SCHEMA_VERSION: Final = 1
 
 Severity = Literal["warning", "critical"]
-Condition = Literal["above", "below"]
+Condition = Literal[
+    "above",
+    "below",
+    "offline",
+    "stuck",
+    "rate",
+    "outlier",
+    "ingest_silent",
+    "deadletter_rate",
+    "consumer_lag",
+    "breaker_open",
+]
 Stage = Literal["ingest", "processors", "alerts"]
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
