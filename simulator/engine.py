@@ -85,17 +85,19 @@ class Engine:
         self.slots = 0  # slots taken so far
         self.skipped = 0  # slots of offline devices
         self.anomalies: list[Anomaly] = []
+        self.anomaly_started_at: list[float] = []  # per kept anomaly: the publish time its first tick began
         self._pos = n  # position within the current tick; n means "start the next tick"
         self._values: Floats = np.empty(0)
         self._publish = np.empty(0, dtype=np.bool_)
         self._malformed = np.empty(0, dtype=np.bool_)
 
-    def _next_tick(self) -> None:
+    def _next_tick(self, now: float) -> None:
         self.tick += 1
         values = self.signal.tick(self.tick)
         effects = self.injector.apply(self.tick, values)
         if len(self.anomalies) < MAX_KEPT_ANOMALIES:
             self.anomalies.extend(effects.started)
+            self.anomaly_started_at.extend([now] * len(effects.started))
         self._values = np.round(values, DECIMALS)
         self._publish = effects.publish & ~effects.malformed
         self._malformed = effects.publish & effects.malformed
@@ -110,7 +112,7 @@ class Engine:
         size = len(self.fleet)
         while n > 0:
             if self._pos >= size:
-                self._next_tick()
+                self._next_tick(stamp)
             first = self._pos
             last = min(size, first + n)
             n -= last - first

@@ -1,0 +1,186 @@
+"""Which injected anomalies a detector could catch, decided from the anomaly alone.
+
+An anomaly as scored (:class:`InjectedAnomaly`) carries what the simulator knows of it
+without looking at the pipeline: its kind, device, when it started (the publish time of its
+first tick) and how long it lasted *within the run*, its magnitude, the noise of the
+device's profile, and whether one of the readings it made crossed a threshold (the ground
+truth of :mod:`simulator.truth`). :func:`detectable` applies the predicate of its kind
+(:data:`PREDICATES`, stated word for word in the report) with the detector settings of the
+device's rule (:mod:`simulator.detector_rules`).
+
+The predicates leave out what no detector can see: a spike smaller than the noise, a
+dropout shorter than ``offline_after``, a stuck period shorter than ``stuck.for``. Recall is
+reported over all injected anomalies too, so a predicate that is too lenient shows as a gap
+between the two recalls, and one that is too strict cannot hide a miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import msgspec
+import numpy as np
+from numpy.typing import NDArray
+
+from simulator.anomalies import Anomaly, Kind
+from simulator.detector_rules import OFF, Detectors
+
+Floats = NDArray[np.float64]
+Ints = NDArray[np.int64]
+
+#: The kinds scored here: ``malformed`` is no device condition (see ``delivery.deadletter``).
+SCORED_KINDS: Final[tuple[Kind, ...]] = ("spike", "drift", "stuck", "dropout", "flapping")
+
+PREDICATES: Final[dict[Kind, str]] = {
+    "spike": (
+        "a reading of it crosses a threshold (ground truth); or the rule has `outlier`, |magnitude| >"
+        " k x the profile's noise_sigma with k = the rule's lowest outlier score, |magnitude| >"
+        " outlier.min_abs_deviation, and it starts at least outlier.window into the run"
+    ),
+    "drift": (
+        "a reading of it crosses a threshold (ground truth); or the rule has `rate`,"
+        " 60 x |magnitude| / max(duration_s, rate.window) > the rule's lowest rate limit (degC/min),"
+        " and the device has published for at least rate.window by the drift's end"
+    ),
+    "stuck": (
+        "the rule has `stuck` and its stuck readings span at least stuck.for:"
+        " duration_s - 1/rate >= stuck.for"
+    ),
+    "dropout": (
+        "the rule has `offline_after`, duration_s >= offline_after (the device is silent"
+        " duration_s + 1/rate between readings), and the device published before it"
+    ),
+    "flapping": "a reading of it crosses a threshold (ground truth)",
+}
+
+
+class InjectedAnomaly(msgspec.Struct, frozen=True, kw_only=True):
+    """One injected anomaly as scored: times in epoch seconds, clipped to the run's publishing."""
+
+    kind: Kind
+    device_id: str
+    rule_id: str | None
+    start_at: float  # the publish time of its first tick
+    duration_s: float  # within the run: an anomaly cut short by the run's end counts what was published
+    magnitude: float
+    start_s: float  # seconds from the run's first tick to its start
+    period_s: float  # seconds between a device's readings (1 / rate)
+    noise_sigma: float  # °C, the profile's stationary noise
+    crossed: bool  # a reading published during it breached a threshold
+
+    @property
+    def end_at(self) -> float:
+        return self.start_at + self.duration_s
+
+
+def detectable(anomaly: InjectedAnomaly, detectors: Detectors) -> bool:
+    """Whether ``anomaly`` is one the device's detectors (or thresholds) can catch; see :data:`PREDICATES`.
+
+    >>> from simulator.detector_rules import Detectors
+    >>> drop = InjectedAnomaly(kind="dropout", device_id="f-1", rule_id="f", start_at=100.0,
+    ...     duration_s=45.0, magnitude=0.0, start_s=100.0, period_s=1.0, noise_sigma=0.6, crossed=False)
+    >>> detectable(drop, Detectors(offline_after=30.0)), detectable(drop, Detectors(offline_after=60.0))
+    (True, False)
+    """
+    a, d = anomaly, detectors
+    if a.kind == "spike":
+        outlier = d.outlier
+        return a.crossed or (
+            outlier is not None
+            and abs(a.magnitude) > outlier.lowest * a.noise_sigma
+            and abs(a.magnitude) > outlier.min_abs_deviation
+            and a.start_s >= outlier.window
+        )
+    if a.kind == "drift":
+        rate = d.rate
+        return a.crossed or (
+            rate is not None
+            and 60.0 * abs(a.magnitude) / max(a.duration_s, rate.window) > rate.lowest
+            and a.start_s + a.duration_s >= rate.window
+        )
+    if a.kind == "stuck":
+        return d.stuck is not None and a.duration_s - a.period_s >= d.stuck.stuck_for
+    if a.kind == "dropout":
+        return d.offline_after is not None and a.duration_s >= d.offline_after and a.start_s >= a.period_s
+    if a.kind == "flapping":
+        return a.crossed
+    return False
+
+
+def judge(anomalies: Sequence[InjectedAnomaly], detectors: Mapping[str, Detectors]) -> list[bool]:
+    """:func:`detectable` of each anomaly, with its rule's detectors (off for a device without a rule)."""
+    return [detectable(a, detectors.get(a.rule_id, OFF) if a.rule_id else OFF) for a in anomalies]
+
+
+def crossed(
+    *, devices: Ints, start_at: Floats, end_at: Floats, breach_devices: Ints, breach_ts: Floats
+) -> Ints:
+    """Per anomaly, 1 if some breaching reading of its device has ``start_at <= ts < end_at``, else 0.
+
+    >>> crossed(devices=np.array([0, 0, 1]), start_at=np.array([10.0, 20.0, 10.0]),
+    ...     end_at=np.array([12.0, 21.0, 30.0]), breach_devices=np.array([0, 1]),
+    ...     breach_ts=np.array([11.0, 5.0])).tolist()
+    [1, 0, 0]
+    """
+    order = np.lexsort((breach_ts, breach_devices))
+    dev, ts = breach_devices[order], breach_ts[order]
+    found = np.zeros(devices.size, dtype=np.int64)
+    for i, (device, start, end) in enumerate(
+        zip(devices.tolist(), start_at.tolist(), end_at.tolist(), strict=True)
+    ):
+        lo, hi = (
+            int(np.searchsorted(dev, device, side="left")),
+            int(np.searchsorted(dev, device, side="right")),
+        )
+        first = lo + int(np.searchsorted(ts[lo:hi], start, side="left"))
+        found[i] = int(first < hi and ts[first] < end)
+    return found
+
+
+def injected_anomalies(
+    *,
+    anomalies: Sequence[Anomaly],
+    started_at: Sequence[float],
+    device_ids: Sequence[str],
+    rule_ids: Sequence[str | None],
+    noise_sigma: Floats,
+    rate: float,
+    ticks: int,
+    breach_devices: Ints,
+    breach_ts: Floats,
+) -> list[InjectedAnomaly]:
+    """The scored form of the engine's anomalies (``malformed`` left out).
+
+    ``started_at`` is the publish time of each anomaly's first tick, ``ticks`` how many ticks
+    the run published (an anomaly is clipped to them), ``rule_ids`` and ``noise_sigma`` are
+    per device, ``breach_*`` the ground truth's breaching readings (device index, ts).
+    """
+    kept = [(a, t) for a, t in zip(anomalies, started_at, strict=True) if a.kind in SCORED_KINDS]
+    if not kept:
+        return []
+    period = 1.0 / rate
+    devices = np.array([a.device for a, _ in kept], dtype=np.int64)
+    starts = np.array([t for _, t in kept], dtype=np.float64)
+    lengths = np.array([max(1, min(a.end, ticks) - a.start) for a, _ in kept], dtype=np.float64)
+    durations = lengths * period
+    # A reading of the anomaly's last tick is published up to one period after that tick began.
+    hit = crossed(
+        devices=devices, start_at=starts, end_at=starts + durations + period,
+        breach_devices=breach_devices, breach_ts=breach_ts,
+    )  # fmt: skip
+    return [
+        InjectedAnomaly(
+            kind=a.kind,
+            device_id=device_ids[a.device],
+            rule_id=rule_ids[a.device],
+            start_at=t,
+            duration_s=float(duration),
+            magnitude=a.magnitude,
+            start_s=a.start * period,
+            period_s=period,
+            noise_sigma=float(noise_sigma[a.device]),
+            crossed=bool(h),
+        )
+        for (a, t), duration, h in zip(kept, durations.tolist(), hit.tolist(), strict=True)
+    ]
