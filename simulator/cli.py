@@ -14,6 +14,7 @@ from rich.live import Live
 
 from processors.rules import RulesError
 from simulator.anomalies import AnomalyError
+from simulator.detector_rules import DetectorRulesError
 from thermoflow.service import tune_gc
 from thermoflow.settings import ConfigError, load_settings
 
@@ -63,6 +64,12 @@ def simulate_command(
     incident_gap: Annotated[
         float | None,
         typer.Option(help="max seconds between breaches of one episode (default: max(30, 3/rate))"),
+    ] = None,
+    detection_grace: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds after an anomaly's end in which an incident still detects it (default: 30)"
+        ),
     ] = None,
     connections: Annotated[
         int | None, typer.Option(help="MQTT connections (default: 10, at most --devices)")
@@ -121,6 +128,7 @@ def simulate_command(
         "anomaly_schedule": anomaly_schedule,
         "rules": rules,
         "incident_gap": incident_gap,
+        "detection_grace": detection_grace,
         "connections": connections,
         "ramp": ramp,
         "inflight": inflight,
@@ -176,7 +184,7 @@ def simulate_command(
     tune_gc()  # the fleet allocates per reading, like the pipeline's components
     try:
         result = asyncio.run(main())
-    except (RulesError, AnomalyError) as exc:
+    except (RulesError, DetectorRulesError, AnomalyError) as exc:
         raise ConfigError(str(exc)) from None
     if not quiet:
         from simulator.report import print_summary

@@ -56,12 +56,36 @@ delivery                      null, or:
   .consumer_lag               {group: records not committed} of the groups active on the readings
                               topic during the run (processors, sink), when the wait ended
   .undecodable, foreign       records that did not decode / were not this run's
-alerts                        null, or {received, unique, duplicates, correct, false_positives,
-                              precision, episodes, detected, missed_episodes, recall,
+alerts                        null, or the threshold rule implementation vs its scalar reference (the
+                              above/below alerts only): {received, unique, duplicates, correct,
+                              false_positives, precision, episodes, detected, missed_episodes, recall,
                               recall_by_severity {warning, critical: {episodes, detected, recall}},
                               missed [first 50 episodes], false [first 50 alerts]}
+anomaly_detection             null when no ground truth was kept; else what the alerts caught of the
+                              injected anomalies (malformed aside):
+  .measured                   whether incidents were read (--measure); if not, every detected, recall,
+                              delay, incidents and false_incidents below is null
+  .grace_s                    an incident detects an anomaly when opened in [start, end + grace_s]
+  .incident_gap_s             alerts of one (device, rule, kind) this close are one incident
+  .detectors                  {rule_id: {offline_after, stuck {tolerance, for}, rate {window, warning,
+                              critical}, outlier {window, warning, critical, min_abs_deviation}}} as
+                              read from the rules file; null: that detector is off
+  .predicates                 {spike, drift, stuck, dropout, flapping: when one is detectable, in words}
+  .accepts                    {kind: [the incident conditions that detect it]}
+  .by_kind                    {spike, drift, stuck, dropout, flapping: {injected, detectable, detected,
+                              detected_detectable, recall_detectable (detected_detectable / detectable),
+                              recall_all (detected / injected), delay (opened - anomaly start:
+                              {p50_ms, p95_ms, p99_ms, max_ms, samples} | null)}}
+  .total                      the same over the five kinds
+  .incidents                  device incidents considered (derived from the alerts)
+  .false_incidents            {count, device_hours, per_1000_device_hours, first [first 50
+                              {device_id, condition, opened_at}]}: opened inside no anomaly's window
+  .missed                     first 50 detectable anomalies not detected {kind, device_id, start_at,
+                              duration_s, magnitude}
+  .excluded                   {malformed: n}: no device condition; see delivery.deadletter
 ```
-Precision and recall are defined in :mod:`simulator.score`, episodes in :mod:`simulator.truth`.
+Precision and recall are defined in :mod:`simulator.score`, episodes in :mod:`simulator.truth`,
+detectability in :mod:`simulator.detectability`, detection in :mod:`simulator.detection`.
 """
 
 from __future__ import annotations
@@ -169,12 +193,51 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
         table.add_row("dead letters", f"{dl.get('received')}/{dl.get('expected')}")
         alerts = report["alerts"] or {}
         table.add_row(
-            "alerts",
-            f"{alerts.get('unique')} unique ({alerts.get('duplicates')} duplicates),"
+            "threshold rules vs scalar reference",
+            f"{alerts.get('unique')} unique alerts ({alerts.get('duplicates')} duplicates),"
             f" precision {alerts.get('precision')}, recall {alerts.get('recall')}"
             f" ({alerts.get('missed_episodes')} missed episodes)",
         )
     console.print(table)
+    if report.get("anomaly_detection"):
+        console.print(detection_table(report["anomaly_detection"]))
+
+
+def _recall(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def detection_table(section: dict[str, Any]) -> Table:
+    """``anomaly_detection`` as a table: one row per anomaly kind, then the total and the false incidents."""
+    table = Table(title="anomaly detection (incidents vs injected anomalies)", title_justify="left")
+    for name in (
+        "kind",
+        "injected",
+        "detectable",
+        "detected",
+        "recall detectable",
+        "recall all",
+        "delay p50 / p99",
+    ):
+        table.add_column(name, justify="left" if name == "kind" else "right")
+    for kind, row in [*section["by_kind"].items(), ("total", section["total"])]:
+        delay = row["delay"]
+        table.add_row(
+            kind,
+            str(row["injected"]),
+            str(row["detectable"]),
+            "-" if row["detected"] is None else str(row["detected"]),
+            _recall(row["recall_detectable"]),
+            _recall(row["recall_all"]),
+            "-" if not delay else f"{delay['p50_ms'] / 1000:.1f} / {delay['p99_ms'] / 1000:.1f} s",
+        )
+    false = section["false_incidents"]
+    if false is not None:
+        table.caption = (
+            f"false incidents: {false['count']} ({false['per_1000_device_hours']} per 1,000 device-hours);"
+            f" grace {section['grace_s']:g} s"
+        )
+    return table
 
 
 def plot(path: Path, report: dict[str, Any], latency_series: dict[str, list[tuple[float, float]]]) -> None:

@@ -43,6 +43,9 @@ class SimulatorSettings(ThermoflowSettings):
 
     rules: Path | None = Field(None, description="rules file for the ground truth [processors/rules.yaml]")
     incident_gap: float | None = Field(None, gt=0, description="seconds between breaches of one episode")
+    detection_grace: float = Field(
+        30.0, ge=0, description="seconds after an anomaly's end in which an incident still detects it"
+    )
 
     connections: int | None = Field(None, ge=1, le=100_000, description="MQTT connections [min(10, devices)]")
     ramp: float = Field(0.0, ge=0, description="seconds over which connections are opened")
