@@ -121,10 +121,12 @@ def _section(where: str, raw: Any) -> Mapping[str, Any] | None:
     return raw
 
 
-def _severities(where: str, section: Mapping[str, Any]) -> dict[Severity, float]:
-    found = {s: _number(f"{where}.{s}", section[s]) for s in SEVERITIES if section.get(s) is not None}
+def _severities(label: str, name: str, section: Mapping[str, Any]) -> dict[Severity, float]:
+    found = {
+        s: _number(f"{label}: `{name}.{s}`", section[s]) for s in SEVERITIES if section.get(s) is not None
+    }
     if not found:
-        raise DetectorRulesError(f"{where} must set `warning` and/or `critical`")
+        raise DetectorRulesError(f"{label}: `{name}` must set `warning` and/or `critical`")
     return found
 
 
@@ -146,13 +148,13 @@ def _detectors(label: str, rule: Mapping[str, Any]) -> Detectors:
         if rate is None
         else Rate(
             window=_number(f"{label}: `rate.window`", rate.get("window")),
-            limits=_severities(f"{label}: `rate`", rate),
+            limits=_severities(label, "rate", rate),
         ),
         outlier=None
         if outlier is None
         else Outlier(
             window=_number(f"{label}: `outlier.window`", outlier.get("window")),
-            thresholds=_severities(f"{label}: `outlier`", outlier),
+            thresholds=_severities(label, "outlier", outlier),
             min_abs_deviation=_number(
                 f"{label}: `outlier.min_abs_deviation`", outlier.get("min_abs_deviation", 0.0), positive=False
             ),
