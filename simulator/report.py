@@ -240,6 +240,35 @@ def detection_table(section: dict[str, Any]) -> Table:
     return table
 
 
+def detection_summary(section: dict[str, Any] | None) -> dict[str, str]:
+    """``anomaly_detection`` as label/value rows (`thermoflow demo`'s summary); empty when not measured.
+
+    >>> row = {"injected": 10, "detectable": 8, "detected": 7, "detected_detectable": 7,
+    ...        "recall_detectable": 0.875, "recall_all": 0.7, "delay": {"p50_ms": 31000.0, "p99_ms": 32500.0}}
+    >>> rows = detection_summary({"measured": True, "by_kind": {"dropout": row},
+    ...     "false_incidents": {"count": 1, "per_1000_device_hours": 150.0}})
+    >>> list(rows)
+    ['anomalies caught: dropout', 'false incidents per 1,000 device-hours']
+    >>> for value in rows.values(): print(value)
+    7/10, detectable 8: recall 0.88 detectable / 0.70 all, delay p50/p99 31.0/32.5 s
+    150.0 (1)
+    """
+    if not section or not section.get("measured"):
+        return {}
+    rows: dict[str, str] = {}
+    for kind, row in section["by_kind"].items():
+        delay = row["delay"]
+        timing = "-" if not delay else f"{delay['p50_ms'] / 1000:.1f}/{delay['p99_ms'] / 1000:.1f} s"
+        rows[f"anomalies caught: {kind}"] = (
+            f"{row['detected']}/{row['injected']}, detectable {row['detectable']}:"
+            f" recall {_recall(row['recall_detectable'])} detectable / {_recall(row['recall_all'])} all,"
+            f" delay p50/p99 {timing}"
+        )
+    false = section["false_incidents"]
+    rows["false incidents per 1,000 device-hours"] = f"{false['per_1000_device_hours']} ({false['count']})"
+    return rows
+
+
 def plot(path: Path, report: dict[str, Any], latency_series: dict[str, list[tuple[float, float]]]) -> None:
     """Rate and per-second p99 latency over time as a PNG; needs matplotlib (the ``plot`` extra)."""
     try:

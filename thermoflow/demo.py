@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from simulator.report import detection_summary
 from thermoflow import db
 from thermoflow.harness import PipelineRun
 from thermoflow.observe import KafkaObserver, kafka_observer
@@ -230,6 +231,7 @@ def summarize(report: dict[str, Any], final: Sample, *, notifications: int, work
         "incidents opened / resolved": f"{final.opened} / {final.resolved}",
         "notifications": notifications,
         "alert precision / recall": f"{alerts.get('precision')} / {alerts.get('recall')}",
+        **detection_summary(report.get("anomaly_detection")),
         "p99 publish -> stored row": f"{stored_latency.get('p99_ms')} ms",
         "logs and report": str(workdir),
     }

@@ -35,7 +35,7 @@ from simulator.detector_rules import (
 from simulator.engine import Engine
 from simulator.payloads import PayloadFormat
 from simulator.profiles import Fleet, SignalModel
-from simulator.report import detection_table
+from simulator.report import detection_summary, detection_table
 from simulator.truth import GroundTruth, Thresholds
 from thermoflow.events import Condition, new_alert
 
@@ -494,3 +494,28 @@ def test_the_summary_table_shows_every_kind_the_total_and_the_false_incidents() 
         assert kind in text
     assert "31.0 / 31.0 s" in text  # the dropout's delay
     assert "false incidents: 1 (100.0 per 1,000 device-hours)" in text
+
+
+def test_the_demo_summary_rows_say_what_was_caught_per_kind_only_when_measured() -> None:
+    anomalies = [_anomaly("dropout", device_id="d-1", duration_s=60.0), _anomaly("stuck", duration_s=100.0)]
+    common: dict[str, Any] = {
+        "anomalies": anomalies,
+        "detectable": judge(anomalies, {"freezer": ALL_ON}),
+        "detectors": {"freezer": ALL_ON},
+        "grace_s": GRACE,
+        "incident_gap_s": 30.0,
+        "device_hours": 10.0,
+        "excluded": {"malformed": 0},
+    }
+    assert detection_summary(anomaly_detection(**common, incidents=None)) == {}
+    assert detection_summary(None) == {}
+    rows = detection_summary(anomaly_detection(**common, incidents=[Incident("d-1", "offline", 1031.0)]))
+    assert rows["anomalies caught: dropout"] == (
+        "1/1, detectable 1: recall 1.00 detectable / 1.00 all, delay p50/p99 31.0/31.0 s"
+    )
+    assert (
+        rows["anomalies caught: stuck"]
+        == "0/1, detectable 1: recall 0.00 detectable / 0.00 all, delay p50/p99 -"
+    )
+    assert rows["anomalies caught: spike"].startswith("0/0, detectable 0: recall - detectable / - all")
+    assert rows["false incidents per 1,000 device-hours"] == "0.0 (0)"
