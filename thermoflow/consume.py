@@ -192,12 +192,12 @@ class ConsumeLoop:
                     self._forget(batch)
                     break
                 async with self._lock:
-                    if epoch != self._epoch:
-                        self._drop(batch)
-                        continue
                     if not await self._make_room():
                         self._forget(batch)
                         break
+                    if epoch != self._epoch:  # a revocation began since the fetch
+                        self._drop(batch)
+                        continue
                     self._in_flight.append((batch, await self._handle(batch)))
                     await self._commit_finished()
             async with self._lock:
