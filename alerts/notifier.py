@@ -195,7 +195,7 @@ class Notifier:
             batch_size=2000,
             wait=0.2,
             # The next batch is fetched and dispatched while this one's states are written.
-            pipeline=2,
+            pipeline=1,
             on_assigned=self.reload_state,
             metrics=self.metrics,
         )

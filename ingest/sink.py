@@ -6,7 +6,7 @@ rows), commit, dead-letter what was no reading, and only then commit the Kafka o
 (:class:`thermoflow.consume.ConsumeLoop`, which also holds the rebalance policy).
 The database work runs on a worker thread with a synchronous connection: binary COPY's
 ``write_row`` is then a plain C-accelerated call per row, and the event loop meanwhile fetches
-and decodes the next batch (``sink_writers`` batches in flight at most, committed in order).
+and decodes the next batch (``sink_writers`` batches written at once, committed in order).
 A database outage pauses consumption: the same batch is retried with backoff until it lands.
 A row the database refuses for its data (a value out of range) is isolated by splitting the
 batch (:func:`thermoflow.db.write_isolating`), dead-lettered with the database's reason, and the
@@ -110,15 +110,17 @@ class ReadingsSink:
     """``await ReadingsSink(settings).run(stop)`` sinks until ``stop`` is set, then commits and returns.
 
     The batch handler of a :class:`~thermoflow.consume.ConsumeLoop` with a pipeline of
-    ``sink_writers`` batches: each batch is decoded on the event loop and written on a connection
-    of its own, and the loop commits their offsets in fetch order once each is stored.
+    ``sink_writers`` batches: each batch is decoded on the event loop and written on the next free
+    connection, and the loop commits their offsets in fetch order once each is stored.
     """
 
     def __init__(self, settings: IngestSettings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("sink")
         self._writers = [ReadingsWriter(settings) for _ in range(settings.sink_writers)]
-        self._free: list[ReadingsWriter] = list(self._writers)
+        self._free: asyncio.Queue[ReadingsWriter] = asyncio.Queue()
+        for writer in self._writers:
+            self._free.put_nowait(writer)
         self.watchdog = Watchdog(component="sink", stall_after=settings.stall_timeout)
         self._next_log = 0.0
 
@@ -141,7 +143,8 @@ class ReadingsSink:
             watchdog=self.watchdog,
             batch_size=self.settings.sink_batch,
             wait=self.settings.sink_wait,
-            pipeline=len(self._writers),  # one writer per batch in flight: the pool is never empty
+            # Every writer busy while the next batch is fetched and decoded; it waits for a free one.
+            pipeline=len(self._writers),
             metrics=self.metrics,
         )
         try:
@@ -203,11 +206,11 @@ class ReadingsSink:
         return True
 
     async def _write(self, rows: Sequence[Row]) -> int:
-        writer = self._free.pop()  # one per batch being stored: never empty
+        writer = await self._free.get()
         try:
             return await asyncio.to_thread(writer.write, rows)
         finally:
-            self._free.append(writer)
+            self._free.put_nowait(writer)
 
     async def _retry(self, attempt: Callable[[], Awaitable[int]], stop: asyncio.Event) -> int:
         return await db.retry_transient(attempt, stop=stop, on_retry=self._write_failed)

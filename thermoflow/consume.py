@@ -10,18 +10,21 @@ for every one of them:
    component was stopped first ("replay it": nothing after it is committed, the loop ends);
 3. commit the offsets of exactly that batch once it is durable, batches in fetch order.
 
-With ``pipeline=N`` up to N batches are in flight at once (the sink writes on N connections)
-and their commits stay in fetch order, so no offset is committed before the output of every
-record below it is durable. A handler without overlap does its work and returns a settled
-future (:func:`inline`). The handler is called after every fetch, an empty one too (count 0),
-so a component can do its periodic work there (the store's sweep, the notifier's repeats).
+With ``pipeline=N``, N batches may still be on their way to durable while the next one is
+fetched and handed over (the sink writes on N connections; the notifier persists a batch's
+state while it dispatches the next), and their commits stay in fetch order, so no offset is
+committed before the output of every record below it is durable. A handler without overlap
+does its work and returns a settled future (:func:`inline`). The handler is called after
+every fetch, an empty one too (count 0), so a component can do its periodic work there (the
+store's sweep, the notifier's repeats).
 
 Rebalances, one policy for all:
 
 * Before partitions are revoked, the batches in flight are finished and committed (the
   generation is still valid then), so the next owner starts where this one stopped.
-* A batch fetched before a revocation and not handed over yet is dropped: the new assignment
-  starts each partition at its committed offset, so its records come again, here or elsewhere.
+* A batch fetched before a revocation and not handed over yet is dropped (a guard: aiokafka
+  returns no records while a rebalance is under way): the new assignment starts each
+  partition at its committed offset, so its records come again, here or elsewhere.
 * After an assignment, no batch is handed over before ``on_assigned`` has finished (the notifier
   reloads its state there): aiokafka hands out the new assignment's records meanwhile.
 * A commit refused because a rebalance took the partitions (``CommitFailedError``,
@@ -137,7 +140,8 @@ class ConsumeLoop:
         watchdog: the component's watchdog; started and stopped by :meth:`run`.
         batch_size: records per fetch at most.
         wait: seconds a fetch waits for records.
-        pipeline: batches in flight at most (their commits stay in order).
+        pipeline: batches whose output may still be on its way while the next batch is fetched
+            and handed over (0: each is finished before the next fetch); commits stay in order.
         on_assigned: runs after each assignment, before any batch of it is handed over.
         metrics: counts refused commits and times commits.
     """
@@ -151,12 +155,12 @@ class ConsumeLoop:
         watchdog: Watchdog,
         batch_size: int,
         wait: float,
-        pipeline: int = 1,
+        pipeline: int = 0,
         on_assigned: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        if pipeline < 1:
-            raise ValueError(f"pipeline must be at least 1, not {pipeline}")
+        if pipeline < 0:
+            raise ValueError(f"pipeline must be 0 or more, not {pipeline}")
         self._consumer = consumer
         self._handle = handle
         self.watchdog = watchdog
@@ -192,13 +196,12 @@ class ConsumeLoop:
                     self._forget(batch)
                     break
                 async with self._lock:
-                    if not await self._make_room():
-                        self._forget(batch)
-                        break
                     if epoch != self._epoch:  # a revocation began since the fetch
                         self._drop(batch)
                         continue
                     self._in_flight.append((batch, await self._handle(batch)))
+                    if not await self._make_room():
+                        break
                     await self._commit_finished()
             async with self._lock:
                 await self._drain()
@@ -242,7 +245,7 @@ class ConsumeLoop:
         return self._ready.is_set()
 
     async def _make_room(self) -> bool:
-        while len(self._in_flight) >= self._pipeline:
+        while len(self._in_flight) > self._pipeline:
             if not await self._finish_oldest():
                 return False
         return True
