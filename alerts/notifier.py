@@ -6,7 +6,9 @@ processors' watermark records move each partition's pipeline watermark
 (:class:`~alerts.watermarks.PipelineWatermarks`), which resolves the quiet incidents it has
 passed. Then tick it (repeats, on the wall clock), deliver the notifications (every channel
 concurrently, retried, breaker-guarded, dead-lettered when undeliverable), persist the changed
-incident states to the compacted state topic, then commit the batch's offsets. A
+incident states to the compacted state topic, then commit the batch's offsets
+(:class:`thermoflow.consume.ConsumeLoop`: the next batch is fetched and dispatched while this
+one's states are written; after a rebalance no batch is handled before the state is reloaded). A
 :class:`~thermoflow.watchdog.Watchdog` ends the process (for a restart) if fetched records
 stay uncommitted for ``stall_timeout``. Killed anywhere, it
 restarts from the last committed offsets with the state of the last persisted batch, so an
@@ -20,10 +22,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from alerts.channels import Channel, EmailChannel, LogChannel, SlackChannel, WebhookChannel
 from alerts.delivery import Dispatcher, RetryPolicy
@@ -49,7 +49,7 @@ from alerts.routing import (
 from alerts.settings import AlertsSettings
 from alerts.tracker import IncidentTracker
 from alerts.watermarks import PipelineWatermarks
-from thermoflow import kafka
+from thermoflow import consume, kafka
 from thermoflow.events import AlertEvent
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -112,21 +112,6 @@ def build_channels(routes: Routes, *, timeout: float) -> dict[str, Channel]:
     return channels
 
 
-class _Reload(ConsumerRebalanceListener):  # type: ignore[misc]
-    """On a new assignment, take the latest persisted state (another instance may have moved on)."""
-
-    def __init__(self, notifier: Notifier) -> None:
-        self._notifier = notifier
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Persist and commit what was dispatched, so the next owner starts where this one stopped.
-        self._notifier.state_ready.clear()
-        await self._notifier.flush_pending()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self._notifier.reload_state()
-
-
 class Notifier:
     def __init__(
         self,
@@ -144,51 +129,29 @@ class Notifier:
         )
         self.watermarks = PipelineWatermarks()
         self.watchdog = Watchdog(component="alerts.notify", stall_after=settings.stall_timeout)
-        self._uncommitted = 0  # records fetched and not committed yet: the watchdog's "waiting"
         self._dispatcher = dispatcher
-        self._pending: asyncio.Task[None] | None = None
-        # Clear from a revocation until the reload after the next assignment is done. aiokafka
-        # hands out the new assignment's records while that reload still runs: they wait for it.
-        self.state_ready = asyncio.Event()
+        self._persisting: asyncio.Future[bool] | None = None  # the last batch's state write
+        self._next_tick = 0.0
 
-    async def flush_pending(self) -> None:
-        """Wait for the last batch's state write and offset commit."""
-        if self._pending is not None:
-            [outcome] = await asyncio.gather(self._pending, return_exceptions=True)
-            self._pending = None
-            if isinstance(outcome, Exception):  # not committed: the batch is redelivered, re-sent
-                log.error("persist_failed", error=repr(outcome))
+    async def reload_state(self, assigned: object = None) -> None:
+        """Take the latest persisted states: another instance may have moved on since.
 
-    async def reload_state(self) -> None:
-        try:
-            states = await load_states(self.settings, self.settings.notifier_state_topic)
-            self.tracker.load(states)
-            log.info("notifier_state_loaded", incidents=len(states), open=self.tracker.open_count)
-        finally:
-            self.state_ready.set()  # a failed reload is logged by aiokafka; go on with what we hold
+        The loop's ``on_assigned``: no batch of the new assignment is handled before it is done.
+        """
+        states = await load_states(self.settings, self.settings.notifier_state_topic)
+        self.tracker.load(states)
+        log.info("notifier_state_loaded", incidents=len(states), open=self.tracker.open_count)
 
-    async def _persist_and_commit(
-        self,
-        producer: AIOKafkaProducer,
-        consumer: AIOKafkaConsumer,
-        changed: list[Incident],
-        offsets: dict[TopicPartition, int],
-        records: int,
-    ) -> None:
-        """Write the batch's changed incident states (acked), then commit the batch's offsets."""
+    async def _persist(
+        self, producer: AIOKafkaProducer, previous: asyncio.Future[bool] | None, changed: list[Incident]
+    ) -> bool:
+        """Write the batch's changed incident states (acked) after the previous batch's, in order."""
+        if previous is not None:
+            await previous
         started = time.perf_counter()
         await write_states(producer, self.settings.notifier_state_topic, changed)
-        persisted = time.perf_counter()
-        self.metrics.observe("persist_state", persisted - started)
-        if offsets:
-            try:
-                await consumer.commit(offsets)
-            except CommitFailedError as exc:  # a rebalance took the partitions: they replay elsewhere
-                log.warning("commit_failed", error=str(exc))
-            self.metrics.observe("commit", time.perf_counter() - persisted)
-        self._uncommitted -= records
-        self.watchdog.waiting(self._uncommitted)
-        self.watchdog.progress()
+        self.metrics.observe("persist_state", time.perf_counter() - started)
+        return True
 
     def _build_dispatcher(self, dead_letters: KafkaDeadLetters) -> Dispatcher:
         settings = self.settings
@@ -218,71 +181,73 @@ class Notifier:
         dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
         dispatcher = self._dispatcher or self._build_dispatcher(dead_letters)
         consumer = kafka.consumer(settings, group_id=settings.notify_group, max_poll_records=2000)
-        consumer.subscribe([settings.alerts_topic], listener=_Reload(self))
+
+        async def start(batch: consume.Batch) -> consume.Durable:
+            return await self._start(
+                batch, consumer=consumer, producer=producer, dispatcher=dispatcher, dead_letters=dead_letters
+            )
+
+        loop = consume.ConsumeLoop(
+            consumer,
+            topics=[settings.alerts_topic],
+            handle=start,
+            watchdog=self.watchdog,
+            batch_size=2000,
+            wait=0.2,
+            # The next batch is fetched and dispatched while this one's states are written.
+            pipeline=1,
+            on_assigned=self.reload_state,
+            metrics=self.metrics,
+        )
         try:
             await producer.start()
-            await self.reload_state()
             await consumer.start()
             log.info("notifier_started", topic=settings.alerts_topic, group=settings.notify_group,
                      channels=list(dispatcher.channels))  # fmt: skip
             if ready is not None:
                 ready.set()
-            self.watchdog.start()
-            await self._loop(stop, consumer, producer, dispatcher, dead_letters)
+            await loop.run(stop)
         finally:
-            self.watchdog.stop()
-            await self.flush_pending()  # the last batch's persist and commit, if still running
             await consumer.stop()
             await dispatcher.close()
             await producer.stop()
             snapshot = self.metrics.snapshot()
             log.info("notifier_stopped", **snapshot["counters"], latency=snapshot["latency"])
 
-    async def _loop(
+    async def _start(
         self,
-        stop: asyncio.Event,
+        batch: consume.Batch,
+        *,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         dispatcher: Dispatcher,
         dead_letters: KafkaDeadLetters,
-    ) -> None:
-        next_tick = 0.0
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200)
-            if batch:
-                await self.state_ready.wait()
-            now = self.clock()
-            decoded = await decode_batch(batch, dead_letters)
-            self._uncommitted += decoded.received
-            self.watchdog.waiting(self._uncommitted)
-            notifications = []
-            for partition, event in decoded.events:  # in order: a watermark covers the alerts before it
-                if isinstance(event, AlertEvent):
-                    notifications += self.tracker.on_alert(event, now=now, partition=partition)
-                    continue
-                self.watermarks.observe(partition, event)
-                watermark = self.watermarks.watermark(partition)
-                if watermark is not None:
-                    notifications += self.tracker.on_watermark(
-                        partition=partition, watermark=watermark, now=now
-                    )
-            # Repeats only once caught up: a backlog may still hold what resolves the incident.
-            if now >= next_tick and self.state_ready.is_set() and await caught_up(consumer):
-                assigned = {tp.partition for tp in consumer.assignment()}
-                notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
-                next_tick = now + self.settings.sweep_interval
-            started = time.perf_counter()
-            if notifications:
-                await dispatcher.dispatch(notifications)
-                self.metrics.count("notifications", len(notifications))
-                self.metrics.observe("dispatch", time.perf_counter() - started)
-            # Persist and commit this batch while the next one is fetched and dispatched; the next
-            # batch's persist waits for this one, so states and offsets stay in order.
-            if self._pending is not None:
-                await self._pending
-            self._pending = asyncio.create_task(
-                self._persist_and_commit(
-                    producer, consumer, self.tracker.take_changed(), decoded.offsets, decoded.received
-                )
-            )
-            self.metrics.count("alerts", decoded.received)
+    ) -> consume.Durable:
+        """Fold the batch into the tracker and deliver its notifications, in order; return its state write."""
+        now = self.clock()
+        decoded = await decode_batch(batch.records, dead_letters)
+        notifications = []
+        for partition, event in decoded.events:  # in order: a watermark covers the alerts before it
+            if isinstance(event, AlertEvent):
+                notifications += self.tracker.on_alert(event, now=now, partition=partition)
+                continue
+            self.watermarks.observe(partition, event)
+            watermark = self.watermarks.watermark(partition)
+            if watermark is not None:
+                notifications += self.tracker.on_watermark(partition=partition, watermark=watermark, now=now)
+        # Repeats only once caught up: a backlog may still hold what resolves the incident.
+        if now >= self._next_tick and await caught_up(consumer):
+            assigned = {tp.partition for tp in consumer.assignment()}
+            notifications.extend(self.tracker.on_tick(now=now, partitions=assigned))
+            self._next_tick = now + self.settings.sweep_interval
+        started = time.perf_counter()
+        if notifications:
+            await dispatcher.dispatch(notifications)
+            self.metrics.count("notifications", len(notifications))
+            self.metrics.observe("dispatch", time.perf_counter() - started)
+        self.metrics.count("alerts", decoded.received)
+        # Written while the next batch is fetched and dispatched; chained, so states stay in order.
+        self._persisting = asyncio.create_task(
+            self._persist(producer, self._persisting, self.tracker.take_changed())
+        )
+        return self._persisting

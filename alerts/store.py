@@ -3,7 +3,8 @@
 Per batch, in one transaction: COPY the events into a temporary table, insert the ones not
 stored yet (``ON CONFLICT DO NOTHING RETURNING``), fold only those into the open incidents
 (:func:`alerts.lifecycle.fold_breaches`, pure) and upsert the incidents that changed. The
-batch's offsets are committed after the transaction: a crash replays the batch, and the replay
+batch's offsets are committed after the transaction (:class:`thermoflow.consume.ConsumeLoop`,
+which also holds the rebalance policy): a crash or a rebalance replays the batch, and the replay
 inserts nothing and counts nothing. A database outage keeps the batch, reconnects with backoff
 and tries again (forever): consumption pauses and resumes without loss. An event the database
 can never take (a time beyond year 9999, a NUL in an id) is dead-lettered, found before the
@@ -29,13 +30,13 @@ from typing import Any, TypeVar
 
 import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from alerts.kafka_io import DecodedBatch, KafkaDeadLetters, decode_batch, partition_of
 from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
 from alerts.settings import AlertsSettings
 from alerts.watermarks import PipelineWatermarks
-from thermoflow import db, kafka
+from thermoflow import consume, db, kafka
 from thermoflow.events import AlertEvent, EventDecodeError, Watermark, decode_alert, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -375,41 +376,40 @@ class AlertStore:
         producer = kafka.producer(settings)
         await producer.start()
         dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
-        consumer = kafka.consumer(settings, settings.alerts_topic, group_id=settings.store_group)
+        consumer = kafka.consumer(settings, group_id=settings.store_group)
+        next_sweep = 0.0
+
+        async def handle(batch: consume.Batch) -> bool:
+            """Store the batch (watermarks first, in order), sweep when due; False if stopped first."""
+            nonlocal next_sweep
+            decoded = await decode_batch(batch.records, dead_letters)
+            for partition, mark in decoded.watermarks:
+                self._observe(partition, mark)
+            if decoded.alerts and not await self._store(batch.records, decoded, dead_letters, stop):
+                return False  # stopped during an outage: the batch is not committed, it will replay
+            now = self.clock()
+            if now >= next_sweep:
+                await self._sweep(consumer, stop)
+                next_sweep = now + settings.sweep_interval
+            return True
+
+        loop = consume.ConsumeLoop(
+            consumer,
+            topics=[settings.alerts_topic],
+            handle=consume.inline(handle),
+            watchdog=self.watchdog,
+            batch_size=settings.store_batch_size,
+            wait=settings.store_batch_wait,
+            metrics=self.metrics,
+        )
         try:
             await consumer.start()
             log.info("store_started", topic=settings.alerts_topic, group=settings.store_group,
                      database=settings.database_url_redacted)  # fmt: skip
             if ready is not None:
                 ready.set()
-            self.watchdog.start()
-            next_sweep = 0.0
-            while not stop.is_set():
-                batch = await consumer.getmany(
-                    timeout_ms=int(settings.store_batch_wait * 1000), max_records=settings.store_batch_size
-                )
-                self.watchdog.waiting(sum(len(records) for records in batch.values()))
-                decoded = await decode_batch(batch, dead_letters)
-                for partition, mark in decoded.watermarks:
-                    self._observe(partition, mark)
-                if decoded.alerts and not await self._store(batch, decoded, dead_letters, stop):
-                    break  # stopped during an outage: the batch is not committed, it will replay
-                if decoded.offsets:
-                    try:
-                        await consumer.commit(decoded.offsets)
-                        self.watchdog.progress()
-                    except CommitFailedError as exc:
-                        # A rebalance (e.g. after a long database outage) took the partitions: the
-                        # batch is stored, its redelivery elsewhere inserts nothing twice.
-                        log.warning("commit_failed", error=str(exc))
-                        self.watchdog.retrying("offset commit failed")
-                self.watchdog.waiting(0)
-                now = self.clock()
-                if now >= next_sweep:
-                    await self._sweep(consumer, stop)
-                    next_sweep = now + settings.sweep_interval
+            await loop.run(stop)
         finally:
-            self.watchdog.stop()
             await consumer.stop()
             await producer.stop()
             await self._close_db()

@@ -2,10 +2,11 @@
 
 Per batch: decode (pure, :mod:`ingest.rows`), COPY the rows into a temporary staging table,
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``readings`` (so a replayed batch adds no
-rows), commit, dead-letter what was no reading, and only then commit the Kafka offsets.
+rows), commit, dead-letter what was no reading, and only then commit the Kafka offsets
+(:class:`thermoflow.consume.ConsumeLoop`, which also holds the rebalance policy).
 The database work runs on a worker thread with a synchronous connection: binary COPY's
 ``write_row`` is then a plain C-accelerated call per row, and the event loop meanwhile fetches
-and decodes the next batch (one batch ahead at most, so an outage holds back one batch).
+and decodes the next batch (``sink_writers`` batches written at once, committed in order).
 A database outage pauses consumption: the same batch is retried with backoff until it lands.
 A row the database refuses for its data (a value out of range) is isolated by splitting the
 batch (:func:`thermoflow.db.write_isolating`), dead-lettered with the database's reason, and the
@@ -19,18 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from ingest.rows import STAGE_COLUMNS, STAGE_TYPES, Row, RowBatch, rows_from_values
 from ingest.settings import IngestSettings
-from thermoflow import db, kafka
+from thermoflow import consume, db, kafka
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -51,9 +51,6 @@ _INSERT: Final = sql.SQL(
     " SELECT device_id, metric, to_timestamp(ts), value, seq, to_timestamp(received_at)"
     " FROM readings_stage ORDER BY device_id, metric, ts ON CONFLICT DO NOTHING"
 )
-
-
-Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
 class ReadingsWriter:
@@ -110,83 +107,71 @@ class ReadingsWriter:
 
 
 class ReadingsSink:
-    """``await ReadingsSink(settings).run(stop)`` sinks until ``stop`` is set, then commits and returns."""
+    """``await ReadingsSink(settings).run(stop)`` sinks until ``stop`` is set, then commits and returns.
+
+    The batch handler of a :class:`~thermoflow.consume.ConsumeLoop` with a pipeline of
+    ``sink_writers`` batches: each batch is decoded on the event loop and written on the next free
+    connection, and the loop commits their offsets in fetch order once each is stored.
+    """
 
     def __init__(self, settings: IngestSettings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("sink")
         self._writers = [ReadingsWriter(settings) for _ in range(settings.sink_writers)]
-        self._free: list[ReadingsWriter] = list(self._writers)
+        self._free: asyncio.Queue[ReadingsWriter] = asyncio.Queue()
+        for writer in self._writers:
+            self._free.put_nowait(writer)
         self.watchdog = Watchdog(component="sink", stall_after=settings.stall_timeout)
-        self._uncommitted = 0  # records fetched and not yet committed: the watchdog's "waiting"
+        self._next_log = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Migrate the schema, then consume, write and commit batch after batch until ``stop``."""
         if not await db.migrate_when_available(self.settings, stop):
             return
         consumer = kafka.consumer(
-            self.settings,
-            self.settings.readings_topic,
-            group_id=self.settings.sink_group,
-            max_poll_records=self.settings.sink_batch,
+            self.settings, group_id=self.settings.sink_group, max_poll_records=self.settings.sink_batch
         )
         producer = kafka.producer(self.settings)
+
+        async def start(batch: consume.Batch) -> consume.Durable:
+            return self._start(batch, producer, stop)
+
+        loop = consume.ConsumeLoop(
+            consumer,
+            topics=[self.settings.readings_topic],
+            handle=start,
+            watchdog=self.watchdog,
+            batch_size=self.settings.sink_batch,
+            wait=self.settings.sink_wait,
+            # Every writer busy while the next batch is fetched and decoded; it waits for a free one.
+            pipeline=len(self._writers),
+            metrics=self.metrics,
+        )
         try:
             await consumer.start()
             await producer.start()
             log.info("sink_started", topic=self.settings.readings_topic, group=self.settings.sink_group)
-            self.watchdog.start()
-            await self._consume(consumer, producer, stop)
+            self._next_log = time.monotonic() + self.settings.metrics_interval
+            await loop.run(stop)
         finally:
-            self.watchdog.stop()
             await consumer.stop()
             await producer.stop()
             for writer in self._writers:
                 await asyncio.to_thread(writer.close)
             self._log_metrics("sink_stopped")
 
-    async def _consume(
-        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
-    ) -> None:
-        """Fetch and decode while up to ``sink_writers`` batches are written; commit offsets in order."""
-        next_log = time.monotonic() + self.settings.metrics_interval
-        writing: deque[tuple[asyncio.Task[bool], Fetched]] = deque()
-        while True:
-            fetched: Fetched = {}
-            if not stop.is_set():
-                fetched = await consumer.getmany(
-                    timeout_ms=int(self.settings.sink_wait * 1000), max_records=self.settings.sink_batch
-                )
-            records = [record for batch in fetched.values() for record in batch]
-            if records:
-                self._uncommitted += len(records)
-                self.watchdog.waiting(self._uncommitted)
-                decoded = rows_from_values([record.value for record in records])
-                if len(writing) >= len(self._writers) and not await self._finish_oldest(consumer, writing):
-                    return
-                task = asyncio.create_task(self._store(records, decoded, producer, stop))
-                writing.append((task, fetched))
-            while writing and (writing[0][0].done() or (stop.is_set() and not records)):
-                if not await self._finish_oldest(consumer, writing):
-                    return
-            if stop.is_set() and not records and not writing:
-                return
-            if time.monotonic() >= next_log:
-                next_log += self.settings.metrics_interval
-                self._log_metrics("sink_metrics")
-
-    async def _finish_oldest(
-        self, consumer: AIOKafkaConsumer, writing: deque[tuple[asyncio.Task[bool], Fetched]]
-    ) -> bool:
-        """Wait for the oldest batch and commit its offsets; False (and wait for the rest) if stopped."""
-        task, fetched = writing.popleft()
-        if await task:
-            await self._commit(consumer, fetched)
-            return True
-        # Stopped during a database outage: this batch and the later ones come again, uncommitted.
-        await asyncio.gather(*(later for later, _ in writing), return_exceptions=True)
-        writing.clear()
-        return False
+    def _start(
+        self, batch: consume.Batch, producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> consume.Durable:
+        """Decode the batch here, write it on a worker thread: the loop fetches the next meanwhile."""
+        if time.monotonic() >= self._next_log:
+            self._next_log += self.settings.metrics_interval
+            self._log_metrics("sink_metrics")
+        if not batch.count:
+            return consume.settled()
+        records = batch.all()
+        decoded = rows_from_values([record.value for record in records])
+        return asyncio.create_task(self._store(records, decoded, producer, stop))
 
     async def _store(
         self,
@@ -221,11 +206,11 @@ class ReadingsSink:
         return True
 
     async def _write(self, rows: Sequence[Row]) -> int:
-        writer = self._free.pop()  # one per batch being stored: never empty
+        writer = await self._free.get()
         try:
             return await asyncio.to_thread(writer.write, rows)
         finally:
-            self._free.append(writer)
+            self._free.put_nowait(writer)
 
     async def _retry(self, attempt: Callable[[], Awaitable[int]], stop: asyncio.Event) -> int:
         return await db.retry_transient(attempt, stop=stop, on_retry=self._write_failed)
@@ -259,21 +244,6 @@ class ReadingsSink:
             )
         await asyncio.gather(*futures)
         self.metrics.count("dead_lettered", len(errors))
-
-    async def _commit(self, consumer: AIOKafkaConsumer, fetched: Fetched) -> None:
-        offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
-        self._uncommitted -= sum(len(batch) for batch in fetched.values())
-        try:
-            await consumer.commit(offsets)
-            self.watchdog.progress()
-        except (CommitFailedError, IllegalStateError) as exc:
-            # A rebalance took the partitions away: their new owner replays them, idempotently.
-            log.warning("offset_commit_failed", error=str(exc))
-            self.watchdog.retrying("offset commit failed")
-        except KafkaError as exc:
-            log.warning("offset_commit_failed", error=str(exc))
-            self.watchdog.retrying("offset commit failed")
-        self.watchdog.waiting(self._uncommitted)
 
     def _log_metrics(self, event: str) -> None:
         snapshot = self.metrics.snapshot()

@@ -96,23 +96,27 @@ def migrate(settings: ThermoflowSettings) -> list[str]:
 
 
 async def migrate_when_available(settings: ThermoflowSettings, stop: asyncio.Event) -> bool:
-    """Apply the migrations, waiting with backoff while the database is unreachable.
+    """Apply the migrations, waiting with backoff (:func:`retry_transient`) while the database is unreachable.
 
     Returns False when ``stop`` was set first: a consumer starting before its database is up
     waits for it instead of crash-looping.
     """
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await asyncio.to_thread(migrate, settings)
-            return True
-        except psycopg.OperationalError as exc:
-            log.warning("database_unavailable", url=settings.database_url_redacted, error=str(exc).strip(),
-                        retry_in=delay)  # fmt: skip
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 5.0)
-    return False
+
+    def unavailable(exc: BaseException, delay: float) -> None:
+        log.warning("database_unavailable", url=settings.database_url_redacted, error=str(exc).strip(),
+                    retry_in=round(delay, 1))  # fmt: skip
+
+    try:
+        await retry_transient(
+            lambda: asyncio.to_thread(migrate, settings),
+            stop=stop,
+            on_retry=unavailable,
+            transient=lambda exc: isinstance(exc, psycopg.OperationalError),
+            most=5.0,
+        )
+    except Stopped:
+        return False
+    return True
 
 
 def timescaledb_available(conn: psycopg.Connection[Any]) -> bool:

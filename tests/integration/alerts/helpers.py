@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.group import MemberAssignment
+
+from tests.conftest import ROOT
 from thermoflow import kafka
 from thermoflow.events import AlertEvent, encode
 from thermoflow.settings import ThermoflowSettings
@@ -103,3 +112,84 @@ class TcpProxy:
 
     async def close(self) -> None:
         await self.cut()
+
+
+class Member:
+    """One `thermoflow alerts <command>` process of a consumer group, its JSON log in ``log_path``.
+
+    ``instance`` becomes ``THERMOFLOW_INSTANCE``: a static member with an id of its own, as
+    under `thermoflow run`.
+    """
+
+    def __init__(self, command: str, env: dict[str, str], *, instance: int, log_path: Path) -> None:
+        self.command = [sys.executable, "-m", "thermoflow", "alerts", command]
+        self.env = {**env, "THERMOFLOW_INSTANCE": str(instance)}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=ROOT, stdout=log, stderr=log)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, and the exit code (0: a clean stop, its last batch committed)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def close(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(10)
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The log lines of ``event``."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{") and f'"{event}"' in line]
+
+    def assigned(self) -> bool:
+        """Whether it holds partitions now (its last assignment was not empty)."""
+        assignments = self.events("partitions_assigned")
+        return bool(assignments and assignments[-1]["partitions"])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+async def group_assignment(settings: ThermoflowSettings, group: str, topic: str) -> list[list[int]]:
+    """The partitions of ``topic`` each member of consumer group ``group`` holds, as the broker says."""
+    admin = AIOKafkaAdminClient(**settings.kafka_options())
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    members = []
+    for described in response.groups:
+        for member in described[5]:
+            topics = dict(MemberAssignment.decode(member[4]).assignment) if member[4] else {}
+            members.append(sorted(topics.get(topic, [])))
+    return members
+
+
+async def until_members(settings: ThermoflowSettings, group: str, topic: str, count: int) -> None:
+    """Wait until ``count`` members of ``group`` each hold partitions of ``topic``."""
+
+    async def check() -> bool:
+        members = await group_assignment(settings, group, topic)
+        return len(members) == count and all(members)
+
+    await eventually(check, timeout=60, what=f"{count} members of {group} holding partitions")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 import threading
@@ -35,11 +36,15 @@ class WebhookReceiver:
     slack: list[Received] = field(default_factory=list)
     attempts: int = 0
     url: str = ""
+    #: While set and not yet set free, each webhook request waits for it (a slow receiver).
+    hold: asyncio.Event | None = None
     _runner: web.AppRunner | None = None
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.attempts += 1
         body = await request.read()
+        if self.hold is not None:
+            await self.hold.wait()
         if self.status >= 300:
             return web.Response(status=self.status, text="down for maintenance")
         self.requests.append(Received(body=body, headers=dict(request.headers), at=time.time()))

@@ -20,7 +20,7 @@ from alerts.notifier import Notifier
 from alerts.settings import AlertsSettings
 from tests.conftest import ROOT, unique_name
 from tests.fakes import make_alert
-from tests.integration.alerts.helpers import eventually, produce, running
+from tests.integration.alerts.helpers import Member, eventually, produce, running, until_members
 from tests.integration.alerts.servers import MailSink, WebhookReceiver, self_signed_cert
 from thermoflow import kafka
 from thermoflow.events import parse_dead_letter_headers
@@ -253,3 +253,81 @@ async def test_a_killed_and_restarted_notifier_does_not_repeat_what_it_sent(
     bodies = [msgspec.json.decode(r.body) for r in webhook.requests]
     assert sorted(b["transition"] for b in bodies) == ["escalate"] * 10 + ["fire"] * 20
     assert len(set(webhook.keys())) == 30
+
+
+async def test_a_second_notifier_joins_and_leaves_mid_run_and_each_transition_is_notified_once(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], webhook: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Alerts, each a new incident, arrive in small batches (many commits) while a second
+    notifier joins the group, with a batch's webhooks still in flight across the join, and later
+    stops: two rebalances under load. Neither process crashes or restarts (before, the commit
+    after the partition had moved raised IllegalStateError and ended the notifier), every fire is
+    delivered, and none twice: each batch in flight is finished and committed, and its states
+    persisted, before the partitions go, and the new owner reloads them before it goes on."""
+    topic = new_topic("alerts", partitions=4)
+    group = unique_name("notify")
+    env = {
+        **os.environ,
+        "THERMOFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "THERMOFLOW_ALERTS_TOPIC": topic,
+        "THERMOFLOW_NOTIFY_GROUP": group,
+        "THERMOFLOW_NOTIFIER_STATE_TOPIC": unique_name("state"),
+        "THERMOFLOW_DEADLETTER_TOPIC": unique_name("dlq"),
+        "THERMOFLOW_WEBHOOK_URL": webhook.url,
+        "THERMOFLOW_WEBHOOK_SECRET": SECRET,
+        "THERMOFLOW_NOTIFY_LOG": "false",
+        "THERMOFLOW_NOTIFY_TIMEOUT": "30",
+    }
+    first = Member("notify", env, instance=0, log_path=tmp_path / "first.log")
+    second = Member("notify", env, instance=1, log_path=tmp_path / "second.log")
+    now = time.time()
+    fires = [make_alert(f"dev-{d}", now) for d in range(2400)]
+
+    async def feed() -> None:  # ~120 new incidents/s for ~20 s
+        for chunk in range(0, len(fires), 30):
+            await produce(settings, topic, fires[chunk : chunk + 30])
+            await asyncio.sleep(0.25)
+
+    async def until(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
+        async def probe() -> bool:
+            assert first.alive(), first.log()  # neither crashes while it should run
+            assert second.alive() or second.process is None or second.process.returncode == 0, second.log()
+            return check()
+
+        await eventually(probe, timeout=timeout, what=what)
+
+    first.start()
+    feeding = asyncio.create_task(feed())
+    try:
+        await until(lambda: len(webhook.requests) >= 100, "100 fires from the first notifier")
+        webhook.hold = asyncio.Event()  # the webhooks of the batch in flight wait across the join
+        second.start()
+        # Until the first notifier has seen the rebalance (its heartbeat says so) and a moment
+        # more: the group moves on while the batch is in flight, well within the rebalance
+        # timeout (10 s) in which the first notifier must finish that batch and rejoin.
+        await until(lambda: "because it is rebalancing" in first.log(), "the first notifier to see the join")
+        await asyncio.sleep(1)
+        webhook.hold.set()
+        await until_members(settings, group, topic, 2)
+        at_join = len(webhook.requests)
+        await until(lambda: len(webhook.requests) >= at_join + 200, "fires from both")
+        # The webhook answers from this event loop: wait for the exit in a thread.
+        assert await asyncio.to_thread(second.terminate) == 0, second.log()  # persisted, committed
+        assert not feeding.done(), "the second notifier must leave while alerts arrive"
+        await feeding
+        await until(lambda: len(set(webhook.keys())) >= len(fires), "every fire", timeout=120)
+        await asyncio.sleep(2)  # time for a wrong repeat to show up
+        assert first.alive(), first.log()
+        assert await asyncio.to_thread(first.terminate) == 0, first.log()
+    finally:
+        feeding.cancel()
+        first.close()
+        second.close()
+    assert (first.starts, second.starts) == (1, 1)
+    bodies = [msgspec.json.decode(r.body) for r in webhook.requests]
+    assert sorted(b["device_id"] for b in bodies) == sorted(a.device_id for a in fires)  # once each
+    assert {b["transition"] for b in bodies} == {"fire"}
+    assert len(set(webhook.keys())) == len(fires)
+    assert len(first.events("partitions_revoked")) >= 2, first.log()  # it went through both rebalances
+    refused = len(first.events("offset_commit_refused")) + len(second.events("offset_commit_refused"))
+    print(f"commits refused by a rebalance: {refused}")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,7 +23,7 @@ from alerts.settings import AlertsSettings
 from alerts.store import AlertStore, prepare, store_batch, sweep
 from tests.conftest import ROOT, unique_name
 from tests.fakes import FakeClock, make_alert
-from tests.integration.alerts.helpers import TcpProxy, eventually, produce, running
+from tests.integration.alerts.helpers import Member, TcpProxy, eventually, produce, running, until_members
 from thermoflow import db
 from thermoflow.events import AlertEvent, Severity, encode, parse_dead_letter_headers
 from thermoflow.settings import ThermoflowSettings
@@ -324,3 +325,80 @@ async def test_events_the_database_cannot_take_are_dead_lettered_and_the_rest_st
         assert field in letter.error and letter.stage == "alerts", letter.error
         topic_name, partition, offset = letter.source.rsplit("/", 2)
         assert topic_name == topic and int(partition) in (0, 1) and int(offset) >= 0
+
+
+async def test_a_second_store_joins_and_leaves_mid_run_and_each_alert_is_stored_and_counted_once(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Alerts arrive in small batches (many commits) while a second store joins the group and
+    later stops: two rebalances under load. Neither process crashes or restarts (before, a
+    commit after the partition had moved raised IllegalStateError and ended the store), every
+    alert is one row, and each is folded into its incident once (breach counts add up)."""
+    topic = new_topic("alerts", partitions=4)
+    start = time.time()  # event time near the wall clock: nothing resolves during the test
+    devices = 200
+    alerts = [make_alert(f"dev-{i % devices}", start + (i // devices) / 10) for i in range(12_000)]
+    env = {
+        **os.environ,
+        "THERMOFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "THERMOFLOW_DATABASE_URL": settings.database_dsn,
+        "THERMOFLOW_DATABASE_SCHEMA": settings.database_schema,
+        "THERMOFLOW_ALERTS_TOPIC": topic,
+        "THERMOFLOW_DEADLETTER_TOPIC": unique_name("dlq"),
+        "THERMOFLOW_STORE_GROUP": unique_name("store"),
+        "THERMOFLOW_STORE_BATCH_SIZE": "200",
+        "THERMOFLOW_STORE_BATCH_WAIT": "0.1",
+    }
+    first = Member("store", env, instance=0, log_path=tmp_path / "first.log")
+    second = Member("store", env, instance=1, log_path=tmp_path / "second.log")
+
+    def stored() -> int:
+        try:
+            return _counts(settings)[0]
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+    async def feed() -> None:  # ~600 alerts/s for ~20 s: batches of every partition, ~10 commits/s
+        for chunk in range(0, len(alerts), 150):
+            await produce(settings, topic, alerts[chunk : chunk + 150])
+            await asyncio.sleep(0.25)
+
+    async def until(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
+        async def probe() -> bool:
+            assert first.alive(), first.log()  # neither crashes while it should run
+            assert second.alive() or second.process is None or second.process.returncode == 0, second.log()
+            return check()
+
+        await eventually(probe, timeout=timeout, what=what)
+
+    first.start()
+    feeding = asyncio.create_task(feed())
+    try:
+        await until(lambda: stored() >= 500, "500 alerts from the first store")
+        # A slow write across the join (a lock held elsewhere): the rebalance completes while
+        # the first store has a batch in flight, whose partitions may go to the second.
+        with db.connect(settings) as locker:
+            locker.execute("LOCK TABLE alert_events IN EXCLUSIVE MODE")
+            second.start()
+            await until(lambda: bool(second.events("store_started")), "the second store to start")
+            await asyncio.sleep(5)  # past a heartbeat: the group rebalances meanwhile
+        await until_members(settings, env["THERMOFLOW_STORE_GROUP"], topic, 2)
+        at_join = stored()
+        await until(lambda: stored() >= at_join + 1500, "alerts stored by both")
+        assert second.terminate() == 0, second.log()  # a clean stop: its last batch committed
+        assert not feeding.done(), "the second store must leave while alerts arrive"
+        await feeding
+        await until(lambda: stored() >= len(alerts), "every alert stored", timeout=120)
+        assert first.alive(), first.log()  # never crashed, never restarted
+        assert first.terminate() == 0, first.log()
+    finally:
+        feeding.cancel()
+        first.close()
+        second.close()
+    assert (first.starts, second.starts) == (1, 1)
+    events, incidents, open_, breaches = _counts(settings)
+    assert (events, breaches) == (len(alerts), len(alerts))
+    assert (incidents, open_) == (devices, devices)
+    assert len(first.events("partitions_revoked")) >= 2, first.log()  # it went through both rebalances
+    refused = len(first.events("offset_commit_refused")) + len(second.events("offset_commit_refused"))
+    print(f"commits refused by a rebalance: {refused}")

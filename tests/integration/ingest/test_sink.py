@@ -4,6 +4,7 @@ SIGKILL and a failing database."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from psycopg import sql
 from ingest.settings import IngestSettings
 from ingest.sink import run_sink
 from tests.conftest import Endpoints, unique_name
+from tests.integration.alerts.helpers import until_members
 from tests.integration.ingest.helpers import (
     Component,
     KafkaReader,
@@ -329,3 +331,69 @@ async def test_a_sink_whose_writes_hang_exits_as_stalled_and_its_restart_stores_
         locker.close()
         sink.close()
     assert count_rows(config) == 1000
+
+
+def _log_events(component: Component, event: str) -> list[dict[str, object]]:
+    """The JSON log lines of ``event`` in every run of ``component``."""
+    found = []
+    for path in sorted(component.log_dir.glob(f"{component.command}-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if f'"{event}"' in line and line.startswith("{"):
+                found.append(json.loads(line))
+    return found
+
+
+async def test_a_second_instance_joins_and_leaves_mid_run_and_each_reading_is_stored_once(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Readings arrive in small batches (many commits) while a second sink joins the group and
+    later stops: two rebalances under load, with commits refused or drained around them. Neither
+    process crashes or restarts, every reading is one row, and every offset is committed."""
+    config = sink_settings(settings, new_topic, sink_batch=50)
+    readings = fleet_readings(24_000, devices=600)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Component("sink", config.model_copy(update={"instance": 0}), tmp_path / "a")
+    second = Component("sink", config.model_copy(update={"instance": 1}), tmp_path / "b")
+
+    async def feed() -> None:  # ~1,000 readings/s for ~24 s
+        for start in range(0, len(readings), 250):
+            await produce_readings(config, config.readings_topic, readings[start : start + 250])
+            await asyncio.sleep(0.25)
+
+    first.start()
+    feeding = asyncio.create_task(feed())
+    try:
+        await wait_for(lambda: count_rows(config) >= 1000, timeout=90, what="1000 rows from the first sink")
+        second.start()
+        await until_members(config, config.sink_group, config.readings_topic, 2)
+        at_join = count_rows(config)
+        await wait_for(lambda: count_rows(config) >= at_join + 2000, timeout=60, what="rows from both")
+        assert second.terminate() == 0, second.log()  # a clean stop: its batches drained and committed
+        assert not feeding.done(), "the second sink must leave while readings arrive"
+        await feeding
+        await wait_for(lambda: count_rows(config) >= len(readings), timeout=120, what="every reading stored")
+        assert first.process is not None and first.process.poll() is None, first.log()  # never died
+        assert first.terminate() == 0, first.log()
+    finally:
+        feeding.cancel()
+        first.close()
+        second.close()
+    assert (first.runs, second.runs) == (1, 1)
+    with psycopg.connect(config.database_dsn) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*), count(DISTINCT seq) FROM {}").format(table(config))
+        ).fetchone()
+    assert row == (len(readings), len(readings))
+    done, end = await committed(config, config.readings_topic, PARTITIONS)
+    assert done == end == len(readings)
+    # The first sink went through the join and the leave: revoked twice, assigned three times.
+    assert len(_log_events(first, "partitions_revoked")) >= 2, first.log()
+    stored = {
+        name: _log_events(component, "sink_stopped")[-1]["counters"]
+        for name, component in (("first", first), ("second", second))
+    }
+    refused = len(_log_events(first, "offset_commit_refused")) + len(
+        _log_events(second, "offset_commit_refused")
+    )
+    print(f"rows inserted/duplicate per sink: {stored}; commits refused by a rebalance: {refused}")
