@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from processors.batching import BATCH_SERIALIZER, BatchingApp
+from processors.batching import CHUNK_SERIALIZER, ChunkScheduler
 from processors.codec import KafkaRecord, ReadingBatch, decode_batch
 from processors.runtime import FunctionBody, FunctionFailed, FunctionSpec, Registry, call_with_retries
 from processors.settings import ProcessorSettings
@@ -60,9 +60,10 @@ def broker_credentials(settings: ProcessorSettings) -> Any:
 
 def build_app(
     settings: ProcessorSettings, *, registry: Registry, worker_index: int, data_dir: Path, metrics: Metrics
-) -> BatchingApp:
+) -> faust.App:
     """A faust app running every function of ``registry``; one per worker process."""
-    app = BatchingApp(
+    sources = frozenset(spec.source_topic(settings) for spec in registry.specs())
+    app = faust.App(
         settings.processor_group,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
@@ -90,11 +91,9 @@ def build_app(
         producer_linger=0.005,
         producer_max_batch_size=1 << 20,
         stream_wait_empty=False,  # a batch cut short by a rebalance is replayed (at-least-once)
+        ConsumerScheduler=ChunkScheduler.for_topics(sources),  # one event per partition chunk
     )
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
-    app.batch_topics = frozenset(spec.source_topic(settings) for spec in registry.specs())
-    app.fetch_min_bytes = settings.kafka_fetch_min_bytes
-    app.fetch_max_wait_ms = round(settings.kafka_fetch_wait * 1000)
     bodies: list[FunctionBody] = []
     emitters: list[WatermarkEmitter] = []
     for spec in registry.specs():
@@ -121,7 +120,7 @@ def build_app(
             emitter=emitters[-1],
         )
         source = app.topic(
-            spec.source_topic(settings), key_serializer="raw", value_serializer=BATCH_SERIALIZER
+            spec.source_topic(settings), key_serializer="raw", value_serializer=CHUNK_SERIALIZER
         )
         app.agent(source, name=f"processors.{spec.name}")(runner.agent)
 
