@@ -173,6 +173,7 @@ class BatchRunner:
         # Each event is one partition's fetched chunk of records (processors.batching).
         async for events in stream.take_events(self.settings.max_chunks, within=self.settings.max_wait):
             await self.process([record for event in events for record in event.value])
+            await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
             if first:
                 first = False
                 self.log.info("first_batch_processed", seconds_since_agent_start=time.monotonic() - started)
