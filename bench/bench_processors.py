@@ -7,7 +7,9 @@ It pre-fills a fresh topic with readings (1% of them breach a rule), then, in th
 
 1. the pure check (decode excluded) on 100,000-reading batches, readings/s;
 2. `thermoflow process` (one worker process): consume -> decode -> check -> produce alerts,
-   readings/s from the first batch processed until the group has committed every reading;
+   readings/s from the group's first commit until it has committed every reading, and the
+   worker's CPU-seconds (all its threads, /proc) per 1,000 readings over the same span: the
+   steadier figure on a shared machine;
 3. cold start: seconds from starting that process to its first batch processed;
 4. the baseline: a naive faust agent (one event at a time: decode, classify, send) over the
    same topic in its own consumer group, readings/s, and the ratio.
@@ -40,6 +42,7 @@ from thermoflow.observe import committed
 from thermoflow.settings import ThermoflowSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROFILES = {
     "freezer": (-22.0, -16.0),
     "coldroom": (2.0, 6.0),
@@ -115,6 +118,12 @@ async def prefill(settings: ThermoflowSettings, topic: str, batch: list[Reading]
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
+
+
 def first_batch_at(log_path: Path) -> float | None:
     for line in log_path.read_text(errors="replace").splitlines():
         if '"first_batch_processed"' in line:
@@ -145,14 +154,15 @@ async def measure(
             *command, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT
         )
         try:
-            first: tuple[float, int] | None = None
-            last = (time.time(), 0)
+            first: tuple[float, int, float] | None = None
+            last = (time.time(), 0, 0.0)
             while time.time() - started < 120 + max_seconds:
                 done = await committed(settings, group, topic)
-                now = time.time()
+                now, cpu = time.time(), cpu_seconds(proc.pid)
                 if done and first is None:
-                    first = (now, done)
-                last = (now, done)
+                    first = (now, done, cpu)
+                if first is None or done > last[1]:
+                    last = (now, done, cpu)
                 if done >= total or (first and now - first[0] >= max_seconds):
                     break
                 if proc.returncode is not None:
@@ -167,6 +177,7 @@ async def measure(
     first_batch = first_batch_at(log_path)
     return {
         "rate": (last[1] - first[1]) / (last[0] - first[0]),
+        "cpu_per_1000": (last[2] - first[2]) / (last[1] - first[1]) * 1000,
         "processed": float(last[1]),
         "cold_start": (first_batch - started) if first_batch else float("nan"),
         "exit_code": float(proc.returncode or 0),
@@ -275,15 +286,21 @@ async def main() -> None:
         )
         trials.append(result)
         print(
-            f"  trial {trial + 1}: {result['rate']:,.0f} readings/s, cold start {result['cold_start']:.2f}s "
+            f"  trial {trial + 1}: {result['rate']:,.0f} readings/s, {result['cpu_per_1000']:.4f} CPU-s/1000,"
+            f" cold start {result['cold_start']:.2f}s "
             f"({result['processed']:,.0f} committed; exit code {result['exit_code']:.0f})",
             flush=True,
         )
     worker = {
         "rate": statistics.median(t["rate"] for t in trials),
         "cold_start": statistics.median(t["cold_start"] for t in trials),
+        "cpu_per_1000": statistics.median(t["cpu_per_1000"] for t in trials),
     }
-    print(f"thermoflow process, 1 worker, end to end (median): {worker['rate']:,.0f} readings/s", flush=True)
+    print(
+        f"thermoflow process, 1 worker, end to end (median): {worker['rate']:,.0f} readings/s,"
+        f" {worker['cpu_per_1000']:.4f} CPU-s per 1,000 readings",
+        flush=True,
+    )
     print(f"cold start (process start -> first batch processed, median): {worker['cold_start']:.2f}s")
     if not args.skip_baseline:
         naive = await measure(

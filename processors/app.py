@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from processors.batching import BATCH_SERIALIZER, BatchingApp
+from processors.batching import CHUNK_SERIALIZER, ChunkScheduler
 from processors.codec import KafkaRecord, ReadingBatch, decode_batch
 from processors.runtime import FunctionBody, FunctionFailed, FunctionSpec, Registry, call_with_retries
 from processors.settings import ProcessorSettings
@@ -60,9 +60,10 @@ def broker_credentials(settings: ProcessorSettings) -> Any:
 
 def build_app(
     settings: ProcessorSettings, *, registry: Registry, worker_index: int, data_dir: Path, metrics: Metrics
-) -> BatchingApp:
+) -> faust.App:
     """A faust app running every function of ``registry``; one per worker process."""
-    app = BatchingApp(
+    sources = frozenset(spec.source_topic(settings) for spec in registry.specs())
+    app = faust.App(
         settings.processor_group,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
@@ -85,16 +86,18 @@ def build_app(
         broker_commit_every=max(settings.max_batch, 10_000),
         broker_max_poll_records=settings.max_batch,
         consumer_max_fetch_size=8 << 20,
+        # No fetch_min_bytes / fetch_max_wait: faust has no setting for them (it fixes 1 byte and
+        # 1500 ms), and the kafka_fetch_* tuning the other consumers use measured no better here:
+        # 20,000 readings/s live, 0.009 CPU-s per 1,000 readings with faust's values, 0.020 with
+        # 256 KiB / 20 ms.
         stream_buffer_maxsize=4 * settings.max_chunks,  # counted in partition chunks (processors.batching)
         producer_acks=-1,
         producer_linger=0.005,
         producer_max_batch_size=1 << 20,
         stream_wait_empty=False,  # a batch cut short by a rebalance is replayed (at-least-once)
+        ConsumerScheduler=ChunkScheduler.for_topics(sources),  # one event per partition chunk
     )
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
-    app.batch_topics = frozenset(spec.source_topic(settings) for spec in registry.specs())
-    app.fetch_min_bytes = settings.kafka_fetch_min_bytes
-    app.fetch_max_wait_ms = round(settings.kafka_fetch_wait * 1000)
     bodies: list[FunctionBody] = []
     emitters: list[WatermarkEmitter] = []
     for spec in registry.specs():
@@ -121,7 +124,7 @@ def build_app(
             emitter=emitters[-1],
         )
         source = app.topic(
-            spec.source_topic(settings), key_serializer="raw", value_serializer=BATCH_SERIALIZER
+            spec.source_topic(settings), key_serializer="raw", value_serializer=CHUNK_SERIALIZER
         )
         app.agent(source, name=f"processors.{spec.name}")(runner.agent)
 
@@ -174,6 +177,7 @@ class BatchRunner:
         # Each event is one partition's fetched chunk of records (processors.batching).
         async for events in stream.take_events(self.settings.max_chunks, within=self.settings.max_wait):
             await self.process([record for event in events for record in event.value])
+            await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
             if first:
                 first = False
                 self.log.info("first_batch_processed", seconds_since_agent_start=time.monotonic() - started)

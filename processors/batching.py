@@ -1,39 +1,114 @@
-"""A faust transport that hands a stream one event per fetched partition chunk, not one per record.
+"""The one adapter between faust and the processors' batches: one event per fetched partition chunk.
 
-Why: faust's fetcher delivers every record on its own (a ``Message``, an ``Event``, a
-``wait_first`` with two tasks, the stream's processors), about 60-80 µs of Python per record,
-which caps a worker near 13,000 records/s however the agent batches afterwards. The
-threshold check needs hundreds of thousands per second, so for the topics named in
-``batch_topics`` this consumer passes on each partition's fetched records as *one* message:
-its value is the list of aiokafka ``ConsumerRecord``s, its offset the chunk's last offset.
+Why: faust delivers every record on its own (a ``Message``, an ``Event``, a ``wait_first``
+with two tasks, the stream's processors), about 60-80 µs of Python per record, which caps a
+worker near 3,000-13,000 records/s however the agent batches afterwards (measured with
+faust's public ``take``, ``take_events`` and ``noack``: ``bench/bench_faust_public.py``).
+The threshold check needs hundreds of thousands per second, so for the processors' source
+topics :class:`ChunkScheduler` hands faust *one* item per fetched partition chunk: an
+aiokafka ``ConsumerRecord`` whose value is the chunk's list of records and whose offset is
+the chunk's last. A pass-through codec (:data:`CHUNK_SERIALIZER`) lets that value reach the
+agent as it is.
 
-At-least-once stays faust's own mechanism: before delivering a chunk the offsets below its
-last one are registered as a *gap* (faust's bookkeeping for offsets it will not deliver, as
-for compacted topics). faust only commits a gap once an offset above it is acked, and that
-ack is the chunk's message, acked by ``stream.take_events`` after the agent has sent the
-chunk's output. Rebalances behave as in faust: a chunk of a revoked partition is dropped
-(its offsets were not committed) and re-read by the new owner.
+Only public extension points are used: the ``ConsumerScheduler`` setting and
+``faust.serializers.codecs.register``. At-least-once stays faust's own mechanism: its drain
+loop sees the offsets between two chunk items as a *gap* (its bookkeeping for offsets it
+does not deliver, as on compacted topics) and commits them once the item above them is
+acked, which ``stream.take_events`` does after the agent has sent the chunk's output.
 
-Everything else (group membership, assignment, commits, the producer, the worker's
-lifecycle and signals) is faust's own. Topics not named in ``batch_topics`` are delivered
-record by record as usual.
+But it leans on what faust *does*, not on what it promises, so it is pinned to the versions
+it was written for and :func:`check_versions` refuses to start on others:
+
+- the drain loop (``Consumer._drain_messages``) adds a gap only ``if gap > 1 and r_offset``:
+  a read offset of 0 counts as none (see :meth:`ChunkScheduler.split`);
+- ``Consumer.getmany`` passes the scheduler's items to ``_to_message``, which reads the
+  ``ConsumerRecord`` fields;
+- after a seek (a rebalance, a restart) a chunk that straddles the seek position is passed
+  whole: more duplicates on replay than record by record, still at-least-once (alert ids are
+  deterministic, so a replayed alert is the same alert).
+
+A rebalance behaves as in faust: a chunk of a revoked partition is dropped (its offsets were
+not committed) and read again by the new owner.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, ClassVar
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, ClassVar, Final
 
-import faust
+from aiokafka.structs import ConsumerRecord
 from faust.serializers import codecs
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types.tuples import TP, ConsumerMessage
+from faust.transport.utils import DefaultSchedulingStrategy
+from faust.types import TP
 
-#: The value serializer of a batched topic: the value is already a list of records.
-BATCH_SERIALIZER = "thermoflow-chunk"
+from thermoflow.settings import ConfigError
+
+#: The value serializer of a chunked topic: the value is already the chunk's list of records.
+CHUNK_SERIALIZER: Final = "thermoflow-chunk"
+
+#: The versions this adapter was written for and tested with (pyproject.toml pins the same).
+FAUST_VERSION: Final = "0.15.3"
+AIOKAFKA_VERSIONS: Final = ((0, 11), (0, 15))  # at least, below: the bounds in pyproject.toml
 
 
-class _Passthrough(codecs.Codec):
+class IncompatibleVersions(ConfigError):
+    """faust or aiokafka is not a version :mod:`processors.batching` was written for."""
+
+
+def check_versions(installed: Callable[[str], str] | None = None) -> None:
+    """Refuse to start on a faust or aiokafka this adapter was not written for.
+
+    Args:
+        installed: the installed version of a distribution (``importlib.metadata.version``).
+
+    Raises:
+        IncompatibleVersions: naming the versions found, the ones expected and what to run
+            before widening the pin.
+    """
+    lookup = installed or version
+    found = {name: _installed(lookup, name) for name in ("faust-streaming", "aiokafka")}
+    faust_ok = found["faust-streaming"] == FAUST_VERSION
+    aiokafka_ok = found["aiokafka"] is not None and (
+        AIOKAFKA_VERSIONS[0] <= _major_minor(found["aiokafka"]) < AIOKAFKA_VERSIONS[1]
+    )
+    if faust_ok and aiokafka_ok:
+        return
+    faust_found = found["faust-streaming"] or "not installed"
+    aiokafka_found = found["aiokafka"] or "not installed"
+    raise IncompatibleVersions(
+        f"processors/batching.py was written for faust-streaming=={FAUST_VERSION} and"
+        f" aiokafka>={_dotted(AIOKAFKA_VERSIONS[0])},<{_dotted(AIOKAFKA_VERSIONS[1])},"
+        f" but found faust-streaming {faust_found} and aiokafka {aiokafka_found}. Install the tested set with"
+        " `pip install -r requirements.lock`. Before widening the pin, check that the new faust's"
+        " Consumer._drain_messages still adds a gap only `if gap > 1 and r_offset` and getmany still"
+        " hands the scheduler's items to _to_message, then run `pytest tests/unit/processors"
+        " tests/integration/processors tests/e2e` and `python bench/bench_processors.py`, and update"
+        " FAUST_VERSION / AIOKAFKA_VERSIONS in processors/batching.py with the pins in pyproject.toml"
+        " (`make lock`)."
+    )
+
+
+def _major_minor(text: str) -> tuple[int, ...]:
+    """``(0, 14)`` for ``"0.14.0"``; a part that is not a number counts as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:2])
+
+
+def _dotted(numbers: tuple[int, ...]) -> str:
+    return ".".join(map(str, numbers))
+
+
+def _installed(lookup: Callable[[str], str], name: str) -> str | None:
+    try:
+        return lookup(name)
+    except PackageNotFoundError:
+        return None
+
+
+class _PassThrough(codecs.Codec):
+    """A codec that leaves a value as it is: a chunk's value is already its records."""
+
     def _loads(self, s: Any) -> Any:
         return s
 
@@ -41,124 +116,90 @@ class _Passthrough(codecs.Codec):
         return s
 
 
-codecs.register(BATCH_SERIALIZER, _Passthrough())
+codecs.register(CHUNK_SERIALIZER, _PassThrough())
 
 
-class BatchConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer, delivering one message per partition chunk for ``batch_topics``."""
+class ChunkScheduler(DefaultSchedulingStrategy):
+    """faust's ``ConsumerScheduler``, handing on each fetched chunk of ``topics`` as one record.
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end
-        batch_topics: frozenset[str] = getattr(self.app, "batch_topics", frozenset())
-        callback = self.callback
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        read_offset = self._read_offset
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        commit_every = self._commit_every
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                records, active_partitions = await self._wait_next_records(1.0)
-                await self.sleep(0)
-                if records is None or self.should_stop or not self.flow_active:
-                    continue
-                generation_id = self.app.consumer_generation_id
-                for tp, chunk in records.items():
-                    if not chunk:
-                        continue
-                    if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                        break  # a rebalance began: what is left is re-read from the committed offsets
-                    if not (
-                        active_partitions is None
-                        or tp in active_partitions
-                        or tp in self._buffered_partitions
-                    ):
-                        continue
-                    r_offset = read_offset[
-                        tp
-                    ]  # the last offset delivered, or (after a seek) the next to read
-                    if r_offset is not None and chunk[0].offset < r_offset:
-                        chunk = [record for record in chunk if record.offset >= r_offset]
-                        if not chunk:
-                            continue
-                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    if tp.topic in batch_topics:
-                        last = chunk[-1].offset
-                        start = chunk[0].offset if r_offset is None else min(chunk[0].offset, r_offset + 1)
-                        # start..last-1 count as done only once `last` is acked, after the output is sent.
-                        if last > start and acks_enabled_for(tp.topic):
-                            await self._add_gap(tp, start, last - 1)
-                        await self.wait_first(
-                            callback(self._chunk_message(tp, chunk)), self.suspend_flow.wait()
-                        )
-                        read_offset[tp] = last
-                    else:
-                        for record in chunk:
-                            offset = record.offset
-                            r_offset = read_offset[tp]
-                            if r_offset is not None and offset > r_offset + 1 and acks_enabled_for(tp.topic):
-                                await self._add_gap(tp, r_offset + 1, offset - 1)
-                            await self.wait_first(
-                                callback(self._to_message(tp, record)), self.suspend_flow.wait()
-                            )
-                            read_offset[tp] = offset
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                self.log.info("Broker stopped consumer, shutting down...")
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                self.log.info("Consumer shutting down for user cancel.")
-                return
-            raise
+    faust builds the scheduler itself, without arguments: :meth:`for_topics` makes the class
+    to give it (``faust.App(..., ConsumerScheduler=ChunkScheduler.for_topics(names))``).
+    Records of other topics go through faust's round robin, one by one, as usual: a table's
+    changelog topic, say.
+    """
 
-    def _chunk_message(self, tp: TP, chunk: list[Any]) -> ConsumerMessage:
+    topics: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def for_topics(cls, topics: Iterable[str]) -> type[ChunkScheduler]:
+        """The scheduler class delivering the named topics in chunks."""
+        return type("ChunkScheduler", (cls,), {"topics": frozenset(topics), "__doc__": cls.__doc__})
+
+    def iterate(self, records: Mapping[TP, list[ConsumerRecord]]) -> Iterator[tuple[TP, Any]]:
+        """The items faust's drain loop delivers: chunks of ``topics``, then the other records."""
+        others = {tp: chunk for tp, chunk in records.items() if tp.topic not in self.topics}
+        for tp, chunk in records.items():
+            if chunk and tp.topic in self.topics:
+                for part in self.split(chunk):
+                    yield tp, self.as_record(part)
+        if others:
+            yield from super().iterate(others)
+
+    @staticmethod
+    async def settle(consumer: Any, events: Sequence[Any]) -> None:
+        """Ack a processed batch of chunk events and have faust commit all of it now.
+
+        faust 0.15.3's drain loop registers a gap up to *and including* the offset it
+        delivers (``_add_gap(tp, r_offset + 1, offset)``), so each chunk's last offset is
+        both in a gap and acked. The duplicate ends the run of consecutive offsets that
+        ``Consumer._new_offset`` commits: one commit round moves a partition on by one chunk
+        only. With a round every ``commit_interval`` and tens of chunks a second per
+        partition, the committed offsets would fall further behind for as long as readings
+        come in, and a restart would replay all of it. So: ack the batch's events (the ack
+        ``take_events`` makes after the batch then finds them acked) and give faust one
+        commit round per chunk of the partition with the most chunks in the batch, and one
+        more for a round lost to a commit already under way. A round with nothing to commit
+        costs no request.
+
+        Args:
+            consumer: the app's faust consumer (``app.consumer``).
+            events: the batch's events, one per chunk.
+        """
+        for event in events:
+            event.ack()
+        per_partition = Counter(event.message.tp for event in events)
+        for _ in range(max(per_partition.values(), default=0) + 1):
+            await consumer.commit()
+
+    @staticmethod
+    def split(chunk: Sequence[ConsumerRecord]) -> Iterator[Sequence[ConsumerRecord]]:
+        """The chunk, except that one starting at offset 1 gives its first record alone.
+
+        faust's drain loop adds the gap below a delivered offset only ``if gap > 1 and
+        r_offset``: after a lone record at offset 0 its read offset is 0, which counts as
+        none, so a chunk 1..n would get no gap and its commit would wait for offsets 1..n-1
+        for ever. Offset 1 on its own sets the read offset to 1, and the rest gets its gap.
+        """
+        if chunk[0].offset == 1 and len(chunk) > 1:
+            yield chunk[:1]
+            yield chunk[1:]
+        else:
+            yield chunk
+
+    @staticmethod
+    def as_record(chunk: Sequence[ConsumerRecord]) -> ConsumerRecord:
+        """One record standing for the chunk: its value the records, its offset the last one's."""
         last = chunk[-1]
-        return ConsumerMessage(
-            tp.topic,
-            tp.partition,
-            last.offset,
-            last.timestamp / 1000.0 if last.timestamp is not None else 0.0,
-            last.timestamp_type,
-            None,
-            None,
-            chunk,  # type: ignore[arg-type]  # the value of a chunk message is its records
-            None,
-            0,
-            sum(record.serialized_value_size for record in chunk),
-            tp,
-            generation_id=self.app.consumer_generation_id,
+        return ConsumerRecord(
+            topic=last.topic,
+            partition=last.partition,
+            offset=last.offset,
+            timestamp=last.timestamp,
+            timestamp_type=last.timestamp_type,
+            key=None,
+            value=chunk,
+            checksum=None,
+            serialized_key_size=0,
+            serialized_value_size=sum(record.serialized_value_size for record in chunk),
+            headers=(),
         )
-
-    def _new_consumer_thread(self) -> _BatchConsumerThread:
-        return _BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's consumer thread, with the app's fetch wait (faust fixes fetch_max_wait_ms at 1500 ms
-    and leaves fetch_min_bytes at 1: a fetch per record or two at a moderate rate)."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # Read by AIOKafkaConsumer.start() when it builds its fetcher: the consumer is not started yet.
-        consumer._fetch_min_bytes = getattr(self.app, "fetch_min_bytes", 1)
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
-        return consumer
-
-
-class BatchTransport(faust_aiokafka.Transport):
-    Consumer: ClassVar[type[Any]] = BatchConsumer
-
-
-class BatchingApp(faust.App):
-    """A faust app whose consumer delivers partition chunks for the topics in ``batch_topics``."""
-
-    batch_topics: frozenset[str] = frozenset()
-    fetch_min_bytes: int = 1
-    fetch_max_wait_ms: int = 1500
-
-    def _new_transport(self) -> Any:
-        return BatchTransport(self.conf.broker_consumer, self)

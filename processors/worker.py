@@ -2,14 +2,14 @@
 
 With ``--workers N`` (N > 1) this process supervises N children (``python -m thermoflow
 process --worker-index i``) that join the same consumer group and share the partitions; each
-gets its own faust data directory and (when the web views are on) its own port. SIGTERM or
-SIGINT is passed on; each worker stops its agents, commits what it has sent, and exits 0.
+gets its own faust data directory and (when the web views are on) its own port. SIGTERM,
+SIGINT or SIGHUP is passed on; each worker stops its agents, commits what it has sent, and
+exits 0, within ``shutdown_grace`` as every component does (:mod:`thermoflow.service`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -23,18 +23,20 @@ from types import FrameType
 import faust
 
 from processors.app import build_app
+from processors.batching import check_versions
 from processors.runtime import import_functions, registry
 from processors.settings import ProcessorSettings
 from thermoflow import kafka
 from thermoflow.kafka import DEFAULT_PARTITIONS
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
-from thermoflow.service import tune_gc
+from thermoflow.service import EXIT_STOP_TIMEOUT, STOP_SIGNALS, run_until_signal
 from thermoflow.stack import ServiceError
 
 log = get_logger(__name__)
 
-STOP_GRACE = 30.0  # seconds a worker gets to stop after SIGTERM before it is killed
+#: Seconds a supervisor waits beyond the workers' own shutdown grace before it kills them.
+KILL_MARGIN = 5.0
 
 
 def worker_slot(settings: ProcessorSettings, worker_index: int) -> int:
@@ -43,7 +45,9 @@ def worker_slot(settings: ProcessorSettings, worker_index: int) -> int:
 
 
 def prepare(settings: ProcessorSettings) -> None:
-    """Check Kafka answers and the topics exist (creating missing ones), before any worker starts."""
+    """Check faust's version, that Kafka answers and the topics exist (creating missing ones),
+    before any worker starts."""
+    check_versions()
     import_functions(settings.function_modules)
 
     async def check() -> None:
@@ -59,12 +63,26 @@ def prepare(settings: ProcessorSettings) -> None:
     asyncio.run(check())
 
 
+class _Worker(faust.Worker):
+    """faust's worker without its own signal handlers: :func:`thermoflow.service.run_until_signal`
+    handles SIGTERM, SIGINT and SIGHUP for it, with the shutdown grace every component has."""
+
+    def install_signal_handlers(self) -> None:
+        """Nothing: the stop signals are the StopGuard's (mode would take SIGTERM and SIGINT only)."""
+
+
 def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: int | None = None) -> int:
-    """Run one faust worker until SIGTERM/SIGINT; returns the exit code.
+    """Run one faust worker until SIGTERM, SIGINT or SIGHUP; returns the exit code.
+
+    A stop signal stops the agents, commits what has been sent and returns 0. A worker that
+    has not stopped within ``shutdown_grace`` seconds exits with code 4
+    (:data:`thermoflow.service.EXIT_STOP_TIMEOUT`), a second signal ends it at once: what it
+    had not committed is read again by the next owner of its partitions.
 
     A worker started by ``--workers N`` passes its supervisor's ``parent_pid``: should the
     supervisor die without passing a signal on (SIGKILL), the worker stops itself.
     """
+    check_versions()
     import_functions(settings.function_modules)
     slot = worker_slot(settings, worker_index)
     if settings.data_dir is not None:
@@ -74,58 +92,80 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: in
     else:
         data_dir = Path(tempfile.mkdtemp(prefix=f"thermoflow-processors-{slot}-"))
         cleanup = True
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    codes: list[int] = []
+
+    async def main(stop: asyncio.Event) -> None:
+        codes.append(await _serve(settings, stop=stop, slot=slot, data_dir=data_dir, parent_pid=parent_pid))
+
     try:
-        app = build_app(
-            settings, registry=registry, worker_index=slot, data_dir=data_dir, metrics=Metrics("processors")
-        )
-        worker = faust.Worker(
-            app,
-            loop=loop,
-            loglevel=settings.log_level,
-            quiet=True,
-            override_logging=False,
-            redirect_stdouts=False,
-        )
-        worker.spinner = None  # faust's terminal spinner would write escape codes into the log stream
-        tune_gc()
-        if parent_pid is not None:
-
-            @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
-            async def watch_parent() -> None:
-                if os.getppid() != parent_pid:
-                    log.warning("supervisor_gone", parent_pid=parent_pid)
-                    os.kill(os.getpid(), signal.SIGTERM)
-
-        log.info(
-            "worker_starting",
-            group=settings.processor_group,
-            worker=slot,
-            functions=[spec.name for spec in registry.specs()],
-            rules=str(settings.rules_path),
-            data_dir=str(data_dir),
-        )
-        code = 0
-        try:
-            worker.execute_from_commandline()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        if app.crash_reason is not None or worker.crash_reason is not None:
-            log.error("worker_crashed", reason=repr(app.crash_reason or worker.crash_reason))
-            code = code or 1
-        log.info("worker_stopped", worker=slot, exit_code=code)
-        return code
+        run_until_signal(main, grace=settings.shutdown_grace)
     finally:
-        with contextlib.suppress(Exception):
-            loop.close()
-        asyncio.set_event_loop(None)
         if cleanup:
             shutil.rmtree(data_dir, ignore_errors=True)
+    code = codes[0] if codes else 1
+    log.info("worker_stopped", worker=slot, exit_code=code)
+    return code
+
+
+async def _serve(
+    settings: ProcessorSettings, *, stop: asyncio.Event, slot: int, data_dir: Path, parent_pid: int | None
+) -> int:
+    """Run the faust worker until ``stop`` is set or it crashes; 0 after a clean stop, else 1."""
+    app = build_app(
+        settings, registry=registry, worker_index=slot, data_dir=data_dir, metrics=Metrics("processors")
+    )
+    worker = _Worker(
+        app,
+        loop=asyncio.get_running_loop(),
+        loglevel=settings.log_level,
+        quiet=True,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
+    worker.spinner = None  # faust's terminal spinner would write escape codes into the log stream
+    if parent_pid is not None:
+
+        @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+        async def watch_parent() -> None:
+            if os.getppid() != parent_pid:
+                log.warning("supervisor_gone", parent_pid=parent_pid)
+                stop.set()
+
+    log.info(
+        "worker_starting",
+        group=settings.processor_group,
+        worker=slot,
+        functions=[spec.name for spec in registry.specs()],
+        rules=str(settings.rules_path),
+        data_dir=str(data_dir),
+    )
+    # A daemon worker's start() returns once it is stopped or has crashed.
+    running = asyncio.ensure_future(worker.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        await worker.stop()
+        if not running.done():
+            running.cancel()
+        await asyncio.wait({running})
+    failure = app.crash_reason or worker.crash_reason
+    if failure is None and not running.cancelled():
+        failure = running.exception()
+    if failure is not None:
+        log.error("worker_crashed", reason=repr(failure))
+        return 1
+    return 0
 
 
 def run_workers(settings: ProcessorSettings, *, env: dict[str, str]) -> int:
-    """Supervise ``settings.workers`` worker processes until SIGTERM/SIGINT or one of them fails."""
+    """Supervise ``settings.workers`` worker processes until SIGTERM, SIGINT, SIGHUP or one of them fails.
+
+    The signal is passed on as SIGTERM: each worker stops within its ``shutdown_grace``. A
+    worker still running a few seconds after that is killed, and the exit code is then 4 (as
+    for a worker that gave up on its own stop).
+    """
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -133,7 +173,7 @@ def run_workers(settings: ProcessorSettings, *, env: dict[str, str]) -> int:
         nonlocal stopping
         stopping = True
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         for index in range(settings.workers):
             children.append(
@@ -154,26 +194,30 @@ def run_workers(settings: ProcessorSettings, *, env: dict[str, str]) -> int:
                 failed = failed or 1
                 break
             time.sleep(0.2)
-        return _stop_children(children) or failed
+        return _stop_children(children, grace=settings.shutdown_grace + KILL_MARGIN) or failed
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _stop_children(children: list[subprocess.Popen[bytes]]) -> int:
+def _stop_children(children: list[subprocess.Popen[bytes]], *, grace: float) -> int:
+    """SIGTERM to each child still running; 0 once all stopped cleanly, 4 if one was stuck, else 1."""
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
+    deadline = time.monotonic() + grace
     code = 0
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("worker_killed", pid=child.pid, after_s=STOP_GRACE)
+            log.error("worker_killed", pid=child.pid, after_s=grace)
             child.kill()
             child.wait()
-        if child.returncode not in (0, -signal.SIGTERM):
+            code = EXIT_STOP_TIMEOUT
+        if child.returncode == EXIT_STOP_TIMEOUT:
+            code = EXIT_STOP_TIMEOUT
+        elif child.returncode not in (0, -signal.SIGTERM):
             code = code or 1
     return code
 

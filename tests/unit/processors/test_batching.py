@@ -1,0 +1,135 @@
+"""processors.batching without Kafka: the version check, the chunk items, the commit rounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
+
+from processors.batching import FAUST_VERSION, ChunkScheduler, IncompatibleVersions, check_versions
+
+READINGS = "readings"
+
+
+def record(offset: int, *, topic: str = READINGS, partition: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=1_000 + offset,
+        timestamp_type=0,
+        key=b"k",
+        value=b"v" * 10,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=10,
+        headers=(),
+    )
+
+
+def versions(**found: str) -> object:
+    def lookup(name: str) -> str:
+        if name not in found:
+            raise PackageNotFoundError(name)
+        return found[name]
+
+    return lookup
+
+
+def test_the_pinned_versions_pass_the_check() -> None:
+    check_versions()  # the installed set (requirements.lock)
+    check_versions(versions(**{"faust-streaming": FAUST_VERSION, "aiokafka": "0.11.0"}))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("faust", "aiokafka", "named"),
+    [
+        ("0.15.4", "0.14.0", "faust-streaming 0.15.4"),
+        ("0.16.0", "0.14.0", "faust-streaming 0.16.0"),
+        (FAUST_VERSION, "0.15.0", "aiokafka 0.15.0"),
+        (FAUST_VERSION, "0.10.2", "aiokafka 0.10.2"),
+        (FAUST_VERSION, None, "aiokafka not installed"),
+    ],
+)
+def test_another_version_fails_at_start_up_naming_both_and_what_to_run(
+    faust: str, aiokafka: str | None, named: str
+) -> None:
+    found = {"faust-streaming": faust} | ({"aiokafka": aiokafka} if aiokafka else {})
+    with pytest.raises(IncompatibleVersions) as failure:
+        check_versions(versions(**found))  # type: ignore[arg-type]
+    message = str(failure.value)
+    assert named in message
+    assert f"faust-streaming=={FAUST_VERSION}" in message and "aiokafka>=0.11,<0.15" in message
+    assert "requirements.lock" in message and "tests/integration/processors" in message
+
+
+def test_each_chunk_of_a_chunked_topic_is_one_record_standing_for_it() -> None:
+    scheduler = ChunkScheduler.for_topics([READINGS])()
+    chunk0 = [record(o, partition=0) for o in range(5, 9)]
+    chunk3 = [record(o, partition=3) for o in range(20, 21)]
+    items = list(scheduler.iterate({TP(READINGS, 0): chunk0, TP(READINGS, 3): chunk3, TP(READINGS, 4): []}))
+    assert [(tp, item.offset) for tp, item in items] == [(TP(READINGS, 0), 8), (TP(READINGS, 3), 20)]
+    first = items[0][1]
+    assert first.value == chunk0 and first.key is None
+    assert (first.topic, first.partition, first.timestamp) == (READINGS, 0, 1_008)
+    assert first.serialized_value_size == 40
+
+
+def test_other_topics_keep_faust_s_record_by_record_delivery() -> None:
+    scheduler = ChunkScheduler.for_topics([READINGS])()
+    changelog = [record(o, topic="changelog") for o in range(3)]
+    items = list(scheduler.iterate({TP("changelog", 0): changelog, TP(READINGS, 0): [record(7)]}))
+    assert [(tp.topic, item.offset, item.value) for tp, item in items] == [
+        (READINGS, 7, [record(7)]),
+        ("changelog", 0, b"v" * 10),
+        ("changelog", 1, b"v" * 10),
+        ("changelog", 2, b"v" * 10),
+    ]
+
+
+def test_a_chunk_starting_at_offset_1_gives_that_record_alone_first() -> None:
+    """faust's drain loop treats read offset 0 as none: see test_chunks.py for the commit it saves."""
+    scheduler = ChunkScheduler.for_topics([READINGS])()
+    items = list(scheduler.iterate({TP(READINGS, 0): [record(o) for o in range(1, 6)]}))
+    assert [(item.offset, [r.offset for r in item.value]) for _, item in items] == [
+        (1, [1]),
+        (5, [2, 3, 4, 5]),
+    ]
+    (only,) = scheduler.iterate({TP(READINGS, 0): [record(1)]})
+    assert only[1].offset == 1
+
+
+@dataclass
+class FakeMessage:
+    tp: TP
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+    acked: bool = False
+
+    def ack(self) -> bool:
+        self.acked = True
+        return True
+
+
+@dataclass
+class CountingConsumer:
+    acked_when_committing: list[bool] = field(default_factory=list)
+    events: list[FakeEvent] = field(default_factory=list)
+
+    async def commit(self) -> bool:
+        self.acked_when_committing.append(all(event.acked for event in self.events))
+        return True
+
+
+async def test_settle_acks_the_batch_then_gives_one_commit_round_per_chunk_of_the_busiest_partition() -> None:
+    events = [FakeEvent(FakeMessage(TP(READINGS, p))) for p in (0, 1, 0, 2, 0)]
+    consumer = CountingConsumer(events=events)
+    await ChunkScheduler.settle(consumer, events)
+    assert all(event.acked for event in events)
+    assert consumer.acked_when_committing == [True] * 4  # partition 0 has 3 chunks, plus one round
