@@ -16,6 +16,7 @@ lint:
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 unit: setup
 	$(VENV)/pytest -q tests/unit

@@ -2,7 +2,7 @@
 
 Each is a :class:`Channel`: ``send`` delivers one notification or raises :class:`DeliveryError`
 saying whether trying again may help. Retries and the circuit breaker live in
-:mod:`alerts.delivery`, not here.
+:mod:`thermoflow.alerts.delivery`, not here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Protocol, TextIO
 import aiohttp
 import msgspec
 
-from alerts.notification import Notification, details, headline, to_json
+from thermoflow.alerts.notification import Notification, details, headline, to_json
 
 SIGNATURE_HEADER = "X-Thermoflow-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

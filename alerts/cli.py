@@ -14,10 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alerts.settings import AlertsSettings
 from thermoflow import reach
+from thermoflow.alerts.settings import AlertsSettings
+from thermoflow.component import run_until_signal
 from thermoflow.logs import configure_logging
-from thermoflow.service import run_until_signal
 from thermoflow.settings import load_settings
 
 alerts_app = typer.Typer(
@@ -58,7 +58,7 @@ def store_command(
         kafka_bootstrap=kafka_bootstrap,
     )  # fmt: skip
     configure_logging(level=log_level, component="alerts.store")
-    from alerts.store import AlertStore
+    from thermoflow.alerts.store import AlertStore
 
     run_until_signal(AlertStore(settings).run, grace=settings.shutdown_grace)
 
@@ -85,7 +85,7 @@ def notify_command(
         AlertsSettings, alerts_topic=alerts_topic, notify_group=notify_group, notify_routes=notify_routes,
         resolve_after=resolve_after, repeat_interval=repeat_interval, kafka_bootstrap=kafka_bootstrap,
     )  # fmt: skip
-    from alerts.notifier import Notifier, build_channels, load_routes
+    from thermoflow.alerts.notifier import Notifier, build_channels, load_routes
 
     # Fail fast on a bad routing file or missing secret, before connecting to anything.
     channels = build_channels(load_routes(settings), timeout=settings.notify_timeout)
@@ -108,8 +108,8 @@ def list_command(
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
 ) -> None:
     """List incidents, newest first."""
-    from alerts.queries import list_incidents
     from thermoflow import db
+    from thermoflow.alerts.queries import list_incidents
 
     settings = load_settings(AlertsSettings, database_url=database_url)
     configure_logging(level="WARNING", component="alerts")  # logs to stderr: stdout is the answer
@@ -150,8 +150,8 @@ def ack_command(
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
 ) -> None:
     """Acknowledge a firing incident (it still resolves on its own; an escalation re-fires it)."""
-    from alerts.queries import AckError, acknowledge
     from thermoflow import db
+    from thermoflow.alerts.queries import AckError, acknowledge
 
     settings = load_settings(AlertsSettings, database_url=database_url)
     configure_logging(level="WARNING", component="alerts")

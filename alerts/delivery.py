@@ -17,10 +17,10 @@ from typing import Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from alerts.breaker import CircuitBreaker
-from alerts.channels import Channel, DeliveryError
-from alerts.notification import Notification
-from alerts.routing import Routes
+from thermoflow.alerts.breaker import CircuitBreaker
+from thermoflow.alerts.channels import Channel, DeliveryError
+from thermoflow.alerts.notification import Notification
+from thermoflow.alerts.routing import Routes
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 

@@ -22,9 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
-from alerts.lifecycle import Incident
-from alerts.notification import Notification, to_json
 from thermoflow import kafka
+from thermoflow.alerts.lifecycle import Incident
+from thermoflow.alerts.notification import Notification, to_json
 from thermoflow.events import (
     AlertEvent,
     DeadLetter,

@@ -11,7 +11,7 @@ Two clocks, on purpose:
   device's time), stable when a reading is re-processed, so replays rebuild the same
   incidents: ``opened_at``, ``last_breach_at`` and ``resolved_at = last_breach_at +
   resolve_after`` are event times. *When* a quiet incident is resolved is decided by the
-  pipeline's **watermark** (:mod:`alerts.watermarks`): the event time up to which every
+  pipeline's **watermark** (:mod:`thermoflow.alerts.watermarks`): the event time up to which every
   reading has been processed and its alerts read. An incident resolves once the watermark
   reaches ``last_breach_at + resolve_after``: a breach still held upstream (an outage, a
   stopped processor) cannot come later and re-fire it, because the watermark waits for it.

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from alerts.lifecycle import Incident, Transition, TransitionKind
+from thermoflow.alerts.lifecycle import Incident, Transition, TransitionKind
 from thermoflow.events import Condition, Severity, stable_id
 
 _encoder = msgspec.json.Encoder()

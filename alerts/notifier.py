@@ -3,7 +3,7 @@
 The loop: fetch a batch of ``telemetry.alerts`` records and fold them, in order, into the
 :class:`IncidentTracker` (pure): alert events open, extend and escalate incidents; the
 processors' watermark records move each partition's pipeline watermark
-(:class:`~alerts.watermarks.PipelineWatermarks`), which resolves the quiet incidents it has
+(:class:`~thermoflow.alerts.watermarks.PipelineWatermarks`), which resolves the quiet incidents it has
 passed. Then tick it (repeats, on the wall clock), deliver the notifications (every channel
 concurrently, retried, breaker-guarded, dead-lettered when undeliverable), persist the changed
 incident states to the compacted state topic, then commit the batch's offsets
@@ -25,9 +25,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from alerts.channels import Channel, EmailChannel, LogChannel, SlackChannel, WebhookChannel
-from alerts.delivery import Dispatcher, RetryPolicy
-from alerts.kafka_io import (
+from thermoflow import consume, kafka
+from thermoflow.alerts.channels import Channel, EmailChannel, LogChannel, SlackChannel, WebhookChannel
+from thermoflow.alerts.delivery import Dispatcher, RetryPolicy
+from thermoflow.alerts.kafka_io import (
     KafkaDeadLetters,
     caught_up,
     decode_batch,
@@ -35,8 +36,8 @@ from alerts.kafka_io import (
     load_states,
     write_states,
 )
-from alerts.lifecycle import Incident, Policy
-from alerts.routing import (
+from thermoflow.alerts.lifecycle import Incident, Policy
+from thermoflow.alerts.routing import (
     EmailRoute,
     LogRoute,
     Routes,
@@ -46,10 +47,9 @@ from alerts.routing import (
     parse_routes,
     with_env_channels,
 )
-from alerts.settings import AlertsSettings
-from alerts.tracker import IncidentTracker
-from alerts.watermarks import PipelineWatermarks
-from thermoflow import consume, kafka
+from thermoflow.alerts.settings import AlertsSettings
+from thermoflow.alerts.tracker import IncidentTracker
+from thermoflow.alerts.watermarks import PipelineWatermarks
 from thermoflow.events import AlertEvent
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics

@@ -2,7 +2,7 @@
 
 Per batch, in one transaction: COPY the events into a temporary table, insert the ones not
 stored yet (``ON CONFLICT DO NOTHING RETURNING``), fold only those into the open incidents
-(:func:`alerts.lifecycle.fold_breaches`, pure) and upsert the incidents that changed. The
+(:func:`thermoflow.alerts.lifecycle.fold_breaches`, pure) and upsert the incidents that changed. The
 batch's offsets are committed after the transaction (:class:`thermoflow.consume.ConsumeLoop`,
 which also holds the rebalance policy): a crash or a rebalance replays the batch, and the replay
 inserts nothing and counts nothing. A database outage keeps the batch, reconnects with backoff
@@ -12,7 +12,7 @@ write (:func:`unstorable`) or isolated by splitting the batch when the database 
 (:func:`thermoflow.db.write_isolating`); the rest of the batch is stored and committed.
 
 Resolution: a periodic sweep resolves the open incidents that the pipeline watermark of their
-alerts partition (:class:`~alerts.watermarks.PipelineWatermarks`, from the processors'
+alerts partition (:class:`~thermoflow.alerts.watermarks.PipelineWatermarks`, from the processors'
 watermark records on the same partition) has passed by ``resolve_after``: event time
 throughout, so readings still upstream after an outage, or behind a stopped processor, hold
 the watermark back and cannot re-fire an incident resolved too early.
@@ -32,11 +32,11 @@ import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from alerts.kafka_io import DecodedBatch, KafkaDeadLetters, decode_batch, partition_of
-from alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
-from alerts.settings import AlertsSettings
-from alerts.watermarks import PipelineWatermarks
 from thermoflow import consume, db, kafka
+from thermoflow.alerts.kafka_io import DecodedBatch, KafkaDeadLetters, decode_batch, partition_of
+from thermoflow.alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
+from thermoflow.alerts.settings import AlertsSettings
+from thermoflow.alerts.watermarks import PipelineWatermarks
 from thermoflow.events import AlertEvent, EventDecodeError, Watermark, decode_alert, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics

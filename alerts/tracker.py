@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from alerts.lifecycle import (
+from thermoflow.alerts.lifecycle import (
     Incident,
     Policy,
     Transition,
@@ -21,7 +21,7 @@ from alerts.lifecycle import (
     settle,
     tick,
 )
-from alerts.notification import Notification, from_transition
+from thermoflow.alerts.notification import Notification, from_transition
 from thermoflow.events import AlertEvent
 
 IncidentKey = tuple[str, str]  # (device_id, rule_id)

@@ -24,10 +24,10 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from alerts.lifecycle import Policy
-from alerts.settings import AlertsSettings
-from alerts.store import AlertStore, prepare, store_batch
 from thermoflow import db, kafka
+from thermoflow.alerts.lifecycle import Policy
+from thermoflow.alerts.settings import AlertsSettings
+from thermoflow.alerts.store import AlertStore, prepare, store_batch
 from thermoflow.events import AlertEvent, Severity, new_alert
 
 

@@ -8,7 +8,7 @@ Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In
 
 1. `thermoflow bridge` (a subprocess, MQTT 5, ack after Kafka) with the load published live at
    QoS 1, then at QoS 0, by a publisher process of its own (raw-socket MQTT connections from
-   `simulator.connection`, several of them on one event loop);
+   `thermoflow.simulator.connection`, several of them on one event loop);
 2. the baseline, a naive bridge (this file, `naive` mode, a subprocess): paho's threaded loop with
    automatic acks, whose `on_message` hands each message to `producer.send` on an asyncio loop;
 3. with ``--previous REV`` (a git revision, e.g. the commit before the bridge's input validation),
@@ -75,9 +75,9 @@ class Result(NamedTuple):
 
 
 async def publish(*, prefix: str, messages: int, devices: int, qos: int, connections: int) -> None:
-    from ingest.settings import IngestSettings
-    from simulator import packets
-    from simulator.connection import Connection, Endpoint, PublishStats
+    from thermoflow.ingest.settings import IngestSettings
+    from thermoflow.simulator import packets
+    from thermoflow.simulator.connection import Connection, Endpoint, PublishStats
 
     settings = IngestSettings()
     stats = PublishStats()
@@ -117,11 +117,11 @@ def naive_bridge(*, filters: str, readings_topic: str) -> None:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from ingest.codecs import decode_payload
-    from ingest.mapping import TopicTemplate
-    from ingest.settings import IngestSettings
     from thermoflow import kafka
     from thermoflow.events import encode
+    from thermoflow.ingest.codecs import decode_payload
+    from thermoflow.ingest.mapping import TopicTemplate
+    from thermoflow.ingest.settings import IngestSettings
 
     settings = IngestSettings()
     template = TopicTemplate(settings.topic_template)
@@ -207,7 +207,7 @@ async def run_case(
     name: str, *, args: argparse.Namespace, qos: int, naive: bool = False, tree: Path = ROOT
 ) -> Result:
     """One bridge (``tree``'s code, or the naive one) under one publisher run."""
-    from ingest.settings import IngestSettings
+    from thermoflow.ingest.settings import IngestSettings
     from thermoflow.kafka import ensure_topics
 
     tag = uuid.uuid4().hex[:8]

@@ -36,7 +36,7 @@ def cpu_seconds(pid: int) -> float:
 async def run_window(window: int, *, args: argparse.Namespace) -> tuple[float, float, int]:
     """(readings/s, bridge CPU-s per 1,000 readings, readings landed) for one window."""
     from bench.bench_bridge import end_offsets, measure
-    from ingest.settings import IngestSettings
+    from thermoflow.ingest.settings import IngestSettings
     from thermoflow.kafka import ensure_topics
 
     tag = uuid.uuid4().hex[:8]

@@ -9,7 +9,7 @@ since the last save. For each candidate configuration, in the same run:
 1. a private Mosquitto (the stack's config, with that candidate's ``autosave_*`` lines);
 2. a persistent-session QoS 1 subscriber subscribes and goes away: messages queue in the broker,
    as they do while the bridge waits on a Kafka that is down;
-3. one raw-socket QoS 1 publisher (``simulator.connection``, window 1000) publishes for
+3. one raw-socket QoS 1 publisher (``thermoflow.simulator.connection``, window 1000) publishes for
    ``--seconds`` (as fast as it can, or at ``--rate`` messages/s); the broker's CPU time is
    read from /proc over that span;
 4. `kill -9` of the broker while the publisher is still publishing, a restart, the subscriber
@@ -41,8 +41,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator import packets  # noqa: E402
-from simulator.connection import Connection, Endpoint, PublishStats  # noqa: E402
+from thermoflow.simulator import packets  # noqa: E402
+from thermoflow.simulator.connection import Connection, Endpoint, PublishStats  # noqa: E402
 from thermoflow.stack.process import read_pid  # noqa: E402
 from thermoflow.stack.services import Mosquitto, service_home  # noqa: E402
 

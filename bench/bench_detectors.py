@@ -5,7 +5,7 @@
 A fleet of ``--devices`` devices publishing once a second (noise around each profile's level;
 1% of them frozen, 1% warming at 3 °C/min, a spike now and then) is cut into batches of
 ``--batch`` readings, which the detectors scan in order, carrying the state, as a worker would.
-In the same run and on the same batches it times ``processors.thresholds.evaluate`` (the
+In the same run and on the same batches it times ``thermoflow.processors.thresholds.evaluate`` (the
 baseline) and prints both rates and their ratio. Every detector is on for every device.
 Decoding, state (de)serialization and Kafka are excluded here; the state round trip through
 bytes is timed on its own line, per device, since a worker pays it per device and batch.
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from processors.detectors import (
+from thermoflow.processors.detectors import (
     DetectorConfig,
     DeviceStates,
     OutlierConfig,
@@ -29,8 +29,8 @@ from processors.detectors import (
     detect,
     offline,
 )
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from processors.thresholds import ReadingColumns, compile_rules, evaluate
+from thermoflow.processors.thresholds import ReadingColumns, compile_rules, evaluate
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
 
 LEVELS = {"freezer": -19.0, "coldroom": 4.0, "rack": 25.0, "greenhouse": 22.0}
 START = 1_764_000_000.0

@@ -6,11 +6,11 @@
 Kafka comes from THERMOFLOW_KAFKA_BOOTSTRAP. The run pre-fills its own topic
 ``test-faustpub-<hex>-readings`` (as bench/bench_processors.py does: 1% of readings breach a
 rule), then runs each variant as a worker process in a consumer group of its own. Every
-variant does the same work per batch, ``processors.app.BatchRunner.process``: decode with
-``processors.codec``, the threshold check, send the alerts, wait until Kafka acked them;
+variant does the same work per batch, ``thermoflow.processors.app.BatchRunner.process``: decode with
+``thermoflow.processors.columns``, the threshold check, send the alerts, wait until Kafka acked them;
 only the way records reach the agent differs:
 
-process         ``thermoflow process`` itself: ``processors.batching``'s ``ChunkScheduler`` (the
+process         ``thermoflow process`` itself: ``thermoflow.processors.batching``'s ``ChunkScheduler`` (the
                 ``scheduler`` variant below, made the product, plus its commit rounds after each
                 batch). Before that adapter it was a copy of faust's private
                 ``Consumer._drain_messages``; the study's figures compared against that copy.
@@ -120,13 +120,13 @@ def run_public_worker(variant: str) -> None:
     import faust
     from faust.serializers import codecs
 
-    from processors.app import BatchRunner
-    from processors.codec import RawRecord
-    from processors.runtime import import_functions, registry
-    from processors.settings import ProcessorSettings
+    from thermoflow.component import tune_gc
     from thermoflow.logs import configure_logging
     from thermoflow.metrics import Metrics
-    from thermoflow.service import tune_gc
+    from thermoflow.processors.app import BatchRunner
+    from thermoflow.processors.columns import RawRecord
+    from thermoflow.processors.runtime import import_functions, registry
+    from thermoflow.processors.settings import ProcessorSettings
 
     class PassThrough(codecs.Codec):
         def _loads(self, s: Any) -> Any:

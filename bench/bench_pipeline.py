@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from thermoflow.harness import PipelineRun  # noqa: E402
+from thermoflow.pipeline_run import PipelineRun  # noqa: E402
 from thermoflow.stack import Stack, StackConfig  # noqa: E402
 
 P99_GOAL_MS = 250.0

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from processors.thresholds import ReadingColumns, compile_rules, evaluate
 from thermoflow import kafka
 from thermoflow.events import Reading, encode
 from thermoflow.observe import committed
+from thermoflow.processors.thresholds import ReadingColumns, compile_rules, evaluate
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
 from thermoflow.settings import ThermoflowSettings
 
 ROOT = Path(__file__).resolve().parent.parent

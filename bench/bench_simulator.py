@@ -29,10 +29,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from simulator.payloads import PayloadFormat
-from simulator.run import Controls, Outputs, simulate
-from simulator.settings import SimulatorSettings
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.simulator.payloads import PayloadFormat
+from thermoflow.simulator.run import Controls, Outputs, simulate
+from thermoflow.simulator.settings import SimulatorSettings
 
 
 def paho_baseline(settings: ThermoflowSettings, *, qos: int, seconds: float) -> float:

@@ -24,11 +24,11 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from ingest.rows import Row
-from ingest.settings import IngestSettings
-from ingest.sink import ReadingsSink, ReadingsWriter
 from thermoflow import db, kafka
 from thermoflow.events import Reading
+from thermoflow.ingest.rows import Row
+from thermoflow.ingest.settings import IngestSettings
+from thermoflow.ingest.sink import ReadingsSink, ReadingsWriter
 from thermoflow.metrics import Metrics
 
 T0 = 1_764_000_000.0

@@ -8,7 +8,7 @@ fresh Kafka topics, MQTT topics and client id per run. The payloads are the cata
 readings in every shape, catalogue cases, mutations of both, random JSON trees, random bytes),
 published at QoS 1 on one connection, then a valid sentinel.
 
-The codec decides, before the run, what each payload must become (``tests.hostile.expected_outcome``):
+The codec decides, before the run, what each payload must become (``tests.support.hostile.expected_outcome``):
 the run then checks that the bridge produced exactly that many readings and exactly that many
 dead letters of each reason class, acked every message, and never stalled or crashed.
 
@@ -41,9 +41,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from paho.mqtt import client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from ingest.settings import IngestSettings  # noqa: E402
-from tests.hostile import catalogue, expected_outcome, fuzz_payloads, reason_class  # noqa: E402
+from tests.support.hostile import catalogue, expected_outcome, fuzz_payloads, reason_class  # noqa: E402
 from thermoflow.events import parse_dead_letter_headers  # noqa: E402
+from thermoflow.ingest.settings import IngestSettings  # noqa: E402
 from thermoflow.kafka import ensure_topics  # noqa: E402
 
 READINGS = "readings"

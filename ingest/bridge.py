@@ -4,16 +4,16 @@ One thread, one asyncio loop. paho-mqtt runs on that loop through its external-l
 (``on_socket_open`` / ``on_socket_register_write`` ...), so ``client.ack`` is always called from
 the thread that owns the client (paho's ack is not thread-safe) and no lock sits on the hot path.
 
-- The socket's reader callback reads a chunk and cuts its packets (:mod:`ingest.mqtt_reader`);
-  ``_on_publish`` translates each message (pure, :mod:`ingest.records`) into the outbox and notes
-  it in the ack line (``_pending``, :class:`ingest.acks.AckLine`).
+- The socket's reader callback reads a chunk and cuts its packets (:mod:`thermoflow.ingest.mqtt_reader`);
+  ``_on_publish`` translates each message (pure, :mod:`thermoflow.ingest.records`) into the outbox and notes
+  it in the ack line (``_pending``, :class:`thermoflow.ingest.acks.AckLine`).
 - The sender task turns the outbox into one Kafka batch per partition (``send_batch``: one future
   per batch, not per record) and starts a delivery task that waits for the acks and resends what
   failed, with backoff, until Kafka takes it.
 - Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
   the head of the line is acked once it and everything before it is in Kafka.
 - The bridge holds at most a window of messages between reading and acking them
-  (:mod:`ingest.acks`): ``min(mqtt_receive_maximum, bridge_max_pending)``. Its reader stops
+  (:mod:`thermoflow.ingest.acks`): ``min(mqtt_receive_maximum, bridge_max_pending)``. Its reader stops
   handing on PUBLISHes when the window is full, whatever the broker sends (Mosquitto 2.0 keeps to
   the receive maximum only until the first ack). That bounds memory, and the bridge's share of
   the duplicates a ``kill -9`` leaves in Kafka: at most one window, plus PUBACKs the broker had
@@ -46,12 +46,12 @@ from aiokafka.partitioner import murmur2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.acks import AckLine, Held
-from ingest.mapping import TopicTemplate
-from ingest.mqtt_reader import BulkReadClient
-from ingest.records import LogSampler, OutRecord, Translator
-from ingest.settings import IngestSettings
 from thermoflow import kafka, mqtt
+from thermoflow.ingest.acks import AckLine, Held
+from thermoflow.ingest.mapping import TopicTemplate
+from thermoflow.ingest.mqtt_reader import BulkReadClient
+from thermoflow.ingest.records import LogSampler, OutRecord, Translator
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ingest.settings import IngestSettings
+from thermoflow.component import run_until_signal
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import configure_logging
-from thermoflow.service import run_until_signal
 from thermoflow.settings import load_settings
 
 MqttUrl = Annotated[str | None, typer.Option(help="MQTT broker, mqtt://host:port (THERMOFLOW_MQTT_URL)")]
@@ -50,7 +50,7 @@ def bridge_command(
     log_level: LogLevel = None,
 ) -> None:
     """Bridge MQTT to Kafka, at least once (runs until SIGTERM/SIGINT)."""
-    from ingest.bridge import run_bridge
+    from thermoflow.ingest.bridge import run_bridge
 
     settings = load_settings(
         IngestSettings, mqtt_url=mqtt_url, mqtt_topics=topics, topic_template=topic_template,
@@ -75,7 +75,7 @@ def sink_command(
     log_level: LogLevel = None,
 ) -> None:
     """Write readings from Kafka into the database, idempotently (runs until SIGTERM/SIGINT)."""
-    from ingest.sink import run_sink
+    from thermoflow.ingest.sink import run_sink
 
     settings = load_settings(
         IngestSettings, sink_group=group, sink_batch=batch_size, database_url=database_url,

@@ -3,7 +3,7 @@
 Pure: no I/O, no clock (the caller passes ``received_at``). The format is detected per
 message: a JSON object, a bare number, or a SenML pack (RFC 8428)::
 
-    >>> from ingest.mapping import TopicFields
+    >>> from thermoflow.ingest.mapping import TopicFields
     >>> fields = TopicFields(device_id="freezer-0042", metric="temperature")
     >>> [r.value for r in decode_payload(b'{"temp": 0.5, "unit": "F"}', fields=fields, received_at=1.0)]
     [-17.5]
@@ -12,7 +12,7 @@ message: a JSON object, a bare number, or a SenML pack (RFC 8428)::
     >>> decode_payload(b'{"value": "warm"}', fields=fields, received_at=1.0)
     Traceback (most recent call last):
     ...
-    ingest.codecs.PayloadError: `value` must be a number, got str
+    thermoflow.ingest.codecs.PayloadError: `value` must be a number, got str
 
 Every reading that comes out can be stored downstream (the bridge's output contract): device
 id and metric are printable text of at most 256 characters, ``value`` is finite in °C, ``ts``
@@ -29,8 +29,8 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from ingest.mapping import TopicFields
 from thermoflow.events import Reading
+from thermoflow.ingest.mapping import TopicFields
 
 DEFAULT_METRIC: Final = "temperature"
 #: Device ids and metrics: the ``telemetry.readings`` contract's limit (events.NonEmpty).
@@ -319,10 +319,10 @@ def check_id(text: Any, what: str) -> None:
     valid UTF-8 in the topic.
 
     >>> check_id("freezer-0042", "device id")
-    >>> check_id("a\\x00b", "device id")
+    >>> check_id("a\\x00b", "device id")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ingest.codecs.PayloadError: device id 'a\\x00b' contains U+0000, which is not a printable character
+    thermoflow.ingest.codecs.PayloadError: device id 'a\\x00b' contains U+0000, which is not ...
     """
     if not isinstance(text, str):
         raise PayloadError(f"{what} must be a string, got {type(text).__name__}")

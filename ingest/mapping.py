@@ -80,7 +80,7 @@ def check_filter(topic_filter: str) -> str:
     >>> check_filter("sensors/#/x")
     Traceback (most recent call last):
     ...
-    ingest.mapping.TopicTemplateError: topic filter 'sensors/#/x': '#' must be the whole last level
+    thermoflow.ingest.mapping.TopicTemplateError: topic filter 'sensors/#/x': '#' must be the whole last level
     """
     levels = topic_filter.split("/")
     for i, level in enumerate(levels):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from ingest.codecs import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_payload
-from ingest.mapping import TopicFields, TopicTemplate
 from thermoflow import topics
 from thermoflow.events import DeadLetter, KafkaHeaders, dead_letter_body, dead_letter_headers, encode
+from thermoflow.ingest.codecs import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_payload
+from thermoflow.ingest.mapping import TopicFields, TopicTemplate
 
 
 class OutRecord(NamedTuple):

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ingest.codecs import PayloadLimits
-from ingest.mapping import TopicTemplate, TopicTemplateError, check_filter
+from thermoflow.ingest.codecs import PayloadLimits
+from thermoflow.ingest.mapping import TopicTemplate, TopicTemplateError, check_filter
 from thermoflow.settings import ThermoflowSettings
 
 MqttVersion = Literal["5", "3.1.1"]
@@ -127,7 +127,7 @@ class IngestSettings(ThermoflowSettings):
 
     @property
     def payload_limits(self) -> PayloadLimits:
-        """The limits the bridge's codecs check (:class:`ingest.codecs.PayloadLimits`)."""
+        """The limits the bridge's codecs check (:class:`thermoflow.ingest.codecs.PayloadLimits`)."""
         return PayloadLimits(
             max_bytes=self.max_payload_bytes,
             max_depth=self.max_json_depth,

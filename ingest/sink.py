@@ -1,6 +1,6 @@
 """The readings sink: ``telemetry.readings`` into the ``readings`` table, at least once, idempotently.
 
-Per batch: decode (pure, :mod:`ingest.rows`), COPY the rows into a temporary staging table,
+Per batch: decode (pure, :mod:`thermoflow.ingest.rows`), COPY the rows into a temporary staging table,
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into ``readings`` (so a replayed batch adds no
 rows), commit, dead-letter what was no reading, and only then commit the Kafka offsets
 (:class:`thermoflow.consume.ConsumeLoop`, which also holds the rebalance policy).
@@ -11,7 +11,7 @@ A database outage pauses consumption: the same batch is retried with backoff unt
 A row the database refuses for its data (a value out of range) is isolated by splitting the
 batch (:func:`thermoflow.db.write_isolating`), dead-lettered with the database's reason, and the
 rest is written and committed; rows that can be seen to be unstorable never get that far
-(:func:`ingest.rows.rows_from_values`). A :class:`~thermoflow.watchdog.Watchdog` ends the process
+(:func:`thermoflow.ingest.rows.rows_from_values`). A :class:`~thermoflow.watchdog.Watchdog` ends the process
 when fetched records wait without a commit for ``stall_timeout`` and no retry explains it.
 """
 
@@ -28,10 +28,10 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from psycopg import sql
 
-from ingest.rows import STAGE_COLUMNS, STAGE_TYPES, Row, RowBatch, rows_from_values
-from ingest.settings import IngestSettings
 from thermoflow import consume, db, kafka
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
+from thermoflow.ingest.rows import STAGE_COLUMNS, STAGE_TYPES, Row, RowBatch, rows_from_values
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog

@@ -1,6 +1,6 @@
 """The faust app: each registered function runs as an agent over
 ``stream.take_events(max_chunks, within=max_wait)``, where each event is one partition's
-fetched chunk of records (see :mod:`processors.batching` for why).
+fetched chunk of records (see :mod:`thermoflow.processors.batching` for why).
 
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
 function (retried with backoff; a batch that keeps failing is dead-lettered whole) -> send
@@ -9,7 +9,7 @@ agent return to ``take_events``, which acks the batch's events; faust commits ac
 (after flushing its producer) every ``broker_commit_interval``. So nothing is committed
 before its output is durable: at-least-once.
 
-After the acks, the batch moves its partitions' watermarks (:mod:`processors.watermarks`);
+After the acks, the batch moves its partitions' watermarks (:mod:`thermoflow.processors.watermarks`);
 every ``watermark_interval`` a :class:`WatermarkEmitter` sends each owned partition's
 watermark to every partition of the sink topic, behind the alerts it covers.
 """
@@ -29,14 +29,20 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from processors.batching import CHUNK_SERIALIZER, ChunkScheduler
-from processors.codec import KafkaRecord, ReadingBatch, decode_batch
-from processors.runtime import FunctionBody, FunctionFailed, FunctionSpec, Registry, call_with_retries
-from processors.settings import ProcessorSettings
-from processors.watermarks import PartitionProgress, latest_per_partition
 from thermoflow.events import WATERMARK_HEADERS, DeadLetter, dead_letter_headers, encode, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
+from thermoflow.processors.batching import CHUNK_SERIALIZER, ChunkScheduler
+from thermoflow.processors.columns import KafkaRecord, ReadingBatch, decode_batch
+from thermoflow.processors.runtime import (
+    FunctionBody,
+    FunctionFailed,
+    FunctionSpec,
+    Registry,
+    call_with_retries,
+)
+from thermoflow.processors.settings import ProcessorSettings
+from thermoflow.processors.watermarks import PartitionProgress, latest_per_partition
 
 log = get_logger(__name__)
 _encoder = msgspec.json.Encoder()

@@ -54,7 +54,7 @@ AIOKAFKA_VERSIONS: Final = ((0, 11), (0, 15))  # at least, below: the bounds in 
 
 
 class IncompatibleVersions(ConfigError):
-    """faust or aiokafka is not a version :mod:`processors.batching` was written for."""
+    """faust or aiokafka is not a version :mod:`thermoflow.processors.batching` was written for."""
 
 
 def check_versions(installed: Callable[[str], str] | None = None) -> None:

@@ -42,9 +42,9 @@ def process(
     worker_index: Annotated[int | None, typer.Option("--worker-index", hidden=True)] = None,
 ) -> None:
     """The processor worker: readings -> threshold rules (numpy, in batches) -> alert events."""
-    from processors.rules import RulesError, load_rules
-    from processors.settings import ProcessorSettings
-    from processors.worker import child_env, prepare, run_worker, run_workers
+    from thermoflow.processors.settings import ProcessorSettings
+    from thermoflow.processors.worker import child_env, prepare, run_worker, run_workers
+    from thermoflow.rules import RulesError, load_rules
 
     settings = load_settings(
         ProcessorSettings,

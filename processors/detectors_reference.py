@@ -1,4 +1,4 @@
-"""The obviously-right scalar version of :mod:`processors.detectors`, for tests.
+"""The obviously-right scalar version of :mod:`thermoflow.processors.detectors`, for tests.
 
 One reading at a time, in arrival order, through a plain per-device record, following the
 definitions in the detectors' docstrings literally: no sorting tricks, no search keys, the
@@ -14,15 +14,15 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from processors.detectors.config import (
+from thermoflow.events import SEVERITIES, Severity
+from thermoflow.processors.detectors.config import (
     HISTORY,
     KINDS,
     WINDOW_BUCKETS,
     DetectorConfig,
 )
-from processors.detectors.history import MAD_SCALE, SCALE_FLOOR
-from processors.detectors.state import DeviceState
-from thermoflow.events import SEVERITIES, Severity
+from thermoflow.processors.detectors.history import MAD_SCALE, SCALE_FLOOR
+from thermoflow.processors.detectors.state import DeviceState
 
 
 @dataclass(frozen=True, slots=True)

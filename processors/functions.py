@@ -9,19 +9,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from processors.codec import ReadingBatch
-from processors.runtime import Emit, FunctionBody, registry, setting
-from processors.settings import ProcessorSettings
-from processors.thresholds import CompiledRules, evaluate
-from processors.watcher import RulesWatcher
 from thermoflow.events import new_alert
+from thermoflow.processors.columns import ReadingBatch
+from thermoflow.processors.runtime import Emit, FunctionBody, registry, setting
+from thermoflow.processors.settings import ProcessorSettings
+from thermoflow.processors.thresholds import CompiledRules, evaluate
+from thermoflow.processors.watcher import RulesWatcher
 
 
 def threshold_alerts(
     batch: ReadingBatch, rules: CompiledRules, *, detected_at: float, window: float | None = None
 ) -> list[Emit]:
     """One alert per (device, rule) breached in the batch (and per ``window`` seconds of device
-    time, see :func:`~processors.thresholds.evaluate`), for its worst reading, keyed by device id."""
+    time, see :func:`~thermoflow.processors.thresholds.evaluate`), for its worst reading, keyed by
+    device id."""
     breaches = evaluate(batch.columns, rules, window=window)
     alerts: list[Emit] = []
     for row in range(len(breaches)):

@@ -1,6 +1,6 @@
-"""The obviously-right scalar version of :func:`processors.thresholds.evaluate`, for tests.
+"""The obviously-right scalar version of :func:`thermoflow.processors.thresholds.evaluate`, for tests.
 
-One reading at a time through :meth:`processors.rules.RuleSet.classify`, then the worst
+One reading at a time through :meth:`thermoflow.rules.RuleSet.classify`, then the worst
 reading per (device, rule) by the same ordering, spelled out as a Python sort key.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from processors.rules import RuleSet
 from thermoflow.events import SEVERITIES, Condition, Severity
+from thermoflow.rules import RuleSet
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,11 @@
 """The function runtime's registry: stateless functions over reading batches, bound to topics.
 
-A function takes one :class:`~processors.codec.ReadingBatch` (columns) and returns the events
-to emit, each with its key. It never sees Kafka: the worker (``processors.app``) consumes the
+A function takes one :class:`~thermoflow.processors.columns.ReadingBatch` (columns) and returns the events
+to emit, each with its key. It never sees Kafka: the worker (``thermoflow.processors.app``) consumes the
 source topic in batches, decodes them, calls the function (retrying with backoff), sends the
 results to the sink topic and only then lets the offsets be committed::
 
-    from processors.runtime import Emit, registry, setting
+    from thermoflow.processors.runtime import Emit, registry, setting
 
     @registry.function(name="too-hot", source=setting("readings_topic"), sink="telemetry.hot")
     def too_hot(batch: ReadingBatch) -> list[Emit]:
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import msgspec
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
-from processors.codec import ReadingBatch
-from processors.settings import ProcessorSettings
+from thermoflow.processors.columns import ReadingBatch
+from thermoflow.processors.settings import ProcessorSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ registry = Registry()
 
 def import_functions(modules: Sequence[str]) -> None:
     """Import the modules that register functions; a bad name fails with the module named."""
-    import processors.functions  # noqa: F401  (registers the threshold check)
+    import thermoflow.processors.functions  # noqa: F401  (registers the threshold check)
 
     for module in modules:
         try:

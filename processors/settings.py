@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from processors.rules import DEFAULT_RULES_FILE
+from thermoflow.rules import DEFAULT_RULES_FILE
 from thermoflow.settings import ThermoflowSettings
 
 

@@ -16,7 +16,7 @@ one per ``(device_id, metric)`` - for its worst reading. Which reading is worst:
    reading and so yields the same ``alert_id``).
 
 A single reading that crosses both ``above`` and ``below`` (only possible with overlapping
-thresholds) is classified like :meth:`processors.rules.Rule.classify`: severity first, then
+thresholds) is classified like :meth:`thermoflow.rules.Rule.classify`: severity first, then
 ``above``.
 """
 
@@ -29,8 +29,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from processors.rules import RuleSet
 from thermoflow.events import SEVERITIES, Condition, Severity
+from thermoflow.rules import RuleSet
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -146,7 +146,7 @@ def evaluate(batch: ReadingColumns, rules: CompiledRules, *, window: float | Non
     after an outage, then still shows that the breach went on, instead of one alert for the
     whole stretch (which the incident lifecycle would read as a gap of that length).
 
-    >>> from processors.rules import parse_rules
+    >>> from thermoflow.rules import parse_rules
     >>> rules = compile_rules(parse_rules("default: {above: {warning: 30, critical: 40}}"))
     >>> batch = ReadingColumns(device_ids=["a", "b"], metrics=["temperature"] * 2,
     ...     pair=np.array([0, 0, 1, 0]), values=np.array([31.0, 45.0, 30.0, 35.0]), ts=np.arange(4.0))

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from processors.rules import RulesError, load_rules
-from processors.thresholds import CompiledRules, compile_rules
 from thermoflow.logs import get_logger
+from thermoflow.processors.thresholds import CompiledRules, compile_rules
+from thermoflow.rules import RulesError, load_rules
 
 log = get_logger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processors.thresholds import F64, I64
 from thermoflow.events import Watermark
+from thermoflow.processors.thresholds import F64, I64
 
 
 @dataclass

@@ -4,7 +4,7 @@ With ``--workers N`` (N > 1) this process supervises N children (``python -m the
 process --worker-index i``) that join the same consumer group and share the partitions; each
 gets its own faust data directory and (when the web views are on) its own port. SIGTERM,
 SIGINT or SIGHUP is passed on; each worker stops its agents, commits what it has sent, and
-exits 0, within ``shutdown_grace`` as every component does (:mod:`thermoflow.service`).
+exits 0, within ``shutdown_grace`` as every component does (:mod:`thermoflow.component`).
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from types import FrameType
 
 import faust
 
-from processors.app import build_app
-from processors.batching import check_versions
-from processors.runtime import import_functions, registry
-from processors.settings import ProcessorSettings
 from thermoflow import kafka
+from thermoflow.component import EXIT_STOP_TIMEOUT, STOP_SIGNALS, run_until_signal
+from thermoflow.errors import ServiceError
 from thermoflow.kafka import DEFAULT_PARTITIONS
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
-from thermoflow.service import EXIT_STOP_TIMEOUT, STOP_SIGNALS, run_until_signal
-from thermoflow.stack import ServiceError
+from thermoflow.processors.app import build_app
+from thermoflow.processors.batching import check_versions
+from thermoflow.processors.runtime import import_functions, registry
+from thermoflow.processors.settings import ProcessorSettings
 
 log = get_logger(__name__)
 
@@ -64,7 +64,7 @@ def prepare(settings: ProcessorSettings) -> None:
 
 
 class _Worker(faust.Worker):
-    """faust's worker without its own signal handlers: :func:`thermoflow.service.run_until_signal`
+    """faust's worker without its own signal handlers: :func:`thermoflow.component.run_until_signal`
     handles SIGTERM, SIGINT and SIGHUP for it, with the shutdown grace every component has."""
 
     def install_signal_handlers(self) -> None:
@@ -76,7 +76,7 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: in
 
     A stop signal stops the agents, commits what has been sent and returns 0. A worker that
     has not stopped within ``shutdown_grace`` seconds exits with code 4
-    (:data:`thermoflow.service.EXIT_STOP_TIMEOUT`), a second signal ends it at once: what it
+    (:data:`thermoflow.component.EXIT_STOP_TIMEOUT`), a second signal ends it at once: what it
     had not committed is read again by the next owner of its partitions.
 
     A worker started by ``--workers N`` passes its supervisor's ``parent_pid``: should the

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
-from simulator.profiles import Fleet
+from thermoflow.simulator.profiles import Fleet
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]

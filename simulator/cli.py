@@ -12,11 +12,11 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from processors.rules import RulesError
-from simulator.anomalies import AnomalyError
-from simulator.detector_rules import DetectorRulesError
-from thermoflow.service import tune_gc
+from thermoflow.component import tune_gc
+from thermoflow.rules import RulesError
 from thermoflow.settings import ConfigError, load_settings
+from thermoflow.simulator.anomalies import AnomalyError
+from thermoflow.simulator.detector_rules import DetectorRulesError
 
 
 def register(app: typer.Typer) -> None:
@@ -107,9 +107,9 @@ def simulate_command(
     log_level: Annotated[str, typer.Option(help="log level")] = "INFO",
 ) -> None:
     """Simulate a device fleet over MQTT, and measure what the pipeline does with it."""
-    from simulator.run import Controls, Outputs, simulate
-    from simulator.settings import SimulatorSettings
     from thermoflow.logs import configure_logging
+    from thermoflow.simulator.run import Controls, Outputs, simulate
+    from thermoflow.simulator.settings import SimulatorSettings
 
     configure_logging(level=log_level, component="simulator")
     flags: dict[str, Any] = {
@@ -161,7 +161,7 @@ def simulate_command(
         try:
             if not interactive:
                 return await simulate(settings, outputs, controls)
-            from simulator.report import live_view
+            from thermoflow.simulator.report import live_view
 
             with Live(console=console, refresh_per_second=4, transient=True) as live:
 
@@ -187,6 +187,6 @@ def simulate_command(
     except (RulesError, DetectorRulesError, AnomalyError) as exc:
         raise ConfigError(str(exc)) from None
     if not quiet:
-        from simulator.report import print_summary
+        from thermoflow.simulator.report import print_summary
 
         print_summary(Console(file=sys.stdout), result)

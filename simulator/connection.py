@@ -24,8 +24,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from simulator import packets
 from thermoflow.logs import get_logger
+from thermoflow.simulator import packets
 
 log = get_logger(__name__)
 

@@ -4,9 +4,9 @@ An anomaly as scored (:class:`InjectedAnomaly`) carries what the simulator knows
 without looking at the pipeline: its kind, device, when it started (the publish time of its
 first tick) and how long it lasted *within the run*, its magnitude, the noise of the
 device's profile, and whether one of the readings it made crossed a threshold (the ground
-truth of :mod:`simulator.truth`). :func:`detectable` applies the predicate of its kind
+truth of :mod:`thermoflow.simulator.truth`). :func:`detectable` applies the predicate of its kind
 (:data:`PREDICATES`, stated word for word in the report) with the detector settings of the
-device's rule (:mod:`simulator.detector_rules`).
+device's rule (:mod:`thermoflow.simulator.detector_rules`).
 
 The predicates leave out what no detector can see: a spike smaller than the noise, a
 dropout shorter than ``offline_after``, a stuck period shorter than ``stuck.for``. Recall is
@@ -23,8 +23,8 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator.anomalies import Anomaly, Kind
-from simulator.detector_rules import OFF, Detectors
+from thermoflow.simulator.anomalies import Anomaly, Kind
+from thermoflow.simulator.detector_rules import OFF, Detectors
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -77,7 +77,7 @@ class InjectedAnomaly(msgspec.Struct, frozen=True, kw_only=True):
 def detectable(anomaly: InjectedAnomaly, detectors: Detectors) -> bool:
     """Whether ``anomaly`` is one the device's detectors (or thresholds) can catch; see :data:`PREDICATES`.
 
-    >>> from simulator.detector_rules import Detectors
+    >>> from thermoflow.simulator.detector_rules import Detectors
     >>> drop = InjectedAnomaly(kind="dropout", device_id="f-1", rule_id="f", start_at=100.0,
     ...     duration_s=45.0, magnitude=0.0, start_s=100.0, period_s=1.0, noise_sigma=0.6, crossed=False)
     >>> detectable(drop, Detectors(offline_after=30.0)), detectable(drop, Detectors(offline_after=60.0))

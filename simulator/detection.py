@@ -1,6 +1,6 @@
 """Scoring incidents against the injected anomalies: the report's ``anomaly_detection`` section.
 
-Pure: anomalies (:class:`~simulator.detectability.InjectedAnomaly`), their detectability and
+Pure: anomalies (:class:`~thermoflow.simulator.detectability.InjectedAnomaly`), their detectability and
 a plain list of incidents ``(device_id, condition, opened_at)`` in; a report section out.
 
 **Detected.** An anomaly is detected when an incident whose condition is in
@@ -30,11 +30,11 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 
-from simulator.anomalies import Kind
-from simulator.detectability import PREDICATES, SCORED_KINDS, InjectedAnomaly
-from simulator.detector_rules import Detectors
-from simulator.score import percentiles
 from thermoflow.events import AlertEvent
+from thermoflow.simulator.anomalies import Kind
+from thermoflow.simulator.detectability import PREDICATES, SCORED_KINDS, InjectedAnomaly
+from thermoflow.simulator.detector_rules import Detectors
+from thermoflow.simulator.score import percentiles
 
 #: The incident conditions that count as detecting each kind of anomaly.
 ACCEPTS: Final[dict[Kind, frozenset[str]]] = {

@@ -12,7 +12,7 @@ The rules file (``processors/rules.yaml``, DESIGN.md "Rules") may give each rule
         rate: {window: 60, warning: 1.5, critical: 3.0}                          # °C/min
         outlier: {window: 300, warning: 6, critical: 10, min_abs_deviation: 3.0}  # robust z, °C
 
-The simulator reads them here from the YAML itself, not through ``processors.rules``, so a
+The simulator reads them here from the YAML itself, not through ``thermoflow.rules``, so a
 file without them (today's) and one with them both work: an absent key is a detector that
 is off. A key that is present but unusable raises :class:`DetectorRulesError` naming the
 rule and the field.
@@ -166,7 +166,7 @@ def detector_rules(raw: Any, *, source: str = "<rules>") -> dict[str, Detectors]
     """The detectors of every rule of a parsed rules file (``yaml.safe_load``), by rule id.
 
     Rules without detectors map to :data:`OFF`; entries that are not mappings are skipped
-    (``processors.rules`` is the one that rejects those).
+    (``thermoflow.rules`` is the one that rejects those).
     """
     if not isinstance(raw, Mapping):
         return {}

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator.anomalies import Anomaly, Injector
-from simulator.payloads import PayloadFormat
-from simulator.profiles import Fleet, SignalModel
-from simulator.truth import GroundTruth
+from thermoflow.simulator.anomalies import Anomaly, Injector
+from thermoflow.simulator.payloads import PayloadFormat
+from thermoflow.simulator.profiles import Fleet, SignalModel
+from thermoflow.simulator.truth import GroundTruth
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]

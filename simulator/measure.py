@@ -33,11 +33,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
 
-from simulator.score import percentiles
 from thermoflow import db, kafka
 from thermoflow.events import AlertEvent, EventDecodeError, decode_alert, decode_reading, is_watermark
 from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.simulator.score import percentiles
 from thermoflow.topics import HEADER_SOURCE
 
 log = get_logger(__name__)

@@ -2,7 +2,7 @@
 
 The simulator speaks MQTT itself over asyncio streams instead of running thousands of paho
 clients: a publish is one ``bytes`` concatenation, a whole batch for one connection is one
-``write``, and a buffer full of PUBACKs is parsed in bulk. See :mod:`simulator.connection`.
+``write``, and a buffer full of PUBACKs is parsed in bulk. See :mod:`thermoflow.simulator.connection`.
 
 >>> publish_qos0(topic_field(b"a/b"), b"hi")
 b'0\\x07\\x00\\x03a/bhi'

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from simulator import packets
-from simulator.connection import ConnectError, Connection, Endpoint, PublishStats
-from simulator.engine import Engine
 from thermoflow.logs import get_logger
+from thermoflow.simulator import packets
+from thermoflow.simulator.connection import ConnectError, Connection, Endpoint, PublishStats
+from thermoflow.simulator.engine import Engine
 
 log = get_logger(__name__)
 

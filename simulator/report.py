@@ -84,8 +84,9 @@ anomaly_detection             null when no ground truth was kept; else what the 
                               duration_s, magnitude}
   .excluded                   {malformed: n}: no device condition; see delivery.deadletter
 ```
-Precision and recall are defined in :mod:`simulator.score`, episodes in :mod:`simulator.truth`,
-detectability in :mod:`simulator.detectability`, detection in :mod:`simulator.detection`.
+Precision and recall are defined in :mod:`thermoflow.simulator.score`, episodes in
+:mod:`thermoflow.simulator.truth`, detectability in :mod:`thermoflow.simulator.detectability`,
+detection in :mod:`thermoflow.simulator.detection`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from simulator.publisher import Sample
+from thermoflow.simulator.publisher import Sample
 
 REPORT_VERSION = 1
 

@@ -18,23 +18,23 @@ from typing import Any
 import numpy as np
 from aiokafka.errors import KafkaError
 
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from simulator.anomalies import KINDS, Injector, Schedule, load_schedule, parse_kinds
-from simulator.connection import Endpoint
-from simulator.detectability import injected_anomalies, judge
-from simulator.detection import anomaly_detection, incidents_from_alerts
-from simulator.detector_rules import Detectors, load_detector_rules
-from simulator.engine import Engine
-from simulator.measure import KafkaMeter, database_delivery
-from simulator.payloads import METRIC, PayloadFormat, topic_for
-from simulator.profiles import Fleet, SignalModel, parse_mix
-from simulator.publisher import Pacer, Pool, Sample
-from simulator.report import REPORT_VERSION, plot, write_report
-from simulator.score import AlertScorer, KeyMode, delivery, percentiles
-from simulator.settings import SimulatorSettings
-from simulator.truth import GroundTruth, Thresholds, TruthFile, write_truth
+from thermoflow.errors import ServiceError
 from thermoflow.logs import get_logger
-from thermoflow.stack import ServiceError
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.simulator.anomalies import KINDS, Injector, Schedule, load_schedule, parse_kinds
+from thermoflow.simulator.connection import Endpoint
+from thermoflow.simulator.detectability import injected_anomalies, judge
+from thermoflow.simulator.detection import anomaly_detection, incidents_from_alerts
+from thermoflow.simulator.detector_rules import Detectors, load_detector_rules
+from thermoflow.simulator.engine import Engine
+from thermoflow.simulator.measure import KafkaMeter, database_delivery
+from thermoflow.simulator.payloads import METRIC, PayloadFormat, topic_for
+from thermoflow.simulator.profiles import Fleet, SignalModel, parse_mix
+from thermoflow.simulator.publisher import Pacer, Pool, Sample
+from thermoflow.simulator.report import REPORT_VERSION, plot, write_report
+from thermoflow.simulator.score import AlertScorer, KeyMode, delivery, percentiles
+from thermoflow.simulator.settings import SimulatorSettings
+from thermoflow.simulator.truth import GroundTruth, Thresholds, TruthFile, write_truth
 
 log = get_logger(__name__)
 
@@ -388,7 +388,7 @@ def _anomaly_detection(
     duration: float,
     injected: dict[str, int],
 ) -> dict[str, Any]:
-    """The report's ``anomaly_detection`` section (:mod:`simulator.detection`)."""
+    """The report's ``anomaly_detection`` section (:mod:`thermoflow.simulator.detection`)."""
     fleet = engine.fleet
     rule_ids = [thresholds.rule_ids[i] if i >= 0 else None for i in thresholds.rule_index.tolist()]
     noise_sigma = np.array([p.noise_sigma for p in fleet.profiles])[fleet.profile_index]

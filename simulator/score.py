@@ -7,7 +7,7 @@ a *duplicate*, not a false alert). A unique alert is *correct* when the reading 
 (``device_id`` and ``reading_ts``) was published by this run and truly breaches the alert's
 ``rule_id`` at exactly the alert's ``severity`` and ``condition``. precision = correct / unique.
 
-**Alert recall.** Over S-episodes (see :mod:`simulator.truth`): an S-episode is *detected*
+**Alert recall.** Over S-episodes (see :mod:`thermoflow.simulator.truth`): an S-episode is *detected*
 when some correct alert of its device and rule, with severity >= S, names one of its
 readings. recall = detected episodes / episodes, over both levels, and per level in
 ``recall_by_severity``. Undetected episodes are listed as ``missed``.
@@ -28,8 +28,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator.truth import RANK, Breach, Episode
 from thermoflow.events import AlertEvent
+from thermoflow.simulator.truth import RANK, Breach, Episode
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]

@@ -14,10 +14,10 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from simulator.anomalies import parse_kinds
-from simulator.payloads import check_template
-from simulator.profiles import parse_mix
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.simulator.anomalies import parse_kinds
+from thermoflow.simulator.payloads import check_template
+from thermoflow.simulator.profiles import parse_mix
 
 DEFAULT_TOPIC_TEMPLATE = "sensors/{device_id}/{metric}"
 _RUN_TAG = secrets.token_hex(3)

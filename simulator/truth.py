@@ -1,6 +1,6 @@
 """Ground truth: which published readings breach which rule at which severity, and the episodes.
 
-The rules are ``processors.rules`` (the same file the processors load). Per device, the rule
+The rules are ``thermoflow.rules`` (the same file the processors load). Per device, the rule
 that applies is fixed, so its thresholds are compiled once into arrays and each published
 chunk is classified with array operations (:meth:`Thresholds.classify`), which is checked
 against the scalar ``RuleSet.classify`` by a hypothesis test. Only breaching readings are
@@ -13,7 +13,7 @@ S-episodes of a (device, rule) are its readings that breach at S **or worse**, g
 that consecutive ones are at most ``incident_gap`` seconds apart. Any batch holding a
 reading of an S-episode yields an alert of severity >= S whose reading is in that batch;
 as long as a batch does not span more than ``incident_gap`` seconds of one device, that
-reading belongs to the same episode. See :mod:`simulator.score`.
+reading belongs to the same episode. See :mod:`thermoflow.simulator.score`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-from processors.rules import RuleSet
-from simulator.payloads import MALFORMED_KINDS, METRIC
 from thermoflow.events import SEVERITIES, Severity
+from thermoflow.rules import RuleSet
+from thermoflow.simulator.payloads import MALFORMED_KINDS, METRIC
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]

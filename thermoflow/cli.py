@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from thermoflow import db, kafka, reach, supervise, topics
+from thermoflow import db, kafka, reach, run_plan, topics
 from thermoflow.settings import ConfigError, ThermoflowSettings, load_settings
 from thermoflow.stack import ServiceError, Stack, StackConfig
 from thermoflow.stack import check as stack_check
@@ -172,7 +172,7 @@ def run_command(
         list[str] | None, typer.Option(help="instances of a component, e.g. --scale processor=2 (repeatable)")
     ] = None,
     only: Annotated[
-        str | None, typer.Option(help="comma-separated components to run: " + ", ".join(supervise.COMPONENTS))
+        str | None, typer.Option(help="comma-separated components to run: " + ", ".join(run_plan.COMPONENTS))
     ] = None,
     status_file: Annotated[
         Path | None, typer.Option(help="keep a JSON file of each instance's pid, state and restarts")
@@ -188,14 +188,14 @@ def run_command(
     once); it exits once none runs. A component dies with it even if it is SIGKILLed.
     """
     from thermoflow.logs import configure_logging
-    from thermoflow.runner import Supervisor, die_with_parent
+    from thermoflow.supervisor import Supervisor, die_with_parent
 
     try:
-        instances = supervise.plan(
-            scale=supervise.parse_scale(scale or []),
+        instances = run_plan.plan(
+            scale=run_plan.parse_scale(scale or []),
             only=[name.strip() for name in only.split(",") if name.strip()] if only else [],
         )
-    except supervise.PlanError as exc:
+    except run_plan.PlanError as exc:
         raise ConfigError(str(exc)) from None
     configure_logging(component="run")
     if exit_with_parent:
@@ -250,10 +250,10 @@ def register_components() -> None:
     global _registered
     if _registered:
         return
-    from alerts.cli import register as register_alerts
-    from ingest.cli import register as register_ingest
-    from processors.cli import register as register_processors
-    from simulator.cli import register as register_simulator
+    from thermoflow.alerts.cli import register as register_alerts
+    from thermoflow.ingest.cli import register as register_ingest
+    from thermoflow.processors.cli import register as register_processors
+    from thermoflow.simulator.cli import register as register_simulator
 
     for register in (register_ingest, register_processors, register_alerts, register_simulator):
         register(app)

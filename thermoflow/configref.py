@@ -16,10 +16,10 @@ from thermoflow.settings import ThermoflowSettings
 
 #: (title, module) of each component's settings, in pipeline order.
 COMPONENT_SETTINGS = (
-    ("bridge (`thermoflow bridge`) and sink (`thermoflow sink`)", "ingest.settings"),
-    ("processors (`thermoflow process`)", "processors.settings"),
-    ("alerts (`thermoflow alerts store`, `thermoflow alerts notify`)", "alerts.settings"),
-    ("simulator (`thermoflow simulate`)", "simulator.settings"),
+    ("bridge (`thermoflow bridge`) and sink (`thermoflow sink`)", "thermoflow.ingest.settings"),
+    ("processors (`thermoflow process`)", "thermoflow.processors.settings"),
+    ("alerts (`thermoflow alerts store`, `thermoflow alerts notify`)", "thermoflow.alerts.settings"),
+    ("simulator (`thermoflow simulate`)", "thermoflow.simulator.settings"),
 )
 
 

@@ -1,7 +1,7 @@
 """`thermoflow demo`: the whole pipeline, a demo fleet and a live view, on the local stack.
 
 The pipeline runs under `thermoflow run` and the fleet under `thermoflow simulate`, both as
-child processes (:class:`thermoflow.harness.PipelineRun`) with their logs in the demo's
+child processes (:class:`thermoflow.pipeline_run.PipelineRun`) with their logs in the demo's
 folder; notifications go to a webhook receiver inside this process, so the view shows the
 latest ones. When the fleet is done (or on Ctrl-C) the consumers catch up, the run's
 incidents resolve, everything stops, and a summary of this run is printed.
@@ -23,12 +23,12 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from simulator.report import detection_summary
 from thermoflow import db
-from thermoflow.harness import PipelineRun
+from thermoflow.component import STOP_SIGNALS
 from thermoflow.observe import KafkaObserver, kafka_observer
-from thermoflow.service import STOP_SIGNALS
+from thermoflow.pipeline_run import PipelineRun
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.simulator.report import detection_summary
 from thermoflow.webhook_receiver import Delivery
 
 REFRESH_S = 1.0

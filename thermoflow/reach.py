@@ -11,7 +11,7 @@ retry with backoff instead.
     >>> with needs(database(ThermoflowSettings(database_url="postgresql://u:pw@db:5432/x"))):
     ...     raise ConnectionRefusedError(111, "Connection refused")
     Traceback (most recent call last):
-    thermoflow.stack.process.ServiceError: cannot reach PostgreSQL at postgresql://u:***@db:5432/x\
+    thermoflow.errors.ServiceError: cannot reach PostgreSQL at postgresql://u:***@db:5432/x\
  ([Errno 111] Connection refused); is it running? Point at it with --database-url or THERMOFLOW_DATABASE_URL
 """
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import psycopg
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from thermoflow.errors import ServiceError
 from thermoflow.settings import ThermoflowSettings, redact_url
-from thermoflow.stack.process import ServiceError
 
 #: What a service that is down, unreachable or refusing us raises (and nothing else).
 UNREACHABLE = (

@@ -8,16 +8,16 @@ plain columns (:class:`DeviceStates`) that store one compact msgpack record per 
 
 The modules, in the order a batch meets them:
 
-- :mod:`~processors.detectors.config`: settings per rule, compiled to arrays;
-- :mod:`~processors.detectors.grouping`: group by device, drop late and duplicate readings;
-- :mod:`~processors.detectors.stuck`: greedy runs within a tolerance;
-- :mod:`~processors.detectors.history`: one reading per time bucket; rate and outlier over it;
-- :mod:`~processors.detectors.detect`: findings per reading, the worst per (device, kind);
-- :mod:`~processors.detectors.offline`: offline and ingest_silent;
-- :mod:`~processors.detectors.state`: the state columns and their stored form.
+- :mod:`~thermoflow.processors.detectors.config`: settings per rule, compiled to arrays;
+- :mod:`~thermoflow.processors.detectors.grouping`: group by device, drop late and duplicate readings;
+- :mod:`~thermoflow.processors.detectors.stuck`: greedy runs within a tolerance;
+- :mod:`~thermoflow.processors.detectors.history`: one reading per time bucket; rate and outlier over it;
+- :mod:`~thermoflow.processors.detectors.detect`: findings per reading, the worst per (device, kind);
+- :mod:`~thermoflow.processors.detectors.offline`: offline and ingest_silent;
+- :mod:`~thermoflow.processors.detectors.state`: the state columns and their stored form.
 """
 
-from processors.detectors.config import (
+from thermoflow.processors.detectors.config import (
     HISTORY,
     KINDS,
     NO_DETECTORS,
@@ -29,9 +29,9 @@ from processors.detectors.config import (
     StuckConfig,
     compile_detectors,
 )
-from processors.detectors.detect import Detections, Findings, Readings, detect, scan, worst
-from processors.detectors.offline import IngestSilence, ingest_silent, offline
-from processors.detectors.state import DeviceState, DeviceStates
+from thermoflow.processors.detectors.detect import Detections, Findings, Readings, detect, scan, worst
+from thermoflow.processors.detectors.offline import IngestSilence, ingest_silent, offline
+from thermoflow.processors.detectors.state import DeviceState, DeviceStates
 
 __all__ = [
     "HISTORY",

@@ -1,6 +1,6 @@
 """Detector settings per rule, and their compiled form: arrays with one row per rule.
 
-Like :func:`processors.thresholds.compile_rules`, a batch looks its settings up by row, so a
+Like :func:`thermoflow.processors.thresholds.compile_rules`, a batch looks its settings up by row, so a
 check over 100,000 readings indexes arrays instead of calling Python per reading. An absent
 detector compiles to values that can never fire (``inf`` limits, ``NaN`` windows).
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from processors.detectors import history
-from processors.detectors.config import (
+from thermoflow.events import SEVERITIES, Severity
+from thermoflow.processors.detectors import history
+from thermoflow.processors.detectors.config import (
     CRITICAL,
     F64,
     I64,
@@ -32,10 +33,9 @@ from processors.detectors.config import (
     WARNING,
     CompiledDetectors,
 )
-from processors.detectors.grouping import group, group_starts
-from processors.detectors.state import DeviceStates
-from processors.detectors.stuck import run_starts
-from thermoflow.events import SEVERITIES, Severity
+from thermoflow.processors.detectors.grouping import group, group_starts
+from thermoflow.processors.detectors.state import DeviceStates
+from thermoflow.processors.detectors.stuck import run_starts
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +109,7 @@ def scan(
     """Every accepted reading's findings, and the devices' new state. ``states`` is not modified.
 
     ``rows[d]`` is device ``d``'s config row (``NO_DETECTORS`` for none). Readings may come
-    in any order; late ones (see :mod:`processors.detectors.grouping`) only refresh ``last_seen``.
+    in any order; late ones (see :mod:`thermoflow.processors.detectors.grouping`) only refresh ``last_seen``.
     """
     new = _copy(states)
     grouped = group(device=readings.device, ts=readings.ts, last_ts=states.last_ts)
@@ -294,7 +294,7 @@ def detect(
 ) -> tuple[Detections, DeviceStates]:
     """Stuck, rate and outlier detections of a batch (the worst per device and kind), and the new state.
 
-    >>> from processors.detectors.config import DetectorConfig, StuckConfig, compile_detectors
+    >>> from thermoflow.processors.detectors.config import DetectorConfig, StuckConfig, compile_detectors
     >>> config = compile_detectors([DetectorConfig(stuck=StuckConfig(tolerance=0.1, stuck_for=60.0))])
     >>> batch = Readings(device=np.zeros(4, dtype=np.int64), ts=np.array([0.0, 30.0, 60.0, 90.0]),
     ...                  received_at=np.array([0.0, 30.0, 60.0, 90.0]), value=np.full(4, -18.0))

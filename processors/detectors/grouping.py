@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from processors.detectors.config import F64, I64
+from thermoflow.processors.detectors.config import F64, I64
 
 Mask = npt.NDArray[np.bool_]
 

@@ -1,9 +1,9 @@
 """Rate and outlier, over each device's recent history: the first reading of each time bucket.
 
 Time is cut into buckets of ``step`` seconds (the longest of the device's rate and outlier
-windows over :data:`~processors.detectors.config.WINDOW_BUCKETS`). The *history* of a
+windows over :data:`~thermoflow.processors.detectors.config.WINDOW_BUCKETS`). The *history* of a
 device is the first accepted reading of each bucket it reported in; the state keeps the
-last :data:`~processors.detectors.config.HISTORY` entries. Keeping one reading per bucket
+last :data:`~thermoflow.processors.detectors.config.HISTORY` entries. Keeping one reading per bucket
 bounds the state whatever a device's publish rate, and, being a function of the stream
 alone, it is the same however the stream is cut into batches.
 
@@ -29,9 +29,9 @@ from typing import Final
 
 import numpy as np
 
-from processors.detectors.config import F64, HISTORY, I64, WINDOW_BUCKETS
-from processors.detectors.grouping import group_starts
-from processors.detectors.state import DeviceStates
+from thermoflow.processors.detectors.config import F64, HISTORY, I64, WINDOW_BUCKETS
+from thermoflow.processors.detectors.grouping import group_starts
+from thermoflow.processors.detectors.state import DeviceStates
 
 #: The smallest MAD scale (°C): a baseline that never moved scores |x - median| / 1e-9, not inf.
 SCALE_FLOOR: Final = 1e-9

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processors.detectors.config import F64, I64, OFFLINE, CompiledDetectors
-from processors.detectors.detect import Detections
-from processors.detectors.grouping import Mask
+from thermoflow.processors.detectors.config import F64, I64, OFFLINE, CompiledDetectors
+from thermoflow.processors.detectors.detect import Detections
+from thermoflow.processors.detectors.grouping import Mask
 
 
 def offline(
@@ -39,7 +39,7 @@ def offline(
     again has a new ``last_seen``, so its next silence is reported anew; the incident itself
     resolves on that reading, in the alert store.
 
-    >>> from processors.detectors.config import DetectorConfig, compile_detectors
+    >>> from thermoflow.processors.detectors.config import DetectorConfig, compile_detectors
     >>> config = compile_detectors([DetectorConfig(offline_after=30.0)])
     >>> found, reported = offline(now=100.0, last_seen=np.array([60.0, 80.0, np.nan]),
     ...     reported=np.full(3, np.nan), config=config, rows=np.zeros(3, np.int64))

@@ -29,7 +29,7 @@ from typing import Final
 import msgspec
 import numpy as np
 
-from processors.detectors.config import F64, HISTORY, I64
+from thermoflow.processors.detectors.config import F64, HISTORY, I64
 
 
 class DeviceState(msgspec.Struct, array_like=True, frozen=True):

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from processors.detectors.config import F64, I64
-from processors.detectors.grouping import Mask
+from thermoflow.processors.detectors.config import F64, I64
+from thermoflow.processors.detectors.grouping import Mask
 
 
 def run_starts(*, low: F64, high: F64, tolerance: F64, first: Mask) -> I64:

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from tests.conftest import ROOT, Endpoints
 from thermoflow.demo import RESOLVE_AFTER_S, run_demo
-from thermoflow.harness import PipelineRun
+from thermoflow.pipeline_run import PipelineRun
 
 
 async def test_demo_shows_the_fleet_live_and_sums_up_the_run(endpoints: Endpoints) -> None:

@@ -2,7 +2,7 @@
 alert store, notifier (webhook to a local server) and readings sink → PostgreSQL.
 
 Each run has its own MQTT topic prefix, Kafka topics, consumer groups and database schema
-(:meth:`thermoflow.harness.PipelineRun.isolated`), runs every component under `thermoflow run`,
+(:meth:`thermoflow.pipeline_run.PipelineRun.isolated`), runs every component under `thermoflow run`,
 and is judged against the simulator's ground truth: every reading stored exactly once,
 alerts with precision and recall 1.0, incidents opened and resolved, one notification per
 incident transition. The second test does the same while one process of each kind is
@@ -22,7 +22,7 @@ from typing import Any
 
 from tests.conftest import ROOT, Endpoints
 from thermoflow import db
-from thermoflow.harness import WEBHOOK_SECRET, PipelineRun
+from thermoflow.pipeline_run import WEBHOOK_SECRET, PipelineRun
 from thermoflow.webhook_receiver import Delivery, signature_valid
 
 DEVICES = 400

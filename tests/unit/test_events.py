@@ -143,8 +143,8 @@ def test_kafka_source() -> None:
 def test_stored_ids_keep_their_values() -> None:
     # Alert, incident and notification ids are stored and compared across processes and
     # versions: these values were computed before they shared `stable_id`, and must not move.
-    from alerts.lifecycle import incident_id
-    from alerts.notification import idempotency_key
+    from thermoflow.alerts.lifecycle import incident_id
+    from thermoflow.alerts.notification import idempotency_key
     from thermoflow.events import alert_id
 
     ts = 1764000000.125

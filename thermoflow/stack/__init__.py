@@ -1,6 +1,6 @@
 """The local service stack: real Mosquitto, Kafka (KRaft) and PostgreSQL as child processes."""
 
-from thermoflow.stack.process import ServiceError
+from thermoflow.errors import ServiceError
 from thermoflow.stack.stack import Stack, StackConfig
 
 __all__ = ["ServiceError", "Stack", "StackConfig"]

@@ -11,9 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
-class ServiceError(RuntimeError):
-    """A service that could not be started or found; the message says what to do."""
+from thermoflow.errors import ServiceError as ServiceError  # raised here, defined in core
 
 
 def pid_alive(pid: int) -> bool:

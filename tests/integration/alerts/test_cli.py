@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from alerts.lifecycle import Policy
-from alerts.store import prepare, store_batch
-from tests.fakes import make_alert
+from tests.support.fakes import make_alert
 from thermoflow import db
+from thermoflow.alerts.lifecycle import Policy
+from thermoflow.alerts.store import prepare, store_batch
 from thermoflow.cli import main
 from thermoflow.settings import ThermoflowSettings
 
@@ -20,7 +20,7 @@ def thermoflow(*args: str, monkeypatch: pytest.MonkeyPatch) -> int:
     """Run the CLI in this process; exit code back."""
     monkeypatch.setattr("sys.argv", ["thermoflow", *args])
     # configure_logging binds structlog to this test's captured stderr for good; skip it here.
-    monkeypatch.setattr("alerts.cli.configure_logging", lambda **_: None)
+    monkeypatch.setattr("thermoflow.alerts.cli.configure_logging", lambda **_: None)
     with pytest.raises(SystemExit) as exit_:
         main()
     return int(exit_.value.code or 0)

@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import ROOT, Endpoints, free_port, unique_name
 from thermoflow import db
-from thermoflow.harness import PipelineRun
+from thermoflow.pipeline_run import PipelineRun
 from thermoflow.stack.services import Kafka
 from thermoflow.stack.stack import default_cache_dir
 

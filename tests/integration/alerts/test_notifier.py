@@ -15,14 +15,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from alerts.channels import verify
-from alerts.notifier import Notifier
-from alerts.settings import AlertsSettings
 from tests.conftest import ROOT, unique_name
-from tests.fakes import make_alert
 from tests.integration.alerts.helpers import Member, eventually, produce, running, until_members
 from tests.integration.alerts.servers import MailSink, WebhookReceiver, self_signed_cert
+from tests.support.fakes import make_alert
 from thermoflow import kafka
+from thermoflow.alerts.channels import verify
+from thermoflow.alerts.notifier import Notifier
+from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.events import parse_dead_letter_headers
 from thermoflow.observe import committed
 from thermoflow.settings import ThermoflowSettings

@@ -16,15 +16,15 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from alerts.kafka_io import partition_of
-from alerts.lifecycle import Policy
-from alerts.queries import AckError, acknowledge, list_incidents
-from alerts.settings import AlertsSettings
-from alerts.store import AlertStore, prepare, store_batch, sweep
 from tests.conftest import ROOT, unique_name
-from tests.fakes import FakeClock, make_alert
 from tests.integration.alerts.helpers import Member, TcpProxy, eventually, produce, running, until_members
+from tests.support.fakes import FakeClock, make_alert
 from thermoflow import db
+from thermoflow.alerts.kafka_io import partition_of
+from thermoflow.alerts.lifecycle import Policy
+from thermoflow.alerts.queries import AckError, acknowledge, list_incidents
+from thermoflow.alerts.settings import AlertsSettings
+from thermoflow.alerts.store import AlertStore, prepare, store_batch, sweep
 from thermoflow.events import AlertEvent, Severity, encode, parse_dead_letter_headers
 from thermoflow.settings import ThermoflowSettings
 

@@ -20,9 +20,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 from pydantic import SecretStr
 
-from ingest.settings import IngestSettings
 from tests.conftest import ROOT, Endpoints, unique_name
 from thermoflow.events import Reading, encode
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.kafka import producer
 from thermoflow.settings import ThermoflowSettings
 

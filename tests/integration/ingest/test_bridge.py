@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from ingest.bridge import run_bridge
-from ingest.settings import IngestSettings
 from tests.conftest import Endpoints
 from tests.integration.ingest.helpers import (
     Component,
@@ -26,6 +24,8 @@ from tests.integration.ingest.helpers import (
 )
 from thermoflow import topics
 from thermoflow.events import decode_reading, parse_dead_letter_headers
+from thermoflow.ingest.bridge import run_bridge
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 

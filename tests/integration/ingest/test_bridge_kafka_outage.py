@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from ingest.bridge import Bridge
-from ingest.settings import IngestSettings
 from tests.conftest import ROOT, Endpoints, free_port, unique_name
 from tests.integration.ingest.helpers import Component, KafkaReader, ingest_settings, publish, wait_for
 from tests.integration.ingest.test_bridge import valid_message
 from thermoflow import kafka
 from thermoflow.events import decode_reading
+from thermoflow.ingest.bridge import Bridge
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack.services import Kafka

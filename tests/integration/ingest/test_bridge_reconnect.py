@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ingest.bridge import run_bridge
 from tests.conftest import Endpoints
 from tests.integration.ingest.helpers import KafkaReader, bridge_settings, mqtt_prefix, publish, wait_for
 from tests.integration.ingest.test_bridge import valid_message
 from thermoflow.events import decode_reading
+from thermoflow.ingest.bridge import run_bridge
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack.services import Mosquitto

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest.bridge import run_bridge
-from ingest.settings import IngestSettings
 from tests.conftest import ROOT, Endpoints, free_port
 from tests.integration.ingest.helpers import KafkaReader, bridge_settings, mqtt_prefix, publish, wait_for
 from tests.integration.ingest.test_bridge import valid_message
 from thermoflow.events import decode_reading
+from thermoflow.ingest.bridge import run_bridge
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack.services import Mosquitto, remove_home, service_home

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ingest.acks import Held
-from ingest.bridge import Bridge
 from tests.conftest import Endpoints
 from tests.integration.ingest.helpers import (
     Component,
@@ -29,6 +27,8 @@ from tests.integration.ingest.helpers import (
 )
 from tests.integration.ingest.test_bridge import valid_message
 from thermoflow.events import decode_reading
+from thermoflow.ingest.acks import Held
+from thermoflow.ingest.bridge import Bridge
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.watchdog import Watchdog

@@ -21,13 +21,13 @@ from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ingest.bridge import run_bridge
-from ingest.settings import IngestSettings
 from tests.conftest import Endpoints
-from tests.hostile import catalogue, payloads, stable_outcome
 from tests.integration.ingest.helpers import KafkaReader, bridge_settings, mqtt_prefix, publish, wait_for
+from tests.support.hostile import catalogue, payloads, stable_outcome
 from thermoflow import topics
 from thermoflow.events import decode_reading, parse_dead_letter_headers
+from thermoflow.ingest.bridge import run_bridge
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 

@@ -14,8 +14,6 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from ingest.settings import IngestSettings
-from ingest.sink import run_sink
 from tests.conftest import Endpoints, unique_name
 from tests.integration.alerts.helpers import until_members
 from tests.integration.ingest.helpers import (
@@ -30,6 +28,8 @@ from tests.integration.ingest.helpers import (
 )
 from thermoflow import db
 from thermoflow.events import Reading, parse_dead_letter_headers
+from thermoflow.ingest.settings import IngestSettings
+from thermoflow.ingest.sink import run_sink
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.watchdog import EXIT_STALLED

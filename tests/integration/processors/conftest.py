@@ -19,10 +19,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.group import MemberAssignment
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
-from processors.rules import DEFAULT_RULES_FILE
 from tests.conftest import ROOT, Endpoints, unique_name
 from thermoflow import kafka
 from thermoflow.events import AlertEvent, Reading, decode_alert, encode, is_watermark
+from thermoflow.rules import DEFAULT_RULES_FILE
 from thermoflow.settings import ThermoflowSettings
 
 

@@ -9,7 +9,6 @@ import time
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processors import reference
 from tests.integration.processors.conftest import ProcessorRig, reading
 from tests.integration.processors.test_process import (
     _wait_for_log,
@@ -19,7 +18,8 @@ from tests.integration.processors.test_process import (
     fleet,
 )
 from thermoflow import kafka
-from thermoflow.service import EXIT_STOP_TIMEOUT
+from thermoflow.component import EXIT_STOP_TIMEOUT
+from thermoflow.processors import reference
 
 
 async def committed(rig: ProcessorRig) -> dict[int, int]:
@@ -167,7 +167,7 @@ import time
 
 import numpy as np
 
-from processors.runtime import registry, setting
+from thermoflow.processors.runtime import registry, setting
 
 
 @registry.function(name="stuck", source=setting("readings_topic"), sink=setting("alerts_topic"))

@@ -14,13 +14,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from alerts.notifier import Notifier
-from alerts.settings import AlertsSettings
-from alerts.store import AlertStore
 from tests.conftest import unique_name
 from tests.integration.alerts.helpers import eventually, running
 from tests.integration.processors.conftest import ProcessorRig, reading
 from thermoflow import db
+from thermoflow.alerts.notifier import Notifier
+from thermoflow.alerts.settings import AlertsSettings
+from thermoflow.alerts.store import AlertStore
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.webhook_receiver import WebhookReceiver
 

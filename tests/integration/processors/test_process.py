@@ -7,10 +7,10 @@ import random
 import time
 from pathlib import Path
 
-from processors import reference
-from processors.rules import load_rules
 from tests.integration.processors.conftest import ProcessorRig, reading
 from thermoflow.events import AlertEvent, Reading, alert_id, parse_dead_letter_headers
+from thermoflow.processors import reference
+from thermoflow.rules import load_rules
 
 
 def expected_alerts(readings: list[Reading], rules_file: Path) -> dict[str, reference.ScalarBreach]:
@@ -224,7 +224,7 @@ import os
 
 import numpy as np
 
-from processors.runtime import Emit, registry, setting
+from thermoflow.processors.runtime import Emit, registry, setting
 from thermoflow.events import Reading
 
 SINK = os.environ["TEST_FLAKY_SINK"]

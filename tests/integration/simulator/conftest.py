@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from simulator.run import Controls, Outputs, simulate
-from simulator.settings import SimulatorSettings
 from tests.conftest import Endpoints, unique_name
 from thermoflow import mqtt
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.simulator.run import Controls, Outputs, simulate
+from thermoflow.simulator.settings import SimulatorSettings
 
 
 @dataclass
@@ -74,5 +74,5 @@ def subscriber_for(endpoints: Endpoints) -> Iterator[Any]:
 
 
 def run_simulation(settings: SimulatorSettings, outputs: Outputs) -> dict[str, Any]:
-    """Run :func:`simulator.run.simulate` to its end in a fresh event loop."""
+    """Run :func:`thermoflow.simulator.run.simulate` to its end in a fresh event loop."""
     return asyncio.run(simulate(settings, outputs, Controls()))

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulator.run import Outputs
-from simulator.settings import SimulatorSettings
 from tests.conftest import ROOT, Endpoints, unique_name
 from tests.integration.simulator.conftest import run_simulation
+from thermoflow.simulator.run import Outputs
+from thermoflow.simulator.settings import SimulatorSettings
 from thermoflow.stack.services import Mosquitto
 
 

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from simulator.run import Controls, Outputs, simulate
-from simulator.settings import SimulatorSettings
 from tests.conftest import unique_name
 from tests.integration.simulator.conftest import Subscriber
 from thermoflow import db, kafka
 from thermoflow.events import AlertEvent, DeadLetter, Reading, dead_letter_headers, encode, new_alert
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.simulator.run import Controls, Outputs, simulate
+from thermoflow.simulator.settings import SimulatorSettings
 
 
 class StandInPipeline:

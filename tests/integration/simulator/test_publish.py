@@ -8,12 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from simulator.run import Outputs
-from simulator.settings import SimulatorSettings
-from simulator.truth import read_truth
 from tests.conftest import Endpoints, unique_name
 from tests.integration.simulator.conftest import run_simulation
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.simulator.run import Outputs
+from thermoflow.simulator.settings import SimulatorSettings
+from thermoflow.simulator.truth import read_truth
 
 
 def _settings(endpoints: Endpoints, prefix: str, **values: Any) -> SimulatorSettings:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from alerts.breaker import BreakerState, CircuitBreaker
-from tests.fakes import FakeClock
+from tests.support.fakes import FakeClock
+from thermoflow.alerts.breaker import BreakerState, CircuitBreaker
 
 
 def state(breaker: CircuitBreaker) -> BreakerState:

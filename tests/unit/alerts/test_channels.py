@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from alerts.channels import EmailChannel, LogChannel, sign, slack_message, verify
-from alerts.lifecycle import Policy
-from alerts.notification import Notification, headline
-from alerts.tracker import IncidentTracker
-from tests.fakes import make_alert
+from tests.support.fakes import make_alert
+from thermoflow.alerts.channels import EmailChannel, LogChannel, sign, slack_message, verify
+from thermoflow.alerts.lifecycle import Policy
+from thermoflow.alerts.notification import Notification, headline
+from thermoflow.alerts.tracker import IncidentTracker
 
 
 def _resolve_notification() -> Notification:

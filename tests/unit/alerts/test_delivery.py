@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from alerts.delivery import Dispatcher, RetryPolicy
-from alerts.lifecycle import Policy
-from alerts.notification import Notification
-from alerts.routing import LogRoute, Routes, WebhookRoute
-from alerts.tracker import IncidentTracker
-from tests.fakes import FakeClock, RecordingChannel, RecordingDeadLetters, make_alert
+from tests.support.fakes import FakeClock, RecordingChannel, RecordingDeadLetters, make_alert
+from thermoflow.alerts.delivery import Dispatcher, RetryPolicy
+from thermoflow.alerts.lifecycle import Policy
+from thermoflow.alerts.notification import Notification
+from thermoflow.alerts.routing import LogRoute, Routes, WebhookRoute
+from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.events import Severity
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alerts.lifecycle import Policy, StoredIncident, fold_breaches, resolve, resolve_cutoff
-from alerts.tracker import IncidentTracker
-from alerts.watermarks import PipelineWatermarks
-from processors.watermarks import PartitionProgress
-from tests.fakes import make_alert
+from tests.support.fakes import make_alert
+from thermoflow.alerts.lifecycle import Policy, StoredIncident, fold_breaches, resolve, resolve_cutoff
+from thermoflow.alerts.tracker import IncidentTracker
+from thermoflow.alerts.watermarks import PipelineWatermarks
 from thermoflow.events import AlertEvent, Watermark
+from thermoflow.processors.watermarks import PartitionProgress
 
 POLICY = Policy(resolve_after=10.0, repeat_interval=10_000.0)
 READINGS_PARTITIONS = 2

@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_breaches, settle, tick
-from alerts.tracker import IncidentTracker
-from tests.fakes import FakeClock, make_alert
+from tests.support.fakes import FakeClock, make_alert
+from thermoflow.alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_breaches, settle, tick
+from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.events import Severity
 
 POLICY = Policy(resolve_after=60.0, repeat_interval=120.0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.routing import EmailRoute, WebhookRoute, env_secret, parse_routes, with_env_channels
+from thermoflow.alerts.routing import EmailRoute, WebhookRoute, env_secret, parse_routes, with_env_channels
 from thermoflow.settings import ConfigError
 
 ROUTES_YAML = """

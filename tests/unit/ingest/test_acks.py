@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.acks import AckLine, Held
+from thermoflow.ingest.acks import AckLine, Held
 
 # One step of a run: ("arrive", records) | ("kafka", pick) acks one outstanding record | ("drop", 0).
 steps = st.lists(

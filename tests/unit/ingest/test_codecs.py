@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import ingest.codecs
-import ingest.mapping
-import ingest.records
-import ingest.rows
-from ingest.codecs import PayloadError, PayloadLimits, decode_payload, parse_timestamp, to_celsius
-from ingest.mapping import TopicFields
+import thermoflow.ingest.codecs
+import thermoflow.ingest.mapping
+import thermoflow.ingest.records
+import thermoflow.ingest.rows
+from thermoflow.ingest.codecs import PayloadError, PayloadLimits, decode_payload, parse_timestamp, to_celsius
+from thermoflow.ingest.mapping import TopicFields
 
 FIELDS = TopicFields(device_id="freezer-0042", metric="temperature")
 NOW = 1764218400.0
@@ -161,7 +161,15 @@ def test_epoch_seconds_and_milliseconds_mean_the_same_moment(seconds: float) -> 
     assert math.isfinite(parse_timestamp(seconds))
 
 
-@pytest.mark.parametrize("module", [ingest.codecs, ingest.mapping, ingest.records, ingest.rows])
+@pytest.mark.parametrize(
+    "module",
+    [
+        thermoflow.ingest.codecs,
+        thermoflow.ingest.mapping,
+        thermoflow.ingest.records,
+        thermoflow.ingest.rows,
+    ],
+)
 def test_docstring_examples(module: object) -> None:
     failures, _ = doctest.testmod(module, raise_on_error=False)  # type: ignore[arg-type]
     assert failures == 0

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.codecs import PayloadError, PayloadLimits, decode_payload
-from ingest.mapping import TopicFields, TopicTemplate
-from ingest.records import DEADLETTER_MAX_BYTES, Translator
-from tests.hostile import LIMITS, Case, catalogue, fuzz_payloads, payloads
+from tests.support.hostile import LIMITS, Case, catalogue, fuzz_payloads, payloads
 from thermoflow import topics
 from thermoflow.events import Reading, decode_reading, parse_dead_letter_headers
+from thermoflow.ingest.codecs import PayloadError, PayloadLimits, decode_payload
+from thermoflow.ingest.mapping import TopicFields, TopicTemplate
+from thermoflow.ingest.records import DEADLETTER_MAX_BYTES, Translator
 
 NOW = 1_796_000_000.0
 FIELDS = TopicFields(device_id="freezer-0042", metric="temperature")
@@ -75,7 +75,7 @@ def test_a_codec_bug_costs_one_message_a_dead_letter_with_the_reason(monkeypatch
     def broken(*_: object, **__: object) -> list[Reading]:
         raise OverflowError("int too large to convert to float")
 
-    monkeypatch.setattr("ingest.records.decode_payload", broken)
+    monkeypatch.setattr("thermoflow.ingest.records.decode_payload", broken)
     out = translator().translate("sensors/f-1/temperature", b"1", received_at=NOW)
     assert out.error == "internal error decoding payload: OverflowError: int too large to convert to float"
     [letter] = out.records
@@ -221,8 +221,8 @@ def test_the_bridge_callback_turns_any_translate_failure_into_a_dead_letter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Even if translate itself broke, the message gets a dead letter, so its ack is not held back."""
-    from ingest.bridge import Bridge
-    from ingest.settings import IngestSettings
+    from thermoflow.ingest.bridge import Bridge
+    from thermoflow.ingest.settings import IngestSettings
 
     bridge = Bridge(IngestSettings(), wall_clock=lambda: NOW)
 

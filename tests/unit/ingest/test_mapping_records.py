@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.mapping import TopicFields, TopicTemplate, TopicTemplateError, check_filter
-from ingest.records import Translator
-from ingest.rows import rows_from_values
-from ingest.settings import IngestSettings
 from thermoflow import topics
 from thermoflow.events import Reading, decode_reading, encode, parse_dead_letter_headers
+from thermoflow.ingest.mapping import TopicFields, TopicTemplate, TopicTemplateError, check_filter
+from thermoflow.ingest.records import Translator
+from thermoflow.ingest.rows import rows_from_values
+from thermoflow.ingest.settings import IngestSettings
 from thermoflow.settings import ConfigError, load_settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.rows import rows_from_values
+from thermoflow.ingest.rows import rows_from_values
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from processors.batching import FAUST_VERSION, ChunkScheduler, IncompatibleVersions, check_versions
+from thermoflow.processors.batching import FAUST_VERSION, ChunkScheduler, IncompatibleVersions, check_versions
 
 READINGS = "readings"
 

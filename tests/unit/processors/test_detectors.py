@@ -7,7 +7,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from processors.detectors import (
+from thermoflow.processors.detectors import (
     HISTORY,
     NO_DETECTORS,
     DetectorConfig,

@@ -19,8 +19,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors import detectors_reference as reference
-from processors.detectors import (
+from thermoflow.processors import detectors_reference as reference
+from thermoflow.processors.detectors import (
     KINDS,
     NO_DETECTORS,
     DetectorConfig,

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processors.codec import RawRecord, ReadingBatch, decode_batch
-from processors.functions import ThresholdCheck, threshold_alerts
-from processors.rules import parse_rules
-from processors.runtime import Emit, FunctionFailed, Registry, call_with_retries, setting
-from processors.settings import ProcessorSettings
-from processors.thresholds import compile_rules
-from processors.watcher import RulesWatcher
 from thermoflow.events import AlertEvent, Reading, alert_id, encode
+from thermoflow.processors.columns import RawRecord, ReadingBatch, decode_batch
+from thermoflow.processors.functions import ThresholdCheck, threshold_alerts
+from thermoflow.processors.runtime import Emit, FunctionFailed, Registry, call_with_retries, setting
+from thermoflow.processors.settings import ProcessorSettings
+from thermoflow.processors.thresholds import compile_rules
+from thermoflow.processors.watcher import RulesWatcher
+from thermoflow.rules import parse_rules
 
 
 def record(offset: int, value: bytes | None, *, key: bytes | None = b"k") -> RawRecord:

@@ -10,10 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import processors.thresholds
-from processors import reference
-from processors.rules import RuleSet, parse_rules
-from processors.thresholds import ReadingColumns, compile_rules, evaluate
+import thermoflow.processors.thresholds
+from thermoflow.processors import reference
+from thermoflow.processors.thresholds import ReadingColumns, compile_rules, evaluate
+from thermoflow.rules import RuleSet, parse_rules
 
 THRESHOLDS = [-20.0, -5.0, 0.0, 0.5, 5.0, 30.0]
 DEVICES = ["a-1", "a-22", "b-1", "b-x", "c-1"]
@@ -175,7 +175,7 @@ def test_empty_batches_and_empty_rules() -> None:
 
 
 def test_module_examples_hold() -> None:
-    assert doctest.testmod(processors.thresholds).failed == 0
+    assert doctest.testmod(thermoflow.processors.thresholds).failed == 0
 
 
 def test_a_batch_spanning_a_long_time_keeps_one_alert_per_window_so_the_breach_stays_continuous() -> None:

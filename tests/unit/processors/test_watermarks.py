@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from processors.codec import RawRecord, decode_batch
-from processors.watermarks import PartitionProgress, latest_per_partition
 from thermoflow.events import Reading, encode
+from thermoflow.processors.columns import RawRecord, decode_batch
+from thermoflow.processors.watermarks import PartitionProgress, latest_per_partition
 
 
 def _caught_up(partition: int, next_offset: int | None) -> bool:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from simulator.settings import SimulatorSettings
 from tests.conftest import ROOT
 from thermoflow.settings import ConfigError, load_settings
+from thermoflow.simulator.settings import SimulatorSettings
 
 
 def _simulate(*args: str) -> subprocess.CompletedProcess[str]:

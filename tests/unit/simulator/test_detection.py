@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from simulator.anomalies import Anomaly, Injector, Kind, Schedule
-from simulator.detectability import (
+from thermoflow.events import Condition, new_alert
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.simulator.anomalies import Anomaly, Injector, Kind, Schedule
+from thermoflow.simulator.detectability import (
     SCORED_KINDS,
     InjectedAnomaly,
     crossed,
@@ -21,8 +22,14 @@ from simulator.detectability import (
     injected_anomalies,
     judge,
 )
-from simulator.detection import ACCEPTS, Incident, anomaly_detection, incidents_from_alerts, score_detection
-from simulator.detector_rules import (
+from thermoflow.simulator.detection import (
+    ACCEPTS,
+    Incident,
+    anomaly_detection,
+    incidents_from_alerts,
+    score_detection,
+)
+from thermoflow.simulator.detector_rules import (
     OFF,
     DetectorRulesError,
     Detectors,
@@ -32,12 +39,11 @@ from simulator.detector_rules import (
     detector_rules,
     load_detector_rules,
 )
-from simulator.engine import Engine
-from simulator.payloads import PayloadFormat
-from simulator.profiles import Fleet, SignalModel
-from simulator.report import detection_summary, detection_table
-from simulator.truth import GroundTruth, Thresholds
-from thermoflow.events import Condition, new_alert
+from thermoflow.simulator.engine import Engine
+from thermoflow.simulator.payloads import PayloadFormat
+from thermoflow.simulator.profiles import Fleet, SignalModel
+from thermoflow.simulator.report import detection_summary, detection_table
+from thermoflow.simulator.truth import GroundTruth, Thresholds
 
 GRACE = 30.0
 CONDITIONS: tuple[str, ...] = ("above", "below", "offline", "stuck", "rate", "outlier")

@@ -7,12 +7,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from simulator.anomalies import Injector, Schedule
-from simulator.engine import Engine
-from simulator.payloads import PayloadFormat, TopicTemplateError, check_template
-from simulator.profiles import Fleet, SignalModel
-from simulator.truth import GroundTruth, Thresholds
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.simulator.anomalies import Injector, Schedule
+from thermoflow.simulator.engine import Engine
+from thermoflow.simulator.payloads import PayloadFormat, TopicTemplateError, check_template
+from thermoflow.simulator.profiles import Fleet, SignalModel
+from thermoflow.simulator.truth import GroundTruth, Thresholds
 
 
 def _engine(fmt: str, *, devices: int = 30, per_hour: float = 3000.0, seed: int = 9) -> Engine:

@@ -5,7 +5,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulator import packets
+from thermoflow.simulator import packets
 
 
 def _decode_length(encoded: bytes) -> int:

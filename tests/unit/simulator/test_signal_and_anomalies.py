@@ -5,9 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processors.rules import DEFAULT_RULES_FILE, load_rules
-from simulator.anomalies import KINDS, Anomaly, AnomalyError, Injector, Schedule, load_schedule, parse_kinds
-from simulator.profiles import PROFILES, Fleet, FleetError, SignalModel, parse_mix
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.simulator.anomalies import (
+    KINDS,
+    Anomaly,
+    AnomalyError,
+    Injector,
+    Schedule,
+    load_schedule,
+    parse_kinds,
+)
+from thermoflow.simulator.profiles import PROFILES, Fleet, FleetError, SignalModel, parse_mix
 
 
 def test_fleet_ids_follow_the_profiles_and_the_mix() -> None:

@@ -6,10 +6,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.rules import DEFAULT_RULES_FILE, RuleSet, load_rules, parse_rules
-from simulator.score import AlertScorer, KeyMode, delivery
-from simulator.truth import GroundTruth, Thresholds, episodes_of
 from thermoflow.events import AlertEvent, new_alert
+from thermoflow.rules import DEFAULT_RULES_FILE, RuleSet, load_rules, parse_rules
+from thermoflow.simulator.score import AlertScorer, KeyMode, delivery
+from thermoflow.simulator.truth import GroundTruth, Thresholds, episodes_of
 
 RULES = parse_rules(
     """

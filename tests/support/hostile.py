@@ -21,9 +21,9 @@ from typing import Any
 import msgspec
 from hypothesis import strategies as st
 
-from ingest.codecs import PayloadLimits
-from ingest.mapping import TopicTemplate
-from ingest.records import Translator
+from thermoflow.ingest.codecs import PayloadLimits
+from thermoflow.ingest.mapping import TopicTemplate
+from thermoflow.ingest.records import Translator
 
 LIMITS = PayloadLimits()  # the bridge's defaults
 DAY = 86_400.0

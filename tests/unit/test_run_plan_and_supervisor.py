@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from thermoflow.runner import Supervisor
+from thermoflow.run_plan import Instance, PlanError, RestartPolicy, parse_scale, plan
 from thermoflow.stack.process import pid_alive
-from thermoflow.supervise import Instance, PlanError, RestartPolicy, parse_scale, plan
+from thermoflow.supervisor import Supervisor
 
 
 def test_plan_runs_one_of_each_component_by_default() -> None:
@@ -158,13 +158,13 @@ RUN = textwrap.dedent(
     """
     import asyncio, os, sys
     from pathlib import Path
-    from thermoflow.runner import Supervisor
-    from thermoflow.supervise import Instance, RestartPolicy
+    from thermoflow.supervisor import Supervisor
+    from thermoflow.run_plan import Instance, RestartPolicy
 
     component, status_file, grace = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
     if os.environ.get("EXIT_WITH_PARENT"):  # what `thermoflow run --exit-with-parent` does
         import signal
-        from thermoflow.runner import die_with_parent
+        from thermoflow.supervisor import die_with_parent
         die_with_parent(signal.SIGTERM, parent=os.getppid())
     supervisor = Supervisor(
         [Instance("bridge", 1), Instance("sink", 1)], env=dict(os.environ),

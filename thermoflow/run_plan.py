@@ -1,6 +1,6 @@
 """The pure part of `thermoflow run`: which processes to run and when to restart them.
 
-No processes, no clock of its own: :mod:`thermoflow.runner` does the I/O around it.
+No processes, no clock of its own: :mod:`thermoflow.supervisor` does the I/O around it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from thermoflow.service import EXIT_STOP_TIMEOUT
+from thermoflow.component import EXIT_STOP_TIMEOUT
 from thermoflow.watchdog import EXIT_STALLED
 
 #: Every pipeline component and the `thermoflow` arguments that start one instance of it.

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from thermoflow.component import STOP_SIGNALS
 from thermoflow.logs import get_logger
-from thermoflow.service import STOP_SIGNALS
-from thermoflow.supervise import Instance, RestartPolicy, exit_reason
+from thermoflow.run_plan import Instance, RestartPolicy, exit_reason
 
 log = get_logger(__name__)
 

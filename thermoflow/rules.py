@@ -44,7 +44,8 @@ import yaml
 from thermoflow.events import SEVERITIES, Condition, Severity
 
 DEFAULT_METRIC: Final = "temperature"
-DEFAULT_RULES_FILE: Final = Path(__file__).with_name("rules.yaml")
+#: The shipped example, beside the processors that use it.
+DEFAULT_RULES_FILE: Final = Path(__file__).parent / "processors" / "rules.yaml"
 
 #: Conditions in tie-break order: when one reading breaches both at the same severity, ``above`` wins.
 CONDITIONS: Final[tuple[Condition, ...]] = ("above", "below")

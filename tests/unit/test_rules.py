@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.rules import DEFAULT_RULES_FILE, Breach, RulesError, load_rules, parse_rules
+from thermoflow.rules import DEFAULT_RULES_FILE, Breach, RulesError, load_rules, parse_rules
 
 RULES = """
 version: 1
@@ -189,6 +189,6 @@ def test_shipped_rules_have_a_default() -> None:
 def test_module_examples_hold() -> None:
     import doctest
 
-    import processors.rules
+    import thermoflow.rules
 
-    assert doctest.testmod(processors.rules).failed == 0
+    assert doctest.testmod(thermoflow.rules).failed == 0

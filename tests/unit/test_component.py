@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from thermoflow.service import EXIT_STOP_TIMEOUT
+from thermoflow.component import EXIT_STOP_TIMEOUT
 
 COMPONENT = textwrap.dedent(
     """
     import asyncio, sys, time
-    from thermoflow.service import run_until_signal
+    from thermoflow.component import run_until_signal
 
     async def main(stop):
         print("up", flush=True)

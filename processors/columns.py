@@ -15,8 +15,8 @@ from typing import Any, Final, Protocol
 import msgspec
 import numpy as np
 
-from processors.thresholds import F64, I64, ReadingColumns
 from thermoflow.events import Reading, decode_reading
+from thermoflow.processors.thresholds import F64, I64, ReadingColumns
 
 
 def _wire_struct() -> type[msgspec.Struct]:

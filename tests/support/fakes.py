@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from alerts.channels import DeliveryError
-from alerts.notification import Notification
+from thermoflow.alerts.channels import DeliveryError
+from thermoflow.alerts.notification import Notification
 from thermoflow.events import AlertEvent, Severity, new_alert
 
 

@@ -1,0 +1,1 @@
+"""Fakes, catalogues and helpers the tests share; never shipped."""
