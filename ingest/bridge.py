@@ -1,28 +1,24 @@
 """The MQTT→Kafka bridge: at least once, an MQTT message is acked only after Kafka acked its records.
 
-One thread, one asyncio loop. paho-mqtt runs on that loop through its external-loop hooks
-(``on_socket_open`` / ``on_socket_register_write`` ...), so ``client.ack`` is always called from
-the thread that owns the client (paho's ack is not thread-safe) and no lock sits on the hot path.
+One thread, one asyncio loop; paho runs on it (:class:`~thermoflow.ingest.mqtt_reader.PahoOnAsyncio`),
+so ``client.ack`` is only called from the thread that owns the client and no lock is on the hot path.
 
-- The socket's reader callback reads a chunk and cuts its packets (:mod:`thermoflow.ingest.mqtt_reader`);
-  ``_on_publish`` translates each message (pure, :mod:`thermoflow.ingest.records`) into the outbox and notes
-  it in the ack line (``_pending``, :class:`thermoflow.ingest.acks.AckLine`).
-- The sender task turns the outbox into one Kafka batch per partition (``send_batch``: one future
-  per batch, not per record) and starts a delivery task that waits for the acks and resends what
-  failed, with backoff, until Kafka takes it.
+- :mod:`thermoflow.ingest.mqtt_session` keeps one persistent session up; its reader
+  (:mod:`thermoflow.ingest.mqtt_reader`, the one module on paho's internals) cuts the packets.
+  ``_on_publish`` translates each message (pure, :mod:`thermoflow.ingest.records`) into the
+  outbox and notes it in the ack line (``_pending``, :class:`thermoflow.ingest.acks.AckLine`).
+- The sender task hands the outbox to the Kafka side (:mod:`thermoflow.ingest.delivery`): one
+  batch per partition, and a delivery task that resends what failed until Kafka takes it.
 - Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
   the head of the line is acked once it and everything before it is in Kafka.
-- The bridge holds at most a window of messages between reading and acking them
-  (:mod:`thermoflow.ingest.acks`): ``min(mqtt_receive_maximum, bridge_max_pending)``. Its reader stops
-  handing on PUBLISHes when the window is full, whatever the broker sends (Mosquitto 2.0 keeps to
-  the receive maximum only until the first ack). That bounds memory, and the bridge's share of
-  the duplicates a ``kill -9`` leaves in Kafka: at most one window, plus PUBACKs the broker had
-  not read yet (Mosquitto 2.0.11 drops those when the dead bridge's connection resets).
+- The bridge holds at most a window of ``min(mqtt_receive_maximum, bridge_max_pending)``
+  messages between reading and acking them, whatever the broker sends (:mod:`thermoflow.ingest.acks`
+  says why). That bounds memory, and the duplicates a ``kill -9`` leaves in Kafka: one window,
+  plus PUBACKs the broker had not read yet (Mosquitto 2.0.11 drops those on the connection reset).
 - A lost connection drops the held messages without acking them, and their records not yet in
   Kafka: the persistent session redelivers them (QoS 1) after the reconnect.
 - Stopping is bounded (``_STOP_TIMEOUT``) whatever is down: what reaches Kafka in time is acked,
-  the rest is dropped unacked for the broker to redeliver, and the producer is abandoned if it
-  cannot flush.
+  the rest is left unacked for the broker to redeliver; a producer that cannot flush is abandoned.
 - A :class:`~thermoflow.watchdog.Watchdog` ends the process when messages are held, Kafka
   answers, and no ack has moved for ``stall_timeout``; Kafka or MQTT being down is not a stall.
 """
@@ -30,26 +26,17 @@ the thread that owns the client (paho's ack is not thread-safe) and no lock sits
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-import socket
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-import paho.mqtt.client as paho
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from thermoflow import kafka, mqtt
 from thermoflow.ingest.acks import AckLine, Held
+from thermoflow.ingest.delivery import Group, KafkaDelivery, start_producer, stop_producer
 from thermoflow.ingest.mapping import TopicTemplate
-from thermoflow.ingest.mqtt_reader import BulkReadClient
+from thermoflow.ingest.mqtt_reader import check_paho_version
+from thermoflow.ingest.mqtt_session import MqttSession
 from thermoflow.ingest.records import LogSampler, OutRecord, Translator
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import get_logger
@@ -58,8 +45,6 @@ from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 
-_BACKOFF_FIRST: Final = 0.5
-_BACKOFF_MAX: Final = 30.0
 #: Seconds from the stop signal to the bridge's return, whatever is down (within `run`'s grace).
 _STOP_TIMEOUT: Final = 10.0
 #: Of those, kept for the acks, the DISCONNECT and the producer once Kafka has had its time.
@@ -69,18 +54,6 @@ _STOP_RESERVE: Final = 3.0
 _PROBE_AFTER: Final = 5.0
 
 _Pending = Held  # one MQTT message held until Kafka has its records (the name _on_publish uses)
-
-
-@dataclass(slots=True)
-class _Group:
-    """Records bound for one topic-partition, and the messages they belong to."""
-
-    records: list[OutRecord] = field(default_factory=list)
-    owners: list[_Pending] = field(default_factory=list)
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2))
 
 
 class Bridge:
@@ -109,21 +82,20 @@ class Bridge:
         self._pending = AckLine(window=min(settings.mqtt_receive_maximum, settings.bridge_max_pending))
         self._outbox: list[tuple[OutRecord, _Pending]] = []
         self._outbox_ready = asyncio.Event()
-        self._deliveries: set[asyncio.Task[None]] = set()
-        self._partitions: dict[str, int] = {}
-        self._partition_of: dict[tuple[str, bytes], int] = {}
-        self._round_robin = 0
         self._received = 0  # counted here, moved into the metrics per flush (no lock per message)
-        self._connected = asyncio.Event()
-        self._lost = asyncio.Event()
-        self._reading = False
         self._stopping = False
         self._sending = False
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._producer: AIOKafkaProducer | None = None
-        self._client: BulkReadClient | None = None
+        self._mqtt = MqttSession(
+            settings,
+            on_publish=self._on_publish,
+            room=self._pending.room,
+            may_read=lambda: not self._stopping and self._pending.room() > 0,
+            on_lost=self._on_lost,
+            metrics=self.metrics,
+            watchdog=self.watchdog,
+        )
+        self._io = self._mqtt.io  # the reading's pause and resume, and the client once open
+        self._kafka: KafkaDelivery | None = None
         self._acked_at = time.monotonic()
         self._probe: asyncio.Task[None] | None = None
         # Early enough that an outage is known (retrying) well before it could look like a stall.
@@ -133,24 +105,24 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Bridge until ``stop`` is set; then stop reading, deliver and ack what is held, disconnect."""
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        check_paho_version()
         self.watchdog.start()
         try:
-            self._producer = await self._start_producer(stop)
-            if self._producer is not None:
-                await self._bridge(self._producer, stop)
+            producer = await start_producer(self.settings, stop, self.watchdog, stop_reserve=_STOP_RESERVE)
+            if producer is not None:
+                await self._bridge(producer, stop)
         finally:
             self.watchdog.stop()
 
     async def _bridge(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         """Read, produce and ack until ``stop``; then drain and close, all by the stop deadline."""
         deadline = time.monotonic() + _STOP_TIMEOUT  # set again when the stop comes
+        self._kafka = kafka = KafkaDelivery(producer, self._delivered, self.metrics, self.watchdog)
         try:
-            self._client = self._make_client()
+            self._mqtt.open()
             tasks = [
                 asyncio.create_task(self._sender(), name="bridge-sender"),
-                asyncio.create_task(self._keep_connected(stop), name="bridge-connection"),
+                asyncio.create_task(self._mqtt.keep_connected(stop), name="bridge-connection"),
                 asyncio.create_task(self._housekeeping(), name="bridge-housekeeping"),
             ]
             try:
@@ -158,50 +130,13 @@ class Bridge:
                 deadline = time.monotonic() + _STOP_TIMEOUT
                 await self._drain(deadline)
             finally:
-                for task in [*tasks, *self._deliveries, *([self._probe] if self._probe else [])]:
+                for task in [*tasks, *kafka.tasks, *([self._probe] if self._probe else [])]:
                     task.cancel()
-                await asyncio.gather(*tasks, *self._deliveries, return_exceptions=True)
-                self._close_client()
+                await asyncio.gather(*tasks, *kafka.tasks, return_exceptions=True)
+                self._io.close()
         finally:
-            await self._stop_producer(producer, deadline)
+            await stop_producer(producer, deadline)
             self._log_metrics("bridge_stopped")
-
-    async def _start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer | None:
-        """Start the producer, retrying with backoff while Kafka is unreachable (None if stopped first)."""
-        attempt = 0
-        while not stop.is_set():
-            producer = kafka.producer(self.settings, linger_ms=0)
-            starting = asyncio.ensure_future(producer.start())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not starting.done():  # stopped while Kafka does not answer: give up on it
-                starting.cancel()
-                await self._stop_producer(producer, time.monotonic() + _STOP_RESERVE)
-                return None
-            error = starting.exception()
-            if error is None:
-                return producer
-            if not isinstance(error, KafkaError | OSError):
-                raise error
-            await self._stop_producer(producer, time.monotonic() + _STOP_RESERVE)
-            delay = _backoff(attempt)
-            log.warning("kafka_unreachable", error=str(error), retry_in=round(delay, 1))
-            self.watchdog.retrying("kafka unreachable")
-            attempt += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-        return None
-
-    @staticmethod
-    async def _stop_producer(producer: AIOKafkaProducer, deadline: float) -> None:
-        """Close the producer; one that cannot flush (Kafka gone) is abandoned at the deadline."""
-        try:
-            await asyncio.wait_for(producer.stop(), max(0.5, deadline - time.monotonic()))
-        except TimeoutError:
-            log.warning("kafka_producer_abandoned", reason="its flush did not finish by the stop deadline")
-        except (KafkaError, OSError) as exc:
-            log.warning("kafka_producer_stop_failed", error=repr(exc))
 
     async def _drain(self, deadline: float) -> None:
         """Stop taking messages, get what is held into Kafka in time, ack it, then disconnect.
@@ -210,151 +145,39 @@ class Bridge:
         next bridge on this session.
         """
         self._stopping = True
-        self._pause_reading()
+        self._io.pause()
         try:
             await asyncio.wait_for(self._kafka_idle(), max(0.0, deadline - _STOP_RESERVE - time.monotonic()))
         except TimeoutError:
             log.warning(
                 "bridge_drain_timeout", held=len(self._pending), outbox=len(self._outbox),
-                deliveries=len(self._deliveries),
+                deliveries=len(self._deliveries()),
             )  # fmt: skip
         self._ack_ready()
         held = len(self._pending)
-        client = self._client
-        if client is not None and self._connected.is_set():
-            flushed_by = deadline - _STOP_RESERVE / 2  # the rest is the producer's
-            while client.want_write() and time.monotonic() < flushed_by:
-                client.loop_write()
-                await asyncio.sleep(0.001)
-            client.disconnect()
-            while client.want_write() and time.monotonic() < flushed_by:
-                client.loop_write()
-                await asyncio.sleep(0.001)
+        await self._mqtt.disconnect(by=deadline - _STOP_RESERVE / 2)  # the rest is the producer's
         line = self._pending
         log.info("bridge_drained", unacked=line.unacked, held=held, acked=line.acked, taken=line.taken)
 
     async def _kafka_idle(self) -> None:
         """Until the outbox is sent and every delivery has its ack."""
-        while self._outbox or self._sending or self._deliveries:
-            if self._deliveries:
-                await asyncio.wait(list(self._deliveries))
+        while self._outbox or self._sending or self._deliveries():
+            if self._deliveries():
+                await asyncio.wait(list(self._deliveries()))
             else:
                 self._outbox_ready.set()
                 await asyncio.sleep(0.005)  # the sender picks the outbox up
 
+    def _deliveries(self) -> set[asyncio.Task[None]]:
+        return self._kafka.tasks if self._kafka else set()
+
     # -- MQTT ----------------------------------------------------------------------------------
 
-    def _make_client(self) -> BulkReadClient:
-        settings = self.settings
-        client = mqtt.client(
-            settings,
-            client_id=settings.mqtt_client_id,
-            version=settings.mqtt_version,
-            clean=False,
-            manual_ack=True,
-            cls=BulkReadClient,
-            on_publish=self._on_publish,
-            room=self._pending.room,
-        )
-        assert isinstance(client, BulkReadClient)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
-        return client
-
-    def _connect_blocking(self) -> None:
-        """paho's connect (a blocking socket connect): run in a worker thread."""
-        assert self._client is not None
-        settings = self.settings
-        if settings.mqtt_version == "5":
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = settings.mqtt_session_expiry
-            properties.ReceiveMaximum = settings.mqtt_receive_maximum
-            self._client.connect(
-                settings.mqtt_host,
-                settings.mqtt_port,
-                keepalive=settings.mqtt_keepalive,
-                clean_start=False,
-                properties=properties,
-            )
-        else:
-            self._client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive)
-
-    async def _keep_connected(self, stop: asyncio.Event) -> None:
-        """Connect, and reconnect with backoff whenever the connection is lost."""
-        attempt = 0
-        while not stop.is_set():
-            self._lost.clear()
-            try:
-                await asyncio.to_thread(self._connect_blocking)
-            except (OSError, ValueError) as exc:
-                delay = _backoff(attempt)
-                attempt += 1
-                self.metrics.count("mqtt_connect_failures")
-                self.watchdog.retrying("mqtt unreachable")
-                log.warning(
-                    "mqtt_connect_failed",
-                    url=self.settings.mqtt_url,
-                    error=str(exc),
-                    retry_in=round(delay, 1),
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                continue
-            await self._lost.wait()
-            if self._connected.is_set():
-                attempt = 0
-            else:
-                attempt += 1
-            self._connected.clear()
-            if not stop.is_set():
-                delay = _backoff(attempt)
-                log.warning("mqtt_connection_lost", retry_in=round(delay, 1))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-
-    def _on_connect(
-        self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _properties: Any
-    ) -> None:
-        if reason.is_failure:
-            log.error("mqtt_connect_refused", reason=str(reason))
-            client.disconnect()
-            return
-        self._connected.set()
-        self.metrics.count("mqtt_connects")
-        log.info(
-            "mqtt_connected",
-            url=self.settings.mqtt_url,
-            client_id=self.settings.mqtt_client_id,
-            session_present=bool(flags.session_present),
-        )
-        # Subscribing again is harmless when the session kept the subscriptions, and needed when not.
-        client.subscribe([(topic_filter, 1) for topic_filter in self.settings.topic_filters])
-
-    def _on_subscribe(
-        self, _client: paho.Client, _userdata: Any, _mid: int, reasons: Any, _properties: Any
-    ) -> None:
-        granted = [str(reason) for reason in reasons]
-        if any(reason.is_failure for reason in reasons):
-            log.error("mqtt_subscribe_refused", filters=self.settings.topic_filters, reasons=granted)
-        else:
-            log.info("mqtt_subscribed", filters=self.settings.topic_filters, granted=granted)
-
-    def _on_disconnect(
-        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _properties: Any
-    ) -> None:
-        # The unacked messages come again in the resumed session: drop them without acking,
-        # with their records not yet sent (the sender and the retries skip dropped messages).
+    def _on_lost(self, reason: str) -> None:
+        """Drop the held messages unacked, their records unsent: the resumed session sends them again."""
         dropped = self._pending.drop_all()
         if dropped:
-            log.info("mqtt_pending_dropped", pending=dropped, reason=str(reason))
-        self._reading = False
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._lost.set)
+            log.info("mqtt_pending_dropped", pending=dropped, reason=reason)
 
     def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """One message into the outbox: its readings, or its dead letter. Never raises.
@@ -382,73 +205,8 @@ class Bridge:
         for record in translation.records:
             outbox.append((record, pending))
         if len(self._pending) >= self.settings.bridge_max_pending:
-            self._pause_reading()
+            self._io.pause()
         self._outbox_ready.set()
-
-    # -- paho on our loop ----------------------------------------------------------------------
-
-    def _on_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._in_loop(self._socket_opened, sock)
-
-    def _in_loop(self, callback: Callable[[socket.socket], None], sock: socket.socket) -> None:
-        """Run now when on the loop's thread (paho closes the socket right after), else hand over."""
-        assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:
-            callback(sock)
-        else:
-            self._loop.call_soon_threadsafe(callback, sock)
-
-    def _socket_opened(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._resume_reading()
-
-    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._in_loop(self._socket_closed, sock)
-
-    def _socket_closed(self, sock: socket.socket) -> None:
-        assert self._loop is not None
-        if sock.fileno() != -1:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-        if self._sock is sock:
-            self._sock = None
-            self._reading = False
-
-    def _on_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._in_loop(self._register_write, sock)
-
-    def _register_write(self, sock: socket.socket) -> None:
-        assert self._loop is not None and self._client is not None
-        if sock is self._sock:
-            self._loop.add_writer(sock, self._client.loop_write)
-
-    def _on_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        if self._loop is not None and sock is not None:
-            self._loop.remove_writer(sock)
-
-    def _readable(self) -> None:
-        """One chunk of what the socket holds (up to 64 KiB); the loop calls again while more is there."""
-        client = self._client
-        if client is None or not self._reading:
-            return
-        client.loop_read()
-        if client.holding:  # the window is full: read again once acks make room
-            self._pause_reading()
-
-    def _pause_reading(self) -> None:
-        if self._reading and self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock)
-        self._reading = False
-
-    def _resume_reading(self) -> None:
-        """Read again, once there is room in the window (a no-op while stopping or unconnected)."""
-        loop, sock = self._loop, self._sock
-        if self._reading or self._stopping or sock is None or loop is None or self._pending.room() <= 0:
-            return
-        loop.add_reader(sock, self._readable)
-        self._reading = True
-        if self._client is not None and self._client.holding:
-            loop.call_soon(self._readable)  # packets already read wait: no readable event will come
 
     # -- Kafka ---------------------------------------------------------------------------------
 
@@ -464,128 +222,15 @@ class Bridge:
                 continue
             outbox, self._outbox = self._outbox, []
             self._flush_counts()
-            self._resume_reading()
+            self._io.resume()
             self._sending = True  # neither in the outbox nor in a delivery yet: the drain waits
             try:
-                sent = await self._send(await self._group(outbox))
-                task = asyncio.create_task(self._deliver(sent))
-                self._deliveries.add(task)
-                task.add_done_callback(self._deliveries.discard)
+                assert self._kafka is not None
+                await self._kafka.submit(outbox)
             finally:
                 self._sending = False
 
-    async def _group(self, outbox: list[tuple[OutRecord, _Pending]]) -> dict[tuple[str, int], _Group]:
-        groups: dict[tuple[str, int], _Group] = {}
-        for record, owner in outbox:
-            if owner.dropped:  # its connection is gone: the broker sends the message again
-                continue
-            partition = await self._partition(record)
-            group = groups.get((record.topic, partition))
-            if group is None:
-                group = groups[(record.topic, partition)] = _Group()
-            group.records.append(record)
-            group.owners.append(owner)
-        return groups
-
-    async def _partition(self, record: OutRecord) -> int:
-        """The default partitioner's choice (murmur2 of the key), cached per key: murmur2 is pure Python."""
-        count = self._partitions.get(record.topic)
-        if count is None:
-            count = await self._partition_count(record.topic)
-        if record.key is None:
-            self._round_robin += 1
-            return self._round_robin % count
-        cache_key = (record.topic, record.key)
-        partition = self._partition_of.get(cache_key)
-        if partition is None:
-            partition = (murmur2(record.key) & 0x7FFFFFFF) % count
-            if len(self._partition_of) > 1_000_000:
-                self._partition_of.clear()
-            self._partition_of[cache_key] = partition
-        return partition
-
-    async def _partition_count(self, topic: str) -> int:
-        assert self._producer is not None
-        attempt = 0
-        while True:
-            try:
-                partitions = await self._producer.partitions_for(topic)
-                if partitions:
-                    self._partitions[topic] = len(partitions)
-                    return len(partitions)
-            except KafkaError as exc:
-                log.warning("kafka_metadata_failed", topic=topic, error=str(exc))
-                self.watchdog.retrying("kafka metadata unavailable")
-            await asyncio.sleep(_backoff(attempt))
-            attempt += 1
-
-    async def _send(
-        self, groups: dict[tuple[str, int], _Group]
-    ) -> list[tuple[_Group, asyncio.Future[Any] | BaseException]]:
-        """One ``send_batch`` per full batch; returns each group's delivery future (or the send error)."""
-        assert self._producer is not None
-        producer = self._producer
-        sent: list[tuple[_Group, asyncio.Future[Any] | BaseException]] = []
-        for (topic, partition), group in groups.items():
-            start = 0
-            while start < len(group.records):
-                batch = producer.create_batch()
-                end = start
-                for record in group.records[start:]:
-                    if (
-                        batch.append(
-                            key=record.key, value=record.value, timestamp=None, headers=record.headers
-                        )
-                        is None
-                    ):
-                        break
-                    end += 1
-                if end == start:  # a record bigger than a batch: cannot happen below max_payload_bytes
-                    raise ValueError(
-                        f"record of {len(group.records[start].value)} bytes exceeds the batch size"
-                    )
-                piece = _Group(group.records[start:end], group.owners[start:end])
-                try:
-                    sent.append((piece, await producer.send_batch(batch, topic, partition=partition)))
-                except KafkaError as exc:
-                    sent.append((piece, exc))
-                start = end
-        return sent
-
-    async def _deliver(self, sent: list[tuple[_Group, asyncio.Future[Any] | BaseException]]) -> None:
-        """Wait for Kafka's acks; resend what failed, with backoff, until it is in."""
-        attempt = 0
-        while sent:
-            failed: dict[tuple[str, int], _Group] = {}
-            for group, outcome in sent:
-                error: BaseException | None = outcome if isinstance(outcome, BaseException) else None
-                if error is None:
-                    assert isinstance(outcome, asyncio.Future)
-                    try:
-                        await outcome
-                    except KafkaError as exc:
-                        error = exc
-                if error is None:
-                    self._delivered(group)
-                    continue
-                self.metrics.count("produce_failures", len(group.records))
-                self.watchdog.retrying("kafka produce failed")
-                log.warning(
-                    "kafka_produce_failed", records=len(group.records), error=repr(error), attempt=attempt
-                )
-                retry = failed.setdefault((group.records[0].topic, -1), _Group())
-                retry.records.extend(group.records)
-                retry.owners.extend(group.owners)
-            if not failed:
-                break
-            await asyncio.sleep(_backoff(attempt))
-            attempt += 1
-            regrouped = await self._group(
-                [(r, o) for g in failed.values() for r, o in zip(g.records, g.owners, strict=True)]
-            )
-            sent = await self._send(regrouped)
-
-    def _delivered(self, group: _Group) -> None:
+    def _delivered(self, group: Group) -> None:
         readings = 0
         delivered = self._pending.delivered
         readings_topic = self.settings.readings_topic
@@ -598,7 +243,7 @@ class Bridge:
 
     def _ack_ready(self) -> None:
         """Ack, in arrival order, every message at the head of the line that Kafka has."""
-        client = self._client
+        client = self._io.client
         if client is None:
             return
         ready = self._pending.pop_ready()
@@ -611,7 +256,7 @@ class Bridge:
         self.metrics.count("acked", len(ready))
         self._acked_at = now
         self.watchdog.progress()
-        self._resume_reading()
+        self._io.resume()
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -620,28 +265,16 @@ class Bridge:
         next_log = time.monotonic() + self.settings.metrics_interval
         while True:
             await asyncio.sleep(1.0)
-            if self._client is not None and self._sock is not None:
-                self._client.loop_misc()
+            self._mqtt.keepalive()
             held = len(self._pending)
             self.metrics.gauge("in_flight", held)
             self.watchdog.waiting(held)
             stuck = held and time.monotonic() - self._acked_at >= self._probe_after
-            if stuck and self._producer is not None and (self._probe is None or self._probe.done()):
-                self._probe = asyncio.create_task(self._probe_kafka(self._producer))
+            if stuck and self._kafka is not None and (self._probe is None or self._probe.done()):
+                self._probe = asyncio.create_task(self._kafka.probe(self._probe_after))
             if time.monotonic() >= next_log:
                 next_log += self.settings.metrics_interval
                 self._log_metrics("bridge_metrics")
-
-    async def _probe_kafka(self, producer: AIOKafkaProducer) -> None:
-        """Acks are not moving: Kafka not answering is an outage (retrying), not a stall."""
-        try:
-            answered = bool(
-                await asyncio.wait_for(producer.client.force_metadata_update(), self._probe_after)
-            )
-        except (KafkaError, OSError, TimeoutError):
-            answered = False
-        if not answered:
-            self.watchdog.retrying("kafka unreachable")
 
     def _flush_counts(self) -> None:
         if self._received:
@@ -655,13 +288,6 @@ class Bridge:
         self.metrics.gauge("unacked", self._pending.unacked)
         snapshot = self.metrics.snapshot()
         log.info(event, counters=snapshot["counters"], gauges=snapshot["gauges"], latency=snapshot["latency"])
-
-    def _close_client(self) -> None:
-        if self._sock is not None:
-            self._socket_closed(self._sock)
-        if self._client is not None:
-            self._client._sock_close()  # no public close without a DISCONNECT round
-            self._client = None
 
 
 async def run_bridge(

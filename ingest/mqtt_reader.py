@@ -16,15 +16,33 @@ broker's receive maximum cannot be relied on for that (Mosquitto 2.0 exceeds it 
 While it holds, a PINGRESP may wait behind the held PUBLISHes: the keepalive then still sends
 PINGREQs but does not count the unread answer as a dead connection.
 
-It relies on internals of paho-mqtt 2.x (pinned below 3 in pyproject.toml): ``_sock_recv``,
-``_in_packet`` with ``_packet_handle``, ``_loop_rc_handle`` and ``_packet_queue``. The bridge's
-tests cover it against a real Mosquitto in MQTT 5 and 3.1.1.
+:class:`PahoOnAsyncio` runs the client on an asyncio loop through paho's external-loop hooks
+(``on_socket_open`` / ``on_socket_register_write`` ...): the loop calls ``loop_read`` when the
+socket is readable and ``loop_write`` when paho has something to write, so paho is only ever
+used from the loop's thread.
+
+This module is the one place that touches paho's private API; nothing else in thermoflow may.
+It relies on these internals of paho-mqtt 2.2 (pinned ``>=2.2,<2.3`` in pyproject.toml, and
+:func:`check_paho_version` refuses to start on another version):
+
+- ``_sock_recv`` and ``_sock`` (the read), ``_sock_close`` (a close without a DISCONNECT round);
+- ``_in_packet`` and ``_packet_handle`` (paho's own handler for the packets the reader does not
+  cut itself), ``_loop_rc_handle`` (a read's error into a disconnect);
+- ``_packet_queue`` (the PUBACKs queued as one write);
+- ``_protocol``, ``_last_bytes_received`` and ``_ping_t`` (the keepalive's bookkeeping).
+
+The bridge's tests cover it against a real Mosquitto in MQTT 5 and 3.1.1, and
+tests/unit/ingest/test_mqtt_reader.py against paho's own client without a broker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
+import threading
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 
 import paho.mqtt.client as paho
@@ -32,6 +50,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
 from thermoflow.mqtt import MalformedPacketError, read_remaining_length
+from thermoflow.settings import ConfigError
 
 #: ``(topic, payload, packet id, QoS)`` of one received PUBLISH; the packet id is 0 for QoS 0.
 PublishHandler = Callable[[str, bytes, int, int], None]
@@ -41,6 +60,48 @@ _PUBLISH: Final = 0x30
 _PUBACK: Final = 0x40
 _QOS2: Final = 0x04
 _OK: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+#: The paho-mqtt versions this adapter was written for and tested with: at least, below
+#: (pyproject.toml pins the same; requirements.lock holds 2.2.0).
+PAHO_VERSIONS: Final = ((2, 2), (2, 3))
+
+
+class IncompatiblePaho(ConfigError):
+    """paho-mqtt is not a version :mod:`thermoflow.ingest.mqtt_reader` was written for."""
+
+
+def check_paho_version(installed: Callable[[str], str] | None = None) -> None:
+    """Refuse to start on a paho-mqtt this adapter was not written for.
+
+    Args:
+        installed: the installed version of a distribution (``importlib.metadata.version``).
+
+    Raises:
+        IncompatiblePaho: naming the version found, the ones expected and what to run before
+            widening the pin.
+    """
+    lookup = installed or version
+    try:
+        found: str | None = lookup("paho-mqtt")
+    except PackageNotFoundError:
+        found = None
+    if found is not None and PAHO_VERSIONS[0] <= _major_minor(found) < PAHO_VERSIONS[1]:
+        return
+    low, high = (".".join(map(str, bound)) for bound in PAHO_VERSIONS)
+    raise IncompatiblePaho(
+        f"ingest/mqtt_reader.py was written for paho-mqtt>={low},<{high}, but found paho-mqtt"
+        f" {found or 'not installed'}. Install the tested set with `pip install -r requirements.lock`."
+        " Before widening the pin, check that paho's Client still has the internals listed in"
+        " ingest/mqtt_reader.py's docstring (_sock_recv, _in_packet, _packet_handle, _loop_rc_handle,"
+        " _packet_queue, _sock_close, _ping_t ...) with the same meaning, then run `pytest"
+        " tests/unit/ingest tests/integration/ingest tests/e2e` and `python bench/bench_bridge.py`,"
+        " and update PAHO_VERSIONS in ingest/mqtt_reader.py with the pin in pyproject.toml (`make lock`)."
+    )
+
+
+def _major_minor(text: str) -> tuple[int, ...]:
+    """``(2, 2)`` for ``"2.2.0"``; a part that is not a number counts as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:2])
 
 
 def parse_publish(header: int, buf: bytes, start: int, end: int, *, mqtt5: bool) -> tuple[bytes, bytes, int]:
@@ -203,3 +264,105 @@ class BulkReadClient(paho.Client):
         self._rest = b""  # a new connection starts at a packet boundary
         self.holding = False
         super()._sock_close()
+
+    def close_socket(self) -> None:
+        """Close the connection's socket now: paho has no public close without a DISCONNECT round."""
+        self._sock_close()
+
+
+class PahoOnAsyncio:
+    """paho's external-loop hooks on the running asyncio loop, and the reader's pause and resume.
+
+    ``may_read()`` says whether to read at all (not while stopping, nor with a full window).
+    Reading pauses when the window is full and resumes once acks make room; packets the client
+    already holds are handled on resume, as no readable event will come for them.
+    """
+
+    def __init__(self, *, may_read: Callable[[], bool]) -> None:
+        self.may_read = may_read
+        self.client: BulkReadClient | None = None
+        self.sock: socket.socket | None = None
+        self.reading = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    def attach(self, client: BulkReadClient) -> None:
+        """Run ``client`` on the running loop (call from the loop's thread)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.client = client
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+
+    def close(self) -> None:
+        """Stop watching the socket and close it, without a DISCONNECT; the client is done."""
+        if self.sock is not None:
+            self._socket_closed(self.sock)
+        if self.client is not None:
+            self.client.close_socket()
+            self.client = None
+
+    def pause(self) -> None:
+        if self.reading and self.sock is not None and self._loop is not None:
+            self._loop.remove_reader(self.sock)
+        self.reading = False
+
+    def resume(self) -> None:
+        """Read again, if ``may_read()`` (a no-op while unconnected)."""
+        loop, sock = self._loop, self.sock
+        if self.reading or sock is None or loop is None or not self.may_read():
+            return
+        loop.add_reader(sock, self._readable)
+        self.reading = True
+        if self.client is not None and self.client.holding:
+            loop.call_soon(self._readable)  # packets already read wait: no readable event will come
+
+    def _readable(self) -> None:
+        """One chunk of what the socket holds (up to 64 KiB); the loop calls again while more is there."""
+        client = self.client
+        if client is None or not self.reading:
+            return
+        client.loop_read()
+        if client.holding:  # the window is full: read again once acks make room
+            self.pause()
+
+    def _in_loop(self, callback: Callable[[socket.socket], None], sock: socket.socket) -> None:
+        """Run now when on the loop's thread (paho closes the socket right after), else hand over."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            callback(sock)
+        else:
+            self._loop.call_soon_threadsafe(callback, sock)
+
+    def _on_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._socket_opened, sock)
+
+    def _socket_opened(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.resume()
+
+    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._socket_closed, sock)
+
+    def _socket_closed(self, sock: socket.socket) -> None:
+        assert self._loop is not None
+        if sock.fileno() != -1:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        if self.sock is sock:
+            self.sock = None
+            self.reading = False
+
+    def _on_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._in_loop(self._register_write, sock)
+
+    def _register_write(self, sock: socket.socket) -> None:
+        assert self._loop is not None and self.client is not None
+        if sock is self.sock:
+            self._loop.add_writer(sock, self.client.loop_write)
+
+    def _on_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._loop is not None and sock is not None:
+            self._loop.remove_writer(sock)

@@ -1,0 +1,240 @@
+"""The bridge's Kafka side: the producer's start and stop, and records into Kafka until it acks them.
+
+:class:`KafkaDelivery` groups the outbox per topic-partition, the way aiokafka's default
+partitioner would (murmur2 of the key, cached: murmur2 is pure Python), sends one
+``send_batch`` per full batch (one future per batch, not per record) and starts a task that
+waits for Kafka's acks and resends what failed, with backoff, until Kafka takes it. Each group
+Kafka acked goes to ``on_delivered``; the bridge marks its messages in the ack line.
+
+Records of a message whose connection was lost (``Held.dropped``) are neither sent nor resent:
+the broker sends the message again on the resumed session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+
+from thermoflow import kafka
+from thermoflow.ingest.acks import Held
+from thermoflow.ingest.records import OutRecord
+from thermoflow.ingest.settings import IngestSettings
+from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
+from thermoflow.watchdog import Watchdog
+
+log = get_logger(__name__)
+
+_BACKOFF_FIRST: Final = 0.5
+_BACKOFF_MAX: Final = 30.0
+
+#: One Kafka batch's outcome: the future of its ack, or the error ``send_batch`` raised.
+Sent = list[tuple["Group", "asyncio.Future[Any] | BaseException"]]
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (from 0): doubling from 0.5 s to 30 s, with 20% jitter."""
+    return float(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2))
+
+
+@dataclass(slots=True)
+class Group:
+    """Records bound for one topic-partition, and the messages they belong to."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    owners: list[Held] = field(default_factory=list)
+
+
+async def start_producer(
+    settings: IngestSettings, stop: asyncio.Event, watchdog: Watchdog, *, stop_reserve: float
+) -> AIOKafkaProducer | None:
+    """Start the producer, retrying with backoff while Kafka is unreachable (None if stopped first)."""
+    attempt = 0
+    while not stop.is_set():
+        producer = kafka.producer(settings, linger_ms=0)
+        starting = asyncio.ensure_future(producer.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():  # stopped while Kafka does not answer: give up on it
+            starting.cancel()
+            await stop_producer(producer, time.monotonic() + stop_reserve)
+            return None
+        error = starting.exception()
+        if error is None:
+            return producer
+        if not isinstance(error, KafkaError | OSError):
+            raise error
+        await stop_producer(producer, time.monotonic() + stop_reserve)
+        delay = backoff(attempt)
+        log.warning("kafka_unreachable", error=str(error), retry_in=round(delay, 1))
+        watchdog.retrying("kafka unreachable")
+        attempt += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return None
+
+
+async def stop_producer(producer: AIOKafkaProducer, deadline: float) -> None:
+    """Close the producer; one that cannot flush (Kafka gone) is abandoned at the deadline."""
+    try:
+        await asyncio.wait_for(producer.stop(), max(0.5, deadline - time.monotonic()))
+    except TimeoutError:
+        log.warning("kafka_producer_abandoned", reason="its flush did not finish by the stop deadline")
+    except (KafkaError, OSError) as exc:
+        log.warning("kafka_producer_stop_failed", error=repr(exc))
+
+
+class KafkaDelivery:
+    """Outbox batches into Kafka, one delivery task per batch, until Kafka acks every record.
+
+    The sender and the retries skip the records of dropped messages (``Held.dropped``).
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        on_delivered: Callable[[Group], None],
+        metrics: Metrics,
+        watchdog: Watchdog,
+    ) -> None:
+        self.producer = producer
+        self.on_delivered = on_delivered
+        self.metrics = metrics
+        self.watchdog = watchdog
+        self.tasks: set[asyncio.Task[None]] = set()  # deliveries waiting for Kafka's acks
+        self._partitions: dict[str, int] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._round_robin = 0
+
+    async def submit(self, outbox: list[tuple[OutRecord, Held]]) -> None:
+        """Send the outbox's records and start the task that waits for their acks."""
+        sent = await self.send(await self.group(outbox))
+        task = asyncio.create_task(self.deliver(sent))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def group(self, outbox: list[tuple[OutRecord, Held]]) -> dict[tuple[str, int], Group]:
+        groups: dict[tuple[str, int], Group] = {}
+        for record, owner in outbox:
+            if owner.dropped:  # its connection is gone: the broker sends the message again
+                continue
+            partition = await self._partition(record)
+            group = groups.get((record.topic, partition))
+            if group is None:
+                group = groups[(record.topic, partition)] = Group()
+            group.records.append(record)
+            group.owners.append(owner)
+        return groups
+
+    async def _partition(self, record: OutRecord) -> int:
+        """The default partitioner's choice (murmur2 of the key), cached per key: murmur2 is pure Python."""
+        count = self._partitions.get(record.topic)
+        if count is None:
+            count = await self._partition_count(record.topic)
+        if record.key is None:
+            self._round_robin += 1
+            return self._round_robin % count
+        cache_key = (record.topic, record.key)
+        partition = self._partition_of.get(cache_key)
+        if partition is None:
+            partition = (murmur2(record.key) & 0x7FFFFFFF) % count
+            if len(self._partition_of) > 1_000_000:
+                self._partition_of.clear()
+            self._partition_of[cache_key] = partition
+        return partition
+
+    async def _partition_count(self, topic: str) -> int:
+        attempt = 0
+        while True:
+            try:
+                partitions = await self.producer.partitions_for(topic)
+                if partitions:
+                    self._partitions[topic] = len(partitions)
+                    return len(partitions)
+            except KafkaError as exc:
+                log.warning("kafka_metadata_failed", topic=topic, error=str(exc))
+                self.watchdog.retrying("kafka metadata unavailable")
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+
+    async def send(self, groups: dict[tuple[str, int], Group]) -> Sent:
+        """One ``send_batch`` per full batch; returns each group's delivery future (or the send error)."""
+        producer = self.producer
+        sent: Sent = []
+        for (topic, partition), group in groups.items():
+            start = 0
+            while start < len(group.records):
+                batch = producer.create_batch()
+                end = start
+                for record in group.records[start:]:
+                    if (
+                        batch.append(
+                            key=record.key, value=record.value, timestamp=None, headers=record.headers
+                        )
+                        is None
+                    ):
+                        break
+                    end += 1
+                if end == start:  # a record bigger than a batch: cannot happen below max_payload_bytes
+                    raise ValueError(
+                        f"record of {len(group.records[start].value)} bytes exceeds the batch size"
+                    )
+                piece = Group(group.records[start:end], group.owners[start:end])
+                try:
+                    sent.append((piece, await producer.send_batch(batch, topic, partition=partition)))
+                except KafkaError as exc:
+                    sent.append((piece, exc))
+                start = end
+        return sent
+
+    async def deliver(self, sent: Sent) -> None:
+        """Wait for Kafka's acks; resend what failed, with backoff, until it is in."""
+        attempt = 0
+        while sent:
+            failed: dict[tuple[str, int], Group] = {}
+            for group, outcome in sent:
+                error: BaseException | None = outcome if isinstance(outcome, BaseException) else None
+                if error is None:
+                    assert isinstance(outcome, asyncio.Future)
+                    try:
+                        await outcome
+                    except KafkaError as exc:
+                        error = exc
+                if error is None:
+                    self.on_delivered(group)
+                    continue
+                self.metrics.count("produce_failures", len(group.records))
+                self.watchdog.retrying("kafka produce failed")
+                log.warning(
+                    "kafka_produce_failed", records=len(group.records), error=repr(error), attempt=attempt
+                )
+                retry = failed.setdefault((group.records[0].topic, -1), Group())
+                retry.records.extend(group.records)
+                retry.owners.extend(group.owners)
+            if not failed:
+                break
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+            regrouped = await self.group(
+                [(r, o) for g in failed.values() for r, o in zip(g.records, g.owners, strict=True)]
+            )
+            sent = await self.send(regrouped)
+
+    async def probe(self, timeout: float) -> None:
+        """Acks are not moving: Kafka not answering is an outage (retrying), not a stall."""
+        try:
+            answered = bool(await asyncio.wait_for(self.producer.client.force_metadata_update(), timeout))
+        except (KafkaError, OSError, TimeoutError):
+            answered = False
+        if not answered:
+            self.watchdog.retrying("kafka unreachable")
