@@ -49,7 +49,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
-from thermoflow.mqtt import MalformedPacketError, read_remaining_length
+from thermoflow.mqtt import PUBACK, MalformedPacketError, parse_publish, pubacks, read_remaining_length
 from thermoflow.settings import ConfigError
 
 #: ``(topic, payload, packet id, QoS)`` of one received PUBLISH; the packet id is 0 for QoS 0.
@@ -57,7 +57,6 @@ PublishHandler = Callable[[str, bytes, int, int], None]
 
 _CHUNK: Final = 65_536
 _PUBLISH: Final = 0x30
-_PUBACK: Final = 0x40
 _QOS2: Final = 0x04
 _OK: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -102,33 +101,6 @@ def check_paho_version(installed: Callable[[str], str] | None = None) -> None:
 def _major_minor(text: str) -> tuple[int, ...]:
     """``(2, 2)`` for ``"2.2.0"``; a part that is not a number counts as 0."""
     return tuple(int(part) if part.isdigit() else 0 for part in text.split(".")[:2])
-
-
-def parse_publish(header: int, buf: bytes, start: int, end: int, *, mqtt5: bool) -> tuple[bytes, bytes, int]:
-    """(topic, payload, packet id) of the PUBLISH whose body is ``buf[start:end]``.
-
-    >>> body = b"\\x00\\x03a/b" + b"\\x00\\x07" + b"\\x00" + b"21.5"
-    >>> parse_publish(0x32, body, 0, len(body), mqtt5=True)
-    (b'a/b', b'21.5', 7)
-    """
-    if end - start < 2:
-        raise MalformedPacketError("PUBLISH without a topic length")
-    pos = start + 2 + (buf[start] << 8 | buf[start + 1])
-    topic = buf[start + 2 : pos]
-    mid = 0
-    if header & 0x06:
-        if pos + 2 > end:
-            raise MalformedPacketError("PUBLISH cut off before its packet id")
-        mid = buf[pos] << 8 | buf[pos + 1]
-        pos += 2
-    if mqtt5:
-        properties = read_remaining_length(buf, pos, end)
-        if properties is None:
-            raise MalformedPacketError("PUBLISH cut off before its properties")
-        pos = properties[1] + properties[0]
-    if pos > end:
-        raise MalformedPacketError("PUBLISH shorter than its topic and properties")
-    return topic, buf[pos:end], mid
 
 
 def _unbounded() -> int:
@@ -251,8 +223,7 @@ class BulkReadClient(paho.Client):
         reason code), queued together as one of paho's outgoing packets.
         """
         if mids:
-            acks = b"".join(bytes((_PUBACK, 2, mid >> 8, mid & 0xFF)) for mid in mids)
-            self._packet_queue(_PUBACK, acks, 0, 1)
+            self._packet_queue(PUBACK, pubacks(mids), 0, 1)
 
     def loop_misc(self) -> MQTTErrorCode:
         """paho's keepalive; while the window is full, a PINGRESP may sit unread behind PUBLISHes."""

@@ -1,5 +1,8 @@
 """The few MQTT 3.1.1 packets a publisher needs, as pure byte functions (no sockets).
 
+The framing, strings and PUBACK come from the one codec, :mod:`thermoflow.mqtt` (shared with the
+bridge's reader); this module adds the publisher's CONNECT and fast PUBLISH encoders.
+
 The simulator speaks MQTT itself over asyncio streams instead of running thousands of paho
 clients: a publish is one ``bytes`` concatenation, a whole batch for one connection is one
 ``write``, and a buffer full of PUBACKs is parsed in bulk. See :mod:`thermoflow.simulator.connection`.
@@ -15,12 +18,15 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from thermoflow.mqtt import MalformedPacketError, read_remaining_length
+from thermoflow import mqtt
+from thermoflow.mqtt import MalformedPacketError
+from thermoflow.mqtt import remaining_length as remaining_length  # the publisher's callers use them here
+from thermoflow.mqtt import utf8_field as utf8_field
 
 CONNECT: Final = 0x10
 CONNACK: Final = 0x20
 PUBLISH: Final = 0x30
-PUBACK: Final = 0x40
+PUBACK: Final = mqtt.PUBACK
 PINGREQ: Final = 0xC0
 PINGRESP: Final = 0xD0
 DISCONNECT: Final = 0xE0
@@ -45,31 +51,8 @@ class ProtocolError(Exception):
     """The broker sent something a 3.1.1 publisher cannot make sense of."""
 
 
-def remaining_length(n: int) -> bytes:
-    """The variable-length "remaining length" field.
-
-    >>> remaining_length(127), remaining_length(128), remaining_length(16384)
-    (b'\\x7f', b'\\x80\\x01', b'\\x80\\x80\\x01')
-    """
-    if n < 128:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        digit, n = n % 128, n // 128
-        out.append(digit | 0x80 if n else digit)
-        if not n:
-            return bytes(out)
-
-
 # Precomputed for the hot path: most packets are shorter than 16 KiB.
 _LENGTHS: Final = tuple(remaining_length(n) for n in range(16384))
-
-
-def utf8_field(text: str | bytes) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    if len(raw) > 0xFFFF:
-        raise ValueError(f"MQTT string longer than 65535 bytes: {len(raw)}")
-    return _U16.pack(len(raw)) + raw
 
 
 def topic_field(topic: bytes) -> bytes:
@@ -119,24 +102,15 @@ def parse_packets(buffer: bytearray) -> tuple[list[tuple[int, bytes]], int]:
 
     An incomplete packet at the end stays for the next call.
     """
-    packets: list[tuple[int, bytes]] = []
-    pos = 0
-    size = len(buffer)
-    while size - pos >= 2:
-        try:
-            length = read_remaining_length(buffer, pos + 1, size)
-        except MalformedPacketError as exc:
-            raise ProtocolError(f"malformed remaining length: {exc}") from None
-        if length is None or length[1] + length[0] > size:
-            break
-        start, stop = length[1], length[1] + length[0]
-        packets.append((buffer[pos], bytes(buffer[start:stop])))
-        pos = stop
-    return packets, pos
+    try:
+        return mqtt.split_packets(buffer)
+    except MalformedPacketError as exc:
+        raise ProtocolError(f"malformed remaining length: {exc}") from None
 
 
 def puback_id(body: bytes) -> int:
     """The packet id a PUBACK acknowledges."""
-    if len(body) < 2:
-        raise ProtocolError(f"PUBACK with {len(body)}-byte body")
-    return int(_U16.unpack_from(body)[0])
+    try:
+        return mqtt.puback_id(body)
+    except MalformedPacketError as exc:
+        raise ProtocolError(str(exc)) from None

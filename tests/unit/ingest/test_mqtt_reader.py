@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 
-from thermoflow.ingest.mqtt_reader import BulkReadClient, parse_publish
-from thermoflow.mqtt import MalformedPacketError
-from thermoflow.simulator.packets import remaining_length, utf8_field
+from thermoflow.ingest.mqtt_reader import BulkReadClient
+from thermoflow.mqtt import MalformedPacketError, parse_publish, remaining_length, utf8_field
 
 Message = tuple[str, bytes, int, int]
 
