@@ -382,7 +382,9 @@ def test_an_incident_of_the_right_kind_inside_the_window_always_counts_and_outsi
     window = anomaly.end_at + GRACE - anomaly.start_at
     condition = sorted(ACCEPTS[anomaly.kind])[0]
     noise = [i for i in others if i.device_id != anomaly.device_id]  # other devices never count
-    inside = Incident(anomaly.device_id, condition, anomaly.start_at + offset * window)
+    # min(): start + (end + grace - start) can round past end + grace in floating point.
+    opened_at = min(anomaly.start_at + offset * window, anomaly.end_at + GRACE)
+    inside = Incident(anomaly.device_id, condition, opened_at)
     found = score_detection(
         anomalies=[anomaly], detectable=[True], incidents=[*noise, inside], grace_s=GRACE, device_hours=1.0
     )
