@@ -43,6 +43,7 @@ from thermoflow.processors.runtime import (
 )
 from thermoflow.processors.settings import ProcessorSettings
 from thermoflow.processors.watermarks import PartitionProgress, latest_per_partition
+from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -180,13 +181,26 @@ class BatchRunner:
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
         first = True
-        # Each event is one partition's fetched chunk of records (processors.batching).
-        async for events in stream.take_events(self.settings.max_chunks, within=self.settings.max_wait):
-            await self.process([record for event in events for record in event.value])
-            await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
-            if first:
-                first = False
-                self.log.info("first_batch_processed", seconds_since_agent_start=time.monotonic() - started)
+        # A batch held without its commit for stall_timeout (a function or a send that never
+        # returns) ends the process with code 3, and `thermoflow run` starts it again.
+        watchdog = Watchdog(component=f"processor.{self.spec.name}", stall_after=self.settings.stall_timeout)
+        watchdog.start()
+        try:
+            # Each event is one partition's fetched chunk of records (processors.batching).
+            async for events in stream.take_events(self.settings.max_chunks, within=self.settings.max_wait):
+                records = [record for event in events for record in event.value]
+                watchdog.waiting(len(records))
+                await self.process(records)
+                await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
+                watchdog.progress()
+                watchdog.waiting(0)
+                if first:
+                    first = False
+                    self.log.info(
+                        "first_batch_processed", seconds_since_agent_start=time.monotonic() - started
+                    )
+        finally:
+            watchdog.stop()
 
     async def process(self, records: Sequence[KafkaRecord]) -> None:
         """Decode, call, send; returns only once every output record is acked by Kafka."""
