@@ -76,6 +76,20 @@ WHERE status <> 'resolved'
   AND (device_id, rule_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 FOR UPDATE
 """
+# The latest resolved incident of each (device, rule) without an open one: an alert whose reading
+# lies inside it is a replay (the processors may cut re-read batches differently, giving a new
+# alert id), and folds into nothing, as in the notifier, instead of opening an incident of its own.
+_LATEST_RESOLVED = """
+SELECT i.incident_id, i.device_id, i.rule_id, i.metric, i.condition, i.threshold, i.severity, i.status,
+       extract(epoch FROM i.opened_at)::float8, extract(epoch FROM i.last_breach_at)::float8,
+       i.peak_value, i.breach_count, extract(epoch FROM i.resolved_at)::float8
+FROM unnest(%s::text[], %s::text[]) AS k(device_id, rule_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM incidents
+    WHERE device_id = k.device_id AND rule_id = k.rule_id AND status = 'resolved'
+    ORDER BY opened_at DESC LIMIT 1
+) AS i
+"""
 _UPSERT_INCIDENTS = """
 INSERT INTO incidents (incident_id, device_id, rule_id, metric, condition, threshold, severity, status,
                        opened_at, last_breach_at, peak_value, breach_count, resolved_at)
@@ -174,15 +188,17 @@ async def _update_incidents(
 ) -> int:
     keys = sorted({(a.device_id, a.rule_id) for a in alerts})
     await cur.execute(_OPEN_INCIDENTS, ([k[0] for k in keys], [k[1] for k in keys]))
-    open_incidents: dict[tuple[str, str], StoredIncident] = {}
-    for row in await cur.fetchall():
-        incident = Incident(
-            incident_id=row[0], device_id=row[1], rule_id=row[2], metric=row[3], condition=row[4],
-            threshold=row[5], severity=row[6], opened_at=row[8], last_breach_at=row[9],
-            peak_value=row[10], breach_count=row[11],
-        )  # fmt: skip
-        open_incidents[(incident.device_id, incident.rule_id)] = StoredIncident(incident, row[7])
-    changed = fold_breaches(open_incidents, alerts, policy=policy)
+    latest = _stored_incidents(await cur.fetchall())
+    without_open = [key for key in keys if key not in latest]
+    if without_open:
+        await cur.execute(_LATEST_RESOLVED, ([k[0] for k in without_open], [k[1] for k in without_open]))
+        latest.update(_stored_incidents(await cur.fetchall()))
+    known = {stored.incident.incident_id: stored for stored in latest.values()}
+    changed = {
+        incident_id: stored
+        for incident_id, stored in fold_breaches(latest, alerts, policy=policy).items()
+        if known.get(incident_id) != stored  # a replay inside a resolved incident changes nothing
+    }
     async with cur.copy(
         "COPY incident_stage (incident_id, device_id, rule_id, metric, condition, threshold, severity,"
         " status, opened_at, last_breach_at, peak_value, breach_count, resolved_at) FROM STDIN"
@@ -195,6 +211,19 @@ async def _update_incidents(
         ))  # fmt: skip
     await cur.execute(_UPSERT_INCIDENTS)
     return len(changed)
+
+
+def _stored_incidents(rows: Sequence[Any]) -> dict[tuple[str, str], StoredIncident]:
+    """Incident rows (the open ones' query, or the latest resolved ones' with ``resolved_at``)."""
+    found: dict[tuple[str, str], StoredIncident] = {}
+    for row in rows:
+        incident = Incident(
+            incident_id=row[0], device_id=row[1], rule_id=row[2], metric=row[3], condition=row[4],
+            threshold=row[5], severity=row[6], opened_at=row[8], last_breach_at=row[9],
+            peak_value=row[10], breach_count=row[11], resolved_at=row[12] if len(row) > 12 else None,
+        )  # fmt: skip
+        found[(incident.device_id, incident.rule_id)] = StoredIncident(incident, row[7])
+    return found
 
 
 async def sweep(

@@ -131,6 +131,32 @@ async def test_sweep_resolves_quiet_incidents_on_the_injected_clock_and_ack_work
             acknowledge(sync, firing["b"].incident_id, by="tester")
 
 
+async def test_a_replayed_alert_inside_a_resolved_incident_opens_no_incident_and_a_later_one_does(
+    settings: ThermoflowSettings,
+) -> None:
+    """After a rebalance the processors may cut re-read batches differently: an alert with a new
+    id whose reading lies inside an incident already resolved is a replay (the notifier drops it
+    too), so the store and the notifier keep the same incidents."""
+    db.migrate(settings)
+    conn = await db.connect_async(settings)
+    try:
+        await prepare(conn)
+        await store_batch(conn, alerts=[make_alert("a", 1_000.0), make_alert("a", 1_010.0)], policy=POLICY)
+        assert await sweep(conn, watermarks={0: 1_070.0}, partitions=1, policy=POLICY) == 1
+        replay = await store_batch(conn, alerts=[make_alert("a", 1_005.0, value=6.0)], policy=POLICY)
+        assert (replay.inserted, replay.incidents_changed) == (1, 0)  # the event is kept, no incident
+        with db.connect(settings) as sync:
+            (resolved,) = list_incidents(sync, device_id="a")
+            assert resolved.status == "resolved" and resolved.breach_count == 2
+        later = await store_batch(conn, alerts=[make_alert("a", 1_080.0)], policy=POLICY)
+        assert later.incidents_changed == 1
+    finally:
+        await conn.close()
+    with db.connect(settings) as sync:
+        incidents = list_incidents(sync, device_id="a")
+    assert sorted(i.status for i in incidents) == ["firing", "resolved"]
+
+
 async def test_sweep_resolves_only_incidents_of_partitions_whose_watermark_has_passed(
     settings: ThermoflowSettings,
 ) -> None:
