@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +29,8 @@ from psycopg import sql
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack import Stack, StackConfig
-from thermoflow.stack.services import Mosquitto, remove_home, service_home
+from thermoflow.stack.services import Kafka, Mosquitto, remove_home, service_home
+from thermoflow.stack.stack import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = (
@@ -171,6 +173,18 @@ def private_broker() -> Iterator[Mosquitto]:
     yield broker
     broker.down()
     remove_home(broker.home)  # with /var/lib/thermoflow/<hash> when it went there: nothing accumulates
+
+
+@pytest.fixture
+def private_kafka() -> Iterator[Kafka]:
+    """A one-node Kafka of this test's own, for tests that stop and restart it (an outage)."""
+    home = ROOT / ".thermoflow" / f"kafka-{uuid.uuid4().hex[:8]}"
+    node = Kafka(home=home, host="127.0.0.1", port=free_port(), controller_port=free_port(),
+                 cache_dir=default_cache_dir(), heap="512m")  # fmt: skip
+    node.up()
+    yield node
+    node.down()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def unique_name(prefix: str) -> str:

@@ -12,37 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import ROOT, Endpoints, free_port, unique_name
+from tests.conftest import ROOT, Endpoints, unique_name
 from thermoflow import db
 from thermoflow.pipeline_run import PipelineRun
 from thermoflow.stack.services import Kafka
-from thermoflow.stack.stack import default_cache_dir
 
 RESOLVE_AFTER = 5.0
 OUTAGE_S = 30.0
 BREACHING = "freezer-0035"
 NORMAL = [f"freezer-{i:04d}" for i in range(1, 8)]
-
-
-@pytest.fixture
-def private_kafka() -> Iterator[Kafka]:
-    home = ROOT / ".thermoflow" / f"kafka-{uuid.uuid4().hex[:8]}"
-    node = Kafka(home=home, host="127.0.0.1", port=free_port(), controller_port=free_port(),
-                 cache_dir=default_cache_dir(), heap="512m")  # fmt: skip
-    node.up()
-    yield node
-    node.down()
-    shutil.rmtree(home, ignore_errors=True)
 
 
 class Fleet:

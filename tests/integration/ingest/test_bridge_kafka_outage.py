@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import ROOT, Endpoints, free_port, unique_name
+from tests.conftest import Endpoints, unique_name
 from tests.integration.ingest.helpers import Component, KafkaReader, ingest_settings, publish, wait_for
 from tests.integration.ingest.test_bridge import valid_message
 from thermoflow import kafka
@@ -25,22 +21,10 @@ from thermoflow.ingest.settings import IngestSettings
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack.services import Kafka
-from thermoflow.stack.stack import default_cache_dir
 from thermoflow.watchdog import Watchdog
 
 WINDOW = 200  # the bridge's MQTT 5 receive maximum: what the broker lets it hold unacked
 GRACE = 30.0  # what `thermoflow run` gives a component to stop before SIGKILL
-
-
-@pytest.fixture
-def private_kafka() -> Iterator[Kafka]:
-    home = ROOT / ".thermoflow" / f"kafka-{uuid.uuid4().hex[:8]}"
-    node = Kafka(home=home, host="127.0.0.1", port=free_port(), controller_port=free_port(),
-                 cache_dir=default_cache_dir(), heap="512m")  # fmt: skip
-    node.up()
-    yield node
-    node.down()
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def outage_settings(settings: ThermoflowSettings, private_kafka: Kafka) -> tuple[IngestSettings, str]:
