@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from thermoflow.stack import ServiceError, Stack, StackConfig, services
+from thermoflow.stack import ServiceError, Stack, StackConfig, process, services
 
 
 def test_config_saved_and_read_back(tmp_path: Path) -> None:
@@ -129,3 +130,26 @@ def test_remove_home_takes_the_hash_folder_and_the_empty_parent(
     assert services.remove_home(second) == [second.parent]
     assert not (tmp_path / "var-lib-thermoflow").exists()
     assert services.remove_home(second) == []
+
+
+def test_a_service_that_exits_while_starting_fails_at_once_with_its_log(tmp_path: Path) -> None:
+    log_file = tmp_path / "svc.log"
+    pid = process.spawn(
+        ["sh", "-c", "echo 'Address already in use'; exit 1"], pid_file=tmp_path / "pid", log_file=log_file
+    )
+    started = time.monotonic()
+    with pytest.raises(ServiceError, match=r"(?s)svc exited while starting.*Address already in use"):
+        process.wait_until(lambda: False, timeout=60, what="svc", pid=pid, log_file=log_file)
+    assert time.monotonic() - started < 30, "the wait must not run out its timeout"
+
+
+def test_a_timeout_names_the_last_error_and_the_log_tail(tmp_path: Path) -> None:
+    log_file = tmp_path / "svc.log"
+    log_file.write_text("".join(f"line {n}\n" for n in range(100)))
+
+    def check() -> bool:
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(ServiceError, match=r"(?s)within 0s \(last error: refused\).*line 99") as caught:
+        process.wait_until(check, timeout=0.3, what="svc", log_file=log_file)
+    assert "line 79" not in str(caught.value), "only the last 20 lines"

@@ -111,8 +111,20 @@ def run(argv: Sequence[str], *, what: str, timeout: float = 600, **kwargs: Any) 
     return str(done.stdout)
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``check()`` until it returns True; raise ServiceError naming ``what`` on timeout."""
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    pid: int | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Poll ``check()`` until it returns True; raise ServiceError naming ``what`` on timeout.
+
+    With ``pid``, a process that exits stops the wait at once; with ``log_file``, the error
+    ends with the log's last lines, so a service that fails to start says why.
+    """
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -121,5 +133,19 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval
                 return
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
             last = exc
+        if pid is not None and not pid_alive(pid):
+            raise ServiceError(f"{what} exited while starting{_log_tail(log_file)}")
         time.sleep(interval)
-    raise ServiceError(f"{what} did not become ready within {timeout:.0f}s (last error: {last})")
+    raise ServiceError(
+        f"{what} did not become ready within {timeout:.0f}s (last error: {last}){_log_tail(log_file)}"
+    )
+
+
+def _log_tail(log_file: Path | None, lines: int = 20) -> str:
+    if log_file is None:
+        return ""
+    try:
+        tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "; its log ends:\n" + "\n".join(tail) if tail else ""

@@ -167,12 +167,9 @@ class Mosquitto:
         conf = self.home / "mosquitto.conf"
         conf.write_text(self.config())
         _chown_to(self.home / "data", "mosquitto")
-        spawn([binary, "-c", str(conf)], pid_file=self._pid_file, log_file=self.home / "mosquitto.log")
-        wait_until(
-            self.ready,
-            timeout=20,
-            what=f"mosquitto on {self.address} (log: {self.home}/mosquitto.log)",
-        )
+        log_file = self.home / "mosquitto.log"
+        pid = spawn([binary, "-c", str(conf)], pid_file=self._pid_file, log_file=log_file)
+        wait_until(self.ready, timeout=20, what=f"mosquitto on {self.address}", pid=pid, log_file=log_file)
 
     def down(self) -> None:
         pid = read_pid(self._pid_file)
@@ -309,7 +306,8 @@ class Kafka:
                 ],
                 what="formatting Kafka's KRaft storage",
             )
-        spawn(
+        log_file = self.home / "kafka.log"
+        pid = spawn(
             [
                 java,
                 f"-Xms{self.heap}",
@@ -325,13 +323,16 @@ class Kafka:
                 str(props),
             ],
             pid_file=self._pid_file,
-            log_file=self.home / "kafka.log",
+            log_file=log_file,
         )
+        # A JVM on a loaded 2-core machine can take minutes; a Kafka that exits stops the wait.
         wait_until(
             self.ready,
-            timeout=90,
+            timeout=180,
             interval=0.5,
-            what=f"Kafka on {self.address} (log: {self.home}/kafka.log)",
+            what=f"Kafka on {self.address}",
+            pid=pid,
+            log_file=log_file,
         )
 
     def down(self) -> None:
