@@ -36,6 +36,20 @@ Condition = Literal[
     "breaker_open",
 ]
 Stage = Literal["ingest", "processors", "alerts"]
+#: What an incident is one of, per (device, rule): ``threshold`` for ``above``/``below``, else the condition.
+IncidentKind = Literal[
+    "threshold",
+    "offline",
+    "stuck",
+    "rate",
+    "outlier",
+    "ingest_silent",
+    "deadletter_rate",
+    "consumer_lag",
+    "breaker_open",
+]
+#: Conditions that end when data comes back (a :class:`Clear`), not after quiet time.
+CLEARED_CONDITIONS: Final[frozenset[Condition]] = frozenset({"offline", "ingest_silent"})
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -133,6 +147,44 @@ def is_watermark(headers: Sequence[tuple[str, bytes]] | None) -> bool:
     return any(name == HEADER_KIND and value == WATERMARK_KIND for name, value in headers or ())
 
 
+class Clear(msgspec.Struct, frozen=True, kw_only=True):
+    """A condition of :data:`CLEARED_CONDITIONS` has ended: the device (or the partition) is heard from again.
+
+    Sent on ``telemetry.alerts`` with the key and partition of the device's alerts, after the
+    alert it ends, with the header ``kind: clear``. ``since`` is the ended alert's
+    ``reading_ts`` (the last reading before the silence) and ``cleared_at`` the event time of
+    the reading that ended it (its ``received_at``): the incident resolves at ``cleared_at``.
+    Both come from the readings, so a replay sends the same clear.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    kind: Literal["clear"] = "clear"
+    device_id: NonEmpty
+    rule_id: NonEmpty
+    condition: Condition
+    since: float
+    cleared_at: float
+    detected_at: float
+
+
+CLEAR_KIND: Final = b"clear"
+CLEAR_HEADERS: Final[list[tuple[str, bytes]]] = [(HEADER_KIND, CLEAR_KIND)]
+
+
+def is_clear(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """Whether a ``telemetry.alerts`` record's headers mark it as a :class:`Clear`."""
+    return any(name == HEADER_KIND and value == CLEAR_KIND for name, value in headers or ())
+
+
+def incident_kind(condition: Condition) -> IncidentKind:
+    """The kind an incident of this condition is: one open incident per (device, rule, kind).
+
+    >>> incident_kind("above"), incident_kind("below"), incident_kind("offline")
+    ('threshold', 'threshold', 'offline')
+    """
+    return "threshold" if condition in ("above", "below") else condition
+
+
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """What the headers of a ``telemetry.deadletter`` record say about the original bytes."""
 
@@ -154,14 +206,24 @@ def stable_id(*parts: str, size: int = 16) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=size).hexdigest()
 
 
-def alert_id(*, device_id: str, rule_id: str, severity: str, reading_ts: float) -> str:
+def alert_id(
+    *, device_id: str, rule_id: str, severity: str, reading_ts: float, condition: Condition = "above"
+) -> str:
     """A stable id for an alert: the same reading re-processed yields the same id.
+
+    Threshold alerts (``above``/``below``) keep the id they always had; the detectors' kinds
+    add theirs, so a reading that is both stuck and a rate breach gives two alerts.
 
     >>> a = alert_id(device_id="f-1", rule_id="r", severity="critical", reading_ts=1.5)
     >>> a == alert_id(device_id="f-1", rule_id="r", severity="critical", reading_ts=1.5), len(a)
     (True, 32)
+    >>> a == alert_id(device_id="f-1", rule_id="r", severity="critical", reading_ts=1.5, condition="stuck")
+    False
     """
-    return stable_id(device_id, rule_id, severity, repr(reading_ts))
+    kind = incident_kind(condition)
+    if kind == "threshold":
+        return stable_id(device_id, rule_id, severity, repr(reading_ts))
+    return stable_id(device_id, rule_id, severity, repr(reading_ts), kind)
 
 
 def new_alert(
@@ -178,7 +240,13 @@ def new_alert(
 ) -> AlertEvent:
     """An alert event with its ``alert_id`` derived from its own fields (:func:`alert_id`)."""
     return AlertEvent(
-        alert_id=alert_id(device_id=device_id, rule_id=rule_id, severity=severity, reading_ts=reading_ts),
+        alert_id=alert_id(
+            device_id=device_id,
+            rule_id=rule_id,
+            severity=severity,
+            reading_ts=reading_ts,
+            condition=condition,
+        ),
         device_id=device_id,
         metric=metric,
         rule_id=rule_id,
@@ -195,9 +263,10 @@ _encoder: Final = msgspec.json.Encoder()
 _reading_decoder: Final = msgspec.json.Decoder(Reading)
 _alert_decoder: Final = msgspec.json.Decoder(AlertEvent)
 _watermark_decoder: Final = msgspec.json.Decoder(Watermark)
+_clear_decoder: Final = msgspec.json.Decoder(Clear)
 
 
-def encode(event: Reading | AlertEvent | Watermark) -> bytes:
+def encode(event: Reading | AlertEvent | Watermark | Clear) -> bytes:
     """Serialize an event to its JSON wire form."""
     return _encoder.encode(event)
 
@@ -224,6 +293,14 @@ def decode_watermark(payload: bytes | memoryview) -> Watermark:
         return _watermark_decoder.decode(payload)
     except (msgspec.DecodeError, ValueError) as exc:
         raise EventDecodeError(f"invalid watermark: {exc}") from None
+
+
+def decode_clear(payload: bytes | memoryview) -> Clear:
+    """Decode and validate one clear record of ``telemetry.alerts``."""
+    try:
+        return _clear_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(f"invalid clear: {exc}") from None
 
 
 KafkaHeaders = list[tuple[str, bytes]]
