@@ -35,10 +35,12 @@ from thermoflow.metrics import Metrics
 from thermoflow.processors.batching import CHUNK_SERIALIZER, ChunkScheduler
 from thermoflow.processors.columns import KafkaRecord, ReadingBatch, decode_batch
 from thermoflow.processors.runtime import (
+    Emit,
     FunctionBody,
     FunctionFailed,
     FunctionSpec,
     Registry,
+    Stateful,
     call_with_retries,
 )
 from thermoflow.processors.settings import ProcessorSettings
@@ -107,6 +109,7 @@ def build_app(
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
     bodies: list[FunctionBody] = []
     emitters: list[WatermarkEmitter] = []
+    runners: list[BatchRunner] = []
     for spec in registry.specs():
         bodies.append(spec.build(settings))
         sink = app.topic(spec.sink_topic(settings), key_serializer="raw", value_serializer="raw")
@@ -130,12 +133,25 @@ def build_app(
             metrics=metrics,
             emitter=emitters[-1],
         )
+        runners.append(runner)
         source = app.topic(
             spec.source_topic(settings), key_serializer="raw", value_serializer=CHUNK_SERIALIZER
         )
         app.agent(source, name=f"processors.{spec.name}")(runner.agent)
 
     ticks = [getattr(body, "tick") for body in bodies if callable(getattr(body, "tick", None))]  # noqa: B009
+    stateful = [runner for runner in runners if isinstance(runner.body, Stateful)]
+
+    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        for runner in stateful:
+            runner.revoked(revoked)
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # mode's stub wants sync
+
+    @app.timer(interval=settings.watermark_interval)  # type: ignore[untyped-decorator]
+    async def detector_timers() -> None:
+        for runner in stateful:
+            await runner.on_timer()
 
     @app.timer(interval=settings.rules_poll_interval)  # type: ignore[untyped-decorator]
     async def tick_functions() -> None:
@@ -177,6 +193,7 @@ class BatchRunner:
         self.emitter = emitter
         self.source = spec.source_topic(settings)
         self.log = log.bind(function=spec.name, topic=self.source)
+        self._topics: dict[str, Any] = {}
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -209,6 +226,8 @@ class BatchRunner:
         deliveries: list[asyncio.Future[Any]] = []
         for reject in rejects:
             deliveries.append(await self._dead_letter(reject.record, reject.error))
+        if len(batch) and isinstance(self.body, Stateful):
+            await self.body.load({int(p) for p in batch.partition})
         if len(batch):
             try:
                 emits = await call_with_retries(
@@ -229,11 +248,7 @@ class BatchRunner:
                 reason = f"function {self.spec.name!r} {exc}"
                 for record in batch.records:
                     deliveries.append(await self._dead_letter(record, reason))
-            for emit in emits:
-                deliveries.append(
-                    await self.sink.send(key=emit.key.encode(), value=_encoder.encode(emit.event))
-                )
-                self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset)
+            deliveries += await self.send(emits)
             self.metrics.count("emitted", len(emits))
         await asyncio.gather(*deliveries)
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
@@ -242,6 +257,50 @@ class BatchRunner:
         self.metrics.count("readings", len(batch))
         self.metrics.count("dead_letters", len(rejects))
         self.metrics.observe("batch", time.perf_counter() - started)
+
+    async def send(self, emits: Sequence[Emit]) -> list[asyncio.Future[Any]]:
+        """Send the sink's records; when there are others (state), they go once the sink's are acked.
+
+        Returns the futures still to await. Stored state is never ahead of the alerts it
+        implies: a crash between the two replays the batch from the old state, and sends the
+        same alert ids again.
+        """
+        deliveries = [await self._send(emit) for emit in emits if emit.topic is None]
+        later = [emit for emit in emits if emit.topic is not None]
+        if later:
+            await asyncio.gather(*deliveries)
+            deliveries = [await self._send(emit) for emit in later]
+        return deliveries
+
+    async def _send(self, emit: Emit) -> asyncio.Future[Any]:
+        topic = self.sink if emit.topic is None else self._topic(emit.topic)
+        value = emit.event if isinstance(emit.event, bytes) else _encoder.encode(emit.event)
+        self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset)
+        return await topic.send(  # type: ignore[no-any-return]
+            key=emit.key.encode(), value=value, partition=emit.to, headers=list(emit.headers) or None
+        )
+
+    def _topic(self, name: str) -> Any:
+        if name not in self._topics:
+            self._topics[name] = self.sink.app.topic(name, key_serializer="raw", value_serializer="raw")
+        return self._topics[name]
+
+    def revoked(self, revoked: set[TP]) -> None:
+        """Partitions of the source topic went elsewhere: a stateful function forgets their state."""
+        partitions = {tp.partition for tp in revoked if tp.topic == self.source}
+        if partitions and isinstance(self.body, Stateful):
+            self.body.revoked(partitions)
+            self.log.info("state_revoked", partitions=sorted(partitions))
+
+    async def on_timer(self) -> None:
+        """A stateful function's timer: what it detects from time alone, sent like a batch's output."""
+        if not isinstance(self.body, Stateful):
+            return
+        caught_up = self.emitter.caught_up if self.emitter is not None else (lambda partition: False)
+        emits = self.body.on_timer(now=time.time(), caught_up=caught_up)
+        if emits:
+            await asyncio.gather(*await self.send(emits))
+            self.metrics.count("emitted", len(emits))
 
     async def _dead_letter(self, record: KafkaRecord, reason: str) -> asyncio.Future[Any]:
         source = kafka_source(topic=self.source, partition=record.partition, offset=record.offset)
@@ -338,6 +397,10 @@ class WatermarkEmitter:
         if futures:
             self._inflight = asyncio.ensure_future(asyncio.gather(*futures))
             self.log.debug("watermarks_sent", marks=len(marks), partitions=sink_partitions)
+
+    def caught_up(self, partition: int) -> bool:
+        """Whether everything in ``partition`` up to its end has been processed."""
+        return self._caught_up(partition, self.progress.next_offset(partition), None)
 
     def _caught_up(self, partition: int, next_offset: int | None, position: int | None) -> bool:
         """Nothing left to process: the offset after the last one processed (else the consumer's

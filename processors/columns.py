@@ -85,6 +85,7 @@ class ReadingBatch:
     partition: I64
     offset: I64
     records: Sequence[KafkaRecord]  # the valid readings' original records, in the same order
+    received_at: F64  # the bridge's receive time: the offline detector's clock
     event_ts: F64  # min(ts, received_at): how far a reading moves its partition's watermark
 
     def __len__(self) -> int:
@@ -150,14 +151,14 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
         values=np.fromiter(map(_reading_value, readings), dtype=np.float64, count=count),
         ts=np.fromiter(map(_reading_ts, readings), dtype=np.float64, count=count),
     )
+    received_at = np.fromiter(map(_reading_received_at, readings), dtype=np.float64, count=count)
     batch = ReadingBatch(
         topic=topic,
         columns=columns,
         partition=np.fromiter(map(_partition, kept), dtype=np.int64, count=len(kept)),
         offset=np.fromiter(map(_offset, kept), dtype=np.int64, count=len(kept)),
         records=kept,
-        event_ts=np.minimum(
-            columns.ts, np.fromiter(map(_reading_received_at, readings), dtype=np.float64, count=count)
-        ),
+        received_at=received_at,
+        event_ts=np.minimum(columns.ts, received_at),
     )
     return batch, rejects

@@ -17,14 +17,18 @@ the settings (the threshold check reads the rules file) registers a factory with
 :meth:`Registry.factory` instead. A function object may also have a ``tick()`` method: the
 worker calls it every ``rules_poll_interval`` seconds between batches (the threshold check
 reloads its rules file there, so a change is logged even while no reading arrives).
+
+A function with state outside it (:class:`Stateful`, the device detectors) also gets its
+partitions' state loaded before a batch, dropped when they are revoked, and a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import msgspec
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
@@ -35,15 +39,43 @@ from thermoflow.processors.settings import ProcessorSettings
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """One event a function emits, with its Kafka key and (for logs) where its reading came from."""
+    """One event a function emits, with its Kafka key and (for logs) where its reading came from.
+
+    By default it goes to the function's sink, partitioned by key, as JSON. A function that
+    keeps state writes it with ``topic`` (another topic), ``to`` (an explicit partition) and
+    ``event`` as ready bytes: the worker sends every record for the sink, waits for Kafka's
+    acks, and only then sends the others, so stored state is never ahead of the alerts it
+    implies.
+    """
 
     key: str
-    event: msgspec.Struct
+    event: msgspec.Struct | bytes
     partition: int | None = None
     offset: int | None = None
+    topic: str | None = None
+    to: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 FunctionBody = Callable[[ReadingBatch], Sequence[Emit]]
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A function whose state lives in Kafka, per source partition; the worker calls these hooks."""
+
+    def __call__(self, batch: ReadingBatch) -> Sequence[Emit]: ...
+
+    async def load(self, partitions: Collection[int]) -> None:
+        """Before a batch: make the state of these source partitions current (read it if needed)."""
+
+    def revoked(self, partitions: Collection[int]) -> None:
+        """These source partitions went to another worker: forget their state."""
+
+    def on_timer(self, *, now: float, caught_up: Callable[[int], bool]) -> Sequence[Emit]:
+        """Every ``watermark_interval``: what time alone detects (``now`` is the wall clock)."""
+
+
 TopicRef = str | Callable[[ProcessorSettings], str]
 
 

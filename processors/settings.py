@@ -49,13 +49,23 @@ class ProcessorSettings(ThermoflowSettings):
         " time: a backlog's breaches stay continuous (keep it well below resolve_after)",
     )
     watermark_interval: float = Field(
-        1.0, gt=0, le=60, description="seconds between the watermarks sent to the alerts topic"
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds between the watermarks sent to the alerts topic, and between offline checks",
     )
     idle_after: float = Field(
         30.0,
         gt=0,
         description="seconds a caught-up readings partition must stay quiet before it counts as idle"
         " (its watermark then follows the clock, so incidents resolve when the fleet falls silent)",
+    )
+    ingest_silent_after: float = Field(
+        60.0,
+        gt=0,
+        le=7 * 86_400,
+        description="seconds a caught-up readings partition (or all of a worker's) must receive nothing"
+        " before one `ingest_silent` alert is raised for it",
     )
     function_retries: int = Field(3, ge=1, le=20, description="attempts per batch before it is dead-lettered")
     function_backoff: float = Field(0.2, ge=0, description="first retry delay in seconds (doubles each time)")
@@ -80,6 +90,11 @@ class ProcessorSettings(ThermoflowSettings):
     def function_modules(self) -> list[str]:
         """The modules named by ``functions``."""
         return [name.strip() for name in self.functions.split(",") if name.strip()]
+
+    @property
+    def state_topic(self) -> str:
+        """The compacted topic of the detectors' per-device state, partitioned like the readings."""
+        return f"{self.processor_group}-device-state"
 
     @property
     def rules_path(self) -> Path:

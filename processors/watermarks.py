@@ -89,6 +89,11 @@ class PartitionProgress:
         state.next_offset = next_offset if state.next_offset is None else max(state.next_offset, next_offset)
         state.quiet_since = now
 
+    def next_offset(self, partition: int) -> int | None:
+        """The offset after the last record of ``partition`` processed (None: none yet)."""
+        state = self._partitions.get(partition)
+        return None if state is None else state.next_offset
+
     def disturbed(self, *, now: float) -> None:
         """Kafka was not reachable (a send was not acked in time): no partition counts as quiet yet."""
         for state in self._partitions.values():

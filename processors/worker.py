@@ -59,8 +59,30 @@ def prepare(settings: ProcessorSettings) -> None:
         for spec in registry.specs():
             names |= {spec.source_topic(settings), spec.sink_topic(settings)}
         await kafka.ensure_topics(settings, {name: DEFAULT_PARTITIONS.get(name, 6) for name in sorted(names)})
+        await ensure_state_topic(settings)
 
     asyncio.run(check())
+
+
+async def ensure_state_topic(settings: ProcessorSettings) -> None:
+    """The detectors' state topic: compacted, with as many partitions as the readings (it is keyed alike).
+
+    Fewer partitions than the readings would put two readings partitions' state in one: that
+    fails here, naming both counts, rather than mixing states later.
+    """
+    readings = (await kafka.partition_counts(settings, [settings.readings_topic]))[settings.readings_topic]
+    await kafka.ensure_topics(
+        settings,
+        {settings.state_topic: readings},
+        configs={settings.state_topic: {"cleanup.policy": "compact", "segment.ms": "600000"}},
+    )
+    state = (await kafka.partition_counts(settings, [settings.state_topic]))[settings.state_topic]
+    if state != readings:
+        raise ServiceError(
+            f"the detector state topic {settings.state_topic!r} has {state} partitions but "
+            f"{settings.readings_topic!r} has {readings}: they must match"
+            " (delete the state topic to rebuild it)"
+        )
 
 
 class _Worker(faust.Worker):

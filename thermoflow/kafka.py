@@ -113,15 +113,24 @@ async def produce_events(
 
 
 async def ensure_topics(
-    settings: ThermoflowSettings, partitions: Mapping[str, int], *, timeout: float = 30.0
+    settings: ThermoflowSettings,
+    partitions: Mapping[str, int],
+    *,
+    timeout: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Create the topics that don't exist yet; returns the names it created."""
+    """Create the topics that don't exist yet (with their ``configs``); returns the names it created."""
     admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=int(timeout * 1000))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name=name, num_partitions=count, replication_factor=1)
+            NewTopic(
+                name=name,
+                num_partitions=count,
+                replication_factor=1,
+                topic_configs=dict((configs or {}).get(name, {})),
+            )
             for name, count in partitions.items()
             if name not in existing
         ]
@@ -133,6 +142,19 @@ async def ensure_topics(
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def partition_counts(
+    settings: ThermoflowSettings, names: Sequence[str], *, timeout: float = 30.0
+) -> dict[str, int]:
+    """The partition count of each existing topic among ``names``."""
+    admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=int(timeout * 1000))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions")}
 
 
 async def wait_for_kafka(settings: ThermoflowSettings, *, timeout: float = 60.0) -> None:
