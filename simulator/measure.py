@@ -34,7 +34,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
 
 from thermoflow import db, kafka
-from thermoflow.events import AlertEvent, EventDecodeError, decode_alert, decode_reading, is_watermark
+from thermoflow.events import (
+    CLEARED_CONDITIONS,
+    AlertEvent,
+    EventDecodeError,
+    decode_alert,
+    decode_reading,
+    is_clear,
+    is_watermark,
+)
 from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.simulator.score import percentiles
@@ -198,8 +206,8 @@ class KafkaMeter:
 
     def _alerts(self, records: list[Any]) -> None:
         for record in records:
-            if is_watermark(record.headers):
-                continue  # a processor's progress report, not an alert
+            if is_watermark(record.headers) or is_clear(record.headers):
+                continue  # a processor's progress report, or the end of an offline/silent condition
             try:
                 alert = decode_alert(record.value)
             except EventDecodeError:
@@ -208,7 +216,8 @@ class KafkaMeter:
             if alert.device_id not in self.device_index or alert.reading_ts < self.since:
                 continue
             self.alerts.append(alert)
-            self.to_alert.append(record.timestamp / 1000.0 - alert.reading_ts)
+            if alert.condition not in CLEARED_CONDITIONS:  # offline's evidence is the last reading before it
+                self.to_alert.append(record.timestamp / 1000.0 - alert.reading_ts)
 
     def _deadletters(self, records: list[Any]) -> None:
         for record in records:

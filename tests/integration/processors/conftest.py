@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,17 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from tests.conftest import ROOT, Endpoints, unique_name
 from thermoflow import kafka
-from thermoflow.events import AlertEvent, Reading, decode_alert, encode, is_watermark
+from thermoflow.events import (
+    AlertEvent,
+    Clear,
+    Condition,
+    Reading,
+    decode_alert,
+    decode_clear,
+    encode,
+    is_clear,
+    is_watermark,
+)
 from thermoflow.rules import DEFAULT_RULES_FILE
 from thermoflow.settings import ThermoflowSettings
 
@@ -145,10 +155,23 @@ class ProcessorRig:
         return members
 
     async def alerts(
-        self, *, until: Callable[[list[AlertEvent]], bool], timeout: float = 60.0
+        self,
+        *,
+        until: Callable[[list[AlertEvent]], bool],
+        timeout: float = 60.0,
+        conditions: Collection[Condition] = ("above", "below"),
     ) -> list[AlertEvent]:
+        """The alerts of ``conditions`` (the thresholds' by default) once ``until`` holds for them."""
+
         def alerts_of(found: list[ConsumerRecord]) -> list[ConsumerRecord]:
-            return [r for r in found if not is_watermark(r.headers)]  # the processors' progress reports
+            # Leave out the processors' progress reports, clears and other conditions' alerts.
+            return [
+                r
+                for r in found
+                if not is_watermark(r.headers)
+                and not is_clear(r.headers)
+                and decode_alert(r.value).condition in conditions
+            ]
 
         records = alerts_of(
             await self.records(
@@ -160,6 +183,15 @@ class ProcessorRig:
         for record in records:
             assert record.key == decode_alert(record.value).device_id.encode()
         return [decode_alert(r.value) for r in records]
+
+    async def clears(self, *, until: Callable[[list[Clear]], bool], timeout: float = 60.0) -> list[Clear]:
+        """The clear records on the alerts topic once ``until`` holds for them."""
+
+        def clears_of(found: list[ConsumerRecord]) -> list[Clear]:
+            return [decode_clear(r.value) for r in found if is_clear(r.headers)]
+
+        found = await self.records(self.alerts_topic, until=lambda f: until(clears_of(f)), timeout=timeout)
+        return clears_of(found)
 
 
 @pytest.fixture
