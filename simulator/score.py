@@ -161,10 +161,13 @@ class AlertScorer:
         return index if self.episodes[index].last_ts >= breach.ts else None
 
     def score(self, alerts: Iterable[AlertEvent]) -> dict[str, Any]:
-        """The report's ``alerts`` section."""
+        """The report's ``alerts`` section: the threshold alerts (``above``/``below``) only; the
+        detectors' are scored against the injected anomalies (:mod:`thermoflow.simulator.detection`)."""
         received = 0
         unique: dict[str, AlertEvent] = {}
         for alert in alerts:
+            if alert.condition not in ("above", "below"):
+                continue
             received += 1
             unique.setdefault(alert.alert_id, alert)
         correct = 0

@@ -1,0 +1,175 @@
+"""DeviceDetectors, the stateful function around the pure detectors: no Kafka (the state store's
+in-memory side only), batches made with the real codec."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from thermoflow.events import AlertEvent, Clear, Reading, encode, is_clear
+from thermoflow.processors.columns import RawRecord, ReadingBatch, decode_batch
+from thermoflow.processors.detection import PIPELINE, DeviceDetectors, silent_rule
+from thermoflow.processors.detectors import DeviceState
+from thermoflow.processors.runtime import Emit
+from thermoflow.processors.state import StateStore, state_key
+from thermoflow.processors.thresholds import CompiledRules, compile_rules
+from thermoflow.rules import parse_rules
+from thermoflow.settings import ThermoflowSettings
+
+RULES = """
+rules:
+  - id: rack
+    devices: "rack-*"
+    offline_after: 30
+    stuck: {tolerance: 0.1, for: 60}
+default: {id: default, above: {critical: 1000}}
+"""
+TOPIC = "telemetry.readings"
+
+
+def rules(text: str = RULES) -> CompiledRules:
+    return compile_rules(parse_rules(text))
+
+
+def detectors(*, silent_after: float = 60.0) -> DeviceDetectors:
+    store = StateStore(ThermoflowSettings(), topic="state")
+    return DeviceDetectors(store, source_topic=TOPIC, ingest_silent_after=silent_after, clock=lambda: 0.0)
+
+
+def batch(readings: Sequence[tuple[str, float, float, int]], *, first_offset: int = 0) -> ReadingBatch:
+    """(device, value, time, partition) -> a decoded batch; ts = received_at = time."""
+    records = [
+        RawRecord(
+            device.encode(),
+            encode(Reading(device_id=device, value=value, ts=at, received_at=at)),
+            partition,
+            first_offset + n,
+        )
+        for n, (device, value, at, partition) in enumerate(readings)
+    ]
+    decoded, rejects = decode_batch(TOPIC, records)
+    assert not rejects
+    return decoded
+
+
+def alerts(emits: Sequence[Emit]) -> list[AlertEvent]:
+    return [e.event for e in emits if isinstance(e.event, AlertEvent)]
+
+
+def clears(emits: Sequence[Emit]) -> list[Clear]:
+    return [e.event for e in emits if isinstance(e.event, Clear)]
+
+
+def seconds(
+    devices: Sequence[str], times: range, *, partition: int = 0, value: float = 5.0
+) -> list[tuple[str, float, float, int]]:
+    return [
+        (d, value + (0 if d == "rack-stuck" else t % 3), float(t), partition) for t in times for d in devices
+    ]
+
+
+def test_state_goes_to_the_state_topic_on_the_readings_partition() -> None:
+    found = detectors()
+    emits = found.check(batch([("rack-1", 5.0, 10.0, 4), ("rack-2", 6.0, 10.0, 1)]), rules())
+    state = {e.key: e for e in emits if e.topic == "state"}
+    assert set(state) == {state_key("rack-1", "temperature"), state_key("rack-2", "temperature")}
+    assert state[state_key("rack-1", "temperature")].to == 4
+    record = msgspec.msgpack.decode(state[state_key("rack-1", "temperature")].event, type=DeviceState)
+    assert record.last_seen == 10.0 and found.store.get(4, state_key("rack-1", "temperature")) == record
+
+
+def test_devices_without_detectors_keep_no_state() -> None:
+    emits = detectors().check(batch([("other-1", 5.0, 10.0, 0)]), rules())
+    assert emits == []
+
+
+def test_stuck_across_batches_and_replay_gives_the_same_alert_ids() -> None:
+    readings = seconds(["rack-stuck", "rack-ok"], range(0, 90))
+    first = detectors()
+    whole = alerts(first.check(batch(readings), rules()))
+    split = detectors()
+    cut = alerts(split.check(batch(readings[:70]), rules())) + alerts(
+        split.check(batch(readings[70:]), rules())
+    )
+    assert {a.device_id for a in whole} == {"rack-stuck"} == {a.device_id for a in cut}
+    assert whole[0].condition == "stuck" and whole[0].value == 89.0 and whole[0].threshold == 60.0
+    assert whole[0].alert_id in {a.alert_id for a in cut}, "the stream's worst finding, whatever the cut"
+
+
+def test_offline_by_the_partitions_event_time_then_cleared() -> None:
+    found = detectors()
+    found.check(batch(seconds(["rack-a", "rack-b"], range(0, 10))), rules())
+    assert alerts(found.on_timer(rules(), now=10.0, caught_up=lambda p: True)) == []
+    found.check(batch(seconds(["rack-a"], range(10, 40))), rules())  # rack-b silent since 9
+    (offline,) = alerts(found.on_timer(rules(), now=40.0, caught_up=lambda p: True))
+    assert (offline.device_id, offline.condition, offline.reading_ts) == ("rack-b", "offline", 9.0)
+    assert offline.value == 30.0 and offline.threshold == 30.0
+    assert alerts(found.on_timer(rules(), now=41.0, caught_up=lambda p: True)) == [], "reported once"
+
+    emits = found.check(batch(seconds(["rack-a", "rack-b"], range(40, 42))), rules())
+    (clear,) = clears(emits)
+    assert (clear.device_id, clear.rule_id, clear.condition) == ("rack-b", "rack", "offline")
+    assert (clear.since, clear.cleared_at) == (9.0, 40.0)
+    assert any(is_clear(list(e.headers)) for e in emits)
+
+
+def test_a_worker_that_is_behind_sees_no_offline_device() -> None:
+    """The offline clock is the partition's event time, not the wall clock: a replayed minute-long
+    backlog (or a worker restarted after a stop) has every device moving together."""
+    found = detectors()
+    found.check(batch(seconds(["rack-a", "rack-b"], range(0, 10))), rules())
+    assert alerts(found.on_timer(rules(), now=1_000.0, caught_up=lambda p: False)) == []
+    found.check(batch(seconds(["rack-a", "rack-b"], range(10, 70))), rules())
+    assert alerts(found.on_timer(rules(), now=1_000.0, caught_up=lambda p: False)) == []
+
+
+def test_a_silent_partition_is_one_ingest_silent_alert_and_clears_when_it_receives() -> None:
+    found = detectors(silent_after=60.0)
+    found.check(
+        batch(seconds(["rack-a"], range(0, 5), partition=0) + seconds(["rack-b"], range(0, 5), partition=1)),
+        rules(),
+    )
+    found.check(batch(seconds(["rack-b"], range(5, 100), partition=1)), rules())
+    assert alerts(found.on_timer(rules(), now=100.0, caught_up=lambda p: p != 0)) == [], "lagging: not judged"
+    emitted = alerts(found.on_timer(rules(), now=100.0, caught_up=lambda p: True))
+    silent = [a for a in emitted if a.condition == "ingest_silent"]
+    assert [(a.device_id, a.rule_id, a.reading_ts) for a in silent] == [
+        (PIPELINE, silent_rule(TOPIC, 0), 4.0)
+    ]
+    assert silent[0].value == 96.0 and silent[0].threshold == 60.0
+    assert [
+        a
+        for a in alerts(found.on_timer(rules(), now=101.0, caught_up=lambda p: True))
+        if a.condition == "ingest_silent"
+    ] == []
+
+    (clear,) = clears(found.check(batch(seconds(["rack-a"], range(100, 101), partition=0)), rules()))
+    assert (clear.device_id, clear.rule_id, clear.since, clear.cleared_at) == (
+        PIPELINE,
+        silent_rule(TOPIC, 0),
+        4.0,
+        100.0,
+    )
+
+
+def test_every_partition_silent_is_one_fleet_alert() -> None:
+    found = detectors(silent_after=60.0)
+    found.check(
+        batch(seconds(["rack-a"], range(0, 5), partition=0) + seconds(["rack-b"], range(0, 8), partition=1)),
+        rules(),
+    )
+    silent = [
+        a
+        for a in alerts(found.on_timer(rules(), now=100.0, caught_up=lambda p: True))
+        if a.condition == "ingest_silent"
+    ]
+    assert [(a.rule_id, a.reading_ts) for a in silent] == [(silent_rule(TOPIC, None), 7.0)]
+
+
+def test_revoked_partitions_forget_their_state() -> None:
+    found = detectors()
+    found.check(batch([("rack-1", 5.0, 10.0, 4)]), rules())
+    found.revoked([4])
+    assert found.store.get(4, state_key("rack-1", "temperature")) is None
+    assert found.store.loaded() == []
