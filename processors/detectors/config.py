@@ -1,4 +1,7 @@
-"""Detector settings per rule, and their compiled form: arrays with one row per rule.
+"""Detector settings per rule, compiled to arrays with one row per rule.
+
+The settings themselves (:class:`DetectorConfig` and its parts, their validation) are the
+rules file's, in :mod:`thermoflow.rules`; they are re-exported here.
 
 Like :func:`thermoflow.processors.thresholds.compile_rules`, a batch looks its settings up by row, so a
 check over 100,000 readings indexes arrays instead of calling Python per reading. An absent
@@ -14,8 +17,7 @@ detector compiles to values that can never fire (``inf`` limits, ``NaN`` windows
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -23,6 +25,12 @@ import numpy as np
 import numpy.typing as npt
 
 from thermoflow.events import SEVERITIES, Severity
+from thermoflow.rules import WINDOW_BUCKETS as WINDOW_BUCKETS
+from thermoflow.rules import DetectorConfig as DetectorConfig
+from thermoflow.rules import DetectorConfigError as DetectorConfigError
+from thermoflow.rules import OutlierConfig as OutlierConfig
+from thermoflow.rules import RateConfig as RateConfig
+from thermoflow.rules import StuckConfig as StuckConfig
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -34,96 +42,12 @@ STUCK, RATE, OUTLIER, OFFLINE = 0, 1, 2, 3
 WARNING, CRITICAL = 1, 2
 
 #: Recent readings kept per device for rate and outlier: one per time bucket of ``step``
-#: seconds, where ``step`` is the longest of the two windows over WINDOW_BUCKETS. A window
-#: then spans at most WINDOW_BUCKETS + 2 buckets, so HISTORY entries always hold it.
-WINDOW_BUCKETS: Final = 32
+#: seconds, where ``step`` is the longest of the two windows over WINDOW_BUCKETS (defined in
+#: thermoflow.rules, whose validation caps ``outlier.min_samples`` with it). A window then
+#: spans at most WINDOW_BUCKETS + 2 buckets, so HISTORY entries always hold it.
+HISTORY: Final = WINDOW_BUCKETS + 4
 #: The config row of a device no rule configures detectors for: the all-off last row.
 NO_DETECTORS: Final = -1
-HISTORY: Final = WINDOW_BUCKETS + 4
-
-
-class DetectorConfigError(ValueError):
-    """A detector setting that cannot be used; the message names the field."""
-
-
-def _positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise DetectorConfigError(f"`{name}` must be a finite number > 0, got {value!r}")
-
-
-def _limits(name: str, limits: Mapping[Severity, float]) -> None:
-    if not limits or set(limits) - set(SEVERITIES):
-        raise DetectorConfigError(f"`{name}` must set `warning` and/or `critical`, got {dict(limits)!r}")
-    for severity, limit in limits.items():
-        _positive(f"{name}.{severity}", limit)
-    if limits.get("critical", math.inf) < limits.get("warning", -math.inf):
-        raise DetectorConfigError(f"`{name}.critical` must be >= `{name}.warning`")
-
-
-@dataclass(frozen=True, slots=True)
-class StuckConfig:
-    """Stuck: the readings of one run stay within ``tolerance`` (max - min) for ``stuck_for`` seconds."""
-
-    tolerance: float
-    stuck_for: float
-    severity: Severity = "critical"
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise DetectorConfigError(
-                f"`stuck.tolerance` must be a finite number >= 0, got {self.tolerance!r}"
-            )
-        _positive("stuck.stuck_for", self.stuck_for)
-
-
-@dataclass(frozen=True, slots=True)
-class RateConfig:
-    """Rate: ``|°C/min|`` over ``window`` seconds beyond a limit per severity."""
-
-    window: float
-    limits: Mapping[Severity, float]
-
-    def __post_init__(self) -> None:
-        _positive("rate.window", self.window)
-        _limits("rate.limits", self.limits)
-
-
-@dataclass(frozen=True, slots=True)
-class OutlierConfig:
-    """Outlier: robust score over the device's last ``window`` seconds beyond a threshold per severity.
-
-    ``min_abs_deviation`` (°C) keeps a quiet sensor, whose MAD is near zero, from scoring a
-    page out of a 0.1 °C wobble; ``min_samples`` is the smallest baseline worth scoring against.
-    """
-
-    window: float
-    thresholds: Mapping[Severity, float]
-    min_abs_deviation: float
-    min_samples: int = 8
-
-    def __post_init__(self) -> None:
-        _positive("outlier.window", self.window)
-        _limits("outlier.thresholds", self.thresholds)
-        _positive("outlier.min_abs_deviation", self.min_abs_deviation)
-        if not 1 <= self.min_samples <= WINDOW_BUCKETS:
-            raise DetectorConfigError(
-                f"`outlier.min_samples` must be within 1..{WINDOW_BUCKETS}, got {self.min_samples!r}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class DetectorConfig:
-    """The detectors of one rule; each is optional (None: off)."""
-
-    offline_after: float | None = None
-    offline_severity: Severity = "critical"
-    stuck: StuckConfig | None = None
-    rate: RateConfig | None = None
-    outlier: OutlierConfig | None = None
-
-    def __post_init__(self) -> None:
-        if self.offline_after is not None:
-            _positive("offline_after", self.offline_after)
 
 
 def _severity_code(severity: Severity) -> int:
