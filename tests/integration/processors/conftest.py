@@ -24,7 +24,6 @@ from thermoflow import kafka
 from thermoflow.events import (
     AlertEvent,
     Clear,
-    Condition,
     Reading,
     decode_alert,
     decode_clear,
@@ -159,7 +158,7 @@ class ProcessorRig:
         *,
         until: Callable[[list[AlertEvent]], bool],
         timeout: float = 60.0,
-        conditions: Collection[Condition] = ("above", "below"),
+        conditions: Collection[str] = ("above", "below"),
     ) -> list[AlertEvent]:
         """The alerts of ``conditions`` (the thresholds' by default) once ``until`` holds for them."""
 

@@ -12,7 +12,7 @@ from thermoflow.processors.columns import RawRecord, ReadingBatch, decode_batch
 from thermoflow.processors.detection import PIPELINE, DeviceDetectors, silent_rule
 from thermoflow.processors.detectors import DeviceState
 from thermoflow.processors.runtime import Emit
-from thermoflow.processors.state import StateStore, state_key
+from thermoflow.processors.state import StateStore, encode_state, state_key
 from thermoflow.processors.thresholds import CompiledRules, compile_rules
 from thermoflow.rules import parse_rules
 from thermoflow.settings import ThermoflowSettings
@@ -75,8 +75,11 @@ def test_state_goes_to_the_state_topic_on_the_readings_partition() -> None:
     state = {e.key: e for e in emits if e.topic == "state"}
     assert set(state) == {state_key("rack-1", "temperature"), state_key("rack-2", "temperature")}
     assert state[state_key("rack-1", "temperature")].to == 4
-    record = msgspec.msgpack.decode(state[state_key("rack-1", "temperature")].event, type=DeviceState)
-    assert record.last_seen == 10.0 and found.store.get(4, state_key("rack-1", "temperature")) == record
+    stored = state[state_key("rack-1", "temperature")].event
+    assert isinstance(stored, bytes)
+    record = msgspec.msgpack.decode(stored, type=DeviceState)
+    assert record.last_seen == 10.0 and record.run_start == 10.0
+    assert encode_state(found.store.get(4, state_key("rack-1", "temperature"))) == stored  # type: ignore[arg-type]
 
 
 def test_devices_without_detectors_keep_no_state() -> None:
