@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.group import MemberAssignment
 from aiokafka.structs import ConsumerRecord, RecordMetadata
@@ -137,6 +138,42 @@ class ProcessorRig:
         finally:
             await consumer.stop()
         return found
+
+    async def everything(self, topic: str) -> list[ConsumerRecord]:
+        """Every record of ``topic`` written so far (up to its end offsets now)."""
+        consumer = AIOKafkaConsumer(**self.settings.kafka_options(), group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            count = (await kafka.partition_counts(self.settings, [topic]))[topic]
+            tps = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            found: list[ConsumerRecord] = []
+            pending = [tp for tp in tps if ends[tp] > 0]
+            while pending:
+                for batch in (await consumer.getmany(*pending, timeout_ms=500)).values():
+                    found.extend(batch)
+                pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+            return found
+        finally:
+            await consumer.stop()
+
+    async def wait_for_topic(self, topic: str, *, timeout: float = 60.0) -> None:
+        """Wait until ``topic`` exists (a worker creates it at start), without creating it by reading it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            admin = AIOKafkaAdminClient(**self.settings.kafka_options())
+            await admin.start()
+            try:
+                if topic in await admin.list_topics():
+                    return
+            finally:
+                await admin.close()
+            if time.monotonic() > deadline:
+                logs = "\n".join(w.log()[-3000:] for w in self.workers)
+                raise AssertionError(f"{topic} was not created within {timeout}s\n{logs}")
+            await asyncio.sleep(0.5)
 
     async def assignment(self) -> list[list[int]]:
         """The partitions of the readings topic each member of the group holds now."""
