@@ -2,7 +2,8 @@
 
 A device's temperature is ``baseline + daily cycle + correlated noise``, clipped to its
 profile's normal range so that a healthy fleet breaches no rule (anomalies, applied after,
-are what cross thresholds). The noise is an AR(1) process per device mixed with an AR(1)
+are what cross thresholds; folded back at the bounds rather than clipped, so that no healthy
+sensor sits flat on a bound). The noise is an AR(1) process per device mixed with an AR(1)
 process shared by every device of the same profile (a site's weather, a machine room's
 load), so readings are correlated in time and across devices. Its correlation time is in
 seconds, so the statistics do not depend on the publish rate.
@@ -202,5 +203,10 @@ class SignalModel:
         cycle = self.fleet.amplitude * np.cos(2.0 * np.pi * (hours - self.fleet.peak_hour) / 24.0)
         noise = self._own + self._shared[self.fleet.profile_index]
         values = self.fleet.baseline + cycle + noise
-        clipped: Floats = np.clip(values, self.fleet.low, self.fleet.high)
+        # Folded back at the normal range's bounds, not clipped: a clipped sensor sits exactly on
+        # a bound, flat, for as long as the noise stays beyond it: a healthy device that looks
+        # stuck. The clip after the fold only catches an excursion wider than the whole range.
+        low, high = self.fleet.low, self.fleet.high
+        folded = np.where(values < low, 2.0 * low - values, np.where(values > high, 2.0 * high - values, values))
+        clipped: Floats = np.clip(folded, low, high)
         return clipped
