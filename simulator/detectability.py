@@ -65,7 +65,7 @@ class InjectedAnomaly(msgspec.Struct, frozen=True, kw_only=True):
     rule_id: str | None
     start_at: float  # the publish time of its first tick
     duration_s: float  # within the run: an anomaly cut short by the run's end counts what was published
-    magnitude: float
+    magnitude: float  # as published: a drift cut short by the run's end counts the offset it reached
     start_s: float  # seconds from the run's first tick to its start
     period_s: float  # seconds between a device's readings (1 / rate)
     noise_sigma: float  # °C, the profile's stationary noise
@@ -144,6 +144,14 @@ def crossed(
     return found
 
 
+def _reached(anomaly: Anomaly, ticks: int) -> float:
+    """The magnitude the run published: a drift ramps to its magnitude over its whole duration."""
+    if anomaly.kind != "drift" or anomaly.end <= ticks:
+        return anomaly.magnitude
+    published = max(1, ticks - anomaly.start)
+    return anomaly.magnitude * published / (anomaly.end - anomaly.start)
+
+
 def injected_anomalies(
     *,
     anomalies: Sequence[Anomaly],
@@ -182,7 +190,7 @@ def injected_anomalies(
             rule_id=rule_ids[a.device],
             start_at=t,
             duration_s=float(duration),
-            magnitude=a.magnitude,
+            magnitude=_reached(a, ticks),
             start_s=a.start * period,
             period_s=period,
             noise_sigma=float(noise_sigma[a.device]),

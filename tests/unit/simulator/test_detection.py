@@ -209,6 +209,22 @@ def test_the_engines_anomalies_become_scored_anomalies_with_their_publish_times(
     assert judge(scored, {"coldroom": Detectors(offline_after=21.0)}) == [False, True, False]
 
 
+def test_a_drift_cut_short_by_the_runs_end_is_judged_by_the_offset_it_reached() -> None:
+    drifts = [
+        Anomaly(kind="drift", device=0, start=150, end=350, magnitude=-20.0),  # 50 of its 200 ticks
+        Anomaly(kind="drift", device=0, start=10, end=110, magnitude=20.0),  # whole
+    ]
+    scored = injected_anomalies(
+        anomalies=drifts, started_at=[150.0, 10.0], device_ids=("outdoor-0001",), rule_ids=["outdoor"],
+        noise_sigma=np.full(1, 1.2), rate=1.0, ticks=200, breach_devices=np.empty(0, np.int64),
+        breach_ts=np.empty(0),
+    )  # fmt: skip
+    assert [(a.duration_s, a.magnitude) for a in scored] == [(50.0, -5.0), (100.0, 20.0)]
+    # 5 °C over a 60 s window is 5 °C/min; 60 x 5 / max(50, 60) = 5 > 4, not 20 °C/min.
+    assert judge(scored, {"outdoor": ALL_ON}) == [True, True]
+    assert judge(scored, {"outdoor": Detectors(rate=Rate(window=60.0, limits={"warning": 6.0}))}) == [False, True]
+
+
 # -- matching incidents -----------------------------------------------------------------------------
 
 
