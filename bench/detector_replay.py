@@ -186,7 +186,10 @@ def replay(
 
 
 def _table(result: Replay) -> str:
-    lines = [f"{'kind':<9} {'inj':>4} {'det.able':>8} {'found':>6} {'recall':>7} {'rec.all':>7} {'p50 ms':>8} {'p99 ms':>8}"]
+    header = ("kind", "inj", "det.able", "found", "recall", "rec.all", "p50 ms", "p99 ms")
+    widths = (-9, 4, 8, 6, 7, 7, 8, 8)
+    cells = (f"{name:<{-w}}" if w < 0 else f"{name:>{w}}" for name, w in zip(header, widths, strict=True))
+    lines = [" ".join(cells)]
     for kind, row in [*result.score["by_kind"].items(), ("total", result.score["total"])]:
         delay = row["delay"] or {}
         lines.append(

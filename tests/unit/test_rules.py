@@ -245,10 +245,14 @@ def test_each_rule_parses_its_detectors_and_absent_ones_are_off() -> None:
     assert default.detectors == DetectorConfig(rate=RateConfig(window=120.0, limits={"critical": 2.0}))
     assert parse_rules(RULES).rules[0].detectors == NO_DETECTORS_CONFIG
     # The optional parts' defaults: severities critical, min_samples 8.
-    plain = parse_rules(
-        "default: {offline_after: 5, stuck: {tolerance: 0, for: 1},"
-        " outlier: {window: 60, warning: 4, min_abs_deviation: 1}}"
-    ).rules[0].detectors
+    plain = (
+        parse_rules(
+            "default: {offline_after: 5, stuck: {tolerance: 0, for: 1},"
+            " outlier: {window: 60, warning: 4, min_abs_deviation: 1}}"
+        )
+        .rules[0]
+        .detectors
+    )
     assert plain.offline_severity == "critical" and plain.stuck is not None and plain.outlier is not None
     assert (plain.stuck.severity, plain.outlier.min_samples) == ("critical", 8)
 
@@ -261,6 +265,7 @@ def test_a_detector_config_written_back_as_yaml_parses_to_itself() -> None:
 
 HUGE = "1.0e+308"
 WEEK_AND_A_SECOND = str(7 * 24 * 3600 + 1)
+OUTLIER = "window: 300, warning: 6, min_abs_deviation: 1"
 
 
 @pytest.mark.parametrize(
@@ -316,10 +321,10 @@ WEEK_AND_A_SECOND = str(7 * 24 * 3600 + 1)
         ("outlier: {window: 300, warning: 6, min_abs_deviation: .nan}", ["`outlier.min_abs_deviation`"]),
         ("outlier: {window: 300, warning: 10, critical: 6, min_abs_deviation: 1}", ["`outlier.critical`"]),
         ("outlier: {window: 300, warning: -1, min_abs_deviation: 1}", ["`outlier.warning`", "> 0"]),
-        ("outlier: {window: 300, warning: 6, min_abs_deviation: 1, min_samples: 0}", ["`outlier.min_samples`"]),
-        ("outlier: {window: 300, warning: 6, min_abs_deviation: 1, min_samples: 33}", ["within 1..32"]),
-        ("outlier: {window: 300, warning: 6, min_abs_deviation: 1, min_samples: 8.5}", ["min_samples", "int"]),
-        ("outlier: {window: 300, warning: 6, min_abs_deviation: 1, min_samples: yes}", ["min_samples", "bool"]),
+        (f"outlier: {{{OUTLIER}, min_samples: 0}}", ["`outlier.min_samples`"]),
+        (f"outlier: {{{OUTLIER}, min_samples: 33}}", ["within 1..32"]),
+        (f"outlier: {{{OUTLIER}, min_samples: 8.5}}", ["min_samples", "int"]),
+        (f"outlier: {{{OUTLIER}, min_samples: yes}}", ["min_samples", "bool"]),
         (f"outlier: {{window: {WEEK_AND_A_SECOND}, warning: 6, min_abs_deviation: 1}}", ["`outlier.window`"]),
         ("outlier: {window: 300, warning: 6, min_abs_deviation: 1, threshold: 3}", ["outlier", "threshold"]),
         # both windows share the history's buckets: one at most 32 times the other
@@ -356,11 +361,11 @@ def test_detector_settings_built_in_code_are_checked_like_the_files() -> None:
     for bad in (True, float("nan"), float("inf"), -1.0, 0.0, 1e308, "30"):
         with pytest.raises(DetectorConfigError, match="`offline_after`"):
             DetectorConfig(offline_after=bad)  # type: ignore[arg-type]
-    with pytest.raises(DetectorConfigError, match="`outlier.min_samples` must be an integer"):
+    with pytest.raises(DetectorConfigError, match=r"`outlier\.min_samples` must be an integer"):
         OutlierConfig(window=60.0, thresholds={"warning": 6.0}, min_abs_deviation=1.0, min_samples=True)
-    with pytest.raises(DetectorConfigError, match="`stuck.severity`"):
+    with pytest.raises(DetectorConfigError, match=r"`stuck\.severity`"):
         StuckConfig(tolerance=0.1, stuck_for=60.0, severity="page")  # type: ignore[arg-type]
-    with pytest.raises(DetectorConfigError, match="`rate.limits` must set"):
+    with pytest.raises(DetectorConfigError, match=r"`rate\.limits` must set"):
         RateConfig(window=60.0, limits={"page": 3.0})  # type: ignore[dict-item]
     assert issubclass(DetectorConfigError, RulesError)
     # The limit the history's size sets on min_samples is visible here, in the core.

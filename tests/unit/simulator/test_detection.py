@@ -222,7 +222,8 @@ def test_a_drift_cut_short_by_the_runs_end_is_judged_by_the_offset_it_reached() 
     assert [(a.duration_s, a.magnitude) for a in scored] == [(50.0, -5.0), (100.0, 20.0)]
     # 5 °C over a 60 s window is 5 °C/min; 60 x 5 / max(50, 60) = 5 > 4, not 20 °C/min.
     assert judge(scored, {"outdoor": ALL_ON}) == [True, True]
-    assert judge(scored, {"outdoor": Detectors(rate=Rate(window=60.0, limits={"warning": 6.0}))}) == [False, True]
+    strict = Detectors(rate=Rate(window=60.0, limits={"warning": 6.0}))
+    assert judge(scored, {"outdoor": strict}) == [False, True]
 
 
 # -- matching incidents -----------------------------------------------------------------------------
