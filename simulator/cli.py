@@ -16,7 +16,6 @@ from thermoflow.component import tune_gc
 from thermoflow.rules import RulesError
 from thermoflow.settings import ConfigError, load_settings
 from thermoflow.simulator.anomalies import AnomalyError
-from thermoflow.simulator.detector_rules import DetectorRulesError
 
 
 def register(app: typer.Typer) -> None:
@@ -184,7 +183,7 @@ def simulate_command(
     tune_gc()  # the fleet allocates per reading, like the pipeline's components
     try:
         result = asyncio.run(main())
-    except (RulesError, DetectorRulesError, AnomalyError) as exc:
+    except (RulesError, AnomalyError) as exc:
         raise ConfigError(str(exc)) from None
     if not quiet:
         from thermoflow.simulator.report import print_summary

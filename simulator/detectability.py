@@ -6,7 +6,8 @@ first tick) and how long it lasted *within the run*, its magnitude, the noise of
 device's profile, and whether one of the readings it made crossed a threshold (the ground
 truth of :mod:`thermoflow.simulator.truth`). :func:`detectable` applies the predicate of its kind
 (:data:`PREDICATES`, stated word for word in the report) with the detector settings of the
-device's rule (:mod:`thermoflow.simulator.detector_rules`).
+device's rule: the same :class:`~thermoflow.rules.DetectorConfig` the processors run, read from the
+same rules file by :mod:`thermoflow.rules` (:func:`rule_detectors`).
 
 The predicates leave out what no detector can see: a spike smaller than the noise, a
 dropout shorter than ``offline_after``, a stuck period shorter than ``stuck.for``. Recall is
@@ -23,8 +24,9 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from thermoflow.rules import NO_DETECTORS_CONFIG as OFF
+from thermoflow.rules import DetectorConfig, RuleSet
 from thermoflow.simulator.anomalies import Anomaly, Kind
-from thermoflow.simulator.detector_rules import OFF, Detectors
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -63,7 +65,7 @@ class InjectedAnomaly(msgspec.Struct, frozen=True, kw_only=True):
     rule_id: str | None
     start_at: float  # the publish time of its first tick
     duration_s: float  # within the run: an anomaly cut short by the run's end counts what was published
-    magnitude: float
+    magnitude: float  # as published: a drift cut short by the run's end counts the offset it reached
     start_s: float  # seconds from the run's first tick to its start
     period_s: float  # seconds between a device's readings (1 / rate)
     noise_sigma: float  # °C, the profile's stationary noise
@@ -74,14 +76,18 @@ class InjectedAnomaly(msgspec.Struct, frozen=True, kw_only=True):
         return self.start_at + self.duration_s
 
 
-def detectable(anomaly: InjectedAnomaly, detectors: Detectors) -> bool:
+def rule_detectors(rules: RuleSet) -> dict[str, DetectorConfig]:
+    """The detectors of each rule (the default too), by rule id: what the predicates judge by."""
+    return {rule.id: rule.detectors for rule in rules.rules}
+
+
+def detectable(anomaly: InjectedAnomaly, detectors: DetectorConfig) -> bool:
     """Whether ``anomaly`` is one the device's detectors (or thresholds) can catch; see :data:`PREDICATES`.
 
-    >>> from thermoflow.simulator.detector_rules import Detectors
     >>> drop = InjectedAnomaly(kind="dropout", device_id="f-1", rule_id="f", start_at=100.0,
     ...     duration_s=45.0, magnitude=0.0, start_s=100.0, period_s=1.0, noise_sigma=0.6, crossed=False)
-    >>> detectable(drop, Detectors(offline_after=30.0)), detectable(drop, Detectors(offline_after=60.0))
-    (True, False)
+    >>> [detectable(drop, DetectorConfig(offline_after=after)) for after in (30.0, 60.0)]
+    [True, False]
     """
     a, d = anomaly, detectors
     if a.kind == "spike":
@@ -108,7 +114,7 @@ def detectable(anomaly: InjectedAnomaly, detectors: Detectors) -> bool:
     return False
 
 
-def judge(anomalies: Sequence[InjectedAnomaly], detectors: Mapping[str, Detectors]) -> list[bool]:
+def judge(anomalies: Sequence[InjectedAnomaly], detectors: Mapping[str, DetectorConfig]) -> list[bool]:
     """:func:`detectable` of each anomaly, with its rule's detectors (off for a device without a rule)."""
     return [detectable(a, detectors.get(a.rule_id, OFF) if a.rule_id else OFF) for a in anomalies]
 
@@ -136,6 +142,14 @@ def crossed(
         first = lo + int(np.searchsorted(ts[lo:hi], start, side="left"))
         found[i] = int(first < hi and ts[first] < end)
     return found
+
+
+def _reached(anomaly: Anomaly, ticks: int) -> float:
+    """The magnitude the run published: a drift ramps to its magnitude over its whole duration."""
+    if anomaly.kind != "drift" or anomaly.end <= ticks:
+        return anomaly.magnitude
+    published = max(1, ticks - anomaly.start)
+    return anomaly.magnitude * published / (anomaly.end - anomaly.start)
 
 
 def injected_anomalies(
@@ -176,7 +190,7 @@ def injected_anomalies(
             rule_id=rule_ids[a.device],
             start_at=t,
             duration_s=float(duration),
-            magnitude=a.magnitude,
+            magnitude=_reached(a, ticks),
             start_s=a.start * period,
             period_s=period,
             noise_sigma=float(noise_sigma[a.device]),

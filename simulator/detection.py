@@ -31,9 +31,9 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 
 from thermoflow.events import AlertEvent
+from thermoflow.rules import DetectorConfig
 from thermoflow.simulator.anomalies import Kind
 from thermoflow.simulator.detectability import PREDICATES, SCORED_KINDS, InjectedAnomaly
-from thermoflow.simulator.detector_rules import Detectors
 from thermoflow.simulator.score import percentiles
 
 #: The incident conditions that count as detecting each kind of anomaly.
@@ -208,7 +208,7 @@ def anomaly_detection(
     *,
     anomalies: Sequence[InjectedAnomaly],
     detectable: Sequence[bool],
-    detectors: Mapping[str, Detectors],
+    detectors: Mapping[str, DetectorConfig],
     incidents: Sequence[Incident] | None,
     grace_s: float,
     incident_gap_s: float,
@@ -220,7 +220,7 @@ def anomaly_detection(
         "grace_s": grace_s,
         "incident_gap_s": incident_gap_s,
         "measured": incidents is not None,
-        "detectors": {rule_id: d.to_json() for rule_id, d in detectors.items()},
+        "detectors": {rule_id: d.to_yaml() for rule_id, d in detectors.items()},
         "predicates": dict(PREDICATES),
         "accepts": {kind: sorted(conditions) for kind, conditions in ACCEPTS.items()},
         **score_detection(

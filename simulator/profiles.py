@@ -1,11 +1,13 @@
 """Device profiles and the fleet's healthy signal, generated for every device at once per tick.
 
-A device's temperature is ``baseline + daily cycle + correlated noise``, clipped to its
+A device's temperature is ``baseline + daily cycle + correlated noise``, kept within its
 profile's normal range so that a healthy fleet breaches no rule (anomalies, applied after,
-are what cross thresholds). The noise is an AR(1) process per device mixed with an AR(1)
-process shared by every device of the same profile (a site's weather, a machine room's
-load), so readings are correlated in time and across devices. Its correlation time is in
-seconds, so the statistics do not depend on the publish rate.
+are what cross thresholds). It is folded back at the range's bounds, not clipped: a clipped
+sensor would sit flat on a bound, which a stuck detector rightly flags. The noise is an
+AR(1) process per device mixed with an AR(1) process shared by every device of the same
+profile (a site's weather, a machine room's load), so readings are correlated in time and
+across devices. Its correlation time is in seconds, so the statistics do not depend on the
+publish rate.
 
 Everything is a function of the seed and the tick index: the same seed gives the same
 values whatever the wall clock does.
@@ -186,7 +188,7 @@ class SignalModel:
         return self.start + tick * self.time_scale / self.rate
 
     def tick(self, tick: int) -> Floats:
-        """The healthy values of every device at ``tick`` (°C, clipped to the normal range)."""
+        """The healthy values of every device at ``tick`` (°C, within the normal range)."""
         if tick != self._next:
             raise ValueError(f"ticks must come in order: expected {self._next}, got {tick}")
         self._next += 1
@@ -202,5 +204,9 @@ class SignalModel:
         cycle = self.fleet.amplitude * np.cos(2.0 * np.pi * (hours - self.fleet.peak_hour) / 24.0)
         noise = self._own + self._shared[self.fleet.profile_index]
         values = self.fleet.baseline + cycle + noise
-        clipped: Floats = np.clip(values, self.fleet.low, self.fleet.high)
-        return clipped
+        # Folded back at the normal range's bounds (reflected, as often as it takes), not
+        # clipped: a clipped sensor sits exactly on a bound, flat, for as long as the noise
+        # stays beyond it: a healthy device that looks stuck.
+        low, width = self.fleet.low, self.fleet.high - self.fleet.low
+        folded: Floats = low + width - np.abs(np.mod(values - low, 2.0 * width) - width)
+        return folded

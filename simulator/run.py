@@ -20,12 +20,11 @@ from aiokafka.errors import KafkaError
 
 from thermoflow.errors import ServiceError
 from thermoflow.logs import get_logger
-from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.rules import DEFAULT_RULES_FILE, DetectorConfig, load_rules
 from thermoflow.simulator.anomalies import KINDS, Injector, Schedule, load_schedule, parse_kinds
 from thermoflow.simulator.connection import Endpoint
-from thermoflow.simulator.detectability import injected_anomalies, judge
+from thermoflow.simulator.detectability import injected_anomalies, judge, rule_detectors
 from thermoflow.simulator.detection import anomaly_detection, incidents_from_alerts
-from thermoflow.simulator.detector_rules import Detectors, load_detector_rules
 from thermoflow.simulator.engine import Engine
 from thermoflow.simulator.measure import KafkaMeter, database_delivery
 from thermoflow.simulator.payloads import METRIC, PayloadFormat, topic_for
@@ -78,7 +77,7 @@ async def simulate(
     fleet = Fleet.build(devices=settings.devices, seed=settings.seed, mix=parse_mix(settings.profiles))
     rules_path = settings.rules or DEFAULT_RULES_FILE
     rules = load_rules(rules_path)
-    detectors = load_detector_rules(rules_path)
+    detectors = rule_detectors(rules)
     thresholds = Thresholds.compile(rules, fleet.device_ids, metric=METRIC)
     rate = settings.per_device_rate
     explicit = (
@@ -382,7 +381,7 @@ def _anomaly_detection(
     engine: Engine,
     truth: GroundTruth,
     thresholds: Thresholds,
-    detectors: dict[str, Detectors],
+    detectors: dict[str, DetectorConfig],
     meter: KafkaMeter | None,
     *,
     duration: float,

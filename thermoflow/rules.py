@@ -193,7 +193,7 @@ class DetectorConfig:
                 )
 
     @property
-    def any(self) -> bool:
+    def enabled(self) -> bool:
         """Whether any detector is on."""
         return any(d is not None for d in (self.offline_after, self.stuck, self.rate, self.outlier))
 
@@ -422,7 +422,7 @@ def _detectors(label: str, spec: _DetectorsSpec) -> DetectorConfig:
 
 def _rule(label: str, spec: _RuleSpec | _DefaultSpec, *, devices: tuple[str, ...], is_default: bool) -> Rule:
     detectors = _detectors(label, spec)
-    if spec.above is None and spec.below is None and not detectors.any:
+    if spec.above is None and spec.below is None and not detectors.enabled:
         raise RulesError(f"{label}: set `above` and/or `below` (or a detector)")
     if not math.isfinite(spec.hysteresis) or spec.hysteresis < 0:
         raise RulesError(f"{label}: `hysteresis` must be a finite number >= 0, got {spec.hysteresis!r}")

@@ -5,8 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from thermoflow.rules import DEFAULT_RULES_FILE, Breach, RulesError, load_rules, parse_rules
+from thermoflow.rules import (
+    DEFAULT_RULES_FILE,
+    NO_DETECTORS_CONFIG,
+    WINDOW_BUCKETS,
+    Breach,
+    DetectorConfig,
+    DetectorConfigError,
+    OutlierConfig,
+    RateConfig,
+    RulesError,
+    StuckConfig,
+    load_rules,
+    parse_rules,
+)
 
 RULES = """
 version: 1
@@ -192,3 +206,178 @@ def test_module_examples_hold() -> None:
     import thermoflow.rules
 
     assert doctest.testmod(thermoflow.rules).failed == 0
+
+
+# -- device detectors: the keys a rule may carry beside its thresholds ------------------------------
+
+DETECTORS = """
+rules:
+  - id: freezer
+    devices: "freezer-*"
+    above: {warning: -12.0}
+    offline_after: 30
+    stuck: {tolerance: 0.05, for: 60, severity: warning}
+    rate: {window: 60, warning: 1.5, critical: 3.0}
+    outlier: {window: 300, warning: 6, critical: 10, min_abs_deviation: 3.0, min_samples: 4}
+  - id: watched                # detectors only: no thresholds
+    devices: "watched-*"
+    offline_after: 120
+    offline_severity: warning
+default:
+  above: {warning: 35}
+  rate: {window: 120, critical: 2}
+"""
+
+
+def test_each_rule_parses_its_detectors_and_absent_ones_are_off() -> None:
+    freezer, watched, default = parse_rules(DETECTORS).rules
+    assert freezer.detectors == DetectorConfig(
+        offline_after=30.0,
+        offline_severity="critical",
+        stuck=StuckConfig(tolerance=0.05, stuck_for=60.0, severity="warning"),
+        rate=RateConfig(window=60.0, limits={"warning": 1.5, "critical": 3.0}),
+        outlier=OutlierConfig(
+            window=300.0, thresholds={"warning": 6.0, "critical": 10.0}, min_abs_deviation=3.0, min_samples=4
+        ),
+    )
+    assert watched.detectors == DetectorConfig(offline_after=120.0, offline_severity="warning")
+    assert (dict(watched.above), dict(watched.below)) == ({}, {})
+    assert default.detectors == DetectorConfig(rate=RateConfig(window=120.0, limits={"critical": 2.0}))
+    assert parse_rules(RULES).rules[0].detectors == NO_DETECTORS_CONFIG
+    # The optional parts' defaults: severities critical, min_samples 8.
+    plain = (
+        parse_rules(
+            "default: {offline_after: 5, stuck: {tolerance: 0, for: 1},"
+            " outlier: {window: 60, warning: 4, min_abs_deviation: 1}}"
+        )
+        .rules[0]
+        .detectors
+    )
+    assert plain.offline_severity == "critical" and plain.stuck is not None and plain.outlier is not None
+    assert (plain.stuck.severity, plain.outlier.min_samples) == ("critical", 8)
+
+
+def test_a_detector_config_written_back_as_yaml_parses_to_itself() -> None:
+    for rule in (*parse_rules(DETECTORS).rules, *load_rules(DEFAULT_RULES_FILE).rules):
+        text = yaml.safe_dump({"default": {"above": {"warning": 1.0}, **rule.detectors.to_yaml()}})
+        assert parse_rules(text).rules[0].detectors == rule.detectors
+
+
+HUGE = "1.0e+308"
+WEEK_AND_A_SECOND = str(7 * 24 * 3600 + 1)
+OUTLIER = "window: 300, warning: 6, min_abs_deviation: 1"
+
+
+@pytest.mark.parametrize(
+    ("keys", "names"),
+    [
+        # offline_after: a finite number of seconds in (0, 7 days]
+        ("offline_after: .nan", ["`offline_after`", "finite", "nan"]),
+        ("offline_after: .inf", ["`offline_after`", "finite", "inf"]),
+        ("offline_after: -.inf", ["`offline_after`", "finite"]),
+        (f"offline_after: {HUGE}", ["`offline_after`", "at most 604800"]),
+        (f"offline_after: {WEEK_AND_A_SECOND}", ["`offline_after`", "at most 604800"]),
+        ("offline_after: 0", ["`offline_after`", "> 0, got 0"]),
+        ("offline_after: -30", ["`offline_after`", "> 0, got -30"]),
+        ("offline_after: 30s", ["offline_after", "str"]),
+        ("offline_after: yes", ["offline_after", "bool"]),
+        ("offline_after: [30]", ["offline_after", "array"]),
+        ("offline_after: {s: 30}", ["offline_after", "object"]),
+        ("offline_severity: page\n    offline_after: 30", ["offline_severity", "page"]),
+        # stuck
+        ("stuck: {tolerance: 0.05, for: -1}", ["`stuck.for` must be a finite number > 0, got -1"]),
+        ("stuck: {tolerance: 0.05, for: 0}", ["`stuck.for`", "> 0"]),
+        ("stuck: {tolerance: 0.05, for: .nan}", ["`stuck.for`", "finite"]),
+        (f"stuck: {{tolerance: 0.05, for: {HUGE}}}", ["`stuck.for`", "at most"]),
+        ("stuck: {tolerance: -0.1, for: 60}", ["`stuck.tolerance`", ">= 0"]),
+        ("stuck: {tolerance: .inf, for: 60}", ["`stuck.tolerance`", "finite"]),
+        ("stuck: {tolerance: no, for: 60}", ["stuck.tolerance", "bool"]),
+        ("stuck: {tolerance: 0.1}", ["stuck", "`for`"]),
+        ("stuck: {tolerance: 0.1, stuck_for: 60}", ["stuck", "stuck_for"]),  # the file says `for`
+        ("stuck: {tolerance: 0.1, for: 60, severity: page}", ["stuck.severity", "page"]),
+        ("stuck: {tolerance: 0.1, for: 60, severity: {level: 1}}", ["stuck.severity"]),
+        ("stuck: 60", ["stuck", "int"]),
+        ("stuck: [0.1, 60]", ["stuck", "array"]),
+        ("stuck: {tolerance: 0.1, for: {seconds: 60}}", ["stuck.for", "object"]),
+        # rate
+        ("rate: {window: 60}", ["`rate` must set `warning` and/or `critical`"]),
+        ("rate: {warning: 1}", ["rate", "`window`"]),
+        ("rate: {window: 60, warning: 3, critical: 1}", ["`rate.critical` (1.0) must be >= `rate.warning`"]),
+        ("rate: {window: 60, warning: 0}", ["`rate.warning`", "> 0"]),
+        ("rate: {window: 60, critical: -3}", ["`rate.critical`", "> 0"]),
+        ("rate: {window: 60, critical: .nan}", ["`rate.critical`", "finite"]),
+        ("rate: {window: 60, critical: .inf}", ["`rate.critical`", "finite"]),
+        ("rate: {window: 60, critical: yes}", ["rate.critical", "bool"]),
+        ("rate: {window: 60, critical: '3'}", ["rate.critical", "str"]),
+        ("rate: {window: 60, critical: [3]}", ["rate.critical", "array"]),
+        ("rate: {window: 0, critical: 3}", ["`rate.window`", "> 0"]),
+        (f"rate: {{window: {HUGE}, critical: 3}}", ["`rate.window`", "at most"]),
+        ("rate: {window: 60, critical: 3, page: 9}", ["rate", "page"]),
+        ("rate: {window: 60, limits: {critical: 3}}", ["rate", "limits"]),
+        # outlier
+        ("outlier: {window: 300, min_abs_deviation: 3}", ["`outlier` must set `warning` and/or `critical`"]),
+        ("outlier: {window: 300, warning: 6}", ["outlier", "`min_abs_deviation`"]),
+        ("outlier: {window: 300, warning: 6, min_abs_deviation: 0}", ["`outlier.min_abs_deviation`", "> 0"]),
+        ("outlier: {window: 300, warning: 6, min_abs_deviation: .nan}", ["`outlier.min_abs_deviation`"]),
+        ("outlier: {window: 300, warning: 10, critical: 6, min_abs_deviation: 1}", ["`outlier.critical`"]),
+        ("outlier: {window: 300, warning: -1, min_abs_deviation: 1}", ["`outlier.warning`", "> 0"]),
+        (f"outlier: {{{OUTLIER}, min_samples: 0}}", ["`outlier.min_samples`"]),
+        (f"outlier: {{{OUTLIER}, min_samples: 33}}", ["within 1..32"]),
+        (f"outlier: {{{OUTLIER}, min_samples: 8.5}}", ["min_samples", "int"]),
+        (f"outlier: {{{OUTLIER}, min_samples: yes}}", ["min_samples", "bool"]),
+        (f"outlier: {{window: {WEEK_AND_A_SECOND}, warning: 6, min_abs_deviation: 1}}", ["`outlier.window`"]),
+        ("outlier: {window: 300, warning: 6, min_abs_deviation: 1, threshold: 3}", ["outlier", "threshold"]),
+        # both windows share the history's buckets: one at most 32 times the other
+        (
+            "rate: {window: 10, critical: 3}\n    outlier: {window: 321, warning: 6, min_abs_deviation: 1}",
+            ["`rate.window` (10)", "`outlier.window` (321)", "factor of 32"],
+        ),
+        # unknown detector keys stay forbidden
+        ("offline: 30", ["offline"]),
+        ("stuck_for: 60", ["stuck_for"]),
+    ],
+)
+def test_a_bad_detector_setting_names_the_rule_and_the_field(keys: str, names: list[str]) -> None:
+    text = f"rules:\n  - id: freezer\n    devices: freezer-*\n    above: {{warning: 1}}\n    {keys}\n"
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text, source="rules.yaml")
+    message = str(caught.value)
+    assert message.startswith("rules.yaml: rule 'freezer' (rules[0]): "), message
+    for name in names:
+        assert name in message, message
+
+
+def test_a_bad_detector_setting_of_the_default_names_the_default() -> None:
+    with pytest.raises(DetectorConfigError, match=r"^r.yaml: default rule: `offline_after` must be a finite"):
+        parse_rules("default: {offline_after: -1}", source="r.yaml")
+
+
+def test_a_rule_with_neither_thresholds_nor_detectors_is_refused() -> None:
+    with pytest.raises(RulesError, match="set `above` and/or `below` \\(or a detector\\)"):
+        parse_rules("rules: [{id: r1, devices: x, hysteresis: 1}]")
+
+
+def test_detector_settings_built_in_code_are_checked_like_the_files() -> None:
+    for bad in (True, float("nan"), float("inf"), -1.0, 0.0, 1e308, "30"):
+        with pytest.raises(DetectorConfigError, match="`offline_after`"):
+            DetectorConfig(offline_after=bad)  # type: ignore[arg-type]
+    with pytest.raises(DetectorConfigError, match=r"`outlier\.min_samples` must be an integer"):
+        OutlierConfig(window=60.0, thresholds={"warning": 6.0}, min_abs_deviation=1.0, min_samples=True)
+    with pytest.raises(DetectorConfigError, match=r"`stuck\.severity`"):
+        StuckConfig(tolerance=0.1, stuck_for=60.0, severity="page")  # type: ignore[arg-type]
+    with pytest.raises(DetectorConfigError, match=r"`rate\.limits` must set"):
+        RateConfig(window=60.0, limits={"page": 3.0})  # type: ignore[dict-item]
+    assert issubclass(DetectorConfigError, RulesError)
+    # The limit the history's size sets on min_samples is visible here, in the core.
+    assert OutlierConfig(60.0, {"warning": 6.0}, 1.0, min_samples=WINDOW_BUCKETS).min_samples == 32
+
+
+@pytest.mark.parametrize("rule_id", ["freezer", "coldroom", "rack", "greenhouse", "outdoor"])
+def test_shipped_rules_page_in_time_for_devices_publishing_every_second(rule_id: str) -> None:
+    rule = next(r for r in load_rules(DEFAULT_RULES_FILE).rules if r.id == rule_id)
+    detectors = rule.detectors
+    assert detectors.offline_after is not None and detectors.offline_after <= 30
+    assert detectors.stuck is not None and detectors.stuck.stuck_for <= 60
+    assert detectors.rate is not None and detectors.outlier is not None
+    if rule_id == "freezer":  # a freezer warming at 3 °C/min pages
+        assert detectors.rate.limits["critical"] <= 3.0

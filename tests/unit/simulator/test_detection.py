@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from thermoflow.events import Condition, new_alert
-from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.rules import DEFAULT_RULES_FILE, NO_DETECTORS_CONFIG, load_rules
+from thermoflow.rules import DetectorConfig as Detectors
+from thermoflow.rules import OutlierConfig as Outlier
+from thermoflow.rules import RateConfig as Rate
+from thermoflow.rules import StuckConfig as Stuck
 from thermoflow.simulator.anomalies import Anomaly, Injector, Kind, Schedule
 from thermoflow.simulator.detectability import (
     SCORED_KINDS,
@@ -21,6 +25,7 @@ from thermoflow.simulator.detectability import (
     detectable,
     injected_anomalies,
     judge,
+    rule_detectors,
 )
 from thermoflow.simulator.detection import (
     ACCEPTS,
@@ -29,22 +34,13 @@ from thermoflow.simulator.detection import (
     incidents_from_alerts,
     score_detection,
 )
-from thermoflow.simulator.detector_rules import (
-    OFF,
-    DetectorRulesError,
-    Detectors,
-    Outlier,
-    Rate,
-    Stuck,
-    detector_rules,
-    load_detector_rules,
-)
 from thermoflow.simulator.engine import Engine
 from thermoflow.simulator.payloads import PayloadFormat
 from thermoflow.simulator.profiles import Fleet, SignalModel
 from thermoflow.simulator.report import detection_summary, detection_table
 from thermoflow.simulator.truth import GroundTruth, Thresholds
 
+OFF = NO_DETECTORS_CONFIG
 GRACE = 30.0
 CONDITIONS: tuple[str, ...] = ("above", "below", "offline", "stuck", "rate", "outlier")
 
@@ -66,61 +62,22 @@ def _anomaly(kind: Kind = "spike", **fields: Any) -> InjectedAnomaly:
     return InjectedAnomaly(**values)
 
 
-# -- detector settings from the rules file ----------------------------------------------------------
+# -- detector settings: the processors' own, from the same file ------------------------------------
 
 
-def test_detector_settings_are_read_per_rule_and_absent_ones_are_off() -> None:
-    found = detector_rules(
-        {
-            "rules": [
-                {
-                    "id": "freezer",
-                    "devices": "freezer-*",
-                    "offline_after": 30,
-                    "stuck": {"tolerance": 0.05, "for": 60},
-                    "rate": {"window": 60, "warning": 1.5, "critical": 3},
-                    "outlier": {"window": 300, "warning": 6, "critical": 10, "min_abs_deviation": 3},
-                },
-                {"id": "rack", "devices": "rack-*", "stuck": {"tolerance": 0, "stuck_for": 90}},
-            ],
-            "default": {"above": {"warning": 35}},
-        }
-    )
-    assert found["freezer"] == Detectors(
-        offline_after=30.0,
-        stuck=Stuck(tolerance=0.05, stuck_for=60.0),
-        rate=Rate(window=60.0, limits={"warning": 1.5, "critical": 3.0}),
-        outlier=Outlier(window=300.0, thresholds={"warning": 6.0, "critical": 10.0}, min_abs_deviation=3.0),
-    )
-    assert found["rack"] == Detectors(stuck=Stuck(tolerance=0.0, stuck_for=90.0))
-    assert found["default"] == OFF
-    assert found["freezer"].to_json()["rate"] == {"window": 60.0, "warning": 1.5, "critical": 3.0}
-
-
-def test_todays_rules_file_has_no_detectors_and_still_reads() -> None:
-    found = load_detector_rules(DEFAULT_RULES_FILE)
-    assert set(found) == {rule.id for rule in load_rules(DEFAULT_RULES_FILE).rules}
-    assert all(d == OFF for d in found.values())
-
-
-@pytest.mark.parametrize(
-    ("rule", "message"),
-    [
-        ({"offline_after": 0}, "rule 'r' (rules[0]): `offline_after` must be a finite number > 0"),
-        ({"offline_after": "30s"}, "`offline_after` must be a finite number > 0, got '30s'"),
-        ({"stuck": {"tolerance": 0.1}}, "`stuck.for` must be a finite number > 0, got None"),
-        ({"stuck": 60}, "`stuck` must be a mapping"),
-        ({"rate": {"window": 60}}, "`rate` must set `warning` and/or `critical`"),
-        ({"outlier": {"window": 300, "warning": -1}}, "`outlier.warning` must be a finite number > 0"),
-    ],
-)
-def test_an_unusable_detector_setting_names_the_rule_and_the_field(
-    rule: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(DetectorRulesError) as error:
-        detector_rules({"rules": [{"id": "r", "devices": "*", **rule}]}, source="rules.yaml")
-    assert message in str(error.value)
-    assert str(error.value).startswith("rules.yaml: ")
+def test_the_simulator_judges_by_the_detectors_the_processors_read_from_the_same_file() -> None:
+    rules = load_rules(DEFAULT_RULES_FILE)
+    found = rule_detectors(rules)
+    assert set(found) == {rule.id for rule in rules.rules}
+    assert all(found[rule.id] is rule.detectors for rule in rules.rules)
+    freezer = found["freezer"]
+    assert freezer.offline_after is not None and freezer.stuck is not None and freezer.rate is not None
+    settings_text = anomaly_detection(
+        anomalies=[], detectable=[], detectors=found, incidents=None, grace_s=GRACE,
+        incident_gap_s=30.0, device_hours=1.0, excluded={},
+    )["detectors"]  # fmt: skip
+    assert settings_text["freezer"] == freezer.to_yaml()
+    assert settings_text["freezer"]["stuck"]["for"] == freezer.stuck.stuck_for
 
 
 # -- detectability ----------------------------------------------------------------------------------
@@ -250,6 +207,23 @@ def test_the_engines_anomalies_become_scored_anomalies_with_their_publish_times(
     assert [a.kind for a in scored] == ["stuck", "flapping", "dropout"]
     assert judge(scored, {"coldroom": Detectors(offline_after=20.0)}) == [False, True, True]
     assert judge(scored, {"coldroom": Detectors(offline_after=21.0)}) == [False, True, False]
+
+
+def test_a_drift_cut_short_by_the_runs_end_is_judged_by_the_offset_it_reached() -> None:
+    drifts = [
+        Anomaly(kind="drift", device=0, start=150, end=350, magnitude=-20.0),  # 50 of its 200 ticks
+        Anomaly(kind="drift", device=0, start=10, end=110, magnitude=20.0),  # whole
+    ]
+    scored = injected_anomalies(
+        anomalies=drifts, started_at=[150.0, 10.0], device_ids=("outdoor-0001",), rule_ids=["outdoor"],
+        noise_sigma=np.full(1, 1.2), rate=1.0, ticks=200, breach_devices=np.empty(0, np.int64),
+        breach_ts=np.empty(0),
+    )  # fmt: skip
+    assert [(a.duration_s, a.magnitude) for a in scored] == [(50.0, -5.0), (100.0, 20.0)]
+    # 5 °C over a 60 s window is 5 °C/min; 60 x 5 / max(50, 60) = 5 > 4, not 20 °C/min.
+    assert judge(scored, {"outdoor": ALL_ON}) == [True, True]
+    strict = Detectors(rate=Rate(window=60.0, limits={"warning": 6.0}))
+    assert judge(scored, {"outdoor": strict}) == [False, True]
 
 
 # -- matching incidents -----------------------------------------------------------------------------

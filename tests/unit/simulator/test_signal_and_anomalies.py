@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,21 @@ def test_a_healthy_fleet_stays_in_its_normal_ranges_and_breaches_no_shipped_rule
                 rules.classify(d, "temperature", v) is None
                 for d, v in zip(fleet.device_ids, values.tolist(), strict=True)
             )
+
+
+def test_a_healthy_sensor_near_its_range_bound_is_folded_back_not_held_flat() -> None:
+    """A clipped signal sat on the bound, constant, for as long as the noise stayed beyond it:
+    a healthy device that a stuck detector (tolerance 0.05 °C, 60 s) rightly flagged."""
+    built = Fleet.build(devices=20, seed=3)
+    # A range 0.5 °C either side of each baseline and no daily cycle: the noise crosses the bounds often.
+    fleet = replace(built, low=built.baseline - 0.5, high=built.baseline + 0.5, amplitude=np.zeros(20))
+    signal = SignalModel(fleet, rate=1.0, seed=3, start=0.0)
+    raw = np.array([signal.tick(t) for t in range(1200)])
+    assert ((raw >= fleet.low - 1e-9) & (raw <= fleet.high + 1e-9)).all()
+    assert (raw > fleet.high - 0.05).any() and (raw < fleet.low + 0.05).any()  # it does reach the bounds
+    values = np.round(raw, 2)  # as published
+    spread = np.lib.stride_tricks.sliding_window_view(values, 60, axis=0)
+    assert (spread.max(axis=-1) - spread.min(axis=-1)).min() > 0.05
 
 
 def test_the_signal_is_reproducible_and_correlated_in_time_and_across_devices() -> None:
