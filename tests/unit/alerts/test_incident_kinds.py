@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from tests.support.fakes import make_alert
 from thermoflow.alerts.kafka_io import decode_event, state_key
-from thermoflow.alerts.lifecycle import Incident, Policy, StoredIncident, fold_events, incident_id
+from thermoflow.alerts.lifecycle import (
+    Incident,
+    IncidentKey,
+    Policy,
+    StoredIncident,
+    fold_events,
+    incident_id,
+)
 from thermoflow.alerts.notification import details, headline
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.events import (
@@ -141,7 +148,9 @@ def test_an_offline_incident_stays_open_past_resolve_after_and_resolves_on_its_c
     assert [(n.transition, n.resolved_at, n.incident_id) for n in resolved] == [
         ("resolve", 1_800.0, incident.incident_id)
     ]
-    assert headline(resolved[0]) == "[CRITICAL] RESOLVED: f freezer (offline: no reading for 400 s (limit 30 s))"
+    assert headline(resolved[0]) == (
+        "[CRITICAL] RESOLVED: f freezer (offline: no reading for 400 s (limit 30 s))"
+    )
     assert "readings back 1970-01-01 00:30:00 UTC, after 800 s without" in details(resolved[0])
     # Replayed: the clear, the alerts of the silence; nothing happens.
     assert tracker.on_clear(clear("f", since=last_reading, cleared_at=1_800.0), now=1_801.0) == []
@@ -204,12 +213,12 @@ def test_a_persisted_state_from_before_kinds_reads_as_a_threshold_incident_under
 def test_clear_records_decode_by_their_header_and_bad_ones_name_the_problem() -> None:
     good = clear("f", since=1.0, cleared_at=2.0)
     assert decode_event(encode(good), CLEAR_HEADERS) == good
-    with pytest.raises(EventDecodeError, match="invalid clear: .*since"):
+    with pytest.raises(EventDecodeError, match=r"invalid clear: .*since"):
         decode_event(b'{"device_id": "f", "rule_id": "r", "condition": "offline", "cleared_at": 2.0,'
                      b' "detected_at": 2.0}', CLEAR_HEADERS)  # fmt: skip
     with pytest.raises(EventDecodeError, match="condition 'stuck' does not end on a clear"):
         decode_event(encode(msgspec.structs.replace(good, condition="stuck")), CLEAR_HEADERS)
-    with pytest.raises(EventDecodeError, match="`cleared_at` 0.5 is before `since` 1.0"):
+    with pytest.raises(EventDecodeError, match=r"`cleared_at` 0\.5 is before `since` 1\.0"):
         decode_event(encode(msgspec.structs.replace(good, cleared_at=0.5)), CLEAR_HEADERS)
     with pytest.raises(EventDecodeError, match="invalid alert event"):
         decode_event(encode(good), None)  # without its header, a clear is a bad alert
@@ -275,11 +284,11 @@ def stored(stream: list[Record], cuts: list[int]) -> dict[str, tuple[float, floa
                 fresh.append(record)
                 if isinstance(record, AlertEvent):
                     seen.add(record.alert_id)
-        latest: dict[tuple[str, str, str], StoredIncident] = {}
+        latest: dict[IncidentKey, StoredIncident] = {}
         for s in sorted(incidents.values(), key=lambda s: s.incident.opened_at):
             if s.incident.key not in latest or latest[s.incident.key].status == "resolved":
                 latest[s.incident.key] = s
-        incidents.update(fold_events(latest, fresh, policy=POLICY))  # type: ignore[arg-type]
+        incidents.update(fold_events(latest, fresh, policy=POLICY))
     return {i: (s.incident.opened_at, s.incident.resolved_at) for i, s in incidents.items()}
 
 
