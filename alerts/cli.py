@@ -109,6 +109,7 @@ def list_command(
 ) -> None:
     """List incidents, newest first."""
     from thermoflow import db
+    from thermoflow.alerts.notification import describe
     from thermoflow.alerts.queries import list_incidents
 
     settings = load_settings(AlertsSettings, database_url=database_url)
@@ -126,19 +127,23 @@ def list_command(
         "incident",
         "device",
         "rule",
+        "kind",
         "severity",
         "status",
         "opened (UTC)",
         "last breach (UTC)",
-        "peak",
-        "breaches",
+        "worst",
+        "alerts",
     )
     for row in rows:
+        worst = describe(
+            condition=row.condition, value=row.peak_value, threshold=row.threshold, metric=row.metric
+        )
         table.add_row(
-            row.incident_id, row.device_id, row.rule_id, row.severity, row.status,
+            row.incident_id, row.device_id, row.rule_id, row.kind, row.severity, row.status,
             f"{row.opened_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
             f"{row.last_breach_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
-            f"{row.peak_value:g}", str(row.breach_count),
+            worst, str(row.breach_count),
         )  # fmt: skip
     console.print(table)
 

@@ -26,13 +26,18 @@ from thermoflow import kafka
 from thermoflow.alerts.lifecycle import Incident
 from thermoflow.alerts.notification import Notification, to_json
 from thermoflow.events import (
+    CLEARED_CONDITIONS,
     AlertEvent,
+    Clear,
     DeadLetter,
     EventDecodeError,
+    IncidentKind,
     Watermark,
     dead_letter_headers,
     decode_alert,
+    decode_clear,
     decode_watermark,
+    is_clear,
     is_watermark,
     kafka_source,
 )
@@ -45,8 +50,12 @@ _state_decoder = msgspec.json.Decoder(Incident)
 _encoder = msgspec.json.Encoder()
 
 
-def state_key(device_id: str, rule_id: str) -> bytes:
-    return f"{device_id}\x1f{rule_id}".encode()
+def state_key(device_id: str, rule_id: str, kind: IncidentKind = "threshold") -> bytes:
+    """The compacted key of an incident's state: threshold incidents keep the key they had before
+    kinds existed (so their persisted states still compact), the other kinds add theirs."""
+    if kind == "threshold":
+        return f"{device_id}\x1f{rule_id}".encode()
+    return f"{device_id}\x1f{rule_id}\x1f{kind}".encode()
 
 
 async def ensure_state_topic(settings: ThermoflowSettings, name: str) -> list[int]:
@@ -109,7 +118,9 @@ async def write_states(producer: AIOKafkaProducer, topic: str, incidents: Sequen
     """Persist states and wait until Kafka has them (acks=all)."""
     futures = [
         await producer.send(
-            topic, _encoder.encode(incident), key=state_key(incident.device_id, incident.rule_id)
+            topic,
+            _encoder.encode(incident),
+            key=state_key(incident.device_id, incident.rule_id, incident.kind),
         )
         for incident in incidents
     ]
@@ -139,12 +150,15 @@ class KafkaDeadLetters:
         )
 
 
+Event = AlertEvent | Clear | Watermark
+
+
 @dataclass
 class DecodedBatch:
-    """A fetched batch: its valid records in order (alerts and watermarks, with their partition)
-    and the offsets to commit."""
+    """A fetched batch: its valid records in order (alerts, clears and watermarks, with their
+    partition) and the offsets to commit."""
 
-    events: list[tuple[int, AlertEvent | Watermark]] = field(default_factory=list)
+    events: list[tuple[int, Event]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     received: int = 0
     invalid: int = 0
@@ -157,21 +171,60 @@ class DecodedBatch:
     def watermarks(self) -> list[tuple[int, Watermark]]:
         return [(p, e) for p, e in self.events if isinstance(e, Watermark)]
 
+    @property
+    def incident_events(self) -> list[tuple[int, AlertEvent | Clear]]:
+        """The alerts and clears, in order: what changes incidents."""
+        return [(p, e) for p, e in self.events if not isinstance(e, Watermark)]
+
+
+def decode_event(value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> Event:
+    """One ``telemetry.alerts`` record, told apart by its ``kind`` header (none: an alert).
+
+    Raises:
+        EventDecodeError: naming what is wrong, for the dead letter's reason.
+    """
+    if is_watermark(headers):
+        return decode_watermark(value)
+    if is_clear(headers):
+        return checked_clear(decode_clear(value))
+    return decode_alert(value)
+
+
+def checked_clear(clear: Clear) -> Clear:
+    """The clear, if it can end an incident: of a condition that clears on data, not before its silence.
+
+    >>> from thermoflow.events import Clear
+    >>> checked_clear(Clear(device_id="f-1", rule_id="r", condition="offline", since=9.0, cleared_at=2.0,
+    ...                     detected_at=2.0))
+    Traceback (most recent call last):
+    ...
+    thermoflow.events.EventDecodeError: invalid clear: `cleared_at` 2.0 is before `since` 9.0
+    """
+    if clear.condition not in CLEARED_CONDITIONS:
+        cleared = ", ".join(sorted(CLEARED_CONDITIONS))
+        raise EventDecodeError(
+            f"invalid clear: condition {clear.condition!r} does not end on a clear (only {cleared} do)"
+        )
+    if not clear.cleared_at >= clear.since:
+        raise EventDecodeError(
+            f"invalid clear: `cleared_at` {clear.cleared_at!r} is before `since` {clear.since!r}"
+        )
+    return clear
+
 
 async def decode_batch(
     batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]], dead_letters: KafkaDeadLetters
 ) -> DecodedBatch:
     """Decode every record, in order per partition; an invalid one goes to the dead-letter topic.
 
-    A record with the ``kind: watermark`` header is a processor's watermark, not an alert.
+    A record with the ``kind: watermark`` header is a processor's watermark, one with ``kind:
+    clear`` a :class:`~thermoflow.events.Clear`, any other an alert (:func:`decode_event`).
     """
     decoded = DecodedBatch()
     for tp, records in batch.items():
         for record in records:
             try:
-                value = record.value or b""
-                event = decode_watermark(value) if is_watermark(record.headers) else decode_alert(value)
-                decoded.events.append((tp.partition, event))
+                decoded.events.append((tp.partition, decode_event(record.value or b"", record.headers)))
             except EventDecodeError as exc:
                 source = kafka_source(topic=tp.topic, partition=tp.partition, offset=record.offset)
                 log.warning("alert_invalid", topic=tp.topic, partition=tp.partition, offset=record.offset,

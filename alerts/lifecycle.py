@@ -1,9 +1,14 @@
 """The incident lifecycle: pure functions over :class:`Incident` states, with the clocks passed in.
 
-One incident is open per (device_id, rule_id). It **fires** on the first breach, **escalates**
-when a breach is more severe than any before (severity never goes down), **repeats** every
-``repeat_interval`` while it stays open, and **resolves** ``resolve_after`` seconds after its
-last breach.
+One incident is open per (device_id, rule_id, kind), where the kind is ``threshold`` for
+``above``/``below`` and the condition itself for the detectors' (``offline``, ``stuck``,
+``rate``, ``outlier``, ...): a device can have a threshold incident and a stuck one open at once.
+It **fires** on the first breach, **escalates** when a breach is more severe than any before
+(severity never goes down), **repeats** every ``repeat_interval`` while it stays open, and
+**resolves** ``resolve_after`` seconds after its last breach; except an incident of
+:data:`~thermoflow.events.CLEARED_CONDITIONS` (offline, ingest_silent), which is not over when its
+alerts stop (one alert is all a silence gives) but when data comes back: it resolves on the
+processors' :class:`~thermoflow.events.Clear` record, at its ``cleared_at``.
 
 Two clocks, on purpose:
 
@@ -21,8 +26,8 @@ Two clocks, on purpose:
   against ``notified_at``.
 
 Since both the store and the notifier derive the incident id from the first breach (device,
-rule, ``opened_at``) and resolve on the same watermark records, they agree on every id
-without talking to each other.
+rule, kind, ``opened_at``) and resolve on the same watermark and clear records, they agree on
+every id without talking to each other.
 
 Nothing here does I/O: the store and the notifier call these functions and persist the result.
 """
@@ -30,14 +35,27 @@ Nothing here does I/O: the store and the notifier call these functions and persi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import msgspec
 
-from thermoflow.events import SEVERITIES, AlertEvent, Condition, Severity, stable_id
+from thermoflow.events import (
+    CLEARED_CONDITIONS,
+    SEVERITIES,
+    AlertEvent,
+    Clear,
+    Condition,
+    IncidentKind,
+    Severity,
+    incident_kind,
+    stable_id,
+)
 
 TransitionKind = Literal["fire", "escalate", "repeat", "resolve"]
+#: What one open incident at a time is kept per: (device_id, rule_id, kind).
+IncidentKey = tuple[str, str, IncidentKind]
 
 
 @dataclass(frozen=True)
@@ -53,7 +71,7 @@ class Policy:
 
 
 class Incident(msgspec.Struct, frozen=True, kw_only=True):
-    """What is known about one (device, rule) incident.
+    """What is known about one (device, rule, kind) incident.
 
     ``notified_at`` and ``seq`` are the notifier's bookkeeping (processing time of the last
     fire/escalate/repeat, and how many transitions were emitted); ``partition`` is the
@@ -80,6 +98,25 @@ class Incident(msgspec.Struct, frozen=True, kw_only=True):
     def is_open(self) -> bool:
         return self.resolved_at is None
 
+    @property
+    def kind(self) -> IncidentKind:
+        """Derived from the first alert's condition, so states persisted before kinds existed read right."""
+        return incident_kind(self.condition)
+
+    @property
+    def key(self) -> IncidentKey:
+        return (self.device_id, self.rule_id, self.kind)
+
+    @property
+    def clears_on_data(self) -> bool:
+        """Whether it ends on a :class:`~thermoflow.events.Clear`, never after quiet time."""
+        return self.condition in CLEARED_CONDITIONS
+
+
+def key_of_alert(alert: AlertEvent | Clear) -> IncidentKey:
+    """The incident key an alert (or a clear) belongs to."""
+    return (alert.device_id, alert.rule_id, incident_kind(alert.condition))
+
 
 class Transition(NamedTuple):
     """A lifecycle step worth telling someone about, with the incident as it is after it."""
@@ -88,14 +125,22 @@ class Transition(NamedTuple):
     incident: Incident
 
 
-def incident_id(*, device_id: str, rule_id: str, opened_at: float) -> str:
+def incident_id(*, device_id: str, rule_id: str, opened_at: float, kind: IncidentKind = "threshold") -> str:
     """A stable id: the store and the notifier derive the same one from the same first breach.
+
+    Threshold incidents keep the id they always had; the other kinds add theirs, so a stuck
+    incident opened by the same reading as a threshold one is another incident.
 
     >>> incident_id(device_id="f-1", rule_id="r", opened_at=1.5) == incident_id(
     ...     device_id="f-1", rule_id="r", opened_at=1.5)
     True
+    >>> incident_id(device_id="f-1", rule_id="r", opened_at=1.5) == incident_id(
+    ...     device_id="f-1", rule_id="r", opened_at=1.5, kind="stuck")
+    False
     """
-    return stable_id(device_id, rule_id, repr(opened_at), size=12)
+    if kind == "threshold":
+        return stable_id(device_id, rule_id, repr(opened_at), size=12)
+    return stable_id(device_id, rule_id, repr(opened_at), kind, size=12)
 
 
 _RANKS: dict[str, int] = {severity: rank for rank, severity in enumerate(SEVERITIES)}
@@ -106,14 +151,30 @@ def severity_rank(severity: Severity) -> int:
     return _RANKS[severity]
 
 
-def _worse(condition: Condition, a: float, b: float) -> float:
-    """The value further into breach territory."""
-    return max(a, b) if condition == "above" else min(a, b)
+def worse(condition: Condition, a: float, b: float) -> float:
+    """The value further into breach territory: an incident's ``peak_value``.
+
+    The lowest for ``below``; for ``rate`` (signed °C/min) the steepest either way, sign kept;
+    else the highest (a hotter reading, longer silent or stuck, a larger outlier score).
+
+    >>> worse("below", -20.0, -25.0), worse("rate", 3.5, -4.0), worse("offline", 45.0, 30.0)
+    (-25.0, -4.0, 45.0)
+    """
+    if condition == "below":
+        return min(a, b)
+    if condition == "rate":
+        return a if abs(a) >= abs(b) else b
+    return max(a, b)
 
 
 def _open(alert: AlertEvent, *, now: float, partition: int) -> Incident:
     return Incident(
-        incident_id=incident_id(device_id=alert.device_id, rule_id=alert.rule_id, opened_at=alert.reading_ts),
+        incident_id=incident_id(
+            device_id=alert.device_id,
+            rule_id=alert.rule_id,
+            opened_at=alert.reading_ts,
+            kind=incident_kind(alert.condition),
+        ),
         device_id=alert.device_id,
         rule_id=alert.rule_id,
         metric=alert.metric,
@@ -140,21 +201,23 @@ def resolve(incident: Incident, *, policy: Policy) -> Incident:
 def apply_breach(
     incident: Incident | None, alert: AlertEvent, *, policy: Policy, now: float, partition: int = -1
 ) -> tuple[Incident, list[Transition]]:
-    """Fold one alert into the (device, rule)'s latest incident.
+    """Fold one alert into the latest incident of its (device, rule, kind).
 
     Returns the incident the alert now belongs to and the transitions it caused (none for a
-    stale replay of a resolved incident's alert).
+    stale replay of a resolved incident's alert). An open incident that clears on data takes
+    every alert of its kind, however late: a new silence can only start after a clear.
     """
     transitions: list[Transition] = []
     if incident is not None and incident.is_open:
-        if alert.reading_ts - incident.last_breach_at >= policy.resolve_after:
+        gap = alert.reading_ts - incident.last_breach_at
+        if not incident.clears_on_data and gap >= policy.resolve_after:
             incident = resolve(incident, policy=policy)
             transitions.append(Transition("resolve", incident))
         else:
             updated = msgspec.structs.replace(
                 incident,
                 last_breach_at=max(incident.last_breach_at, alert.reading_ts),
-                peak_value=_worse(incident.condition, incident.peak_value, alert.value),
+                peak_value=worse(incident.condition, incident.peak_value, alert.value),
                 breach_count=incident.breach_count + 1,
             )
             if severity_rank(alert.severity) > severity_rank(incident.severity):
@@ -170,8 +233,30 @@ def apply_breach(
     return opened, transitions
 
 
+def apply_clear(incident: Incident | None, clear: Clear) -> tuple[Incident | None, list[Transition]]:
+    """Resolve the open incident a :class:`~thermoflow.events.Clear` ends, at its ``cleared_at``.
+
+    Only an open incident of the clear's kind that opened at or before ``since`` (the last reading
+    before the silence): a clear of an older silence, replayed or late, must not end a newer
+    one. A replayed clear of a resolved incident changes nothing.
+    """
+    if (
+        incident is None
+        or not incident.is_open
+        or not incident.clears_on_data
+        or incident.kind != incident_kind(clear.condition)
+        or incident.opened_at > clear.since
+    ):
+        return incident, []
+    resolved = msgspec.structs.replace(incident, resolved_at=clear.cleared_at, seq=incident.seq + 1)
+    return resolved, [Transition("resolve", resolved)]
+
+
 def resolves_at(incident: Incident, *, policy: Policy) -> float:
-    """The watermark at which this open incident resolves: ``resolve_after`` past its last breach."""
+    """The watermark at which this open incident resolves: ``resolve_after`` past its last breach
+    (never, ``inf``, for one that clears on data)."""
+    if incident.clears_on_data:
+        return math.inf
     return incident.last_breach_at + policy.resolve_after
 
 
@@ -209,7 +294,8 @@ def repeat_due_at(incident: Incident, *, policy: Policy) -> float | None:
 
 
 def resolve_cutoff(*, watermark: float, policy: Policy) -> float:
-    """Open incidents whose last breach is at or before this time are due to resolve."""
+    """Open incidents whose last breach is at or before this time are due to resolve (except those
+    that clear on data: :data:`~thermoflow.events.CLEARED_CONDITIONS`)."""
     return watermark - policy.resolve_after
 
 
@@ -223,24 +309,35 @@ class StoredIncident(NamedTuple):
     status: IncidentStatus
 
 
-def fold_breaches(
-    open_incidents: dict[tuple[str, str], StoredIncident], alerts: list[AlertEvent], *, policy: Policy
+def fold_events(
+    open_incidents: dict[IncidentKey, StoredIncident],
+    events: Sequence[AlertEvent | Clear],
+    *,
+    policy: Policy,
 ) -> dict[str, StoredIncident]:
-    """Fold new alerts into the open incidents, in the order they were read from the topic.
+    """Fold new alerts and clears into the open incidents, in the order they were read from the topic.
 
     Returns every incident that changed, by id: updated, escalated (back to ``firing`` even if
-    acknowledged), resolved by a long gap, or newly opened. Only alerts never stored before may
-    be passed in, so replays never count twice. Topic order, not ``reading_ts`` order: the
-    notifier folds the same records one by one in that order, and where a device's alerts
-    arrive out of time order the two must still open the same incidents.
+    acknowledged), resolved by a long gap or a clear, or newly opened. Only alerts never stored
+    before may be passed in, so replays never count twice (clears may come again: a replayed
+    one changes nothing). Topic order, not ``reading_ts`` order: the notifier folds the same
+    records one by one in that order, and where a device's alerts arrive out of time order the
+    two must still open the same incidents.
     """
     current = dict(open_incidents)
     changed: dict[str, StoredIncident] = {}
-    for alert in alerts:
-        key = (alert.device_id, alert.rule_id)
+    for event in events:
+        key = key_of_alert(event)
         before = current.get(key)
+        if isinstance(event, Clear):
+            if before is None:
+                continue
+            cleared, transitions = apply_clear(before.incident, event)
+            if transitions and cleared is not None:
+                current[key] = changed[cleared.incident_id] = StoredIncident(cleared, "resolved")
+            continue
         incident, transitions = apply_breach(
-            before.incident if before else None, alert, policy=policy, now=alert.reading_ts
+            before.incident if before else None, event, policy=policy, now=event.reading_ts
         )
         status: IncidentStatus = before.status if before else "firing"
         for transition in transitions:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from thermoflow.alerts.lifecycle import Incident, Transition, TransitionKind
-from thermoflow.events import Condition, Severity, stable_id
+from thermoflow.events import CLEARED_CONDITIONS, Condition, Severity, stable_id
 
 _encoder = msgspec.json.Encoder()
 
@@ -84,6 +84,38 @@ _VERBS: dict[TransitionKind, str] = {
 }
 
 
+def describe(*, condition: Condition, value: float, threshold: float, metric: str = "temperature") -> str:
+    """What a condition's value and limit mean, in words (``value``/``threshold`` read per kind,
+    as DESIGN.md says: seconds silent or stuck, °C/min, a robust score).
+
+    >>> describe(condition="above", value=-4.2, threshold=-10.0)
+    'temperature -4.2 above -10'
+    >>> describe(condition="offline", value=45.2, threshold=30.0)
+    'offline: no reading for 45 s (limit 30 s)'
+    >>> describe(condition="stuck", value=75.0, threshold=60.0)
+    'stuck for 75 s (limit 60 s)'
+    >>> describe(condition="rate", value=3.4, threshold=3.0)
+    'rising 3.4 °C/min (limit 3.0)'
+    >>> describe(condition="rate", value=-3.4, threshold=3.0)
+    'falling 3.4 °C/min (limit 3.0)'
+    >>> describe(condition="outlier", value=12.08, threshold=10.0)
+    'outlier score 12.1 (limit 10)'
+    """
+    if condition in ("above", "below"):
+        return f"{metric} {value:g} {condition} {threshold:g}"
+    if condition in CLEARED_CONDITIONS:
+        what = "offline" if condition == "offline" else "ingest silent"
+        return f"{what}: no reading for {value:.0f} s (limit {threshold:g} s)"
+    if condition == "stuck":
+        return f"stuck for {value:.0f} s (limit {threshold:g} s)"
+    if condition == "rate":
+        direction = "rising" if value >= 0 else "falling"
+        return f"{direction} {abs(value):.1f} °C/min (limit {abs(threshold):.1f})"
+    if condition == "outlier":
+        return f"outlier score {value:.1f} (limit {threshold:g})"
+    return f"{condition.replace('_', ' ')} {value:g} (limit {threshold:g})"  # the pipeline's own
+
+
 def headline(notification: Notification) -> str:
     """One line a person reads first.
 
@@ -95,19 +127,36 @@ def headline(notification: Notification) -> str:
     '[CRITICAL] FIRING: freezer-1 too-warm (temperature -4.2 above -10)'
     """
     n = notification
-    return (
-        f"[{n.severity.upper()}] {_VERBS[n.transition]}: {n.device_id} {n.rule_id} "
-        f"({n.metric} {n.peak_value:g} {n.condition} {n.threshold:g})"
-    )
+    what = describe(condition=n.condition, value=n.peak_value, threshold=n.threshold, metric=n.metric)
+    return f"[{n.severity.upper()}] {_VERBS[n.transition]}: {n.device_id} {n.rule_id} ({what})"
 
 
 def details(notification: Notification) -> str:
-    """The rest of the story, a few readable lines."""
-    lines = [
-        f"incident {notification.incident_id} (transition #{notification.seq})",
-        f"opened {_iso(notification.opened_at)}, last breach {_iso(notification.last_breach_at)}",
-        f"{notification.breach_count} breach(es), worst value {notification.peak_value:g}",
-    ]
-    if notification.resolved_at is not None:
-        lines.append(f"resolved {_iso(notification.resolved_at)}")
+    """The rest of the story, a few readable lines.
+
+    >>> print(details(Notification(idempotency_key="k", transition="resolve", seq=2, incident_id="i",
+    ...     device_id="freezer-1", rule_id="freezer", metric="temperature", severity="critical",
+    ...     condition="offline", threshold=30.0, peak_value=31.0, breach_count=1, opened_at=0.0,
+    ...     last_breach_at=0.0, resolved_at=95.0, decided_at=96.0)))
+    incident i (transition #2)
+    last reading 1970-01-01 00:00:00 UTC
+    worst: offline: no reading for 31 s (limit 30 s)
+    readings back 1970-01-01 00:01:35 UTC, after 95 s without
+    """
+    n = notification
+    worst = describe(condition=n.condition, value=n.peak_value, threshold=n.threshold, metric=n.metric)
+    lines = [f"incident {n.incident_id} (transition #{n.seq})"]
+    if n.condition in CLEARED_CONDITIONS:  # opened_at is the last reading before the silence
+        lines += [f"last reading {_iso(n.opened_at)}", f"worst: {worst}"]
+        if n.resolved_at is not None:
+            silent = n.resolved_at - n.opened_at
+            lines.append(f"readings back {_iso(n.resolved_at)}, after {silent:.0f} s without")
+        return "\n".join(lines)
+    lines.append(f"opened {_iso(n.opened_at)}, last breach {_iso(n.last_breach_at)}")
+    if n.condition in ("above", "below"):
+        lines.append(f"{n.breach_count} breach(es), worst value {n.peak_value:g}")
+    else:
+        lines.append(f"{n.breach_count} alert(s), worst: {worst}")
+    if n.resolved_at is not None:
+        lines.append(f"resolved {_iso(n.resolved_at)}")
     return "\n".join(lines)

@@ -1,12 +1,13 @@
 """`thermoflow alerts notify`: telemetry.alerts -> incident transitions -> channels.
 
 The loop: fetch a batch of ``telemetry.alerts`` records and fold them, in order, into the
-:class:`IncidentTracker` (pure): alert events open, extend and escalate incidents; the
-processors' watermark records move each partition's pipeline watermark
-(:class:`~thermoflow.alerts.watermarks.PipelineWatermarks`), which resolves the quiet incidents it has
-passed. Then tick it (repeats, on the wall clock), deliver the notifications (every channel
-concurrently, retried, breaker-guarded, dead-lettered when undeliverable), persist the changed
-incident states to the compacted state topic, then commit the batch's offsets
+:class:`IncidentTracker` (pure): alert events open, extend and escalate incidents; clears end
+offline and ingest_silent incidents (data came back); the processors' watermark records move
+each partition's pipeline watermark (:class:`~thermoflow.alerts.watermarks.PipelineWatermarks`),
+which resolves the quiet incidents it has passed. Then tick it (repeats, on the wall clock),
+deliver the notifications (every channel concurrently, retried, breaker-guarded, dead-lettered
+when undeliverable), persist the changed incident states to the compacted state topic, then
+commit the batch's offsets
 (:class:`thermoflow.consume.ConsumeLoop`: the next batch is fetched and dispatched while this
 one's states are written; after a rebalance no batch is handled before the state is reloaded). A
 :class:`~thermoflow.watchdog.Watchdog` ends the process (for a restart) if fetched records
@@ -50,7 +51,7 @@ from thermoflow.alerts.routing import (
 from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.alerts.watermarks import PipelineWatermarks
-from thermoflow.events import AlertEvent
+from thermoflow.events import AlertEvent, Clear
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ConfigError
@@ -230,6 +231,9 @@ class Notifier:
         for partition, event in decoded.events:  # in order: a watermark covers the alerts before it
             if isinstance(event, AlertEvent):
                 notifications += self.tracker.on_alert(event, now=now, partition=partition)
+                continue
+            if isinstance(event, Clear):
+                notifications += self.tracker.on_clear(event, now=now)
                 continue
             self.watermarks.observe(partition, event)
             watermark = self.watermarks.watermark(partition)

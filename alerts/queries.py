@@ -9,12 +9,18 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
+from thermoflow.events import Condition, IncidentKind
+
 
 @dataclass(frozen=True)
 class IncidentRow:
     incident_id: str
     device_id: str
     rule_id: str
+    kind: IncidentKind
+    condition: Condition
+    metric: str
+    threshold: float
     severity: str
     status: str
     opened_at: datetime
@@ -26,8 +32,8 @@ class IncidentRow:
 
 
 _COLUMNS = (
-    "incident_id, device_id, rule_id, severity, status, opened_at, last_breach_at, peak_value,"
-    " breach_count, acknowledged_by, resolved_at"
+    "incident_id, device_id, rule_id, kind, condition, metric, threshold, severity, status, opened_at,"
+    " last_breach_at, peak_value, breach_count, acknowledged_by, resolved_at"
 )
 
 

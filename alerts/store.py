@@ -1,8 +1,11 @@
 """`thermoflow alerts store`: telemetry.alerts -> alert_events and incidents in PostgreSQL.
 
 Per batch, in one transaction: COPY the events into a temporary table, insert the ones not
-stored yet (``ON CONFLICT DO NOTHING RETURNING``), fold only those into the open incidents
-(:func:`thermoflow.alerts.lifecycle.fold_breaches`, pure) and upsert the incidents that changed. The
+stored yet (``ON CONFLICT DO NOTHING RETURNING``), fold only those, and the batch's clears, in
+topic order into the open incidents (:func:`thermoflow.alerts.lifecycle.fold_events`, pure; one
+open incident per device, rule and kind) and upsert the incidents that changed. A clear is not
+stored itself: it resolves the offline (or ingest_silent) incident it ends, and a replayed one
+finds nothing open to resolve. The
 batch's offsets are committed after the transaction (:class:`thermoflow.consume.ConsumeLoop`,
 which also holds the rebalance policy): a crash or a rebalance replays the batch, and the replay
 inserts nothing and counts nothing. A database outage keeps the batch, reconnects with backoff
@@ -15,7 +18,8 @@ Resolution: a periodic sweep resolves the open incidents that the pipeline water
 alerts partition (:class:`~thermoflow.alerts.watermarks.PipelineWatermarks`, from the processors'
 watermark records on the same partition) has passed by ``resolve_after``: event time
 throughout, so readings still upstream after an outage, or behind a stopped processor, hold
-the watermark back and cannot re-fire an incident resolved too early.
+the watermark back and cannot re-fire an incident resolved too early. Incidents that end on a
+clear (:data:`~thermoflow.events.CLEARED_CONDITIONS`) are left to their clear.
 """
 
 from __future__ import annotations
@@ -33,11 +37,25 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from thermoflow import consume, db, kafka
-from thermoflow.alerts.kafka_io import DecodedBatch, KafkaDeadLetters, decode_batch, partition_of
-from thermoflow.alerts.lifecycle import Incident, Policy, StoredIncident, fold_breaches, resolve_cutoff
+from thermoflow.alerts.kafka_io import (
+    DecodedBatch,
+    KafkaDeadLetters,
+    decode_batch,
+    decode_event,
+    partition_of,
+)
+from thermoflow.alerts.lifecycle import (
+    Incident,
+    IncidentKey,
+    Policy,
+    StoredIncident,
+    fold_events,
+    key_of_alert,
+    resolve_cutoff,
+)
 from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.watermarks import PipelineWatermarks
-from thermoflow.events import AlertEvent, EventDecodeError, Watermark, decode_alert, kafka_source
+from thermoflow.events import CLEARED_CONDITIONS, AlertEvent, Clear, EventDecodeError, Watermark, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog
@@ -54,7 +72,7 @@ CREATE TEMP TABLE IF NOT EXISTS alert_stage (
     condition text, threshold float8, value float8, detected_at float8
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS incident_stage (
-    incident_id text, device_id text, rule_id text, metric text, condition text, threshold float8,
+    incident_id text, device_id text, rule_id text, kind text, metric text, condition text, threshold float8,
     severity text, status text, opened_at float8, last_breach_at float8, peak_value float8,
     breach_count bigint, resolved_at float8
 ) ON COMMIT DELETE ROWS
@@ -73,27 +91,27 @@ SELECT incident_id, device_id, rule_id, metric, condition, threshold, severity, 
        peak_value, breach_count
 FROM incidents
 WHERE status <> 'resolved'
-  AND (device_id, rule_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+  AND (device_id, rule_id, kind) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
 FOR UPDATE
 """
-# The latest resolved incident of each (device, rule) without an open one: an alert whose reading
+# The latest resolved incident of each (device, rule, kind) without an open one: an alert whose reading
 # lies inside it is a replay (the processors may cut re-read batches differently, giving a new
 # alert id), and folds into nothing, as in the notifier, instead of opening an incident of its own.
 _LATEST_RESOLVED = """
 SELECT i.incident_id, i.device_id, i.rule_id, i.metric, i.condition, i.threshold, i.severity, i.status,
        extract(epoch FROM i.opened_at)::float8, extract(epoch FROM i.last_breach_at)::float8,
        i.peak_value, i.breach_count, extract(epoch FROM i.resolved_at)::float8
-FROM unnest(%s::text[], %s::text[]) AS k(device_id, rule_id)
+FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(device_id, rule_id, kind)
 CROSS JOIN LATERAL (
     SELECT * FROM incidents
-    WHERE device_id = k.device_id AND rule_id = k.rule_id AND status = 'resolved'
+    WHERE device_id = k.device_id AND rule_id = k.rule_id AND kind = k.kind AND status = 'resolved'
     ORDER BY opened_at DESC LIMIT 1
 ) AS i
 """
 _UPSERT_INCIDENTS = """
-INSERT INTO incidents (incident_id, device_id, rule_id, metric, condition, threshold, severity, status,
+INSERT INTO incidents (incident_id, device_id, rule_id, kind, metric, condition, threshold, severity, status,
                        opened_at, last_breach_at, peak_value, breach_count, resolved_at)
-SELECT incident_id, device_id, rule_id, metric, condition, threshold, severity, status,
+SELECT incident_id, device_id, rule_id, kind, metric, condition, threshold, severity, status,
        to_timestamp(opened_at), to_timestamp(last_breach_at), peak_value, breach_count,
        to_timestamp(resolved_at)
 FROM incident_stage
@@ -103,15 +121,19 @@ ON CONFLICT (incident_id) DO UPDATE SET
     peak_value = EXCLUDED.peak_value, breach_count = EXCLUDED.breach_count,
     resolved_at = EXCLUDED.resolved_at, updated_at = now()
 """
+# Incidents that end on a clear (offline, ingest_silent) never resolve by quiet time.
 _SWEEP_CANDIDATES = """
-SELECT DISTINCT device_id FROM incidents WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s)
+SELECT DISTINCT device_id FROM incidents
+WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s) AND kind <> ALL(%s::text[])
 """
 _SWEEP = """
 UPDATE incidents i
 SET status = 'resolved', resolved_at = i.last_breach_at + make_interval(secs => %s), updated_at = now()
 FROM unnest(%s::text[], %s::float8[]) AS due(device_id, cutoff)
 WHERE i.device_id = due.device_id AND i.status <> 'resolved' AND i.last_breach_at <= to_timestamp(due.cutoff)
+  AND i.kind <> ALL(%s::text[])
 """
+_CLEARED_KINDS = sorted(CLEARED_CONDITIONS)  # a cleared condition is its own incident kind
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -145,6 +167,27 @@ def unstorable(alert: AlertEvent) -> str | None:
     return f"unstorable alert event: {reason}" if reason else None
 
 
+def unstorable_clear(clear: Clear) -> str | None:
+    """Why the incident a clear resolves could not take it (naming the field), or None if it could.
+
+    >>> from thermoflow.events import Clear
+    >>> unstorable_clear(Clear(device_id="f-1", rule_id="r", condition="offline", since=1.0,
+    ...     cleared_at=1e19, detected_at=1.0))
+    'unstorable clear: `cleared_at` 1e+19 is outside the storable time range (years 1 to 9999)'
+    """
+    reason = (
+        db.unstorable_epoch("since", clear.since)
+        or db.unstorable_epoch("cleared_at", clear.cleared_at)
+        or db.unstorable_text("device_id", clear.device_id)
+        or db.unstorable_text("rule_id", clear.rule_id)
+    )
+    return f"unstorable clear: {reason}" if reason else None
+
+
+def unstorable_event(event: AlertEvent | Clear) -> str | None:
+    return unstorable_clear(event) if isinstance(event, Clear) else unstorable(event)
+
+
 _TEXT_FIELDS = ("alert_id", "device_id", "metric", "rule_id")
 Fetched = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
@@ -163,48 +206,60 @@ async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def store_batch(
-    conn: psycopg.AsyncConnection[Any], *, alerts: Sequence[AlertEvent], policy: Policy
+    conn: psycopg.AsyncConnection[Any], *, alerts: Sequence[AlertEvent | Clear], policy: Policy
 ) -> BatchResult:
-    """Store a batch of alert events and update their incidents, in one transaction."""
+    """Store a batch of alert events and update their incidents (with the batch's clears, in
+    order), in one transaction."""
+    events = [a for a in alerts if isinstance(a, AlertEvent)]
     async with conn.transaction(), conn.cursor() as cur:
         async with cur.copy(f"COPY alert_stage ({_EVENT_COLUMNS}) FROM STDIN") as copy:
             await copy.write(_copy_text(
                 (_text(a.alert_id), repr(a.reading_ts), _text(a.device_id), _text(a.metric), _text(a.rule_id),
                  a.severity, a.condition, repr(a.threshold), repr(a.value), repr(a.detected_at))
-                for a in alerts
+                for a in events
             ))  # fmt: skip
         await cur.execute(_INSERT_EVENTS)
         new_ids = {row[0] for row in await cur.fetchall()}
-        fresh: dict[str, AlertEvent] = {}
+        fresh: list[AlertEvent | Clear] = []
         for a in alerts:
-            if a.alert_id in new_ids:
-                fresh.setdefault(a.alert_id, a)
-        changed = await _update_incidents(cur, list(fresh.values()), policy=policy) if fresh else 0
-    return BatchResult(inserted=len(fresh), duplicates=len(alerts) - len(fresh), incidents_changed=changed)
+            if isinstance(a, Clear):
+                fresh.append(a)  # not stored: a replayed clear finds its incident resolved already
+            elif a.alert_id in new_ids:
+                new_ids.discard(a.alert_id)  # the first of duplicates within the batch
+                fresh.append(a)
+        inserted = sum(isinstance(a, AlertEvent) for a in fresh)
+        changed = await _update_incidents(cur, fresh, policy=policy) if fresh else 0
+    return BatchResult(inserted=inserted, duplicates=len(events) - inserted, incidents_changed=changed)
+
+
+def _columns(keys: Sequence[IncidentKey]) -> tuple[list[str], list[str], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
 
 async def _update_incidents(
-    cur: psycopg.AsyncCursor[Any], alerts: list[AlertEvent], *, policy: Policy
+    cur: psycopg.AsyncCursor[Any], events: list[AlertEvent | Clear], *, policy: Policy
 ) -> int:
-    keys = sorted({(a.device_id, a.rule_id) for a in alerts})
-    await cur.execute(_OPEN_INCIDENTS, ([k[0] for k in keys], [k[1] for k in keys]))
+    keys = sorted({key_of_alert(e) for e in events})
+    await cur.execute(_OPEN_INCIDENTS, _columns(keys))
     latest = _stored_incidents(await cur.fetchall())
     without_open = [key for key in keys if key not in latest]
     if without_open:
-        await cur.execute(_LATEST_RESOLVED, ([k[0] for k in without_open], [k[1] for k in without_open]))
+        await cur.execute(_LATEST_RESOLVED, _columns(without_open))
         latest.update(_stored_incidents(await cur.fetchall()))
     known = {stored.incident.incident_id: stored for stored in latest.values()}
     changed = {
         incident_id: stored
-        for incident_id, stored in fold_breaches(latest, alerts, policy=policy).items()
+        for incident_id, stored in fold_events(latest, events, policy=policy).items()
         if known.get(incident_id) != stored  # a replay inside a resolved incident changes nothing
     }
+    if not changed:
+        return 0
     async with cur.copy(
-        "COPY incident_stage (incident_id, device_id, rule_id, metric, condition, threshold, severity,"
+        "COPY incident_stage (incident_id, device_id, rule_id, kind, metric, condition, threshold, severity,"
         " status, opened_at, last_breach_at, peak_value, breach_count, resolved_at) FROM STDIN"
     ) as copy:
         await copy.write(_copy_text(
-            (i.incident_id, _text(i.device_id), _text(i.rule_id), _text(i.metric), i.condition,
+            (i.incident_id, _text(i.device_id), _text(i.rule_id), i.kind, _text(i.metric), i.condition,
              repr(i.threshold), i.severity, status, repr(i.opened_at), repr(i.last_breach_at),
              repr(i.peak_value), str(i.breach_count), r"\N" if i.resolved_at is None else repr(i.resolved_at))
             for i, status in changed.values()
@@ -213,23 +268,24 @@ async def _update_incidents(
     return len(changed)
 
 
-def _stored_incidents(rows: Sequence[Any]) -> dict[tuple[str, str], StoredIncident]:
+def _stored_incidents(rows: Sequence[Any]) -> dict[IncidentKey, StoredIncident]:
     """Incident rows (the open ones' query, or the latest resolved ones' with ``resolved_at``)."""
-    found: dict[tuple[str, str], StoredIncident] = {}
+    found: dict[IncidentKey, StoredIncident] = {}
     for row in rows:
         incident = Incident(
             incident_id=row[0], device_id=row[1], rule_id=row[2], metric=row[3], condition=row[4],
             threshold=row[5], severity=row[6], opened_at=row[8], last_breach_at=row[9],
             peak_value=row[10], breach_count=row[11], resolved_at=row[12] if len(row) > 12 else None,
         )  # fmt: skip
-        found[(incident.device_id, incident.rule_id)] = StoredIncident(incident, row[7])
+        found[incident.key] = StoredIncident(incident, row[7])
     return found
 
 
 async def sweep(
     conn: psycopg.AsyncConnection[Any], *, watermarks: Mapping[int, float], partitions: int, policy: Policy
 ) -> int:
-    """Resolve the open incidents that their partition's watermark has passed by ``resolve_after``.
+    """Resolve the open incidents that their partition's watermark has passed by ``resolve_after``
+    (not those that end on a clear).
 
     Args:
         watermarks: the pipeline watermark of each alerts partition this store reads (and knows
@@ -242,7 +298,7 @@ async def sweep(
         return 0
     cutoffs = {p: resolve_cutoff(watermark=w, policy=policy) for p, w in watermarks.items()}
     async with conn.transaction():
-        cur = await conn.execute(_SWEEP_CANDIDATES, (max(cutoffs.values()),))
+        cur = await conn.execute(_SWEEP_CANDIDATES, (max(cutoffs.values()), _CLEARED_KINDS))
         due = [
             (device_id, cutoffs[p])
             for (device_id,) in await cur.fetchall()
@@ -250,7 +306,9 @@ async def sweep(
         ]
         if not due:
             return 0
-        cur = await conn.execute(_SWEEP, (policy.resolve_after, [d for d, _ in due], [c for _, c in due]))
+        cur = await conn.execute(
+            _SWEEP, (policy.resolve_after, [d for d, _ in due], [c for _, c in due], _CLEARED_KINDS)
+        )
         return cur.rowcount
 
 
@@ -312,18 +370,19 @@ class AlertStore:
     async def _store(
         self, batch: Fetched, decoded: DecodedBatch, dead_letters: KafkaDeadLetters, stop: asyncio.Event
     ) -> bool:
-        """Store the batch's events; dead-letter those the database cannot take. False if stopped first."""
+        """Store the batch's events (and apply its clears); dead-letter those the database cannot take.
+        False if stopped first."""
         results: list[BatchResult] = []
 
-        async def write(part: Sequence[AlertEvent]) -> int:
+        async def write(part: Sequence[AlertEvent | Clear]) -> int:
             result = await self._on_db(partial(store_batch, alerts=part, policy=self.policy))
             results.append(result)
             return result.inserted
 
-        storable: list[tuple[int, AlertEvent]] = []
-        bad: list[tuple[int, AlertEvent, str]] = []
-        for partition, alert in decoded.alerts:
-            reason = unstorable(alert)
+        storable: list[tuple[int, AlertEvent | Clear]] = []
+        bad: list[tuple[int, AlertEvent | Clear, str]] = []
+        for partition, alert in decoded.incident_events:
+            reason = unstorable_event(alert)
             if reason is None:
                 storable.append((partition, alert))
             else:
@@ -350,7 +409,7 @@ class AlertStore:
         return True
 
     async def _dead_letter(
-        self, batch: Fetched, bad: list[tuple[int, AlertEvent, str]], dead_letters: KafkaDeadLetters
+        self, batch: Fetched, bad: list[tuple[int, AlertEvent | Clear, str]], dead_letters: KafkaDeadLetters
     ) -> None:
         """Each refused event's original record, with the reason and its topic/partition/offset."""
         for partition, alert, reason in bad:
@@ -414,7 +473,7 @@ class AlertStore:
             decoded = await decode_batch(batch.records, dead_letters)
             for partition, mark in decoded.watermarks:
                 self._observe(partition, mark)
-            if decoded.alerts and not await self._store(batch.records, decoded, dead_letters, stop):
+            if decoded.incident_events and not await self._store(batch.records, decoded, dead_letters, stop):
                 return False  # stopped during an outage: the batch is not committed, it will replay
             now = self.clock()
             if now >= next_sweep:
@@ -446,11 +505,11 @@ class AlertStore:
 
 
 def _record_of(
-    alert: AlertEvent, records: Sequence[ConsumerRecord[bytes, bytes]]
+    event: AlertEvent | Clear, records: Sequence[ConsumerRecord[bytes, bytes]]
 ) -> ConsumerRecord[bytes, bytes] | None:
-    """The fetched record ``alert`` was decoded from (rare path: only for a refused event)."""
+    """The fetched record ``event`` was decoded from (rare path: only for a refused event)."""
     for record in records:
         with contextlib.suppress(EventDecodeError):
-            if decode_alert(record.value or b"") == alert:
+            if decode_event(record.value or b"", record.headers) == event:
                 return record
     return None

@@ -1,45 +1,48 @@
-"""The notifier's memory: the latest incident of every (device, rule), and what to notify. Pure.
+"""The notifier's memory: the latest incident of every (device, rule, kind), and what to notify. Pure.
 
-The adapter feeds it alert events, the pipeline watermark of each alerts partition (which
-resolves quiet incidents) and clock ticks (which repeat long-firing ones), sends the
-notifications it returns, and persists :meth:`IncidentTracker.take_changed` before committing
-offsets.
+The adapter feeds it alert events, clears (which end offline and ingest_silent incidents), the
+pipeline watermark of each alerts partition (which resolves quiet incidents) and clock ticks
+(which repeat long-firing ones), sends the notifications it returns, and persists
+:meth:`IncidentTracker.take_changed` before committing offsets.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable
 
 from thermoflow.alerts.lifecycle import (
     Incident,
+    IncidentKey,
     Policy,
     Transition,
     apply_breach,
+    apply_clear,
+    key_of_alert,
     repeat_due_at,
     resolves_at,
     settle,
     tick,
 )
 from thermoflow.alerts.notification import Notification, from_transition
-from thermoflow.events import AlertEvent
+from thermoflow.events import AlertEvent, Clear
 
-IncidentKey = tuple[str, str]  # (device_id, rule_id)
 _Due = tuple[float, IncidentKey]
 
 
 def key_of(incident: Incident) -> IncidentKey:
-    return (incident.device_id, incident.rule_id)
+    return incident.key
 
 
 def progress(incident: Incident) -> tuple[float, int, float, int]:
-    """Orders the states of one (device, rule): a later incident, then more transitions or breaches."""
+    """Orders the states of one (device, rule, kind): a later incident, then more transitions or breaches."""
     return (incident.opened_at, incident.seq, incident.last_breach_at, incident.breach_count)
 
 
 class IncidentTracker:
-    """Incident state per (device, rule), changed by :meth:`on_alert`, :meth:`on_watermark` and
-    :meth:`on_tick`."""
+    """Incident state per (device, rule, kind), changed by :meth:`on_alert`, :meth:`on_clear`,
+    :meth:`on_watermark` and :meth:`on_tick`."""
 
     def __init__(self, policy: Policy, states: Iterable[Incident] = ()) -> None:
         self.policy = policy
@@ -58,7 +61,7 @@ class IncidentTracker:
         A reload can land after this instance has already folded newer alerts (aiokafka hands
         out records while the assignment callback still runs): an older persisted state must
         not replace them, or an incident opened meanwhile is forgotten and never resolves.
-        Incidents of a (device, rule) follow each other in event time, and each one only moves
+        Incidents of a (device, rule, kind) follow each other in event time, and each one only moves
         forward, so :func:`progress` orders any two states of the same key.
         """
         for incident in states:
@@ -72,8 +75,9 @@ class IncidentTracker:
         self.incidents[key] = incident
         if incident.is_open:
             self._open.add(key)
-            resolves = self._resolves.setdefault(incident.partition, [])
-            heapq.heappush(resolves, (resolves_at(incident, policy=self.policy), key))
+            due = resolves_at(incident, policy=self.policy)
+            if due != math.inf:  # one that clears on data waits for its clear, not for a watermark
+                heapq.heappush(self._resolves.setdefault(incident.partition, []), (due, key))
             repeat = repeat_due_at(incident, policy=self.policy)
             if repeat is not None:
                 heapq.heappush(self._repeats, (repeat, key))
@@ -83,9 +87,17 @@ class IncidentTracker:
             self._changed[key] = incident
 
     def on_alert(self, alert: AlertEvent, *, now: float, partition: int = -1) -> list[Notification]:
-        current = self.incidents.get((alert.device_id, alert.rule_id))
+        current = self.incidents.get(key_of_alert(alert))
         incident, transitions = apply_breach(current, alert, policy=self.policy, now=now, partition=partition)
         if incident is not current:
+            self._put(incident)
+        return self._notifications(transitions, now=now)
+
+    def on_clear(self, clear: Clear, *, now: float) -> list[Notification]:
+        """Resolve the open incident the clear ends (an offline device is heard from again)."""
+        current = self.incidents.get(key_of_alert(clear))
+        incident, transitions = apply_clear(current, clear)
+        if incident is not None and incident is not current:
             self._put(incident)
         return self._notifications(transitions, now=now)
 

@@ -2,7 +2,7 @@
 and the processors' watermark records) and must open and resolve the same incidents, however
 the records are cut into batches, and never resolve an incident that a late backlog re-fires.
 
-The store is modelled as it works: per batch, fold the new alerts (:func:`fold_breaches`), take
+The store is modelled as it works: per batch, fold the new alerts (:func:`fold_events`), take
 the batch's watermarks, then sweep the open incidents the watermark has passed (the SQL sweep
 does exactly that, tested against PostgreSQL in tests/integration/alerts). The notifier is the
 real :class:`IncidentTracker`, fed record by record.
@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.fakes import make_alert
-from thermoflow.alerts.lifecycle import Policy, StoredIncident, fold_breaches, resolve, resolve_cutoff
+from thermoflow.alerts.lifecycle import Policy, StoredIncident, fold_events, resolve, resolve_cutoff
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.alerts.watermarks import PipelineWatermarks
 from thermoflow.events import AlertEvent, Watermark
@@ -81,12 +81,8 @@ def store(stream: list[Record], cuts: list[int], *, sweep_every: int = 1) -> Out
         batch = stream[start:end]
         fresh = [a for a in batch if isinstance(a, AlertEvent) and a.alert_id not in stored]
         stored.update(a.alert_id for a in fresh)
-        open_now = {
-            (s.incident.device_id, s.incident.rule_id): s
-            for s in incidents.values()
-            if s.status != "resolved"
-        }
-        incidents.update(fold_breaches(open_now, fresh, policy=POLICY))
+        open_now = {s.incident.key: s for s in incidents.values() if s.status != "resolved"}
+        incidents.update(fold_events(open_now, fresh, policy=POLICY))
         for record in batch:
             if isinstance(record, Watermark):
                 marks.observe(0, record)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.fakes import FakeClock, make_alert
-from thermoflow.alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_breaches, settle, tick
+from thermoflow.alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_events, settle, tick
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.events import Severity
 
@@ -39,7 +39,7 @@ def test_ten_minutes_of_breaches_fire_once_repeat_on_schedule_and_resolve_once()
         ("repeat", 600),  # still open: the last breach (590 s) is not 60 s old yet
         ("resolve", 590 + 60),
     ]
-    incident = tracker.incidents[("freezer-1", "freezer-too-warm")]
+    incident = tracker.incidents[("freezer-1", "freezer-too-warm", "threshold")]
     assert incident.breach_count == 60
     assert incident.resolved_at == start + 590 + 60
     assert incident.peak_value == -3.0 + 590 / 1000
@@ -54,7 +54,7 @@ def test_warning_to_critical_escalates_once_and_severity_never_goes_down() -> No
         alert = make_alert("f", t + i, severity=severity)
         kinds += [n.transition for n in tracker.on_alert(alert, now=t + i)]
     assert kinds == ["fire", "escalate"]
-    assert tracker.incidents[("f", "freezer-too-warm")].severity == "critical"
+    assert tracker.incidents[("f", "freezer-too-warm", "threshold")].severity == "critical"
 
 
 def test_a_repeat_is_due_again_interval_after_an_escalation() -> None:
@@ -133,18 +133,16 @@ alert_streams = st.lists(
 @given(alert_streams, st.integers(0, 40))
 def test_folding_in_two_batches_equals_folding_in_one(stream: list[tuple[str, int, str]], cut: int) -> None:
     alerts = [make_alert(device, float(ts), severity=sev) for device, ts, sev in stream]  # type: ignore[arg-type]
-    whole = fold_breaches({}, alerts, policy=POLICY)
-    first = fold_breaches({}, alerts[:cut], policy=POLICY)
-    open_now = {
-        (s.incident.device_id, s.incident.rule_id): s for s in first.values() if s.status != "resolved"
-    }
-    second = fold_breaches(open_now, alerts[cut:], policy=POLICY)
+    whole = fold_events({}, alerts, policy=POLICY)
+    first = fold_events({}, alerts[:cut], policy=POLICY)
+    open_now = {s.incident.key: s for s in first.values() if s.status != "resolved"}
+    second = fold_events(open_now, alerts[cut:], policy=POLICY)
     merged: dict[str, StoredIncident] = {**first, **second}
     assert merged == whole
     # Every alert is counted in exactly one incident.
     assert sum(s.incident.breach_count for s in whole.values()) == len(alerts)
     # At most one open incident per (device, rule).
-    open_keys = [(s.incident.device_id, s.incident.rule_id) for s in whole.values() if s.status != "resolved"]
+    open_keys = [s.incident.key for s in whole.values() if s.status != "resolved"]
     assert len(open_keys) == len(set(open_keys))
 
 
@@ -208,7 +206,7 @@ def test_reloading_older_persisted_states_keeps_what_was_folded_since() -> None:
     restarted = IncidentTracker(POLICY, persisted)
     fired = restarted.on_alert(make_alert("f", 100.0), now=100.0)
     restarted.load(persisted)
-    assert restarted.incidents[("f", "freezer-too-warm")].incident_id == fired[0].incident_id
+    assert restarted.incidents[("f", "freezer-too-warm", "threshold")].incident_id == fired[0].incident_id
     resolved = restarted.on_watermark(partition=-1, watermark=160.0, now=160.0)
     assert [n.transition for n in resolved] == ["resolve"]
 
@@ -225,7 +223,7 @@ def test_reloading_keeps_breaches_folded_since_and_takes_newer_persisted_states(
     # Another instance moved on (resolved it) while this one held an old state: take that one.
     stale = IncidentTracker(POLICY, persisted)
     stale.load(tracker.take_changed())
-    assert not stale.incidents[("f", "freezer-too-warm")].is_open
+    assert not stale.incidents[("f", "freezer-too-warm", "threshold")].is_open
     assert stale.on_watermark(partition=-1, watermark=200.0, now=200.0) == []
 
 
