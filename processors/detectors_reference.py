@@ -132,8 +132,11 @@ def observe(
             reach = ts - config.rate.window
             anchors = [(t, v) for t, v in memory.history if t <= reach]
             if anchors:
-                anchor_ts, anchor_value = anchors[-1]
-                rate = 60.0 * (x - anchor_value) / (ts - anchor_ts)
+                at = len(anchors) - 1  # history is in ts order: the anchor's index in it
+                anchor_ts, level = memory.history[at]
+                if 1 <= at < len(memory.history) - 1:  # framed: the median of three
+                    level = statistics.median(v for _, v in memory.history[at - 1 : at + 2])
+                rate = 60.0 * (x - level) / (ts - anchor_ts)
                 rate_severity = _severity(abs(rate), config.rate.limits)
         bucket = math.floor(ts / step)
         if config.outlier is not None:

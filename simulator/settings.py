@@ -44,7 +44,10 @@ class SimulatorSettings(ThermoflowSettings):
     rules: Path | None = Field(None, description="rules file for the ground truth [processors/rules.yaml]")
     incident_gap: float | None = Field(None, gt=0, description="seconds between breaches of one episode")
     detection_grace: float = Field(
-        30.0, ge=0, description="seconds after an anomaly's end in which an incident still detects it"
+        60.0,
+        ge=0,
+        description="seconds after an anomaly's end in which an incident still detects it (and is not"
+        " false): the rate detector sees the return to normal for one rate window",
     )
 
     connections: int | None = Field(None, ge=1, le=100_000, description="MQTT connections [min(10, devices)]")

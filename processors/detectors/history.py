@@ -7,10 +7,12 @@ last :data:`~thermoflow.processors.detectors.config.HISTORY` entries. Keeping on
 bounds the state whatever a device's publish rate, and, being a function of the stream
 alone, it is the same however the stream is cut into batches.
 
-- **rate** of reading ``i`` (°C/min): ``60 · (x_i - x_a) / (ts_i - ts_a)`` where ``a`` is
-  the latest history entry with ``ts_a <= ts_i - window``: the change over at least one
+- **rate** of reading ``i`` (°C/min): ``60 · (x_i - level_a) / (ts_i - ts_a)`` where ``a``
+  is the latest history entry with ``ts_a <= ts_i - window``: the change over at least one
   window, so sensor noise divides by a full window, not by a second between two readings.
-  No anchor (a device younger than its window): no rate.
+  ``level_a`` is the median of ``x_a`` and the entries either side of it (when both exist
+  and are earlier than ``i``), else ``x_a``: a one-reading spike that became the anchor does
+  not fire again a window later. No anchor (a device younger than its window): no rate.
 - **outlier** score of reading ``i`` in bucket ``k``: the robust z
   ``|x_i - median| / (1.4826 · MAD)`` over the history entries of buckets ``k - m .. k - 1``
   (``m`` buckets: the window), which never holds the reading itself. The scale is floored at
@@ -135,9 +137,30 @@ def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step
         found = found - late
     rated = np.flatnonzero(inside)
     anchor = found[rated]
+    last = history.ts.size - 1
+    before, after = np.maximum(anchor - 1, 0), np.minimum(anchor + 1, last)
+    # The anchor's value is the median of it and its two neighbours when both are this device's
+    # and earlier than the reading: a one-reading spike as the anchor must not echo a window later.
+    framed = (
+        (anchor >= 1)
+        & (history.unit[before] == unit[rated])
+        & (anchor < last)
+        & (history.unit[after] == unit[rated])
+        & (history.ts[after] < ts[rated])
+    )
+    level = np.where(
+        framed,
+        _median3(history.value[before], history.value[anchor], history.value[after]),
+        history.value[anchor],
+    )
     change = np.full(ts.size, np.nan)
-    change[rated] = 60.0 * (value[rated] - history.value[anchor]) / (ts[rated] - history.ts[anchor])
+    change[rated] = 60.0 * (value[rated] - level) / (ts[rated] - history.ts[anchor])
     return change
+
+
+def _median3(a: F64, b: F64, c: F64) -> F64:
+    result: F64 = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    return result
 
 
 def outlier_scores(

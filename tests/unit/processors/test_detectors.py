@@ -87,6 +87,19 @@ def test_a_freezer_warming_at_3_c_per_minute_pages_on_rate() -> None:
     assert not found.rate_severity[found.ts < ts[150]].any()  # flat before: noise over a minute is small
 
 
+def test_a_one_reading_spike_does_not_fire_rate_again_a_window_later() -> None:
+    """The spike is a history entry (the first reading of its bucket), so it becomes the anchor of
+    the readings a window later: the anchor's median with its neighbours keeps them quiet."""
+    ts, values = noisy(300, level=-18.0, sigma=0.1)
+    config = compile_detectors([DetectorConfig(rate=RateConfig(window=60.0, limits={"critical": 3.0}))])
+    step = 60.0 / 32
+    spike = next(i for i in range(100, 200) if np.floor(ts[i] / step) != np.floor(ts[i - 1] / step))
+    values[spike] += 12.0
+    found, _ = scan(batch(ts, values), states=DeviceStates.empty(1), config=config, rows=ONE)
+    firing = found.ts[found.rate_severity > 0]
+    assert firing.tolist() == [ts[spike]], "the spike itself only, not its echo a window later"
+
+
 def test_a_tie_reports_the_earliest_reading() -> None:
     ts = np.arange(0.0, 40.0, 0.25)
     config = compile_detectors([DetectorConfig(rate=RateConfig(window=8.0, limits={"warning": 1.0}))])
