@@ -9,7 +9,9 @@ It pre-fills a fresh topic with readings (1% of them breach a rule), then, in th
 2. `thermoflow process` (one worker process): consume -> decode -> check -> produce alerts,
    readings/s from the group's first commit until it has committed every reading, and the
    worker's CPU-seconds (all its threads, /proc) per 1,000 readings over the same span: the
-   steadier figure on a shared machine;
+   steadier figure on a shared machine. Twice: with the thresholds only (the shipped rules
+   without their detector keys), then with every detector on (the shipped rules as they are:
+   state read and written to Kafka, offline timer), and the ratio of the two;
 3. cold start: seconds from starting that process to its first batch processed;
 4. the baseline: a naive faust agent (one event at a time: decode, classify, send) over the
    same topic in its own consumer group, readings/s, and the ratio.
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from thermoflow import kafka
 from thermoflow.events import Reading, encode
@@ -53,17 +56,20 @@ BREACH = {"freezer": -2.0, "coldroom": 15.0, "rack": 50.0, "greenhouse": 45.0}
 
 
 def readings(count: int, *, devices: int, breach_rate: float, seed: int = 7) -> list[Reading]:
-    """Readings of a fleet: values inside each profile's normal range, ``breach_rate`` of them far above."""
+    """Readings of a fleet: each device at its own level inside its profile's normal range with
+    0.2 °C of noise (so the detectors see sensors, not dice), ``breach_rate`` of them far above."""
     rng = np.random.default_rng(seed)
     names = list(PROFILES)
     device = rng.integers(0, devices, count)
     breach = rng.random(count) < breach_rate
-    unit = rng.random(count)
+    level = rng.random(devices)
+    noise = rng.normal(0.0, 0.2, count)
     out = []
     for i in range(count):
         profile = names[int(device[i]) % len(names)]
         low, high = PROFILES[profile]
-        value = BREACH[profile] if breach[i] else low + (high - low) * float(unit[i])
+        middle = low + (high - low) * (0.25 + 0.5 * float(level[device[i]]))
+        value = BREACH[profile] if breach[i] else middle + float(noise[i])
         ts = 1_764_000_000.0 + i * 0.001
         out.append(Reading(device_id=f"{profile}-{int(device[i]):05d}", value=value, ts=ts, received_at=ts))
     return out
@@ -184,6 +190,20 @@ async def measure(
     }
 
 
+def without_detectors(raw: dict[str, Any]) -> dict[str, Any]:
+    """The rules file's content with every rule's (and the default's) detector keys removed."""
+    keys = {"offline_after", "offline_severity", "stuck", "rate", "outlier"}
+
+    def strip(rule: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in rule.items() if k not in keys}
+
+    return {
+        **raw,
+        "rules": [strip(r) for r in raw.get("rules", [])],
+        "default": strip(raw.get("default", {})),
+    }
+
+
 # -- the baseline: a naive faust agent, one event at a time ---------------------------------------
 
 
@@ -271,36 +291,52 @@ async def main() -> None:
         # Commit often, so "all committed" is seen soon after it happens (the rate's end point).
         "THERMOFLOW_COMMIT_INTERVAL": "0.2",
     }
-    trials = []
-    for trial in range(args.trials):
-        group = f"bench-process-{run}-{trial}"
-        result = await measure(
-            settings,
-            command=[sys.executable, "-m", "thermoflow", "process"],
-            env={**env, "THERMOFLOW_PROCESSOR_GROUP": group},
-            group=group,
-            topic=source,
-            total=args.readings,
-            max_seconds=300,
-            log_path=logs / f"process-{trial}.log",
-        )
-        trials.append(result)
+    thresholds_only = logs / "rules-thresholds-only.yaml"
+    thresholds_only.write_text(
+        yaml.safe_dump(without_detectors(yaml.safe_load(DEFAULT_RULES_FILE.read_text())))
+    )
+    results: dict[str, dict[str, float]] = {}
+    for label, rules_file in (
+        ("thresholds only", thresholds_only),
+        ("every detector on", DEFAULT_RULES_FILE),
+    ):
+        trials = []
+        for trial in range(args.trials):
+            group = f"bench-process-{run}-{len(results)}-{trial}"
+            result = await measure(
+                settings,
+                command=[sys.executable, "-m", "thermoflow", "process"],
+                env={**env, "THERMOFLOW_PROCESSOR_GROUP": group, "THERMOFLOW_RULES_FILE": str(rules_file)},
+                group=group,
+                topic=source,
+                total=args.readings,
+                max_seconds=300,
+                log_path=logs / f"process-{len(results)}-{trial}.log",
+            )
+            trials.append(result)
+            print(
+                f"  {label}, trial {trial + 1}: {result['rate']:,.0f} readings/s,"
+                f" {result['cpu_per_1000']:.4f} CPU-s/1000, cold start {result['cold_start']:.2f}s "
+                f"({result['processed']:,.0f} committed; exit code {result['exit_code']:.0f})",
+                flush=True,
+            )
+        worker = results[label] = {
+            "rate": statistics.median(t["rate"] for t in trials),
+            "cold_start": statistics.median(t["cold_start"] for t in trials),
+            "cpu_per_1000": statistics.median(t["cpu_per_1000"] for t in trials),
+        }
         print(
-            f"  trial {trial + 1}: {result['rate']:,.0f} readings/s, {result['cpu_per_1000']:.4f} CPU-s/1000,"
-            f" cold start {result['cold_start']:.2f}s "
-            f"({result['processed']:,.0f} committed; exit code {result['exit_code']:.0f})",
+            f"thermoflow process, 1 worker, {label}, end to end (median): {worker['rate']:,.0f} readings/s,"
+            f" {worker['cpu_per_1000']:.4f} CPU-s per 1,000 readings",
             flush=True,
         )
-    worker = {
-        "rate": statistics.median(t["rate"] for t in trials),
-        "cold_start": statistics.median(t["cold_start"] for t in trials),
-        "cpu_per_1000": statistics.median(t["cpu_per_1000"] for t in trials),
-    }
+    plain, full = results["thresholds only"], results["every detector on"]
     print(
-        f"thermoflow process, 1 worker, end to end (median): {worker['rate']:,.0f} readings/s,"
-        f" {worker['cpu_per_1000']:.4f} CPU-s per 1,000 readings",
+        f"every detector on / thresholds only: {full['rate'] / plain['rate']:.2f}x the rate,"
+        f" {full['cpu_per_1000'] / plain['cpu_per_1000']:.2f}x the CPU per reading",
         flush=True,
     )
+    worker = plain
     print(f"cold start (process start -> first batch processed, median): {worker['cold_start']:.2f}s")
     if not args.skip_baseline:
         naive = await measure(
