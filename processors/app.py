@@ -193,7 +193,9 @@ class BatchRunner:
         self.emitter = emitter
         self.source = spec.source_topic(settings)
         self.log = log.bind(function=spec.name, topic=self.source)
-        self._topics: dict[str, Any] = {}
+        # A batch and the timer take turns: the state one writes must not carry the other's
+        # changes before that one's alerts are acked.
+        self.turn = asyncio.Lock()
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -207,7 +209,8 @@ class BatchRunner:
             async for events in stream.take_events(self.settings.max_chunks, within=self.settings.max_wait):
                 records = [record for event in events for record in event.value]
                 watchdog.waiting(len(records))
-                await self.process(records)
+                async with self.turn:
+                    await self.process(records)
                 await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
                 watchdog.progress()
                 watchdog.waiting(0)
@@ -248,9 +251,12 @@ class BatchRunner:
                 reason = f"function {self.spec.name!r} {exc}"
                 for record in batch.records:
                     deliveries.append(await self._dead_letter(record, reason))
-            deliveries += await self.send(emits)
+            for emit in emits:
+                deliveries.append(await self._send(emit))
             self.metrics.count("emitted", len(emits))
         await asyncio.gather(*deliveries)
+        if isinstance(self.body, Stateful):
+            await self.body.persist()  # only now: stored state never ahead of the alerts it implies
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
             self.emitter.processed(records, batch)
             await self.emitter.emit()
@@ -258,32 +264,11 @@ class BatchRunner:
         self.metrics.count("dead_letters", len(rejects))
         self.metrics.observe("batch", time.perf_counter() - started)
 
-    async def send(self, emits: Sequence[Emit]) -> list[asyncio.Future[Any]]:
-        """Send the sink's records; when there are others (state), they go once the sink's are acked.
-
-        Returns the futures still to await. Stored state is never ahead of the alerts it
-        implies: a crash between the two replays the batch from the old state, and sends the
-        same alert ids again.
-        """
-        deliveries = [await self._send(emit) for emit in emits if emit.topic is None]
-        later = [emit for emit in emits if emit.topic is not None]
-        if later:
-            await asyncio.gather(*deliveries)
-            deliveries = [await self._send(emit) for emit in later]
-        return deliveries
-
     async def _send(self, emit: Emit) -> asyncio.Future[Any]:
-        topic = self.sink if emit.topic is None else self._topic(emit.topic)
-        value = emit.event if isinstance(emit.event, bytes) else _encoder.encode(emit.event)
         self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset)
-        return await topic.send(  # type: ignore[no-any-return]
-            key=emit.key.encode(), value=value, partition=emit.to, headers=list(emit.headers) or None
+        return await self.sink.send(  # type: ignore[no-any-return]
+            key=emit.key.encode(), value=_encoder.encode(emit.event), headers=list(emit.headers) or None
         )
-
-    def _topic(self, name: str) -> Any:
-        if name not in self._topics:
-            self._topics[name] = self.sink.app.topic(name, key_serializer="raw", value_serializer="raw")
-        return self._topics[name]
 
     def revoked(self, revoked: set[TP]) -> None:
         """Partitions of the source topic went elsewhere: a stateful function forgets their state."""
@@ -297,10 +282,11 @@ class BatchRunner:
         if not isinstance(self.body, Stateful):
             return
         caught_up = self.emitter.caught_up if self.emitter is not None else (lambda partition: False)
-        emits = self.body.on_timer(now=time.time(), caught_up=caught_up)
-        if emits:
-            await asyncio.gather(*await self.send(emits))
-            self.metrics.count("emitted", len(emits))
+        async with self.turn:
+            emits = self.body.on_timer(now=time.time(), caught_up=caught_up)
+            await asyncio.gather(*[await self._send(emit) for emit in emits])
+            await self.body.persist()
+        self.metrics.count("emitted", len(emits))
 
     async def _dead_letter(self, record: KafkaRecord, reason: str) -> asyncio.Future[Any]:
         source = kafka_source(topic=self.source, partition=record.partition, offset=record.offset)

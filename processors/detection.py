@@ -7,7 +7,8 @@ from the :class:`~thermoflow.processors.state.StateStore`, the pure detectors
 - one alert per (device, kind) detected: ``stuck``, ``rate``, ``outlier``;
 - a :class:`~thermoflow.events.Clear` for each device reported offline that is heard from
   again, and for each partition reported silent that receives again;
-- the pairs' new state, for the state topic (partition = the readings partition).
+- the pairs' new state, in the store's table, marked for :meth:`StateStore.persist` to write
+  once the alerts are acked.
 
 Per tick (:meth:`DeviceDetectors.on_timer`), what only time reveals: devices silent for their
 ``offline_after`` while the rest of their partition moved on (event time: the partition's
@@ -25,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -36,8 +36,6 @@ from thermoflow.processors.detectors import (
     KINDS,
     CompiledDetectors,
     Detections,
-    DeviceState,
-    DeviceStates,
     Readings,
     compile_detectors,
     detect,
@@ -45,7 +43,7 @@ from thermoflow.processors.detectors import (
     offline,
 )
 from thermoflow.processors.runtime import Emit
-from thermoflow.processors.state import StateStore, encode_state, split_key, state_key
+from thermoflow.processors.state import StateStore, split_key, state_key
 from thermoflow.processors.thresholds import I64, CompiledRules
 from thermoflow.processors.watermarks import latest_per_partition
 
@@ -115,55 +113,64 @@ class DeviceDetectors:
         detected_at = self.clock()
         emits = self._ingest_back(batch, detected_at)
         cols = batch.columns
-        pairs = len(cols.device_ids)
-        if pairs == 0:
+        if not len(cols.device_ids):
             return emits
-        rows = rules.rule_indices(cols.device_ids, cols.metrics)  # NO_RULE (-1) is NO_DETECTORS: all off
-        on = self._on[rows]
+        rule_rows = rules.rule_indices(cols.device_ids, cols.metrics)  # NO_RULE (-1): the all-off row
+        on = self._on[rule_rows]
         if not on.any():
             return emits
-        _, first = np.unique(cols.pair, return_index=True)
-        partition = batch.partition[first]
-        keys = [state_key(d, m) for d, m in zip(cols.device_ids, cols.metrics, strict=True)]
-        old = [self.store.get(int(p), k) for p, k in zip(partition, keys, strict=True)]
-        states = DeviceStates.from_records(old)
-        readings = Readings(device=cols.pair, ts=cols.ts, received_at=batch.received_at, value=cols.values)
-        found, new = detect(readings, states=states, config=config, rows=rows)
+        # Only the pairs some detector watches: renumbered 0..n-1, with their readings.
+        pairs = np.flatnonzero(on)
+        number = np.cumsum(on) - 1
+        mine = np.flatnonzero(on[cols.pair])
+        _, first = np.unique(cols.pair[mine], return_index=True)
+        table = self.store.table
+        rows = table.rows(
+            [state_key(cols.device_ids[p], cols.metrics[p]) for p in pairs.tolist()],
+            batch.partition[mine[first]],
+        )
+        states = table.states.take(rows)
+        readings = Readings(
+            device=number[cols.pair[mine]],
+            ts=cols.ts[mine],
+            received_at=batch.received_at[mine],
+            value=cols.values[mine],
+        )
+        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs])
+        table.states.put(rows, new)
+        table.dirty[rows] = True
 
         for row in range(len(found)):
-            pair = int(found.device[row])
-            reading = int(found.reading[row])
+            pair = int(pairs[found.device[row]])
+            reading = int(mine[found.reading[row]])
             emits.append(
                 self._alert(
                     found,
                     row,
                     device_id=cols.device_ids[pair],
                     metric=cols.metrics[pair],
-                    rule_id=rules.rule_ids[int(rows[pair])],
+                    rule_id=rules.rule_ids[int(rule_rows[pair])],
                     detected_at=detected_at,
                     source=(int(batch.partition[reading]), int(batch.offset[reading])),
                 )
             )
 
-        first_heard = np.full(pairs, np.inf)
-        np.minimum.at(first_heard, cols.pair, batch.received_at)
-        reported = states.offline_reported == states.last_seen
-        for pair in np.flatnonzero(reported & (new.last_seen > states.last_seen)).tolist():
-            emits.append(
-                self._clear(
-                    device_id=cols.device_ids[pair],
-                    rule_id=rules.rule_ids[int(rows[pair])],
-                    condition="offline",
-                    since=float(states.last_seen[pair]),
-                    cleared_at=float(first_heard[pair]),
-                    detected_at=detected_at,
+        back = (states.offline_reported == states.last_seen) & (new.last_seen > states.last_seen)
+        if back.any():
+            first_heard = np.full(len(states), np.inf)
+            np.minimum.at(first_heard, readings.device, readings.received_at)
+            for device in np.flatnonzero(back).tolist():
+                pair = int(pairs[device])
+                emits.append(
+                    self._clear(
+                        device_id=cols.device_ids[pair],
+                        rule_id=rules.rule_ids[int(rule_rows[pair])],
+                        condition="offline",
+                        since=float(states.last_seen[device]),
+                        cleared_at=float(first_heard[device]),
+                        detected_at=detected_at,
+                    )
                 )
-            )
-
-        for pair in np.flatnonzero(on).tolist():
-            record = new.record(pair)
-            self.store.put(int(partition[pair]), keys[pair], record)
-            emits.append(self._state(keys[pair], record, int(partition[pair])))
         return emits
 
     def _ingest_back(self, batch: ReadingBatch, detected_at: float) -> list[Emit]:
@@ -194,10 +201,8 @@ class DeviceDetectors:
         config = self.config(rules)
         detected_at = self.clock()
         emits: list[Emit] = []
-        for partition in self.store.loaded():
-            event_time = self._event_time.get(partition)
-            if event_time is not None:
-                emits += self._offline(partition, event_time, rules, config, detected_at)
+        for partition, event_time in sorted(self._event_time.items()):  # the partitions processed here
+            emits += self._offline(partition, event_time, rules, config, detected_at)
         emits += self._ingest_silent(now=now, caught_up=caught_up, detected_at=detected_at)
         return emits
 
@@ -209,38 +214,45 @@ class DeviceDetectors:
         config: CompiledDetectors,
         detected_at: float,
     ) -> list[Emit]:
-        items = list(self.store.items(partition))
-        if not items:
+        table = self.store.table
+        rows = table.of_partition(partition)
+        if not rows.size:
             return []
-        pairs = [split_key(key) for key, _ in items]
-        rows: I64 = rules.rule_indices([d for d, _ in pairs], [m for _, m in pairs])
-        last_seen = np.fromiter((state.last_seen for _, state in items), dtype=np.float64, count=len(items))
-        reported = np.fromiter(
-            (state.offline_reported for _, state in items), dtype=np.float64, count=len(items)
-        )
+        states = table.states
         found, updated = offline(
-            now=event_time, last_seen=last_seen, reported=reported, config=config, rows=rows
+            now=event_time,
+            last_seen=states.last_seen[rows],
+            reported=states.offline_reported[rows],
+            config=config,
+            rows=self._rule_rows(rules, rows),
         )
+        if not len(found):
+            return []
+        fired = rows[found.device]
+        states.offline_reported[fired] = updated[found.device]
+        table.dirty[fired] = True
         emits: list[Emit] = []
-        for row in range(len(found)):
-            at = int(found.device[row])
-            key, state = items[at]
-            device_id, metric = pairs[at]
+        for at, row in enumerate(fired.tolist()):
+            device_id, metric = split_key(str(table.keys[row]))
+            rule = rules.rule_index(device_id, metric)
             emits.append(
                 self._alert(
                     found,
-                    row,
+                    at,
                     device_id=device_id,
                     metric=metric,
-                    rule_id=rules.rule_ids[int(rows[at])],
+                    rule_id=rules.rule_ids[rule],
                     detected_at=detected_at,
                     source=None,
                 )
             )
-            record = msgspec.structs.replace(state, offline_reported=float(updated[at]))
-            self.store.put(partition, key, record)
-            emits.append(self._state(key, record, partition))
         return emits
+
+    def _rule_rows(self, rules: CompiledRules, rows: I64) -> I64:
+        """The rule row of each table row: one dict lookup per pair (cached by the rules)."""
+        keys = self.store.table.keys
+        names = [split_key(str(keys[row])) for row in rows.tolist()]
+        return rules.rule_indices([d for d, _ in names], [m for _, m in names])
 
     def _ingest_silent(
         self, *, now: float, caught_up: Callable[[int], bool], detected_at: float
@@ -328,6 +340,3 @@ class DeviceDetectors:
             detected_at=detected_at,
         )
         return Emit(key=device_id, event=clear, headers=tuple(CLEAR_HEADERS))
-
-    def _state(self, key: str, record: DeviceState, partition: int) -> Emit:
-        return Emit(key=key, event=encode_state(record), topic=self.store.topic, to=partition)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,8 +45,7 @@ class Memory:
     history: list[tuple[float, float]] = field(default_factory=list)
 
     def record(self) -> DeviceState:
-        """The stored form, to compare with the vectorized state byte for byte."""
-        flat = [number for pair in self.history for number in pair]
+        """As plain values: :meth:`DeviceStates.from_records` stores them, to compare byte for byte."""
         return DeviceState(
             last_seen=self.last_seen,
             last_ts=self.last_ts,
@@ -55,7 +53,7 @@ class Memory:
             run_start=self.run_start,
             run_min=self.run_min,
             run_max=self.run_max,
-            history=struct.pack(f"<{len(flat)}d", *flat),
+            history=tuple(self.history),
         )
 
 

@@ -104,6 +104,9 @@ class AlertCheck(ThresholdCheck):
     def on_timer(self, *, now: float, caught_up: Callable[[int], bool]) -> list[Emit]:
         return self.detectors.on_timer(self.watcher.current(), now=now, caught_up=caught_up)
 
+    async def persist(self) -> None:
+        await self.detectors.store.persist()
+
     async def close(self) -> None:
         await self.detectors.store.close()
 

@@ -39,21 +39,13 @@ from thermoflow.processors.settings import ProcessorSettings
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """One event a function emits, with its Kafka key and (for logs) where its reading came from.
-
-    By default it goes to the function's sink, partitioned by key, as JSON. A function that
-    keeps state writes it with ``topic`` (another topic), ``to`` (an explicit partition) and
-    ``event`` as ready bytes: the worker sends every record for the sink, waits for Kafka's
-    acks, and only then sends the others, so stored state is never ahead of the alerts it
-    implies.
-    """
+    """One event a function emits to its sink, with its Kafka key, headers, and (for logs) where
+    its reading came from."""
 
     key: str
-    event: msgspec.Struct | bytes
+    event: msgspec.Struct
     partition: int | None = None
     offset: int | None = None
-    topic: str | None = None
-    to: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
@@ -74,6 +66,13 @@ class Stateful(Protocol):
 
     def on_timer(self, *, now: float, caught_up: Callable[[int], bool]) -> Sequence[Emit]:
         """Every ``watermark_interval``: what time alone detects (``now`` is the wall clock)."""
+
+    async def persist(self) -> None:
+        """After the batch's (or the timer's) events are acked: write the state they changed.
+
+        Stored state is never ahead of the alerts it implies: a crash before this replays the
+        batch from the old state and sends the same alert ids again.
+        """
 
 
 TopicRef = str | Callable[[ProcessorSettings], str]

@@ -1,36 +1,37 @@
 """Per-device detector state kept in Kafka: a compacted topic partitioned like the readings.
 
-Record ``k`` of partition ``p`` of the state topic is the latest :class:`DeviceState` of
-device-metric pair ``k`` (:func:`state_key`), whose readings are on partition ``p`` of
-``telemetry.readings``. A worker reads a partition's state from the beginning when it is
-assigned that readings partition (before its first batch), keeps it in memory while it
-owns it, and writes each batch's changes back after the batch's alerts are acked. This is
-what a faust Table with a changelog topic does; the detectors need a whole batch's states
-at once as columns, and their state records written only after the alerts, so it is done
-here in the open, with aiokafka.
+Record ``k`` of partition ``p`` of the state topic is the latest stored state
+(:mod:`thermoflow.processors.detectors.state`) of device-metric pair ``k`` (:func:`state_key`),
+whose readings are on partition ``p`` of ``telemetry.readings``. A worker reads a partition's
+state from the beginning when it first gets a batch of that readings partition, keeps it in
+memory while it owns the partition, and writes what changed back after the batch's alerts
+are acked (:meth:`StateStore.persist`). That is what a faust Table with a changelog topic
+does; here the state is one columnar table (:class:`StateTable`), so a batch's states are
+gathered, scattered and packed with array operations, and written with one producer batch
+per partition, not one faust send per device.
 
-A state record that cannot be decoded (written by a newer version, or corrupted) is logged
-and treated as a device never seen: the detectors start it afresh rather than stall.
+A state record that cannot be read (another version, a wrong size) is logged and taken as a
+device never seen: the detectors start it afresh rather than stall.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Iterator
-from typing import Final
+from collections.abc import Collection, Sequence
+from typing import Any, Final
 
-import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
+from thermoflow import kafka
 from thermoflow.logs import get_logger
-from thermoflow.processors.detectors import DeviceState
+from thermoflow.processors.detectors import RECORD_SIZE, DeviceStates, readable
+from thermoflow.processors.thresholds import I64
 from thermoflow.settings import ThermoflowSettings
 
 log = get_logger(__name__)
 
-_decoder: Final = msgspec.msgpack.Decoder(DeviceState)
-_encoder: Final = msgspec.msgpack.Encoder()
 #: Separates device id and metric in a state key: neither may hold a control character.
 KEY_SEPARATOR: Final = "\x1f"
 
@@ -49,36 +50,101 @@ def split_key(key: str) -> tuple[str, str]:
     return device_id, metric
 
 
-def encode_state(state: DeviceState) -> bytes:
-    return _encoder.encode(state)
+class StateTable:
+    """Every owned pair's state in one :class:`DeviceStates`, a row per pair, and which rows changed."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.states = DeviceStates.empty(capacity)
+        self.index: dict[str, int] = {}
+        self.keys: list[str | None] = [None] * capacity
+        self.partition = np.full(capacity, -1, dtype=np.int64)
+        self.dirty = np.zeros(capacity, dtype=bool)
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self, keys: Sequence[str], partitions: I64) -> I64:
+        """The row of each key, a fresh (never seen) row for a new one on its partition."""
+        rows = np.fromiter((self.index.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        for at in np.flatnonzero(rows < 0).tolist():
+            rows[at] = self._add(keys[at], int(partitions[at]))
+        return rows
+
+    def get(self, key: str) -> int | None:
+        return self.index.get(key)
+
+    def _add(self, key: str, partition: int) -> int:
+        if not self._free:
+            self._grow()
+        row = self._free.pop()
+        self.index[key] = row
+        self.keys[row] = key
+        self.partition[row] = partition
+        return row
+
+    def _grow(self) -> None:
+        old = len(self.keys)
+        self.states = self.states.grown(2 * old)
+        self.keys += [None] * old
+        self.partition = np.concatenate([self.partition, np.full(old, -1, dtype=np.int64)])
+        self.dirty = np.concatenate([self.dirty, np.zeros(old, dtype=bool)])
+        self._free += list(range(2 * old - 1, old - 1, -1))
+
+    def of_partition(self, partition: int) -> I64:
+        rows: I64 = np.flatnonzero(self.partition == partition)
+        return rows
+
+    def drop(self, partitions: Collection[int]) -> None:
+        """Forget every pair of these partitions (their rows become free and never seen)."""
+        for partition in partitions:
+            rows = self.of_partition(partition)
+            for row in rows.tolist():
+                key = self.keys[row]
+                if key is not None:
+                    del self.index[key]
+                self.keys[row] = None
+                self._free.append(row)
+            self.states.put(rows, DeviceStates.empty(rows.size))
+            self.partition[rows] = -1
+            self.dirty[rows] = False
+
+    def load(self, partition: int, records: dict[str, bytes]) -> int:
+        """Read one partition's stored records (the latest per key); returns how many were unreadable."""
+        keys = list(records)
+        rows = self.rows(keys, np.full(len(keys), partition, dtype=np.int64))
+        blobs = [records[key] for key in keys]
+        self.states.put(rows, DeviceStates.from_bytes(blobs))
+        self.dirty[rows] = False
+        return sum(1 for blob in blobs if not readable(blob))
+
+    def changed(self) -> tuple[I64, list[bytes]]:
+        """The rows changed since the last call, and their stored records; clears the marks."""
+        rows: I64 = np.flatnonzero(self.dirty)
+        self.dirty[rows] = False
+        packed = self.states.take(rows).pack()
+        return rows, [packed[at * RECORD_SIZE : (at + 1) * RECORD_SIZE] for at in range(rows.size)]
 
 
 class StateStore:
-    """The device states of the readings partitions this worker owns, read from ``topic``."""
+    """The state of the readings partitions this worker owns, read from and written to ``topic``."""
 
     def __init__(self, settings: ThermoflowSettings, *, topic: str) -> None:
         self.settings = settings
         self.topic = topic
-        self._partitions: dict[int, dict[str, DeviceState]] = {}
+        self.table = StateTable()
+        self._loaded: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
     def loaded(self) -> list[int]:
-        return sorted(self._partitions)
-
-    def get(self, partition: int, key: str) -> DeviceState | None:
-        states = self._partitions.get(partition)
-        return None if states is None else states.get(key)
-
-    def put(self, partition: int, key: str, state: DeviceState) -> None:
-        self._partitions.setdefault(partition, {})[key] = state
-
-    def items(self, partition: int) -> Iterator[tuple[str, DeviceState]]:
-        return iter(list(self._partitions.get(partition, {}).items()))
+        return sorted(self._loaded)
 
     def revoked(self, partitions: Collection[int]) -> None:
-        for partition in partitions:
-            self._partitions.pop(partition, None)
+        gone = self._loaded & set(partitions)
+        self.table.drop(gone)
+        self._loaded -= gone
 
     async def load(self, partitions: Collection[int]) -> list[int]:
         """Read the state of the partitions not loaded yet; returns those it read.
@@ -87,70 +153,78 @@ class StateStore:
         stall watchdog ends the process if that takes ``stall_timeout``).
         """
         async with self._lock:
-            missing = sorted(set(partitions) - self._partitions.keys())
+            missing = sorted(set(partitions) - self._loaded)
             if not missing:
                 return []
             async for attempt in AsyncRetrying(
-                wait=wait_exponential(multiplier=0.5, max=10.0),
-                retry=retry_if_exception_type(Exception),
-                before_sleep=self._retrying,
+                wait=wait_exponential(multiplier=0.5, max=10.0), before_sleep=self._retrying
             ):
                 with attempt:
-                    loaded = await self._read(missing)
-            self._partitions.update(loaded)
+                    found = await self._read(missing)
+            for partition in missing:
+                unreadable = self.table.load(partition, found[partition])
+                if unreadable:
+                    log.warning("state_unreadable", topic=self.topic, partition=partition, records=unreadable)
+            self._loaded |= set(missing)
             log.info(
-                "state_loaded",
-                topic=self.topic,
-                partitions=missing,
-                devices=sum(len(loaded[p]) for p in missing),
+                "state_loaded", topic=self.topic, partitions=missing, pairs=sum(map(len, found.values()))
             )
             return missing
+
+    async def persist(self) -> None:
+        """Write every changed pair's state, one producer batch per partition; returns once acked."""
+        rows, records = self.table.changed()
+        if not records:
+            return
+        producer = await self._writer()
+        builders: dict[int, Any] = {}
+        sent: list[asyncio.Future[Any]] = []
+        for row, value in zip(rows.tolist(), records, strict=True):
+            partition = int(self.table.partition[row])
+            key = str(self.table.keys[row]).encode()
+            builder = builders.get(partition)
+            if builder is None:
+                builder = builders[partition] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                sent.append(await producer.send_batch(builder, self.topic, partition=partition))
+                builder = builders[partition] = producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None)
+        for partition, builder in builders.items():
+            sent.append(await producer.send_batch(builder, self.topic, partition=partition))
+        try:
+            await asyncio.gather(*sent)
+        except BaseException:
+            self.table.dirty[rows] = True  # written again with the next batch's changes
+            raise
 
     async def _retrying(self, retry: RetryCallState) -> None:
         error = retry.outcome.exception() if retry.outcome is not None else None
         log.warning("state_load_retry", topic=self.topic, error=repr(error))
-        await self.close()  # a fresh client next time
+        await self._close_consumer()  # a fresh client next time
 
-    async def _read(self, partitions: list[int]) -> dict[int, dict[str, DeviceState]]:
-        consumer = await self._client()
+    async def _read(self, partitions: list[int]) -> dict[int, dict[str, bytes]]:
+        consumer = await self._reader()
         tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        found: dict[int, dict[str, DeviceState]] = {p: {} for p in partitions}
-        pending = {tp for tp in tps if ends[tp] > 0}
+        found: dict[int, dict[str, bytes]] = {p: {} for p in partitions}
+        pending = [tp for tp in tps if ends[tp] > 0]
         while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batches.items():
-                states = found[tp.partition]
-                for record in records:
-                    self._fold(states, record.key, record.value, tp.partition, record.offset)
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+            for tp, batch in (await consumer.getmany(*pending, timeout_ms=1000)).items():
+                latest = found[tp.partition]
+                for record in batch:
+                    if record.key is None:
+                        continue
+                    key = record.key.decode("utf-8", "replace")
+                    if record.value is None:  # a tombstone
+                        latest.pop(key, None)
+                    else:
+                        latest[key] = record.value
+            pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
         return found
 
-    def _fold(
-        self,
-        states: dict[str, DeviceState],
-        key: bytes | None,
-        value: bytes | None,
-        partition: int,
-        offset: int,
-    ) -> None:
-        if key is None:
-            return
-        name = key.decode("utf-8", "replace")
-        if value is None:  # a tombstone
-            states.pop(name, None)
-            return
-        try:
-            states[name] = _decoder.decode(value)
-        except (msgspec.DecodeError, ValueError) as exc:
-            log.warning(
-                "state_undecodable", topic=self.topic, partition=partition, offset=offset, error=str(exc)
-            )
-            states.pop(name, None)
-
-    async def _client(self) -> AIOKafkaConsumer:
+    async def _reader(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
                 **self.settings.kafka_options(),
@@ -163,7 +237,20 @@ class StateStore:
             self._consumer = consumer
         return self._consumer
 
-    async def close(self) -> None:
+    async def _writer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = kafka.producer(self.settings, linger_ms=5, max_batch_size=1 << 20)
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def _close_consumer(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    async def close(self) -> None:
+        await self._close_consumer()
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()

@@ -31,12 +31,13 @@ from thermoflow.processors.detectors.config import (
 )
 from thermoflow.processors.detectors.detect import Detections, Findings, Readings, detect, scan, worst
 from thermoflow.processors.detectors.offline import IngestSilence, ingest_silent, offline
-from thermoflow.processors.detectors.state import DeviceState, DeviceStates
+from thermoflow.processors.detectors.state import RECORD_SIZE, DeviceState, DeviceStates, readable
 
 __all__ = [
     "HISTORY",
     "KINDS",
     "NO_DETECTORS",
+    "RECORD_SIZE",
     "CompiledDetectors",
     "Detections",
     "DetectorConfig",
@@ -53,6 +54,7 @@ __all__ = [
     "detect",
     "ingest_silent",
     "offline",
+    "readable",
     "scan",
     "worst",
 ]

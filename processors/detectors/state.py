@@ -1,4 +1,4 @@
-"""Per-device detector state: columns for the batch math, a compact msgpack record per device for storage.
+"""Per-device detector state: columns for the batch math, one fixed-width record per device for storage.
 
 A device's state is what the detectors must remember between batches, and nothing else:
 
@@ -11,29 +11,41 @@ A device's state is what the detectors must remember between batches, and nothin
                               recent time bucket, oldest first (rate anchors, outlier baselines)
 ============================  =======================================================================
 
-Stored per device (a faust table or a compacted topic keyed by device) as one msgpack array:
-six floats and the history as raw little-endian float64 pairs, about 60 + 16·HISTORY bytes.
+Stored per device (a compacted topic keyed by device) as one record of :data:`RECORD_DTYPE`:
+a version byte, the history's length, six little-endian float64 and the history, NaN-padded,
+626 bytes. Fixed width, so a batch's states pack to bytes and back with array operations,
+no Python step per field (:meth:`DeviceStates.to_bytes`, :meth:`DeviceStates.from_bytes`).
 
 >>> states = DeviceStates.empty(1)
 >>> blob = states.to_bytes()[0]
 >>> len(blob), DeviceStates.from_bytes([blob]).to_bytes() == [blob]
-(57, True)
+(626, True)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final
 
-import msgspec
 import numpy as np
 
 from thermoflow.processors.detectors.config import F64, HISTORY, I64
 
+#: The stored form's version: a record of another version (or size) is not read.
+RECORD_VERSION: Final = 1
+SCALARS: Final = ("last_seen", "last_ts", "offline_reported", "run_start", "run_min", "run_max")
+RECORD_DTYPE: Final = np.dtype(
+    [("version", "u1"), ("hist_len", "u1")]
+    + [(name, "<f8") for name in SCALARS]
+    + [("hist_ts", "<f8", (HISTORY,)), ("hist_value", "<f8", (HISTORY,))]
+)
+RECORD_SIZE: Final = RECORD_DTYPE.itemsize
 
-class DeviceState(msgspec.Struct, array_like=True, frozen=True):
-    """One device's state as stored: a positional msgpack array (no field names on the wire)."""
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """One device's state, as plain values (for tests and the scalar reference)."""
 
     last_seen: float = float("nan")
     last_ts: float = float("-inf")
@@ -41,12 +53,7 @@ class DeviceState(msgspec.Struct, array_like=True, frozen=True):
     run_start: float = float("nan")
     run_min: float = float("nan")
     run_max: float = float("nan")
-    history: bytes = b""  # "<f8" pairs (ts, value), oldest first
-
-
-_encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final = msgspec.msgpack.Decoder(DeviceState)
-_PAIR: Final = np.dtype("<f8")
+    history: tuple[tuple[float, float], ...] = ()  # (ts, value), oldest first
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,46 +92,82 @@ class DeviceStates:
             hist_len=np.zeros(count, dtype=np.int64),
         )
 
+    def take(self, rows: I64) -> DeviceStates:
+        """The states of ``rows``, as a new table (a copy)."""
+        return DeviceStates(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def put(self, rows: I64, other: DeviceStates) -> None:
+        """Write ``other``'s states into ``rows`` (in place)."""
+        for f in fields(self):
+            getattr(self, f.name)[rows] = getattr(other, f.name)
+
+    def grown(self, capacity: int) -> DeviceStates:
+        """A copy with room for ``capacity`` devices, the new rows never seen."""
+        more = DeviceStates.empty(capacity - len(self))
+        return DeviceStates(
+            **{f.name: np.concatenate([getattr(self, f.name), getattr(more, f.name)]) for f in fields(self)}
+        )
+
     @classmethod
     def from_records(cls, records: Sequence[DeviceState | None]) -> DeviceStates:
-        """Columns from stored records (None: a device never seen). One Python step per device."""
+        """Columns from plain records (None: a device never seen). One Python step per device."""
         states = cls.empty(len(records))
         for row, record in enumerate(records):
             if record is None:
                 continue
-            states.last_seen[row] = record.last_seen
-            states.last_ts[row] = record.last_ts
-            states.offline_reported[row] = record.offline_reported
-            states.run_start[row] = record.run_start
-            states.run_min[row] = record.run_min
-            states.run_max[row] = record.run_max
-            pairs = np.frombuffer(record.history, dtype=_PAIR)[-2 * HISTORY :].reshape(-1, 2)
-            states.hist_ts[row, : len(pairs)] = pairs[:, 0]
-            states.hist_value[row, : len(pairs)] = pairs[:, 1]
+            for name in SCALARS:
+                getattr(states, name)[row] = getattr(record, name)
+            pairs = record.history[-HISTORY:]
+            states.hist_ts[row, : len(pairs)] = [t for t, _ in pairs]
+            states.hist_value[row, : len(pairs)] = [v for _, v in pairs]
             states.hist_len[row] = len(pairs)
         return states
 
-    @classmethod
-    def from_bytes(cls, blobs: Sequence[bytes | None]) -> DeviceStates:
-        """Columns from stored msgpack records (None: a device never seen)."""
-        return cls.from_records([None if blob is None else _decoder.decode(blob) for blob in blobs])
-
     def record(self, row: int) -> DeviceState:
-        """Device ``row``'s state as a record to store."""
+        """Device ``row``'s state as plain values."""
         size = int(self.hist_len[row])
-        pairs = np.empty((size, 2), dtype=_PAIR)
-        pairs[:, 0] = self.hist_ts[row, :size]
-        pairs[:, 1] = self.hist_value[row, :size]
-        return DeviceState(
-            last_seen=float(self.last_seen[row]),
-            last_ts=float(self.last_ts[row]),
-            offline_reported=float(self.offline_reported[row]),
-            run_start=float(self.run_start[row]),
-            run_min=float(self.run_min[row]),
-            run_max=float(self.run_max[row]),
-            history=pairs.tobytes(),
+        history = tuple(
+            zip(self.hist_ts[row, :size].tolist(), self.hist_value[row, :size].tolist(), strict=True)
         )
+        scalars = {name: float(getattr(self, name)[row]) for name in SCALARS}
+        return DeviceState(**scalars, history=history)
+
+    def pack(self) -> bytes:
+        """Every device's stored record, concatenated (``RECORD_SIZE`` bytes each, in row order)."""
+        packed = np.empty(len(self), dtype=RECORD_DTYPE)
+        packed["version"] = RECORD_VERSION
+        packed["hist_len"] = self.hist_len
+        for name in SCALARS:
+            packed[name] = getattr(self, name)
+        packed["hist_ts"] = self.hist_ts
+        packed["hist_value"] = self.hist_value
+        return packed.tobytes()
 
     def to_bytes(self) -> list[bytes]:
-        """One msgpack record per device, in row order. One Python step per device."""
-        return [_encoder.encode(self.record(row)) for row in range(len(self))]
+        """One stored record per device, in row order."""
+        packed = self.pack()
+        return [packed[at : at + RECORD_SIZE] for at in range(0, len(packed), RECORD_SIZE)]
+
+    @classmethod
+    def from_bytes(cls, blobs: Sequence[bytes | None]) -> DeviceStates:
+        """Columns from stored records; None, or a record that is not one (size, version), is a
+        device never seen (:func:`readable` tells which)."""
+        states = cls.empty(len(blobs))
+        rows = [row for row, blob in enumerate(blobs) if readable(blob)]
+        if not rows:
+            return states
+        packed = np.frombuffer(b"".join(blobs[row] for row in rows), dtype=RECORD_DTYPE)  # type: ignore[misc]
+        at = np.array(rows, dtype=np.int64)
+        for name in SCALARS:
+            getattr(states, name)[at] = packed[name]
+        size = np.minimum(packed["hist_len"].astype(np.int64), HISTORY)
+        keep = np.arange(HISTORY) < size[:, None]
+        states.hist_ts[at] = np.where(keep, packed["hist_ts"], np.nan)
+        states.hist_value[at] = np.where(keep, packed["hist_value"], np.nan)
+        states.hist_len[at] = size
+        return states
+
+
+def readable(blob: bytes | None) -> bool:
+    """Whether ``blob`` is a stored record this version reads."""
+    return blob is not None and len(blob) == RECORD_SIZE and blob[0] == RECORD_VERSION

@@ -8,12 +8,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-import msgspec
 from aiokafka.structs import ConsumerRecord
 
 from tests.integration.processors.conftest import ProcessorRig
 from thermoflow.events import AlertEvent, Reading, decode_alert
-from thermoflow.processors.detectors import DeviceState
+from thermoflow.processors.detectors import DeviceStates
 
 RULES = """
 version: 1
@@ -53,7 +52,7 @@ async def state_reaches(rig: ProcessorRig, *, last_ts: float, devices: set[str])
     def done(found: list[ConsumerRecord]) -> bool:
         latest: dict[str, float] = {}
         for record in found:
-            state = msgspec.msgpack.decode(record.value, type=DeviceState)
+            state = DeviceStates.from_bytes([record.value]).record(0)
             latest[record.key.decode().split("\x1f")[0]] = state.last_ts
         return all(latest.get(device) == last_ts for device in devices)
 
@@ -189,9 +188,9 @@ async def state_reaches_after(rig: ProcessorRig, moment: float, devices: list[st
     def done(found: list[ConsumerRecord]) -> bool:
         latest: dict[str, float] = {}
         for record in found:
-            latest[record.key.decode().split("\x1f")[0]] = msgspec.msgpack.decode(
-                record.value, type=DeviceState
-            ).last_seen
+            latest[record.key.decode().split("\x1f")[0]] = (
+                DeviceStates.from_bytes([record.value]).record(0).last_seen
+            )
         return all(latest.get(device, 0.0) >= moment for device in devices)
 
     await read_state(rig, done)

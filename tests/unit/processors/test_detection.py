@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgspec
-
 from thermoflow.events import AlertEvent, Clear, Reading, encode, is_clear
 from thermoflow.processors.columns import RawRecord, ReadingBatch, decode_batch
 from thermoflow.processors.detection import PIPELINE, DeviceDetectors, silent_rule
-from thermoflow.processors.detectors import DeviceState
+from thermoflow.processors.detectors import DeviceStates
 from thermoflow.processors.runtime import Emit
-from thermoflow.processors.state import StateStore, encode_state, state_key
+from thermoflow.processors.state import StateStore, state_key
 from thermoflow.processors.thresholds import CompiledRules, compile_rules
 from thermoflow.rules import parse_rules
 from thermoflow.settings import ThermoflowSettings
@@ -69,22 +67,39 @@ def seconds(
     ]
 
 
-def test_state_goes_to_the_state_topic_on_the_readings_partition() -> None:
+def test_changed_state_is_marked_for_the_state_topic_on_the_readings_partition() -> None:
     found = detectors()
     emits = found.check(batch([("rack-1", 5.0, 10.0, 4), ("rack-2", 6.0, 10.0, 1)]), rules())
-    state = {e.key: e for e in emits if e.topic == "state"}
-    assert set(state) == {state_key("rack-1", "temperature"), state_key("rack-2", "temperature")}
-    assert state[state_key("rack-1", "temperature")].to == 4
-    stored = state[state_key("rack-1", "temperature")].event
-    assert isinstance(stored, bytes)
-    record = msgspec.msgpack.decode(stored, type=DeviceState)
-    assert record.last_seen == 10.0 and record.run_start == 10.0
-    assert encode_state(found.store.get(4, state_key("rack-1", "temperature"))) == stored  # type: ignore[arg-type]
+    assert all(isinstance(e.event, AlertEvent | Clear) for e in emits), "state is not an event"
+    table = found.store.table
+    rows, records = table.changed()
+    written = {
+        str(table.keys[row]): (int(table.partition[row]), record)
+        for row, record in zip(rows.tolist(), records, strict=True)
+    }
+    assert set(written) == {state_key("rack-1", "temperature"), state_key("rack-2", "temperature")}
+    partition, record = written[state_key("rack-1", "temperature")]
+    stored = DeviceStates.from_bytes([record]).record(0)
+    assert partition == 4 and stored.last_seen == 10.0 and stored.run_start == 10.0
+    assert table.changed()[1] == [], "written once"
 
 
 def test_devices_without_detectors_keep_no_state() -> None:
-    emits = detectors().check(batch([("other-1", 5.0, 10.0, 0)]), rules())
-    assert emits == []
+    found = detectors()
+    assert found.check(batch([("other-1", 5.0, 10.0, 0)]), rules()) == []
+    assert len(found.store.table) == 0
+
+
+def test_state_read_back_continues_a_stuck_run() -> None:
+    """What one worker wrote, another reads (the records of a partition, as loaded from Kafka)."""
+    first = detectors()
+    first.check(batch(seconds(["rack-stuck"], range(0, 40))), rules())
+    rows, records = first.store.table.changed()
+    second = detectors()
+    keys = [str(first.store.table.keys[row]) for row in rows.tolist()]
+    second.store.table.load(0, dict(zip(keys, records, strict=True)))
+    (alert,) = alerts(second.check(batch(seconds(["rack-stuck"], range(40, 70))), rules()))
+    assert alert.condition == "stuck" and alert.value == 69.0, "the run began at 0, before the handover"
 
 
 def test_stuck_across_batches_and_replay_gives_the_same_alert_ids() -> None:
@@ -172,7 +187,12 @@ def test_every_partition_silent_is_one_fleet_alert() -> None:
 
 def test_revoked_partitions_forget_their_state() -> None:
     found = detectors()
-    found.check(batch([("rack-1", 5.0, 10.0, 4)]), rules())
+    found.store._loaded |= {1, 4}  # as after load([1, 4])
+    found.check(batch([("rack-1", 5.0, 10.0, 4), ("rack-2", 5.0, 10.0, 1)]), rules())
     found.revoked([4])
-    assert found.store.get(4, state_key("rack-1", "temperature")) is None
-    assert found.store.loaded() == []
+    assert found.store.table.get(state_key("rack-1", "temperature")) is None
+    assert found.store.table.get(state_key("rack-2", "temperature")) is not None
+    assert found.store.loaded() == [1]
+    assert [str(found.store.table.keys[r]) for r in found.store.table.changed()[0]] == [
+        state_key("rack-2", "temperature")
+    ], "a revoked partition's state is not written by this worker any more"

@@ -3,13 +3,13 @@ a quiet sensor, late and replayed readings, a silent device, a silent partition,
 
 from __future__ import annotations
 
-import msgspec
 import numpy as np
 import pytest
 
 from thermoflow.processors.detectors import (
     HISTORY,
     NO_DETECTORS,
+    RECORD_SIZE,
     DetectorConfig,
     DetectorConfigError,
     DeviceState,
@@ -160,7 +160,10 @@ def test_devices_without_a_rule_only_refresh_last_seen() -> None:
     assert not (found.stuck.any() or found.rate_severity.any() or found.outlier_severity.any())
     assert states.last_seen.tolist() == [9.01]
     expected = DeviceState(last_seen=9.01, last_ts=9.0)
-    assert msgspec.msgpack.encode(states.record(0)) == msgspec.msgpack.encode(expected)
+    assert (
+        DeviceStates.from_records([states.record(0)]).to_bytes()
+        == DeviceStates.from_records([expected]).to_bytes()
+    )
 
 
 def test_offline_fires_once_per_silence_and_again_after_the_device_returns() -> None:
@@ -206,9 +209,12 @@ def test_state_round_trips_through_bytes_and_stays_small() -> None:
     blobs = states.to_bytes()
     assert states.hist_len[0] == HISTORY
     assert DeviceStates.from_bytes(blobs).to_bytes() == blobs
-    assert len(blobs[0]) < 64 + 16 * HISTORY
-    assert msgspec.msgpack.decode(blobs[0], type=DeviceState).last_ts == ts[-1]
+    assert len(blobs[0]) == RECORD_SIZE < 64 + 16 * HISTORY
+    assert DeviceStates.from_bytes(blobs).record(0).last_ts == ts[-1]
     assert DeviceStates.from_bytes([None]).to_bytes() == DeviceStates.empty(1).to_bytes()
+    for unreadable in (blobs[0][:-1], b"\x02" + blobs[0][1:], b"", blobs[0] + b"x"):
+        assert DeviceStates.from_bytes([unreadable]).to_bytes() == DeviceStates.empty(1).to_bytes()
+    assert DeviceStates.from_records([states.record(0)]).to_bytes() == blobs
 
 
 @pytest.mark.parametrize(

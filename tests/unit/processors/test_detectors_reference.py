@@ -14,7 +14,6 @@ import math
 from dataclasses import astuple
 from typing import Any
 
-import msgspec
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -186,8 +185,8 @@ def test_matches_the_scalar_reference(stream: Stream, device_configs: Configs, d
         assert got_detections == want
         offset += len(batch)
 
-    stored = [msgspec.msgpack.encode(memories.get(d, reference.Memory()).record()) for d in range(DEVICES)]
-    assert states.to_bytes() == stored
+    stored = [memories.get(d, reference.Memory()).record() for d in range(DEVICES)]
+    assert states.to_bytes() == DeviceStates.from_records(stored).to_bytes()
 
     # The offline timer over the final state, at a few event times.
     config = compile_detectors([device_configs[d] or DetectorConfig() for d in range(DEVICES)])
@@ -253,7 +252,7 @@ def test_long_calm_stretches_cut_into_the_same_runs(
     memories: dict[int, reference.Memory] = {}
     expected = [comparable(astuple(f)) for f in reference.scan(stream, memories, device_configs)]
     assert [r[1:] for r in itertools.chain.from_iterable(findings)] == [r[1:] for r in expected]
-    assert states.to_bytes()[0] == msgspec.msgpack.encode(memories[0].record())
+    assert states.to_bytes()[0] == DeviceStates.from_records([memories[0].record()]).to_bytes()[0]
 
 
 def test_kinds_are_the_alert_conditions() -> None:
