@@ -123,7 +123,9 @@ class DeviceDetectors:
         pairs = np.flatnonzero(on)
         number = np.cumsum(on) - 1
         mine = np.flatnonzero(on[cols.pair])
-        _, first = np.unique(cols.pair[mine], return_index=True)
+        # Pairs are numbered in first-seen order: a pair's first reading raises the running maximum.
+        seen = cols.pair[mine]
+        first = np.flatnonzero(np.r_[True, seen[1:] > np.maximum.accumulate(seen)[:-1]])
         table = self.store.table
         rows = table.rows(
             [state_key(cols.device_ids[p], cols.metrics[p]) for p in pairs.tolist()],

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +56,7 @@ class CompiledRules:
     above: F64
     below: F64
     _rule_of: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+    _last: list[Any] = field(default_factory=list, repr=False)
 
     def rule_index(self, device_id: str, metric: str) -> int:
         """The row of the rule for this device and metric, or ``NO_RULE``; cached per pair."""
@@ -71,12 +72,23 @@ class CompiledRules:
         return found
 
     def rule_indices(self, device_ids: Sequence[str], metrics: Sequence[str]) -> I64:
-        """The rule row of each ``(device_id, metric)`` pair, ``NO_RULE`` where none applies."""
-        return np.fromiter(
+        """The rule row of each ``(device_id, metric)`` pair, ``NO_RULE`` where none applies.
+
+        The last answer is kept: the threshold check and the detectors ask it for the same
+        batch's pairs (the same list objects), and it costs a dict lookup per pair.
+        """
+        last = self._last
+        if last and last[0] is device_ids and last[1] is metrics:
+            cached: I64 = last[2]
+            return cached
+        rows = np.fromiter(
             (self.rule_index(d, m) for d, m in zip(device_ids, metrics, strict=True)),
             dtype=np.int64,
             count=len(device_ids),
         )
+        rows.flags.writeable = False  # shared between callers
+        self._last[:] = [device_ids, metrics, rows]
+        return rows
 
 
 def compile_rules(ruleset: RuleSet) -> CompiledRules:
