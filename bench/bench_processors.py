@@ -41,7 +41,7 @@ from thermoflow import kafka
 from thermoflow.events import Reading, encode
 from thermoflow.observe import committed
 from thermoflow.processors.thresholds import ReadingColumns, compile_rules, evaluate
-from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
+from thermoflow.rules import DEFAULT_RULES_FILE, load_rules, thresholds_only
 from thermoflow.settings import ThermoflowSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,20 +190,6 @@ async def measure(
     }
 
 
-def without_detectors(raw: dict[str, Any]) -> dict[str, Any]:
-    """The rules file's content with every rule's (and the default's) detector keys removed."""
-    keys = {"offline_after", "offline_severity", "stuck", "rate", "outlier"}
-
-    def strip(rule: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in rule.items() if k not in keys}
-
-    return {
-        **raw,
-        "rules": [strip(r) for r in raw.get("rules", [])],
-        "default": strip(raw.get("default", {})),
-    }
-
-
 # -- the baseline: a naive faust agent, one event at a time ---------------------------------------
 
 
@@ -291,15 +277,10 @@ async def main() -> None:
         # Commit often, so "all committed" is seen soon after it happens (the rate's end point).
         "THERMOFLOW_COMMIT_INTERVAL": "0.2",
     }
-    thresholds_only = logs / "rules-thresholds-only.yaml"
-    thresholds_only.write_text(
-        yaml.safe_dump(without_detectors(yaml.safe_load(DEFAULT_RULES_FILE.read_text())))
-    )
+    plain_rules = logs / "rules-thresholds-only.yaml"
+    plain_rules.write_text(yaml.safe_dump(thresholds_only(yaml.safe_load(DEFAULT_RULES_FILE.read_text()))))
     results: dict[str, dict[str, float]] = {}
-    for label, rules_file in (
-        ("thresholds only", thresholds_only),
-        ("every detector on", DEFAULT_RULES_FILE),
-    ):
+    for label, rules_file in (("thresholds only", plain_rules), ("every detector on", DEFAULT_RULES_FILE)):
         trials = []
         for trial in range(args.trials):
             group = f"bench-process-{run}-{len(results)}-{trial}"

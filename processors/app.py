@@ -335,6 +335,7 @@ class WatermarkEmitter:
         self._counts: tuple[int, int] | None = None  # (source partitions, sink partitions)
         self._counts_at = float("-inf")
         self._counting: asyncio.Task[None] | None = None
+        self._disturbed_at = float("-inf")  # the last time Kafka did not ack a watermark round
 
     def processed(self, records: Sequence[KafkaRecord], batch: ReadingBatch) -> None:
         """A batch's records are done and its output acked: move their partitions forward."""
@@ -355,10 +356,12 @@ class WatermarkEmitter:
         if self._inflight is not None:
             if not self._inflight.done():
                 self.progress.disturbed(now=now)
+                self._disturbed_at = now
                 self.log.warning("watermarks_unacked", seconds=self.settings.watermark_interval)
                 return
             if not self._inflight.cancelled() and self._inflight.exception() is not None:
                 self.progress.disturbed(now=now)
+                self._disturbed_at = now
                 self.log.warning("watermarks_failed", error=repr(self._inflight.exception()))
             self._inflight = None
         if self._counts is None:
@@ -385,7 +388,11 @@ class WatermarkEmitter:
             self.log.debug("watermarks_sent", marks=len(marks), partitions=sink_partitions)
 
     def caught_up(self, partition: int) -> bool:
-        """Whether everything in ``partition`` up to its end has been processed."""
+        """Whether everything in ``partition`` up to its end has been processed, as far as a
+        Kafka that answered throughout the last ``ingest_silent_after`` seconds can tell: through
+        an outage the partition's end is stale, and the silence is the pipeline's, not the fleet's."""
+        if self.clock() - self._disturbed_at < self.settings.ingest_silent_after:
+            return False
         return self._caught_up(partition, self.progress.next_offset(partition), None)
 
     def _caught_up(self, partition: int, next_offset: int | None, position: int | None) -> bool:

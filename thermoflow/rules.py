@@ -339,6 +339,26 @@ class _DetectorsSpec(msgspec.Struct, forbid_unknown_fields=True):
     outlier: _OutlierSpec | None = None
 
 
+#: The keys of a rule (or the default) that configure device detectors.
+DETECTOR_KEYS: Final = frozenset(field.name for field in msgspec.structs.fields(_DetectorsSpec))
+
+
+def thresholds_only(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A rules file's content (as YAML loads it) without any detector keys: thresholds only.
+
+    >>> thresholds_only({"rules": [{"id": "r", "offline_after": 30, "above": {"critical": 1}}]})
+    {'rules': [{'id': 'r', 'above': {'critical': 1}}]}
+    """
+
+    def strip(rule: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in rule.items() if key not in DETECTOR_KEYS}
+
+    found = {**raw, "rules": [strip(rule) for rule in raw.get("rules", [])]}
+    if "default" in raw:
+        found["default"] = strip(raw["default"])
+    return found
+
+
 class _RuleSpec(_DetectorsSpec, forbid_unknown_fields=True, kw_only=True):
     id: _Id
     devices: _Glob | Annotated[list[_Glob], msgspec.Meta(min_length=1)]

@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import ROOT, Endpoints, unique_name
+from tests.support.rules import thresholds_only_rules
 from thermoflow import db
 from thermoflow.pipeline_run import PipelineRun
 from thermoflow.stack.services import Kafka
@@ -51,6 +52,7 @@ class Fleet:
             now = time.time()
             for device in [BREACHING, *NORMAL]:
                 value = -10.0 if device == BREACHING and self.breaching else -20.0
+                value += 0.3 * (int(now) % 2)  # a live sensor's wobble: a constant one is stuck
                 payload = json.dumps({"value": value, "ts": now})
                 self._client.publish(f"{self.prefix}/{device}/temperature", payload, qos=1)
                 self.published += 1
@@ -100,6 +102,10 @@ async def test_a_kafka_outage_does_not_make_incidents_resolve_and_refire(
         resolve_after=RESOLVE_AFTER,
     )
     run.names.update({"THERMOFLOW_IDLE_AFTER": "3", "THERMOFLOW_WATERMARK_INTERVAL": "0.5"})
+    # Threshold incidents only: the jump back to normal would also be a rate incident.
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    rules = thresholds_only_rules(run.workdir / "rules.yaml")
+    run.names["THERMOFLOW_RULES_FILE"] = str(rules)
     try:
         await run.start()
         with Fleet(endpoints, run.mqtt_prefix) as fleet:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from tests.conftest import unique_name
 from tests.integration.alerts.helpers import eventually, running
 from tests.integration.processors.conftest import ProcessorRig, reading
+from tests.support.rules import thresholds_only_rules
 from thermoflow import db
 from thermoflow.alerts.notifier import Notifier
 from thermoflow.alerts.settings import AlertsSettings
@@ -60,9 +61,10 @@ async def publishing(rig: ProcessorRig, breaching: dict[str, bool]) -> AsyncIter
     async def publish() -> None:
         while True:
             now = time.time()
-            value = -10.0 if breaching["on"] else -20.0
+            wobble = 0.3 * (int(now) % 2)  # a live sensor's: a constant one is stuck (a detector fires)
+            value = (-10.0 if breaching["on"] else -20.0) + wobble
             await rig.send_readings(
-                [reading(BREACHING, value, now)] + [reading(d, -20.0, now) for d in NORMAL]
+                [reading(BREACHING, value, now)] + [reading(d, -20.0 + wobble, now) for d in NORMAL]
             )
             await asyncio.sleep(0.25)
 
@@ -91,6 +93,7 @@ async def test_a_stopped_processor_does_not_make_incidents_resolve_and_refire(
     rig: ProcessorRig, settings: ThermoflowSettings
 ) -> None:
     db.migrate(settings)
+    thresholds_only_rules(rig.rules_file)  # the jump back to normal would also be a rate incident
     receiver = WebhookReceiver()
     await receiver.start()
     config = _alerts_settings(settings, rig, receiver)
