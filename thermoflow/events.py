@@ -23,9 +23,8 @@ from thermoflow import topics
 SCHEMA_VERSION: Final = 1
 
 Severity = Literal["warning", "critical"]
-Condition = Literal[
-    "above",
-    "below",
+#: The conditions other than the thresholds' ``above``/``below``: each is its own incident kind.
+KindCondition = Literal[
     "offline",
     "stuck",
     "rate",
@@ -35,19 +34,10 @@ Condition = Literal[
     "consumer_lag",
     "breaker_open",
 ]
+Condition = Literal["above", "below"] | KindCondition
 Stage = Literal["ingest", "processors", "alerts"]
 #: What an incident is one of, per (device, rule): ``threshold`` for ``above``/``below``, else the condition.
-IncidentKind = Literal[
-    "threshold",
-    "offline",
-    "stuck",
-    "rate",
-    "outlier",
-    "ingest_silent",
-    "deadletter_rate",
-    "consumer_lag",
-    "breaker_open",
-]
+IncidentKind = Literal["threshold"] | KindCondition
 #: Conditions that end when data comes back (a :class:`Clear`), not after quiet time.
 CLEARED_CONDITIONS: Final[frozenset[Condition]] = frozenset({"offline", "ingest_silent"})
 

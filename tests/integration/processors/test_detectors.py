@@ -65,6 +65,14 @@ async def read_state(rig: ProcessorRig, until: Callable[[list[ConsumerRecord]], 
     await rig.records(topic, until=until, timeout=90)
 
 
+async def stuck_until(rig: ProcessorRig, moment: float) -> list[AlertEvent]:
+    """The stuck alerts, once every STUCK device has one for a reading at ``moment`` or later."""
+    return await rig.alerts(
+        until=lambda found: {a.device_id for a in found if a.reading_ts >= moment} >= STUCK,
+        conditions=("stuck",),
+    )
+
+
 def stuck_alerts(alerts: list[AlertEvent]) -> dict[str, list[AlertEvent]]:
     found: dict[str, list[AlertEvent]] = defaultdict(list)
     for alert in alerts:
@@ -92,12 +100,8 @@ async def test_stuck_run_survives_a_worker_restart(rig: ProcessorRig) -> None:
 
     rig.start()
     await send_seconds(rig, range(40, 80), start=start)
-    alerts = await rig.alerts(
-        until=lambda found: {a.device_id for a in found if a.reading_ts >= start + 79} >= STUCK,
-        conditions=("stuck",),
-    )
     # Without the run carried over the restart, 40..79 s is 39 s stuck: no alert at all.
-    assert_runs_kept(alerts, start=start)
+    assert_runs_kept(await stuck_until(rig, start + 79), start=start)
 
 
 async def test_stuck_state_follows_partitions_from_one_worker_to_two_and_back(rig: ProcessorRig) -> None:
@@ -120,11 +124,7 @@ async def test_stuck_state_follows_partitions_from_one_worker_to_two_and_back(ri
 
     assert second.stop() == 0
     await send_seconds(rig, range(55, 80), start=start)
-    alerts = await rig.alerts(
-        until=lambda found: {a.device_id for a in found if a.reading_ts >= start + 79} >= STUCK,
-        conditions=("stuck",),
-    )
-    assert_runs_kept(alerts, start=start)
+    assert_runs_kept(await stuck_until(rig, start + 79), start=start)
 
 
 async def test_offline_on_event_time_then_cleared_when_the_device_is_back(rig: ProcessorRig) -> None:
