@@ -116,13 +116,15 @@ class DeviceDetectors:
         if not len(cols.device_ids):
             return emits
         rule_rows = rules.rule_indices(cols.device_ids, cols.metrics)  # NO_RULE (-1): the all-off row
-        on = self._on[rule_rows]
+        # The pairs some detector watches, on partitions whose state is here (one revoked while
+        # its state was being read is left to its new owner): renumbered 0..n-1, with their readings.
+        owned = self.store.owned(batch.partition)
+        on = self._on[rule_rows] & (np.bincount(cols.pair[owned], minlength=len(rule_rows)) > 0)
         if not on.any():
             return emits
-        # Only the pairs some detector watches: renumbered 0..n-1, with their readings.
         pairs = np.flatnonzero(on)
         number = np.cumsum(on) - 1
-        mine = np.flatnonzero(on[cols.pair])
+        mine = np.flatnonzero(on[cols.pair] & owned)
         # Pairs are numbered in first-seen order: a pair's first reading raises the running maximum.
         seen = cols.pair[mine]
         first = np.flatnonzero(np.r_[True, seen[1:] > np.maximum.accumulate(seen)[:-1]])

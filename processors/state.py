@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
@@ -134,6 +135,7 @@ class StateStore:
         self.topic = topic
         self.table = StateTable()
         self._loaded: set[int] = set()
+        self._revocations: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -141,10 +143,21 @@ class StateStore:
     def loaded(self) -> list[int]:
         return sorted(self._loaded)
 
+    def owned(self, partitions: I64) -> npt.NDArray[np.bool_]:
+        """Per partition: is its state loaded here (not revoked since)?"""
+        owned: npt.NDArray[np.bool_] = np.isin(partitions, list(self._loaded))
+        return owned
+
+    def mark_loaded(self, partitions: Collection[int]) -> None:
+        """Take these partitions' state as loaded, empty: for a store fed only through its table."""
+        self._loaded |= set(partitions)
+
     def revoked(self, partitions: Collection[int]) -> None:
         gone = self._loaded & set(partitions)
         self.table.drop(gone)
         self._loaded -= gone
+        for partition in partitions:  # a load under way must not mark these loaded (their state moves on)
+            self._revocations[partition] = self._revocations.get(partition, 0) + 1
 
     async def load(self, partitions: Collection[int]) -> list[int]:
         """Read the state of the partitions not loaded yet; returns those it read.
@@ -156,11 +169,13 @@ class StateStore:
             missing = sorted(set(partitions) - self._loaded)
             if not missing:
                 return []
+            revocations = {p: self._revocations.get(p, 0) for p in missing}
             async for attempt in AsyncRetrying(
                 wait=wait_exponential(multiplier=0.5, max=10.0), before_sleep=self._retrying
             ):
                 with attempt:
                     found = await self._read(missing)
+            missing = [p for p in missing if self._revocations.get(p, 0) == revocations[p]]
             for partition in missing:
                 unreadable = self.table.load(partition, found[partition])
                 if unreadable:

@@ -32,6 +32,7 @@ def rules(text: str = RULES) -> CompiledRules:
 
 def detectors(*, silent_after: float = 60.0) -> DeviceDetectors:
     store = StateStore(ThermoflowSettings(), topic="state")
+    store.mark_loaded(range(8))  # as after load(): the batches here use partitions 0..7
     return DeviceDetectors(store, source_topic=TOPIC, ingest_silent_after=silent_after, clock=lambda: 0.0)
 
 
@@ -187,12 +188,22 @@ def test_every_partition_silent_is_one_fleet_alert() -> None:
 
 def test_revoked_partitions_forget_their_state() -> None:
     found = detectors()
-    found.store._loaded |= {1, 4}  # as after load([1, 4])
     found.check(batch([("rack-1", 5.0, 10.0, 4), ("rack-2", 5.0, 10.0, 1)]), rules())
     found.revoked([4])
     assert found.store.table.get(state_key("rack-1", "temperature")) is None
     assert found.store.table.get(state_key("rack-2", "temperature")) is not None
-    assert found.store.loaded() == [1]
+    assert 4 not in found.store.loaded() and 1 in found.store.loaded()
     assert [str(found.store.table.keys[r]) for r in found.store.table.changed()[0]] == [
         state_key("rack-2", "temperature")
     ], "a revoked partition's state is not written by this worker any more"
+
+
+def test_a_partition_whose_state_is_not_here_is_left_to_its_owner() -> None:
+    """Revoked while its state was being read: no state of its own is made up and written."""
+    found = detectors()
+    found.revoked([3])
+    readings = seconds(["rack-stuck"], range(0, 90), partition=3) + seconds(["rack-a"], range(0, 90))
+    emitted = alerts(found.check(batch(readings), rules()))
+    assert {a.device_id for a in emitted} == set(), "rack-a is not stuck; rack-stuck is not ours"
+    assert found.store.table.get(state_key("rack-stuck", "temperature")) is None
+    assert found.store.table.get(state_key("rack-a", "temperature")) is not None
