@@ -238,14 +238,15 @@ def apply_clear(incident: Incident | None, clear: Clear) -> tuple[Incident | Non
 
     Only an open incident of the clear's kind that opened at or before ``since`` (the last reading
     before the silence): a clear of an older silence, replayed or late, must not end a newer
-    one. A replayed clear of a resolved incident changes nothing.
+    one. A replayed clear of a resolved incident changes nothing. Times compare at microseconds:
+    an incident read back from PostgreSQL has its ``opened_at`` rounded to them.
     """
     if (
         incident is None
         or not incident.is_open
         or not incident.clears_on_data
         or incident.kind != incident_kind(clear.condition)
-        or incident.opened_at > clear.since
+        or round(incident.opened_at, 6) > round(clear.since, 6)  # the store keeps microseconds
     ):
         return incident, []
     resolved = msgspec.structs.replace(incident, resolved_at=clear.cleared_at, seq=incident.seq + 1)

@@ -85,7 +85,10 @@ def ingest_silent(
 
     A partition never heard from (NaN watermark) is not judged: there is no evidence to
     date the silence by. A lagging partition is the consumer's problem (``consumer_lag``),
-    not the ingest's.
+    not the ingest's. A partition is singled out only while another one was heard from within
+    ``silent_after / 2`` (or has readings waiting): when a whole fleet stops, its partitions
+    cross ``silent_after`` a moment apart, and that is one fleet-wide detection, not one per
+    partition first.
 
     >>> ingest_silent(now=100.0, partitions=np.array([0, 1]), watermark=np.array([50.0, 99.0]),
     ...               caught_up=np.array([True, True]), silent_after=30.0)
@@ -93,11 +96,16 @@ def ingest_silent(
     >>> ingest_silent(now=100.0, partitions=np.array([0, 1]), watermark=np.array([50.0, 60.0]),
     ...               caught_up=np.array([True, True]), silent_after=30.0)
     [IngestSilence(partition=None, silent_for=40.0, since=60.0, silent_after=30.0)]
+    >>> ingest_silent(now=100.0, partitions=np.array([0, 1]), watermark=np.array([69.0, 80.0]),
+    ...               caught_up=np.array([True, True]), silent_after=30.0)  # partition 1 is fading too
+    []
     """
     silent = caught_up & (now - watermark >= silent_after)
     if silent.size and silent.all():
         since = float(watermark.max())
         return [IngestSilence(partition=None, silent_for=now - since, since=since, silent_after=silent_after)]
+    if not ((now - watermark < silent_after / 2) | ~caught_up).any():
+        return []  # nothing heard lately, nothing waiting: the whole fleet is falling silent
     return [
         IngestSilence(
             partition=int(partitions[at]),

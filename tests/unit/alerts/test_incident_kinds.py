@@ -18,6 +18,8 @@ from thermoflow.alerts.lifecycle import (
     IncidentKey,
     Policy,
     StoredIncident,
+    apply_breach,
+    apply_clear,
     fold_events,
     incident_id,
 )
@@ -169,6 +171,18 @@ def test_a_clear_of_an_older_silence_does_not_end_a_newer_incident() -> None:
                                                     rule_id="other"), now=2_100.0) == []  # fmt: skip
     [incident] = tracker.incidents.values()
     assert incident.is_open
+
+
+def test_a_clear_ends_an_incident_read_back_from_the_store_at_microseconds() -> None:
+    """PostgreSQL keeps microseconds: an incident reloaded from the store has ``opened_at``
+    rounded, possibly up, past the clear's exact ``since``."""
+    since = 1_796_004_243.2882779
+    incident, _ = apply_breach(None, offline("f", since), policy=POLICY, now=since + 31)
+    stored = msgspec.structs.replace(incident, opened_at=round(since, 6))
+    assert stored.opened_at > since
+    resolved, transitions = apply_clear(stored, clear("f", since=since, cleared_at=since + 60))
+    assert [t.kind for t in transitions] == ["resolve"] and resolved is not None
+    assert resolved.resolved_at == since + 60
 
 
 def test_a_threshold_incident_still_resolves_by_quiet_time_beside_an_open_offline_one() -> None:
