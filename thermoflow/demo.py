@@ -24,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from thermoflow import db
+from thermoflow.alerts.notification import describe as describe_condition
 from thermoflow.component import STOP_SIGNALS
 from thermoflow.observe import KafkaObserver, kafka_observer
 from thermoflow.pipeline_run import PipelineRun
@@ -34,6 +35,9 @@ from thermoflow.webhook_receiver import Delivery
 REFRESH_S = 1.0
 RESOLVE_AFTER_S = 20.0  # a demo is short: incidents resolve after 20 quiet seconds, not 5 minutes
 DRAIN_TIMEOUT_S = 90.0
+#: The summary's threshold row: the vectorized threshold check against its scalar reference, not how
+#: much of what went wrong with the fleet was caught (that is the ``anomalies caught`` rows).
+THRESHOLD_CHECK = "threshold alerts precision / recall (vs scalar rules)"
 
 
 @dataclass
@@ -67,7 +71,8 @@ def query_database(
                 conn, "SELECT count(*) FROM alert_events WHERE detected_at >= to_timestamp(%s)", since
             )
             open_incidents = conn.execute(
-                "SELECT device_id, rule_id, severity, status, peak_value FROM incidents"
+                "SELECT device_id, rule_id, kind, severity, status, condition, peak_value, threshold, metric"
+                " FROM incidents"
                 " WHERE status <> 'resolved' ORDER BY severity DESC, opened_at DESC LIMIT 12"
             ).fetchall()
             opened = _scalar(
@@ -94,9 +99,20 @@ async def take_sample(run: PipelineRun, observer: KafkaObserver, since: float) -
 
 
 def describe(delivery: Delivery) -> str:
+    """One notification in a line: what happened to which incident, its worst value in its kind's unit."""
     n = delivery.json if isinstance(delivery.json, dict) else {}
-    fields = ("transition", "severity", "device_id", "rule_id", "peak_value")
-    return " ".join(str(n[k]) for k in fields if k in n) or delivery.body.decode(errors="replace")[:80]
+    fields = ("transition", "severity", "device_id", "rule_id")
+    words = [str(n[k]) for k in fields if k in n]
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        words.append(
+            describe_condition(
+                condition=n["condition"],
+                value=float(n["peak_value"]),
+                threshold=float(n["threshold"]),
+                metric=str(n.get("metric", "temperature")),
+            )
+        )
+    return " ".join(words) or delivery.body.decode(errors="replace")[:80]
 
 
 def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: str) -> Group:
@@ -121,10 +137,23 @@ def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: 
     lag = Table("consumer group", "lag", title="consumer lag", expand=True)
     for group, behind in sorted(sample.lag.items()):
         lag.add_row(group, f"{behind:,}")
-    incidents = Table("device", "rule", "severity", "status", "peak °C", title="open incidents", expand=True)
-    for device_id, rule_id, severity, status, peak in sample.open_incidents:
+    incidents = Table(
+        "device", "rule", "kind", "severity", "status", "worst", title="open incidents", expand=True
+    )
+    for (
+        device_id,
+        rule_id,
+        kind,
+        severity,
+        status,
+        condition,
+        peak,
+        threshold,
+        metric,
+    ) in sample.open_incidents:
         style = "bold red" if severity == "critical" else "yellow"
-        incidents.add_row(device_id, rule_id, f"[{style}]{severity}[/]", status, f"{peak:.1f}")
+        worst = describe_condition(condition=condition, value=peak, threshold=threshold, metric=metric)
+        incidents.add_row(device_id, rule_id, kind, f"[{style}]{severity}[/]", status, worst)
     notes = Table("time", "notification", title="latest notifications", expand=True)
     for delivery in run.receiver.deliveries[-8:][::-1]:
         notes.add_row(time.strftime("%H:%M:%S", time.localtime(delivery.received_at)), describe(delivery))
@@ -230,7 +259,7 @@ def summarize(report: dict[str, Any], final: Sample, *, notifications: int, work
         "dead letters (malformed on purpose)": (delivery.get("deadletter") or {}).get("received"),
         "incidents opened / resolved": f"{final.opened} / {final.resolved}",
         "notifications": notifications,
-        "alert precision / recall": f"{alerts.get('precision')} / {alerts.get('recall')}",
+        THRESHOLD_CHECK: f"{alerts.get('precision')} / {alerts.get('recall')}",
         **detection_summary(report.get("anomaly_detection")),
         "p99 publish -> stored row": f"{stored_latency.get('p99_ms')} ms",
         "logs and report": str(workdir),
