@@ -448,13 +448,42 @@ def test_alerts_become_incidents_like_the_store_opens_them() -> None:
     ]
     incidents = incidents_from_alerts(alerts, gap=30.0)
     assert incidents == [
-        Incident("d-1", "above", 100.2),
+        Incident("d-1", "above", 100.2, later=(110.2,)),
         Incident("d-1", "rate", 111.2),
         Incident("d-2", "offline", 180.0),
         Incident("d-2", "offline", 190.0),
         Incident("d-1", "above", 200.2),
         Incident("d-1", "above", 205.2),
     ]
+
+
+def test_an_anomaly_adding_to_an_incident_already_open_on_its_device_is_detected_by_that_alert() -> None:
+    # Seen on 1,000 devices x 30 min: a spike while a drift's threshold incident was open on the
+    # device. The store keeps one open incident per (device, rule, kind): the spike's alert joins it.
+    spike = _anomaly("spike", start_at=1000.0, duration_s=1.0, crossed=True)
+    alerts = [
+        _alert("freezer-0001", "above", 980.0, rule="freezer"),  # the drift's breach opens the incident
+        _alert("freezer-0001", "above", 1000.0, rule="freezer"),  # the spike's breach, 20 s later
+    ]
+    incidents = incidents_from_alerts(alerts, gap=30.0)
+    assert len(incidents) == 1
+    found = score_detection(
+        anomalies=[spike], detectable=[True], incidents=incidents, grace_s=GRACE, device_hours=1.0
+    )
+    assert found["total"]["detected"] == 1
+    assert found["total"]["delay"]["max_ms"] == pytest.approx(200.0)  # its own alert's detected_at
+    # An open incident that took no alert in the anomaly's window detects nothing.
+    before = incidents_from_alerts(alerts[:1], gap=30.0)
+    missed = score_detection(
+        anomalies=[spike], detectable=[True], incidents=before, grace_s=GRACE, device_hours=1.0
+    )
+    assert missed["total"]["detected"] == 0
+    # Nor does one of a kind the anomaly's kind does not accept.
+    stuck = _anomaly("stuck", start_at=1000.0, duration_s=90.0)
+    other = score_detection(
+        anomalies=[stuck], detectable=[True], incidents=incidents, grace_s=GRACE, device_hours=1.0
+    )
+    assert other["total"]["detected"] == 0
 
 
 # -- the table --------------------------------------------------------------------------------------
