@@ -54,6 +54,9 @@ class Stored:
     open_incidents: list[tuple[Any, ...]] = field(default_factory=list)
     opened: int = 0  # device incidents opened since the run began
     resolved: int = 0  # of those, the resolved ones
+    # Of those, the open ones as "device kind", offline last: an offline incident ends only when its
+    # device publishes again, so one whose dropout outlasted the fleet stays open.
+    still_open: list[str] = field(default_factory=list)
     pipeline: int = 0  # pipeline incidents opened since the run began: ingest_silent once the fleet stops
 
 
@@ -95,9 +98,20 @@ def query_database(settings: ThermoflowSettings, since: float) -> Stored:
             opened = _scalar(conn, f"{since_run} = ANY(%s)", since, kinds)
             resolved = _scalar(conn, f"{since_run} = ANY(%s) AND status = 'resolved'", since, kinds)
             pipeline = _scalar(conn, f"{since_run} <> ALL(%s)", since, kinds)
+            still_open = [
+                f"{device_id} {kind}"
+                for device_id, kind in conn.execute(
+                    "SELECT device_id, kind FROM incidents WHERE opened_at >= to_timestamp(%s)"
+                    " AND kind = ANY(%s) AND status <> 'resolved' ORDER BY kind = 'offline', opened_at",
+                    (since, kinds),
+                )
+            ]
     except psycopg.Error:
         return Stored()  # tables not there yet: the consumers are still starting
-    return Stored(stored, alerts_stored, open_incidents, opened, resolved, pipeline)
+    return Stored(
+        readings=stored, alerts=alerts_stored, open_incidents=open_incidents, opened=opened,
+        resolved=resolved, still_open=still_open, pipeline=pipeline,
+    )  # fmt: skip
 
 
 async def take_sample(run: PipelineRun, observer: KafkaObserver, since: float) -> Sample:
@@ -258,13 +272,22 @@ def demo_run(settings: ThermoflowSettings, workdir: Path) -> PipelineRun:
 
 
 async def settle(run: PipelineRun, observer: KafkaObserver, since: float, stop: asyncio.Event) -> None:
-    """Let the consumers catch up (lag 0) and this run's incidents resolve, unless interrupted."""
+    """Let the consumers catch up (lag 0) and this run's incidents resolve, unless interrupted.
+
+    Offline incidents are not waited for: a device whose dropout outlasted the fleet never comes back.
+    """
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while not stop.is_set() and time.monotonic() < deadline:
         sample = await take_sample(run, observer, since)
-        if sample.lag and not any(sample.lag.values()) and sample.stored.opened == sample.stored.resolved:
+        if sample.lag and not any(sample.lag.values()) and not _resolving(sample.stored.still_open):
             return
         await asyncio.sleep(REFRESH_S)
+
+
+def _resolving(still_open: list[str]) -> list[str]:
+    """The open incidents that will resolve by quiet time: all but offline ones (those wait for their
+    device, which may have stopped for good with the fleet; a device back clears its own at once)."""
+    return [incident for incident in still_open if not incident.endswith(" offline")]
 
 
 def summarize(report: dict[str, Any], final: Sample, *, notifications: int, workdir: Path) -> dict[str, Any]:
@@ -279,6 +302,7 @@ def summarize(report: dict[str, Any], final: Sample, *, notifications: int, work
         "readings lost / doubled": f"{database.get('lost')} / {database.get('duplicates')}",
         "dead letters (malformed on purpose)": (delivery.get("deadletter") or {}).get("received"),
         "incidents opened / resolved": f"{final.stored.opened} / {final.stored.resolved}",
+        "device incidents still open": ", ".join(final.stored.still_open[:12]) or "none",
         "pipeline incidents (ingest silent once the fleet stopped)": final.stored.pipeline,
         "notifications": notifications,
         THRESHOLD_CHECK: f"{alerts.get('precision')} / {alerts.get('recall')}",
