@@ -10,7 +10,9 @@ device's rule: the same :class:`~thermoflow.rules.DetectorConfig` the processors
 same rules file by :mod:`thermoflow.rules` (:func:`rule_detectors`).
 
 The predicates leave out what no detector can see: a spike smaller than the noise, a
-dropout shorter than ``offline_after``, a stuck period shorter than ``stuck.for``. Recall is
+dropout shorter than ``offline_after``, a stuck period shorter than ``stuck.for``, and what
+a dropout of the same device hid (a stuck period or a drift judged only by the readings the
+device published, a dropout starting inside another one). Recall is
 reported over all injected anomalies too, so a predicate that is too lenient shows as a gap
 between the two recalls, and one that is too strict cannot hide a miss.
 """
@@ -25,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermoflow.rules import NO_DETECTORS_CONFIG as OFF
-from thermoflow.rules import DetectorConfig, RuleSet
+from thermoflow.rules import WINDOW_BUCKETS, DetectorConfig, RuleSet
 from thermoflow.simulator.anomalies import Anomaly, Kind
 
 Floats = NDArray[np.float64]
@@ -36,25 +38,37 @@ SCORED_KINDS: Final[tuple[Kind, ...]] = ("spike", "drift", "stuck", "dropout", "
 
 PREDICATES: Final[dict[Kind, str]] = {
     "spike": (
-        "a reading of it crosses a threshold (ground truth); or the rule has `outlier`, |magnitude| >"
-        " k x the profile's noise_sigma with k = the rule's lowest outlier score, |magnitude| >"
+        "a reading of it crosses a threshold (ground truth); or the rule has `outlier`, the device"
+        " published it (not silent in a dropout), |magnitude| > k x the profile's noise_sigma with"
+        " k = the rule's lowest outlier score, |magnitude| >"
         " outlier.min_abs_deviation, and it starts at least outlier.window into the run"
     ),
     "drift": (
         "a reading of it crosses a threshold (ground truth); or the rule has `rate`,"
-        " 60 x |magnitude| / max(duration_s, rate.window) > the rule's lowest rate limit (degC/min),"
-        " and the device has published for at least rate.window by the drift's end"
+        " 60 x (|magnitude| - 2 x the profile's noise_sigma) / max(published_s, rate.window + step) >"
+        " the rule's lowest rate limit (degC/min), step being the detectors' history bucket (the longer"
+        " of the rate and outlier windows / 32: the rate is measured over at least rate.window and less"
+        " than rate.window + step),"
+        " and the device has published for at least rate.window by the drift's end; magnitude is the"
+        " offset at its last published reading, published_s the seconds from its first published"
+        " reading to one period after its last (a dropout of the device can silence part of it)"
     ),
     "stuck": (
-        "the rule has `stuck` and its stuck readings span at least stuck.for:"
-        " duration_s - 1/rate >= stuck.for"
+        "the rule has `stuck` and its published stuck readings span at least stuck.for:"
+        " published_s - 1/rate >= stuck.for (published_s as for drift: a dropout can silence part of it)"
     ),
     "dropout": (
         "the rule has `offline_after`, duration_s >= offline_after (the device is silent"
-        " duration_s + 1/rate between readings), and the device published before it"
+        " duration_s + 1/rate between readings), the device published before it, and it began a"
+        " silence (it did not start inside another dropout of the device: one silence, one incident)"
     ),
     "flapping": "a reading of it crosses a threshold (ground truth)",
 }
+
+
+#: A drift's offset must beat its rate limit by this many noise sigmas: one that beats it only by
+#: the noise is a coin toss for any detector.
+DRIFT_NOISE_SIGMAS: Final = 2.0
 
 
 class InjectedAnomaly(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,15 +84,37 @@ class InjectedAnomaly(msgspec.Struct, frozen=True, kw_only=True):
     period_s: float  # seconds between a device's readings (1 / rate)
     noise_sigma: float  # °C, the profile's stationary noise
     crossed: bool  # a reading published during it breached a threshold
+    # A dropout of the same device can silence part of it. Seconds from its first published reading
+    # to one period after its last (0: the device published none of it; None: all of it, duration_s).
+    published_s: float | None = None
+    # A dropout that starts while the device is already silent in another one begins no silence of
+    # its own: one silence, one offline incident, which the first dropout is scored on.
+    shadowed: bool = False
 
     @property
     def end_at(self) -> float:
         return self.start_at + self.duration_s
 
+    @property
+    def readings_s(self) -> float:
+        """Seconds of it the device published: ``published_s``, or ``duration_s`` when that is None."""
+        return self.duration_s if self.published_s is None else self.published_s
+
 
 def rule_detectors(rules: RuleSet) -> dict[str, DetectorConfig]:
     """The detectors of each rule (the default too), by rule id: what the predicates judge by."""
     return {rule.id: rule.detectors for rule in rules.rules}
+
+
+def history_step(detectors: DetectorConfig) -> float:
+    """Seconds between the readings rate and outlier keep (0: neither is on): the longer window / 32.
+
+    >>> from thermoflow.rules import RateConfig
+    >>> history_step(DetectorConfig(rate=RateConfig(window=64.0, limits={"warning": 1.0})))
+    2.0
+    """
+    windows = [c.window for c in (detectors.rate, detectors.outlier) if c is not None]
+    return max(windows) / WINDOW_BUCKETS if windows else 0.0
 
 
 def detectable(anomaly: InjectedAnomaly, detectors: DetectorConfig) -> bool:
@@ -94,6 +130,7 @@ def detectable(anomaly: InjectedAnomaly, detectors: DetectorConfig) -> bool:
         outlier = d.outlier
         return a.crossed or (
             outlier is not None
+            and a.readings_s > 0
             and abs(a.magnitude) > outlier.lowest * a.noise_sigma
             and abs(a.magnitude) > outlier.min_abs_deviation
             and a.start_s >= outlier.window
@@ -102,13 +139,22 @@ def detectable(anomaly: InjectedAnomaly, detectors: DetectorConfig) -> bool:
         rate = d.rate
         return a.crossed or (
             rate is not None
-            and 60.0 * abs(a.magnitude) / max(a.duration_s, rate.window) > rate.lowest
+            and a.readings_s > 0
+            and 60.0
+            * (abs(a.magnitude) - DRIFT_NOISE_SIGMAS * a.noise_sigma)
+            / max(a.readings_s, rate.window + history_step(d))
+            > rate.lowest
             and a.start_s + a.duration_s >= rate.window
         )
     if a.kind == "stuck":
-        return d.stuck is not None and a.duration_s - a.period_s >= d.stuck.stuck_for
+        return d.stuck is not None and a.readings_s - a.period_s >= d.stuck.stuck_for
     if a.kind == "dropout":
-        return d.offline_after is not None and a.duration_s >= d.offline_after and a.start_s >= a.period_s
+        return (
+            d.offline_after is not None
+            and a.duration_s >= d.offline_after
+            and a.start_s >= a.period_s
+            and not a.shadowed
+        )
     if a.kind == "flapping":
         return a.crossed
     return False
@@ -145,7 +191,7 @@ def crossed(
 
 
 def _reached(anomaly: Anomaly, ticks: int) -> float:
-    """The magnitude the run published: a drift ramps to its magnitude over its whole duration."""
+    """The magnitude reached before tick ``ticks``: a drift ramps to its magnitude over its whole duration."""
     if anomaly.kind != "drift" or anomaly.end <= ticks:
         return anomaly.magnitude
     published = max(1, ticks - anomaly.start)
@@ -183,18 +229,59 @@ def injected_anomalies(
         devices=devices, start_at=starts, end_at=starts + durations + period,
         breach_devices=breach_devices, breach_ts=breach_ts,
     )  # fmt: skip
-    return [
-        InjectedAnomaly(
-            kind=a.kind,
-            device_id=device_ids[a.device],
-            rule_id=rule_ids[a.device],
-            start_at=t,
-            duration_s=float(duration),
-            magnitude=_reached(a, ticks),
-            start_s=a.start * period,
-            period_s=period,
-            noise_sigma=float(noise_sigma[a.device]),
-            crossed=bool(h),
+    silences: dict[int, list[tuple[int, int, int]]] = {}  # per device, its dropouts' (ticks [start, end), n)
+    for n, (a, _) in enumerate(kept):
+        if a.kind == "dropout":
+            silences.setdefault(a.device, []).append((a.start, min(a.end, ticks), n))
+    scored = []
+    for n, ((a, t), duration, h) in enumerate(zip(kept, durations.tolist(), hit.tolist(), strict=True)):
+        silent = silences.get(a.device, [])
+        shadowed = False
+        published_s: float | None = None
+        last = min(a.end, ticks)  # one past the last tick published
+        if (
+            a.kind == "dropout"
+        ):  # inside another dropout: that one (the earlier, or first listed) began the silence
+            shadowed = any(s < a.start < e or (s == a.start and other < n) for s, e, other in silent)
+        else:
+            span = published_span(a.start, min(a.end, ticks), [(s, e) for s, e, _ in silent])
+            if span is None:
+                published_s = 0.0
+            elif span != (a.start, last - 1):
+                published_s = (span[1] - span[0] + 1) * period
+                last = span[1] + 1
+        scored.append(
+            InjectedAnomaly(
+                kind=a.kind,
+                device_id=device_ids[a.device],
+                rule_id=rule_ids[a.device],
+                start_at=t,
+                duration_s=float(duration),
+                magnitude=_reached(a, last),
+                start_s=a.start * period,
+                period_s=period,
+                noise_sigma=float(noise_sigma[a.device]),
+                crossed=bool(h),
+                published_s=published_s,
+                shadowed=shadowed,
+            )
         )
-        for (a, t), duration, h in zip(kept, durations.tolist(), hit.tolist(), strict=True)
-    ]
+    return scored
+
+
+def published_span(start: int, end: int, silences: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first and last of the ticks ``[start, end)`` outside every silence ``[s, e)``; None if none is.
+
+    >>> published_span(10, 100, [(0, 20), (60, 200)]), published_span(10, 100, [(5, 100)])
+    ((20, 59), None)
+    """
+    first, last = start, end - 1
+    moved = True
+    while moved and first <= last:
+        moved = False
+        for s, e in silences:
+            if s <= first < e:
+                first, moved = e, True
+            if s <= last < e:
+                last, moved = s - 1, True
+    return (first, last) if first <= last else None

@@ -5,9 +5,12 @@ a plain list of incidents ``(device_id, condition, opened_at)`` in; a report sec
 
 **Detected.** An anomaly is detected when an incident whose condition is in
 :data:`ACCEPTS` for its kind was opened on its device at a time in
-``[start_at, end_at + grace_s]``. Its *delay* is the first such incident's ``opened_at``
-minus ``start_at``. An incident of another condition inside the window neither detects the
-anomaly nor counts as false (a spike that trips the rate detector is not a false alarm).
+``[start_at, end_at + grace_s]``, or when such an incident, opened before (for an earlier
+anomaly of the device), took an alert in that window: a device has one open incident per
+rule and kind, so an anomaly that comes while one is open adds to it and cannot open its
+own. Its *delay* is from ``start_at`` to the first such opening or alert. An incident of
+another condition inside the window neither detects the anomaly nor counts as false (a spike
+that trips the rate detector is not a false alarm).
 
 **False incidents** are device incidents opened on a device at a time inside no anomaly's
 window, whatever the anomaly's kind; ``per_1000_device_hours`` divides by the fleet's
@@ -56,6 +59,7 @@ class Incident(NamedTuple):
     device_id: str
     condition: str
     opened_at: float
+    later: tuple[float, ...] = ()  # the times of the alerts it took after the first, in order
 
 
 def incidents_from_alerts(alerts: Iterable[AlertEvent], *, gap: float) -> list[Incident]:
@@ -66,21 +70,27 @@ def incidents_from_alerts(alerts: Iterable[AlertEvent], *, gap: float) -> list[I
     ...     return new_alert(device_id="f-1", metric="temperature", rule_id="f", severity="warning",
     ...         condition=condition, threshold=1.0, value=2.0, reading_ts=ts, detected_at=ts + 0.5)
     >>> incidents_from_alerts([alert(10.0), alert(11.0), alert(40.0), alert(12.0, "below")], gap=20.0)
-    [Incident(device_id='f-1', condition='above', opened_at=10.5), Incident(device_id='f-1', condition='above', opened_at=40.5)]
+    [Incident(device_id='f-1', condition='above', opened_at=10.5, later=(11.5, 12.5)), Incident(device_id='f-1', condition='above', opened_at=40.5, later=())]
     """  # noqa: E501
     unique: dict[tuple[str, str], AlertEvent] = {}
     for alert in alerts:  # the condition too: today's alert_id leaves it out, and kinds may share a reading
         unique.setdefault((alert.alert_id, alert.condition), alert)
     last: dict[tuple[str, str, str], float] = {}
+    current: dict[tuple[str, str, str], int] = {}  # the index in ``found`` of each key's latest incident
     found: list[Incident] = []
+    later: list[list[float]] = []
     for alert in sorted(unique.values(), key=lambda a: a.detected_at):
         kind = "threshold" if alert.condition in ("above", "below") else alert.condition
         key = (alert.device_id, alert.rule_id, kind)
         previous = last.get(key)
         if previous is None or kind == "offline" or alert.detected_at - previous > gap:
+            current[key] = len(found)
             found.append(Incident(alert.device_id, alert.condition, alert.detected_at))
+            later.append([])
+        else:
+            later[current[key]].append(alert.detected_at)
         last[key] = alert.detected_at
-    return found
+    return [incident._replace(later=tuple(times)) for incident, times in zip(found, later, strict=True)]
 
 
 class _Windows:
@@ -106,18 +116,27 @@ class _Windows:
 
 
 def _first_detection(
-    anomaly: InjectedAnomaly, opened: Mapping[str, list[tuple[float, str]]], grace_s: float
+    anomaly: InjectedAnomaly, opened: Mapping[str, list[Incident]], grace_s: float
 ) -> float | None:
-    """The ``opened_at`` of the first accepted incident in the anomaly's window, or None."""
+    """When an accepted incident first opened, or an open one took an alert, in the anomaly's window."""
     incidents = opened.get(anomaly.device_id, [])
     accepts = ACCEPTS[anomaly.kind]
-    i = bisect.bisect_left(incidents, (anomaly.start_at, ""))
-    end = anomaly.end_at + grace_s
-    while i < len(incidents) and incidents[i][0] <= end:
-        if incidents[i][1] in accepts:
-            return incidents[i][0]
+    start, end = anomaly.start_at, anomaly.end_at + grace_s
+    first: float | None = None
+    i = bisect.bisect_left(incidents, start, key=lambda incident: incident.opened_at)
+    while i < len(incidents) and incidents[i].opened_at <= end:
+        if incidents[i].condition in accepts:
+            first = incidents[i].opened_at
+            break
         i += 1
-    return None
+    for incident in incidents[
+        : bisect.bisect_left(incidents, start, key=lambda incident: incident.opened_at)
+    ]:
+        if incident.condition in accepts and incident.later and incident.later[-1] >= start:
+            took = incident.later[bisect.bisect_left(incident.later, start)]
+            if took <= end and (first is None or took < first):
+                first = took
+    return first
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -163,12 +182,12 @@ def score_detection(
     ``incidents`` None: nothing was measured, so only the injected and detectable counts are known.
     """
     measured = incidents is not None
-    opened: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    opened: dict[str, list[Incident]] = defaultdict(list)
     device_incidents = [i for i in incidents or () if i.condition not in PIPELINE_CONDITIONS]
     for incident in device_incidents:
-        opened[incident.device_id].append((incident.opened_at, incident.condition))
-    for times in opened.values():
-        times.sort()
+        opened[incident.device_id].append(incident)
+    for found in opened.values():
+        found.sort(key=lambda incident: (incident.opened_at, incident.condition))
     judged = [
         (a, ok, _first_detection(a, opened, grace_s) if measured else None)
         for a, ok in zip(anomalies, detectable, strict=True)
@@ -189,7 +208,10 @@ def score_detection(
             "count": len(false),
             "device_hours": round(device_hours, 3),
             "per_1000_device_hours": round(len(false) / device_hours * 1000, 3) if device_hours > 0 else None,
-            "first": [i._asdict() for i in false[:_MAX_LISTED]],
+            "first": [
+                {"device_id": i.device_id, "condition": i.condition, "opened_at": i.opened_at}
+                for i in false[:_MAX_LISTED]
+            ],
         },
         "missed": [
             {

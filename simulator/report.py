@@ -74,8 +74,9 @@ anomaly_detection             null when no ground truth was kept; else what the 
   .accepts                    {kind: [the incident conditions that detect it]}
   .by_kind                    {spike, drift, stuck, dropout, flapping: {injected, detectable, detected,
                               detected_detectable, recall_detectable (detected_detectable / detectable),
-                              recall_all (detected / injected), delay (opened - anomaly start:
-                              {p50_ms, p95_ms, p99_ms, max_ms, samples} | null)}}
+                              recall_all (detected / injected), delay (an accepted incident opened,
+                              or one already open taking an alert, - anomaly start: {p50_ms, p95_ms,
+                              p99_ms, max_ms, samples} | null)}}
   .total                      the same over the five kinds
   .incidents                  device incidents considered (derived from the alerts)
   .false_incidents            {count, device_hours, per_1000_device_hours, first [first 50

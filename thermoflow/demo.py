@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from thermoflow import db
+from thermoflow.alerts.notification import describe as describe_condition
 from thermoflow.component import STOP_SIGNALS
 from thermoflow.observe import KafkaObserver, kafka_observer
 from thermoflow.pipeline_run import PipelineRun
@@ -34,6 +35,29 @@ from thermoflow.webhook_receiver import Delivery
 REFRESH_S = 1.0
 RESOLVE_AFTER_S = 20.0  # a demo is short: incidents resolve after 20 quiet seconds, not 5 minutes
 DRAIN_TIMEOUT_S = 90.0
+ANOMALY_RATE = 10.0  # per device-hour: the demo fleet's 200 devices x 120 s inject about 50
+#: The summary's threshold row: the vectorized threshold check against its scalar reference, not how
+#: much of what went wrong with the fleet was caught (that is the ``anomalies caught`` rows).
+THRESHOLD_CHECK = "threshold alerts precision / recall (vs scalar rules)"
+
+
+#: Incidents about a device; the others are the pipeline's own (``ingest_silent`` and such).
+DEVICE_KINDS = ("threshold", "offline", "stuck", "rate", "outlier")
+
+
+@dataclass
+class Stored:
+    """What the database holds of this run: rows, alert events, incidents."""
+
+    readings: int = 0
+    alerts: int = 0
+    open_incidents: list[tuple[Any, ...]] = field(default_factory=list)
+    opened: int = 0  # device incidents opened since the run began
+    resolved: int = 0  # of those, the resolved ones
+    # Of those, the open ones as "device kind", offline last: an offline incident ends only when its
+    # device publishes again, so one whose dropout outlasted the fleet stays open.
+    still_open: list[str] = field(default_factory=list)
+    pipeline: int = 0  # pipeline incidents opened since the run began: ingest_silent once the fleet stops
 
 
 @dataclass
@@ -43,11 +67,7 @@ class Sample:
     at: float
     totals: dict[str, int]
     lag: dict[str, int]
-    stored: int
-    alerts_stored: int
-    open_incidents: list[tuple[Any, ...]]
-    opened: int
-    resolved: int
+    stored: Stored
 
 
 def _scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> int:
@@ -55,10 +75,12 @@ def _scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> int:
     return int(row[0]) if row else 0
 
 
-def query_database(
-    settings: ThermoflowSettings, since: float
-) -> tuple[int, int, list[tuple[Any, ...]], int, int]:
-    """Rows and alert events stored and incidents opened/resolved since ``since``, and the open incidents."""
+def query_database(settings: ThermoflowSettings, since: float) -> Stored:
+    """Rows and alert events stored and incidents opened/resolved since ``since``, and the open incidents.
+
+    Device incidents and the pipeline's are counted apart: when the fleet stops, the whole ingest
+    goes silent, and that ``ingest_silent`` incident rightly stays open until readings come back.
+    """
     try:
         with db.connect(settings) as conn:
             stored = _scalar(conn, "SELECT count(*) FROM readings WHERE stored_at >= to_timestamp(%s)", since)
@@ -67,36 +89,54 @@ def query_database(
                 conn, "SELECT count(*) FROM alert_events WHERE detected_at >= to_timestamp(%s)", since
             )
             open_incidents = conn.execute(
-                "SELECT device_id, rule_id, severity, status, peak_value FROM incidents"
+                "SELECT device_id, rule_id, kind, severity, status, condition, peak_value, threshold, metric"
+                " FROM incidents"
                 " WHERE status <> 'resolved' ORDER BY severity DESC, opened_at DESC LIMIT 12"
             ).fetchall()
-            opened = _scalar(
-                conn, "SELECT count(*) FROM incidents WHERE opened_at >= to_timestamp(%s)", since
-            )
-            resolved = _scalar(
-                conn,
-                "SELECT count(*) FROM incidents WHERE opened_at >= to_timestamp(%s) AND status = 'resolved'",
-                since,
-            )
+            since_run = "SELECT count(*) FROM incidents WHERE opened_at >= to_timestamp(%s) AND kind"
+            kinds = list(DEVICE_KINDS)
+            opened = _scalar(conn, f"{since_run} = ANY(%s)", since, kinds)
+            resolved = _scalar(conn, f"{since_run} = ANY(%s) AND status = 'resolved'", since, kinds)
+            pipeline = _scalar(conn, f"{since_run} <> ALL(%s)", since, kinds)
+            still_open = [
+                f"{device_id} {kind}"
+                for device_id, kind in conn.execute(
+                    "SELECT device_id, kind FROM incidents WHERE opened_at >= to_timestamp(%s)"
+                    " AND kind = ANY(%s) AND status <> 'resolved' ORDER BY kind = 'offline', opened_at",
+                    (since, kinds),
+                )
+            ]
     except psycopg.Error:
-        return 0, 0, [], 0, 0  # tables not there yet: the consumers are still starting
-    return stored, alerts_stored, open_incidents, opened, resolved
+        return Stored()  # tables not there yet: the consumers are still starting
+    return Stored(
+        readings=stored, alerts=alerts_stored, open_incidents=open_incidents, opened=opened,
+        resolved=resolved, still_open=still_open, pipeline=pipeline,
+    )  # fmt: skip
 
 
 async def take_sample(run: PipelineRun, observer: KafkaObserver, since: float) -> Sample:
     s = run.settings
     totals = await observer.end_offsets([s.readings_topic, s.deadletter_topic])
     lag = await observer.lag([s.readings_topic, s.alerts_topic])
-    stored, alerts_stored, open_incidents, opened, resolved = await asyncio.to_thread(
-        query_database, s, since
-    )
-    return Sample(time.monotonic(), totals, lag, stored, alerts_stored, open_incidents, opened, resolved)
+    stored = await asyncio.to_thread(query_database, s, since)
+    return Sample(time.monotonic(), totals, lag, stored)
 
 
 def describe(delivery: Delivery) -> str:
+    """One notification in a line: what happened to which incident, its worst value in its kind's unit."""
     n = delivery.json if isinstance(delivery.json, dict) else {}
-    fields = ("transition", "severity", "device_id", "rule_id", "peak_value")
-    return " ".join(str(n[k]) for k in fields if k in n) or delivery.body.decode(errors="replace")[:80]
+    fields = ("transition", "severity", "device_id", "rule_id")
+    words = [str(n[k]) for k in fields if k in n]
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        words.append(
+            describe_condition(
+                condition=n["condition"],
+                value=float(n["peak_value"]),
+                threshold=float(n["threshold"]),
+                metric=str(n.get("metric", "temperature")),
+            )
+        )
+    return " ".join(words) or delivery.body.decode(errors="replace")[:80]
 
 
 def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: str) -> Group:
@@ -110,21 +150,32 @@ def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: 
     for label, topic in [("readings in Kafka", s.readings_topic), ("dead letters", s.deadletter_topic)]:
         now = sample.totals.get(topic, 0)
         flow.add_row(label, f"{now:,}", rate(now, previous.totals.get(topic, 0) if previous else None))
-    flow.add_row(
-        "readings stored", f"{sample.stored:,}", rate(sample.stored, previous.stored if previous else None)
-    )
-    flow.add_row(
-        "alert events stored",
-        f"{sample.alerts_stored:,}",
-        rate(sample.alerts_stored, previous.alerts_stored if previous else None),
-    )
+    now_db, before_db = sample.stored, previous.stored if previous else None
+    for label, value, before in [
+        ("readings stored", now_db.readings, before_db.readings if before_db else None),
+        ("alert events stored", now_db.alerts, before_db.alerts if before_db else None),
+    ]:
+        flow.add_row(label, f"{value:,}", rate(value, before))
     lag = Table("consumer group", "lag", title="consumer lag", expand=True)
     for group, behind in sorted(sample.lag.items()):
         lag.add_row(group, f"{behind:,}")
-    incidents = Table("device", "rule", "severity", "status", "peak °C", title="open incidents", expand=True)
-    for device_id, rule_id, severity, status, peak in sample.open_incidents:
+    incidents = Table(
+        "device", "rule", "kind", "severity", "status", "worst", title="open incidents", expand=True
+    )
+    for (
+        device_id,
+        rule_id,
+        kind,
+        severity,
+        status,
+        condition,
+        peak,
+        threshold,
+        metric,
+    ) in sample.stored.open_incidents:
         style = "bold red" if severity == "critical" else "yellow"
-        incidents.add_row(device_id, rule_id, f"[{style}]{severity}[/]", status, f"{peak:.1f}")
+        worst = describe_condition(condition=condition, value=peak, threshold=threshold, metric=metric)
+        incidents.add_row(device_id, rule_id, kind, f"[{style}]{severity}[/]", status, worst)
     notes = Table("time", "notification", title="latest notifications", expand=True)
     for delivery in run.receiver.deliveries[-8:][::-1]:
         notes.add_row(time.strftime("%H:%M:%S", time.localtime(delivery.received_at)), describe(delivery))
@@ -132,11 +183,22 @@ def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: 
 
 
 async def run_demo(
-    run: PipelineRun, *, devices: int, duration: float, seed: int, live: bool, console: Console
+    run: PipelineRun,
+    *,
+    devices: int,
+    duration: float,
+    seed: int,
+    live: bool,
+    console: Console,
+    anomaly_rate: float = ANOMALY_RATE,
+    anomaly_schedule: Path | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline and a fleet for ``duration`` seconds; returns the summary of this run.
 
-    ``run`` is :func:`demo_run` for `thermoflow demo` (the local stack's default names).
+    ``run`` is :func:`demo_run` for `thermoflow demo` (the local stack's default names). The
+    fleet injects ``anomaly_rate`` anomalies per device-hour, plus those of ``anomaly_schedule``
+    (the simulator's ``--anomaly-schedule`` file), if given. The simulator's report is in
+    ``run.workdir / "report.json"``.
     """
     since = time.time()
     stop = asyncio.Event()
@@ -150,7 +212,9 @@ async def run_demo(
         if not await until_stopped(run.start("--exit-with-parent"), stop):
             return {}
         fleet_args = ["--devices", str(devices), "--rate", "1", "--duration", str(duration),
-                      "--seed", str(seed), "--anomaly-rate", "10"]  # fmt: skip
+                      "--seed", str(seed), "--anomaly-rate", str(anomaly_rate)]  # fmt: skip
+        if anomaly_schedule is not None:
+            fleet_args += ["--anomaly-schedule", str(anomaly_schedule)]
         fleet = asyncio.create_task(run.simulate(*fleet_args))
         started = time.monotonic()
         async with kafka_observer(run.settings) as observer:
@@ -162,7 +226,7 @@ async def run_demo(
                     title = (
                         f"thermoflow demo: {devices} devices,"
                         f" {time.monotonic() - started:,.0f}s / {duration:,.0f}s"
-                        f"   incidents opened {sample.opened}, resolved {sample.resolved}"
+                        f"   incidents opened {sample.stored.opened}, resolved {sample.stored.resolved}"
                         f"   notifications {len(run.receiver.deliveries)}"
                     )
                     if view is not None:
@@ -208,13 +272,22 @@ def demo_run(settings: ThermoflowSettings, workdir: Path) -> PipelineRun:
 
 
 async def settle(run: PipelineRun, observer: KafkaObserver, since: float, stop: asyncio.Event) -> None:
-    """Let the consumers catch up (lag 0) and this run's incidents resolve, unless interrupted."""
+    """Let the consumers catch up (lag 0) and this run's incidents resolve, unless interrupted.
+
+    Offline incidents are not waited for: a device whose dropout outlasted the fleet never comes back.
+    """
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while not stop.is_set() and time.monotonic() < deadline:
         sample = await take_sample(run, observer, since)
-        if sample.lag and not any(sample.lag.values()) and sample.opened == sample.resolved:
+        if sample.lag and not any(sample.lag.values()) and not _resolving(sample.stored.still_open):
             return
         await asyncio.sleep(REFRESH_S)
+
+
+def _resolving(still_open: list[str]) -> list[str]:
+    """The open incidents that will resolve by quiet time: all but offline ones (those wait for their
+    device, which may have stopped for good with the fleet; a device back clears its own at once)."""
+    return [incident for incident in still_open if not incident.endswith(" offline")]
 
 
 def summarize(report: dict[str, Any], final: Sample, *, notifications: int, workdir: Path) -> dict[str, Any]:
@@ -225,12 +298,14 @@ def summarize(report: dict[str, Any], final: Sample, *, notifications: int, work
     stored_latency = (report.get("latency") or {}).get("publish_to_stored") or {}
     return {
         "readings published": report.get("published"),
-        "readings stored": database.get("rows", final.stored),
+        "readings stored": database.get("rows", final.stored.readings),
         "readings lost / doubled": f"{database.get('lost')} / {database.get('duplicates')}",
         "dead letters (malformed on purpose)": (delivery.get("deadletter") or {}).get("received"),
-        "incidents opened / resolved": f"{final.opened} / {final.resolved}",
+        "incidents opened / resolved": f"{final.stored.opened} / {final.stored.resolved}",
+        "device incidents still open": ", ".join(final.stored.still_open[:12]) or "none",
+        "pipeline incidents (ingest silent once the fleet stopped)": final.stored.pipeline,
         "notifications": notifications,
-        "alert precision / recall": f"{alerts.get('precision')} / {alerts.get('recall')}",
+        THRESHOLD_CHECK: f"{alerts.get('precision')} / {alerts.get('recall')}",
         **detection_summary(report.get("anomaly_detection")),
         "p99 publish -> stored row": f"{stored_latency.get('p99_ms')} ms",
         "logs and report": str(workdir),

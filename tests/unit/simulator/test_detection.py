@@ -108,10 +108,12 @@ ALL_ON = Detectors(
         (_anomaly("spike", magnitude=2.9, noise_sigma=0.1), False),  # under min_abs_deviation
         (_anomaly("spike", magnitude=20.0, start_s=100.0), False),  # no baseline window yet
         (_anomaly("spike", magnitude=1.0, crossed=True), True),  # a threshold catches it
-        # drift: 60 x |M| / max(D, window) > 1.5 °C/min
-        (_anomaly("drift", magnitude=12.0, duration_s=300.0), True),  # 2.4 °C/min
-        (_anomaly("drift", magnitude=12.0, duration_s=600.0), False),  # 1.2 °C/min
-        (_anomaly("drift", magnitude=-2.0, duration_s=30.0), True),  # 2 °C over one 60 s window
+        # drift: 60 x (|M| - 2 x noise 0.6) / max(D, window 60 + step 300/32) > 1.5 °C/min
+        (_anomaly("drift", magnitude=12.0, duration_s=300.0), True),  # 2.16 °C/min
+        (_anomaly("drift", magnitude=12.0, duration_s=600.0), False),  # 1.08 °C/min
+        (_anomaly("drift", magnitude=-3.0, duration_s=30.0), True),  # 1.8 °C over 69.4 s: 1.56 °C/min
+        (_anomaly("drift", magnitude=-2.8, duration_s=30.0), False),  # 1.6 °C over 69.4 s: 1.38 °C/min
+        (_anomaly("drift", magnitude=-3.0, duration_s=30.0, published_s=0.0), False),  # silent all along
         (_anomaly("drift", magnitude=12.0, duration_s=600.0, crossed=True), True),
         (_anomaly("drift", magnitude=12.0, duration_s=30.0, start_s=10.0), False),  # no 60 s anchor yet
         # flapping: only thresholds see it
@@ -220,7 +222,8 @@ def test_a_drift_cut_short_by_the_runs_end_is_judged_by_the_offset_it_reached() 
         breach_ts=np.empty(0),
     )  # fmt: skip
     assert [(a.duration_s, a.magnitude) for a in scored] == [(50.0, -5.0), (100.0, 20.0)]
-    # 5 °C over a 60 s window is 5 °C/min; 60 x 5 / max(50, 60) = 5 > 4, not 20 °C/min.
+    # 5 °C less twice the noise over the rate's 60 s window and a history step (300 / 32 s):
+    # 60 x (5 - 2.4) / 69.375 = 2.25 > 1.5, not 20 °C/min.
     assert judge(scored, {"outdoor": ALL_ON}) == [True, True]
     strict = Detectors(rate=Rate(window=60.0, limits={"warning": 6.0}))
     assert judge(scored, {"outdoor": strict}) == [False, True]
@@ -445,13 +448,42 @@ def test_alerts_become_incidents_like_the_store_opens_them() -> None:
     ]
     incidents = incidents_from_alerts(alerts, gap=30.0)
     assert incidents == [
-        Incident("d-1", "above", 100.2),
+        Incident("d-1", "above", 100.2, later=(110.2,)),
         Incident("d-1", "rate", 111.2),
         Incident("d-2", "offline", 180.0),
         Incident("d-2", "offline", 190.0),
         Incident("d-1", "above", 200.2),
         Incident("d-1", "above", 205.2),
     ]
+
+
+def test_an_anomaly_adding_to_an_incident_already_open_on_its_device_is_detected_by_that_alert() -> None:
+    # Seen on 1,000 devices x 30 min: a spike while a drift's threshold incident was open on the
+    # device. The store keeps one open incident per (device, rule, kind): the spike's alert joins it.
+    spike = _anomaly("spike", start_at=1000.0, duration_s=1.0, crossed=True)
+    alerts = [
+        _alert("freezer-0001", "above", 980.0, rule="freezer"),  # the drift's breach opens the incident
+        _alert("freezer-0001", "above", 1000.0, rule="freezer"),  # the spike's breach, 20 s later
+    ]
+    incidents = incidents_from_alerts(alerts, gap=30.0)
+    assert len(incidents) == 1
+    found = score_detection(
+        anomalies=[spike], detectable=[True], incidents=incidents, grace_s=GRACE, device_hours=1.0
+    )
+    assert found["total"]["detected"] == 1
+    assert found["total"]["delay"]["max_ms"] == pytest.approx(200.0)  # its own alert's detected_at
+    # An open incident that took no alert in the anomaly's window detects nothing.
+    before = incidents_from_alerts(alerts[:1], gap=30.0)
+    missed = score_detection(
+        anomalies=[spike], detectable=[True], incidents=before, grace_s=GRACE, device_hours=1.0
+    )
+    assert missed["total"]["detected"] == 0
+    # Nor does one of a kind the anomaly's kind does not accept.
+    stuck = _anomaly("stuck", start_at=1000.0, duration_s=90.0)
+    other = score_detection(
+        anomalies=[stuck], detectable=[True], incidents=incidents, grace_s=GRACE, device_hours=1.0
+    )
+    assert other["total"]["detected"] == 0
 
 
 # -- the table --------------------------------------------------------------------------------------
@@ -501,3 +533,38 @@ def test_the_demo_summary_rows_say_what_was_caught_per_kind_only_when_measured()
     )
     assert rows["anomalies caught: spike"].startswith("0/0, detectable 0: recall - detectable / - all")
     assert rows["false incidents per 1,000 device-hours"] == "0.0 (0)"
+
+
+def test_what_a_dropout_of_the_same_device_silenced_is_not_held_against_the_detectors() -> None:
+    # Seen in the demo fleet (seed 7): a stuck sensor went silent 50 s in, a drift ran inside a dropout.
+    anomalies = [
+        Anomaly(kind="stuck", device=0, start=45, end=250),  # stuck readings only at ticks 45..94
+        Anomaly(kind="dropout", device=0, start=95, end=203),
+        Anomaly(kind="drift", device=1, start=77, end=126, magnitude=24.0),  # all of it in the dropout
+        Anomaly(kind="dropout", device=1, start=58, end=151),
+        Anomaly(kind="dropout", device=1, start=100, end=110),  # inside the one before: no silence of its own
+        Anomaly(kind="drift", device=1, start=140, end=170, magnitude=20.0),  # published from tick 151
+        Anomaly(kind="stuck", device=2, start=10, end=100),  # no dropout: all of it published
+    ]
+    scored = injected_anomalies(
+        anomalies=anomalies, started_at=[float(a.start) for a in anomalies],
+        device_ids=("freezer-0001", "greenhouse-0001", "rack-0001"),
+        rule_ids=["freezer", "greenhouse", "rack"],
+        noise_sigma=np.full(3, 0.5), rate=1.0, ticks=200, breach_devices=np.empty(0, np.int64),
+        breach_ts=np.empty(0),
+    )  # fmt: skip
+    stuck, _, hidden_drift, first_drop, inner_drop, late_drift, whole_stuck = scored
+    assert (stuck.duration_s, stuck.published_s) == (155.0, 50.0)  # the window stays, the readings shrink
+    assert hidden_drift.published_s == 0.0
+    assert (late_drift.published_s, late_drift.magnitude) == (19.0, 20.0)  # ticks 151..169
+    assert (first_drop.shadowed, inner_drop.shadowed) == (False, True)
+    assert whole_stuck.published_s is None and whole_stuck.readings_s == 90.0
+    assert judge(scored, {"freezer": ALL_ON, "greenhouse": ALL_ON, "rack": ALL_ON}) == [
+        False,  # 50 s of stuck readings: under stuck_for 60
+        True,
+        False,  # a drift no reading of which was published
+        True,
+        False,
+        True,
+        True,
+    ]

@@ -1,0 +1,63 @@
+"""`thermoflow demo`'s view and summary, without services: what a person reads must be right."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from thermoflow.demo import THRESHOLD_CHECK, Sample, Stored, describe, render, summarize
+from thermoflow.pipeline_run import PipelineRun
+from thermoflow.settings import ThermoflowSettings
+from thermoflow.webhook_receiver import Delivery
+
+
+def _text(renderable: object) -> str:
+    screen = io.StringIO()
+    Console(file=screen, width=200, color_system=None).print(renderable)
+    return screen.getvalue()
+
+
+def test_open_incidents_show_their_kind_and_a_unit_that_fits_it(tmp_path: Path) -> None:
+    run = PipelineRun(ThermoflowSettings(), tmp_path)
+    open_incidents = [
+        ("freezer-0001", "freezer", "threshold", "critical", "firing", "above", -4.2, -8.0, "temperature"),
+        ("freezer-0002", "freezer", "offline", "critical", "firing", "offline", 31.0, 30.0, "temperature"),
+        ("rack-0001", "rack", "stuck", "critical", "firing", "stuck", 64.0, 60.0, "temperature"),
+        ("rack-0002", "rack", "rate", "warning", "firing", "rate", -5.5, 5.0, "temperature"),
+        ("rack-0003", "rack", "outlier", "warning", "firing", "outlier", 7.25, 6.0, "temperature"),
+    ]
+    sample = Sample(0.0, {}, {}, Stored(open_incidents=open_incidents))
+    view = _text(render(run, sample, None, title="demo"))
+    shown = (
+        "temperature -4.2 above -8",
+        "offline: no reading for 31 s (limit 30 s)",
+        "stuck for 64 s (limit 60 s)",
+        "falling 5.5 °C/min (limit 5.0)",
+        "outlier score 7.2 (limit 6)",
+    )
+    for part in shown:
+        assert part in view, part
+    assert "peak °C" not in view
+    assert "kind" in view and "worst" in view
+
+
+def test_a_notification_reads_in_its_kinds_unit_and_a_foreign_body_still_shows() -> None:
+    body = {"transition": "fire", "severity": "critical", "device_id": "rack-0001", "rule_id": "rack",
+            "condition": "stuck", "peak_value": 64.0, "threshold": 60.0, "metric": "temperature"}  # fmt: skip
+    assert (
+        describe(Delivery(0.0, {}, b"{}", body)) == "fire critical rack-0001 rack stuck for 64 s (limit 60 s)"
+    )
+    assert describe(Delivery(0.0, {}, b"not json", None)) == "not json"
+
+
+def test_the_summary_labels_the_threshold_check_for_what_it_is(tmp_path: Path) -> None:
+    report = {"alerts": {"precision": 1.0, "recall": 1.0}, "anomaly_detection": None}
+    stored = Stored(opened=3, resolved=2, still_open=["freezer-0002 offline"], pipeline=1)
+    summary = summarize(report, Sample(0.0, {}, {}, stored), notifications=5, workdir=tmp_path)
+    assert summary[THRESHOLD_CHECK] == "1.0 / 1.0"
+    assert "scalar" in THRESHOLD_CHECK and "alert precision / recall" not in summary
+    assert summary["incidents opened / resolved"] == "3 / 2"
+    assert summary["device incidents still open"] == "freezer-0002 offline"
+    assert summary["pipeline incidents (ingest silent once the fleet stopped)"] == 1
