@@ -196,18 +196,17 @@ def test_ingest_silent_is_one_detection_for_the_fleet_and_none_while_lagging() -
 
 def test_a_fleet_stopping_is_one_ingest_silent_detection_not_one_per_partition_first() -> None:
     """Partitions go quiet a moment apart; the first to cross ``silent_after`` is not singled out."""
-    watermark = np.array([10.0, 10.4, 10.7, 10.9])
     partitions, caught_up = np.arange(4), np.ones(4, bool)
-    found = [
-        ingest_silent(
-            now=now, partitions=partitions, watermark=watermark, caught_up=caught_up, silent_after=30.0
+
+    def silent(now: float, marks: list[float]) -> list[int | None]:
+        found = ingest_silent(
+            now=now, partitions=partitions, watermark=np.array(marks), caught_up=caught_up, silent_after=30.0
         )
-        for now in (40.2, 40.5, 40.8, 41.0)
-    ]
-    assert [[s.partition for s in tick] for tick in found] == [[], [], [], [None]]
-    alive = np.array([10.0, 10.4, 10.7, 39.0])  # partition 3 heard from lately: 0..2 are silent
-    assert [s.partition for s in ingest_silent(now=41.0, partitions=partitions, watermark=alive,
-                                               caught_up=caught_up, silent_after=30.0)] == [0, 1, 2]  # fmt: skip
+        return [s.partition for s in found]
+
+    fading = [10.0, 10.4, 10.7, 10.9]
+    assert [silent(now, fading) for now in (40.2, 40.5, 40.8, 41.0)] == [[], [], [], [None]]
+    assert silent(41.0, [10.0, 10.4, 10.7, 39.0]) == [0, 1, 2], "partition 3 heard from lately"
 
 
 def test_state_round_trips_through_bytes_and_stays_small() -> None:
