@@ -91,6 +91,7 @@ class DeviceDetectors:
         self._on = any_detector(self._config)
         self._event_time: dict[int, float] = {}  # partition -> latest received_at processed
         self._silent: dict[int | None, float] = {}  # partition (None: all) -> since, reported silent
+        self._fleet_heard = False  # whether a fleet-wide silence was cleared since this process began
 
     def config(self, rules: CompiledRules) -> CompiledDetectors:
         """The rules' detector settings compiled (once per rules object): row r is rule r's."""
@@ -182,10 +183,16 @@ class DeviceDetectors:
         emits: list[Emit] = []
         first = latest_per_partition(batch.partition, -batch.received_at)  # minus the earliest
         for partition, latest in latest_per_partition(batch.partition, batch.received_at).items():
-            self._event_time[partition] = max(self._event_time.get(partition, latest), latest)
             cleared_at = -first[partition]
+            # A partition new here (a restart, a rebalance) may have a silence another process
+            # reported: its readings end that too (a clear of nothing open is a no-op).
+            new_here = partition not in self._event_time
+            self._event_time[partition] = max(self._event_time.get(partition, latest), latest)
             for silent in (partition, None):
                 since = self._silent.pop(silent, None)
+                if since is None and new_here and (silent is not None or not self._fleet_heard):
+                    since = cleared_at
+                    self._fleet_heard |= silent is None
                 if since is not None:
                     emits.append(
                         self._clear(

@@ -87,7 +87,7 @@ def test_changed_state_is_marked_for_the_state_topic_on_the_readings_partition()
 
 def test_devices_without_detectors_keep_no_state() -> None:
     found = detectors()
-    assert found.check(batch([("other-1", 5.0, 10.0, 0)]), rules()) == []
+    assert alerts(found.check(batch([("other-1", 5.0, 10.0, 0)]), rules())) == []
     assert len(found.store.table) == 0
 
 
@@ -207,3 +207,17 @@ def test_a_partition_whose_state_is_not_here_is_left_to_its_owner() -> None:
     assert {a.device_id for a in emitted} == set(), "rack-a is not stuck; rack-stuck is not ours"
     assert found.store.table.get(state_key("rack-stuck", "temperature")) is None
     assert found.store.table.get(state_key("rack-a", "temperature")) is not None
+
+
+def test_readings_new_to_this_process_clear_a_silence_another_process_reported() -> None:
+    """After a restart or a rebalance the reported silences are not known here: a partition's
+    first readings clear its silence, and the first of all the fleet's (a no-op if none is open)."""
+    found = detectors()
+    first = clears(found.check(batch(seconds(["rack-a"], range(0, 2), partition=0)), rules()))
+    assert [(c.rule_id, c.since, c.cleared_at) for c in first] == [
+        (silent_rule(TOPIC, 0), 0.0, 0.0),
+        (silent_rule(TOPIC, None), 0.0, 0.0),
+    ]
+    second = clears(found.check(batch(seconds(["rack-b"], range(2, 4), partition=1)), rules()))
+    assert [c.rule_id for c in second] == [silent_rule(TOPIC, 1)], "the fleet's once per process"
+    assert clears(found.check(batch(seconds(["rack-a"], range(4, 6), partition=0)), rules())) == []
