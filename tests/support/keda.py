@@ -119,7 +119,9 @@ SCALED_OBJECT: dict[str, Any] = {
                                 "required": ["name"],
                                 "properties": {
                                     "name": _STRING,
-                                    "kind": {"enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]},
+                                    "kind": {
+                                        "enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]
+                                    },
                                 },
                                 "additionalProperties": False,
                             },

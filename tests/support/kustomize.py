@@ -109,7 +109,9 @@ def _generate(objects: list[Manifest], kind: str, generator: dict[str, Any], dir
         path = directory / (file_name if sep else key)
         data[key if sep else path.name] = path.read_text(encoding="utf-8")
     behavior = generator.get("behavior", "create")
-    existing = [obj for obj in objects if obj["kind"] == kind and obj["metadata"]["name"] == generator["name"]]
+    existing = [
+        obj for obj in objects if obj["kind"] == kind and obj["metadata"]["name"] == generator["name"]
+    ]
     if behavior == "create":
         if existing:
             raise KustomizeError(f"{kind} {generator['name']} exists already: use behavior merge or replace")
@@ -145,7 +147,8 @@ def _patch(objects: list[Manifest], patch: dict[str, Any], directory: Path) -> N
     matched = [
         obj
         for obj in objects
-        if obj["kind"] == target["kind"] and target.get("name", obj["metadata"]["name"]) == obj["metadata"]["name"]
+        if obj["kind"] == target["kind"]
+        and target.get("name", obj["metadata"]["name"]) == obj["metadata"]["name"]
     ]
     if not matched:
         raise KustomizeError(f"patch target {target} matches nothing")
@@ -162,7 +165,9 @@ def _apply(obj: Manifest, operation: dict[str, Any]) -> None:
         for part in parts[:-1]:
             parent = parent[int(part)] if isinstance(parent, list) else parent[part]
     except (KeyError, IndexError, ValueError):
-        raise KustomizeError(f"{op} {pointer}: no such path in {obj['kind']} {obj['metadata']['name']}") from None
+        raise KustomizeError(
+            f"{op} {pointer}: no such path in {obj['kind']} {obj['metadata']['name']}"
+        ) from None
     last = parts[-1]
     value = copy.deepcopy(operation.get("value"))
     if isinstance(parent, list):
