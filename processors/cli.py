@@ -67,7 +67,9 @@ def process(
     if settings.workers == 1:
         raise typer.Exit(run_worker(settings, worker_index=0))
     env = child_env(
-        rules_file=str(settings.rules_path.resolve()),
+        # absolute(), not resolve(): a mounted ConfigMap's file is a symlink whose target
+        # folder is replaced on each update; the workers must keep following the link.
+        rules_file=str(settings.rules_path.absolute()),
         processor_group=settings.processor_group,
         functions=settings.functions,
         workers=str(settings.workers),
