@@ -221,3 +221,12 @@ def test_readings_new_to_this_process_clear_a_silence_another_process_reported()
     second = clears(found.check(batch(seconds(["rack-b"], range(2, 4), partition=1)), rules()))
     assert [c.rule_id for c in second] == [silent_rule(TOPIC, 1)], "the fleet's once per process"
     assert clears(found.check(batch(seconds(["rack-a"], range(4, 6), partition=0)), rules())) == []
+
+
+def test_a_reloaded_rules_file_takes_effect_for_the_next_batch() -> None:
+    found = detectors()
+    found.check(batch(seconds(["rack-stuck"], range(0, 40))), rules())
+    assert alerts(found.check(batch(seconds(["rack-stuck"], range(40, 50))), rules())) == []
+    shorter = rules(RULES.replace("for: 60", "for: 30"))  # what RulesWatcher hands over after a reload
+    (alert,) = alerts(found.check(batch(seconds(["rack-stuck"], range(50, 52))), shorter))
+    assert (alert.condition, alert.threshold, alert.value) == ("stuck", 30.0, 51.0)
