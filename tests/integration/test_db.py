@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ from structlog.testing import capture_logs
 from tests.conftest import ROOT, free_port
 from tests.integration.test_dashboard import panel_queries, substitute_macros
 from thermoflow import db
+from thermoflow.errors import ServiceError
 from thermoflow.settings import ThermoflowSettings
+from thermoflow.stack import Stack, StackConfig
 from thermoflow.stack.services import Postgres, remove_home, service_home
 
 pytestmark = pytest.mark.both_databases
@@ -266,3 +269,29 @@ def test_every_dashboard_query_on_a_hypertable_reads_only_the_chunks_of_its_rang
             assert 1 <= len(scanned) <= 2, f"{title}: reads {len(scanned)} chunks for a 1-hour view"
             checked.append(title)
     assert {"Readings stored per second", "Alert rate (per minute, by severity)"} <= set(checked)
+
+
+def test_the_stacks_postgres_preloads_timescaledb_when_it_is_installed_and_says_so(database: str) -> None:
+    """`thermoflow stack up` starts PostgreSQL with TimescaleDB preloaded by default where it is
+    installed (`stack up --no-timescaledb` for plain PostgreSQL); asking for it where it is not
+    installed is an error naming the fix."""
+    if database == "timescaledb":
+        pytest.skip("one server of its own, whatever the test's database")
+    state = ROOT / ".thermoflow" / f"stack-{uuid.uuid4().hex[:8]}"
+    stack = Stack(StackConfig(state_dir=state, mqtt_port=free_port(), kafka_port=free_port(),
+                              kafka_controller_port=free_port(), postgres_port=free_port()))  # fmt: skip
+    if not stack.postgres.timescaledb_installed():
+        assert not stack.postgres.preloads_timescaledb()
+        with pytest.raises(ServiceError, match="TimescaleDB is not installed"):
+            Postgres(home=state, host="127.0.0.1", port=1, timescaledb=True).preloads_timescaledb()
+        pytest.skip("TimescaleDB is not installed here: checked that asking for it fails, and that is all")
+    try:
+        stack.postgres.up()  # only PostgreSQL: the rest of the stack plays no part here
+        assert stack.postgres.timescaledb_loaded()
+        assert stack.database_kind().startswith("TimescaleDB preloaded")
+        with psycopg.connect(stack.postgres.address) as conn:
+            assert db.timescaledb_available(conn)
+    finally:
+        stack.postgres.down()
+        shutil.rmtree(state, ignore_errors=True)
+        remove_home(stack.postgres.home)

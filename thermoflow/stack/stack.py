@@ -146,7 +146,10 @@ class Stack:
         if self.postgres.timescaledb_loaded():
             return "TimescaleDB preloaded: hypertables, compression, retention"
         if self.postgres.timescaledb_installed():
-            return "plain PostgreSQL (TimescaleDB installed, not preloaded: `stack up --timescaledb`)"
+            return (
+                "plain PostgreSQL (TimescaleDB installed, not preloaded:"
+                " `thermoflow stack down`, then `thermoflow stack up --timescaledb`)"
+            )
         return "plain PostgreSQL (TimescaleDB is not installed)"
 
     def status(self) -> dict[str, str]:

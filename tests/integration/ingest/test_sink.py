@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 import psycopg
+import pytest
 from psycopg import sql
 
 from tests.conftest import Endpoints, unique_name
@@ -33,6 +34,9 @@ from thermoflow.ingest.sink import run_sink
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.watchdog import EXIT_STALLED
+
+# The storage tests: once on plain PostgreSQL, once on TimescaleDB (tests/conftest.py).
+pytestmark = pytest.mark.both_databases
 
 T0 = 1_764_000_000.0
 PARTITIONS = 4
