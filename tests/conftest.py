@@ -72,7 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A storage test (marked ``both_databases``) that takes ``settings`` runs once per database."""
-    if metafunc.definition.get_closest_marker("both_databases") and "database" in metafunc.fixturenames:
+    marked = metafunc.definition.get_closest_marker("both_databases")
+    given = any("database" in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize"))
+    if marked and not given and "database" in metafunc.fixturenames:
         metafunc.parametrize("database", DATABASES, indirect=True)
 
 

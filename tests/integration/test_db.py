@@ -1,7 +1,7 @@
 """The schema on a real PostgreSQL, plain and with TimescaleDB (issue 14, fixes 1, 2, 3 and 5).
 
-Each test runs on both servers where it means something on both (``both_databases``); the
-TimescaleDB-only ones skip, saying why, where there is no TimescaleDB.
+A test that means something on both servers runs on both (``both_databases``); the hypertable
+ones run on TimescaleDB only (``ON_TIMESCALEDB``), and skip, saying why, where there is none.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack import Stack, StackConfig
 from thermoflow.stack.services import Postgres, remove_home, service_home
 
-pytestmark = pytest.mark.both_databases
+ON_TIMESCALEDB = pytest.mark.parametrize("database", ["timescaledb"], indirect=True)
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
@@ -39,11 +39,6 @@ NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 def _on_timescaledb(settings: ThermoflowSettings) -> bool:
     with psycopg.connect(settings.database_dsn) as conn:
         return db.timescaledb_available(conn)
-
-
-def _needs_timescaledb(settings: ThermoflowSettings) -> None:
-    if not _on_timescaledb(settings):
-        pytest.skip("this server has no TimescaleDB: the test is about hypertables")
 
 
 @contextmanager
@@ -89,6 +84,7 @@ def _counts(settings: ThermoflowSettings) -> tuple[int, int]:
     return int(readings[0]), int(alerts[0])
 
 
+@pytest.mark.both_databases
 def test_init_works_in_a_second_schema_and_dropping_the_first_keeps_the_seconds_rows(
     settings: ThermoflowSettings,
 ) -> None:
@@ -112,6 +108,7 @@ def test_init_works_in_a_second_schema_and_dropping_the_first_keeps_the_seconds_
             assert db.hypertables(conn, "tf_b") == expected
 
 
+@pytest.mark.both_databases
 def test_a_schema_holding_an_extension_is_never_dropped_and_other_schemas_keep_their_rows(
     settings: ThermoflowSettings,
 ) -> None:
@@ -155,11 +152,9 @@ def installed_not_preloaded() -> Iterator[str]:
 
 
 def test_timescaledb_installed_but_not_preloaded_gives_plain_tables_and_says_why(
-    settings: ThermoflowSettings, database: str, installed_not_preloaded: str
+    settings: ThermoflowSettings, installed_not_preloaded: str
 ) -> None:
     """Fix 2: before, `init` failed there (`extension "timescaledb" must be preloaded`)."""
-    if database == "timescaledb":
-        pytest.skip("one server of its own, whatever the test's database")
     config = _in(settings, installed_not_preloaded, settings.database_schema)
     with capture_logs() as logs:
         assert "010_readings" in db.migrate(config)
@@ -175,9 +170,9 @@ def test_timescaledb_installed_but_not_preloaded_gives_plain_tables_and_says_why
     db.drop_schema(installed_not_preloaded, config.database_schema)
 
 
+@ON_TIMESCALEDB
 def test_alert_events_chunks_follow_the_setting_and_compress_smaller(settings: ThermoflowSettings) -> None:
     """Fix 5: 1-day chunks of sparse alert events compressed to 0.89 of their size (bigger)."""
-    _needs_timescaledb(settings)
     db.migrate(settings)
     with db.connect(settings) as conn:
         interval = conn.execute(
@@ -227,12 +222,12 @@ def _chunks_scanned(plan: Any) -> set[str]:
     return found
 
 
+@ON_TIMESCALEDB
 def test_every_dashboard_query_on_a_hypertable_reads_only_the_chunks_of_its_range(
     settings: ThermoflowSettings,
 ) -> None:
     """Fix 3: "Readings stored per second" filtered on `stored_at` and "Alert rate" on
     `detected_at` only, so a 1-hour view read every chunk (91 and 366 of them: 1 s and 8 s)."""
-    _needs_timescaledb(settings)
     db.migrate(settings.model_copy(update={"alert_events_chunk_days": 1}))
     now = datetime.now(UTC).replace(microsecond=0)  # the device variable's query asks now()
     with db.connect(settings) as conn:
@@ -271,12 +266,10 @@ def test_every_dashboard_query_on_a_hypertable_reads_only_the_chunks_of_its_rang
     assert {"Readings stored per second", "Alert rate (per minute, by severity)"} <= set(checked)
 
 
-def test_the_stacks_postgres_preloads_timescaledb_when_it_is_installed_and_says_so(database: str) -> None:
+def test_the_stacks_postgres_preloads_timescaledb_when_it_is_installed_and_says_so() -> None:
     """`thermoflow stack up` starts PostgreSQL with TimescaleDB preloaded by default where it is
     installed (`stack up --no-timescaledb` for plain PostgreSQL); asking for it where it is not
     installed is an error naming the fix."""
-    if database == "timescaledb":
-        pytest.skip("one server of its own, whatever the test's database")
     state = ROOT / ".thermoflow" / f"stack-{uuid.uuid4().hex[:8]}"
     stack = Stack(StackConfig(state_dir=state, mqtt_port=free_port(), kafka_port=free_port(),
                               kafka_controller_port=free_port(), postgres_port=free_port()))  # fmt: skip
