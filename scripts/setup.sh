@@ -23,6 +23,19 @@ if [ ${#need_debs[@]} -gt 0 ]; then
   fi
 fi
 
+# TimescaleDB where this project's machines carry a build of it (../shared/timescaledb, a README
+# inside): the local stack then preloads it, and the tests run the storage tests on it as well.
+# Anywhere else thermoflow keeps plain PostgreSQL tables, and everything works without it.
+for dir in "$(dirname "$PWD")/shared/timescaledb" /work/shared/timescaledb; do
+  [ -x "$dir/install" ] || continue
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: $dir/install needs root: going on with plain PostgreSQL" >&2
+  elif ! "$dir/install"; then
+    echo "setup: TimescaleDB from $dir did not install: going on with plain PostgreSQL" >&2
+  fi
+  break
+done
+
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: thermoflow needs Python 3.11+, $PYTHON is $("$PYTHON" --version)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

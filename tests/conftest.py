@@ -5,6 +5,12 @@ Endpoints come from ``THERMOFLOW_TEST_MQTT_URL``, ``THERMOFLOW_TEST_KAFKA_BOOTST
 answers; else from a local stack (``.thermoflow/test-stack``, ports 21883/29092/25432)
 started once per test session and stopped at its end if this session started it.
 Unit tests ask for none of these fixtures and need no service.
+
+The storage tests (``pytestmark = pytest.mark.both_databases``) run twice: on that PostgreSQL
+(plain: the local test stack never preloads TimescaleDB) and on TimescaleDB, from
+``THERMOFLOW_TEST_TIMESCALE_URL`` when set, else a private server started with the extension
+preloaded when it is installed (``make setup`` does that where ../shared/timescaledb exists);
+without either the TimescaleDB run is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -22,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
+from thermoflow import db
 from thermoflow.kafka import ensure_topics
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack import Stack, StackConfig
-from thermoflow.stack.services import Kafka, Mosquitto, remove_home, service_home
+from thermoflow.stack.services import Kafka, Mosquitto, Postgres, remove_home, service_home
 from thermoflow.stack.stack import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +43,8 @@ ENV_VARS = (
     "THERMOFLOW_TEST_KAFKA_BOOTSTRAP",
     "THERMOFLOW_TEST_DATABASE_URL",
 )
+TIMESCALE_URL_VAR = "THERMOFLOW_TEST_TIMESCALE_URL"
+DATABASES = ("postgres", "timescaledb")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,18 @@ class Endpoints:
             **overrides,
         }
         return ThermoflowSettings(**values)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_databases: run on plain PostgreSQL and on TimescaleDB")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A storage test (marked ``both_databases``) that takes ``settings`` runs once per database."""
+    marked = metafunc.definition.get_closest_marker("both_databases")
+    given = any("database" in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize"))
+    if marked and not given and "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", DATABASES, indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -114,6 +133,7 @@ def test_stack_config() -> StackConfig:
         kafka_port=29092,
         kafka_controller_port=29093,
         postgres_port=25432,
+        timescaledb=False,  # plain PostgreSQL; the TimescaleDB runs get a server of their own
     )
 
 
@@ -152,6 +172,48 @@ def endpoints() -> Iterator[Endpoints]:
     finally:
         if not was_running:
             stack.down()
+
+
+@pytest.fixture(scope="session")
+def timescale_url(endpoints: Endpoints) -> Iterator[str | None]:
+    """A PostgreSQL with TimescaleDB preloaded, for the storage tests' second run; None when there is none."""
+    given = os.environ.get(TIMESCALE_URL_VAR)
+    if given:
+        yield given
+        return
+    if endpoints.origin == "testcontainers":  # that image is TimescaleDB's
+        yield endpoints.database_url
+        return
+    home = service_home(ROOT / ".thermoflow" / f"timescaledb-{uuid.uuid4().hex[:8]}")
+    server = Postgres(home=home, host="127.0.0.1", port=free_port(), timescaledb=True)
+    if not server.timescaledb_installed():
+        yield None
+        return
+    server.up()
+    try:
+        yield server.address
+    finally:
+        server.down()
+        remove_home(home)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest) -> str:
+    """Which server a test's schema lives on: ``postgres`` (the session's) or ``timescaledb``."""
+    return str(getattr(request, "param", "postgres"))
+
+
+def database_url(request: pytest.FixtureRequest, endpoints: Endpoints, database: str) -> str:
+    """The URL of ``database``; skips the test when it is TimescaleDB and there is none."""
+    if database != "timescaledb":
+        return endpoints.database_url
+    url: str | None = request.getfixturevalue("timescale_url")
+    if url is None:
+        pytest.skip(
+            f"no TimescaleDB: set {TIMESCALE_URL_VAR}, or install it (`make setup` as root with"
+            " ../shared/timescaledb next to the project)"
+        )
+    return url
 
 
 def free_port() -> int:
@@ -193,12 +255,16 @@ def unique_name(prefix: str) -> str:
 
 
 @pytest.fixture
-def settings(endpoints: Endpoints) -> Iterator[ThermoflowSettings]:
-    """Connection settings for this test, with a database schema of its own (dropped after)."""
+def settings(
+    request: pytest.FixtureRequest, endpoints: Endpoints, database: str
+) -> Iterator[ThermoflowSettings]:
+    """Connection settings for this test, with a database schema of its own (dropped after, unless
+    it holds an extension: :func:`thermoflow.db.drop_schema` refuses, and the test errors).
+    """
+    url = database_url(request, endpoints, database)
     schema = f"test_{uuid.uuid4().hex[:12]}"
-    yield endpoints.settings(database_schema=schema)
-    with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    yield endpoints.settings(database_schema=schema, database_url=url)
+    db.drop_schema(url, schema)
 
 
 @pytest.fixture

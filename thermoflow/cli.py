@@ -66,6 +66,12 @@ def stack_up(
         int | None, typer.Option(help="partitions of telemetry.readings [12]")
     ] = None,
     alerts_partitions: Annotated[int | None, typer.Option(help="partitions of telemetry.alerts [6]")] = None,
+    timescaledb: Annotated[
+        bool | None,
+        typer.Option(
+            "--timescaledb/--no-timescaledb", help="preload TimescaleDB in PostgreSQL [when installed]"
+        ),
+    ] = None,
 ) -> None:
     """Start Mosquitto, Kafka and PostgreSQL (what is not running yet) and create the topics."""
     config = _config(
@@ -77,6 +83,7 @@ def stack_up(
         postgres_port=postgres_port,
         readings_partitions=readings_partitions,
         alerts_partitions=alerts_partitions,
+        timescaledb=timescaledb,
     )
     stack = Stack(config)
     started = time.monotonic()
@@ -86,6 +93,7 @@ def stack_up(
     console.print(f"  THERMOFLOW_MQTT_URL={settings.mqtt_url}")
     console.print(f"  THERMOFLOW_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}")
     console.print(f"  THERMOFLOW_DATABASE_URL={settings.database_url_redacted}")
+    console.print(f"  database: {stack.database_kind()}")
 
 
 @stack_app.command("down")
@@ -117,6 +125,7 @@ def stack_status(state_dir: StateDir = Path(".thermoflow/stack")) -> None:
     for service in stack.services:
         table.add_row(service.name, status[service.name], service.address)
     console.print(table)
+    console.print(f"database: {stack.database_kind()}")
     if set(status.values()) != {"running"}:
         raise typer.Exit(1)
 

@@ -3,7 +3,10 @@
 Migrations are plain SQL files in ``thermoflow/migrations/``, applied in name order, each in
 its own transaction, and recorded in ``schema_migrations``; an advisory lock lets several
 processes start at once. A migration that wants TimescaleDB checks for the extension itself
-(see ``010_readings.sql``), so the same schema runs on plain PostgreSQL.
+(``thermoflow_make_hypertable`` in ``005_timescaledb_schema.sql``), so the same schema runs on
+plain PostgreSQL, and on a server that has TimescaleDB installed but not preloaded (the reason
+is logged). The extension lives in ``public``, never in thermoflow's schema: :func:`drop_schema`
+refuses a schema that holds an extension, since dropping it would drop every hypertable.
 
 Writers share one error policy (:func:`classify`, :func:`retry_transient`,
 :func:`write_isolating`): a database that is down or busy is waited for, forever, with
@@ -74,9 +77,16 @@ def available_migrations() -> list[Migration]:
 
 
 def migrate(settings: ThermoflowSettings) -> list[str]:
-    """Apply the migrations not yet recorded in the configured schema; returns their versions."""
+    """Apply the migrations not yet recorded in the configured schema; returns their versions.
+
+    Also sizes ``alert_events``' future chunks to ``alert_events_chunk_days`` on TimescaleDB, each
+    time, so a changed setting takes effect. Why TimescaleDB is not used, when it is not, is
+    logged (``database_plain_tables``).
+    """
     applied_now: list[str] = []
+    notices: list[str] = []
     with connect(settings) as conn, conn.transaction():
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -90,9 +100,56 @@ def migrate(settings: ThermoflowSettings) -> list[str]:
                 conn.execute(migration.sql.encode())
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (migration.version,))
             applied_now.append(migration.version)
+        conn.execute(
+            "SELECT thermoflow_set_chunk_interval('alert_events', make_interval(days => %s))",
+            (settings.alert_events_chunk_days,),
+        )
     if applied_now:
         log.info("migrations_applied", schema=settings.database_schema, versions=applied_now)
+    for reason in dict.fromkeys(
+        n.removeprefix("thermoflow: ") for n in notices if n.startswith("thermoflow: ")
+    ):
+        # Not installed is a plain PostgreSQL, as meant; installed and not preloaded is a mistake.
+        report = log.warning if "not preloaded" in reason else log.info
+        report("database_plain_tables", schema=settings.database_schema, reason=reason)
     return applied_now
+
+
+def extensions_in(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The extensions whose objects live in ``schema`` (``pg_extension.extnamespace``)."""
+    rows = conn.execute(
+        "SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+        " WHERE n.nspname = %s ORDER BY 1",
+        (schema,),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+class SchemaHoldsExtension(Exception):
+    """A schema was not dropped because an extension lives in it."""
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    """``DROP SCHEMA ... CASCADE``, except for a schema that holds an extension.
+
+    Dropping the schema that holds TimescaleDB drops the extension, and with it every hypertable's
+    rows in every schema of the database: data loss far beyond the schema. Tests, the harness and
+    tools drop their schemas through here.
+
+    Raises:
+        SchemaHoldsExtension: ``schema`` holds an extension; nothing was dropped.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        # The migrations' lock: no `init` creates an extension between the check and the drop.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        held = extensions_in(conn, schema)
+        if held:
+            log.warning("schema_kept", schema=schema, extensions=held)
+            raise SchemaHoldsExtension(
+                f"not dropping schema {schema!r}: it holds the extension(s) {', '.join(held)}, and dropping"
+                " them would drop their objects in every schema (for TimescaleDB: every hypertable's rows)"
+            )
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 async def migrate_when_available(settings: ThermoflowSettings, stop: asyncio.Event) -> bool:
@@ -120,9 +177,27 @@ async def migrate_when_available(settings: ThermoflowSettings, stop: asyncio.Eve
 
 
 def timescaledb_available(conn: psycopg.Connection[Any]) -> bool:
-    """Whether this server can turn tables into hypertables."""
-    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
-    return row is not None
+    """Whether this server can turn tables into hypertables: the extension is there, or it is
+    installed and preloaded (so ``CREATE EXTENSION`` would work). Installed alone is not enough.
+    """
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+        " OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"
+        " AND EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_background_workers'))"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def hypertables(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The tables of ``schema`` that are hypertables (none without TimescaleDB)."""
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None:
+        return []
+    rows = conn.execute(
+        "SELECT hypertable_name FROM timescaledb_information.hypertables"
+        " WHERE hypertable_schema = %s ORDER BY 1",
+        (schema,),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
 
 
 # -- what the database can store ------------------------------------------------------------------

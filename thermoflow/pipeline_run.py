@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
 from thermoflow import db, kafka
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.webhook_receiver import WebhookReceiver
@@ -187,10 +184,5 @@ class PipelineRun:
         return code
 
     def drop_schema(self) -> None:
-        """Remove an isolated run's tables."""
-        with psycopg.connect(self.settings.database_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                    sql.Identifier(self.settings.database_schema)
-                )
-            )
+        """Remove an isolated run's tables (never a schema holding an extension: :func:`db.drop_schema`)."""
+        db.drop_schema(self.settings.database_dsn, self.settings.database_schema)

@@ -102,6 +102,13 @@ class ThermoflowSettings(BaseSettings):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
         description="schema for thermoflow's tables",
     )
+    alert_events_chunk_days: int = Field(
+        30,
+        ge=1,
+        le=366,
+        description="days of alert events per TimescaleDB chunk: sparse events compress well only in"
+        " large chunks (1-day chunks came out bigger); applies to chunks made after `init`",
+    )
 
     @field_validator("mqtt_url")
     @classmethod

@@ -17,8 +17,11 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "thermoflow.json"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def substitute_macros(query: str) -> str:
-    """What Grafana's PostgreSQL data source does to a panel's SQL before sending it."""
+def substitute_macros(query: str, start: str = "now() - interval '6 hours'", end: str = "now()") -> str:
+    """What Grafana's PostgreSQL data source does to a panel's SQL before sending it.
+
+    ``start`` and ``end`` are the dashboard's range as SQL (Grafana sends timestamp literals).
+    """
 
     def time_group(match: re.Match[str]) -> str:
         column, interval = match.group(1).strip(), match.group(2)
@@ -26,7 +29,8 @@ def substitute_macros(query: str) -> str:
         return f'to_timestamp(floor(extract(epoch from {column}) / {seconds}) * {seconds}) AS "time"'
 
     query = re.sub(r"\$__timeGroupAlias\(([^,]+),\s*'(\d+[smhd])'\)", time_group, query)
-    query = re.sub(r"\$__timeFilter\(([^)]+)\)", r"\1 BETWEEN now() - interval '6 hours' AND now()", query)
+    query = re.sub(r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m.group(1)} BETWEEN {start} AND {end}", query)
+    query = query.replace("$__timeFrom()", f"({start})").replace("$__timeTo()", f"({end})")
     query = query.replace("${device:sqlstring}", "'freezer-0001','rack-0002'")
     assert "$" not in query, f"a macro this test does not know: {query}"
     return query

@@ -358,7 +358,13 @@ class Kafka:
 
 @dataclass(frozen=True)
 class Postgres:
-    """PostgreSQL from Debian's package: initdb into the state directory, run with pg_ctl."""
+    """PostgreSQL from Debian's package: initdb into the state directory, run with pg_ctl.
+
+    ``timescaledb``: start the server with ``shared_preload_libraries=timescaledb`` (True),
+    without it (False), or with it exactly when the extension is installed (None, the default).
+    A server without the preload still works: thermoflow then keeps plain tables.
+    ``bin_dir``: a PostgreSQL other than the newest under ``/usr/lib/postgresql`` (tests).
+    """
 
     home: Path
     host: str
@@ -366,6 +372,8 @@ class Postgres:
     user: str = "thermoflow"
     database: str = "thermoflow"
     name: str = "postgres"
+    timescaledb: bool | None = None
+    bin_dir: Path | None = None
 
     @property
     def address(self) -> str:
@@ -376,6 +384,8 @@ class Postgres:
         return self.home / "data"
 
     def _bin(self, tool: str) -> str:
+        if self.bin_dir is not None:
+            return str(self.bin_dir / tool)
         versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), key=lambda p: int(p.parts[-3]))
         found = str(versions[-1]) if versions else _find(tool)
         if found is None:
@@ -384,6 +394,41 @@ class Postgres:
                 "run `make setup` (as root) or `apt-get install postgresql`"
             )
         return found
+
+    def timescaledb_installed(self) -> bool:
+        """Whether this PostgreSQL has the TimescaleDB extension (its library and control file)."""
+        try:
+            bin_dir = Path(self._bin("postgres")).parent
+        except ServiceError:
+            return False
+        root = bin_dir.parent  # /usr/lib/postgresql/15; Debian's share dir is /usr/share/postgresql/15
+        share = root.parents[2] / "share" / "postgresql" / root.name
+        return (root / "lib" / "timescaledb.so").exists() and (
+            share / "extension" / "timescaledb.control"
+        ).exists()
+
+    def preloads_timescaledb(self) -> bool:
+        """Whether :meth:`up` starts the server with TimescaleDB preloaded.
+
+        Raises:
+            ServiceError: TimescaleDB was asked for and is not installed.
+        """
+        installed = self.timescaledb_installed()
+        if self.timescaledb and not installed:
+            raise ServiceError(
+                "TimescaleDB is not installed in this PostgreSQL: run `make setup` (as root, with"
+                " ../shared/timescaledb next to the project) or start the stack without it"
+            )
+        return installed if self.timescaledb is None else self.timescaledb
+
+    def timescaledb_loaded(self) -> bool:
+        """Whether the running server has TimescaleDB preloaded (False when it does not answer)."""
+        try:
+            with psycopg.connect(self._dsn("postgres"), connect_timeout=3) as conn:
+                row = conn.execute("SHOW shared_preload_libraries").fetchone()
+        except psycopg.Error:
+            return False
+        return row is not None and "timescaledb" in (name.strip() for name in str(row[0]).split(","))
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         # PostgreSQL refuses to run as root; as root, run it as the package's `postgres` user.
@@ -424,6 +469,7 @@ class Postgres:
                 "-c shared_buffers=256MB",
                 "-c max_wal_size=2GB",
                 "-c log_min_messages=warning",
+                *(["-c shared_preload_libraries=timescaledb"] if self.preloads_timescaledb() else []),
             ]
         )
         run(

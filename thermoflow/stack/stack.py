@@ -37,6 +37,8 @@ class StackConfig:
     alerts_partitions: int = 6
     deadletter_partitions: int = 3
     cache_dir: Path = field(default_factory=default_cache_dir)
+    #: PostgreSQL with TimescaleDB preloaded: True, False, or None for "when it is installed".
+    timescaledb: bool | None = None
 
     def __post_init__(self) -> None:
         ports = [self.mqtt_port, self.kafka_port, self.kafka_controller_port, self.postgres_port]
@@ -81,7 +83,10 @@ class Stack:
             cache_dir=config.cache_dir,
         )
         self.postgres = Postgres(
-            home=service_home(home / "postgres"), host=config.host, port=config.postgres_port
+            home=service_home(home / "postgres"),
+            host=config.host,
+            port=config.postgres_port,
+            timescaledb=config.timescaledb,
         )
 
     @property
@@ -133,6 +138,19 @@ class Stack:
             shutil.rmtree(self.config.state_dir)
             removed.append(self.config.state_dir)
         return removed
+
+    def database_kind(self) -> str:
+        """What the running PostgreSQL stores readings in, for ``stack up`` and ``stack status``."""
+        if not self.postgres.running():
+            return "stopped"
+        if self.postgres.timescaledb_loaded():
+            return "TimescaleDB preloaded: hypertables, compression, retention"
+        if self.postgres.timescaledb_installed():
+            return (
+                "plain PostgreSQL (TimescaleDB installed, not preloaded:"
+                " `thermoflow stack down`, then `thermoflow stack up --timescaledb`)"
+            )
+        return "plain PostgreSQL (TimescaleDB is not installed)"
 
     def status(self) -> dict[str, str]:
         """``running`` (answers), ``starting`` (process up, not answering) or ``stopped``, per service."""

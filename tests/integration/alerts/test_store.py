@@ -28,6 +28,9 @@ from thermoflow.alerts.store import AlertStore, prepare, store_batch, sweep
 from thermoflow.events import AlertEvent, Severity, encode, parse_dead_letter_headers
 from thermoflow.settings import ThermoflowSettings
 
+# The storage tests: once on plain PostgreSQL, once on TimescaleDB (tests/conftest.py).
+pytestmark = pytest.mark.both_databases
+
 POLICY = Policy(resolve_after=60.0, repeat_interval=600.0)
 
 
