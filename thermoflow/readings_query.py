@@ -36,7 +36,8 @@ EVERY: Final[dict[str, int | None]] = {
 MAX_SINCE: Final = timedelta(days=36_500)
 #: Raw rows for at most this long a range: beyond it a rollup answers with far fewer rows.
 MAX_RAW: Final = timedelta(days=1)
-#: With no ``--every``: the step for a range up to each length (about 720 points at most).
+#: With no ``--every``: the step for a range up to each length (about 720 points at most up to
+#: two years; daily points beyond).
 _DEFAULT_EVERY: Final = (
     (timedelta(hours=1), "raw"),
     (timedelta(hours=12), "1m"),
@@ -60,12 +61,12 @@ def parse_duration(text: str) -> timedelta:
     >>> parse_duration("-1d")
     Traceback (most recent call last):
     ...
-    thermoflow.readings_query.QueryError: '-1d' is not a duration like 90m, 24h, 7d or 2w (a positive whole number and s, m, h, d or w)
+    thermoflow.readings_query.QueryError: '-1d' is not a duration like 90m, 24h, 7d or 2w (a whole number ...
     """
     match = _DURATION.fullmatch(text.strip())
     if match is None or int(match.group(1)) == 0:
         raise QueryError(
-            f"{text!r} is not a duration like 90m, 24h, 7d or 2w (a positive whole number and s, m, h, d or w)"
+            f"{text!r} is not a duration like 90m, 24h, 7d or 2w (a whole number above 0 and s, m, h, d or w)"
         )
     duration = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     if duration > MAX_SINCE:
@@ -81,7 +82,7 @@ def check_name(what: str, value: str) -> str:
     >>> check_name("device", "f\\x00'; DROP TABLE readings")
     Traceback (most recent call last):
     ...
-    thermoflow.readings_query.QueryError: the device contains a control character (U+0000), which no device id has
+    thermoflow.readings_query.QueryError: the device contains a control character (U+0000), which ...
     """
     if not value or len(value) > MAX_ID:
         raise QueryError(f"the {what} must be 1 to {MAX_ID} characters, got {len(value)}")
@@ -114,10 +115,10 @@ class Plan:
 
 
 def default_every(since: timedelta) -> str:
-    """The step for ``since`` when ``--every`` is not given: about 720 points at most.
+    """The step for ``since`` when ``--every`` is not given: about 720 points at most (up to two years).
 
-    >>> default_every(timedelta(minutes=30)), default_every(timedelta(days=7)), default_every(timedelta(days=30))
-    ('raw', '15m', '1h')
+    >>> [default_every(timedelta(days=days)) for days in (0.02, 7, 30)]
+    ['raw', '15m', '1h']
     """
     for longest, every in _DEFAULT_EVERY:
         if since <= longest:

@@ -41,7 +41,7 @@ def _timescaledb_schema(conn: psycopg.Connection[Any]) -> str | None:
 
 
 def current_retention(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """The retention policies on the connection's schema: relation name -> ``drop_after`` (TimescaleDB only)."""
+    """The retention policies in the connection's schema: relation -> ``drop_after`` (TimescaleDB only)."""
     if _timescaledb_schema(conn) is None:
         return {}
     rows = conn.execute(
@@ -89,7 +89,7 @@ def apply_retention(settings: ThermoflowSettings) -> dict[str, int]:
 
 
 def history(settings: ThermoflowSettings, plan: Plan, now: datetime | None = None) -> list[dict[str, Any]]:
-    """A device's history as :mod:`thermoflow.readings_query` plans it: one dict per row, oldest first per metric."""
+    """A device's history as :mod:`thermoflow.readings_query` plans it: a dict per row, by metric and time."""
     query, params = history_sql(plan, now or datetime.now(UTC))
     with db.connect(settings) as conn, conn.cursor() as cur:
         cur.execute(query.encode(), params)
