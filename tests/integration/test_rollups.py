@@ -1,0 +1,242 @@
+"""The rollups and `thermoflow readings` on real databases: plain PostgreSQL and, when given, TimescaleDB.
+
+On plain PostgreSQL ``readings_1m``, ``readings_1h`` and ``alert_counts_1h`` are views; on
+TimescaleDB (``THERMOFLOW_TEST_TIMESCALE_URL``, a server started with
+``shared_preload_libraries=timescaledb``) continuous aggregates. Either way a query reads the
+same columns and gets the numbers a direct computation over the raw rows gives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.conftest import Endpoints
+from thermoflow import db, readings_query, rollups
+from thermoflow.settings import ThermoflowSettings
+
+TIMESCALE_URL = os.environ.get("THERMOFLOW_TEST_TIMESCALE_URL")
+
+Reading = tuple[str, str, datetime, float]
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    """Drop a test schema, unless an extension lives in it (dropping it would drop the extension)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        holds = conn.execute(
+            "SELECT extname FROM pg_extension WHERE extnamespace = to_regnamespace(%s)", (schema,)
+        ).fetchall()
+        if holds:
+            pytest.fail(f"schema {schema} holds extension(s) {holds}: not dropped")
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["postgresql", "timescaledb"])
+def backend(request: pytest.FixtureRequest, endpoints: Endpoints) -> Iterator[ThermoflowSettings]:
+    """Settings for a fresh schema on plain PostgreSQL, or on TimescaleDB when it is given."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    if request.param == "postgresql":
+        url = endpoints.database_url
+    else:
+        if not TIMESCALE_URL:
+            pytest.skip(
+                "THERMOFLOW_TEST_TIMESCALE_URL is not set: no TimescaleDB to test the continuous aggregates"
+            )
+        url = TIMESCALE_URL
+    yield ThermoflowSettings(database_url=url, database_schema=schema)
+    _drop_schema(url, schema)
+
+
+def is_timescale(settings: ThermoflowSettings) -> bool:
+    """Whether the rollups in the settings' schema are continuous aggregates (else plain views)."""
+    with db.connect(settings) as conn:
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None:
+            return False
+        row = conn.execute(
+            "SELECT count(*) FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_schema = current_schema()"
+        ).fetchone()
+    return row is not None and row[0] == 3
+
+
+def seed(settings: ThermoflowSettings, now: datetime) -> list[Reading]:
+    """Three hours of readings, every 20 s, for two devices (one with two metrics), values varying."""
+    start = now - timedelta(hours=3)
+    rows: list[Reading] = []
+    for device, metrics in (("freezer-0001", ("temperature", "humidity")), ("rack-0002", ("temperature",))):
+        for m, metric in enumerate(metrics):
+            for i in range(3 * 180):
+                ts = start + timedelta(seconds=20 * i + m)
+                rows.append((device, metric, ts, round(-18 + ((i * 7 + m) % 23) * 0.25, 2)))
+    with db.connect(settings) as conn, conn.cursor() as cur:
+        with cur.copy("COPY readings (device_id, metric, ts, value, received_at) FROM STDIN") as copy:
+            for device, metric, ts, value in rows:
+                copy.write_row((device, metric, ts, value, ts))
+        conn.commit()
+    return rows
+
+
+def expected(rows: list[Reading], device: str, step: int, start: datetime) -> dict[tuple[str, float], Any]:
+    """min, max, avg, count and last per (metric, bucket start epoch), computed here from the raw rows."""
+    groups: dict[tuple[str, float], list[tuple[datetime, float]]] = {}
+    for dev, metric, ts, value in rows:
+        if dev == device and ts >= start:
+            epoch = ts.timestamp()
+            groups.setdefault((metric, epoch - epoch % step), []).append((ts, value))
+    return {
+        key: (
+            min(v for _, v in group),
+            max(v for _, v in group),
+            sum(v for _, v in group) / len(group),
+            len(group),
+            max(group)[1],
+        )
+        for key, group in groups.items()
+    }
+
+
+def refresh(settings: ThermoflowSettings) -> None:
+    with psycopg.connect(settings.database_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("SET search_path TO {}, public").format(sql.Identifier(settings.database_schema))
+        )
+        for view in ("readings_1m", "readings_1h", "alert_counts_1h"):
+            conn.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", (view,))
+
+
+def check_history(settings: ThermoflowSettings, rows: list[Reading], now: datetime) -> None:
+    for every in ("1m", "15m", "1h"):
+        plan = readings_query.plan("freezer-0001", since="6h", every=every)
+        got = rollups.history(settings, plan, now)
+        want = expected(rows, "freezer-0001", plan.step_seconds or 1, plan.start(now))
+        assert {(r["metric"], r["time"].timestamp()) for r in got} == set(want), every
+        for r in got:
+            lo, hi, avg, count, last = want[(r["metric"], r["time"].timestamp())]
+            assert (r["min"], r["max"], r["count"], r["last"]) == (lo, hi, count, last), (every, r)
+            assert math.isclose(r["avg"], avg, rel_tol=1e-9), (every, r)
+
+
+def test_migrations_are_idempotent_and_rerunnable(backend: ThermoflowSettings) -> None:
+    assert "050_rollups" in db.migrate(backend)
+    assert db.migrate(backend) == []
+    rollup_sql = next(m.sql for m in db.available_migrations() if m.version == "050_rollups")
+    with db.connect(backend) as conn:
+        conn.execute(rollup_sql.encode())  # again, as if it had not been recorded: no error
+        conn.commit()
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+            )
+        }
+    assert {"readings_1m", "readings_1h", "alert_counts_1h"} <= names
+    assert is_timescale(backend) == (backend.database_dsn == TIMESCALE_URL)
+
+
+def test_rollups_match_the_raw_rows(backend: ThermoflowSettings) -> None:
+    db.migrate(backend)
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = seed(backend, now)
+    check_history(backend, rows, now)  # TimescaleDB: nothing materialized yet, real-time aggregation answers
+    if is_timescale(backend):
+        refresh(backend)
+        check_history(backend, rows, now)  # now from the materialized buckets (and the newest from raw)
+    raw = readings_query.plan("freezer-0001", since="30m", metric="humidity")
+    got = rollups.history(backend, raw, now)
+    want = sorted(
+        (ts, v)
+        for d, m, ts, v in rows
+        if d == "freezer-0001" and m == "humidity" and ts >= now - timedelta(minutes=30)
+    )
+    assert raw.source == "readings" and [(r["time"], r["last"]) for r in got] == want
+
+
+def test_alert_counts_per_device_and_hour(backend: ThermoflowSettings) -> None:
+    db.migrate(backend)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    events = [
+        ("freezer-0001", "critical", 5),
+        ("freezer-0001", "critical", 50),
+        ("freezer-0001", "warning", 20),
+        ("freezer-0001", "critical", 65),  # the next hour
+        ("rack-0002", "warning", 10),
+    ]
+    with db.connect(backend) as conn:
+        for n, (device, severity, minute) in enumerate(events):
+            ts = hour + timedelta(minutes=minute)
+            conn.execute(
+                "INSERT INTO alert_events (alert_id, reading_ts, device_id, metric, rule_id, severity,"
+                " condition, threshold, value, detected_at)"
+                " VALUES (%s, %s, %s, 'temperature', 'r', %s, 'above', 0, 1, %s)",
+                (f"a{n}", ts, device, severity, ts),
+            )
+        conn.commit()
+    if is_timescale(backend):
+        refresh(backend)
+    with db.connect(backend) as conn:
+        got = set(conn.execute("SELECT device_id, severity, bucket, alerts FROM alert_counts_1h").fetchall())
+    assert got == {
+        ("freezer-0001", "critical", hour, 2),
+        ("freezer-0001", "warning", hour, 1),
+        ("freezer-0001", "critical", hour + timedelta(hours=1), 1),
+        ("rack-0002", "warning", hour, 1),
+    }
+
+
+def test_readings_command_prints_json_from_the_rollup(backend: ThermoflowSettings) -> None:
+    db.migrate(backend)
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = seed(backend, now)
+    env = {**os.environ, "THERMOFLOW_DATABASE_URL": backend.database_dsn,
+           "THERMOFLOW_DATABASE_SCHEMA": backend.database_schema}  # fmt: skip
+    args = ["readings", "rack-0002", "--since", "7d", "--metric", "temperature", "--json"]
+    result = subprocess.run(
+        [sys.executable, "-m", "thermoflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert (document["every"], document["source"]) == ("15m", "readings_1m")
+    assert sum(r["count"] for r in document["rows"]) == sum(1 for d, *_ in rows if d == "rack-0002")
+    table = subprocess.run(
+        [sys.executable, "-m", "thermoflow", "readings", "nobody-9999", "--since", "24h"],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert table.returncode == 0 and "no readings of 'nobody-9999'" in table.stderr
+
+
+def test_init_applies_the_configured_retention(backend: ThermoflowSettings) -> None:
+    db.migrate(backend)
+    settings = backend.model_copy(update={"readings_retention_days": 30, "rollup_1m_retention_days": 400})
+    if not is_timescale(backend):
+        assert rollups.apply_retention(settings) == {}  # plain tables: nothing drops rows
+        return
+    with db.connect(backend) as conn:
+        assert rollups.current_retention(conn) == {
+            "readings": "90 days", "alert_events": "365 days", "readings_1m": "365 days",
+            "readings_1h": "1825 days", "alert_counts_1h": "1825 days",
+        }  # fmt: skip
+    assert rollups.apply_retention(settings) == {"readings": 30, "readings_1m": 400}
+    assert rollups.apply_retention(settings) == {}  # already so
+    with db.connect(backend) as conn:
+        current = rollups.current_retention(conn)
+    assert (current["readings"], current["readings_1m"], current["readings_1h"]) == (
+        "30 days",
+        "400 days",
+        "1825 days",
+    )
