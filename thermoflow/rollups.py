@@ -30,6 +30,8 @@ def retention_days(settings: ThermoflowSettings) -> dict[str, int]:
         "readings_1m": settings.rollup_1m_retention_days,
         "readings_1h": settings.rollup_1h_retention_days,
         "alert_counts_1h": settings.rollup_1h_retention_days,
+        "fleet_readings_1m": settings.rollup_1h_retention_days,
+        "fleet_alerts_1m": settings.rollup_1h_retention_days,
     }
 
 

@@ -120,8 +120,9 @@ class ThermoflowSettings(BaseSettings):
         1825,
         ge=8,
         le=36_500,
-        description="days the hourly rollups (readings_1h, alert_counts_1h) are kept on TimescaleDB,"
-        " at least the 1-minute rollup's days; applied by `thermoflow init`",
+        description="days the hourly and the fleet-wide rollups (readings_1h, alert_counts_1h,"
+        " fleet_readings_1m, fleet_alerts_1m) are kept on TimescaleDB, at least the 1-minute rollup's"
+        " days; applied by `thermoflow init`",
     )
 
     @field_validator("mqtt_url")

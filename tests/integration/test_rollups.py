@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -39,7 +42,14 @@ def _drop_schema(url: str, schema: str) -> None:
         ).fetchall()
         if holds:
             pytest.fail(f"schema {schema} holds extension(s) {holds}: not dropped")
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        for attempt in range(20):  # a TimescaleDB policy job running on the schema's rollups holds locks
+            try:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                return
+            except (psycopg.errors.InternalError, psycopg.errors.LockNotAvailable):
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
 
 
 @pytest.fixture(params=["postgresql", "timescaledb"])
@@ -67,7 +77,7 @@ def is_timescale(settings: ThermoflowSettings) -> bool:
             "SELECT count(*) FROM timescaledb_information.continuous_aggregates"
             " WHERE view_schema = current_schema()"
         ).fetchone()
-    return row is not None and row[0] == 3
+    return row is not None and row[0] == 5
 
 
 def seed(settings: ThermoflowSettings, now: datetime) -> list[Reading]:
@@ -111,8 +121,15 @@ def refresh(settings: ThermoflowSettings) -> None:
         conn.execute(
             sql.SQL("SET search_path TO {}, public").format(sql.Identifier(settings.database_schema))
         )
-        for view in ("readings_1m", "readings_1h", "alert_counts_1h"):
-            conn.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", (view,))
+        for view in ("readings_1m", "readings_1h", "alert_counts_1h", "fleet_readings_1m", "fleet_alerts_1m"):
+            for attempt in range(40):  # the refresh policy's job may be refreshing it right now
+                try:
+                    conn.execute("CALL refresh_continuous_aggregate(%s, NULL, NULL)", (view,))
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    if attempt == 39:
+                        raise
+                    time.sleep(0.5)
 
 
 def check_history(settings: ThermoflowSettings, rows: list[Reading], now: datetime) -> None:
@@ -140,7 +157,7 @@ def test_migrations_are_idempotent_and_rerunnable(backend: ThermoflowSettings) -
                 "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
             )
         }
-    assert {"readings_1m", "readings_1h", "alert_counts_1h"} <= names
+    assert {"readings_1m", "readings_1h", "alert_counts_1h", "fleet_readings_1m", "fleet_alerts_1m"} <= names
     assert is_timescale(backend) == (backend.database_dsn == TIMESCALE_URL)
 
 
@@ -160,6 +177,12 @@ def test_rollups_match_the_raw_rows(backend: ThermoflowSettings) -> None:
         if d == "freezer-0001" and m == "humidity" and ts >= now - timedelta(minutes=30)
     )
     assert raw.source == "readings" and [(r["time"], r["last"]) for r in got] == want
+    with db.connect(backend) as conn:
+        fleet = conn.execute("SELECT bucket, sample_count FROM fleet_readings_1m").fetchall()
+    per_minute: dict[float, int] = {}
+    for *_, ts, _ in rows:
+        per_minute[ts.timestamp() // 60 * 60] = per_minute.get(ts.timestamp() // 60 * 60, 0) + 1
+    assert {b.timestamp(): n for b, n in fleet} == per_minute
 
 
 def test_alert_counts_per_device_and_hour(backend: ThermoflowSettings) -> None:
@@ -192,6 +215,9 @@ def test_alert_counts_per_device_and_hour(backend: ThermoflowSettings) -> None:
         ("freezer-0001", "critical", hour + timedelta(hours=1), 1),
         ("rack-0002", "warning", hour, 1),
     }
+    with db.connect(backend) as conn:
+        fleet = conn.execute("SELECT severity, sum(alerts) FROM fleet_alerts_1m GROUP BY 1").fetchall()
+    assert dict(fleet) == {"critical": 3, "warning": 2}
 
 
 def test_readings_command_prints_json_from_the_rollup(backend: ThermoflowSettings) -> None:
@@ -229,7 +255,8 @@ def test_init_applies_the_configured_retention(backend: ThermoflowSettings) -> N
     with db.connect(backend) as conn:
         assert rollups.current_retention(conn) == {
             "readings": "90 days", "alert_events": "365 days", "readings_1m": "365 days",
-            "readings_1h": "1825 days", "alert_counts_1h": "1825 days",
+            "readings_1h": "1825 days", "alert_counts_1h": "1825 days", "fleet_readings_1m": "1825 days",
+            "fleet_alerts_1m": "1825 days",
         }  # fmt: skip
     assert rollups.apply_retention(settings) == {"readings": 30, "readings_1m": 400}
     assert rollups.apply_retention(settings) == {}  # already so
@@ -240,3 +267,60 @@ def test_init_applies_the_configured_retention(backend: ThermoflowSettings) -> N
         "400 days",
         "1825 days",
     )
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "thermoflow.json"
+
+
+def grafana_sql(query: str, range_s: int) -> str:
+    """A panel's SQL as Grafana sends it for the last ``range_s`` seconds on a 1,500 px panel."""
+    interval = max(1, range_s // 1500)
+
+    def group(match: re.Match[str]) -> str:
+        column, spec = match.group(1).strip(), match.group(2).strip().strip("'")
+        seconds = (
+            interval if spec == "$__interval" else int(spec[:-1]) * {"s": 1, "m": 60, "h": 3600}[spec[-1]]
+        )
+        return f'to_timestamp(floor(extract(epoch from {column}) / {seconds}) * {seconds}) AS "time"'
+
+    query = re.sub(r"\$__timeGroupAlias\(([^,]+),\s*([^)]+)\)", group, query)
+    query = re.sub(
+        r"\$__timeFilter\(([^)]+)\)", rf"\1 BETWEEN now() - interval '{range_s} s' AND now()", query
+    )
+    query = query.replace("${device:sqlstring}", "'freezer-0001','rack-0002'").replace(
+        "$__range_s", str(range_s)
+    )
+    query = query.replace("$__interval_ms", str(interval * 1000))
+    assert "$" not in query, query
+    return query
+
+
+@pytest.mark.parametrize("range_s", [3600, 86_400, 7 * 86_400], ids=["1h raw", "24h 1m", "7d 1h"])
+def test_dashboard_panels_read_the_rollup_for_the_range(backend: ThermoflowSettings, range_s: int) -> None:
+    """Each panel that picks its source by range shows the data: from raw rows, readings_1m or readings_1h."""
+    db.migrate(backend)
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = seed(backend, now - timedelta(minutes=1))
+    with db.connect(backend) as conn:
+        conn.execute(
+            "INSERT INTO alert_events (alert_id, reading_ts, device_id, metric, rule_id, severity, condition,"
+            " threshold, value, detected_at) VALUES ('a1', %s, 'rack-0002', 'temperature', 'r', 'critical',"
+            " 'above', 0, 1, %s)",
+            (now - timedelta(minutes=10), now - timedelta(minutes=10)),
+        )
+        conn.commit()
+    if is_timescale(backend):
+        refresh(backend)
+    panels = {p["title"]: p["targets"][0]["rawSql"] for p in json.loads(DASHBOARD.read_text())["panels"]}
+    with db.connect(backend) as conn:
+        for title in (
+            "Temperature per device (°C)",
+            "Readings stored per second",
+            "Alert rate (per minute, by severity)",
+        ):
+            got = conn.execute(grafana_sql(panels[title], range_s).encode()).fetchall()
+            assert got, f"{title} over {range_s} s: no rows"
+            if title.startswith("Temperature"):
+                values = [v for d, m, _, v in rows if m == "temperature"]
+                assert {r[1] for r in got} == {"freezer-0001", "rack-0002"}
+                assert all(min(values) <= r[2] <= max(values) for r in got), title

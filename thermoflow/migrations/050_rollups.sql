@@ -2,6 +2,9 @@
 --   readings_1m      per device, metric and minute: min_value, max_value, avg_value, sample_count, last_value
 --   readings_1h      the same per hour
 --   alert_counts_1h  per device, hour and severity: alerts
+-- and two fleet-wide ones for the dashboard's fleet panels (a month of them is 43,200 rows):
+--   fleet_readings_1m  per minute: sample_count (readings of every device)
+--   fleet_alerts_1m    per minute and severity: alerts
 -- With TimescaleDB (readings is a hypertable) they are continuous aggregates with a refresh
 -- policy each, real-time (rows newer than the last refresh are aggregated at query time), and
 -- compressed once past the refresh window. Retention: 1 year and 5 years by default here;
@@ -13,6 +16,7 @@ DO $migration$
 DECLARE
     ts_schema name;  -- where the timescaledb extension lives: its functions are qualified with it
     hypertable boolean := false;
+    rollup text;
 BEGIN
     SELECT extnamespace::regnamespace::name INTO ts_schema FROM pg_extension WHERE extname = 'timescaledb';
     IF ts_schema IS NOT NULL THEN
@@ -38,6 +42,13 @@ BEGIN
         SELECT device_id, severity, date_bin('1 hour', reading_ts, timestamptz '2000-01-01 00:00+00') AS bucket,
                count(*) AS alerts
         FROM alert_events GROUP BY 1, 2, 3;
+        CREATE OR REPLACE VIEW fleet_readings_1m AS
+        SELECT date_bin('1 minute', ts, timestamptz '2000-01-01 00:00+00') AS bucket, count(*) AS sample_count
+        FROM readings GROUP BY 1;
+        CREATE OR REPLACE VIEW fleet_alerts_1m AS
+        SELECT severity, date_bin('1 minute', reading_ts, timestamptz '2000-01-01 00:00+00') AS bucket,
+               count(*) AS alerts
+        FROM alert_events GROUP BY 1, 2;
         RETURN;
     END IF;
 
@@ -66,14 +77,28 @@ BEGIN
                count(*) AS alerts
         FROM alert_events GROUP BY 1, 2, 3
         WITH NO DATA $sql$, ts_schema);
+    EXECUTE format($sql$
+        CREATE MATERIALIZED VIEW IF NOT EXISTS fleet_readings_1m
+        WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+        SELECT %1$I.time_bucket(interval '1 minute', ts) AS bucket, count(*) AS sample_count
+        FROM readings GROUP BY 1
+        WITH NO DATA $sql$, ts_schema);
+    EXECUTE format($sql$
+        CREATE MATERIALIZED VIEW IF NOT EXISTS fleet_alerts_1m
+        WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+        SELECT severity, %1$I.time_bucket(interval '1 minute', reading_ts) AS bucket, count(*) AS alerts
+        FROM alert_events GROUP BY 1, 2
+        WITH NO DATA $sql$, ts_schema);
 
     -- Refresh: the 1-minute rollup every minute over the last day, the hourly ones every 30
     -- minutes over the last week. A late reading inside that window is folded in at the next
     -- refresh; the window stays well inside raw retention, so a refresh never recomputes a
     -- bucket whose raw rows are gone.
-    EXECUTE format('SELECT %I.add_continuous_aggregate_policy(%L, start_offset => interval ''1 day'','
-                   ' end_offset => interval ''1 minute'', schedule_interval => interval ''1 minute'','
-                   ' if_not_exists => true)', ts_schema, 'readings_1m');
+    FOREACH rollup IN ARRAY ARRAY['readings_1m', 'fleet_readings_1m', 'fleet_alerts_1m'] LOOP
+        EXECUTE format('SELECT %I.add_continuous_aggregate_policy(%L, start_offset => interval ''1 day'','
+                       ' end_offset => interval ''1 minute'', schedule_interval => interval ''1 minute'','
+                       ' if_not_exists => true)', ts_schema, rollup);
+    END LOOP;
     EXECUTE format('SELECT %I.add_continuous_aggregate_policy(%L, start_offset => interval ''7 days'','
                    ' end_offset => interval ''1 hour'', schedule_interval => interval ''30 minutes'','
                    ' if_not_exists => true)', ts_schema, 'readings_1h');
@@ -85,19 +110,26 @@ BEGIN
     ALTER MATERIALIZED VIEW readings_1m SET (timescaledb.compress = true);
     ALTER MATERIALIZED VIEW readings_1h SET (timescaledb.compress = true);
     ALTER MATERIALIZED VIEW alert_counts_1h SET (timescaledb.compress = true);
-    EXECUTE format('SELECT %I.add_compression_policy(%L, compress_after => interval ''7 days'','
-                   ' if_not_exists => true)', ts_schema, 'readings_1m');
+    ALTER MATERIALIZED VIEW fleet_readings_1m SET (timescaledb.compress = true);
+    ALTER MATERIALIZED VIEW fleet_alerts_1m SET (timescaledb.compress = true);
+    FOREACH rollup IN ARRAY ARRAY['readings_1m', 'fleet_readings_1m', 'fleet_alerts_1m'] LOOP
+        EXECUTE format('SELECT %I.add_compression_policy(%L, compress_after => interval ''7 days'','
+                       ' if_not_exists => true)', ts_schema, rollup);
+    END LOOP;
     EXECUTE format('SELECT %I.add_compression_policy(%L, compress_after => interval ''30 days'','
                    ' if_not_exists => true)', ts_schema, 'readings_1h');
     EXECUTE format('SELECT %I.add_compression_policy(%L, compress_after => interval ''30 days'','
                    ' if_not_exists => true)', ts_schema, 'alert_counts_1h');
 
-    -- Default retention, longer than the raw rows' 90 days; `thermoflow init` applies the settings.
+    -- Default retention, longer than the raw rows' 90 days; `thermoflow init` applies the settings
+-- (the fleet rollups, a row a minute, keep as long as the hourly ones).
     EXECUTE format('SELECT %I.add_retention_policy(%L, drop_after => interval ''365 days'', if_not_exists => true)',
                    ts_schema, 'readings_1m');
     EXECUTE format('SELECT %I.add_retention_policy(%L, drop_after => interval ''1825 days'', if_not_exists => true)',
                    ts_schema, 'readings_1h');
-    EXECUTE format('SELECT %I.add_retention_policy(%L, drop_after => interval ''1825 days'', if_not_exists => true)',
-                   ts_schema, 'alert_counts_1h');
+    FOREACH rollup IN ARRAY ARRAY['alert_counts_1h', 'fleet_readings_1m', 'fleet_alerts_1m'] LOOP
+        EXECUTE format('SELECT %I.add_retention_policy(%L, drop_after => interval ''1825 days'','
+                       ' if_not_exists => true)', ts_schema, rollup);
+    END LOOP;
 END
 $migration$;
