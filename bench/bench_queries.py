@@ -11,7 +11,7 @@ end unless ``--keep``; ``--reuse`` times the queries on the data a ``--keep`` ru
 1. applies the migrations and writes ``--days`` of readings for ``--devices`` devices at one
    reading a minute, ending now (30 d x 1,000 = 43.2 M rows), with binary COPY; plus alert
    events (about one per device and hour) and incidents; prints rows/s and CPU-s;
-2. refreshes the continuous aggregates ``readings_1m``, ``readings_1h``, ``alert_counts_1h``;
+2. refreshes the continuous aggregates (the rollups of ``050_rollups.sql``);
 3. compresses what the compression policies would (chunks older than 7 days) and prints the
    compression ratio;
 4. times each Grafana panel's SQL (``deploy/grafana/dashboards/thermoflow.json``, macros
@@ -47,6 +47,7 @@ from thermoflow.settings import ThermoflowSettings
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "thermoflow.json"
 RANGES = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 TARGET_MS = 100.0
+ROLLUPS = ("readings_1m", "readings_1h", "alert_counts_1h", "fleet_readings_1m", "fleet_alerts_1m")
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 SELECTED = 10  # devices picked in the dashboard's device variable
 WIDTH_PX = 1500  # the panel width Grafana's $__interval is computed for
@@ -265,10 +266,17 @@ def bench_queries(conn: psycopg.Connection[Any], devices: int, days: int) -> boo
 
 
 def compression(conn: psycopg.Connection[Any], relation: str) -> str:
+    """Bytes before and after compression of a hypertable's (or a continuous aggregate's) chunks."""
+    materialized = conn.execute(
+        "SELECT format('%%I.%%I', materialization_hypertable_schema, materialization_hypertable_name)"
+        " FROM timescaledb_information.continuous_aggregates WHERE view_schema = current_schema()"
+        " AND view_name = %s",
+        (relation,),
+    ).fetchone()
     row = conn.execute(
         "SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes), count(*)"
         " FROM chunk_compression_stats(%s) WHERE compression_status = 'Compressed'",
-        (relation,),
+        (materialized[0] if materialized else relation,),
     ).fetchone()
     if not row or not row[0]:
         return f"{relation}: nothing compressed"
@@ -331,10 +339,10 @@ def prepare(conn: psycopg.Connection[Any], devices: int, days: int) -> None:
     with phase("alert events and incidents", conn):
         alerts = insert_alerts(conn, devices, days, now)
     print(f"  {alerts:,} alert events")
-    for view in ("readings_1m", "readings_1h", "alert_counts_1h"):
+    for view in ROLLUPS:
         with phase(f"refresh {view}", conn):
             conn.execute("CALL refresh_continuous_aggregate(%s, NULL, now() - interval '1 minute')", (view,))
-    for relation in ("readings", "readings_1m", "readings_1h", "alert_counts_1h", "alert_events"):
+    for relation in ("readings", "alert_events", *ROLLUPS):
         with phase(f"compress {relation} chunks older than 7 days", conn):
             conn.execute(
                 "SELECT count(compress_chunk(c, true)) FROM show_chunks(%s, older_than => interval '7 d') c",
