@@ -12,8 +12,8 @@ end unless ``--keep``; ``--reuse`` times the queries on the data a ``--keep`` ru
    reading a minute, ending now (30 d x 1,000 = 43.2 M rows), with binary COPY; plus alert
    events (about one per device and hour) and incidents; prints rows/s and CPU-s;
 2. refreshes the continuous aggregates (the rollups of ``050_rollups.sql``);
-3. compresses what the compression policies would (chunks older than 7 days) and prints the
-   compression ratio;
+3. compresses every chunk older than 7 days (as the raw tables' and 1-minute rollups' policies
+   do; the hourly rollups' wait 30 days) and prints the compression ratios;
 4. times each Grafana panel's SQL (``deploy/grafana/dashboards/thermoflow.json``, macros
    substituted as Grafana does) and `thermoflow readings`' query over 1 h, 24 h, 7 d and 30 d,
    each against the same query on raw rows: the median of 5 runs after a warm-up, the ratio
@@ -317,9 +317,14 @@ def main() -> None:
             if not args.reuse:
                 prepare(conn, args.devices, args.days)
             ok = bench_queries(conn, args.devices, args.days)
-        print(
-            "every dashboard query at 30 d within 100 ms" if ok else "a dashboard query at 30 d over 100 ms"
-        )
+        if args.days < 30:
+            print(f"no 30-day range in --days {args.days}: the 100 ms target is not checked")
+        else:
+            print(
+                "every dashboard query at 30 d within 100 ms"
+                if ok
+                else "a dashboard query at 30 d over 100 ms"
+            )
     finally:
         if not args.keep:
             with psycopg.connect(settings.database_dsn, autocommit=True) as conn:

@@ -68,8 +68,8 @@ def test_panel_sql_runs_on_the_pipeline_schema(settings: ThermoflowSettings, tit
         )
         conn.execute(
             "INSERT INTO incidents (incident_id, device_id, rule_id, metric, condition, threshold, severity,"
-            " status, opened_at, last_breach_at, peak_value, breach_count, kind) VALUES ('i1', 'freezer-0001',"
-            " 'freezer', 'temperature', 'above', -10, 'critical', 'firing', to_timestamp(%s),"
+            " status, opened_at, last_breach_at, peak_value, breach_count, kind) VALUES ('i1',"
+            " 'freezer-0001', 'freezer', 'temperature', 'above', -10, 'critical', 'firing', to_timestamp(%s),"
             " to_timestamp(%s), -4.2, 1, 'threshold')",
             (now - 5, now - 5),
         )
