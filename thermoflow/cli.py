@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from thermoflow import db, kafka, reach, run_plan, topics
+from thermoflow import db, kafka, reach, readings_query, rollups, run_plan, topics
 from thermoflow.settings import ConfigError, ThermoflowSettings, load_settings
 from thermoflow.stack import ServiceError, Stack, StackConfig
 from thermoflow.stack import check as stack_check
@@ -171,8 +172,65 @@ def init_command(
         created = asyncio.run(kafka.ensure_topics(settings, partitions))
     with reach.needs(reach.database(settings)):
         applied = db.migrate(settings)
+        retention = rollups.apply_retention(settings)
     console.print(f"topics created: {', '.join(created) or 'none (all existed)'}")
     console.print(f"migrations applied: {', '.join(applied) or 'none (schema up to date)'}")
+    if retention:
+        console.print(
+            "retention set: " + ", ".join(f"{name} {days} days" for name, days in retention.items())
+        )
+
+
+@app.command("readings")
+def readings_command(
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="the device id, e.g. freezer-0042")],
+    since: Annotated[str, typer.Option(help="how far back: 90m, 24h, 7d, 2w ...")] = "24h",
+    every: Annotated[
+        str | None,
+        typer.Option(help="one point per step: " + ", ".join(readings_query.EVERY) + " [chosen by --since]"),
+    ] = None,
+    metric: Annotated[str | None, typer.Option(help="only this metric, e.g. temperature [all]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
+) -> None:
+    """A device's history: raw rows for short ranges, the 1-minute or hourly rollup for long ones."""
+    try:
+        plan = readings_query.plan(device, since=since, every=every, metric=metric)
+    except readings_query.QueryError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = load_settings(ThermoflowSettings, database_url=database_url)
+    with reach.needs(reach.database(settings)):
+        rows = rollups.history(settings, plan)
+    if as_json:
+        document = {
+            "device_id": plan.device_id,
+            "metric": plan.metric,
+            "since": since,
+            "every": plan.every,
+            "source": plan.source,
+            "rows": [{**row, "time": row["time"].isoformat()} for row in rows],
+        }
+        print(json.dumps(document))
+        return
+    title = f"{plan.device_id}, last {since}, every {plan.every} (from {plan.source})"
+    if plan.step_seconds is None:
+        table = Table("time", "metric", "value", title=title)
+        for row in rows:
+            table.add_row(f"{row['time']:%Y-%m-%d %H:%M:%S}", row["metric"], f"{row['last']:.3f}")
+    else:
+        table = Table(*readings_query.COLUMNS, title=title)
+        for row in rows:
+            values = (f"{row[name]:.3f}" for name in ("min", "max", "avg"))
+            table.add_row(
+                f"{row['time']:%Y-%m-%d %H:%M}",
+                row["metric"],
+                *values,
+                str(row["count"]),
+                f"{row['last']:.3f}",
+            )
+    console.print(table)
+    if not rows:
+        errors.print(f"no readings of {plan.device_id!r} in the last {since}")
 
 
 @app.command("run")

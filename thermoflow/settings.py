@@ -109,6 +109,28 @@ class ThermoflowSettings(BaseSettings):
         description="days of alert events per TimescaleDB chunk: sparse events compress well only in"
         " large chunks (1-day chunks came out bigger); applies to chunks made after `init`",
     )
+    readings_retention_days: int = Field(
+        90,
+        ge=8,
+        le=36_500,
+        description="days raw readings are kept on TimescaleDB (more than the hourly rollup's 7-day"
+        " refresh window); applied by `thermoflow init`",
+    )
+    rollup_1m_retention_days: int = Field(
+        365,
+        ge=8,
+        le=36_500,
+        description="days the 1-minute rollup (readings_1m) is kept on TimescaleDB, at least the raw"
+        " readings' days; applied by `thermoflow init`",
+    )
+    rollup_1h_retention_days: int = Field(
+        1825,
+        ge=8,
+        le=36_500,
+        description="days the hourly and the fleet-wide rollups (readings_1h, alert_counts_1h,"
+        " fleet_readings_1m, fleet_alerts_1m) are kept on TimescaleDB, at least the 1-minute rollup's"
+        " days; applied by `thermoflow init`",
+    )
 
     @field_validator("mqtt_url")
     @classmethod
@@ -149,6 +171,16 @@ class ThermoflowSettings(BaseSettings):
             raise ValueError(
                 "kafka_security_protocol SASL_* needs kafka_sasl_mechanism, "
                 "kafka_sasl_username and kafka_sasl_password"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rollups_outlive_raw(self) -> Self:
+        if not self.readings_retention_days <= self.rollup_1m_retention_days <= self.rollup_1h_retention_days:
+            raise ValueError(
+                "retention must grow with the rollup: readings_retention_days <= rollup_1m_retention_days"
+                f" <= rollup_1h_retention_days, got {self.readings_retention_days},"
+                f" {self.rollup_1m_retention_days}, {self.rollup_1h_retention_days}"
             )
         return self
 

@@ -28,6 +28,8 @@ def substitute_macros(query: str, start: str = "now() - interval '6 hours'", end
         seconds = int(interval[:-1]) * UNITS[interval[-1]]
         return f'to_timestamp(floor(extract(epoch from {column}) / {seconds}) * {seconds}) AS "time"'
 
+    query = query.replace("$__interval_ms", "20000").replace("$__interval", "'20s'")  # 6 hours, 1,080 px
+    query = query.replace("$__range_s", "21600")
     query = re.sub(r"\$__timeGroupAlias\(([^,]+),\s*'(\d+[smhd])'\)", time_group, query)
     query = re.sub(r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m.group(1)} BETWEEN {start} AND {end}", query)
     query = query.replace("$__timeFrom()", f"({start})").replace("$__timeTo()", f"({end})")
@@ -70,9 +72,9 @@ def test_panel_sql_runs_on_the_pipeline_schema(settings: ThermoflowSettings, tit
         )
         conn.execute(
             "INSERT INTO incidents (incident_id, device_id, rule_id, metric, condition, threshold, severity,"
-            " status, opened_at, last_breach_at, peak_value, breach_count) VALUES ('i1', 'freezer-0001',"
-            " 'freezer', 'temperature', 'above', -10, 'critical', 'firing', to_timestamp(%s),"
-            " to_timestamp(%s), -4.2, 1)",
+            " status, opened_at, last_breach_at, peak_value, breach_count, kind) VALUES ('i1',"
+            " 'freezer-0001', 'freezer', 'temperature', 'above', -10, 'critical', 'firing', to_timestamp(%s),"
+            " to_timestamp(%s), -4.2, 1, 'threshold')",
             (now - 5, now - 5),
         )
         conn.commit()  # the panel runs later, in a transaction of its own (now() moves on)
