@@ -26,7 +26,15 @@ from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import sql
-from tenacity import AsyncRetrying, RetryCallState, wait_exponential, wait_random
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
@@ -139,17 +147,27 @@ def drop_schema(dsn: str, schema: str) -> None:
     Raises:
         SchemaHoldsExtension: ``schema`` holds an extension; nothing was dropped.
     """
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        # The migrations' lock: no `init` creates an extension between the check and the drop.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        held = extensions_in(conn, schema)
-        if held:
-            log.warning("schema_kept", schema=schema, extensions=held)
-            raise SchemaHoldsExtension(
-                f"not dropping schema {schema!r}: it holds the extension(s) {', '.join(held)}, and dropping"
-                " them would drop their objects in every schema (for TimescaleDB: every hypertable's rows)"
-            )
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    for attempt in Retrying(
+        retry=retry_if_exception_type(_BUSY), stop=stop_after_attempt(5), wait=wait_exponential(0.2, max=2.0),
+        reraise=True,
+    ):  # fmt: skip
+        with attempt, psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+            # The migrations' lock: no `init` creates an extension between the check and the drop.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            held = extensions_in(conn, schema)
+            if held:
+                log.warning("schema_kept", schema=schema, extensions=held)
+                raise SchemaHoldsExtension(
+                    f"not dropping schema {schema!r}: it holds the extension(s) {', '.join(held)}, and"
+                    " dropping them would drop their objects in every schema (for TimescaleDB: every"
+                    " hypertable's rows)"
+                )
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+#: What a TimescaleDB background job (a rollup's refresh, a compression) working on a schema's
+#: objects makes a concurrent ``DROP SCHEMA`` fail with: worth a moment's wait and another try.
+_BUSY = (psycopg.errors.InternalError_, psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable)
 
 
 async def migrate_when_available(settings: ThermoflowSettings, stop: asyncio.Event) -> bool:

@@ -29,43 +29,23 @@ from tests.conftest import Endpoints
 from thermoflow import db, readings_query, rollups
 from thermoflow.settings import ThermoflowSettings
 
-TIMESCALE_URL = os.environ.get("THERMOFLOW_TEST_TIMESCALE_URL")
-
 Reading = tuple[str, str, datetime, float]
 
 
-def _drop_schema(url: str, schema: str) -> None:
-    """Drop a test schema, unless an extension lives in it (dropping it would drop the extension)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        holds = conn.execute(
-            "SELECT extname FROM pg_extension WHERE extnamespace = to_regnamespace(%s)", (schema,)
-        ).fetchall()
-        if holds:
-            pytest.fail(f"schema {schema} holds extension(s) {holds}: not dropped")
-        for attempt in range(20):  # a TimescaleDB policy job running on the schema's rollups holds locks
-            try:
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-                return
-            except (psycopg.errors.InternalError, psycopg.errors.LockNotAvailable):
-                if attempt == 19:
-                    raise
-                time.sleep(0.5)
-
-
 @pytest.fixture(params=["postgresql", "timescaledb"])
-def backend(request: pytest.FixtureRequest, endpoints: Endpoints) -> Iterator[ThermoflowSettings]:
-    """Settings for a fresh schema on plain PostgreSQL, or on TimescaleDB when it is given."""
+def backend(
+    request: pytest.FixtureRequest, endpoints: Endpoints, timescale_url: str | None
+) -> Iterator[ThermoflowSettings]:
+    """Settings for a fresh schema on plain PostgreSQL, or on TimescaleDB (conftest's ``timescale_url``)."""
     schema = f"test_{uuid.uuid4().hex[:12]}"
     if request.param == "postgresql":
         url = endpoints.database_url
     else:
-        if not TIMESCALE_URL:
-            pytest.skip(
-                "THERMOFLOW_TEST_TIMESCALE_URL is not set: no TimescaleDB to test the continuous aggregates"
-            )
-        url = TIMESCALE_URL
+        if not timescale_url:
+            pytest.skip("no TimescaleDB here (neither THERMOFLOW_TEST_TIMESCALE_URL nor an installed one)")
+        url = timescale_url
     yield ThermoflowSettings(database_url=url, database_schema=schema)
-    _drop_schema(url, schema)
+    db.drop_schema(url, schema)  # waits out a rollup's refresh job holding the schema's objects
 
 
 def is_timescale(settings: ThermoflowSettings) -> bool:
@@ -144,7 +124,7 @@ def check_history(settings: ThermoflowSettings, rows: list[Reading], now: dateti
             assert math.isclose(r["avg"], avg, rel_tol=1e-9), (every, r)
 
 
-def test_migrations_are_idempotent_and_rerunnable(backend: ThermoflowSettings) -> None:
+def test_migrations_are_idempotent_and_rerunnable(backend: ThermoflowSettings, endpoints: Endpoints) -> None:
     assert "050_rollups" in db.migrate(backend)
     assert db.migrate(backend) == []
     rollup_sql = next(m.sql for m in db.available_migrations() if m.version == "050_rollups")
@@ -158,7 +138,7 @@ def test_migrations_are_idempotent_and_rerunnable(backend: ThermoflowSettings) -
             )
         }
     assert {"readings_1m", "readings_1h", "alert_counts_1h", "fleet_readings_1m", "fleet_alerts_1m"} <= names
-    assert is_timescale(backend) == (backend.database_dsn == TIMESCALE_URL)
+    assert is_timescale(backend) == (backend.database_dsn != endpoints.database_url)
 
 
 def test_rollups_match_the_raw_rows(backend: ThermoflowSettings) -> None:
@@ -291,6 +271,9 @@ def grafana_sql(query: str, range_s: int) -> str:
         "$__range_s", str(range_s)
     )
     query = query.replace("$__interval_ms", str(interval * 1000))
+    query = query.replace("$__timeFrom()", f"(now() - interval '{range_s} s')").replace(
+        "$__timeTo()", "now()"
+    )
     assert "$" not in query, query
     return query
 
