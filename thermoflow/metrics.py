@@ -195,8 +195,9 @@ class Metrics:
             entries = list(self._names[kind])
         totals: dict[str, float] = {}
         for name, labels, family in entries:
-            sample = family + ("_total" if kind == "counter" else "")
-            totals[name] = totals.get(name, 0) + samples.get((sample, tuple(sorted(labels.items()))), 0)
+            sample_name = family + ("_total" if kind == "counter" else "")
+            key = (sample_name, tuple(sorted(labels.items())))
+            totals[name] = totals.get(name, 0) + samples.get(key, 0)
         return totals
 
     def counter(self, name: str) -> int:
