@@ -107,7 +107,9 @@ class Metrics:
         self._started = clock()
         self._lock = threading.Lock()  # creating families and children; latency samples
         self._families: dict[str, MetricWrapperBase] = {}
-        self._children: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+        self._children: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+        # The unlabelled children by name, per kind: the hot path's one dict hit.
+        self._plain: dict[str, dict[str, Any]] = {"counter": {}, "gauge": {}, "histogram": {}}
         self._names: dict[str, list[tuple[str, dict[str, str], str]]] = defaultdict(list)
         self._latencies: dict[str, list[float]] = defaultdict(list)
 
@@ -128,7 +130,7 @@ class Metrics:
 
     def _child(self, kind: str, name: str, labels: Mapping[str, str]) -> Any:
         """The child for ``name`` and ``labels``, created on first use (then a dict hit)."""
-        key = (name, tuple(sorted(labels.items())))
+        key = (kind, name, tuple(sorted(labels.items())))
         child = self._children.get(key)
         if child is not None:
             return child
@@ -136,6 +138,8 @@ class Metrics:
             child = self._children.get(key)
             if child is None:
                 child = self._children[key] = self._make(kind, name, labels)
+                if not labels:
+                    self._plain[kind][name] = child
         return child
 
     def _make(self, kind: str, name: str, labels: Mapping[str, str]) -> Any:
@@ -158,22 +162,20 @@ class Metrics:
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         """Add ``n`` to a counter; extra ``labels`` must be bounded (an error class, never raw text)."""
-        key = (name, tuple(sorted(labels.items())) if labels else ())
-        child = self._children.get(key)
+        child = None if labels else self._plain["counter"].get(name)
         if child is None:
             child = self._child("counter", name, labels)
         child.inc(n)
 
     def gauge(self, name: str, value: float, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())) if labels else ())
-        child = self._children.get(key)
+        child = None if labels else self._plain["gauge"].get(name)
         if child is None:
             child = self._child("gauge", name, labels)
         child.set(value)
 
     def observe(self, name: str, seconds: float) -> None:
         """Record one latency sample, in seconds: into the histogram, and the window for percentiles."""
-        child = self._children.get((name, ()))
+        child = self._plain["histogram"].get(name)
         if child is None:
             child = self._child("histogram", name, {})
         child.observe(seconds)
