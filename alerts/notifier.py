@@ -261,6 +261,8 @@ class Notifier:
             self.metrics.count("notifications", len(notifications))
             self.metrics.observe("dispatch", time.perf_counter() - started)
         self.metrics.count("alerts", decoded.received)
+        for severity, count in self.tracker.open_by_severity().items():
+            self.metrics.gauge("incidents_open", count, severity=severity)
         # Written while the next batch is fetched and dispatched; chained, so states stay in order.
         self._persisting = asyncio.create_task(
             self._persist(producer, self._persisting, self.tracker.take_changed())

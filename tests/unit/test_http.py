@@ -10,6 +10,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port
+from tests.support.fakes import make_alert
+from thermoflow.alerts.lifecycle import Policy
+from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.http import Health, serve, tcp_reachable
 from thermoflow.metrics import Metrics
 from thermoflow.run_plan import PlanError, http_ports, plan
@@ -145,3 +148,12 @@ def test_run_gives_each_instance_and_worker_its_own_port() -> None:
     assert len(used) == len(set(used)) == 1 + 3 * 2 + 2 + 1 + 1
     with pytest.raises(PlanError, match="above 65535"):
         http_ports(instances, base=65530, workers=2)
+
+
+def test_open_incidents_by_severity_for_the_gauge() -> None:
+    tracker = IncidentTracker(Policy(resolve_after=60.0, repeat_interval=10_000.0))
+    assert tracker.open_by_severity() == {"warning": 0, "critical": 0}
+    tracker.on_alert(make_alert("a", 100.0), now=100.0)
+    tracker.on_alert(make_alert("b", 100.0), now=100.0)
+    tracker.on_alert(make_alert("c", 100.0, severity="critical"), now=100.0)
+    assert tracker.open_by_severity() == {"warning": 2, "critical": 1}
