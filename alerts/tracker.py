@@ -146,7 +146,7 @@ class IncidentTracker:
 
     def open_by_severity(self) -> dict[str, int]:
         """Open incidents per severity, every severity named (0 too): a gauge per batch."""
-        counts = dict.fromkeys(SEVERITIES, 0)
+        counts: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
         for key in self._open:
             counts[self.incidents[key].severity] += 1
         return counts
