@@ -13,11 +13,11 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from thermoflow.alerts.breaker import CircuitBreaker
+from thermoflow.alerts.breaker import BreakerState, CircuitBreaker
 from thermoflow.alerts.channels import Channel, DeliveryError
 from thermoflow.alerts.notification import Notification
 from thermoflow.alerts.routing import Routes
@@ -25,6 +25,9 @@ from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 
 log = get_logger(__name__)
+
+#: A breaker's state as the value of ``thermoflow_alerts_notify_circuit_breaker_state{channel}``.
+BREAKER_LEVELS: Final[dict[BreakerState, int]] = {"closed": 0, "half-open": 1, "open": 2}
 
 
 class DeadLetterSink(Protocol):
@@ -120,6 +123,12 @@ class Dispatcher:
 
     async def _attempt(self, name: str, notification: Notification) -> None:
         breaker = self.breakers[name]
+        try:
+            await self._attempt_through(name, breaker, notification)
+        finally:  # 0 closed, 1 half-open, 2 open: one gauge per channel, set once per attempt
+            self.metrics.gauge(f"breaker_state.{name}", BREAKER_LEVELS[breaker.state])
+
+    async def _attempt_through(self, name: str, breaker: CircuitBreaker, notification: Notification) -> None:
         while breaker.probing:  # another send is probing a half-open channel: wait for its verdict
             await self._verdicts[name].wait()
         if not breaker.allow():
@@ -172,7 +181,7 @@ class Dispatcher:
                 reason=reason,
             )
             await self._dead_letters.dead_letter(notification, channel=name, reason=reason)
-            self.metrics.count(f"dead_lettered.{name}")
+            self.metrics.count(f"dead_lettered.{name}", reason="undeliverable")
             return False
         self.metrics.count(f"delivered.{name}")
         return True

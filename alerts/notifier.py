@@ -52,6 +52,7 @@ from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.alerts.watermarks import PipelineWatermarks
 from thermoflow.events import AlertEvent, Clear
+from thermoflow.http import component_health, serve
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.settings import ConfigError
@@ -174,7 +175,16 @@ class Notifier:
         )
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
-        """Consume, notify, persist, commit, until ``stop`` is set; then finish the batch and return."""
+        """Consume, notify, persist, commit, until ``stop`` is set; then finish the batch and return.
+
+        ``/metrics``, ``/healthz`` and ``/readyz`` are served all along (:mod:`thermoflow.http`).
+        """
+        async with serve(
+            self.settings.http_port, self.metrics, component_health(self.settings, self.watchdog)
+        ):
+            await self._run(stop, ready=ready)
+
+    async def _run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
         await kafka.ensure_topics(settings, {settings.alerts_topic: 6, settings.deadletter_topic: 3})
         await ensure_state_topic(settings, settings.notifier_state_topic)
@@ -199,6 +209,7 @@ class Notifier:
             pipeline=1,
             on_assigned=self.reload_state,
             metrics=self.metrics,
+            group=settings.notify_group,
         )
         try:
             await producer.start()
@@ -250,6 +261,8 @@ class Notifier:
             self.metrics.count("notifications", len(notifications))
             self.metrics.observe("dispatch", time.perf_counter() - started)
         self.metrics.count("alerts", decoded.received)
+        for severity, count in self.tracker.open_by_severity().items():
+            self.metrics.gauge("incidents_open", count, severity=severity)
         # Written while the next batch is fetched and dispatched; chained, so states stay in order.
         self._persisting = asyncio.create_task(
             self._persist(producer, self._persisting, self.tracker.take_changed())

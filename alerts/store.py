@@ -56,6 +56,7 @@ from thermoflow.alerts.lifecycle import (
 from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.watermarks import PipelineWatermarks
 from thermoflow.events import CLEARED_CONDITIONS, AlertEvent, Clear, EventDecodeError, Watermark, kafka_source
+from thermoflow.http import component_health, serve
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog
@@ -406,6 +407,8 @@ class AlertStore:
         self.metrics.count("alerts_inserted", sum(r.inserted for r in results))
         self.metrics.count("alerts_duplicate", sum(r.duplicates for r in results))
         self.metrics.count("alerts_refused", len(bad))
+        if bad:
+            self.metrics.count("dead_lettered", len(bad), reason="refused")
         return True
 
     async def _dead_letter(
@@ -457,6 +460,12 @@ class AlertStore:
             self._conn = None
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Store alerts until ``stop``, serving ``/metrics``, ``/healthz``, ``/readyz`` all along."""
+        health = component_health(self.settings, self.watchdog, database=True)
+        async with serve(self.settings.http_port, self.metrics, health):
+            await self._run(stop, ready=ready)
+
+    async def _run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         settings = self.settings
         if not await db.migrate_when_available(self.settings, stop):
             return
@@ -489,6 +498,7 @@ class AlertStore:
             batch_size=settings.store_batch_size,
             wait=settings.store_batch_wait,
             metrics=self.metrics,
+            group=settings.store_group,
         )
         try:
             await consumer.start()

@@ -26,7 +26,7 @@ from thermoflow.alerts.lifecycle import (
     tick,
 )
 from thermoflow.alerts.notification import Notification, from_transition
-from thermoflow.events import AlertEvent, Clear
+from thermoflow.events import SEVERITIES, AlertEvent, Clear
 
 _Due = tuple[float, IncidentKey]
 
@@ -143,6 +143,13 @@ class IncidentTracker:
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    def open_by_severity(self) -> dict[str, int]:
+        """Open incidents per severity, every severity named (0 too): a gauge per batch."""
+        counts: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
+        for key in self._open:
+            counts[self.incidents[key].severity] += 1
+        return counts
 
     @staticmethod
     def _notifications(transitions: list[Transition], *, now: float) -> list[Notification]:

@@ -32,12 +32,13 @@ from typing import Final
 
 from aiokafka import AIOKafkaProducer
 
+from thermoflow.http import component_health, serve
 from thermoflow.ingest.acks import AckLine, Held
 from thermoflow.ingest.delivery import Group, KafkaDelivery, start_producer, stop_producer
 from thermoflow.ingest.mapping import TopicTemplate
 from thermoflow.ingest.mqtt_reader import check_paho_version
 from thermoflow.ingest.mqtt_session import MqttSession
-from thermoflow.ingest.records import LogSampler, OutRecord, Translator
+from thermoflow.ingest.records import LogSampler, OutRecord, Translator, dead_letter_reason
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -106,11 +107,16 @@ class Bridge:
     async def run(self, stop: asyncio.Event) -> None:
         """Bridge until ``stop`` is set; then stop reading, deliver and ack what is held, disconnect."""
         check_paho_version()
+        health = component_health(self.settings, self.watchdog)
+        health.ready_when("mqtt", self._mqtt.connected.is_set)
         self.watchdog.start()
         try:
-            producer = await start_producer(self.settings, stop, self.watchdog, stop_reserve=_STOP_RESERVE)
-            if producer is not None:
-                await self._bridge(producer, stop)
+            async with serve(self.settings.http_port, self.metrics, health):
+                producer = await start_producer(
+                    self.settings, stop, self.watchdog, stop_reserve=_STOP_RESERVE
+                )
+                if producer is not None:
+                    await self._bridge(producer, stop)
         finally:
             self.watchdog.stop()
 
@@ -196,7 +202,7 @@ class Bridge:
             reason = f"internal error translating message: {type(exc).__name__}"
             translation = self._translator.dead_letter(topic, payload, reason, received_at=received_at)
         if translation.error is not None:
-            self.metrics.count("dead_lettered")
+            self.metrics.count("dead_lettered", reason=dead_letter_reason(translation.error))
             held = self._dead_letter_log.admit(now=pending.received)
             if held is not None:
                 log.warning("dead_letter", topic=topic[:200], error=translation.error[:500], not_logged=held)

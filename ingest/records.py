@@ -109,6 +109,21 @@ class Translator:
         )
 
 
+def dead_letter_reason(error: str) -> str:
+    """A dead letter's reason as a metric label: a few fixed values, never the error's own text.
+
+    >>> dead_letter_reason("payload is neither JSON nor a number: JSON is malformed")
+    'payload'
+    >>> dead_letter_reason("internal error decoding payload: KeyError: 'x'")
+    'internal'
+    """
+    if error.startswith("internal error"):
+        return "internal"
+    if error.startswith("MQTT topic") or "does not match the template" in error:
+        return "topic"
+    return "payload"
+
+
 class LogSampler:
     """Admits at most ``per_second`` log lines a second, and says how many it held back.
 

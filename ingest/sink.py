@@ -30,6 +30,7 @@ from psycopg import sql
 
 from thermoflow import consume, db, kafka
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
+from thermoflow.http import component_health, serve
 from thermoflow.ingest.rows import STAGE_COLUMNS, STAGE_TYPES, Row, RowBatch, rows_from_values
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import get_logger
@@ -125,7 +126,15 @@ class ReadingsSink:
         self._next_log = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Migrate the schema, then consume, write and commit batch after batch until ``stop``."""
+        """Migrate the schema, then consume, write and commit batch after batch until ``stop``.
+
+        ``/metrics``, ``/healthz`` and ``/readyz`` are served all along (:mod:`thermoflow.http`).
+        """
+        health = component_health(self.settings, self.watchdog, database=True)
+        async with serve(self.settings.http_port, self.metrics, health):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         if not await db.migrate_when_available(self.settings, stop):
             return
         consumer = kafka.consumer(
@@ -146,6 +155,7 @@ class ReadingsSink:
             # Every writer busy while the next batch is fetched and decoded; it waits for a free one.
             pipeline=len(self._writers),
             metrics=self.metrics,
+            group=self.settings.sink_group,
         )
         try:
             await consumer.start()
@@ -199,6 +209,10 @@ class ReadingsSink:
                 )
         except db.Stopped:
             return False  # this batch and the later ones come again, uncommitted
+        if batch.errors:
+            self.metrics.count("dead_lettered", len(batch.errors), reason="decode")
+        if refused:
+            self.metrics.count("dead_lettered", len(refused), reason="refused_by_database")
         self.metrics.count("consumed", len(records))
         self.metrics.count("rows_inserted", inserted)
         self.metrics.count("rows_duplicate", len(batch.rows) - len(refused) - inserted)
@@ -243,7 +257,6 @@ class ReadingsSink:
                 )
             )
         await asyncio.gather(*futures)
-        self.metrics.count("dead_lettered", len(errors))
 
     def _log_metrics(self, event: str) -> None:
         snapshot = self.metrics.snapshot()

@@ -261,7 +261,7 @@ class BatchRunner:
             self.emitter.processed(records, batch)
             await self.emitter.emit()
         self.metrics.count("readings", len(batch))
-        self.metrics.count("dead_letters", len(rejects))
+        self.metrics.count("dead_letters", len(rejects), reason="decode")
         self.metrics.observe("batch", time.perf_counter() - started)
 
     async def _send(self, emit: Emit) -> asyncio.Future[Any]:

@@ -25,6 +25,7 @@ import faust
 from thermoflow import kafka
 from thermoflow.component import EXIT_STOP_TIMEOUT, STOP_SIGNALS, run_until_signal
 from thermoflow.errors import ServiceError
+from thermoflow.http import component_health, serve
 from thermoflow.kafka import DEFAULT_PARTITIONS
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -117,7 +118,15 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: in
     codes: list[int] = []
 
     async def main(stop: asyncio.Event) -> None:
-        codes.append(await _serve(settings, stop=stop, slot=slot, data_dir=data_dir, parent_pid=parent_pid))
+        metrics = Metrics("processors")
+        # Each worker of this `process` its own port; its stall watchdogs end the process themselves.
+        port = settings.http_port + worker_index if settings.http_port else None
+        async with serve(port, metrics, component_health(settings, None)):
+            codes.append(
+                await _serve(
+                    settings, stop=stop, slot=slot, data_dir=data_dir, parent_pid=parent_pid, metrics=metrics
+                )
+            )
 
     try:
         run_until_signal(main, grace=settings.shutdown_grace)
@@ -130,12 +139,16 @@ def run_worker(settings: ProcessorSettings, *, worker_index: int, parent_pid: in
 
 
 async def _serve(
-    settings: ProcessorSettings, *, stop: asyncio.Event, slot: int, data_dir: Path, parent_pid: int | None
+    settings: ProcessorSettings,
+    *,
+    stop: asyncio.Event,
+    slot: int,
+    data_dir: Path,
+    parent_pid: int | None,
+    metrics: Metrics,
 ) -> int:
     """Run the faust worker until ``stop`` is set or it crashes; 0 after a clean stop, else 1."""
-    app = build_app(
-        settings, registry=registry, worker_index=slot, data_dir=data_dir, metrics=Metrics("processors")
-    )
+    app = build_app(settings, registry=registry, worker_index=slot, data_dir=data_dir, metrics=metrics)
     worker = _Worker(
         app,
         loop=asyncio.get_running_loop(),

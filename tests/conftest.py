@@ -38,6 +38,10 @@ from thermoflow.stack.services import Kafka, Mosquitto, Postgres, remove_home, s
 from thermoflow.stack.stack import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Components started by tests serve no /metrics port unless a test asks for one: many run at
+# once (and beside other test runs), and the default port is one port.
+os.environ.setdefault("THERMOFLOW_HTTP_PORT", "0")
 ENV_VARS = (
     "THERMOFLOW_TEST_MQTT_URL",
     "THERMOFLOW_TEST_KAFKA_BOOTSTRAP",

@@ -262,6 +262,11 @@ def run_command(
             scale=run_plan.parse_scale(scale or []),
             only=[name.strip() for name in only.split(",") if name.strip()] if only else [],
         )
+        # One port per instance on this machine: from the processors' settings, for their workers.
+        from thermoflow.processors.settings import ProcessorSettings
+
+        processors = load_settings(ProcessorSettings)
+        ports = run_plan.http_ports(instances, base=processors.http_port, workers=processors.workers)
     except run_plan.PlanError as exc:
         raise ConfigError(str(exc)) from None
     configure_logging(component="run")
@@ -269,7 +274,9 @@ def run_command(
         die_with_parent(signal.SIGTERM, parent=os.getppid())
 
     async def main() -> int:
-        return await Supervisor(instances, env=dict(os.environ), grace=grace, status_file=status_file).run()
+        return await Supervisor(
+            instances, env=dict(os.environ), grace=grace, status_file=status_file, ports=ports
+        ).run()
 
     raise typer.Exit(asyncio.run(main()))
 

@@ -143,7 +143,9 @@ class ConsumeLoop:
         pipeline: batches whose output may still be on its way while the next batch is fetched
             and handed over (0: each is finished before the next fetch); commits stay in order.
         on_assigned: runs after each assignment, before any batch of it is handed over.
-        metrics: counts refused commits and times commits.
+        metrics: counts refused commits, times commits, and keeps the consumer lag per
+            partition fetched from (``thermoflow_<component>_consumer_lag{group,topic,partition}``).
+        group: the consumer group, as the lag's label.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class ConsumeLoop:
         pipeline: int = 0,
         on_assigned: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
+        group: str = "",
     ) -> None:
         if pipeline < 0:
             raise ValueError(f"pipeline must be 0 or more, not {pipeline}")
@@ -169,6 +172,7 @@ class ConsumeLoop:
         self._pipeline = pipeline
         self._on_assigned = on_assigned
         self._metrics = metrics
+        self._group = group
         self._in_flight: deque[tuple[Batch, Durable]] = deque()
         # Held while a batch is handed over or a commit is made: a revocation waits for it, so
         # that commits stay in order and every batch handed over is finished before it.
@@ -190,6 +194,7 @@ class ConsumeLoop:
                 epoch = self._epoch  # read before any await: the assignment these records came from
                 batch = Batch.of(fetched)
                 self._fetched(batch.count)
+                self._report_lag(batch)
                 if self._failure is not None:
                     raise self._failure
                 if not await self._until_ready(stop):
@@ -302,6 +307,19 @@ class ConsumeLoop:
         if batch.count:
             log.info("batch_dropped_after_rebalance", records=batch.count, partitions=_names(batch.offsets))
         self._forget(batch)
+
+    def _report_lag(self, batch: Batch) -> None:
+        """Per partition fetched from: records after this fetch up to the partition's end (per batch)."""
+        highwater = getattr(self._consumer, "highwater", None)  # an AIOKafkaConsumer's; fakes lack it
+        if self._metrics is None or highwater is None:
+            return
+        for tp, next_offset in batch.offsets.items():
+            end = highwater(tp)
+            if end is not None:
+                self._metrics.gauge(
+                    "consumer_lag", max(0, end - next_offset),
+                    group=self._group, topic=tp.topic, partition=str(tp.partition),
+                )  # fmt: skip
 
     def _fetched(self, count: int) -> None:
         self._uncommitted += count

@@ -79,6 +79,32 @@ def plan(*, scale: Mapping[str, int], only: Iterable[str] = ()) -> list[Instance
     return instances
 
 
+def http_ports(instances: Iterable[Instance], *, base: int | None, workers: int = 1) -> dict[str, int]:
+    """Each instance its own ``/metrics`` port, from ``base`` up in plan order; none if ``base`` is 0.
+
+    A processor instance takes ``workers`` ports (its worker *i* serves on its port + *i*).
+
+    >>> ports = http_ports(plan(scale={"processor": 2}), base=9108, workers=2)
+    >>> ports["bridge-1"], ports["processor-1"], ports["processor-2"], ports["sink-1"]
+    (9108, 9109, 9111, 9113)
+    >>> http_ports(plan(scale={}), base=0)
+    {}
+    """
+    if not base:
+        return {}
+    ports: dict[str, int] = {}
+    port = base
+    for instance in instances:
+        ports[instance.name] = port
+        port += workers if instance.component == "processor" else 1
+    if port - 1 > 65535:
+        raise PlanError(
+            f"THERMOFLOW_HTTP_PORT={base} leaves no room for {port - base} ports (the last would be"
+            f" {port - 1}, above 65535); choose a lower port, or 0 to serve none"
+        )
+    return ports
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     """Exponential backoff between restarts, forgotten once a process has run long enough.

@@ -82,6 +82,14 @@ class ThermoflowSettings(BaseSettings):
         " (code 3) to be restarted; 0 disables",
     )
 
+    http_port: int | None = Field(
+        9108,
+        ge=0,
+        le=65535,
+        description="port of /metrics, /healthz and /readyz; 0 serves none. `thermoflow run`"
+        " gives each instance its own: this plus its place in the plan (a processor worker: plus its index)",
+    )
+
     shutdown_grace: float = Field(
         20.0,
         gt=0,

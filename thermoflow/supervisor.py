@@ -65,6 +65,8 @@ class Supervisor:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     grace: float = 30.0
     status_file: Path | None = None
+    #: Each instance's THERMOFLOW_HTTP_PORT (:func:`thermoflow.run_plan.http_ports`); absent: env's.
+    ports: Mapping[str, int] = field(default_factory=dict)
     out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     kill_now: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,7 +115,7 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
-                env={**self.env, "THERMOFLOW_INSTANCE": str(instance.index)},
+                env={**self.env, "THERMOFLOW_INSTANCE": str(instance.index), **self._port(instance)},
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop them in order
                 preexec_fn=functools.partial(die_with_parent, parent=os.getpid()),
             )  # fmt: skip
@@ -149,6 +151,10 @@ class Supervisor:
                 await asyncio.wait_for(self.stop.wait(), delay)
         state.state = "stopped"  # also when stopped while waiting to restart
         self._write_status()
+
+    def _port(self, instance: Instance) -> dict[str, str]:
+        port = self.ports.get(instance.name)
+        return {} if port is None else {"THERMOFLOW_HTTP_PORT": str(port)}
 
     async def _terminate(self, name: str, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM, then SIGKILL of its process group after the grace period or a second signal."""
