@@ -282,9 +282,16 @@ class BatchRunner:
         if not isinstance(self.body, Stateful):
             return
         caught_up = self.emitter.caught_up if self.emitter is not None else (lambda partition: False)
+        app = self.sink.app
         async with self.turn:
+            if app.should_stop:  # the producer may be gone: what the timer would find, the next owner finds
+                return
             emits = self.body.on_timer(now=time.time(), caught_up=caught_up)
-            await asyncio.gather(*[await self._send(emit) for emit in emits])
+            try:
+                await asyncio.gather(*[await self._send(emit) for emit in emits])
+            except faust.exceptions.NotReady:  # stopping under way: nothing was persisted, all is found again
+                self.log.info("timer_stopped", unsent=len(emits))
+                return
             await self.body.persist()
         self.metrics.count("emitted", len(emits))
 
