@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.conftest import ROOT, Endpoints
+from tests.support.rules import thresholds_only_rules
 from thermoflow import db
 from thermoflow.pipeline_run import WEBHOOK_SECRET, PipelineRun
 from thermoflow.webhook_receiver import Delivery, signature_valid
@@ -29,7 +30,9 @@ DEVICES = 400
 RATE_PER_DEVICE = 5.0  # 2,000 readings/s
 DURATION_S = 60.0
 RESOLVE_AFTER_S = 10.0  # well above the pipeline latency, even on a loaded machine
-RULES = ROOT / "processors" / "rules.yaml"
+# The shipped thresholds without the device detectors: this run judges delivery and the threshold
+# incidents' lifecycle, where every incident resolves; the detectors are judged in test_demo.
+RULES = thresholds_only_rules(ROOT / ".thermoflow" / "e2e" / "rules-thresholds-only.yaml")
 
 
 @contextlib.asynccontextmanager
@@ -38,6 +41,8 @@ async def pipeline(endpoints: Endpoints, name: str) -> AsyncIterator[PipelineRun
         endpoints.settings(), ROOT / ".thermoflow" / "e2e" / name, resolve_after=RESOLVE_AFTER_S
     )
     run.names["THERMOFLOW_RULES_FILE"] = str(RULES)
+    # The fleet stops at the end: that silence (ingest_silent, resolved only by data) is not this test's.
+    run.names["THERMOFLOW_INGEST_SILENT_AFTER"] = "3600"
     try:
         await run.start()
         yield run
