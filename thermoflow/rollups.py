@@ -27,6 +27,7 @@ def retention_days(settings: ThermoflowSettings) -> dict[str, int]:
     """Days each hypertable or rollup keeps its rows, by relation name."""
     return {
         "readings": settings.readings_retention_days,
+        "alert_events": settings.alert_events_retention_days,
         "readings_1m": settings.rollup_1m_retention_days,
         "readings_1h": settings.rollup_1h_retention_days,
         "alert_counts_1h": settings.rollup_1h_retention_days,

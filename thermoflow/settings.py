@@ -124,6 +124,13 @@ class ThermoflowSettings(BaseSettings):
         description="days raw readings are kept on TimescaleDB (more than the hourly rollup's 7-day"
         " refresh window); applied by `thermoflow init`",
     )
+    alert_events_retention_days: int = Field(
+        365,
+        ge=8,
+        le=36_500,
+        description="days raw alert events are kept on TimescaleDB (their hourly counts stay as long as"
+        " the hourly rollups); applied by `thermoflow init`",
+    )
     rollup_1m_retention_days: int = Field(
         365,
         ge=8,

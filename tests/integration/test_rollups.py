@@ -228,7 +228,13 @@ def test_readings_command_prints_json_from_the_rollup(backend: ThermoflowSetting
 
 def test_init_applies_the_configured_retention(backend: ThermoflowSettings) -> None:
     db.migrate(backend)
-    settings = backend.model_copy(update={"readings_retention_days": 30, "rollup_1m_retention_days": 400})
+    settings = backend.model_copy(
+        update={
+            "readings_retention_days": 30,
+            "alert_events_retention_days": 180,
+            "rollup_1m_retention_days": 400,
+        }
+    )
     if not is_timescale(backend):
         assert rollups.apply_retention(settings) == {}  # plain tables: nothing drops rows
         return
@@ -238,12 +244,13 @@ def test_init_applies_the_configured_retention(backend: ThermoflowSettings) -> N
             "readings_1h": "1825 days", "alert_counts_1h": "1825 days", "fleet_readings_1m": "1825 days",
             "fleet_alerts_1m": "1825 days",
         }  # fmt: skip
-    assert rollups.apply_retention(settings) == {"readings": 30, "readings_1m": 400}
+    assert rollups.apply_retention(settings) == {"readings": 30, "alert_events": 180, "readings_1m": 400}
     assert rollups.apply_retention(settings) == {}  # already so
     with db.connect(backend) as conn:
         current = rollups.current_retention(conn)
-    assert (current["readings"], current["readings_1m"], current["readings_1h"]) == (
+    assert (current["readings"], current["alert_events"], current["readings_1m"], current["readings_1h"]) == (
         "30 days",
+        "180 days",
         "400 days",
         "1825 days",
     )
