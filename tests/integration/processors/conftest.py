@@ -87,6 +87,7 @@ class ProcessorRig:
                 "THERMOFLOW_RULES_POLL_INTERVAL": "0.2",
                 "THERMOFLOW_MAX_WAIT": "0.1",
                 "THERMOFLOW_LOG_LEVEL": "INFO",
+                "THERMOFLOW_HTTP_PORT": "0",  # no endpoints: workers of one test would share port 9108
                 **extra,
             }
         )
