@@ -14,15 +14,17 @@ from tests.conftest import ROOT
 from thermoflow.stack import Stack, StackConfig
 from thermoflow.stack.process import pid_alive
 
+# Below the ephemeral range (32768-60999 here): an outgoing connection of another test must not be
+# holding the port when the stack binds it (CI saw Kafka fail with "Address already in use" on 39092).
 PORTS = [
     "--mqtt-port",
-    "31883",
+    "22883",
     "--kafka-port",
-    "39092",
+    "22092",
     "--kafka-controller-port",
-    "39093",
+    "22093",
     "--postgres-port",
-    "35432",
+    "22432",
 ]
 
 
@@ -58,7 +60,7 @@ def stack_pids(state_dir: Path) -> list[int]:
 def test_up_twice_status_down_leaves_nothing_behind(state_dir: Path) -> None:
     first = thermoflow("stack", "up", "--state-dir", str(state_dir), *PORTS)
     assert first.returncode == 0, first.stderr
-    assert "THERMOFLOW_KAFKA_BOOTSTRAP=127.0.0.1:39092" in first.stdout
+    assert "THERMOFLOW_KAFKA_BOOTSTRAP=127.0.0.1:22092" in first.stdout
     pids = stack_pids(state_dir)
     assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
 
