@@ -70,7 +70,7 @@ def test_up_twice_status_down_leaves_nothing_behind(state_dir: Path) -> None:
 
     status = thermoflow("stack", "status", "--state-dir", str(state_dir))
     assert status.returncode == 0
-    assert status.stdout.count("running") == 3
+    assert status.stdout.count("│ running ") == 3  # the table's status cells (a "database:" line follows)
 
     check = thermoflow("stack", "check", "--state-dir", str(state_dir))
     assert check.returncode == 0, check.stderr
@@ -86,7 +86,7 @@ def test_up_twice_status_down_leaves_nothing_behind(state_dir: Path) -> None:
 
     after = thermoflow("stack", "status", "--state-dir", str(state_dir))
     assert after.returncode == 1
-    assert after.stdout.count("stopped") == 3
+    assert after.stdout.count("│ stopped ") == 3
     assert (state_dir / "kafka" / "data").exists()  # a plain `down` keeps the data
 
     purged = thermoflow("stack", "down", "--purge", "--state-dir", str(state_dir))
