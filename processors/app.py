@@ -25,10 +25,10 @@ from typing import Any
 
 import faust
 import msgspec
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
+from thermoflow import kafka
 from thermoflow.events import WATERMARK_HEADERS, DeadLetter, dead_letter_headers, encode, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -426,18 +426,12 @@ class WatermarkEmitter:
 
     async def _count_partitions(self) -> None:
         topics = [self.progress.topic, self.sink_topic]
-        admin = AIOKafkaAdminClient(**self.settings.kafka_options(), request_timeout_ms=10_000)
         try:
-            await admin.start()
-            described = await admin.describe_topics(topics)
+            counts = await kafka.partition_counts(self.settings, topics, timeout=10.0)
         except (KafkaError, OSError) as exc:
             self._counts_at = float("-inf")  # ask again at the next round
             self.log.warning("partition_count_failed", error=repr(exc))
             return
-        finally:
-            with contextlib.suppress(Exception):
-                await admin.close()
-        counts = {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions")}
         if all(counts.get(topic) for topic in topics):
             self._counts = (counts[topics[0]], counts[topics[1]])
         else:

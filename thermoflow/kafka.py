@@ -149,11 +149,12 @@ async def partition_counts(
 ) -> dict[str, int]:
     """The partition count of each existing topic among ``names``."""
     admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=int(timeout * 1000))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics(list(names))
     finally:
-        await admin.close()
+        with contextlib.suppress(Exception):  # a client that never started has nothing to close
+            await admin.close()
     return {d["topic"]: len(d["partitions"]) for d in described if d.get("partitions")}
 
 
