@@ -10,6 +10,12 @@ achieved publish rate, loss and duplicates (Kafka and database), alert precision
 the p99 latency from publish to stored row. A rate is *sustained* when it was held, nothing
 was lost or doubled in the database, and p99 publish -> stored row stayed <= 250 ms.
 
+CPU per reading, the headline figure (it moves far less between machines than wall time): the
+CPU each supervised process (and `thermoflow run` itself) spent from the first publish until
+the simulator's measurement ended, per 1,000 readings stored, per process and in total; and
+the idle overhead, the same processes' CPU over ``IDLE_SECONDS`` before any reading, as a share
+of one core. The simulator is not counted.
+
 Baseline, measured in the same run: the simulator alone publishing to Mosquitto at the
 highest target rate with nothing consuming (the publish side's ceiling); the ratio is the
 sustained pipeline rate over that ceiling.
@@ -28,11 +34,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cpu import cpu_of, spent  # noqa: E402
 from thermoflow.pipeline_run import PipelineRun  # noqa: E402
 from thermoflow.stack import Stack, StackConfig  # noqa: E402
 
 P99_GOAL_MS = 250.0
 RATE_PER_DEVICE = 5.0
+IDLE_SECONDS = 10.0
 
 
 def fleet_args(rate: float, seconds: float) -> list[str]:
@@ -48,7 +56,13 @@ async def pipeline_at(stack: Stack, rate: float, seconds: float) -> dict[str, An
     run = PipelineRun.isolated(stack.settings(), workdir, resolve_after=10.0)
     try:
         await run.start()
+        pids = {**run.pids(), "run": run.supervisor.pid}  # type: ignore[union-attr]
+        idle_from = cpu_of(pids)
+        await asyncio.sleep(IDLE_SECONDS)
+        idle = spent(idle_from, cpu_of(pids))
+        busy_from = cpu_of(pids)
         report = await run.simulate(*fleet_args(rate, seconds))
+        busy = spent(busy_from, cpu_of(pids))
     finally:
         await run.stop()
         run.drop_schema()
@@ -68,12 +82,23 @@ async def pipeline_at(stack: Stack, rate: float, seconds: float) -> dict[str, An
         "p99_alert_ms": alert.get("p99_ms"),
         "precision": report["alerts"]["precision"],
         "recall": report["alerts"]["recall"],
+        "idle_core_share": sum(idle.values()) / IDLE_SECONDS,
+        "cpu_per_1000": {name: 1000 * cpu / max(1, database.get("rows") or 0) for name, cpu in busy.items()},
     }
     result["sustained"] = bool(
         result["held"] and result["lost"] == 0 and result["doubled"] == 0
         and (result["p99_stored_ms"] or 1e9) <= P99_GOAL_MS
     )  # fmt: skip
     return result
+
+
+def format_cpu(result: dict[str, Any]) -> str:
+    """CPU-seconds per 1,000 readings stored, per process and in total, and the idle overhead."""
+    per = result["cpu_per_1000"]
+    parts = ", ".join(f"{name} {cpu:.4f}" for name, cpu in sorted(per.items()))
+    total = sum(per.values())
+    return (f"    CPU-s per 1,000 readings: total {total:.4f} ({1000 * total:.1f} µs/reading) = {parts};"
+            f" idle: {100 * result['idle_core_share']:.1f}% of a core")  # fmt: skip
 
 
 async def publish_only(stack: Stack, rate: float, seconds: float) -> float:
@@ -106,6 +131,7 @@ async def bench(stack: Stack, rates: list[float], seconds: float) -> None:
             f" -> {'SUSTAINED' if result['sustained'] else 'not sustained'}",
             flush=True,
         )
+        print(format_cpu(result), flush=True)
     sustained = [r for r in results if r["sustained"]]
     best = max((r["achieved"] for r in sustained), default=0.0)
     print(f"sustained end-to-end rate: {best:,.0f} readings/s (p99 publish->stored <= {P99_GOAL_MS:.0f} ms,"
@@ -121,9 +147,12 @@ def main() -> None:
         "--rates", default="5000,10000,15000,20000", help="target readings/s, comma-separated"
     )
     parser.add_argument("--seconds", type=float, default=30.0, help="publishing time per rate")
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(".thermoflow/stack"), help="the local stack to run on"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    stack = Stack(StackConfig.saved(Path(".thermoflow/stack").resolve()) or StackConfig())
+    stack = Stack(StackConfig.saved(args.state_dir.resolve()) or StackConfig())
     stack.up()
     asyncio.run(bench(stack, rates, args.seconds))
 
