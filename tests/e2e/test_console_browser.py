@@ -117,16 +117,24 @@ async def _acknowledgements(run: PipelineRun, incident_id: str) -> tuple[str, st
     return await asyncio.to_thread(read)
 
 
-async def _device_of(run: PipelineRun, incident_id: str) -> str:
-    def read() -> str:
+async def _lasting_incident(run: PipelineRun) -> tuple[str, str]:
+    """A firing threshold incident's id and device, once there is one: with the long resolve_after it
+    stays open for the whole test (an offline one ends when its device comes back, a few seconds on)."""
+
+    def read() -> tuple[str, str] | None:
         with db.connect(run.settings) as conn:
             row = conn.execute(
-                "SELECT device_id FROM incidents WHERE incident_id = %s", (incident_id,)
+                "SELECT incident_id, device_id FROM incidents WHERE status = 'firing' AND kind = 'threshold'"
+                " ORDER BY opened_at LIMIT 1"
             ).fetchone()
-        assert row is not None
-        return str(row[0])
+        return (str(row[0]), str(row[1])) if row else None
 
-    return await asyncio.to_thread(read)
+    for _ in range(LIVE_TIMEOUT_MS // 1000):
+        found = await asyncio.to_thread(read)
+        if found:
+            return found
+        await asyncio.sleep(1)
+    pytest.fail("no threshold incident in the database: the pipeline, not the console, failed")
 
 
 async def test_the_console_in_a_browser_shows_the_pipeline_live_and_acts_on_it(
@@ -178,11 +186,10 @@ async def _steps(run: PipelineRun, page: Page, shots: BrowserPage, url: str) -> 
     # Incidents: one appears while the page is open.
     await page.goto(url + INCIDENTS)
     await page.evaluate("window.__not_reloaded = true")
-    await page.locator(INCIDENT_ROW).first.wait_for(timeout=LIVE_TIMEOUT_MS)
+    incident_id, device_id = await _lasting_incident(run)
+    row = page.locator(f'[data-incident-id="{incident_id}"]')
+    await row.wait_for(timeout=LIVE_TIMEOUT_MS)
     assert await page.evaluate("window.__not_reloaded === true"), "the incident came by reloading the page"
-    incident_id = await page.locator(INCIDENT_ROW).first.get_attribute("data-incident-id")
-    assert incident_id
-    row = page.locator(f'[data-incident-id="{incident_id}"]')  # not .first: new ones may come on top
     await shots.screenshot("incidents")
 
     # Acknowledge with a note; a double click is one acknowledgement.
@@ -206,7 +213,6 @@ async def _steps(run: PipelineRun, page: Page, shots: BrowserPage, url: str) -> 
     await shots.screenshot("incident-acknowledged")
 
     # Device: the chart drew the device's readings.
-    device_id = await _device_of(run, incident_id)
     await page.goto(url + DEVICE.format(device_id))
     chart = page.locator(CHART).first
     await page.wait_for_function(
