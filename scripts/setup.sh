@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up everything thermoflow needs on this machine: Debian packages (as root), a virtual
+# Set up everything thermoflow needs on this machine: Debian packages (as root, Chromium too), a virtual
 # environment inside the project with thermoflow and its test tools, and Kafka's jars.
 # Safe to run again: each step skips what is already done.
 set -euo pipefail
@@ -12,6 +12,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v java >/dev/null 2>&1 || need_debs+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_debs+=(maven)
 command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)  # the tests' TLS certificates
+# The browser tests' headless Chromium (tests/support/browser.py): Debian's, driven by Playwright
+# for Python, whose own browser download cannot work on a machine without that host.
+[ -x /usr/bin/chromium ] || need_debs+=(chromium)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_debs[*]} with apt-get"

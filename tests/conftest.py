@@ -21,12 +21,12 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -36,6 +36,9 @@ from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack import Stack, StackConfig
 from thermoflow.stack.services import Kafka, Mosquitto, Postgres, remove_home, service_home
 from thermoflow.stack.stack import default_cache_dir
+
+if TYPE_CHECKING:
+    from tests.support.browser import BrowserPage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -251,6 +254,16 @@ def private_kafka() -> Iterator[Kafka]:
     yield node
     node.down()
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+async def browser_page(request: pytest.FixtureRequest) -> AsyncIterator[BrowserPage]:
+    """A page in a real headless Chromium (Debian's, see tests/support/browser.py); its screenshots
+    go to ``.thermoflow/test-output/<test>/``. Fails the test, saying why, when there is no Chromium."""
+    from tests.support.browser import open_page, output_dir  # Playwright only for the tests that ask
+
+    async with open_page(output_dir(request.node.nodeid)) as page:
+        yield page
 
 
 def unique_name(prefix: str) -> str:

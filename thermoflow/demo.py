@@ -4,7 +4,9 @@ The pipeline runs under `thermoflow run` and the fleet under `thermoflow simulat
 child processes (:class:`thermoflow.pipeline_run.PipelineRun`) with their logs in the demo's
 folder; notifications go to a webhook receiver inside this process, so the view shows the
 latest ones. When the fleet is done (or on Ctrl-C) the consumers catch up, the run's
-incidents resolve, everything stops, and a summary of this run is printed.
+incidents resolve, everything stops, and a summary of this run is printed. The view and the
+summary count from the start of this run (:class:`RunStart`), not from the stack's first:
+earlier runs on the same stack are not in them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rich.table import Table
 from thermoflow import db
 from thermoflow.alerts.notification import describe as describe_condition
 from thermoflow.component import STOP_SIGNALS
-from thermoflow.observe import KafkaObserver, kafka_observer
+from thermoflow.observe import Baseline, KafkaObserver, kafka_observer
 from thermoflow.pipeline_run import PipelineRun
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.simulator.report import detection_summary
@@ -43,6 +45,26 @@ THRESHOLD_CHECK = "threshold alerts precision / recall (vs scalar rules)"
 
 #: Incidents about a device; the others are the pipeline's own (``ingest_silent`` and such).
 DEVICE_KINDS = ("threshold", "offline", "stuck", "rate", "outlier")
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """When this run began and where its Kafka topics ended then: what the view counts from.
+
+    Without it a topic's size is every record it ever held, and a demo on a stack that has run
+    before showed "readings in Kafka 99,865" against "readings stored 34,214", which reads as loss.
+    """
+
+    at: float  # epoch seconds: database rows and incidents from then on are this run's
+    kafka: Baseline = field(default_factory=Baseline)
+
+
+async def run_start(settings: ThermoflowSettings) -> RunStart:
+    """Now, and the readings and dead-letter topics' ends now (before the pipeline starts)."""
+    at = time.time()
+    async with kafka_observer(settings) as observer:
+        kafka = await observer.baseline([settings.readings_topic, settings.deadletter_topic])
+    return RunStart(at, kafka)
 
 
 @dataclass
@@ -65,7 +87,7 @@ class Sample:
     """What the view shows at one moment."""
 
     at: float
-    totals: dict[str, int]
+    totals: dict[str, int]  # records per topic since the run began
     lag: dict[str, int]
     stored: Stored
 
@@ -114,11 +136,12 @@ def query_database(settings: ThermoflowSettings, since: float) -> Stored:
     )  # fmt: skip
 
 
-async def take_sample(run: PipelineRun, observer: KafkaObserver, since: float) -> Sample:
+async def take_sample(run: PipelineRun, observer: KafkaObserver, start: RunStart) -> Sample:
+    """This run's records in Kafka and rows in the database, and the consumers' lag, now."""
     s = run.settings
-    totals = await observer.end_offsets([s.readings_topic, s.deadletter_topic])
+    totals = await observer.end_offsets([s.readings_topic, s.deadletter_topic], since=start.kafka)
     lag = await observer.lag([s.readings_topic, s.alerts_topic])
-    stored = await asyncio.to_thread(query_database, s, since)
+    stored = await asyncio.to_thread(query_database, s, start.at)
     return Sample(time.monotonic(), totals, lag, stored)
 
 
@@ -146,7 +169,7 @@ def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: 
     def rate(now: int, before: int | None) -> str:
         return f"{(now - before) / span:,.0f}" if before is not None and span > 0 else "-"
 
-    flow = Table("stage", "total", "per second", title="flow", expand=True)
+    flow = Table("stage", "this run", "per second", title="flow since this run began", expand=True)
     for label, topic in [("readings in Kafka", s.readings_topic), ("dead letters", s.deadletter_topic)]:
         now = sample.totals.get(topic, 0)
         flow.add_row(label, f"{now:,}", rate(now, previous.totals.get(topic, 0) if previous else None))
@@ -200,7 +223,7 @@ async def run_demo(
     (the simulator's ``--anomaly-schedule`` file), if given. The simulator's report is in
     ``run.workdir / "report.json"``.
     """
-    since = time.time()
+    start = await run_start(run.settings)  # before anything of this run reaches Kafka
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:  # SIGHUP too: a closed terminal stops the demo and all it started
@@ -222,7 +245,7 @@ async def run_demo(
             view = Live(console=console, auto_refresh=False) if live else None
             with view or contextlib.nullcontext():
                 while not stop.is_set() and not fleet.done():
-                    sample = await take_sample(run, observer, since)
+                    sample = await take_sample(run, observer, start)
                     title = (
                         f"thermoflow demo: {devices} devices,"
                         f" {time.monotonic() - started:,.0f}s / {duration:,.0f}s"
@@ -236,8 +259,8 @@ async def run_demo(
                         await asyncio.wait_for(asyncio.shield(stop.wait()), REFRESH_S)
                 if fleet.done():
                     report = fleet.result()
-                    await settle(run, observer, since, stop)
-            final = await take_sample(run, observer, since)
+                    await settle(run, observer, start, stop)
+            final = await take_sample(run, observer, start)
     finally:  # also when the pipeline failed to start: nothing it started may stay behind
         if fleet is not None and not fleet.done():
             fleet.cancel()
@@ -246,7 +269,10 @@ async def run_demo(
         await run.stop()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
-    return summarize(report, final, notifications=len(run.receiver.deliveries), workdir=run.workdir)
+    return summarize(
+        report, final, notifications=len(run.receiver.deliveries), workdir=run.workdir,
+        readings_topic=run.settings.readings_topic,
+    )  # fmt: skip
 
 
 async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -271,14 +297,14 @@ def demo_run(settings: ThermoflowSettings, workdir: Path) -> PipelineRun:
     return PipelineRun(settings, workdir, resolve_after=RESOLVE_AFTER_S)
 
 
-async def settle(run: PipelineRun, observer: KafkaObserver, since: float, stop: asyncio.Event) -> None:
+async def settle(run: PipelineRun, observer: KafkaObserver, start: RunStart, stop: asyncio.Event) -> None:
     """Let the consumers catch up (lag 0) and this run's incidents resolve, unless interrupted.
 
     Offline incidents are not waited for: a device whose dropout outlasted the fleet never comes back.
     """
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while not stop.is_set() and time.monotonic() < deadline:
-        sample = await take_sample(run, observer, since)
+        sample = await take_sample(run, observer, start)
         if sample.lag and not any(sample.lag.values()) and not _resolving(sample.stored.still_open):
             return
         await asyncio.sleep(REFRESH_S)
@@ -290,7 +316,9 @@ def _resolving(still_open: list[str]) -> list[str]:
     return [incident for incident in still_open if not incident.endswith(" offline")]
 
 
-def summarize(report: dict[str, Any], final: Sample, *, notifications: int, workdir: Path) -> dict[str, Any]:
+def summarize(
+    report: dict[str, Any], final: Sample, *, notifications: int, workdir: Path, readings_topic: str
+) -> dict[str, Any]:
     """This run's figures, from the simulator's report (checked against Kafka and the database)."""
     delivery = report.get("delivery") or {}
     database = delivery.get("database") or {}
@@ -298,6 +326,7 @@ def summarize(report: dict[str, Any], final: Sample, *, notifications: int, work
     stored_latency = (report.get("latency") or {}).get("publish_to_stored") or {}
     return {
         "readings published": report.get("published"),
+        "readings in Kafka": final.totals.get(readings_topic, 0),
         "readings stored": database.get("rows", final.stored.readings),
         "readings lost / doubled": f"{database.get('lost')} / {database.get('duplicates')}",
         "dead letters (malformed on purpose)": (delivery.get("deadletter") or {}).get("received"),

@@ -1,18 +1,44 @@
 """Reading a running pipeline from outside: topic sizes and consumer-group lag from Kafka.
 
-Used by `thermoflow demo`'s live view and the end-to-end tests; nothing here writes.
+Used by `thermoflow demo`'s live view and the end-to-end tests; nothing here writes. A topic's
+size is all it ever held; a view of one run counts from a :class:`Baseline` taken when the run
+began, so earlier runs on the same stack are not counted in it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from thermoflow.settings import ThermoflowSettings
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Each partition's end offset when a run began: the records after it are the run's.
+
+    The empty baseline counts everything a topic holds.
+    """
+
+    ends: Mapping[TopicPartition, int] = field(default_factory=dict)
+
+    def counts(self, ends: Mapping[TopicPartition, int], topics: Iterable[str]) -> dict[str, int]:
+        """Per topic, the records added to its partitions since the baseline.
+
+        A partition the baseline has not seen (the topic is new, or has grown) counts whole, and so
+        does one whose end is now below the baseline's: the topic was deleted and made again.
+        """
+        totals = dict.fromkeys(topics, 0)
+        for tp, end in ends.items():
+            if tp.topic in totals:
+                start = self.ends.get(tp, 0)
+                totals[tp.topic] += end - start if end >= start else end
+        return totals
 
 
 class KafkaObserver:
@@ -35,25 +61,35 @@ class KafkaObserver:
         found = [p["partition"] for d in described if d.get("error_code", 0) == 0 for p in d["partitions"]]
         return [TopicPartition(topic, p) for p in sorted(found)]
 
-    async def end_offsets(self, topics: Iterable[str]) -> dict[str, int]:
-        """How many records each topic holds in total (the sum of its partitions' end offsets)."""
-        totals: dict[str, int] = {}
-        for topic in topics:
+    async def partition_ends(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        """The end offset of every partition of ``topics`` (none for a topic that does not exist)."""
+        ends: dict[TopicPartition, int] = {}
+        for topic in set(topics):
             partitions = await self._partitions(topic)
-            ends = await self._consumer.end_offsets(partitions) if partitions else {}
-            totals[topic] = sum(ends.values())
-        return totals
+            if partitions:
+                ends.update(await self._consumer.end_offsets(partitions))
+        return ends
+
+    async def baseline(self, topics: Iterable[str]) -> Baseline:
+        """Where ``topics`` end now: what a run started now will count from.
+
+        Safe before the topics exist: only topics already there are described, since describing
+        one makes a broker with auto-creation create it, with its default partition count.
+        """
+        present = set(await self._admin.list_topics())
+        return Baseline(await self.partition_ends(t for t in topics if t in present))
+
+    async def end_offsets(self, topics: Iterable[str], since: Baseline | None = None) -> dict[str, int]:
+        """How many records each topic holds: in total, or added since ``since``."""
+        topics = list(topics)
+        return (since or Baseline()).counts(await self.partition_ends(topics), topics)
 
     async def lag(self, topics: Iterable[str]) -> dict[str, int]:
         """Per consumer group that has committed on any of ``topics``: records not yet committed.
 
         A partition of such a topic with no commit yet counts whole.
         """
-        ends: dict[TopicPartition, int] = {}
-        for topic in set(topics):
-            partitions = await self._partitions(topic)
-            if partitions:
-                ends.update(await self._consumer.end_offsets(partitions))
+        ends = await self.partition_ends(topics)
         result: dict[str, int] = {}
         for group in await self._admin.list_consumer_groups():
             group_id = group[0]

@@ -10,6 +10,17 @@ from thermoflow.observe import kafka_observer
 from thermoflow.settings import ThermoflowSettings
 
 
+async def _produce(settings: ThermoflowSettings, topic: str, n: int) -> None:
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for i in range(n):
+            await producer.send(topic, b"x", key=f"k{i}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def test_end_offsets_and_lag(settings: ThermoflowSettings, new_topic: Callable[..., str]) -> None:
     topic = new_topic("observe", partitions=3)
     producer = kafka.producer(settings)
@@ -38,3 +49,30 @@ async def test_end_offsets_and_lag(settings: ThermoflowSettings, new_topic: Call
         assert await observer.end_offsets([topic]) == {topic: 30}
         lag = await observer.lag([topic])
     assert lag[group] == 20  # 30 records, 10 committed
+
+
+async def test_a_baseline_counts_only_what_came_after_it(
+    settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    topic = new_topic("observe-baseline", partitions=3)
+    await _produce(settings, topic, 30)  # an earlier run on the same stack
+    async with kafka_observer(settings) as observer:
+        start = await observer.baseline([topic])
+        await _produce(settings, topic, 12)  # this run
+        assert await observer.end_offsets([topic], since=start) == {topic: 12}
+        assert await observer.end_offsets([topic]) == {topic: 42}
+
+
+async def test_a_baseline_before_the_topic_exists_neither_creates_it_nor_misses_its_records(
+    settings: ThermoflowSettings,
+) -> None:
+    # The stack's broker creates topics on first mention: a baseline taken before `ensure_topics`
+    # must not make the topic with the broker's default partition count.
+    topic = unique_name("observe-later")
+    async with kafka_observer(settings) as observer:
+        start = await observer.baseline([topic])
+        assert start.ends == {}
+        await kafka.ensure_topics(settings, {topic: 3})
+        assert len(await observer.partition_ends([topic])) == 3
+        await _produce(settings, topic, 5)
+        assert await observer.end_offsets([topic], since=start) == {topic: 5}

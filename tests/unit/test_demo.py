@@ -55,9 +55,28 @@ def test_a_notification_reads_in_its_kinds_unit_and_a_foreign_body_still_shows()
 def test_the_summary_labels_the_threshold_check_for_what_it_is(tmp_path: Path) -> None:
     report = {"alerts": {"precision": 1.0, "recall": 1.0}, "anomaly_detection": None}
     stored = Stored(opened=3, resolved=2, still_open=["freezer-0002 offline"], pipeline=1)
-    summary = summarize(report, Sample(0.0, {}, {}, stored), notifications=5, workdir=tmp_path)
+    summary = summarize(
+        report, Sample(0.0, {}, {}, stored), notifications=5, workdir=tmp_path, readings_topic="readings"
+    )
     assert summary[THRESHOLD_CHECK] == "1.0 / 1.0"
     assert "scalar" in THRESHOLD_CHECK and "alert precision / recall" not in summary
     assert summary["incidents opened / resolved"] == "3 / 2"
     assert summary["device incidents still open"] == "freezer-0002 offline"
     assert summary["pipeline incidents (ingest silent once the fleet stopped)"] == 1
+
+
+def test_the_summary_counts_kafka_readings_of_this_run(tmp_path: Path) -> None:
+    final = Sample(0.0, {"readings": 1_200, "deadletter": 1}, {}, Stored(readings=1_200))
+    summary = summarize(
+        {"published": 1_200}, final, notifications=0, workdir=tmp_path, readings_topic="readings"
+    )
+    assert summary["readings in Kafka"] == summary["readings published"] == 1_200
+
+
+def test_the_view_says_its_totals_are_this_runs(tmp_path: Path) -> None:
+    run = PipelineRun(ThermoflowSettings(), tmp_path)
+    s = run.settings
+    sample = Sample(0.0, {s.readings_topic: 34_214, s.deadletter_topic: 1}, {}, Stored(readings=34_214))
+    view = _text(render(run, sample, None, title="demo"))
+    assert "flow since this run began" in view
+    assert view.count("34,214") == 2  # readings in Kafka and readings stored agree
