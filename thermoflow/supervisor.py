@@ -89,6 +89,8 @@ class _State:
     state: str = "starting"
     last_exit: int | None = None
     last_reason: str | None = None
+    #: What its /healthz said last: "ok", "failing", or None before its first answer.
+    health: str | None = None
 
 
 @dataclass
@@ -238,7 +240,7 @@ class Supervisor:
                 preexec_fn=functools.partial(die_with_parent, parent=os.getpid()),
             )  # fmt: skip
             self._children[instance.name] = proc
-            state.pid, state.state = proc.pid, "running"
+            state.pid, state.state, state.health = proc.pid, "running", None
             self._write_status()
             log.info("started", instance=instance.name, pid=proc.pid)
             pump = asyncio.create_task(self._pump(instance.name, proc))
@@ -299,7 +301,7 @@ class Supervisor:
             return False
         url = f"http://127.0.0.1:{port}/healthz"
         started = last_ok = self.clock()
-        answered = False
+        answered = failing = False
         timeout = aiohttp.ClientTimeout(total=self.health.request_timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
@@ -307,8 +309,15 @@ class Supervisor:
                 error = await _probe(session, url)
                 now = self.clock()
                 if error is None:
-                    answered, last_ok = True, now
+                    if failing and answered:
+                        log.info("healthy_again", instance=instance.name, url=url)
+                    answered, last_ok, failing = True, now, False
+                    self._set_health(instance, "ok")
                     continue
+                if answered and not failing:
+                    log.warning("health_failing", instance=instance.name, url=url, error=error)
+                    self._set_health(instance, "failing")
+                failing = True
                 limit = self.health.timeout if answered else max(self.health.startup, self.health.timeout)
                 failing_for = now - (last_ok if answered else started)
                 if failing_for > limit:
@@ -318,6 +327,12 @@ class Supervisor:
                     )  # fmt: skip
                     _kill_group(proc.pid)
                     return True
+
+    def _set_health(self, instance: Instance, health: str) -> None:
+        state = self._states[instance.name]
+        if state.health != health:
+            state.health = health
+            self._write_status()
 
     def _port(self, instance: Instance) -> dict[str, str]:
         port = self.ports.get(instance.name)
