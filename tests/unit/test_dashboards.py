@@ -78,13 +78,13 @@ def _short_name(arg: ast.expr) -> str | None:
 
 def metric_calls(path: Path) -> list[tuple[str, str, dict[str, str]]]:
     """(kind, short name, labels) of each metrics call in ``path``."""
-    calls = []
+    calls: list[tuple[str, str, dict[str, str]]] = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and (kind := _is_metrics_call(node)):
             name = _short_name(node.args[0]) if node.args else None
             assert name is not None, f"{path}:{node.lineno}: a metric name this test cannot read"
             labels = {
-                kw.arg: (kw.value.value if isinstance(kw.value, ast.Constant) else ANY)
+                kw.arg: (str(kw.value.value) if isinstance(kw.value, ast.Constant) else ANY)
                 for kw in node.keywords
                 if kw.arg is not None
             }
