@@ -46,6 +46,13 @@ class GroupLag:
         A partition without a commit counts from its start (the consumers' ``earliest`` reset,
         KEDA's ``offsetResetPolicy: earliest``). A topic that does not exist has no lag.
         """
+        try:
+            return await self._lag(group, topic)
+        except Exception:
+            await self.close()  # start afresh next time: a client that failed may stay broken
+            raise
+
+    async def _lag(self, group: str, topic: str) -> int:
         admin, consumer = await self._started()
         described = await admin.describe_topics([topic])
         partitions = [

@@ -17,12 +17,15 @@ from typing import Any
 
 import aiohttp
 import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from psycopg import sql
 
-from tests.conftest import unique_name
+from tests.conftest import Endpoints, unique_name
 from tests.integration.ingest.helpers import committed, env_of, ingest_settings, produce_readings
 from thermoflow.events import Reading
 from thermoflow.ingest.settings import IngestSettings
+from thermoflow.lag import GroupLag
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.stack.process import pid_alive
 
@@ -201,3 +204,27 @@ async def test_an_instance_whose_healthz_stops_answering_is_killed_and_restarted
             assert time.monotonic() < deadline, f"the restarted sink's /healthz never answered; see {run.log}"
             await asyncio.sleep(0.5)
     assert '"unhealthy"' in run.log.read_text() or "unhealthy" in run.log.read_text()
+
+
+async def test_group_lag_counts_what_a_group_has_not_committed(
+    endpoints: Endpoints, settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    topic, group = new_topic("lag", partitions=3), unique_name("lag")
+    await produce_readings(settings, topic, backlog(900, devices=30))
+    reader = GroupLag(settings)
+    try:
+        assert await reader.lag(group, topic) == 900  # no commit yet: every record waits
+        consumer = AIOKafkaConsumer(bootstrap_servers=endpoints.kafka_bootstrap, group_id=group)
+        await consumer.start()
+        try:
+            partition = TopicPartition(topic, 0)
+            consumer.assign([partition])
+            end = (await consumer.end_offsets([partition]))[partition]
+            await consumer.commit({partition: OffsetAndMetadata(end, "")})
+        finally:
+            await consumer.stop()
+        assert 0 < end < 900
+        assert await reader.lag(group, topic) == 900 - end
+        assert await reader.lag(group, unique_name("no-such-topic")) == 0
+    finally:
+        await reader.close()
