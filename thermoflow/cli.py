@@ -238,6 +238,47 @@ def run_command(
     scale: Annotated[
         list[str] | None, typer.Option(help="instances of a component, e.g. --scale processor=2 (repeatable)")
     ] = None,
+    autoscale: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="instances follow the consumer lag within MIN..MAX, e.g. --autoscale processor=1..4"
+            " (processor, sink, store, notifier; repeatable), with the KEDA ScaledObjects' policy"
+        ),
+    ] = None,
+    autoscale_lag: Annotated[
+        list[str] | None,
+        typer.Option(help="override a component's lag per instance, e.g. --autoscale-lag sink=1000"),
+    ] = None,
+    autoscale_poll: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, envvar="THERMOFLOW_AUTOSCALE_POLL", help="seconds between lag reads [15, as KEDA's]"
+        ),
+    ] = None,
+    autoscale_cooldown: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            envvar="THERMOFLOW_AUTOSCALE_COOLDOWN",
+            help="seconds of lower lag before instances go (one per a fifth of it) [300, as KEDA's]",
+        ),
+    ] = None,
+    health_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="THERMOFLOW_RUN_HEALTH_TIMEOUT",
+            help="kill and restart an instance whose /healthz has failed this many seconds (0: never)",
+        ),
+    ] = 30,
+    health_startup: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="THERMOFLOW_RUN_HEALTH_STARTUP",
+            help="seconds an instance gets for its first good /healthz answer",
+        ),
+    ] = 120,
     only: Annotated[
         str | None, typer.Option(help="comma-separated components to run: " + ", ".join(run_plan.COMPONENTS))
     ] = None,
@@ -252,15 +293,27 @@ def run_command(
     """Run every pipeline component as a supervised child process (Ctrl-C stops them all).
 
     SIGTERM, SIGINT or SIGHUP stop every component (SIGKILL after --grace; a second signal at
-    once); it exits once none runs. A component dies with it even if it is SIGKILLed.
+    once); it exits once none runs. A component dies with it even if it is SIGKILLed. One
+    whose /healthz fails for --health-timeout is killed and restarted. With --autoscale, a
+    component's instances rise and fall with its consumer group's lag (docs/scaling.md).
     """
     from thermoflow.logs import configure_logging
-    from thermoflow.supervisor import Supervisor, die_with_parent
+    from thermoflow.run_autoscale import autoscale_plan, group_lag
+    from thermoflow.supervisor import HealthPolicy, Supervisor, die_with_parent
 
     try:
-        instances = run_plan.plan(
+        only_names = [name.strip() for name in only.split(",") if name.strip()] if only else []
+        scaled = autoscale_plan(
+            autoscale=autoscale or [],
+            lag_overrides=autoscale_lag or [],
             scale=run_plan.parse_scale(scale or []),
-            only=[name.strip() for name in only.split(",") if name.strip()] if only else [],
+            only=only_names,
+            poll=autoscale_poll,
+            cooldown=autoscale_cooldown,
+        )
+        fixed = run_plan.parse_scale(scale or [])
+        instances = run_plan.plan(
+            scale={**fixed, **{name: s.policy.max_replicas for name, s in scaled.items()}}, only=only_names
         )
         # One port per instance on this machine: from the processors' settings, for their workers.
         from thermoflow.processors.settings import ProcessorSettings
@@ -272,11 +325,20 @@ def run_command(
     configure_logging(component="run")
     if exit_with_parent:
         die_with_parent(signal.SIGTERM, parent=os.getppid())
+    health = HealthPolicy(timeout=health_timeout, startup=health_startup)
 
     async def main() -> int:
-        return await Supervisor(
-            instances, env=dict(os.environ), grace=grace, status_file=status_file, ports=ports
-        ).run()
+        async with group_lag(enabled=bool(scaled)) as lag_source:
+            return await Supervisor(
+                instances,
+                env=dict(os.environ),
+                grace=grace,
+                status_file=status_file,
+                ports=ports,
+                autoscaled=scaled,
+                lag_source=lag_source,
+                health=health,
+            ).run()
 
     raise typer.Exit(asyncio.run(main()))
 

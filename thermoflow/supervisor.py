@@ -20,11 +20,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
+import aiohttp
+
+from thermoflow import autoscale
 from thermoflow.component import STOP_SIGNALS
 from thermoflow.logs import get_logger
 from thermoflow.run_plan import Instance, RestartPolicy, exit_reason
@@ -48,6 +51,35 @@ def die_with_parent(sig: signal.Signals = signal.SIGKILL, *, parent: int | None 
         os.kill(os.getpid(), sig)
 
 
+class LagSource(Protocol):
+    """Where the autoscaler reads a consumer group's lag (:class:`thermoflow.lag.GroupLag`)."""
+
+    async def lag(self, group: str, topic: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Autoscaled:
+    """A component `thermoflow run --autoscale` scales: its policy and the lag it watches."""
+
+    policy: autoscale.ScalePolicy
+    group: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """When an instance whose ``/healthz`` does not answer 200 is killed and restarted.
+
+    ``timeout`` seconds of failing answers (or none) once it has answered, ``startup`` seconds
+    before its first good answer; 0 disables the checks.
+    """
+
+    timeout: float = 0.0
+    startup: float = 120.0
+    interval: float = 2.0
+    request_timeout: float = 3.0
+
+
 @dataclass
 class _State:
     pid: int | None = None
@@ -55,6 +87,9 @@ class _State:
     failures: int = 0
     state: str = "starting"
     last_exit: int | None = None
+    last_reason: str | None = None
+    #: What its /healthz said last: "ok", "failing", or None before its first answer.
+    health: str | None = None
 
 
 @dataclass
@@ -70,8 +105,18 @@ class Supervisor:
     out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     kill_now: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Components whose instance count follows their lag (``instances`` holds up to their maximum).
+    autoscaled: Mapping[str, Autoscaled] = field(default_factory=dict)
+    lag_source: LagSource | None = None
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    clock: Callable[[], float] = time.monotonic
     _states: dict[str, _State] = field(default_factory=dict)
     _children: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _retire: dict[str, asyncio.Event] = field(default_factory=dict)
+    _scale: dict[str, autoscale.ScaleState] = field(default_factory=dict)
+    _lag: dict[str, int | None] = field(default_factory=dict)
+    _failed: list[BaseException] = field(default_factory=list)
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code for `thermoflow run` (0 on a clean stop).
@@ -82,14 +127,83 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        scaler: asyncio.Task[None] | None = None
         try:
-            await asyncio.gather(*(self._keep_running(instance) for instance in self.instances))
+            for component, scaled in self.autoscaled.items():
+                self._scale[component] = autoscale.ScaleState(replicas=scaled.policy.min_replicas)
+            for instance in self.instances:
+                if self._wanted(instance):
+                    self._launch(instance)
+            if self.autoscaled:
+                scaler = asyncio.create_task(self._autoscale())
+                scaler.add_done_callback(self._on_task_done)
+            await self.stop.wait()
+            while self._tasks:  # each ends once its child has stopped
+                await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+                self._tasks = {name: task for name, task in self._tasks.items() if not task.done()}
+            if self._failed:
+                raise self._failed[0]
         finally:
             self.stop.set()  # on an error too: no instance restarts any more
+            if scaler is not None:
+                scaler.cancel()
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             await asyncio.shield(self._kill_the_rest())
         return 0
+
+    def _wanted(self, instance: Instance) -> bool:
+        """Whether ``instance`` is among those its component should run now."""
+        state = self._scale.get(instance.component)
+        return state is None or instance.index <= state.replicas
+
+    def _launch(self, instance: Instance) -> None:
+        """Start supervising ``instance``, after its previous run (if it is still retiring) ended."""
+        previous = self._tasks.get(instance.name)
+        retire = self._retire[instance.name] = asyncio.Event()
+        task = asyncio.create_task(self._keep_running(instance, retire=retire, after=previous))
+        task.add_done_callback(self._on_task_done)
+        self._tasks[instance.name] = task
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._failed.append(task.exception())  # type: ignore[arg-type]
+            self.stop.set()
+
+    async def _autoscale(self) -> None:
+        """Poll each autoscaled component's lag and start or retire instances as the policy says."""
+        interval = min(scaled.policy.polling_interval for scaled in self.autoscaled.values())
+        while not self.stop.is_set():
+            for component, scaled in self.autoscaled.items():
+                await self._scale_one(component, scaled)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), interval)
+
+    async def _scale_one(self, component: str, scaled: Autoscaled) -> None:
+        assert self.lag_source is not None
+        try:
+            lag = await self.lag_source.lag(scaled.group, scaled.topic)
+        except Exception as exc:  # noqa: BLE001 - Kafka away, or a client bug: keep what runs, say why
+            log.warning("autoscale_lag_unknown", component=component, group=scaled.group, error=repr(exc))
+            self._lag[component] = None
+            return
+        before = self._scale[component]
+        after = autoscale.decide(scaled.policy, before, lag=lag, now=self.clock())
+        self._scale[component], self._lag[component] = after, lag
+        if after.replicas != before.replicas:
+            log.info(
+                "autoscaled", component=component, lag=lag, replicas=after.replicas,
+                was=before.replicas, reason=after.reason, group=scaled.group,
+            )  # fmt: skip
+        for instance in self.instances:
+            if instance.component != component or self.stop.is_set():
+                continue
+            running = instance.name in self._tasks and not self._retire[instance.name].is_set()
+            if self._wanted(instance) and not running:
+                self._launch(instance)
+            elif not self._wanted(instance) and running:
+                self._retire[instance.name].set()
+        self._write_status()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stop.is_set():
@@ -106,9 +220,14 @@ class Supervisor:
                 _kill_group(proc.pid)
                 await proc.wait()
 
-    async def _keep_running(self, instance: Instance) -> None:
+    async def _keep_running(
+        self, instance: Instance, *, retire: asyncio.Event, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None:
+            with contextlib.suppress(Exception):
+                await after
         state = self._states.setdefault(instance.name, _State())
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not retire.is_set():
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 *self.command, *instance.args,
@@ -120,23 +239,39 @@ class Supervisor:
                 preexec_fn=functools.partial(die_with_parent, parent=os.getpid()),
             )  # fmt: skip
             self._children[instance.name] = proc
-            state.pid, state.state = proc.pid, "running"
+            state.pid, state.state, state.health = proc.pid, "running", None
             self._write_status()
             log.info("started", instance=instance.name, pid=proc.pid)
             pump = asyncio.create_task(self._pump(instance.name, proc))
             waiter = asyncio.create_task(proc.wait())
             stopper = asyncio.create_task(self.stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            retirer = asyncio.create_task(retire.wait())
+            checker = asyncio.create_task(self._check_health(instance, proc))
+            await asyncio.wait({waiter, stopper, retirer}, return_when=asyncio.FIRST_COMPLETED)
+            checker.cancel()
             if not waiter.done():
                 await self._terminate(instance.name, proc)
             stopper.cancel()
+            retirer.cancel()
             code = await waiter
             _kill_group(proc.pid)  # what it left behind in its session, which would hold its output open
             await pump
+            unhealthy = (
+                checker.done()
+                and not checker.cancelled()
+                and checker.exception() is None
+                and checker.result()
+            )
             state.last_exit, state.pid = code, None
+            state.last_reason = "unhealthy" if unhealthy else exit_reason(code)
             del self._children[instance.name]
             if self.stop.is_set():
                 break
+            if retire.is_set():
+                state.state = "retired"
+                self._write_status()
+                log.info("retired", instance=instance.name, code=code)
+                return
             ran_for = time.monotonic() - started
             state.failures = self.policy.failures_after(previous=state.failures, ran_for=ran_for)
             state.restarts += 1
@@ -144,13 +279,59 @@ class Supervisor:
             self._write_status()
             delay = self.policy.delay(state.failures)
             log.warning(
-                "exited", instance=instance.name, code=code, reason=exit_reason(code),
+                "exited", instance=instance.name, code=code, reason=state.last_reason,
                 ran_for=round(ran_for, 1), restart_in=delay,
             )  # fmt: skip
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), delay)
-        state.state = "stopped"  # also when stopped while waiting to restart
+                await asyncio.wait_for(_first(self.stop, retire), delay)
+        state.state = "retired" if retire.is_set() and not self.stop.is_set() else "stopped"
         self._write_status()
+
+    async def _check_health(self, instance: Instance, proc: asyncio.subprocess.Process) -> bool:
+        """Probe the instance's ``/healthz``; SIGKILL it once it has failed for too long.
+
+        Returns True when it killed the instance (whose exit then reads ``unhealthy``); runs
+        until cancelled otherwise. A hung loop (or a SIGSTOPped process) answers nothing, and
+        its own watchdog cannot act: only the supervisor can restart it.
+        """
+        port = self.ports.get(instance.name)
+        if not self.health.timeout or port is None:
+            await asyncio.Event().wait()  # nothing to check: wait to be cancelled
+            return False
+        url = f"http://127.0.0.1:{port}/healthz"
+        started = last_ok = self.clock()
+        answered = failing = False
+        timeout = aiohttp.ClientTimeout(total=self.health.request_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.sleep(self.health.interval)
+                error = await _probe(session, url)
+                now = self.clock()
+                if error is None:
+                    if failing and answered:
+                        log.info("healthy_again", instance=instance.name, url=url)
+                    answered, last_ok, failing = True, now, False
+                    self._set_health(instance, "ok")
+                    continue
+                if answered and not failing:
+                    log.warning("health_failing", instance=instance.name, url=url, error=error)
+                    self._set_health(instance, "failing")
+                failing = True
+                limit = self.health.timeout if answered else max(self.health.startup, self.health.timeout)
+                failing_for = now - (last_ok if answered else started)
+                if failing_for > limit:
+                    log.error(
+                        "unhealthy", instance=instance.name, pid=proc.pid, url=url, error=error,
+                        failing_for=round(failing_for, 1), limit=limit,
+                    )  # fmt: skip
+                    _kill_group(proc.pid)
+                    return True
+
+    def _set_health(self, instance: Instance, health: str) -> None:
+        state = self._states[instance.name]
+        if state.health != health:
+            state.health = health
+            self._write_status()
 
     def _port(self, instance: Instance) -> dict[str, str]:
         port = self.ports.get(instance.name)
@@ -186,10 +367,44 @@ class Supervisor:
             "updated_at": time.time(),
             "supervisor_pid": os.getpid(),
             "instances": {name: vars(state) for name, state in self._states.items()},
+            "autoscale": {
+                component: {
+                    "replicas": state.replicas,
+                    "lag": self._lag.get(component),
+                    "reason": state.reason,
+                }
+                for component, state in self._scale.items()
+            },
         }
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2))
         tmp.replace(self.status_file)
+
+
+def _killed_by(checker: asyncio.Task[bool]) -> bool:
+    """Whether the health check ended by killing its instance."""
+    return checker.done() and not checker.cancelled() and checker.exception() is None and checker.result()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _probe(session: aiohttp.ClientSession, url: str) -> str | None:
+    """None when ``url`` answers 200; else what went wrong (a status, a timeout, a refusal)."""
+    try:
+        async with session.get(url) as response:
+            return None if response.status == 200 else f"status {response.status}"
+    except TimeoutError:
+        return "no answer"
+    except aiohttp.ClientError as exc:
+        return repr(exc)
 
 
 def _kill_group(pid: int) -> None:

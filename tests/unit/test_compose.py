@@ -99,3 +99,73 @@ def test_configuration_reference_is_current() -> None:
 
     committed = (ROOT / "docs" / "configuration.md").read_text()
     assert committed == render(), "regenerate: python -m thermoflow.configref > docs/configuration.md"
+
+
+#: The commands that run a long-running component serving /metrics, /healthz and /readyz.
+SERVING = {("bridge",), ("process",), ("sink",), ("alerts", "store"), ("alerts", "notify")}
+
+
+def http_port_of(service: dict[str, Any]) -> int:
+    """The port the service's component serves /metrics on: its THERMOFLOW_HTTP_PORT, else the default."""
+    given = service.get("environment", {}).get("THERMOFLOW_HTTP_PORT")
+    return int(given) if given is not None else int(ThermoflowSettings.model_fields["http_port"].default)
+
+
+def prometheus_targets() -> set[tuple[str, int]]:
+    """(host, port) of everything deploy/prometheus/prometheus.yml scrapes, by name or statically."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets: set[tuple[str, int]] = set()
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
+        for sd in job.get("dns_sd_configs", []):
+            targets |= {(name, int(sd["port"])) for name in sd["names"]}
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                targets.add((host, int(port)))
+    return targets
+
+
+def test_prometheus_scrapes_every_component_on_its_http_port() -> None:
+    serving = {
+        (name, http_port_of(service))
+        for name, service in thermoflow_services().items()
+        if any(tuple(service["command"][: len(command)]) == command for command in SERVING)
+    }
+    assert len(serving) == len(SERVING)
+    assert prometheus_targets() == serving
+
+
+def test_prometheus_and_grafana_run_in_compose_with_the_shipped_config() -> None:
+    services = compose()["services"]
+    mounts = services["prometheus"]["volumes"]
+    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    assert "prometheus" in services["grafana"]["depends_on"]
+
+
+def listeners(value: str) -> dict[str, tuple[str, int]]:
+    """``PLAINTEXT://kafka:9092,EXTERNAL://localhost:9094`` → {name: (host, port)}."""
+    found = {}
+    for listener in value.split(","):
+        name, _, address = listener.partition("://")
+        host, _, port = address.rpartition(":")
+        found[name] = (host, int(port))
+    return found
+
+
+def test_kafka_has_a_listener_the_host_can_use() -> None:
+    kafka = compose()["services"]["kafka"]
+    env = kafka["environment"]
+    bound = listeners(env["KAFKA_LISTENERS"])
+    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(bound) <= set(protocols) and set(advertised) <= set(bound)
+    # The containers' listener: what every thermoflow service's THERMOFLOW_KAFKA_BOOTSTRAP says.
+    inside = {svc["environment"]["THERMOFLOW_KAFKA_BOOTSTRAP"] for svc in thermoflow_services().values()}
+    assert inside == {"{}:{}".format(*advertised[env["KAFKA_INTER_BROKER_LISTENER_NAME"]])} == {"kafka:9092"}
+    # The host's: advertised as an address the host resolves, on the port compose publishes.
+    host, port = advertised["EXTERNAL"]
+    assert host == "${KAFKA_EXTERNAL_HOST:-localhost}" and bound["EXTERNAL"][1] == port
+    published = {int(mapping.split(":")[0]): int(mapping.split(":")[1]) for mapping in kafka["ports"]}
+    assert published == {port: port}, "publish exactly the EXTERNAL port: 9092 advertises kafka:9092"

@@ -321,3 +321,78 @@ def test_run_started_with_exit_with_parent_stops_its_children_when_the_parent_is
     final = json.loads(status_file.read_text())["instances"]
     assert {s["state"] for s in final.values()} == {"stopped"}  # a clean stop, not a kill
     assert {s["last_exit"] for s in final.values()} == {-15}
+
+
+SLEEPER = textwrap.dedent(
+    """
+    import signal, sys, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("up", flush=True)
+    while True:
+        time.sleep(0.05)
+    """
+)
+
+
+class ScriptedLag:
+    """Lag that the test sets: what the supervisor's autoscaler reads instead of Kafka."""
+
+    def __init__(self, lag: int) -> None:
+        self.value = lag
+        self.asked: list[tuple[str, str]] = []
+
+    async def lag(self, group: str, topic: str) -> int:
+        self.asked.append((group, topic))
+        return self.value
+
+
+async def test_autoscaled_instances_start_on_lag_and_retire_after_the_cool_down(tmp_path: Path) -> None:
+    from thermoflow.autoscale import ScalePolicy
+    from thermoflow.supervisor import Autoscaled
+
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    status_file = tmp_path / "status.json"
+    lag = ScriptedLag(2500)
+    policy = ScalePolicy(
+        min_replicas=1, max_replicas=3, lag_threshold=1000, polling_interval=0.1,
+        scale_down_window=0.5, scale_down_period=0.1, cooldown_period=0.5,
+    )  # fmt: skip
+    supervisor = Supervisor(
+        [Instance("sink", 1), Instance("sink", 2), Instance("sink", 3)],
+        env=dict(os.environ),
+        command=(sys.executable, str(script)),
+        status_file=status_file,
+        out=io.BytesIO(),
+        grace=5,
+        autoscaled={"sink": Autoscaled(policy=policy, group="g", topic="t")},
+        lag_source=lag,
+    )
+
+    def running() -> set[str]:
+        status = json.loads(status_file.read_text()) if status_file.exists() else {"instances": {}}
+        return {name for name, s in status["instances"].items() if s["state"] == "running"}
+
+    async def until(wanted: set[str]) -> None:
+        for _ in range(1200):
+            if running() == wanted:
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"running {running()}, not {wanted}")
+
+    task = asyncio.create_task(supervisor.run())
+    try:
+        await until({"sink-1", "sink-2", "sink-3"})  # ceil(2500 / 1000) = 3
+        lag.value = 0
+        await until({"sink-1"})  # the window passes; one goes per period, down to the minimum
+        retired = json.loads(status_file.read_text())["instances"]
+        assert {retired[name]["state"] for name in ("sink-2", "sink-3")} == {"retired"}
+        assert {retired[name]["restarts"] for name in retired} == {0}
+        lag.value = 1500
+        await until({"sink-1", "sink-2"})  # a retired instance comes back when the lag does
+    finally:
+        supervisor.stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert set(lag.asked) == {("g", "t")}
+    final = json.loads(status_file.read_text())
+    assert not running() and final["autoscale"]["sink"]["replicas"] == 2
