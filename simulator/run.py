@@ -19,7 +19,9 @@ import numpy as np
 from aiokafka.errors import KafkaError
 
 from thermoflow.errors import ServiceError
+from thermoflow.http import Health, serve
 from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
 from thermoflow.rules import DEFAULT_RULES_FILE, DetectorConfig, load_rules
 from thermoflow.simulator.anomalies import KINDS, Injector, Schedule, load_schedule, parse_kinds
 from thermoflow.simulator.connection import Endpoint
@@ -69,10 +71,35 @@ class Controls:
 View = Callable[[str, Sample | None], None]
 
 
+def count_second(metrics: Metrics, sample: Sample) -> None:
+    """One second of publishing, into the simulator's Prometheus metrics."""
+    metrics.count("published", sample.written)
+    metrics.gauge("queued", sample.queued)
+    metrics.gauge("unacked", sample.unacked)
+    metrics.gauge("connections", sample.connected)
+    metrics.gauge("target_rate", sample.due / sample.t if sample.t else 0.0)
+
+
 async def simulate(
     settings: SimulatorSettings, outputs: Outputs, controls: Controls, view: View | None = None
 ) -> dict[str, Any]:
-    """Run the load test; returns the report (also written to ``outputs.report``)."""
+    """Run the load test; returns the report (also written to ``outputs.report``).
+
+    With ``http_port`` set, ``/metrics`` serves the publishing as it goes (messages written,
+    queued, unacked, connections), so Prometheus sees the load beside the pipeline's figures.
+    """
+    metrics = Metrics("simulator")
+    async with serve(settings.http_port, metrics, Health()):
+        return await _simulate(settings, outputs, controls, metrics, view)
+
+
+async def _simulate(
+    settings: SimulatorSettings,
+    outputs: Outputs,
+    controls: Controls,
+    metrics: Metrics,
+    view: View | None,
+) -> dict[str, Any]:
     show = view or (lambda phase, sample: None)
     fleet = Fleet.build(devices=settings.devices, seed=settings.seed, mix=parse_mix(settings.profiles))
     rules_path = settings.rules or DEFAULT_RULES_FILE
@@ -167,7 +194,12 @@ async def simulate(
             )
         log.info("connected", connections=connected_at_start, of=pool.count, seconds=round(ramp_s, 2))
         if not controls.stop.is_set():
-            await pacer.run(controls.stop, on_second=lambda s: show("publishing", s))
+
+            def on_second(sample: Sample) -> None:
+                count_second(metrics, sample)
+                show("publishing", sample)
+
+            await pacer.run(controls.stop, on_second=on_second)
         publish_ended = time.time()
         controls.publishing_over = True
         show("draining", pacer.timeline[-1] if pacer.timeline else None)

@@ -26,6 +26,15 @@ _RUN_TAG = secrets.token_hex(3)
 class SimulatorSettings(ThermoflowSettings):
     """What to simulate, how fast, and what to measure."""
 
+    # Off by default, unlike the pipeline's components: a load test usually runs on the same
+    # host as `thermoflow run`, whose instances take 9108 and up.
+    http_port: int | None = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of the simulator's /metrics, /healthz and /readyz; 0 (the default) serves none",
+    )
+
     devices: int = Field(100, ge=1, le=1_000_000, description="number of simulated devices")
     rate: float | None = Field(None, gt=0, le=1000, description="readings per second per device [1]")
     total_rate: float | None = Field(None, gt=0, description="readings per second over the fleet")

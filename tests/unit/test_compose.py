@@ -102,7 +102,7 @@ def test_configuration_reference_is_current() -> None:
 
 
 #: The commands that run a long-running component serving /metrics, /healthz and /readyz.
-SERVING = {("bridge",), ("process",), ("sink",), ("alerts", "store"), ("alerts", "notify")}
+SERVING = {("bridge",), ("process",), ("sink",), ("alerts", "store"), ("alerts", "notify"), ("simulate",)}
 
 
 def http_port_of(service: dict[str, Any]) -> int:

@@ -37,6 +37,7 @@ COUNTING_MODULES: dict[str, tuple[str, ...]] = {
     "alerts/notifier.py": ("alerts.notify",),
     "alerts/delivery.py": ("alerts.notify",),
     "thermoflow/consume.py": ("sink", "alerts.store", "alerts.notify"),
+    "simulator/run.py": ("simulator",),
 }
 COMPONENT_FOLDERS = ("ingest", "processors", "alerts", "simulator", "thermoflow")
 KINDS = {"count": "counter", "gauge": "gauge", "observe": "histogram"}

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Endpoints, unique_name
+import aiohttp
+
+from tests.conftest import Endpoints, free_port, unique_name
 from tests.integration.simulator.conftest import run_simulation
 from thermoflow.rules import DEFAULT_RULES_FILE, load_rules
-from thermoflow.simulator.run import Outputs
+from thermoflow.simulator.run import Controls, Outputs, simulate
 from thermoflow.simulator.settings import SimulatorSettings
 from thermoflow.simulator.truth import read_truth
 
@@ -128,3 +132,30 @@ def test_many_connections_at_qos0_with_a_ramp(endpoints: Endpoints, subscriber_f
     senml = [json.loads(payload) for _, payload in got]
     assert all(list(record[0]) == ["n", "u", "v", "t"] for record in senml)
     assert len({topic for topic, _ in got}) == 600
+
+
+async def test_the_simulator_serves_its_publishing_on_metrics(endpoints: Endpoints) -> None:
+    """With ``http_port`` set, Prometheus sees what the simulator wrote while it runs."""
+    port = free_port()
+    settings = _settings(
+        endpoints, unique_name("sim"), devices=20, rate=10.0, duration=3.0, qos=1, http_port=port
+    )
+    controls = Controls()
+    run = asyncio.create_task(simulate(settings, Outputs(), controls))
+    seen: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        while not run.done():
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+                    text = await answer.text()
+                    seen += [float(line.split()[-1]) for line in text.splitlines()
+                             if line.startswith("thermoflow_simulator_published_total ")]  # fmt: skip
+            await asyncio.sleep(0.5)
+    report = await run
+    assert seen and max(seen) > 0, "no published count on /metrics while publishing"
+    assert max(seen) <= report["publish"]["messages"]
+    assert seen == sorted(seen)  # a counter
+
+
+def test_the_simulator_serves_nothing_by_default() -> None:
+    assert SimulatorSettings().http_port == 0
