@@ -20,6 +20,7 @@ re-sends it with the same idempotency key: at-least-once, de-duplicable by the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from thermoflow.alerts.kafka_io import (
     write_states,
 )
 from thermoflow.alerts.lifecycle import Incident, Policy
+from thermoflow.alerts.pipeline_watch import PipelineWatch
 from thermoflow.alerts.routing import (
     EmailRoute,
     LogRoute,
@@ -211,20 +213,43 @@ class Notifier:
             metrics=self.metrics,
             group=settings.notify_group,
         )
+        watching: asyncio.Task[None] | None = None
         try:
             await producer.start()
             await consumer.start()
             log.info("notifier_started", topic=settings.alerts_topic, group=settings.notify_group,
                      channels=list(dispatcher.channels))  # fmt: skip
+            watching = asyncio.create_task(self._watch_pipeline(stop, producer, consumer, dispatcher))
             if ready is not None:
                 ready.set()
             await loop.run(stop)
         finally:
+            if watching is not None:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
             await consumer.stop()
             await dispatcher.close()
             await producer.stop()
             snapshot = self.metrics.snapshot()
             log.info("notifier_stopped", **snapshot["counters"], latency=snapshot["latency"])
+
+    async def _watch_pipeline(
+        self,
+        stop: asyncio.Event,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        dispatcher: Dispatcher,
+    ) -> None:
+        """The pipeline's own alerts (:mod:`thermoflow.alerts.pipeline_watch`): this instance's
+        breakers, and the cluster's dead letters and lags when it holds alerts partition 0."""
+        watch = PipelineWatch(
+            self.settings,
+            producer=producer,
+            breakers=lambda: dispatcher.breakers,
+            owner=lambda: any(tp.partition == 0 for tp in consumer.assignment()),
+        )
+        await watch.run(stop)
 
     async def _start(
         self,
