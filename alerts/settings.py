@@ -11,9 +11,7 @@ from thermoflow.settings import ThermoflowSettings
 
 #: The notifier's own compacted topic: the latest lifecycle state of every (device, rule).
 NOTIFIER_STATE_TOPIC = "telemetry.alerts.notifier-state"
-#: The consumer groups of the pipeline's components, by their default names: the processors, the
-#: sink, the alert store and the notifier (a component's settings are its own: named, not imported).
-PIPELINE_GROUPS = "thermoflow-processors,thermoflow-sink,thermoflow-alerts-store,thermoflow-alerts-notify"
+_GROUP_NAME = r"[A-Za-z0-9._-]+"
 
 
 class AlertsSettings(ThermoflowSettings):
@@ -80,10 +78,23 @@ class AlertsSettings(ThermoflowSettings):
         description="records a watched consumer group may lag behind for pipeline_alert_window before"
         " a `consumer_lag` incident; 0: never",
     )
-    consumer_lag_groups: str = Field(
-        PIPELINE_GROUPS,
-        pattern=r"^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$",
-        description="consumer groups whose lag is watched, comma-separated (name yours when you rename them)",
+    consumer_lag_groups: str | None = Field(
+        None,
+        pattern=rf"^{_GROUP_NAME}(,{_GROUP_NAME})*$",
+        description="consumer groups whose lag is watched, comma-separated [the pipeline's: processor_group,"
+        " sink_group, store_group, notify_group]",
+    )
+    # The other components' groups, under their own settings' names (THERMOFLOW_PROCESSOR_GROUP,
+    # THERMOFLOW_SINK_GROUP): one environment names a group for its component and for the lag watch.
+    processor_group: str = Field(
+        "thermoflow-processors",
+        pattern=rf"^{_GROUP_NAME}$",
+        description="the processors' consumer group (their lag is watched)",
+    )
+    sink_group: str = Field(
+        "thermoflow-sink",
+        pattern=rf"^{_GROUP_NAME}$",
+        description="the sink's consumer group (its lag is watched)",
     )
     breaker_open_alert: float = Field(
         120.0,
@@ -123,5 +134,10 @@ class AlertsSettings(ThermoflowSettings):
 
     @property
     def lag_groups(self) -> list[str]:
-        """The consumer groups named by ``consumer_lag_groups``, each once, in order."""
-        return list(dict.fromkeys(self.consumer_lag_groups.split(",")))
+        """The consumer groups whose lag is watched, each once: ``consumer_lag_groups`` when set, else
+        the pipeline's own (processors, sink, alert store, notifier)."""
+        if self.consumer_lag_groups:
+            return list(dict.fromkeys(self.consumer_lag_groups.split(",")))
+        return list(
+            dict.fromkeys([self.processor_group, self.sink_group, self.store_group, self.notify_group])
+        )

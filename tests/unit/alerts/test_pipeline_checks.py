@@ -3,6 +3,7 @@ with ids that do not change when a send is retried, and incidents the lifecycle 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ def lag_check(*, limit: float = 1_000.0, hold: float = 60.0) -> PipelineCheck:
     )  # fmt: skip
 
 
-def feed(check: PipelineCheck, samples: list[tuple[float, float | None]]) -> list[PipelineEvent]:
+def feed(check: PipelineCheck, samples: Sequence[tuple[float, float | None]]) -> list[PipelineEvent]:
     """Measurements every few seconds; each event returned is sent (acked) at once."""
     events = []
     for offset, value in samples:
@@ -84,8 +85,8 @@ def test_a_dip_below_the_limit_restarts_the_window() -> None:
     check = lag_check()
     check.inherited = False
     samples = [(0, 5_000.0), (30, 5_000.0), (50, 10.0), (70, 5_000.0), (120, 5_000.0), (130, 5_000.0)]
-    events = feed(check, samples)
-    assert len(events) == 1 and events[0].reading_ts == T0 + 70
+    [alert] = feed(check, samples)
+    assert isinstance(alert, AlertEvent) and alert.reading_ts == T0 + 70
 
 
 def test_an_unsent_alert_comes_again_with_the_same_id() -> None:
@@ -101,8 +102,8 @@ def test_an_unsent_alert_comes_again_with_the_same_id() -> None:
 def test_no_measurement_is_no_verdict_and_keeps_the_runs() -> None:
     check = lag_check()
     check.inherited = False
-    events = feed(check, [(0, 5_000.0), (20, None), (40, None), (60, 5_000.0)])
-    assert len(events) == 1 and events[0].reading_ts == T0
+    [alert] = feed(check, [(0, 5_000.0), (20, None), (40, None), (60, 5_000.0)])
+    assert isinstance(alert, AlertEvent) and alert.reading_ts == T0
 
 
 def test_a_new_watcher_clears_what_an_earlier_one_may_have_left_open_once() -> None:
@@ -141,7 +142,7 @@ def test_one_dead_letter_is_a_blip_a_stream_of_them_alerts() -> None:
     check.inherited = False
     rate = RateWindow(window=60.0)
 
-    def run(totals: list[tuple[float, int]]) -> list[PipelineEvent]:
+    def run(totals: Sequence[tuple[float, int]]) -> list[PipelineEvent]:
         events = []
         for offset, total in totals:
             event = check.observe(now=T0 + offset, value=rate.observe(now=T0 + offset, total=total))
@@ -226,6 +227,17 @@ def test_the_watched_groups_default_to_the_pipelines_own() -> None:
     ]
 
 
+def test_the_watched_groups_follow_the_names_the_components_are_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`thermoflow run` and the isolated test runs give every process the same THERMOFLOW_* names."""
+    names = {"PROCESSOR_GROUP": "p-1", "SINK_GROUP": "s-1", "STORE_GROUP": "st-1", "NOTIFY_GROUP": "n-1"}
+    for name, value in names.items():
+        monkeypatch.setenv(f"THERMOFLOW_{name}", value)
+    assert alerts_settings().lag_groups == ["p-1", "s-1", "st-1", "n-1"]
+    assert ProcessorSettings().processor_group == "p-1" and IngestSettings().sink_group == "s-1"
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -236,6 +248,8 @@ def test_the_watched_groups_default_to_the_pipelines_own() -> None:
         {"pipeline_check_interval": 0},
         {"pipeline_check_interval": 120, "pipeline_alert_window": 60},
         {"consumer_lag_groups": ""},
+        {"consumer_lag_groups": ","},
+        {"sink_group": ""},
         {"consumer_lag_groups": "a,,b"},
         {"consumer_lag_groups": "has space"},
     ],
