@@ -53,7 +53,7 @@ from thermoflow.alerts.routing import (
 from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.alerts.watermarks import PipelineWatermarks
-from thermoflow.events import AlertEvent, Clear
+from thermoflow.events import PIPELINE_DEVICE, AlertEvent, Clear, Condition, incident_kind
 from thermoflow.http import component_health, serve
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -248,8 +248,15 @@ class Notifier:
             producer=producer,
             breakers=lambda: dispatcher.breakers,
             owner=lambda: any(tp.partition == 0 for tp in consumer.assignment()),
+            left_open=self._pipeline_incident_open,
         )
         await watch.run(stop)
+
+    def _pipeline_incident_open(self, rule_id: str, condition: Condition) -> bool:
+        """Whether the tracker knows an open ``pipeline`` incident of this rule and condition (one an
+        earlier process raised is cleared once all is well; the state topic tells them all)."""
+        incident = self.tracker.incidents.get((PIPELINE_DEVICE, rule_id, incident_kind(condition)))
+        return incident is not None and incident.is_open
 
     async def _start(
         self,

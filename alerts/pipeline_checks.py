@@ -24,9 +24,9 @@ the lag under its limit for a whole window, the breaker closed by a delivery), n
 Ids: an alert's ``reading_ts`` is when the trouble began as the watcher saw it (for a breaker,
 when it tripped), so the alert sent again after a failed send, or replayed from the topic, has
 the same ``alert_id`` and is stored once. A watcher that starts (a restart, another instance
-taking over) cannot know what an earlier one raised: its first verdict that all is well sends a
-clear with ``since == cleared_at`` (a no-op when nothing is open), so an incident is never left
-open by a process that died; if the trouble still lasts, its own alert joins the open incident.
+taking over) did not raise what an earlier one left open (``left_open``): its first verdict that
+all is well clears that with ``since == cleared_at``, so an incident is never left open by a
+process that died; if the trouble still lasts, its own alert joins the open incident.
 """
 
 from __future__ import annotations
@@ -101,10 +101,10 @@ class PipelineCheck:
     good_since: float | None = field(default=None, init=False)
     #: The ``reading_ts`` of the alert out on the topic and not cleared yet, if any.
     reported: float | None = field(default=None, init=False)
-    #: Whether an earlier process may have left this incident open (until the first verdict is sent).
-    inherited: bool = field(default=True, init=False)
 
-    def observe(self, *, now: float, value: float | None, began: float | None = None) -> PipelineEvent | None:
+    def observe(
+        self, *, now: float, value: float | None, began: float | None = None, left_open: bool = False
+    ) -> PipelineEvent | None:
         """Fold one measurement in; the alert or clear to send now, if any.
 
         Args:
@@ -113,6 +113,8 @@ class PipelineCheck:
                 answer, a group has committed nothing yet): the verdict waits, the runs go on.
             began: when the trouble measured began, where the measurement knows it better than
                 the first check that saw it (a breaker's trip time).
+            left_open: whether this check's incident is open without this watcher having raised
+                it (an earlier process did): it is cleared like one's own once all is well.
         """
         if value is None:
             return None
@@ -126,7 +128,7 @@ class PipelineCheck:
         self.bad_since = None
         if self.good_since is None:
             self.good_since = now
-        if (self.reported is not None or self.inherited) and now - self.good_since >= self.hold:
+        if (self.reported is not None or left_open) and now - self.good_since >= self.hold:
             since = self.reported if self.reported is not None else self.good_since
             return Clear(
                 device_id=PIPELINE_DEVICE,
@@ -140,7 +142,6 @@ class PipelineCheck:
 
     def sent(self, event: PipelineEvent) -> None:
         """Kafka has acked ``event`` (one :meth:`observe` returned): it need not be sent again."""
-        self.inherited = False
         self.reported = event.reading_ts if isinstance(event, AlertEvent) else None
 
     def _alert(self, *, now: float, value: float, began: float) -> AlertEvent:

@@ -59,12 +59,14 @@ class PipelineWatch:
         producer: AIOKafkaProducer,
         breakers: Callable[[], Mapping[str, CircuitBreaker]],
         owner: Callable[[], bool],
+        left_open: Callable[[str, Condition], bool] = lambda rule_id, condition: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.producer = producer
         self.breakers = breakers
         self.owner = owner
+        self.left_open = left_open
         self.clock = clock
         self._breaker_checks: dict[str, PipelineCheck] = {}
         self._rate = RateWindow(window=settings.pipeline_alert_window)
@@ -114,7 +116,7 @@ class PipelineWatch:
                 tripped_at=breaker.tripped_at, successes=breaker.successes, now=breaker.clock()
             )
             began = None if open_for is None else now - open_for
-            event = check.observe(now=now, value=open_for, began=began)
+            event = check.observe(now=now, value=open_for, began=began, left_open=self._left_open(check))
             if event is not None:
                 events.append((event, check))
         return events
@@ -132,7 +134,8 @@ class PipelineWatch:
                 deadletter_rule(settings.deadletter_topic), condition="deadletter_rate",
                 metric="dead_letters", limit=settings.deadletter_rate_alert, hold=0.0,
             )  # fmt: skip
-            event = check.observe(now=now, value=self._rate.observe(now=now, total=total))
+            rate = self._rate.observe(now=now, total=total)
+            event = check.observe(now=now, value=rate, left_open=self._left_open(check))
             if event is not None:
                 events.append((event, check))
         if settings.consumer_lag_alert:
@@ -142,10 +145,14 @@ class PipelineWatch:
                     lag_rule(group), condition="consumer_lag", metric="lag",
                     limit=settings.consumer_lag_alert, hold=settings.pipeline_alert_window,
                 )  # fmt: skip
-                event = check.observe(now=self.clock(), value=None if lag is None else float(lag))
+                value = None if lag is None else float(lag)
+                event = check.observe(now=self.clock(), value=value, left_open=self._left_open(check))
                 if event is not None:
                     events.append((event, check))
         return events
+
+    def _left_open(self, check: PipelineCheck) -> bool:
+        return check.reported is None and self.left_open(check.rule_id, check.condition)
 
     def _kafka_check(
         self, rule_id: str, *, condition: Condition, metric: str, limit: float, hold: float

@@ -6,6 +6,7 @@ resolves once the trouble is over."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiokafka import TopicPartition
 
-from tests.conftest import free_port, unique_name
+from tests.conftest import unique_name
 from tests.integration.alerts.helpers import eventually, produce, running
 from tests.integration.alerts.servers import WebhookReceiver
 from tests.support.fakes import make_alert
@@ -116,40 +117,72 @@ async def test_dead_letters_accumulating_open_a_pipeline_incident_that_resolves_
     ]
 
 
-async def test_a_consumer_group_lagging_for_a_window_opens_an_incident_that_resolves_once_caught_up(
-    settings: ThermoflowSettings, new_topic: Callable[..., str]
+async def test_a_lagging_group_opens_an_incident_that_a_restarted_notifier_resolves_once_caught_up(
+    settings: ThermoflowSettings, new_topic: Callable[..., str], webhook: WebhookReceiver
 ) -> None:
     group, backlog = unique_name("laggard"), new_topic("backlog")
-    config = pipeline_settings(settings, consumer_lag_alert=100, consumer_lag_groups=group, notify_log=True)
+    config = pipeline_settings(
+        settings, consumer_lag_alert=100, consumer_lag_groups=group, webhook_url=webhook.url
+    )
     await kafka.ensure_topics(config, {config.alerts_topic: 1, config.deadletter_topic: 1})
     events = [make_alert(f"d-{i}", 1_764_218_400.0 + i) for i in range(500)]
     await kafka.produce_events(config, backlog, events)
     laggard = kafka.consumer(config, group_id=group)
     await laggard.start()
     tp = TopicPartition(backlog, 0)
+
+    async def told(count: int) -> None:
+        async def check() -> bool:
+            return len(notified(webhook)) >= count
+
+        await eventually(check, what=f"{count} notification(s)")
+
     try:
         laggard.assign([tp])
         await laggard.commit({tp: 0})  # the group has read nothing of 500 records
-        async with running(AlertStore(config).run), running(Notifier(config).run):
-            await until_status(config, "consumer_lag", "firing")
-            await laggard.commit({tp: 500})  # caught up
-            await until_status(config, "consumer_lag", "resolved")
+        async with running(AlertStore(config).run):
+            async with running(Notifier(config).run):
+                await until_status(config, "consumer_lag", "firing")
+                await told(1)
+            # The notifier that raised it is gone; the group catches up meanwhile; the next
+            # notifier knows the incident from the state topic and ends it.
+            await laggard.commit({tp: 500})
+            async with running(Notifier(config).run):
+                await until_status(config, "consumer_lag", "resolved")
+                await told(2)
     finally:
         await laggard.stop()
     [(kind, rule_id, status, peak)] = pipeline_incidents(config)
     assert (kind, rule_id, status, peak) == ("consumer_lag", f"consumer-lag/{group}", "resolved", 500.0)
+    assert notified(webhook) == [
+        ("pipeline", "consumer_lag", "fire"),
+        ("pipeline", "consumer_lag", "resolve"),
+    ]
 
 
 async def test_a_channel_whose_breaker_stays_open_opens_an_incident_resolved_after_the_channel_recovers(
     settings: ThermoflowSettings,
 ) -> None:
-    port = free_port()  # nothing listens there: every send is refused
+    # A port bound here and not listening: every send is refused, and no other socket can take it
+    # before the receiver comes back on it.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
     config = pipeline_settings(
         settings, webhook_url=f"http://127.0.0.1:{port}/hook", breaker_open_alert=2.0,
         breaker_failures=1, breaker_reset=0.5, notify_retries=1, notify_timeout=2.0,
     )  # fmt: skip
     await kafka.ensure_topics(config, {config.alerts_topic: 1, config.deadletter_topic: 1})
     recovered: list[dict[str, Any]] = []
+    with closed:
+        await _break_and_recover(config, closed, recovered)
+    [(kind, rule_id, status, peak)] = pipeline_incidents(config)
+    assert (kind, rule_id, status) == ("breaker_open", "breaker-open/webhook", "resolved")
+    assert peak >= 2.0
+    assert recovered, "the channel delivered again"
+
+
+async def _break_and_recover(config: AlertsSettings, closed: socket.socket, recovered: list[Any]) -> None:
     async with running(AlertStore(config).run), running(Notifier(config).run):
         await produce(config, config.alerts_topic, [make_alert("freezer-1", time.time())])
         await until_status(config, "breaker_open", "firing")
@@ -164,7 +197,8 @@ async def test_a_channel_whose_breaker_stays_open_opens_an_incident_resolved_aft
         app.router.add_post("/hook", hook)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        closed.listen()
+        await web.SockSite(runner, closed).start()
         try:
 
             async def resolved() -> bool:
@@ -178,7 +212,3 @@ async def test_a_channel_whose_breaker_stays_open_opens_an_incident_resolved_aft
             await eventually(resolved, what="the breaker_open incident resolved")
         finally:
             await runner.cleanup()
-    [(kind, rule_id, status, peak)] = pipeline_incidents(config)
-    assert (kind, rule_id, status) == ("breaker_open", "breaker-open/webhook", "resolved")
-    assert peak >= 2.0
-    assert recovered, "the channel delivered again"

@@ -38,11 +38,13 @@ def lag_check(*, limit: float = 1_000.0, hold: float = 60.0) -> PipelineCheck:
     )  # fmt: skip
 
 
-def feed(check: PipelineCheck, samples: Sequence[tuple[float, float | None]]) -> list[PipelineEvent]:
+def feed(
+    check: PipelineCheck, samples: Sequence[tuple[float, float | None]], *, left_open: bool = False
+) -> list[PipelineEvent]:
     """Measurements every few seconds; each event returned is sent (acked) at once."""
     events = []
     for offset, value in samples:
-        event = check.observe(now=T0 + offset, value=value)
+        event = check.observe(now=T0 + offset, value=value, left_open=left_open)
         if event is not None:
             check.sent(event)
             events.append(event)
@@ -56,7 +58,6 @@ def every(seconds: float, start: float, end: float, value: float | None) -> list
 
 def test_lag_that_drains_within_the_window_does_not_page() -> None:
     check = lag_check()
-    check.inherited = False  # nothing left over from an earlier process
     burst = every(10, 0, 50, 50_000.0) + every(10, 50, 300, 0.0)  # far above, for 50 s only
     assert feed(check, burst) == []
 
@@ -83,7 +84,6 @@ def test_lag_above_for_a_window_raises_one_alert_and_clears_after_a_window_below
 
 def test_a_dip_below_the_limit_restarts_the_window() -> None:
     check = lag_check()
-    check.inherited = False
     samples = [(0, 5_000.0), (30, 5_000.0), (50, 10.0), (70, 5_000.0), (120, 5_000.0), (130, 5_000.0)]
     [alert] = feed(check, samples)
     assert isinstance(alert, AlertEvent) and alert.reading_ts == T0 + 70
@@ -101,18 +101,17 @@ def test_an_unsent_alert_comes_again_with_the_same_id() -> None:
 
 def test_no_measurement_is_no_verdict_and_keeps_the_runs() -> None:
     check = lag_check()
-    check.inherited = False
     [alert] = feed(check, [(0, 5_000.0), (20, None), (40, None), (60, 5_000.0)])
     assert isinstance(alert, AlertEvent) and alert.reading_ts == T0
 
 
-def test_a_new_watcher_clears_what_an_earlier_one_may_have_left_open_once() -> None:
+def test_a_new_watcher_clears_what_an_earlier_one_left_open_and_nothing_else() -> None:
+    assert feed(lag_check(), every(10, 0, 300, 0.0)) == []  # nothing open: nothing to say
     check = lag_check()
-    events = feed(check, every(10, 0, 300, 0.0))
-    assert len(events) == 1
-    (clear,) = events
+    assert check.observe(now=T0, value=0.0, left_open=True) is None  # not yet below for a window
+    clear = check.observe(now=T0 + 60, value=0.0, left_open=True)
     assert isinstance(clear, Clear)
-    assert clear.since == clear.cleared_at == T0  # ends any incident opened before this watcher began
+    assert clear.since == clear.cleared_at == T0  # ends the incident opened before this watcher began
 
 
 def test_the_incident_fires_once_and_resolves_on_the_clear_in_the_notifiers_lifecycle() -> None:
@@ -139,7 +138,6 @@ def test_a_pipeline_clear_is_a_valid_clear_record() -> None:
 def test_one_dead_letter_is_a_blip_a_stream_of_them_alerts() -> None:
     check = PipelineCheck(rule_id="deadletter-rate/dlq", condition="deadletter_rate", metric="dead_letters",
                           severity="warning", limit=10.0)  # fmt: skip
-    check.inherited = False
     rate = RateWindow(window=60.0)
 
     def run(totals: Sequence[tuple[float, int]]) -> list[PipelineEvent]:
@@ -191,7 +189,6 @@ def test_a_breaker_stays_tripped_through_failed_probes_until_a_delivery() -> Non
 def test_a_breaker_open_longer_than_the_setting_raises_from_its_trip_time() -> None:
     check = PipelineCheck(rule_id="breaker-open/hook", condition="breaker_open", metric="breaker",
                           severity="critical", limit=120.0)  # fmt: skip
-    check.inherited = False
     assert check.observe(now=T0 + 100, value=100.0, began=T0) is None
     alert = check.observe(now=T0 + 130, value=130.0, began=T0)
     assert isinstance(alert, AlertEvent) and alert.reading_ts == T0 and alert.severity == "critical"
