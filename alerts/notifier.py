@@ -15,6 +15,9 @@ stay uncommitted for ``stall_timeout``. Killed anywhere, it
 restarts from the last committed offsets with the state of the last persisted batch, so an
 already-notified transition is not notified again (a crash between a send and the state write
 re-sends it with the same idempotency key: at-least-once, de-duplicable by the receiver).
+
+Beside the loop, :class:`~thermoflow.alerts.pipeline_watch.PipelineWatch` raises the pipeline's own
+incidents (dead-letter rate, consumer lag, open breakers) on the alerts topic, device ``pipeline``.
 """
 
 from __future__ import annotations

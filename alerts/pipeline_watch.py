@@ -83,6 +83,9 @@ class PipelineWatch:
                 except (KafkaError, OSError, TimeoutError) as exc:
                     log.warning("pipeline_check_failed", error=f"{type(exc).__name__}: {exc}")
                     await self._close_observer()  # a fresh client next time
+                except Exception:  # a fault in watching must never stop the notifications
+                    log.exception("pipeline_check_crashed")
+                    await self._close_observer()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=interval)
         finally:

@@ -44,8 +44,8 @@ PIPELINE_DEVICE: Final = "pipeline"
 PIPELINE_CONDITIONS: Final[frozenset[Condition]] = frozenset(
     {"deadletter_rate", "consumer_lag", "breaker_open"}
 )
-#: Conditions that end on a :class:`Clear` (data back, or the pipeline's trouble over), not after quiet time.
 _SILENCES: Final[frozenset[Condition]] = frozenset({"offline", "ingest_silent"})
+#: Conditions that end on a :class:`Clear` (data back, or the pipeline's trouble over), not after quiet time.
 CLEARED_CONDITIONS: Final[frozenset[Condition]] = _SILENCES | PIPELINE_CONDITIONS
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -155,8 +155,8 @@ class Clear(msgspec.Struct, frozen=True, kw_only=True):
 
     For the pipeline's own conditions (:data:`PIPELINE_CONDITIONS`), ``since`` is the ended
     alert's ``reading_ts`` (when the trouble began) and ``cleared_at`` the time the watching
-    process first saw it over; a process that cannot know what an earlier one raised clears with
-    ``since == cleared_at``, which ends any older incident of the rule (and nothing, if none is open).
+    process first saw it over; a process ending an incident an earlier one raised clears with
+    ``since == cleared_at``, which ends any incident of the rule opened before.
     """
 
     v: Literal[1] = SCHEMA_VERSION
