@@ -3,10 +3,12 @@ with ids that do not change when a send is retried, and incidents the lifecycle 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from pydantic import ValidationError
 
 from tests.support.fakes import FakeClock
@@ -21,9 +23,10 @@ from thermoflow.alerts.pipeline_checks import (
     breaker_open_for,
     lag_rule,
 )
+from thermoflow.alerts.pipeline_watch import PipelineWatch
 from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.tracker import IncidentTracker
-from thermoflow.events import AlertEvent, Clear
+from thermoflow.events import CLEAR_HEADERS, AlertEvent, Clear, decode_alert
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.processors.settings import ProcessorSettings
 
@@ -260,3 +263,83 @@ def test_zero_turns_a_pipeline_alert_off_and_groups_are_read_once_each() -> None
     settings = alerts_settings(deadletter_rate_alert=0, consumer_lag_groups="a,b,a")
     assert settings.deadletter_rate_alert == 0
     assert settings.lag_groups == ["a", "b"]
+
+
+# -- the notifier's watch, with a recording producer and no Kafka ---------------------------------
+
+
+class RecordingProducer:
+    """Records what is sent; ``fail`` makes the next send's ack fail (Kafka did not take it)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]] = []
+        self.fail = False
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[None]:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            self.fail = False
+            ack.set_exception(KafkaTimeoutError())
+        else:
+            self.sent.append((topic, value, key, headers))
+            ack.set_result(None)
+        return ack
+
+
+async def test_the_watch_raises_an_open_breaker_once_and_a_failed_send_again_with_the_same_id() -> None:
+    settings = alerts_settings(breaker_open_alert=120.0, alerts_topic="alerts")
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=1, reset_after=30.0, clock=clock)
+    producer = RecordingProducer()
+    watch = PipelineWatch(
+        settings, producer=cast(Any, producer), breakers=lambda: {"hook": breaker}, owner=lambda: False,
+        clock=clock,
+    )  # fmt: skip
+    breaker.record_failure()
+    tripped = clock()
+    clock.advance(60)
+    assert await watch.check() == []  # open for a minute: under the setting
+    clock.advance(61)
+    producer.fail = True
+    with pytest.raises(KafkaTimeoutError):
+        await watch.check()
+    [alert] = await watch.check()  # not acked before: sent again, the same alert
+    assert isinstance(alert, AlertEvent)
+    assert (alert.rule_id, alert.condition, alert.severity, alert.reading_ts) == (
+        "breaker-open/hook",
+        "breaker_open",
+        "critical",
+        tripped,
+    )
+    clock.advance(10)
+    assert await watch.check() == []
+    breaker.record_success()
+    [clear] = await watch.check()
+    assert isinstance(clear, Clear) and clear.since == tripped
+    [(topic, value, key, headers), (_, _, _, clear_headers)] = producer.sent
+    assert (topic, key, headers) == ("alerts", b"pipeline", None)
+    assert decode_alert(value).alert_id == alert.alert_id
+    assert clear_headers == CLEAR_HEADERS
+
+
+async def test_a_breaker_that_only_ever_worked_says_nothing_unless_an_incident_was_left_open() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failures=1, reset_after=30.0, clock=clock)
+    breaker.record_success()
+    producer = RecordingProducer()
+    left: set[str] = set()
+    watch = PipelineWatch(
+        alerts_settings(), producer=cast(Any, producer), breakers=lambda: {"hook": breaker},
+        owner=lambda: False, left_open=lambda rule_id, condition: rule_id in left, clock=clock,
+    )  # fmt: skip
+    assert await watch.check() == []
+    left.add("breaker-open/hook")  # an earlier notifier raised it (the state topic says)
+    [clear] = await watch.check()
+    assert isinstance(clear, Clear) and clear.since == clear.cleared_at == clock()
