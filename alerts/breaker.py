@@ -24,6 +24,10 @@ class CircuitBreaker:
     state: BreakerState = "closed"
     consecutive_failures: int = 0
     opened_at: float = 0.0
+    #: When it last left ``closed`` (kept through half-open probes that fail), None while closed:
+    #: how long the channel has been broken, for the ``breaker_open`` pipeline alert.
+    tripped_at: float | None = None
+    successes: int = 0  # sends that went through: a closed breaker with none has proved nothing yet
     _probing: bool = field(default=False, repr=False)
 
     def allow(self) -> bool:
@@ -49,11 +53,15 @@ class CircuitBreaker:
         self.state = "closed"
         self.consecutive_failures = 0
         self._probing = False
+        self.tripped_at = None
+        self.successes += 1
 
     def record_failure(self) -> None:
         self.consecutive_failures += 1
         if self.state == "half-open" or self.consecutive_failures >= self.failures:
             if self.state != "open":
                 self.opened_at = self.clock()
+            if self.tripped_at is None:
+                self.tripped_at = self.opened_at
             self.state = "open"
             self._probing = False

@@ -6,9 +6,10 @@ One incident is open per (device_id, rule_id, kind), where the kind is ``thresho
 It **fires** on the first breach, **escalates** when a breach is more severe than any before
 (severity never goes down), **repeats** every ``repeat_interval`` while it stays open, and
 **resolves** ``resolve_after`` seconds after its last breach; except an incident of
-:data:`~thermoflow.events.CLEARED_CONDITIONS` (offline, ingest_silent), which is not over when its
-alerts stop (one alert is all a silence gives) but when data comes back: it resolves on the
-processors' :class:`~thermoflow.events.Clear` record, at its ``cleared_at``.
+:data:`~thermoflow.events.CLEARED_CONDITIONS` (offline, ingest_silent, the pipeline's own), which
+is not over when its alerts stop (one alert is all a silence gives) but when data comes back (or
+the pipeline's trouble is over): it resolves on a :class:`~thermoflow.events.Clear` record, at
+its ``cleared_at``.
 
 Two clocks, on purpose:
 

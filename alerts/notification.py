@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 import msgspec
 
 from thermoflow.alerts.lifecycle import Incident, Transition, TransitionKind
-from thermoflow.events import CLEARED_CONDITIONS, Condition, Severity, stable_id
+from thermoflow.events import Condition, Severity, stable_id
 
 _encoder = msgspec.json.Encoder()
+#: The conditions that are a silence: their incident opens at the last reading before it.
+_SILENCES: frozenset[Condition] = frozenset({"offline", "ingest_silent"})
 
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,10 +102,16 @@ def describe(*, condition: Condition, value: float, threshold: float, metric: st
     'falling 3.4 °C/min (limit 3.0)'
     >>> describe(condition="outlier", value=12.08, threshold=10.0)
     'outlier score 12.1 (limit 10)'
+    >>> describe(condition="deadletter_rate", value=42.0, threshold=10.0)
+    'dead letters 42.0/min (limit 10/min)'
+    >>> describe(condition="consumer_lag", value=150000.0, threshold=100000.0)
+    'consumer lag 150,000 records (limit 100,000)'
+    >>> describe(condition="breaker_open", value=130.4, threshold=120.0)
+    'circuit breaker open for 130 s (limit 120 s)'
     """
     if condition in ("above", "below"):
         return f"{metric} {value:g} {condition} {threshold:g}"
-    if condition in CLEARED_CONDITIONS:
+    if condition in _SILENCES:
         what = "offline" if condition == "offline" else "ingest silent"
         return f"{what}: no reading for {value:.0f} s (limit {threshold:g} s)"
     if condition == "stuck":
@@ -113,7 +121,11 @@ def describe(*, condition: Condition, value: float, threshold: float, metric: st
         return f"{direction} {abs(value):.1f} °C/min (limit {abs(threshold):.1f})"
     if condition == "outlier":
         return f"outlier score {value:.1f} (limit {threshold:g})"
-    return f"{condition.replace('_', ' ')} {value:g} (limit {threshold:g})"  # the pipeline's own
+    if condition == "deadletter_rate":
+        return f"dead letters {value:.1f}/min (limit {threshold:g}/min)"
+    if condition == "consumer_lag":
+        return f"consumer lag {value:,.0f} records (limit {threshold:,.0f})"
+    return f"circuit breaker open for {value:.0f} s (limit {threshold:g} s)"  # breaker_open
 
 
 def headline(notification: Notification) -> str:
@@ -146,7 +158,7 @@ def details(notification: Notification) -> str:
     n = notification
     worst = describe(condition=n.condition, value=n.peak_value, threshold=n.threshold, metric=n.metric)
     lines = [f"incident {n.incident_id} (transition #{n.seq})"]
-    if n.condition in CLEARED_CONDITIONS:  # opened_at is the last reading before the silence
+    if n.condition in _SILENCES:  # opened_at is the last reading before the silence
         lines += [f"last reading {_iso(n.opened_at)}", f"worst: {worst}"]
         if n.resolved_at is not None:
             silent = n.resolved_at - n.opened_at

@@ -15,11 +15,15 @@ stay uncommitted for ``stall_timeout``. Killed anywhere, it
 restarts from the last committed offsets with the state of the last persisted batch, so an
 already-notified transition is not notified again (a crash between a send and the state write
 re-sends it with the same idempotency key: at-least-once, de-duplicable by the receiver).
+
+Beside the loop, :class:`~thermoflow.alerts.pipeline_watch.PipelineWatch` raises the pipeline's own
+incidents (dead-letter rate, consumer lag, open breakers) on the alerts topic, device ``pipeline``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +42,7 @@ from thermoflow.alerts.kafka_io import (
     write_states,
 )
 from thermoflow.alerts.lifecycle import Incident, Policy
+from thermoflow.alerts.pipeline_watch import PipelineWatch
 from thermoflow.alerts.routing import (
     EmailRoute,
     LogRoute,
@@ -51,7 +56,7 @@ from thermoflow.alerts.routing import (
 from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.alerts.watermarks import PipelineWatermarks
-from thermoflow.events import AlertEvent, Clear
+from thermoflow.events import PIPELINE_DEVICE, AlertEvent, Clear, Condition, incident_kind
 from thermoflow.http import component_health, serve
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -211,20 +216,50 @@ class Notifier:
             metrics=self.metrics,
             group=settings.notify_group,
         )
+        watching: asyncio.Task[None] | None = None
         try:
             await producer.start()
             await consumer.start()
             log.info("notifier_started", topic=settings.alerts_topic, group=settings.notify_group,
                      channels=list(dispatcher.channels))  # fmt: skip
+            watching = asyncio.create_task(self._watch_pipeline(stop, producer, consumer, dispatcher))
             if ready is not None:
                 ready.set()
             await loop.run(stop)
         finally:
+            if watching is not None:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
             await consumer.stop()
             await dispatcher.close()
             await producer.stop()
             snapshot = self.metrics.snapshot()
             log.info("notifier_stopped", **snapshot["counters"], latency=snapshot["latency"])
+
+    async def _watch_pipeline(
+        self,
+        stop: asyncio.Event,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        dispatcher: Dispatcher,
+    ) -> None:
+        """The pipeline's own alerts (:mod:`thermoflow.alerts.pipeline_watch`): this instance's
+        breakers, and the cluster's dead letters and lags when it holds alerts partition 0."""
+        watch = PipelineWatch(
+            self.settings,
+            producer=producer,
+            breakers=lambda: dispatcher.breakers,
+            owner=lambda: any(tp.partition == 0 for tp in consumer.assignment()),
+            left_open=self._pipeline_incident_open,
+        )
+        await watch.run(stop)
+
+    def _pipeline_incident_open(self, rule_id: str, condition: Condition) -> bool:
+        """Whether the tracker knows an open ``pipeline`` incident of this rule and condition (one an
+        earlier process raised is cleared once all is well; the state topic tells them all)."""
+        incident = self.tracker.incidents.get((PIPELINE_DEVICE, rule_id, incident_kind(condition)))
+        return incident is not None and incident.is_open
 
     async def _start(
         self,

@@ -122,7 +122,7 @@ ON CONFLICT (incident_id) DO UPDATE SET
     peak_value = EXCLUDED.peak_value, breach_count = EXCLUDED.breach_count,
     resolved_at = EXCLUDED.resolved_at, updated_at = now()
 """
-# Incidents that end on a clear (offline, ingest_silent) never resolve by quiet time.
+# Incidents that end on a clear (offline, ingest_silent, the pipeline's own) never resolve by quiet time.
 _SWEEP_CANDIDATES = """
 SELECT DISTINCT device_id FROM incidents
 WHERE status <> 'resolved' AND last_breach_at <= to_timestamp(%s) AND kind <> ALL(%s::text[])

@@ -38,8 +38,15 @@ Condition = Literal["above", "below"] | KindCondition
 Stage = Literal["ingest", "processors", "alerts"]
 #: What an incident is one of, per (device, rule): ``threshold`` for ``above``/``below``, else the condition.
 IncidentKind = Literal["threshold"] | KindCondition
-#: Conditions that end when data comes back (a :class:`Clear`), not after quiet time.
-CLEARED_CONDITIONS: Final[frozenset[Condition]] = frozenset({"offline", "ingest_silent"})
+#: The device id of alerts about the pipeline itself rather than a device.
+PIPELINE_DEVICE: Final = "pipeline"
+#: The pipeline's own conditions, raised under :data:`PIPELINE_DEVICE` by the process that watches them.
+PIPELINE_CONDITIONS: Final[frozenset[Condition]] = frozenset(
+    {"deadletter_rate", "consumer_lag", "breaker_open"}
+)
+_SILENCES: Final[frozenset[Condition]] = frozenset({"offline", "ingest_silent"})
+#: Conditions that end on a :class:`Clear` (data back, or the pipeline's trouble over), not after quiet time.
+CLEARED_CONDITIONS: Final[frozenset[Condition]] = _SILENCES | PIPELINE_CONDITIONS
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -145,6 +152,11 @@ class Clear(msgspec.Struct, frozen=True, kw_only=True):
     ``reading_ts`` (the last reading before the silence) and ``cleared_at`` the event time of
     the reading that ended it (its ``received_at``): the incident resolves at ``cleared_at``.
     Both come from the readings, so a replay sends the same clear.
+
+    For the pipeline's own conditions (:data:`PIPELINE_CONDITIONS`), ``since`` is the ended
+    alert's ``reading_ts`` (when the trouble began) and ``cleared_at`` the time the watching
+    process first saw it over; a process ending an incident an earlier one raised clears with
+    ``since == cleared_at``, which ends any incident of the rule opened before.
     """
 
     v: Literal[1] = SCHEMA_VERSION

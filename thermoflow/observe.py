@@ -102,6 +102,18 @@ class KafkaObserver:
                 )
         return result
 
+    async def group_lag(self, group: str) -> int | None:
+        """Records ``group`` has not committed yet, over the partitions it has committed on (None: it
+        has committed nothing, so there is no lag to judge)."""
+        committed: dict[TopicPartition, Any] = await self._admin.list_consumer_group_offsets(group)
+        offsets: dict[TopicPartition, int] = {
+            tp: int(meta.offset) for tp, meta in committed.items() if meta.offset >= 0
+        }
+        if not offsets:
+            return None
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(list(offsets))
+        return sum(max(0, ends[tp] - offset) for tp, offset in offsets.items())
+
 
 @contextlib.asynccontextmanager
 async def kafka_observer(settings: ThermoflowSettings) -> AsyncIterator[KafkaObserver]:
