@@ -20,6 +20,7 @@ from typing import Any, Protocol, TextIO
 import aiohttp
 import msgspec
 
+from thermoflow import tracing
 from thermoflow.alerts.notification import Notification, details, headline, to_json
 
 SIGNATURE_HEADER = "X-Thermoflow-Signature"
@@ -112,7 +113,9 @@ class _HttpChannel:
 
 
 class WebhookChannel(_HttpChannel):
-    """POST the notification as JSON, signed with HMAC-SHA256, with an idempotency key."""
+    """POST the notification as JSON, signed with HMAC-SHA256, with an idempotency key, and the
+    W3C ``traceparent`` of the alert behind it (when it has one): the receiver's own trace can
+    continue the pipeline's."""
 
     def __init__(self, name: str, *, url: str, secret: str, timeout: float = 10.0) -> None:
         super().__init__(name, url=url, timeout=timeout)
@@ -120,14 +123,15 @@ class WebhookChannel(_HttpChannel):
 
     async def send(self, notification: Notification) -> None:
         body = to_json(notification)
-        await self._post(
-            body,
-            {
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(body, self._secret),
-                IDEMPOTENCY_HEADER: notification.idempotency_key,
-            },
-        )
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(body, self._secret),
+            IDEMPOTENCY_HEADER: notification.idempotency_key,
+        }
+        traceparent = tracing.current.get()
+        if traceparent is not None:
+            headers[tracing.HEADER] = traceparent.decode("ascii", "replace")
+        await self._post(body, headers)
 
 
 def slack_message(notification: Notification) -> dict[str, Any]:

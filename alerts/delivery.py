@@ -4,6 +4,10 @@ Every channel works through its own notifications concurrently with the others, 
 failing channel never holds up the rest; within a channel, one incident's notifications go in
 order. A notification that exhausts its retries (or meets an open breaker) goes to the
 dead-letter sink with the reason: nothing is dropped silently.
+
+Each send runs with the traceparent of the alert behind its notification
+(:data:`thermoflow.tracing.current`: the webhook sends it on as a header, and log lines carry
+its ``trace_id``), under an ``alerts.notify`` span when that trace is sampled.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Final, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from thermoflow import tracing
 from thermoflow.alerts.breaker import BreakerState, CircuitBreaker
 from thermoflow.alerts.channels import Channel, DeliveryError
 from thermoflow.alerts.notification import Notification
@@ -92,11 +97,20 @@ class Dispatcher:
         self._sleep = sleep
         self._last_failure: dict[str, str] = {}
         self._verdicts = {name: asyncio.Event() for name in channels}
+        self._traces: Mapping[str, bytes] = {}
         self.metrics = metrics or Metrics("alerts.notify")
 
-    async def dispatch(self, notifications: Sequence[Notification]) -> DispatchResult:
-        """Deliver or dead-letter every notification; returns when each one is one or the other."""
+    async def dispatch(
+        self, notifications: Sequence[Notification], *, traces: Mapping[str, bytes] | None = None
+    ) -> DispatchResult:
+        """Deliver or dead-letter every notification; returns when each one is one or the other.
+
+        Args:
+            notifications: what to send, in order.
+            traces: the traceparent of the alert behind a notification, by its idempotency key.
+        """
         result = DispatchResult()
+        self._traces = traces or {}
         per_channel: dict[str, dict[str, list[Notification]]] = defaultdict(lambda: defaultdict(list))
         for notification in notifications:
             for name in self.routes.for_severity(notification.severity):
@@ -157,6 +171,27 @@ class Dispatcher:
 
     async def _deliver(self, name: str, notification: Notification) -> bool:
         """True once delivered; False once dead-lettered (after retries or at an open breaker)."""
+        traceparent = self._traces.get(notification.idempotency_key)
+        if traceparent is None:
+            return await self._deliver_traced(name, notification)
+        span = tracing.tracing().start(
+            "alerts.notify",
+            traceparent,
+            attributes={
+                "thermoflow.channel": name,
+                "thermoflow.incident_id": notification.incident_id,
+                "thermoflow.transition": notification.transition,
+                "thermoflow.device_id": notification.device_id,
+            },
+        )
+        with tracing.handling(tracing.traceparent_of(span) if span is not None else traceparent):
+            delivered = await self._deliver_traced(name, notification)
+        if span is not None:
+            span.set_attribute("thermoflow.delivered", delivered)
+            span.end()
+        return delivered
+
+    async def _deliver_traced(self, name: str, notification: Notification) -> bool:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts),
             wait=wait_random_exponential(multiplier=self._retry.backoff, max=self._retry.backoff_max),
@@ -184,6 +219,8 @@ class Dispatcher:
             self.metrics.count(f"dead_lettered.{name}", reason="undeliverable")
             return False
         self.metrics.count(f"delivered.{name}")
+        log.info("notification_sent", channel=name, device_id=notification.device_id,
+                 incident_id=notification.incident_id, transition=notification.transition)  # fmt: skip
         return True
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
-from thermoflow import kafka
+from thermoflow import kafka, tracing
 from thermoflow.alerts.lifecycle import Incident
 from thermoflow.alerts.notification import Notification, to_json
 from thermoflow.events import (
@@ -162,6 +162,8 @@ class DecodedBatch:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     received: int = 0
     invalid: int = 0
+    #: The ``traceparent`` header of each alert that had one, by ``alert_id`` (:mod:`thermoflow.tracing`).
+    traces: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def alerts(self) -> list[tuple[int, AlertEvent]]:
@@ -223,16 +225,21 @@ async def decode_batch(
     decoded = DecodedBatch()
     for tp, records in batch.items():
         for record in records:
+            traceparent = tracing.header_of(record.headers)
             try:
-                decoded.events.append((tp.partition, decode_event(record.value or b"", record.headers)))
+                event = decode_event(record.value or b"", record.headers)
             except EventDecodeError as exc:
                 source = kafka_source(topic=tp.topic, partition=tp.partition, offset=record.offset)
                 log.warning("alert_invalid", topic=tp.topic, partition=tp.partition, offset=record.offset,
-                            error=str(exc))  # fmt: skip
+                            error=str(exc), trace_id=tracing.trace_id_of(traceparent))  # fmt: skip
                 await dead_letters.send_raw(
                     record.value or b"", key=record.key, reason=str(exc), source=source
                 )
                 decoded.invalid += 1
+                continue
+            decoded.events.append((tp.partition, event))
+            if traceparent is not None and isinstance(event, AlertEvent):
+                decoded.traces[event.alert_id] = traceparent
         if records:
             decoded.offsets[tp] = records[-1].offset + 1
             decoded.received += len(records)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from thermoflow import consume, kafka
+from thermoflow import consume, kafka, tracing
 from thermoflow.alerts.channels import Channel, EmailChannel, LogChannel, SlackChannel, WebhookChannel
 from thermoflow.alerts.delivery import Dispatcher, RetryPolicy
 from thermoflow.alerts.kafka_io import (
@@ -137,6 +137,7 @@ class Notifier:
         self.watermarks = PipelineWatermarks()
         self.watchdog = Watchdog(component="alerts.notify", stall_after=settings.stall_timeout)
         self._dispatcher = dispatcher
+        tracing.configure("alerts-notify")
         self._persisting: asyncio.Future[bool] | None = None  # the last batch's state write
         self._next_tick = 0.0
 
@@ -274,9 +275,14 @@ class Notifier:
         now = self.clock()
         decoded = await decode_batch(batch.records, dead_letters)
         notifications = []
+        traces: dict[str, bytes] = {}  # a notification's alert's traceparent, by idempotency key
         for partition, event in decoded.events:  # in order: a watermark covers the alerts before it
             if isinstance(event, AlertEvent):
-                notifications += self.tracker.on_alert(event, now=now, partition=partition)
+                fired = self.tracker.on_alert(event, now=now, partition=partition)
+                traceparent = decoded.traces.get(event.alert_id)
+                if traceparent is not None:
+                    traces.update((notification.idempotency_key, traceparent) for notification in fired)
+                notifications += fired
                 continue
             if isinstance(event, Clear):
                 notifications += self.tracker.on_clear(event, now=now)
@@ -292,7 +298,7 @@ class Notifier:
             self._next_tick = now + self.settings.sweep_interval
         started = time.perf_counter()
         if notifications:
-            await dispatcher.dispatch(notifications)
+            await dispatcher.dispatch(notifications, traces=traces)
             self.metrics.count("notifications", len(notifications))
             self.metrics.observe("dispatch", time.perf_counter() - started)
         self.metrics.count("alerts", decoded.received)

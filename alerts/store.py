@@ -36,7 +36,7 @@ import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from thermoflow import consume, db, kafka
+from thermoflow import consume, db, kafka, tracing
 from thermoflow.alerts.kafka_io import (
     DecodedBatch,
     KafkaDeadLetters,
@@ -334,7 +334,9 @@ class AlertStore:
         # partition that was idle got readings again).
         self._reached: dict[int, float] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._traces: Mapping[str, bytes] = {}  # the batch's traceparents by alert_id (for its logs)
         self.watchdog = Watchdog(component="alerts.store", stall_after=settings.stall_timeout)
+        self.tracing = tracing.configure("alerts-store")
 
     async def _with_db(
         self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], stop: asyncio.Event
@@ -420,13 +422,27 @@ class AlertStore:
             record = _record_of(alert, batch.get(tp, ()))
             offset = record.offset if record is not None else -1
             source = kafka_source(topic=tp.topic, partition=partition, offset=offset)
-            log.warning("alert_refused", source=source, device_id=alert.device_id, error=reason)
+            traceparent = self._traces.get(alert.alert_id) if isinstance(alert, AlertEvent) else None
+            log.warning("alert_refused", source=source, device_id=alert.device_id, error=reason,
+                        trace_id=tracing.trace_id_of(traceparent))  # fmt: skip
             await dead_letters.send_raw(
                 record.value or b"" if record is not None else b"",
                 key=alert.device_id.encode("utf-8", "replace"),
                 reason=reason,
                 source=source,
             )
+
+    def _trace_stored(self, decoded: DecodedBatch, *, started_ns: int) -> None:
+        """An ``alerts.store`` span for each alert of a sampled trace, over its batch's write."""
+        for _, alert in decoded.alerts:
+            span = self.tracing.start(
+                "alerts.store",
+                decoded.traces.get(alert.alert_id),
+                start_time=started_ns,
+                attributes={"thermoflow.alert_id": alert.alert_id, "thermoflow.device_id": alert.device_id},
+            )
+            if span is not None:
+                span.end()
 
     def _dead_letter_failed(self, exc: BaseException, delay: float) -> None:
         log.warning("dead_letter_failed", error=repr(exc), retry_in=round(delay, 1))
@@ -479,11 +495,15 @@ class AlertStore:
         async def handle(batch: consume.Batch) -> bool:
             """Store the batch (watermarks first, in order), sweep when due; False if stopped first."""
             nonlocal next_sweep
+            started_ns = time.time_ns()
             decoded = await decode_batch(batch.records, dead_letters)
+            self._traces = decoded.traces
             for partition, mark in decoded.watermarks:
                 self._observe(partition, mark)
             if decoded.incident_events and not await self._store(batch.records, decoded, dead_letters, stop):
                 return False  # stopped during an outage: the batch is not committed, it will replay
+            if decoded.traces and self.tracing.enabled:
+                self._trace_stored(decoded, started_ns=started_ns)
             now = self.clock()
             if now >= next_sweep:
                 await self._sweep(consumer, stop)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from thermoflow import topics
+from thermoflow import topics, tracing
 from thermoflow.events import DeadLetter, KafkaHeaders, dead_letter_body, dead_letter_headers, encode
 from thermoflow.ingest.codecs import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_payload
 from thermoflow.ingest.mapping import TopicFields, TopicTemplate
@@ -80,11 +80,18 @@ class Translator:
             self._headers[mqtt_topic] = headers
         return self._fields[mqtt_topic], self._headers[mqtt_topic]
 
-    def translate(self, mqtt_topic: str, payload: bytes, *, received_at: float) -> Translation:
-        """The message's reading records, or its one dead letter (never an exception)."""
+    def translate(
+        self, mqtt_topic: str, payload: bytes, *, received_at: float, traceparent: bytes | None = None
+    ) -> Translation:
+        """The message's reading records, or its one dead letter (never an exception).
+
+        Its records (all of them: one message, one trace) carry ``traceparent`` when given.
+        """
         fields: TopicFields | None = None
         try:
             fields, headers = self._topic(mqtt_topic)
+            if traceparent is not None:  # one list per message, shared by its readings
+                headers = [*headers, (tracing.HEADER, traceparent)]
             readings = decode_payload(payload, fields=fields, received_at=received_at, limits=self.limits)
             if not readings:  # every message must end somewhere: its ack waits for its records
                 raise PayloadError("payload holds no reading")
@@ -98,15 +105,24 @@ class Translator:
                 reason += f" (topic {mqtt_topic!r} does not match the template {self.template.template!r})"
         except Exception as exc:  # noqa: BLE001 - a codec's bug must cost one message, not the fleet's acks
             reason = f"internal error decoding payload: {type(exc).__name__}: {exc}"
-        return self.dead_letter(mqtt_topic, payload, reason, received_at=received_at)
+        return self.dead_letter(mqtt_topic, payload, reason, received_at=received_at, traceparent=traceparent)
 
-    def dead_letter(self, mqtt_topic: str, payload: bytes, reason: str, *, received_at: float) -> Translation:
+    def dead_letter(
+        self,
+        mqtt_topic: str,
+        payload: bytes,
+        reason: str,
+        *,
+        received_at: float,
+        traceparent: bytes | None = None,
+    ) -> Translation:
         """The message as one dead letter: its bytes (cut to ``deadletter_max_bytes``) and the reason."""
         letter = DeadLetter(error=reason, stage="ingest", source=mqtt_topic, failed_at=received_at)
         body, extra = dead_letter_body(payload, max_bytes=self.deadletter_max_bytes)
-        return Translation(
-            [OutRecord(self.deadletter_topic, None, body, dead_letter_headers(letter) + extra)], reason
-        )
+        headers = dead_letter_headers(letter) + extra
+        if traceparent is not None:
+            headers.append((tracing.HEADER, traceparent))
+        return Translation([OutRecord(self.deadletter_topic, None, body, headers)], reason)
 
 
 def dead_letter_reason(error: str) -> str:

@@ -9,6 +9,13 @@ agent return to ``take_events``, which acks the batch's events; faust commits ac
 (after flushing its producer) every ``broker_commit_interval``. So nothing is committed
 before its output is durable: at-least-once.
 
+Each event's Kafka record carries a ``traceparent`` (:mod:`thermoflow.tracing`): the one of the
+reading that triggered it (an alert of the worst reading carries that reading's trace), or a new
+trace for what no reading in the batch triggered (the timers' alerts). A sampled trace gets a
+``processors.<function>`` span, from the batch's start to the acks, which the event's traceparent
+names as its parent; nothing else costs a span, and a batch's readings are never looped over
+for it.
+
 After the acks, the batch moves its partitions' watermarks (:mod:`thermoflow.processors.watermarks`);
 every ``watermark_interval`` a :class:`WatermarkEmitter` sends each owned partition's
 watermark to every partition of the sink topic, behind the alerts it covers.
@@ -18,17 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import msgspec
+import numpy as np
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from thermoflow import kafka
+from thermoflow import kafka, tracing
 from thermoflow.events import WATERMARK_HEADERS, DeadLetter, dead_letter_headers, encode, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -46,6 +55,9 @@ from thermoflow.processors.runtime import (
 from thermoflow.processors.settings import ProcessorSettings
 from thermoflow.processors.watermarks import PartitionProgress, latest_per_partition
 from thermoflow.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = get_logger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -192,10 +204,13 @@ class BatchRunner:
         self.metrics = metrics
         self.emitter = emitter
         self.source = spec.source_topic(settings)
+        self.sink_topic = spec.sink_topic(settings)
         self.log = log.bind(function=spec.name, topic=self.source)
         # A batch and the timer take turns: the state one writes must not carry the other's
         # changes before that one's alerts are acked.
         self.turn = asyncio.Lock()
+        self.traces = tracing.TraceSource(ratio=settings.trace_sample_ratio)
+        self.tracing = tracing.configure("processors")
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -225,8 +240,10 @@ class BatchRunner:
     async def process(self, records: Sequence[KafkaRecord]) -> None:
         """Decode, call, send; returns only once every output record is acked by Kafka."""
         started = time.perf_counter()
+        started_ns = time.time_ns()
         batch, rejects = decode_batch(self.source, records)
         deliveries: list[asyncio.Future[Any]] = []
+        spans: list[Span] = []
         for reject in rejects:
             deliveries.append(await self._dead_letter(reject.record, reject.error))
         if len(batch) and isinstance(self.body, Stateful):
@@ -251,10 +268,15 @@ class BatchRunner:
                 reason = f"function {self.spec.name!r} {exc}"
                 for record in batch.records:
                     deliveries.append(await self._dead_letter(record, reason))
+            emits, spans = self.traced(emits, batch, started_ns=started_ns)
             for emit in emits:
                 deliveries.append(await self._send(emit))
             self.metrics.count("emitted", len(emits))
-        await asyncio.gather(*deliveries)
+        try:
+            await asyncio.gather(*deliveries)
+        finally:
+            for span in spans:
+                span.end()
         if isinstance(self.body, Stateful):
             await self.body.persist()  # only now: stored state never ahead of the alerts it implies
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
@@ -264,8 +286,42 @@ class BatchRunner:
         self.metrics.count("dead_letters", len(rejects), reason="decode")
         self.metrics.observe("batch", time.perf_counter() - started)
 
+    def traced(
+        self, emits: Sequence[Emit], batch: ReadingBatch | None, *, started_ns: int
+    ) -> tuple[list[Emit], list[Span]]:
+        """The events with their traceparent: their reading's (found by partition and offset in
+        ``batch``), else a new trace's; and the spans started for the sampled ones."""
+        if not emits:
+            return [], []
+        parents = _reading_traceparents(emits, batch) if batch is not None and len(batch) else {}
+        traced: list[Emit] = []
+        spans: list[Span] = []
+        for emit in emits:
+            if tracing.header_of(emit.headers) is not None:
+                traced.append(emit)
+                continue
+            traceparent = parents.get((emit.partition, emit.offset))
+            if tracing.parse(traceparent) is None:  # none, or not a valid one: a new trace
+                traceparent = self.traces.new()
+            span = self.tracing.start(
+                f"processors.{self.spec.name}",
+                traceparent,
+                start_time=started_ns,
+                attributes={
+                    "thermoflow.device_id": emit.key,
+                    "messaging.destination.name": self.sink_topic,
+                },
+            )
+            if span is not None:
+                spans.append(span)
+                traceparent = tracing.traceparent_of(span)
+            assert traceparent is not None
+            traced.append(dataclasses.replace(emit, headers=(*emit.headers, (tracing.HEADER, traceparent))))
+        return traced, spans
+
     async def _send(self, emit: Emit) -> asyncio.Future[Any]:
-        self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset)
+        self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset,
+                       trace_id=tracing.trace_id_of(tracing.header_of(emit.headers)))  # fmt: skip
         return await self.sink.send(  # type: ignore[no-any-return]
             key=emit.key.encode(), value=_encoder.encode(emit.event), headers=list(emit.headers) or None
         )
@@ -286,12 +342,17 @@ class BatchRunner:
         async with self.turn:
             if app.should_stop:  # the producer may be gone: what the timer would find, the next owner finds
                 return
-            emits = self.body.on_timer(now=time.time(), caught_up=caught_up)
+            started_ns = time.time_ns()
+            emits, spans = self.traced(self.body.on_timer(now=time.time(), caught_up=caught_up), None,
+                                       started_ns=started_ns)  # fmt: skip
             try:
                 await asyncio.gather(*[await self._send(emit) for emit in emits])
             except faust.exceptions.NotReady:  # stopping under way: nothing was persisted, all is found again
                 self.log.info("timer_stopped", unsent=len(emits))
                 return
+            finally:
+                for span in spans:
+                    span.end()
             await self.body.persist()
         self.metrics.count("emitted", len(emits))
 
@@ -308,6 +369,23 @@ class BatchRunner:
         return await self.deadletter.send(  # type: ignore[no-any-return]
             key=record.key, value=record.value, headers=dead_letter_headers(letter)
         )
+
+
+def _reading_traceparents(
+    emits: Sequence[Emit], batch: ReadingBatch
+) -> dict[tuple[int | None, int | None], bytes | None]:
+    """The traceparent header of each event's reading, by (partition, offset): found with one
+    vectorized pass over the batch's positions, then a look at the few records that match."""
+    wanted = {(e.partition, e.offset) for e in emits if e.partition is not None and e.offset is not None}
+    if not wanted:
+        return {}
+    positions = (batch.partition.astype(np.int64) << 40) | batch.offset.astype(np.int64)
+    keys = np.fromiter(((p << 40) | o for p, o in wanted), dtype=np.int64, count=len(wanted))
+    found: dict[tuple[int | None, int | None], bytes | None] = {}
+    for index in np.flatnonzero(np.isin(positions, keys)).tolist():
+        record = batch.records[index]
+        found[(record.partition, record.offset)] = tracing.header_of(getattr(record, "headers", None))
+    return found
 
 
 class WatermarkEmitter:

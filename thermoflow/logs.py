@@ -21,6 +21,8 @@ from typing import Any, TextIO, cast
 
 import structlog
 
+from thermoflow import tracing
+
 _configured = False
 
 
@@ -112,6 +114,25 @@ class RepeatFilter(logging.Filter):
         return counts
 
 
+def add_trace_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A line written while one record is handled (:func:`thermoflow.tracing.handling`) carries
+    that record's ``trace_id``, unless the line names one itself.
+
+    >>> with tracing.handling(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"):
+    ...     add_trace_id(None, "info", {"event": "sent"})
+    {'event': 'sent', 'trace_id': '4bf92f3577b34da6a3ce929d0e0e4736'}
+    >>> add_trace_id(None, "info", {"event": "idle"})
+    {'event': 'idle'}
+    """
+    if "trace_id" not in event:
+        traceparent = tracing.current.get()
+        if traceparent is not None:
+            trace_id = tracing.trace_id_of(traceparent)
+            if trace_id is not None:
+                event["trace_id"] = trace_id
+    return event
+
+
 def configure_logging(*, level: str = "INFO", json: bool | None = None, component: str | None = None) -> None:
     """Route structlog and stdlib logging to stderr, as JSON lines unless stderr is a terminal."""
     global _configured
@@ -122,6 +143,7 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None, componen
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -82,6 +82,15 @@ class ThermoflowSettings(BaseSettings):
         " (code 3) to be restarted; 0 disables",
     )
 
+    trace_sample_ratio: float = Field(
+        0.001,
+        ge=0,
+        le=1,
+        description="share of MQTT messages whose trace the bridge marks sampled: their readings,"
+        " alerts and notifications get OpenTelemetry spans, exported over OTLP/HTTP when"
+        " OTEL_EXPORTER_OTLP_ENDPOINT is set. Every record carries a traceparent either way",
+    )
+
     http_port: int | None = Field(
         9108,
         ge=0,
