@@ -54,8 +54,6 @@ _STOP_RESERVE: Final = 3.0
 #: (a quarter of the stall timeout when that is shorter).
 _PROBE_AFTER: Final = 5.0
 
-_Pending = Held  # one MQTT message held until Kafka has its records (the name _on_publish uses)
-
 
 class Bridge:
     """``await Bridge(settings).run(stop)`` bridges until ``stop`` is set, then drains and returns."""
@@ -81,7 +79,7 @@ class Bridge:
         )
         self._dead_letter_log = LogSampler(per_second=10)
         self._pending = AckLine(window=min(settings.mqtt_receive_maximum, settings.bridge_max_pending))
-        self._outbox: list[tuple[OutRecord, _Pending]] = []
+        self._outbox: list[tuple[OutRecord, Held]] = []
         self._outbox_ready = asyncio.Event()
         self._received = 0  # counted here, moved into the metrics per flush (no lock per message)
         self._stopping = False
@@ -191,7 +189,7 @@ class Bridge:
         It runs inside paho's read of the socket: an exception here would leave the message
         pending forever, and the acks of every message after it with it.
         """
-        pending = _Pending(mid, qos, time.monotonic())
+        pending = Held(mid, qos, time.monotonic())
         self._pending.append(pending)
         self._received += 1
         received_at = self._wall_clock()
@@ -250,10 +248,7 @@ class Bridge:
     def _ack_ready(self) -> None:
         """Ack, in arrival order, every message at the head of the line that Kafka has."""
         client = self._io.client
-        if client is None:
-            return
-        ready = self._pending.pop_ready()
-        if not ready:
+        if client is None or not (ready := self._pending.pop_ready()):
             return
         now = time.monotonic()
         for message in ready[::16]:  # a sample is plenty for percentiles, and cheaper
