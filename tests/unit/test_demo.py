@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import signal
 from pathlib import Path
+from typing import cast
 
+import pytest
 from rich.console import Console
 
-from thermoflow.demo import THRESHOLD_CHECK, Sample, Stored, describe, render, summarize
+from thermoflow.demo import THRESHOLD_CHECK, Sample, Stored, describe, render, run_demo, summarize
 from thermoflow.pipeline_run import PipelineRun
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.webhook_receiver import Delivery
@@ -61,3 +66,50 @@ def test_the_summary_labels_the_threshold_check_for_what_it_is(tmp_path: Path) -
     assert summary["incidents opened / resolved"] == "3 / 2"
     assert summary["device incidents still open"] == "freezer-0002 offline"
     assert summary["pipeline incidents (ingest silent once the fleet stopped)"] == 1
+
+
+class _Run:
+    """A PipelineRun whose start hangs or fails: what the demo must stop whatever happens."""
+
+    def __init__(self, *, fails: bool) -> None:
+        self.fails = fails
+        self.started_with: tuple[str, ...] = ()
+        self.stopped = False
+        self.starting = asyncio.Event()
+
+    async def start(self, *run_args: str) -> None:
+        self.started_with = run_args
+        self.starting.set()
+        if self.fails:
+            raise RuntimeError("no 'sink_started' from the pipeline within 120s")
+        await asyncio.Event().wait()  # as a pipeline that never gets ready
+
+    async def stop(self) -> int | None:
+        self.stopped = True
+        return 0
+
+
+async def _demo(run: _Run) -> dict[str, object]:
+    pipeline = cast(PipelineRun, run)
+    console = Console(file=io.StringIO())
+    return await run_demo(pipeline, devices=1, duration=1.0, seed=1, live=False, console=console)
+
+
+async def test_sighup_while_the_pipeline_starts_stops_what_the_demo_started(tmp_path: Path) -> None:
+    # Issue 11: closing the terminal of a running demo left its five components running.
+    run = _Run(fails=False)
+    demo = asyncio.create_task(_demo(run))
+    await asyncio.wait_for(run.starting.wait(), 10)
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert await asyncio.wait_for(demo, 10) == {}
+    assert run.stopped
+    # `thermoflow run` stops its components when the demo dies, even by SIGKILL.
+    assert "--exit-with-parent" in run.started_with
+
+
+async def test_a_demo_whose_pipeline_fails_to_start_stops_what_it_started(tmp_path: Path) -> None:
+    # Issue 11: when the demo failed to start, a bridge stayed running.
+    run = _Run(fails=True)
+    with pytest.raises(RuntimeError, match="sink_started"):
+        await _demo(run)
+    assert run.stopped
