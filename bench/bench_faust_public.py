@@ -343,6 +343,7 @@ async def main() -> None:
             "THERMOFLOW_ALERTS_TOPIC": alerts,
             "THERMOFLOW_DEADLETTER_TOPIC": deadletter,
             "THERMOFLOW_COMMIT_INTERVAL": "0.2",  # as bench_processors: "all committed" is seen soon
+            "THERMOFLOW_HTTP_PORT": "0",  # no /metrics: the default port may be another run's
         }
         results: dict[str, list[Result]] = {v: [] for v in variants}
         for round_ in range(args.rounds):
