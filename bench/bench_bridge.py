@@ -224,6 +224,7 @@ async def run_case(
         "THERMOFLOW_MQTT_CLIENT_ID": f"bench-bridge-{tag}",
         "THERMOFLOW_MQTT_SESSION_EXPIRY": "60",
         "THERMOFLOW_LOG_LEVEL": "WARNING",
+        "THERMOFLOW_HTTP_PORT": "0",  # no /metrics: the default port may be another run's
     }
     if naive:
         command = [sys.executable, __file__, "naive", f"{prefix}/+/temperature", readings_topic]

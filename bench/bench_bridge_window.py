@@ -55,6 +55,7 @@ async def run_window(window: int, *, args: argparse.Namespace) -> tuple[float, f
         "THERMOFLOW_MQTT_RECEIVE_MAXIMUM": str(window),
         "THERMOFLOW_BRIDGE_MAX_PENDING": str(window),
         "THERMOFLOW_LOG_LEVEL": "WARNING",
+        "THERMOFLOW_HTTP_PORT": "0",  # no /metrics: the default port may be another run's
     }
     bridge = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "thermoflow", "bridge", env=env, cwd=ROOT

@@ -156,6 +156,7 @@ async def run(args: argparse.Namespace) -> int:
         "THERMOFLOW_MQTT_CLIENT_ID": f"fuzz-bridge-{tag}",
         "THERMOFLOW_MQTT_SESSION_EXPIRY": "120",
         "THERMOFLOW_LOG_LEVEL": "INFO",
+        "THERMOFLOW_HTTP_PORT": "0",  # no /metrics: the default port may be another run's
     }
     log = Path(tempfile.mkdtemp(prefix="fuzz-bridge-")) / "bridge.log"
     with log.open("wb") as out:

@@ -15,13 +15,11 @@ so ``client.ack`` is only called from the thread that owns the client and no loc
   messages between reading and acking them, whatever the broker sends (:mod:`thermoflow.ingest.acks`
   says why). That bounds memory, and the duplicates a ``kill -9`` leaves in Kafka: one window,
   plus PUBACKs the broker had not read yet (Mosquitto 2.0.11 drops those on the connection reset).
-- A lost connection drops the held messages without acking them, and their records not yet in
-  Kafka: the persistent session redelivers them (QoS 1) after the reconnect.
-- Stopping is bounded (``_STOP_TIMEOUT``) whatever is down: what reaches Kafka in time is acked,
-  the rest is left unacked for the broker to redeliver; a producer that cannot flush is abandoned.
-- Each message starts a trace (:mod:`thermoflow.tracing`): its records carry a ``traceparent``
-  header. A sampled one, in a process that exports spans, gets a ``bridge.message`` span from
-  its receipt to its ack; the others cost a header, no span.
+- A lost connection drops the held messages unacked, with their records not yet in Kafka: the
+  persistent session redelivers them (QoS 1). Stopping is bounded (``_STOP_TIMEOUT``): what
+  reaches Kafka in time is acked, the rest left for the broker; a stuck producer is abandoned.
+- Each message starts a trace (:class:`~thermoflow.tracing.MessageTraces`): its records carry a
+  ``traceparent``; a sampled one gets a ``bridge.message`` span from receipt to ack.
 - A :class:`~thermoflow.watchdog.Watchdog` ends the process when messages are held, Kafka
   answers, and no ack has moved for ``stall_timeout``; Kafka or MQTT being down is not a stall.
 """
@@ -31,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from aiokafka import AIOKafkaProducer
 
@@ -48,9 +46,6 @@ from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog
 
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
 log = get_logger(__name__)
 
 #: Seconds from the stop signal to the bridge's return, whatever is down (within `run`'s grace).
@@ -60,10 +55,6 @@ _STOP_RESERVE: Final = 3.0
 #: Seconds without an ack, messages held, before the bridge asks whether Kafka answers at all
 #: (a quarter of the stall timeout when that is shorter).
 _PROBE_AFTER: Final = 5.0
-
-_SAMPLED: Final = ord("1")  # the last byte of a sampled traceparent as TraceSource writes them
-
-_Pending = Held  # one MQTT message held until Kafka has its records (the name _on_publish uses)
 
 
 class Bridge:
@@ -89,11 +80,9 @@ class Bridge:
             deadletter_max_bytes=settings.deadletter_max_bytes,
         )
         self._dead_letter_log = LogSampler(per_second=10)
-        self._traces = tracing.TraceSource(ratio=settings.trace_sample_ratio)
-        self._tracing = tracing.configure("bridge")
-        self._spans: dict[int, Span] = {}  # a sampled message's span, by id() of its Held, until its ack
+        self._traces = tracing.MessageTraces(ratio=settings.trace_sample_ratio, service="bridge")
         self._pending = AckLine(window=min(settings.mqtt_receive_maximum, settings.bridge_max_pending))
-        self._outbox: list[tuple[OutRecord, _Pending]] = []
+        self._outbox: list[tuple[OutRecord, Held]] = []
         self._outbox_ready = asyncio.Event()
         self._received = 0  # counted here, moved into the metrics per flush (no lock per message)
         self._stopping = False
@@ -193,11 +182,7 @@ class Bridge:
 
     def _on_lost(self, reason: str) -> None:
         """Drop the held messages unacked, their records unsent: the resumed session sends them again."""
-        if self._spans:
-            for span in self._spans.values():
-                span.set_attribute("thermoflow.acked", False)
-                span.end()
-            self._spans.clear()
+        self._traces.end_all()
         dropped = self._pending.drop_all()
         if dropped:
             log.info("mqtt_pending_dropped", pending=dropped, reason=reason)
@@ -208,53 +193,24 @@ class Bridge:
         It runs inside paho's read of the socket: an exception here would leave the message
         pending forever, and the acks of every message after it with it.
         """
-        pending = _Pending(mid, qos, time.monotonic())
+        pending = Held(mid, qos, time.monotonic())
         self._pending.append(pending)
         self._received += 1
-        received_at = self._wall_clock()
-        traceparent = self._trace(topic, pending)
-        try:
-            translation = self._translator.translate(
-                topic, payload, received_at=received_at, traceparent=traceparent
-            )
-        except Exception as exc:  # translate does not raise; if it ever does, one message pays
-            log.exception("translate_failed", topic=topic[:200], trace_id=tracing.trace_id_of(traceparent))
-            reason = f"internal error translating message: {type(exc).__name__}"
-            translation = self._translator.dead_letter(
-                topic, payload, reason, received_at=received_at, traceparent=traceparent
-            )
-        if translation.error is not None:
-            self.metrics.count("dead_lettered", reason=dead_letter_reason(translation.error))
+        trace = self._traces.begin(pending, attributes={"messaging.mqtt.topic": topic[:200]})
+        out = self._translator.translate(topic, payload, received_at=self._wall_clock(), traceparent=trace)
+        if out.error is not None:
+            self.metrics.count("dead_lettered", reason=dead_letter_reason(out.error))
             held = self._dead_letter_log.admit(now=pending.received)
             if held is not None:
-                log.warning("dead_letter", topic=topic[:200], error=translation.error[:500], not_logged=held,
-                            trace_id=tracing.trace_id_of(traceparent))  # fmt: skip
-        pending.records = len(translation.records)
+                log.warning("dead_letter", topic=topic[:200], error=out.error[:500], not_logged=held,
+                            trace_id=tracing.trace_id_of(trace))  # fmt: skip
+        pending.records = len(out.records)
         outbox = self._outbox
-        for record in translation.records:
+        for record in out.records:
             outbox.append((record, pending))
         if len(self._pending) >= self.settings.bridge_max_pending:
             self._io.pause()
         self._outbox_ready.set()
-
-    def _trace(self, topic: str, pending: _Pending) -> bytes:
-        """The message's traceparent: a new trace, with a span when it is sampled and spans are on."""
-        traceparent = self._traces.new()
-        if traceparent[-1] != _SAMPLED or not self._tracing.enabled:  # the common case: a header only
-            return traceparent
-        span = self._tracing.root("bridge.message", attributes={"messaging.mqtt.topic": topic[:200]})
-        if span is None:
-            return traceparent
-        self._spans[id(pending)] = span
-        return tracing.traceparent_of(span)
-
-    def _end_spans(self, messages: list[_Pending], *, acked: bool) -> None:
-        for message in messages:
-            span = self._spans.pop(id(message), None)
-            if span is not None:
-                span.set_attribute("thermoflow.acked", acked)
-                span.set_attribute("thermoflow.records", message.records)
-                span.end()
 
     # -- Kafka ---------------------------------------------------------------------------------
 
@@ -292,17 +248,13 @@ class Bridge:
     def _ack_ready(self) -> None:
         """Ack, in arrival order, every message at the head of the line that Kafka has."""
         client = self._io.client
-        if client is None:
-            return
-        ready = self._pending.pop_ready()
-        if not ready:
+        if client is None or not (ready := self._pending.pop_ready()):
             return
         now = time.monotonic()
         for message in ready[::16]:  # a sample is plenty for percentiles, and cheaper
             self.metrics.observe("bridge_latency", now - message.received)
         client.ack_many([message.mid for message in ready if message.qos])
-        if self._spans:  # a sampled message's span ends with its ack
-            self._end_spans(ready, acked=True)
+        self._traces.end(ready, acked=True)  # a sampled message's span ends with its ack
         self.metrics.count("acked", len(ready))
         self._acked_at = now
         self.watchdog.progress()

@@ -13,6 +13,9 @@ from thermoflow import topics, tracing
 from thermoflow.events import DeadLetter, KafkaHeaders, dead_letter_body, dead_letter_headers, encode
 from thermoflow.ingest.codecs import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_payload
 from thermoflow.ingest.mapping import TopicFields, TopicTemplate
+from thermoflow.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class OutRecord(NamedTuple):
@@ -85,8 +88,24 @@ class Translator:
     ) -> Translation:
         """The message's reading records, or its one dead letter (never an exception).
 
-        Its records (all of them: one message, one trace) carry ``traceparent`` when given.
+        Its records (all of them: one message, one trace) carry ``traceparent`` when given. It
+        runs inside the bridge's read of the socket, where an exception would hold the message,
+        and every ack after it, forever: even a bug of its own becomes the message's dead letter.
         """
+        try:
+            return self._translate(mqtt_topic, payload, received_at=received_at, traceparent=traceparent)
+        except Exception as exc:
+            log.exception(
+                "translate_failed", topic=mqtt_topic[:200], trace_id=tracing.trace_id_of(traceparent)
+            )
+            reason = f"internal error translating message: {type(exc).__name__}"
+            return self.dead_letter(
+                mqtt_topic, payload, reason, received_at=received_at, traceparent=traceparent
+            )
+
+    def _translate(
+        self, mqtt_topic: str, payload: bytes, *, received_at: float, traceparent: bytes | None
+    ) -> Translation:
         fields: TopicFields | None = None
         try:
             fields, headers = self._topic(mqtt_topic)

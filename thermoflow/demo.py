@@ -223,17 +223,23 @@ async def run_demo(
     (the simulator's ``--anomaly-schedule`` file), if given. The simulator's report is in
     ``run.workdir / "report.json"``.
     """
-    start = await run_start(run.settings)  # before anything of this run reaches Kafka
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:  # SIGHUP too: a closed terminal stops the demo and all it started
         loop.add_signal_handler(sig, stop.set)
     fleet: asyncio.Task[dict[str, Any]] | None = None
     report: dict[str, Any] = {}
-    try:
+    began: list[RunStart] = []
+
+    async def begin() -> None:
+        began.append(await run_start(run.settings))  # before anything of this run reaches Kafka
         # `thermoflow run` stops its components when this process ends, even by SIGKILL.
-        if not await until_stopped(run.start("--exit-with-parent"), stop):
+        await run.start("--exit-with-parent")
+
+    try:
+        if not await until_stopped(begin(), stop):
             return {}
+        start = began[0]
         fleet_args = ["--devices", str(devices), "--rate", "1", "--duration", str(duration),
                       "--seed", str(seed), "--anomaly-rate", str(anomaly_rate)]  # fmt: skip
         if anomaly_schedule is not None:

@@ -244,6 +244,57 @@ class Tracing:
         )
 
 
+class MessageTraces:
+    """Each incoming message's trace: a new traceparent, and a root span while a sampled one is held.
+
+    The bridge starts one per MQTT message (:meth:`begin`) and ends the spans when the messages
+    are acked or dropped (:meth:`end`, :meth:`end_all`). An unsampled message, or any message while
+    no exporter is set, costs its header and nothing more.
+
+    Args:
+        ratio: the share of messages sampled (:class:`TraceSource`).
+        service: the process's name in its spans (:func:`configure`); the root span is
+            ``<service>.message``.
+    """
+
+    _SAMPLED: Final = ord("1")  # the last byte of a sampled traceparent as TraceSource writes them
+
+    def __init__(self, *, ratio: float, service: str) -> None:
+        self._source = TraceSource(ratio=ratio)
+        self._tracing = configure(service)
+        self._name = f"{service}.message"
+        self._spans: dict[int, Span] = {}  # by id() of the held message, until it is acked or dropped
+
+    def begin(self, message: object, *, attributes: Mapping[str, Any] | None = None) -> bytes:
+        """The message's traceparent; a sampled one gets a span that lasts until :meth:`end`."""
+        traceparent = self._source.new()
+        if traceparent[-1] != self._SAMPLED or not self._tracing.enabled:  # the common case
+            return traceparent
+        span = self._tracing.root(self._name, attributes=attributes)
+        if span is None:
+            return traceparent
+        self._spans[id(message)] = span
+        return traceparent_of(span)
+
+    def end(self, messages: Sequence[Any], *, acked: bool, count: str = "records") -> None:
+        """End the spans of ``messages`` (each may have a ``count`` attribute, e.g. its records)."""
+        if not self._spans:
+            return
+        for message in messages:
+            span = self._spans.pop(id(message), None)
+            if span is not None:
+                span.set_attribute("thermoflow.acked", acked)
+                span.set_attribute(f"thermoflow.{count}", getattr(message, count, 0))
+                span.end()
+
+    def end_all(self) -> None:
+        """End every open span, unacked (the connection was lost: the messages come again)."""
+        for span in self._spans.values():
+            span.set_attribute("thermoflow.acked", False)
+            span.end()
+        self._spans.clear()
+
+
 _tracing = Tracing()
 _configured = False
 

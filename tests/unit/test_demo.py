@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import signal
+import time
 from pathlib import Path
+from typing import cast
 
+import pytest
 from rich.console import Console
 
-from thermoflow.demo import THRESHOLD_CHECK, Sample, Stored, describe, render, summarize
+from thermoflow import demo
+from thermoflow.demo import THRESHOLD_CHECK, Sample, Stored, describe, render, run_demo, summarize
 from thermoflow.pipeline_run import PipelineRun
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.webhook_receiver import Delivery
@@ -80,3 +87,63 @@ def test_the_view_says_its_totals_are_this_runs(tmp_path: Path) -> None:
     view = _text(render(run, sample, None, title="demo"))
     assert "flow since this run began" in view
     assert view.count("34,214") == 2  # readings in Kafka and readings stored agree
+
+
+class _Run:
+    """A PipelineRun whose start hangs or fails: what the demo must stop whatever happens."""
+
+    def __init__(self, *, fails: bool) -> None:
+        self.fails = fails
+        self.started_with: tuple[str, ...] = ()
+        self.stopped = False
+        self.starting = asyncio.Event()
+        self.settings = ThermoflowSettings()
+
+    async def start(self, *run_args: str) -> None:
+        self.started_with = run_args
+        self.starting.set()
+        if self.fails:
+            raise RuntimeError("no 'sink_started' from the pipeline within 120s")
+        await asyncio.Event().wait()  # as a pipeline that never gets ready
+
+    async def stop(self) -> int | None:
+        self.stopped = True
+        return 0
+
+
+async def _demo(run: _Run) -> dict[str, object]:
+    pipeline = cast(PipelineRun, run)
+    console = Console(file=io.StringIO())
+    return await run_demo(pipeline, devices=1, duration=1.0, seed=1, live=False, console=console)
+
+
+@pytest.fixture
+def no_kafka_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about stopping, with no Kafka: the run's start is taken as empty topics."""
+
+    async def empty_start(_settings: ThermoflowSettings) -> demo.RunStart:
+        return demo.RunStart(time.time())
+
+    monkeypatch.setattr(demo, "run_start", empty_start)
+
+
+@pytest.mark.usefixtures("no_kafka_baseline")
+async def test_sighup_while_the_pipeline_starts_stops_what_the_demo_started(tmp_path: Path) -> None:
+    # Issue 11: closing the terminal of a running demo left its five components running.
+    run = _Run(fails=False)
+    demo = asyncio.create_task(_demo(run))
+    await asyncio.wait_for(run.starting.wait(), 10)
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert await asyncio.wait_for(demo, 10) == {}
+    assert run.stopped
+    # `thermoflow run` stops its components when the demo dies, even by SIGKILL.
+    assert "--exit-with-parent" in run.started_with
+
+
+@pytest.mark.usefixtures("no_kafka_baseline")
+async def test_a_demo_whose_pipeline_fails_to_start_stops_what_it_started(tmp_path: Path) -> None:
+    # Issue 11: when the demo failed to start, a bridge stayed running.
+    run = _Run(fails=True)
+    with pytest.raises(RuntimeError, match="sink_started"):
+        await _demo(run)
+    assert run.stopped

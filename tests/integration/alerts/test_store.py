@@ -387,9 +387,17 @@ async def test_a_second_store_joins_and_leaves_mid_run_and_each_alert_is_stored_
         except psycopg.errors.UndefinedTable:
             return 0
 
+    leaving, left = asyncio.Event(), asyncio.Event()
+    sent_while_leaving = 0
+
     async def feed() -> None:  # ~600 alerts/s for ~20 s: batches of every partition, ~10 commits/s
-        for chunk in range(0, len(alerts), 150):
+        nonlocal sent_while_leaving
+        chunks = range(0, len(alerts), 150)
+        for n, chunk in enumerate(chunks):
+            if n == len(chunks) - 10:  # the last ten wait for the leave, however slow the machine
+                await leaving.wait()
             await produce(settings, topic, alerts[chunk : chunk + 150])
+            sent_while_leaving += leaving.is_set() and not left.is_set()
             await asyncio.sleep(0.25)
 
     async def until(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
@@ -414,8 +422,10 @@ async def test_a_second_store_joins_and_leaves_mid_run_and_each_alert_is_stored_
         await until_members(settings, env["THERMOFLOW_STORE_GROUP"], topic, 2)
         at_join = stored()
         await until(lambda: stored() >= at_join + 1500, "alerts stored by both")
-        assert second.terminate() == 0, second.log()  # a clean stop: its last batch committed
-        assert not feeding.done(), "the second store must leave while alerts arrive"
+        leaving.set()
+        assert await asyncio.to_thread(second.terminate) == 0, second.log()  # its last batch committed
+        left.set()
+        assert sent_while_leaving, "the second store must leave while alerts arrive"
         await feeding
         await until(lambda: stored() >= len(alerts), "every alert stored", timeout=120)
         assert first.alive(), first.log()  # never crashed, never restarted

@@ -217,10 +217,10 @@ def test_the_fuzzer_payloads_never_raise_anything_but_payload_error() -> None:
     assert produced > 5_000  # the fuzzer makes plenty of valid readings too
 
 
-def test_the_bridge_callback_turns_any_translate_failure_into_a_dead_letter(
+def test_the_bridge_callback_turns_any_translation_failure_into_a_dead_letter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Even if translate itself broke, the message gets a dead letter, so its ack is not held back."""
+    """Even if translating itself broke, the message gets a dead letter, so its ack is not held back."""
     from thermoflow.ingest.bridge import Bridge
     from thermoflow.ingest.settings import IngestSettings
 
@@ -229,7 +229,7 @@ def test_the_bridge_callback_turns_any_translate_failure_into_a_dead_letter(
     def broken(*_: object, **__: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(bridge._translator, "translate", broken)
+    monkeypatch.setattr(bridge._translator, "_translate", broken)
     bridge._on_publish("sensors/f-1/temperature", b"[[[", 7, 1)
     [(record, pending)] = bridge._outbox
     assert record.topic == bridge.settings.deadletter_topic and record.value == b"[[["
