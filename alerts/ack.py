@@ -40,8 +40,8 @@ class Acknowledgement:
 async def send_ack(settings: ThermoflowSettings, ack: Ack) -> None:
     """Put ``ack`` on the alerts topic and wait until Kafka has it (acks=all)."""
     producer = kafka.producer(settings, linger_ms=0)
-    await producer.start()
     try:
+        await producer.start()  # inside: a producer that failed to start is stopped too
         sent = await producer.send(
             settings.alerts_topic, encode(ack), key=ack.device_id.encode(), headers=list(ACK_HEADERS)
         )
