@@ -9,7 +9,7 @@ import pytest
 from tests.support.fakes import make_alert
 from thermoflow.alerts.channels import slack_message
 from thermoflow.alerts.kafka_io import decode_event
-from thermoflow.alerts.lifecycle import Incident, Policy, ack_ignored, apply_ack
+from thermoflow.alerts.lifecycle import Incident, IncidentKey, Policy, ack_ignored, apply_ack
 from thermoflow.alerts.notification import details, headline
 from thermoflow.alerts.queries import InvalidAck, clean_ack_text
 from thermoflow.alerts.tracker import IncidentTracker
@@ -22,7 +22,7 @@ from thermoflow.events import (
 )
 
 POLICY = Policy(resolve_after=60.0, repeat_interval=100.0)
-KEY = ("f", "freezer-too-warm", "threshold")
+KEY: IncidentKey = ("f", "freezer-too-warm", "threshold")
 
 
 def ack_of(incident: Incident, *, at: float, by: str = "ana", note: str = "door was open") -> Ack:
