@@ -136,8 +136,15 @@ class WebhookChannel(_HttpChannel):
 
 def slack_message(notification: Notification) -> dict[str, Any]:
     """A Slack incoming-webhook payload a person can read at a glance."""
-    emoji = ":white_check_mark:" if notification.transition == "resolve" else ":rotating_light:"
-    return {"text": f"{emoji} *{headline(notification)}*\n{details(notification)}"}
+    emoji = _SLACK_EMOJI.get(notification.transition, ":rotating_light:")
+    text = f"*{headline(notification)}*\n{details(notification)}".translate(_SLACK_ESCAPES)
+    return {"text": f"{emoji} {text}"}
+
+
+_SLACK_EMOJI = {"resolve": ":white_check_mark:", "acknowledged": ":eyes:"}
+# Slack reads <...> as links and mentions (<!channel> pings everyone): a note or a device id
+# must show as typed, so the three characters Slack's docs name are escaped.
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
 class SlackChannel(_HttpChannel):

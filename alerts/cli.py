@@ -152,25 +152,39 @@ def list_command(
 def ack_command(
     incident_id: Annotated[str, typer.Argument(help="the incident to acknowledge")],
     by: Annotated[str | None, typer.Option(help="who acknowledges it (default: the current user)")] = None,
+    note: Annotated[
+        str, typer.Option(help="why, or what is being done (at most 1,000 characters, plain text)")
+    ] = "",
+    alerts_topic: AlertsTopic = None,
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
+    kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
 ) -> None:
-    """Acknowledge a firing incident (it still resolves on its own; an escalation re-fires it)."""
-    from thermoflow import db
-    from thermoflow.alerts.queries import AckError, acknowledge
+    """Acknowledge a firing incident: the notifier tells the channels once and stops repeating it.
 
-    settings = load_settings(AlertsSettings, database_url=database_url)
+    It still resolves on its own; an escalation re-fires it. Acknowledging it again changes nothing.
+    """
+    from thermoflow import db
+    from thermoflow.alerts.ack import acknowledge_incident
+    from thermoflow.alerts.queries import AckError
+
+    settings = load_settings(
+        AlertsSettings, alerts_topic=alerts_topic, database_url=database_url, kafka_bootstrap=kafka_bootstrap
+    )
     configure_logging(level="WARNING", component="alerts")
     with reach.needs(reach.database(settings)):
         db.migrate(settings)
-        with db.connect(settings) as conn:
-            try:
-                row = acknowledge(conn, incident_id, by=by or getpass.getuser())
-            except AckError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(1) from None
-    typer.echo(
-        f"incident {row.incident_id} ({row.device_id} {row.rule_id}) acknowledged by {row.acknowledged_by}"
-    )
+    try:
+        done = acknowledge_incident(settings, incident_id, by=by or getpass.getuser(), note=note)
+    except AckError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    row = done.incident
+    at = f"{row.acknowledged_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if row.acknowledged_at else "?"
+    what = "acknowledged" if done.new else "was already acknowledged"
+    who = f"{what} by {row.acknowledged_by} at {at}"
+    typer.echo(f"incident {row.incident_id} ({row.device_id} {row.rule_id}) {who}")
+    if row.ack_note:
+        typer.echo(f"note: {row.ack_note}")
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,7 @@ from thermoflow.alerts.lifecycle import Incident
 from thermoflow.alerts.notification import Notification, to_json
 from thermoflow.events import (
     CLEARED_CONDITIONS,
+    Ack,
     AlertEvent,
     Clear,
     DeadLetter,
@@ -34,9 +35,11 @@ from thermoflow.events import (
     IncidentKind,
     Watermark,
     dead_letter_headers,
+    decode_ack,
     decode_alert,
     decode_clear,
     decode_watermark,
+    is_ack,
     is_clear,
     is_watermark,
     kafka_source,
@@ -150,12 +153,12 @@ class KafkaDeadLetters:
         )
 
 
-Event = AlertEvent | Clear | Watermark
+Event = AlertEvent | Clear | Watermark | Ack
 
 
 @dataclass
 class DecodedBatch:
-    """A fetched batch: its valid records in order (alerts, clears and watermarks, with their
+    """A fetched batch: its valid records in order (alerts, clears, watermarks and acks, with their
     partition) and the offsets to commit."""
 
     events: list[tuple[int, Event]] = field(default_factory=list)
@@ -175,8 +178,10 @@ class DecodedBatch:
 
     @property
     def incident_events(self) -> list[tuple[int, AlertEvent | Clear]]:
-        """The alerts and clears, in order: what changes incidents."""
-        return [(p, e) for p, e in self.events if not isinstance(e, Watermark)]
+        """The alerts and clears, in order: what changes incidents in the store. Not the acks: the
+        store has each one already (:func:`thermoflow.alerts.ack.acknowledge_incident` wrote it
+        before sending the record, which is for the notifier)."""
+        return [(p, e) for p, e in self.events if isinstance(e, AlertEvent | Clear)]
 
 
 def decode_event(value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> Event:
@@ -189,6 +194,8 @@ def decode_event(value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> E
         return decode_watermark(value)
     if is_clear(headers):
         return checked_clear(decode_clear(value))
+    if is_ack(headers):
+        return decode_ack(value)
     return decode_alert(value)
 
 
@@ -220,7 +227,8 @@ async def decode_batch(
     """Decode every record, in order per partition; an invalid one goes to the dead-letter topic.
 
     A record with the ``kind: watermark`` header is a processor's watermark, one with ``kind:
-    clear`` a :class:`~thermoflow.events.Clear`, any other an alert (:func:`decode_event`).
+    clear`` a :class:`~thermoflow.events.Clear`, one with ``kind: ack`` an operator's
+    :class:`~thermoflow.events.Ack`, any other an alert (:func:`decode_event`).
     """
     decoded = DecodedBatch()
     for tp, records in batch.items():

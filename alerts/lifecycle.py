@@ -9,7 +9,10 @@ It **fires** on the first breach, **escalates** when a breach is more severe tha
 :data:`~thermoflow.events.CLEARED_CONDITIONS` (offline, ingest_silent, the pipeline's own), which
 is not over when its alerts stop (one alert is all a silence gives) but when data comes back (or
 the pipeline's trouble is over): it resolves on a :class:`~thermoflow.events.Clear` record, at
-its ``cleared_at``.
+its ``cleared_at``. An operator may **acknowledge** an open incident (an
+:class:`~thermoflow.events.Ack` record): that is told once and ends its repeats; an escalation is
+news again, so it clears the acknowledgement (the store puts the incident back to ``firing``
+too) and the repeats resume. Resolution is told either way.
 
 Two clocks, on purpose:
 
@@ -45,6 +48,7 @@ import msgspec
 from thermoflow.events import (
     CLEARED_CONDITIONS,
     SEVERITIES,
+    Ack,
     AlertEvent,
     Clear,
     Condition,
@@ -54,7 +58,7 @@ from thermoflow.events import (
     stable_id,
 )
 
-TransitionKind = Literal["fire", "escalate", "repeat", "resolve"]
+TransitionKind = Literal["fire", "escalate", "repeat", "resolve", "acknowledged"]
 #: What one open incident at a time is kept per: (device_id, rule_id, kind).
 IncidentKey = tuple[str, str, IncidentKind]
 
@@ -76,7 +80,9 @@ class Incident(msgspec.Struct, frozen=True, kw_only=True):
 
     ``notified_at`` and ``seq`` are the notifier's bookkeeping (processing time of the last
     fire/escalate/repeat, and how many transitions were emitted); ``partition`` is the
-    ``telemetry.alerts`` partition its device's alerts arrive on.
+    ``telemetry.alerts`` partition its device's alerts arrive on. ``acknowledged_at`` (the
+    store's time of the ack), ``acknowledged_by`` and ``ack_note`` are set while an operator's
+    acknowledgement holds; states persisted before acks existed read as unacknowledged.
     """
 
     incident_id: str
@@ -94,10 +100,17 @@ class Incident(msgspec.Struct, frozen=True, kw_only=True):
     notified_at: float | None = None
     seq: int = 0
     partition: int = -1
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    ack_note: str = ""
 
     @property
     def is_open(self) -> bool:
         return self.resolved_at is None
+
+    @property
+    def is_acknowledged(self) -> bool:
+        return self.acknowledged_at is not None
 
     @property
     def kind(self) -> IncidentKind:
@@ -117,6 +130,11 @@ class Incident(msgspec.Struct, frozen=True, kw_only=True):
 def key_of_alert(alert: AlertEvent | Clear) -> IncidentKey:
     """The incident key an alert (or a clear) belongs to."""
     return (alert.device_id, alert.rule_id, incident_kind(alert.condition))
+
+
+def key_of_ack(ack: Ack) -> IncidentKey:
+    """The incident key an acknowledgement names."""
+    return (ack.device_id, ack.rule_id, ack.incident_kind)
 
 
 class Transition(NamedTuple):
@@ -223,7 +241,13 @@ def apply_breach(
             )
             if severity_rank(alert.severity) > severity_rank(incident.severity):
                 updated = msgspec.structs.replace(
-                    updated, severity=alert.severity, notified_at=now, seq=updated.seq + 1
+                    updated,
+                    severity=alert.severity,
+                    notified_at=now,
+                    seq=updated.seq + 1,
+                    acknowledged_at=None,  # worse than what was acknowledged: news, repeated again
+                    acknowledged_by=None,
+                    ack_note="",
                 )
                 transitions.append(Transition("escalate", updated))
             return updated, transitions
@@ -254,6 +278,44 @@ def apply_clear(incident: Incident | None, clear: Clear) -> tuple[Incident | Non
     return resolved, [Transition("resolve", resolved)]
 
 
+def ack_ignored(incident: Incident | None, ack: Ack) -> str | None:
+    """Why ``ack`` changes nothing about ``incident`` (the latest of its key), or None if it acknowledges it.
+
+    >>> from thermoflow.events import Ack
+    >>> ack = Ack(incident_id="i-1", device_id="f-1", rule_id="r", incident_kind="threshold",
+    ...           opened_at=1.0, acknowledged_by="ops", acknowledged_at=5.0)
+    >>> ack_ignored(None, ack)
+    'unknown incident'
+    """
+    if incident is None:
+        return "unknown incident"
+    if incident.incident_id != ack.incident_id:
+        return f"not the latest incident of its device, rule and kind (that is {incident.incident_id})"
+    if not incident.is_open:
+        return "incident already resolved"
+    if incident.is_acknowledged:
+        return "incident already acknowledged"  # a replay, or a second ack record: one is told
+    return None
+
+
+def apply_ack(incident: Incident | None, ack: Ack) -> tuple[Incident | None, list[Transition]]:
+    """Acknowledge the open incident ``ack`` names: one ``acknowledged`` transition, and no more repeats.
+
+    An ack of an unknown, resolved or already acknowledged incident changes nothing
+    (:func:`ack_ignored` says which), so a replayed ack record is not told twice.
+    """
+    if incident is None or ack_ignored(incident, ack) is not None:
+        return incident, []
+    acknowledged = msgspec.structs.replace(
+        incident,
+        acknowledged_at=ack.acknowledged_at,
+        acknowledged_by=ack.acknowledged_by,
+        ack_note=ack.note,
+        seq=incident.seq + 1,
+    )
+    return acknowledged, [Transition("acknowledged", acknowledged)]
+
+
 def resolves_at(incident: Incident, *, policy: Policy) -> float:
     """The watermark at which this open incident resolves: ``resolve_after`` past its last breach
     (never, ``inf``, for one that clears on data)."""
@@ -275,8 +337,9 @@ def tick(incident: Incident, *, policy: Policy, now: float) -> tuple[Incident, l
 
     Repeats are due exactly every ``repeat_interval`` after the last fire/escalate; after a
     pause longer than that (the notifier was down), one repeat goes out, not a burst.
+    An acknowledged incident is not repeated: someone is on it.
     """
-    if not incident.is_open or incident.notified_at is None:
+    if not incident.is_open or incident.notified_at is None or incident.is_acknowledged:
         return incident, []
     if now >= incident.notified_at + policy.repeat_interval:
         due = incident.notified_at + policy.repeat_interval
@@ -289,8 +352,8 @@ def tick(incident: Incident, *, policy: Policy, now: float) -> tuple[Incident, l
 
 
 def repeat_due_at(incident: Incident, *, policy: Policy) -> float | None:
-    """When :func:`tick` next repeats this open incident (None: it never notified)."""
-    if incident.notified_at is None:
+    """When :func:`tick` next repeats this open incident (None: it never notified, or it is acknowledged)."""
+    if incident.notified_at is None or incident.is_acknowledged:
         return None
     return incident.notified_at + policy.repeat_interval
 

@@ -15,7 +15,12 @@ _SILENCES: frozenset[Condition] = frozenset({"offline", "ingest_silent"})
 
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True):
-    """The JSON body a channel sends (webhook) or renders (Slack, email, log)."""
+    """The JSON body a channel sends (webhook) or renders (Slack, email, log).
+
+    ``acknowledged_by``, ``acknowledged_at`` and ``note`` say who acknowledged the incident, when
+    and why, while that holds (None otherwise): in the ``acknowledged`` notification, and in a
+    later resolve.
+    """
 
     v: int = 1
     idempotency_key: str
@@ -34,6 +39,9 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     last_breach_at: float
     resolved_at: float | None
     decided_at: float
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    note: str | None = None
 
 
 def idempotency_key(*, incident_id: str, transition: TransitionKind, seq: int) -> str:
@@ -46,12 +54,20 @@ def idempotency_key(*, incident_id: str, transition: TransitionKind, seq: int) -
     return stable_id(incident_id, transition, str(seq))
 
 
+def ack_idempotency_key(*, incident_id: str, acknowledged_at: float) -> str:
+    """The key of an ``acknowledged`` notification: from the acknowledgement itself, not ``seq``, so a
+    replay says the same whatever repeats this instance sent before it."""
+    return stable_id(incident_id, "acknowledged", repr(acknowledged_at))
+
+
 def from_transition(transition: Transition, *, now: float) -> Notification:
     incident: Incident = transition.incident
+    if transition.kind == "acknowledged" and incident.acknowledged_at is not None:
+        key = ack_idempotency_key(incident_id=incident.incident_id, acknowledged_at=incident.acknowledged_at)
+    else:
+        key = idempotency_key(incident_id=incident.incident_id, transition=transition.kind, seq=incident.seq)
     return Notification(
-        idempotency_key=idempotency_key(
-            incident_id=incident.incident_id, transition=transition.kind, seq=incident.seq
-        ),
+        idempotency_key=key,
         transition=transition.kind,
         seq=incident.seq,
         incident_id=incident.incident_id,
@@ -67,6 +83,9 @@ def from_transition(transition: Transition, *, now: float) -> Notification:
         last_breach_at=incident.last_breach_at,
         resolved_at=incident.resolved_at,
         decided_at=now,
+        acknowledged_by=incident.acknowledged_by,
+        acknowledged_at=incident.acknowledged_at,
+        note=incident.ack_note if incident.is_acknowledged else None,
     )
 
 
@@ -83,6 +102,7 @@ _VERBS: dict[TransitionKind, str] = {
     "escalate": "ESCALATED",
     "repeat": "STILL FIRING",
     "resolve": "RESOLVED",
+    "acknowledged": "ACKNOWLEDGED",
 }
 
 
@@ -163,7 +183,7 @@ def details(notification: Notification) -> str:
         if n.resolved_at is not None:
             silent = n.resolved_at - n.opened_at
             lines.append(f"readings back {_iso(n.resolved_at)}, after {silent:.0f} s without")
-        return "\n".join(lines)
+        return "\n".join(lines + _acknowledgement(n))
     lines.append(f"opened {_iso(n.opened_at)}, last breach {_iso(n.last_breach_at)}")
     if n.condition in ("above", "below"):
         lines.append(f"{n.breach_count} breach(es), worst value {n.peak_value:g}")
@@ -171,4 +191,22 @@ def details(notification: Notification) -> str:
         lines.append(f"{n.breach_count} alert(s), worst: {worst}")
     if n.resolved_at is not None:
         lines.append(f"resolved {_iso(n.resolved_at)}")
-    return "\n".join(lines)
+    return "\n".join(lines + _acknowledgement(n))
+
+
+def _acknowledgement(n: Notification) -> list[str]:
+    """Who acknowledged it, when, and their note (one line, then the note's own lines).
+
+    >>> _acknowledgement(Notification(idempotency_key="k", transition="acknowledged", seq=2,
+    ...     incident_id="i", device_id="f", rule_id="r", metric="temperature", severity="critical",
+    ...     condition="above", threshold=-10.0, peak_value=-4.2, breach_count=3, opened_at=0.0,
+    ...     last_breach_at=0.0, resolved_at=None, decided_at=0.0, acknowledged_by="ana",
+    ...     acknowledged_at=60.0, note="door was open; closed it"))
+    ['acknowledged by ana at 1970-01-01 00:01:00 UTC', 'note: door was open; closed it']
+    """
+    if n.acknowledged_by is None or n.acknowledged_at is None:
+        return []
+    lines = [f"acknowledged by {n.acknowledged_by} at {_iso(n.acknowledged_at)}"]
+    if n.note:
+        lines.append(f"note: {n.note}")
+    return lines

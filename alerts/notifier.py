@@ -56,7 +56,7 @@ from thermoflow.alerts.routing import (
 from thermoflow.alerts.settings import AlertsSettings
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.alerts.watermarks import PipelineWatermarks
-from thermoflow.events import PIPELINE_DEVICE, AlertEvent, Clear, Condition, incident_kind
+from thermoflow.events import PIPELINE_DEVICE, Ack, AlertEvent, Clear, Condition, incident_kind
 from thermoflow.http import component_health, serve
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -286,6 +286,9 @@ class Notifier:
                 continue
             if isinstance(event, Clear):
                 notifications += self.tracker.on_clear(event, now=now)
+                continue
+            if isinstance(event, Ack):  # an operator's: told once, and no more repeats
+                notifications += self.tracker.on_ack(event, now=now)
                 continue
             self.watermarks.observe(partition, event)
             watermark = self.watermarks.watermark(partition)

@@ -1,8 +1,9 @@
 """The notifier's memory: the latest incident of every (device, rule, kind), and what to notify. Pure.
 
-The adapter feeds it alert events, clears (which end offline and ingest_silent incidents), the
-pipeline watermark of each alerts partition (which resolves quiet incidents) and clock ticks
-(which repeat long-firing ones), sends the notifications it returns, and persists
+The adapter feeds it alert events, clears (which end offline and ingest_silent incidents),
+operators' acknowledgements (told once, and they end the repeats), the pipeline watermark of each
+alerts partition (which resolves quiet incidents) and clock ticks (which repeat long-firing
+ones), sends the notifications it returns, and persists
 :meth:`IncidentTracker.take_changed` before committing offsets.
 """
 
@@ -17,8 +18,11 @@ from thermoflow.alerts.lifecycle import (
     IncidentKey,
     Policy,
     Transition,
+    ack_ignored,
+    apply_ack,
     apply_breach,
     apply_clear,
+    key_of_ack,
     key_of_alert,
     repeat_due_at,
     resolves_at,
@@ -26,7 +30,10 @@ from thermoflow.alerts.lifecycle import (
     tick,
 )
 from thermoflow.alerts.notification import Notification, from_transition
-from thermoflow.events import SEVERITIES, AlertEvent, Clear
+from thermoflow.events import SEVERITIES, Ack, AlertEvent, Clear
+from thermoflow.logs import get_logger
+
+log = get_logger(__name__)
 
 _Due = tuple[float, IncidentKey]
 
@@ -42,7 +49,7 @@ def progress(incident: Incident) -> tuple[float, int, float, int]:
 
 class IncidentTracker:
     """Incident state per (device, rule, kind), changed by :meth:`on_alert`, :meth:`on_clear`,
-    :meth:`on_watermark` and :meth:`on_tick`."""
+    :meth:`on_ack`, :meth:`on_watermark` and :meth:`on_tick`."""
 
     def __init__(self, policy: Policy, states: Iterable[Incident] = ()) -> None:
         self.policy = policy
@@ -99,6 +106,23 @@ class IncidentTracker:
         incident, transitions = apply_clear(current, clear)
         if incident is not None and incident is not current:
             self._put(incident)
+        return self._notifications(transitions, now=now)
+
+    def on_ack(self, ack: Ack, *, now: float) -> list[Notification]:
+        """Acknowledge the open incident ``ack`` names: one ``acknowledged`` notification, no more repeats.
+
+        An ack of an unknown, resolved or already acknowledged incident is logged and changes
+        nothing (a replayed or second ack record is not told twice).
+        """
+        current = self.incidents.get(key_of_ack(ack))
+        reason = ack_ignored(current, ack)
+        if reason is not None:
+            log.info("ack_ignored", incident_id=ack.incident_id, device_id=ack.device_id,
+                     rule_id=ack.rule_id, kind=ack.incident_kind, reason=reason)  # fmt: skip
+            return []
+        incident, transitions = apply_ack(current, ack)
+        if incident is not None:
+            self._put(incident)  # no repeat is due for it any more: its heap entry goes stale
         return self._notifications(transitions, now=now)
 
     def on_watermark(self, *, partition: int, watermark: float, now: float) -> list[Notification]:

@@ -40,6 +40,7 @@ from thermoflow.events import (
     EventDecodeError,
     decode_alert,
     decode_reading,
+    is_ack,
     is_clear,
     is_watermark,
 )
@@ -206,8 +207,8 @@ class KafkaMeter:
 
     def _alerts(self, records: list[Any]) -> None:
         for record in records:
-            if is_watermark(record.headers) or is_clear(record.headers):
-                continue  # a processor's progress report, or the end of an offline/silent condition
+            if is_watermark(record.headers) or is_clear(record.headers) or is_ack(record.headers):
+                continue  # a processor's progress report, the end of an offline/silent condition, an ack
             try:
                 alert = decode_alert(record.value)
             except EventDecodeError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Sequence
 from typing import Annotated, Final, Literal
 
@@ -178,6 +179,86 @@ def is_clear(headers: Sequence[tuple[str, bytes]] | None) -> bool:
     return any(name == HEADER_KIND and value == CLEAR_KIND for name, value in headers or ())
 
 
+#: The longest note an acknowledgement may carry, in characters.
+ACK_NOTE_MAX: Final = 1_000
+#: The longest name of who acknowledged, in characters (as any other id).
+ACK_BY_MAX: Final = 256
+# Characters no ack text may hold besides the C0/C1 controls: the bidi overrides and isolates,
+# which make a note display other than it reads ("trojan source"), and the line/paragraph
+# separators, which break lines where logs, JSON-in-HTML and chat renderers don't expect it.
+_ACK_REFUSED: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
+def ack_text_problem(name: str, text: str, *, max_chars: int, multiline: bool) -> str | None:
+    """Why ``text`` cannot be an acknowledgement's ``name`` (who, or the note), or None if it can.
+
+    Refused, not stripped: an operator sees the error and retypes, where a silently changed note
+    would say something other than what they wrote. Control characters (escape sequences,
+    NUL, DEL, C1), lone surrogates and bidi overrides are refused; a note (``multiline``) may
+    hold newlines and tabs.
+
+    >>> ack_text_problem("note", "door open\\nchecked at 03:10", max_chars=1000, multiline=True) is None
+    True
+    >>> ack_text_problem("note", "ok\\x1b[2J", max_chars=1000, multiline=True)
+    'note: control character U+001B at position 3 is not allowed (only newlines and tabs are)'
+    >>> ack_text_problem("by", "x" * 300, max_chars=256, multiline=False)
+    'by is 300 characters long; at most 256 are allowed'
+    """
+    if len(text) > max_chars:
+        return f"{name} is {len(text):,} characters long; at most {max_chars:,} are allowed"
+    for position, char in enumerate(text, start=1):
+        if multiline and char in "\n\t":
+            continue
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs") or char in _ACK_REFUSED:
+            what = "surrogate" if category == "Cs" else "control character"
+            allowed = "only newlines and tabs are" if multiline else "it must be one line of text"
+            return f"{name}: {what} U+{ord(char):04X} at position {position} is not allowed ({allowed})"
+    return None
+
+
+class Ack(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator acknowledged an open incident: stop repeating it, tell the channels who and why.
+
+    Sent on ``telemetry.alerts`` with the device's key (so after the alerts that opened the
+    incident, on their partition) and the header ``kind: ack``, by the one function that
+    acknowledges (:func:`thermoflow.alerts.ack.acknowledge_incident`), once per acknowledgement.
+    ``incident_id`` names the incident exactly (``opened_at`` is what the store kept, rounded to
+    microseconds, for people); ``incident_kind`` with ``device_id`` and ``rule_id`` find it.
+    ``acknowledged_at`` is when the store recorded it, the same in every replay.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    kind: Literal["ack"] = "ack"
+    incident_id: NonEmpty
+    device_id: NonEmpty
+    rule_id: NonEmpty
+    incident_kind: IncidentKind
+    opened_at: float
+    acknowledged_by: NonEmpty
+    acknowledged_at: float
+    note: Annotated[str, msgspec.Meta(max_length=ACK_NOTE_MAX)] = ""
+
+    def __post_init__(self) -> None:
+        for name, value in (("opened_at", self.opened_at), ("acknowledged_at", self.acknowledged_at)):
+            if not math.isfinite(value):
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+        problem = ack_text_problem(
+            "acknowledged_by", self.acknowledged_by, max_chars=ACK_BY_MAX, multiline=False
+        ) or ack_text_problem("note", self.note, max_chars=ACK_NOTE_MAX, multiline=True)
+        if problem:
+            raise ValueError(problem)
+
+
+ACK_KIND: Final = b"ack"
+ACK_HEADERS: Final[list[tuple[str, bytes]]] = [(HEADER_KIND, ACK_KIND)]
+
+
+def is_ack(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """Whether a ``telemetry.alerts`` record's headers mark it as an :class:`Ack`."""
+    return any(name == HEADER_KIND and value == ACK_KIND for name, value in headers or ())
+
+
 def incident_kind(condition: Condition) -> IncidentKind:
     """The kind an incident of this condition is: one open incident per (device, rule, kind).
 
@@ -268,9 +349,10 @@ _reading_decoder: Final = msgspec.json.Decoder(Reading)
 _alert_decoder: Final = msgspec.json.Decoder(AlertEvent)
 _watermark_decoder: Final = msgspec.json.Decoder(Watermark)
 _clear_decoder: Final = msgspec.json.Decoder(Clear)
+_ack_decoder: Final = msgspec.json.Decoder(Ack)
 
 
-def encode(event: Reading | AlertEvent | Watermark | Clear) -> bytes:
+def encode(event: Reading | AlertEvent | Watermark | Clear | Ack) -> bytes:
     """Serialize an event to its JSON wire form."""
     return _encoder.encode(event)
 
@@ -305,6 +387,14 @@ def decode_clear(payload: bytes | memoryview) -> Clear:
         return _clear_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(f"invalid clear: {exc}") from None
+
+
+def decode_ack(payload: bytes | memoryview) -> Ack:
+    """Decode and validate one ack record of ``telemetry.alerts``."""
+    try:
+        return _ack_decoder.decode(payload)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise EventDecodeError(f"invalid ack: {exc}") from None
 
 
 KafkaHeaders = list[tuple[str, bytes]]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.fakes import make_alert
-from thermoflow import db
+from thermoflow import db, kafka
 from thermoflow.alerts.lifecycle import Policy
 from thermoflow.alerts.store import prepare, store_batch
 from thermoflow.cli import main
+from thermoflow.events import decode_ack, is_ack
 from thermoflow.settings import ThermoflowSettings
 
 
@@ -24,6 +27,15 @@ def thermoflow(*args: str, monkeypatch: pytest.MonkeyPatch) -> int:
     with pytest.raises(SystemExit) as exit_:
         main()
     return int(exit_.value.code or 0)
+
+
+async def _all_records(settings: ThermoflowSettings, topic: str) -> list[Any]:
+    consumer = kafka.consumer(settings, topic, group_id=None)
+    await consumer.start()
+    try:
+        return [r for batch in (await consumer.getmany(timeout_ms=2_000)).values() for r in batch]
+    finally:
+        await consumer.stop()
 
 
 def _seed(settings: ThermoflowSettings) -> None:
@@ -43,12 +55,18 @@ def _seed(settings: ThermoflowSettings) -> None:
 
 
 def test_list_and_ack(
-    settings: ThermoflowSettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    settings: ThermoflowSettings,
+    new_topic: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _seed(settings)
-    capsys.readouterr()  # what seeding logged
+    topic = new_topic("alerts")
+    capsys.readouterr()  # what seeding and creating the topic logged
     monkeypatch.setenv("THERMOFLOW_DATABASE_URL", settings.database_dsn)
     monkeypatch.setenv("THERMOFLOW_DATABASE_SCHEMA", settings.database_schema)
+    monkeypatch.setenv("THERMOFLOW_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("THERMOFLOW_ALERTS_TOPIC", topic)
 
     assert thermoflow("alerts", "list", "--json", monkeypatch=monkeypatch) == 0
     everything = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -62,11 +80,28 @@ def test_list_and_ack(
     [open_3] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert open_3["status"] == "firing"
 
-    assert thermoflow("alerts", "ack", open_3["incident_id"], "--by", "ops", monkeypatch=monkeypatch) == 0
-    assert "acknowledged by ops" in capsys.readouterr().out
+    ack = ["alerts", "ack", open_3["incident_id"], "--by", "ops"]
+    assert thermoflow(*ack, "--note", "x" * 1_001, monkeypatch=monkeypatch) == 1
+    assert "note is 1,001 characters long; at most 1,000 are allowed" in capsys.readouterr().err
+    assert thermoflow(*ack, "--note", "on it\x1b[31m", monkeypatch=monkeypatch) == 1
+    assert "control character U+001B" in capsys.readouterr().err
+    assert thermoflow(*ack, "--note", "compressor restarted", monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "acknowledged by ops at" in out and "note: compressor restarted" in out
+    assert thermoflow(*ack[:3], "--by", "someone-else", monkeypatch=monkeypatch) == 0  # a second time
+    assert "was already acknowledged by ops" in capsys.readouterr().out
+    records = asyncio.run(_all_records(settings, topic))
+    assert [(r.key, decode_ack(r.value).note) for r in records if is_ack(r.headers)] == [
+        (b"fridge-3", "compressor restarted")
+    ]
     assert thermoflow("alerts", "list", "--json", "--device", "fridge-3", monkeypatch=monkeypatch) == 0
     statuses = {i["incident_id"]: i["status"] for i in map(json.loads, capsys.readouterr().out.splitlines())}
     assert statuses[open_3["incident_id"]] == "acknowledged"
+    assert (
+        thermoflow("alerts", "list", "--json", "--device", "fridge-3", "--open", monkeypatch=monkeypatch) == 0
+    )
+    [acked] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (acked["acknowledged_by"], acked["ack_note"]) == ("ops", "compressor restarted")
 
     resolved = next(i for i in everything if i["status"] == "resolved")
     assert thermoflow("alerts", "ack", resolved["incident_id"], monkeypatch=monkeypatch) == 1
