@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+from tenacity import RetryCallState, Retrying, wait_exponential, wait_random
 
 from thermoflow import kafka
 from thermoflow.ingest.acks import Held
@@ -41,9 +41,23 @@ _BACKOFF_MAX: Final = 30.0
 Sent = list[tuple["Group", "asyncio.Future[Any] | BaseException"]]
 
 
+#: The wait between two tries: tenacity's jittered exponential, as the consume loop's retries.
+_BACKOFF: Final = wait_exponential(_BACKOFF_FIRST, max=_BACKOFF_MAX) + wait_random(0, _BACKOFF_FIRST)
+
+
 def backoff(attempt: int) -> float:
-    """Seconds before retry ``attempt`` (from 0): doubling from 0.5 s to 30 s, with 20% jitter."""
-    return float(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt) * random.uniform(0.8, 1.2))
+    """Seconds before retry ``attempt`` (from 0): doubling from 0.5 s to 30 s, plus up to 0.5 s jitter.
+
+    The policy is tenacity's; the loops around it are the bridge's own, because each waits on the
+    stop event, regroups what failed, or races a start against the stop, which tenacity's loop
+    does not fit.
+
+    >>> 0.5 <= backoff(0) <= 1.0 and 30.0 <= backoff(20) <= 30.5
+    True
+    """
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = attempt + 1
+    return float(_BACKOFF(state))
 
 
 @dataclass(slots=True)
