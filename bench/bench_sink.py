@@ -8,8 +8,9 @@ local stack). Each run uses a fresh topic (12 partitions), consumer group and da
 
 1. the sink (`ReadingsSink`, the code of `thermoflow sink`, one process) draining a pre-filled
    topic: rows/s from its first stored batch until every reading is a row (Kafka -> PostgreSQL);
-2. the database side alone (`ReadingsWriter.write`: binary COPY into a staging table, then
-   ``INSERT ... ON CONFLICT DO NOTHING``) in batches of the sink's size: rows/s;
+2. the database side alone (`ReadingsWriter.write`: binary COPY into ``readings``) in batches
+   of the sink's size: rows/s; and the same rows again, as a replay (each batch meets stored
+   readings: COPY into a staging table, then ``INSERT ... ON CONFLICT DO NOTHING``);
 3. the baseline: psycopg's ``executemany`` of the same ``INSERT ... ON CONFLICT DO NOTHING``, one
    row per parameter set, same batch size, rows/s; and the ratios.
 
@@ -188,11 +189,14 @@ async def main(args: argparse.Namespace) -> None:
         # The database side alone, on rows not yet in the table.
         fresh = rows_of(readings(args.writer_rows, args.devices, offset=args.readings))
         writer = await asyncio.to_thread(bench_writer, settings, fresh, settings.sink_batch)
-        print(writer.line("ReadingsWriter (COPY + INSERT ON CONFLICT)"))
+        print(writer.line("ReadingsWriter, new rows (COPY)"))
+        # A replay: the same rows again, every batch one of stored readings (staging + ON CONFLICT).
+        replay = await asyncio.to_thread(bench_writer, settings, fresh[: args.baseline], settings.sink_batch)
+        print(replay.line("ReadingsWriter, stored rows again (a replay)"))
         baseline = readings(args.baseline, args.devices, offset=args.readings + args.writer_rows)
         many = await asyncio.to_thread(bench_executemany, settings, baseline, settings.sink_batch)
         print(many.line("baseline: executemany INSERT ON CONFLICT"))
-        for name, figure in (("sink", sink), ("writer", writer)):
+        for name, figure in (("sink", sink), ("writer", writer), ("replay", replay)):
             print(
                 f"{name} / executemany: rate {figure.rate / many.rate:.1f}x,"
                 f" process CPU {figure.client_cpu / many.client_cpu:.2f}x,"
