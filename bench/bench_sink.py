@@ -8,25 +8,36 @@ local stack). Each run uses a fresh topic (12 partitions), consumer group and da
 
 1. the sink (`ReadingsSink`, the code of `thermoflow sink`, one process) draining a pre-filled
    topic: rows/s from its first stored batch until every reading is a row (Kafka -> PostgreSQL);
-2. the database side alone (`ReadingsWriter.write`: binary COPY into a staging table, then
-   ``INSERT ... ON CONFLICT DO NOTHING``) in batches of the sink's size: rows/s;
+2. the database side alone (`ReadingsWriter.write`: binary COPY into ``readings``) in batches
+   of the sink's size: rows/s; and the same rows again, as a replay (each batch meets stored
+   readings: COPY into a staging table, then ``INSERT ... ON CONFLICT DO NOTHING``);
 3. the baseline: psycopg's ``executemany`` of the same ``INSERT ... ON CONFLICT DO NOTHING``, one
    row per parameter set, same batch size, rows/s; and the ratios.
+
+Wall-clock rates depend on what else the machine runs; CPU does much less. So each part also
+prints CPU-seconds per 1,000 rows, of this process (the sink's, all its threads:
+``time.process_time``) and of the PostgreSQL backends of its connections (``/proc/<pid>/stat``
+of ``pg_backend_pid()``; the server must run on this machine), and their ratios to the
+baseline's. 200,000 rows/s on one core is 0.005 CPU-s per 1,000 rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from thermoflow import db, kafka
+from thermoflow.component import tune_gc
 from thermoflow.events import Reading
-from thermoflow.ingest.rows import Row
+from thermoflow.ingest.rows import Row, pg_micros
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.ingest.sink import ReadingsSink, ReadingsWriter
 from thermoflow.metrics import Metrics
@@ -51,56 +62,112 @@ async def fill(settings: IngestSettings, topic: str, batch: list[Reading]) -> No
     await kafka.produce_events(settings, topic, batch, chunk=50_000)
 
 
-async def bench_sink(settings: IngestSettings, count: int) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(pids: Iterable[int]) -> dict[int, float]:
+    """CPU-seconds (user + system) each process has used, from ``/proc/<pid>/stat``."""
+    used = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        used[pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return used
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One part's rows/s and CPU-seconds per 1,000 rows: this process's and the database backends'."""
+
+    rate: float
+    client_cpu: float
+    backend_cpu: float
+
+    @classmethod
+    def of(cls, *, rows: int, seconds: float, client: float, backend: float) -> Figure:
+        return cls(rows / seconds if seconds else 0.0, client / rows * 1000, backend / rows * 1000)
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name:<46}{self.rate:>10,.0f} rows/s   CPU-s/1000 rows: process {self.client_cpu:.4f},"
+            f" backend {self.backend_cpu:.4f}"
+        )
+
+
+async def bench_sink(settings: IngestSettings, count: int) -> Figure:
+    """The sink from its first stored batch until every reading is a row (CPU over the same span)."""
     metrics = Metrics("sink")
     stop = asyncio.Event()
-    task = asyncio.create_task(ReadingsSink(settings, metrics=metrics).run(stop))
-    first: float | None = None
+    sink = ReadingsSink(settings, metrics=metrics)
+    task = asyncio.create_task(sink.run(stop))
+    backends: dict[int, float] = {}
     try:
-        while metrics.counter("rows_inserted") < count:
+        while not metrics.counter("rows_inserted"):
             if task.done():
                 await task
-            if first is None and metrics.counter("rows_inserted"):
-                first = time.perf_counter()
-                first_rows = metrics.counter("rows_inserted")
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - (first or time.perf_counter())
+            await asyncio.sleep(0.005)
+        first, first_cpu = time.perf_counter(), time.process_time()
+        first_rows = metrics.counter("rows_inserted")
+        while metrics.counter("rows_inserted") < count:
+            for pid in sink.backend_pids():  # a writer's connection opens at its first batch
+                backends.setdefault(pid, backend_cpu([pid])[pid])
+            if task.done():
+                await task
+            await asyncio.sleep(0.05)  # Metrics.counter collects the registry: poll gently
+        seconds, client = time.perf_counter() - first, time.process_time() - first_cpu
+        backend = sum(backend_cpu(backends).values()) - sum(backends.values())
     finally:
         stop.set()
         await task
-    return (count - first_rows) / elapsed if elapsed else 0.0
+    return Figure.of(rows=count - first_rows, seconds=seconds, client=client, backend=backend)
 
 
 def rows_of(batch: list[Reading]) -> list[Row]:
-    return [(r.device_id, r.metric, r.value, r.ts, r.seq, r.received_at) for r in batch]
+    return [(r.device_id, r.metric, r.value, pg_micros(r.ts), r.seq, pg_micros(r.received_at)) for r in batch]
 
 
-def bench_writer(settings: IngestSettings, rows: list[Row], batch_size: int) -> float:
+def bench_writer(settings: IngestSettings, rows: list[Row], batch_size: int) -> Figure:
     writer = ReadingsWriter(settings)
     try:
-        started = time.perf_counter()
+        writer.write([])  # connect and create the staging table outside the measurement
+        pid = writer.backend_pid
+        assert pid is not None
+        before, started, cpu = backend_cpu([pid])[pid], time.perf_counter(), time.process_time()
         for start in range(0, len(rows), batch_size):
             writer.write(rows[start : start + batch_size])
-        return len(rows) / (time.perf_counter() - started)
+        return Figure.of(
+            rows=len(rows),
+            seconds=time.perf_counter() - started,
+            client=time.process_time() - cpu,
+            backend=backend_cpu([pid])[pid] - before,
+        )
     finally:
         writer.close()
 
 
-def bench_executemany(settings: IngestSettings, rows: list[Row], batch_size: int) -> float:
+def bench_executemany(settings: IngestSettings, batch: list[Reading], batch_size: int) -> Figure:
+    rows = [(r.device_id, r.metric, r.value, r.ts, r.seq, r.received_at) for r in batch]
     insert = (
         "INSERT INTO readings (device_id, metric, value, ts, seq, received_at)"
         " VALUES (%s, %s, %s, to_timestamp(%s), %s, to_timestamp(%s)) ON CONFLICT DO NOTHING"
     )
     with db.connect(settings) as conn:
-        started = time.perf_counter()
+        pid = conn.info.backend_pid
+        before, started, cpu = backend_cpu([pid])[pid], time.perf_counter(), time.process_time()
         for start in range(0, len(rows), batch_size):
             with conn.cursor() as cur:
                 cur.executemany(insert, rows[start : start + batch_size])
             conn.commit()
-        return len(rows) / (time.perf_counter() - started)
+        return Figure.of(
+            rows=len(rows),
+            seconds=time.perf_counter() - started,
+            client=time.process_time() - cpu,
+            backend=backend_cpu([pid])[pid] - before,
+        )
 
 
 async def main(args: argparse.Namespace) -> None:
+    tune_gc()  # as `thermoflow sink` runs (thermoflow.component.run_until_signal)
     tag = uuid.uuid4().hex[:8]
     base = IngestSettings()
     settings = IngestSettings(
@@ -116,18 +183,25 @@ async def main(args: argparse.Namespace) -> None:
     try:
         print(f"filling {settings.readings_topic}: {args.readings:,} readings, {args.devices:,} devices ...")
         await fill(settings, settings.readings_topic, readings(args.readings, args.devices))
-        sink_rate = await bench_sink(settings, args.readings)
-        print(f"sink, Kafka -> PostgreSQL (one process)        {sink_rate:>10,.0f} rows/s")
+        sink = await bench_sink(settings, args.readings)
+        print(sink.line("sink, Kafka -> PostgreSQL (one process)"))
 
         # The database side alone, on rows not yet in the table.
         fresh = rows_of(readings(args.writer_rows, args.devices, offset=args.readings))
-        writer_rate = await asyncio.to_thread(bench_writer, settings, fresh, settings.sink_batch)
-        print(f"ReadingsWriter (COPY + INSERT ON CONFLICT)     {writer_rate:>10,.0f} rows/s")
-        baseline = rows_of(readings(args.baseline, args.devices, offset=args.readings + args.writer_rows))
-        many_rate = await asyncio.to_thread(bench_executemany, settings, baseline, settings.sink_batch)
-        print(f"baseline: executemany INSERT ON CONFLICT       {many_rate:>10,.0f} rows/s")
-        print(f"ratio sink / executemany:   {sink_rate / many_rate:.1f}x")
-        print(f"ratio writer / executemany: {writer_rate / many_rate:.1f}x")
+        writer = await asyncio.to_thread(bench_writer, settings, fresh, settings.sink_batch)
+        print(writer.line("ReadingsWriter, new rows (COPY)"))
+        # A replay: the same rows again, every batch one of stored readings (staging + ON CONFLICT).
+        replay = await asyncio.to_thread(bench_writer, settings, fresh[: args.baseline], settings.sink_batch)
+        print(replay.line("ReadingsWriter, stored rows again (a replay)"))
+        baseline = readings(args.baseline, args.devices, offset=args.readings + args.writer_rows)
+        many = await asyncio.to_thread(bench_executemany, settings, baseline, settings.sink_batch)
+        print(many.line("baseline: executemany INSERT ON CONFLICT"))
+        for name, figure in (("sink", sink), ("writer", writer), ("replay", replay)):
+            print(
+                f"{name} / executemany: rate {figure.rate / many.rate:.1f}x,"
+                f" process CPU {figure.client_cpu / many.client_cpu:.2f}x,"
+                f" backend CPU {figure.backend_cpu / many.backend_cpu:.2f}x"
+            )
     finally:
         with psycopg.connect(settings.database_dsn, autocommit=True) as conn:
             conn.execute(

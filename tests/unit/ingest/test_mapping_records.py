@@ -8,7 +8,7 @@ from thermoflow import topics
 from thermoflow.events import Reading, decode_reading, encode, parse_dead_letter_headers
 from thermoflow.ingest.mapping import TopicFields, TopicTemplate, TopicTemplateError, check_filter
 from thermoflow.ingest.records import Translator
-from thermoflow.ingest.rows import rows_from_values
+from thermoflow.ingest.rows import pg_micros, rows_from_values
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.settings import ConfigError, load_settings
 
@@ -97,6 +97,6 @@ def test_rows_from_values_keeps_readings_and_names_the_rest() -> None:
     batch = rows_from_values(
         [good, None, b'{"v": 1, "device_id": "f-2", "value": "x", "ts": 1, "received_at": 1}']
     )
-    assert batch.rows == [("f-1", "temperature", -18.0, 1.5, 3, 2.0)]
+    assert batch.rows == [("f-1", "temperature", -18.0, pg_micros(1.5), 3, pg_micros(2.0))]
     assert [index for index, _ in batch.errors] == [1, 2]
     assert "$.value" in batch.errors[1][1]
