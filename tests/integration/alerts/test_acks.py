@@ -17,6 +17,7 @@ from tests.conftest import unique_name
 from tests.integration.alerts.helpers import eventually, produce, running
 from tests.integration.alerts.servers import WebhookReceiver
 from tests.support.fakes import make_alert
+from tests.support.topics import read_topic
 from thermoflow import db, kafka
 from thermoflow.alerts.ack import acknowledge_incident, acknowledge_incident_async
 from thermoflow.alerts.notifier import Notifier
@@ -84,23 +85,6 @@ def _incident(settings: ThermoflowSettings, device_id: str) -> Any:
     return rows[0] if rows else None
 
 
-async def _records(settings: ThermoflowSettings, topic: str, *, at_least: int) -> list[Any]:
-    """Every record of ``topic`` from its start, once there are ``at_least`` (or after 60 s)."""
-    consumer = kafka.consumer(settings, topic, group_id=unique_name("read"))
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(records) < at_least and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        for batch in (await consumer.getmany(timeout_ms=500)).values():  # anything beyond
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
-
-
 async def test_an_ack_with_a_note_is_told_once_and_ends_the_repeats_across_a_restart(
     settings: ThermoflowSettings, new_topic: Callable[..., str], webhook: WebhookReceiver
 ) -> None:
@@ -156,7 +140,7 @@ async def test_an_ack_with_a_note_is_told_once_and_ends_the_repeats_across_a_res
         "ana",
         winner.ack_note,
     )
-    acks = [r for r in await _records(settings, topic, at_least=3) if is_ack(r.headers)]
+    acks = [r for r in await read_topic(settings, topic, at_least=3) if is_ack(r.headers)]
     assert len(acks) == 1  # the double click sent one record
 
     # A restarted notifier (its state from the compacted topic, the ack record replayed or not)
@@ -174,7 +158,7 @@ async def test_an_ack_with_a_note_is_told_once_and_ends_the_repeats_across_a_res
     # Acknowledging it again later changes nothing and sends nothing.
     again = await asyncio.to_thread(acknowledge_incident, config, incident.incident_id, by="carl", note="")
     assert not again.new and again.incident.acknowledged_by == "ana"
-    assert len([r for r in await _records(settings, topic, at_least=3) if is_ack(r.headers)]) == 1
+    assert len([r for r in await read_topic(settings, topic, at_least=3) if is_ack(r.headers)]) == 1
 
 
 def incident_ack_time(settings: ThermoflowSettings, device_id: str) -> float:
@@ -204,7 +188,7 @@ async def test_a_malformed_ack_record_is_a_dead_letter_with_its_reason_and_the_p
             lambda: asyncio.to_thread(lambda: _incident(settings, "freezer-1") is not None),
             what="the store stored the alert behind it",
         )
-        letters = await _records(settings, config.deadletter_topic, at_least=2)
+        letters = await read_topic(settings, config.deadletter_topic, at_least=2)
     # The store and the notifier each read the topic, and each sets the bad record aside.
     assert len(letters) == 2 and all(r.value == bad for r in letters)
     for letter in letters:

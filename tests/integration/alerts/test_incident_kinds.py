@@ -5,7 +5,6 @@ end on their clear, replayed clears that change nothing, bad clears dead-lettere
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from tests.conftest import unique_name
 from tests.integration.alerts.helpers import eventually, running
 from tests.support.fakes import FakeClock, RecordingChannel, RecordingDeadLetters, make_alert
+from tests.support.topics import read_topic
 from thermoflow import db, kafka
 from thermoflow.alerts.delivery import Dispatcher, RetryPolicy
 from thermoflow.alerts.lifecycle import Policy
@@ -221,21 +221,6 @@ def _store_settings(settings: ThermoflowSettings, topic: str, **overrides: Any) 
     })  # fmt: skip
 
 
-async def _dead_letters(settings: ThermoflowSettings, topic: str, count: int) -> list[Any]:
-    consumer = kafka.consumer(settings, topic, group_id=unique_name("dlq"))
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    assert len(records) == count
-    return records
-
-
 BAD_CLEAR = (b'{"device_id": "g", "rule_id": "freezer-too-warm", "condition": "offline"}', CLEAR_HEADERS)
 
 
@@ -264,7 +249,7 @@ async def test_the_store_on_kafka_resolves_offline_on_its_clear_and_dead_letters
         await eventually(offline_resolved, what="the offline incident resolved by its clear")
     [(_, _, _, _, resolved_at, _)] = _incidents(settings)[("g", "offline")]
     assert resolved_at == T0 + 700
-    [letter] = await _dead_letters(settings, deadletter, 1)
+    [letter] = await read_topic(settings, deadletter, at_least=1, extra_polls=0)
     reason = parse_dead_letter_headers(letter.headers)
     assert letter.value == BAD_CLEAR[0]
     assert reason.stage == "alerts" and "invalid clear" in reason.error and "since" in reason.error
@@ -323,5 +308,5 @@ async def test_the_notifier_resolves_offline_only_on_its_clear_once_and_keeps_ki
     assert offline_resolve.resolved_at == T0 + 950
     assert offline_resolve.incident_id == channel.sent[2].incident_id
     assert channel.sent[1].incident_id != channel.sent[0].incident_id
-    [letter] = await _dead_letters(settings, deadletter, 1)
+    [letter] = await read_topic(settings, deadletter, at_least=1, extra_polls=0)
     assert "invalid clear" in parse_dead_letter_headers(letter.headers).error
