@@ -22,10 +22,12 @@ from thermoflow.console.auth import USER_NAME, Credentials, Session, Sessions, l
 from thermoflow.console.context import (
     CREDENTIALS,
     DEADLETTERS,
+    FORM,
     HERE,
     OVERVIEW,
     POOL,
     RULES,
+    SESSION,
     SESSIONS,
     SETTINGS,
     TEMPLATES,
@@ -65,7 +67,7 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
     fresh = session is None
     if session is None:
         session = sessions.new()
-    request["session"] = session
+    request[SESSION] = session
     try:
         response = await _checked(request, handler, session)
     except ParamError as exc:
@@ -105,7 +107,7 @@ async def _checked(request: web.Request, handler: Handler, session: Session) -> 
             raise web.HTTPForbidden(
                 text="the form's CSRF token is missing or wrong: reload the page and try again"
             )
-        request["form"] = form
+        request[FORM] = {name: value for name, value in form.items() if isinstance(value, str)}
         if session.user is None and not public:
             raise web.HTTPUnauthorized(text="log in as an operator to do this")
     elif session.user is None and not public and not settings.read_open:
@@ -138,7 +140,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    form = request["form"]
+    form = request[FORM]
     name, password = str(form.get("user", "")), str(form.get("password", ""))
     user = request.app[CREDENTIALS].check(name, password)
     if user is None:
@@ -147,7 +149,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             request, "login.html", status=401, next=safe_next(str(form.get("next", ""))),
             can_login=request.app[CREDENTIALS].any, error="wrong name or password",
         )  # fmt: skip
-    request["session"] = request.app[SESSIONS].login(session_of(request), user)
+    request[SESSION] = request.app[SESSIONS].login(session_of(request), user)
     log.info("console_login", user=user)
     raise web.HTTPSeeOther(safe_next(str(form.get("next", ""))))
 
@@ -155,7 +157,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     sessions = request.app[SESSIONS]
     sessions.logout(session_of(request))
-    request["session"] = sessions.new()
+    request[SESSION] = sessions.new()
     raise web.HTTPSeeOther("/")
 
 

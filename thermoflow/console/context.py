@@ -26,6 +26,9 @@ POOL: Final = web.AppKey("pool", Pool)
 OVERVIEW: Final = web.AppKey("overview", Overview)
 DEADLETTERS: Final = web.AppKey("deadletters", DeadLetterTail)
 RULES: Final = web.AppKey("rules", RulesView)
+SESSION: Final = web.RequestKey("session", Session)
+#: A POST's text fields (the console takes no file uploads).
+FORM: Final = web.RequestKey[dict[str, str]]("form")
 
 
 def templates() -> jinja2.Environment:
@@ -51,7 +54,7 @@ def utc_text(epoch: float) -> str:
 
 
 def session_of(request: web.Request) -> Session:
-    session: Session = request["session"]
+    session: Session = request[SESSION]
     return session
 
 

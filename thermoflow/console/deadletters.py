@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from thermoflow import mqtt, topics
 from thermoflow.events import EventDecodeError, parse_dead_letter_headers
+from thermoflow.kafka import partition_counts
 from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
 
@@ -128,17 +129,15 @@ class DeadLetterTail:
             await asyncio.sleep(RETRY_S)
 
     async def _tail(self) -> None:
+        count = (await partition_counts(self.settings, [self.topic], timeout=10.0)).get(self.topic)
+        if not count:
+            raise LookupError(f"topic {self.topic} not found")
         consumer = AIOKafkaConsumer(
             **self.settings.kafka_options(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=500
         )
-        await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                await consumer.topics()  # refreshes the metadata
-                partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                raise LookupError(f"topic {self.topic} not found")
+            await consumer.start()
+            partitions = range(count)
             assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
             ends: dict[TopicPartition, int] = await consumer.end_offsets(assigned)

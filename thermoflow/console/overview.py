@@ -104,6 +104,9 @@ class Overview:
         self.latest: dict[str, Any] = {"ready": False}
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._partitions: dict[str, int] = {}
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="overview")
@@ -124,25 +127,40 @@ class Overview:
             return self.latest
 
     async def _run(self) -> None:
-        admin: AIOKafkaAdminClient | None = None
-        consumer: AIOKafkaConsumer | None = None
+        try:
+            await self._sample_forever()
+        finally:
+            await self._close()
+
+    async def _kafka(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._consumer is None:
+            self._admin = AIOKafkaAdminClient(**self.settings.kafka_options(), request_timeout_ms=5000)
+            self._consumer = AIOKafkaConsumer(**self.settings.kafka_options(), group_id=None)
+            await self._admin.start()
+            await self._consumer.start()
+        return self._admin, self._consumer
+
+    async def _close(self) -> None:
+        admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
+        with contextlib.suppress(Exception):
+            if consumer is not None:
+                await consumer.stop()
+        with contextlib.suppress(Exception):
+            if admin is not None:
+                await admin.close()
+
+    async def _sample_forever(self) -> None:
         sample = 0
         while True:
             started = time.monotonic()
             figures: dict[str, Any] = {}
             try:
-                if admin is None or consumer is None:
-                    admin = AIOKafkaAdminClient(**self.settings.kafka_options(), request_timeout_ms=5000)
-                    consumer = AIOKafkaConsumer(**self.settings.kafka_options(), group_id=None)
-                    await admin.start()
-                    await consumer.start()
-                figures.update(self._figures(await self._counts(admin, consumer)))
+                figures.update(self._figures(await self._counts(*await self._kafka())))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Kafka away: say so on the page, try again next second
                 figures["kafka_error"] = f"{type(exc).__name__}: {exc}"[:300]
-                await _close(admin, consumer)
-                admin = consumer = None
+                await self._close()
             try:
                 fleet = await self.pool.run(queries.fleet)
                 figures["open_by_severity"] = fleet.open_by_severity
@@ -176,8 +194,12 @@ class Overview:
             committed[group] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
         wanted = {tp for offsets in committed.values() for tp in offsets}
         for topic in (s.readings_topic, s.deadletter_topic):
-            for partition in consumer.partitions_for_topic(topic) or await _partitions(consumer, topic):
-                wanted.add(TopicPartition(topic, partition))
+            if topic not in self._partitions:  # asked each second until the topic exists
+                described = await admin.describe_topics([topic])
+                found = [d for d in described if d.get("error_code", 0) == 0 and d.get("partitions")]
+                if found:
+                    self._partitions[topic] = len(found[0]["partitions"])
+            wanted.update(TopicPartition(topic, p) for p in range(self._partitions.get(topic, 0)))
         ends: dict[TopicPartition, int] = await consumer.end_offsets(list(wanted)) if wanted else {}
         lag = {
             group: sum(max(0, ends.get(tp, offset) - offset) for tp, offset in offsets.items())
@@ -192,17 +214,3 @@ class Overview:
             stored=sum(offset for tp, offset in sink.items() if tp.topic == s.readings_topic),
             lag=lag,
         )
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer.topics()  # refreshes the metadata
-    return set(consumer.partitions_for_topic(topic) or ())
-
-
-async def _close(admin: AIOKafkaAdminClient | None, consumer: AIOKafkaConsumer | None) -> None:
-    with contextlib.suppress(Exception):
-        if consumer is not None:
-            await consumer.stop()
-    with contextlib.suppress(Exception):
-        if admin is not None:
-            await admin.close()

@@ -10,7 +10,16 @@ from typing import Any, Final
 from aiohttp import web
 
 from thermoflow.console import params, queries
-from thermoflow.console.context import DEADLETTERS, OVERVIEW, POOL, RULES, SETTINGS, render, session_of
+from thermoflow.console.context import (
+    DEADLETTERS,
+    FORM,
+    OVERVIEW,
+    POOL,
+    RULES,
+    SETTINGS,
+    render,
+    session_of,
+)
 from thermoflow.console.deadletters import Letter, RedriveError, publish_to_bridge
 from thermoflow.logs import get_logger
 from thermoflow.readings_query import plan as history_plan
@@ -98,7 +107,8 @@ async def incident(request: web.Request) -> web.StreamResponse:
 async def acknowledge(request: web.Request) -> web.StreamResponse:
     """Acknowledge as `thermoflow alerts ack` does, with the note; a second click changes nothing."""
     incident_id = _incident_id(request)
-    note = params.text(request["form"], "note", max_len=params.MAX_NOTE, allow_newlines=True) or ""
+    form: dict[str, str] = request[FORM]
+    note = params.text(form, "note", max_len=params.MAX_NOTE, allow_newlines=True) or ""
     user = _user(request)
     try:
         acked = await request.app[POOL].run(
@@ -182,7 +192,7 @@ def _payload_text(letter: Letter) -> str:
 
 async def redrive(request: web.Request) -> web.StreamResponse:
     """Send one dead letter (``letter=partition:offset``) or all with one ``reason`` back to the bridge."""
-    form = request["form"]
+    form = request[FORM]
     tail = request.app[DEADLETTERS]
     session = session_of(request)
     letter_ref = params.text(form, "letter", max_len=40)
