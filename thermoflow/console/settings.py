@@ -25,8 +25,7 @@ class ConsoleSettings(ThermoflowSettings):
     )
     console_token: SecretStr | None = Field(
         None,
-        description="a single shared password for any operator name (the demo's login);"
-        " THERMOFLOW_CONSOLE_TOKEN",
+        description="a single shared password that logs in any operator name (the demo's login)",
     )
     console_read_open: bool | None = Field(
         None,
