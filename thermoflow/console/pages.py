@@ -133,7 +133,8 @@ async def device(request: web.Request) -> web.StreamResponse:
     if device_id is None:
         raise params.ParamError("id: which device? (/device?id=freezer-0042)")
     span = params.choice(q, "range", tuple(params.RANGES), default="24h") or "24h"
-    history = history_plan(device_id, since=params.RANGES[span], metric=DEFAULT_METRIC)
+    since, every = params.RANGES[span]
+    history = history_plan(device_id, since=since, every=every, metric=DEFAULT_METRIC)
     now = datetime.now(UTC)
     start = history.start(now)
 

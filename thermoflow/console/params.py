@@ -14,8 +14,10 @@ from thermoflow.readings_query import MAX_ID
 
 STATUSES: Final = ("firing", "acknowledged", "resolved", "open")
 SEVERITIES: Final = ("warning", "critical")
-#: The device page's ranges, to the `thermoflow readings --since` they mean.
-RANGES: Final = {"1h": "1h", "24h": "24h", "7d": "7d", "30d": "30d"}
+#: The device page's ranges, to the `thermoflow readings --since` and `--every` they mean: raw rows
+#: for an hour, 5-minute points from ``readings_1m`` for a day, hourly ones from ``readings_1h``
+#: beyond (a week of 1-minute rows is 10,080 rows to regroup; of hourly ones, 168).
+RANGES: Final = {"1h": ("1h", "raw"), "24h": ("24h", "5m"), "7d": ("7d", "1h"), "30d": ("30d", "1h")}
 MAX_NOTE: Final = 1000
 MAX_LIMIT: Final = 1000
 # ASCII digits only: str.isdigit() admits "²", which int() refuses.

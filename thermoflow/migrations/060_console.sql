@@ -1,5 +1,8 @@
 -- Issue 16: the operator console's own records.
 
+-- The incidents page lists the newest first; opened_at never changes, so updates stay HOT.
+CREATE INDEX IF NOT EXISTS incidents_opened ON incidents (opened_at DESC);
+
 -- Each acknowledgement made in the console, with the operator's note. The incident row keeps
 -- who and when (as `thermoflow alerts ack` sets them); the note has nowhere else to go. One row
 -- per acknowledgement: a double click (the incident already acknowledged) adds none.
