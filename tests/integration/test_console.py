@@ -282,6 +282,7 @@ async def test_overview_streams_figures(settings: ThermoflowSettings, client_for
     assert samples[1]["open_by_severity"] == {"warning": 1}
     assert "per_second" in samples[1], samples[1]
     assert set(samples[1]["per_second"]) == {"mqtt_in", "kafka", "stored"}
+    assert samples[1]["mqtt_in_source"] in ("broker, 1-min average", "bridged")
 
 
 async def _until(check: Callable[[], bool], timeout: float = 15.0) -> None:

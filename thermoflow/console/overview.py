@@ -2,8 +2,10 @@
 
 Per hop, from what each hop has durably done, counted from the start of this console:
 
-- **MQTT in**: messages the bridge took from the broker and settled in Kafka, as a reading or a
-  dead letter (it acks the broker only then): readings-topic records plus ``ingest`` dead letters.
+- **MQTT in**: messages the broker received, its own one-minute average
+  (``$SYS/broker/load/publish/received/1min``, which Mosquitto updates every 10 s); while the
+  broker has not said, what the bridge settled in Kafka (it acks the broker only then): readings
+  records plus dead letters.
 - **Kafka**: records appended to the readings topic (the sum of its end offsets).
 - **stored**: records the sink's consumer group has committed, which it does only once their
   rows are in the database.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from thermoflow import mqtt
 from thermoflow.console import queries
 from thermoflow.console.pool import Pool
 from thermoflow.console.settings import ConsoleSettings
@@ -84,6 +88,35 @@ def rates(
     }
 
 
+#: Mosquitto's moving average of PUBLISH packets received, per minute over the last minute.
+BROKER_LOAD_TOPIC = "$SYS/broker/load/publish/received/1min"
+
+
+class BrokerLoad:
+    """Follows the broker's received-messages load in paho's network thread; ``per_second`` or None."""
+
+    def __init__(self, settings: ConsoleSettings) -> None:
+        self.per_second: float | None = None
+        self._client = mqtt.client(settings, client_id=f"thermoflow-console-load-{secrets.token_hex(4)}")
+        self._client.on_connect = lambda client, *_: client.subscribe(BROKER_LOAD_TOPIC, qos=0)
+        self._client.on_message = self._on_message
+        self._address = (settings.mqtt_host, settings.mqtt_port)
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        try:
+            self.per_second = float(message.payload) / 60.0
+        except ValueError:
+            self.per_second = None
+
+    def start(self) -> None:
+        self._client.connect_async(*self._address, keepalive=30)
+        self._client.loop_start()  # connects, and reconnects, in its own thread
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
 class Overview:
     """Samples Kafka and the database every second; :meth:`wait` hands each new figure set out."""
 
@@ -105,14 +138,17 @@ class Overview:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._partitions: dict[str, int] = {}
+        self.broker = BrokerLoad(settings)
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="overview")
+        self.broker.start()
 
     async def stop(self) -> None:
         if self._task is not None:
+            self.broker.stop()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -156,6 +192,10 @@ class Overview:
             figures: dict[str, Any] = {}
             try:
                 figures.update(self._figures(await self._counts(*await self._kafka())))
+                broker = self.broker.per_second
+                figures["mqtt_in_source"] = "broker, 1-min average" if broker is not None else "bridged"
+                if broker is not None:
+                    figures["per_second"]["mqtt_in"] = round(broker, 1)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Kafka away: say so on the page, try again next second

@@ -15,6 +15,7 @@
       for (const hop of ["mqtt_in", "kafka", "stored"]) text("rate-" + hop, number(f.per_second[hop]));
       for (const hop of ["kafka", "stored", "deadletters"]) text("total-" + hop, number(f.since_start[hop]));
       text("deadletters-per-minute", number(f.deadletters_per_minute));
+      text("mqtt-in-source", f.mqtt_in_source || "");
       const lag = document.querySelector("#lag tbody");
       lag.replaceChildren(...Object.entries(f.lag || {}).map(([group, behind]) => {
         const row = document.createElement("tr");
