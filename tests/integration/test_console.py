@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -290,3 +292,58 @@ async def _until(check: Callable[[], bool], timeout: float = 15.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+RULES = """version: 1
+rules:
+  - id: cold
+    devices: "freezer-*"
+    above: {warning: -12.0, critical: -8.0}
+"""
+
+
+async def test_device_chart_has_points_thresholds_and_alerts(
+    settings: ThermoflowSettings, client_for: Callable[..., Any], tmp_path: Path
+) -> None:
+    await seed(settings, "freezer-4")  # one alert event a minute ago, value 5.0
+    with db.connect(settings) as conn:
+        conn.execute(
+            "INSERT INTO readings (device_id, metric, ts, value, received_at)"
+            " SELECT 'freezer-4', 'temperature', now() - make_interval(secs => s), -20 + s / 1000.0, now()"
+            " FROM generate_series(10, 3000, 10) s"
+        )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    client = await client_for(console_settings(settings, console_rules_file=rules))
+    for span, points in (("1h", 300), ("24h", 0)):
+        html = await (await client.get("/device", params={"id": "freezer-4", "range": span})).text()
+        found = re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', html, re.S)
+        assert found, html
+        chart = json.loads(found.group(1))
+        if points:
+            assert len(chart["t"]) == points and chart["source"] == "readings"
+        else:  # 5-minute points from readings_1m: 3000 s of readings make 10 or 11 of them
+            assert 10 <= len(chart["t"]) <= 11 and chart["source"] == "readings_1m"
+            assert min(chart["min"]) == pytest.approx(-19.99) and max(chart["max"]) == pytest.approx(-17.0)
+        assert sorted((t["severity"], t["value"]) for t in chart["thresholds"]) == [
+            ("critical", -8.0),
+            ("warning", -12.0),
+        ]
+        assert [[severity, value] for _, value, severity in chart["alerts"]] == [["warning", 5.0]]
+    assert "/static/uPlot.iife.min.js" in html
+
+
+async def test_rules_page_shows_the_last_reload_and_its_error(
+    settings: ThermoflowSettings, client_for: Callable[..., Any], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    client = await client_for(console_settings(settings, console_rules_file=rules))
+    html = await (await client.get("/rules")).text()
+    assert "loaded 1 rules" in html and "freezer-*" in html
+    rules.write_text(RULES.replace("-8.0", '"hot"').replace("id: cold", 'id: "<script>x"'))
+    os.utime(rules, (time.time() + 5, time.time() + 5))  # a new mtime even within the clock's resolution
+    html = await (await client.get("/rules")).text()
+    assert "refused, the rules before it stay in force" in html
+    assert "&lt;script&gt;" in html and '<script>"' not in html
+    assert "freezer-*" in html  # the last good rules, still in force
