@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
@@ -26,7 +27,7 @@ from tests.support.fakes import make_alert
 from thermoflow import db, mqtt
 from thermoflow.alerts.lifecycle import Policy
 from thermoflow.alerts.store import prepare, store_batch
-from thermoflow.console.app import create_app
+from thermoflow.console.app import create_app, serving
 from thermoflow.console.context import DEADLETTERS
 from thermoflow.console.settings import ConsoleSettings
 from thermoflow.events import DeadLetter, dead_letter_headers
@@ -347,3 +348,17 @@ async def test_rules_page_shows_the_last_reload_and_its_error(
     assert "refused, the rules before it stay in force" in html
     assert "&lt;script&gt;" in html and '<script>"' not in html
     assert "freezer-*" in html  # the last good rules, still in force
+
+
+async def test_served_over_real_http(settings: ThermoflowSettings) -> None:
+    db.migrate(settings)
+    async with serving(console_settings(settings, console_port=0), background=False) as url:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url) and not url.endswith(":0/")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "incidents") as page:
+                assert page.status == 200
+                cookie = page.headers["Set-Cookie"]
+                assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+                assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+            async with session.get(url + "static/uPlot.iife.min.js") as script:
+                assert script.status == 200 and b"uPlot" in await script.read()

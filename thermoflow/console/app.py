@@ -198,3 +198,22 @@ def create_app(settings: ConsoleSettings, *, background: bool = True) -> web.App
 
     app.cleanup_ctx.append(parts)
     return app
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: ConsoleSettings, *, background: bool = True) -> AsyncIterator[str]:
+    """Serve the console on the settings' host and port inside a running loop; yields its URL.
+
+    For `thermoflow demo` and tests: with ``console_port`` 0 the URL has the port the system chose.
+    The database's migrations must have been applied (`thermoflow init` or :func:`thermoflow.db.migrate`).
+    """
+    runner = web.AppRunner(create_app(settings, background=background), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.console_host, settings.console_port)
+        await site.start()
+        port = int(runner.addresses[0][1]) if runner.addresses else settings.console_port
+        host = f"[{settings.console_host}]" if ":" in settings.console_host else settings.console_host
+        yield f"http://{host}:{port}/"
+    finally:
+        await runner.cleanup()
