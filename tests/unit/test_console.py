@@ -114,3 +114,15 @@ def test_every_template_escapes_by_default() -> None:
     )
     assert "<script>" not in page and "<img" not in page
     assert "&lt;script&gt;" in page and "&#34;&gt;&lt;img" in page
+
+
+def test_hash_password_prints_a_line_for_the_users_file() -> None:
+    from typer.testing import CliRunner
+
+    from thermoflow.cli import app, register_components
+
+    register_components()
+    result = CliRunner().invoke(app, ["console", "--hash-password"], input="s3cret\ns3cret\n")
+    assert result.exit_code == 0, result.output
+    hashed = result.output.strip().splitlines()[-1]
+    assert Credentials(users=parse_users(f"ana:{hashed}")).check("ana", "s3cret") == "ana"
