@@ -25,8 +25,10 @@ from aiokafka import AIOKafkaProducer
 
 from tests.support.fakes import make_alert
 from thermoflow import db, mqtt
-from thermoflow.alerts.lifecycle import Policy
+from thermoflow.alerts.kafka_io import write_states
+from thermoflow.alerts.lifecycle import Incident, Policy
 from thermoflow.alerts.store import prepare, store_batch
+from thermoflow.console import queries
 from thermoflow.console.app import create_app, serving
 from thermoflow.console.context import DEADLETTERS
 from thermoflow.console.settings import ConsoleSettings
@@ -362,3 +364,35 @@ async def test_served_over_real_http(settings: ThermoflowSettings) -> None:
                 assert "script-src 'self'" in page.headers["Content-Security-Policy"]
             async with session.get(url + "static/uPlot.iife.min.js") as script:
                 assert script.status == 200 and b"uPlot" in await script.read()
+
+
+async def test_incident_page_counts_the_notifiers_notifications(
+    settings: ThermoflowSettings, client_for: Callable[..., Any], new_topic: Callable[..., str]
+) -> None:
+    await seed(settings, "freezer-5")
+    incident_id = incident_ids(settings)["freezer-5"]
+    state_topic = new_topic("console-notifier-state")
+    with db.connect(settings) as conn:
+        row = queries.incident(conn, incident_id)
+    assert row is not None
+    state = Incident(
+        incident_id=incident_id, device_id=row.device_id, rule_id=row.rule_id, metric=row.metric,
+        condition=row.condition, threshold=row.threshold, severity="critical",
+        opened_at=row.opened_at.timestamp(), last_breach_at=row.last_breach_at.timestamp(), peak_value=row.peak_value, breach_count=1,
+        notified_at=1_764_218_400.0, seq=3,
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await write_states(producer, state_topic, [state])
+    finally:
+        await producer.stop()
+    client = await client_for(console_settings(settings, notifier_state_topic=state_topic), background=True)
+    deadline = time.monotonic() + 30
+    while True:
+        html = await (await client.get(f"/incidents/{incident_id}")).text()
+        if "<b>3</b> notifications sent" in html:
+            break
+        assert time.monotonic() < deadline, html
+        await asyncio.sleep(0.2)
+    assert "2025-11-27 04:40:00 UTC" in html

@@ -24,6 +24,7 @@ from thermoflow.console.context import (
     DEADLETTERS,
     FORM,
     HERE,
+    NOTIFIED,
     OVERVIEW,
     POOL,
     RULES,
@@ -37,6 +38,7 @@ from thermoflow.console.context import (
     templates,
 )
 from thermoflow.console.deadletters import DeadLetterTail
+from thermoflow.console.notified import NotifierState
 from thermoflow.console.overview import Overview
 from thermoflow.console.params import ParamError
 from thermoflow.console.pool import Pool
@@ -185,12 +187,15 @@ def create_app(settings: ConsoleSettings, *, background: bool = True) -> web.App
         pool = app[POOL] = Pool(settings)
         tail = app[DEADLETTERS] = DeadLetterTail(settings, keep=settings.console_deadletters)
         overview = app[OVERVIEW] = Overview(settings, pool)
+        notified = app[NOTIFIED] = NotifierState(settings, settings.notifier_state_topic)
         if background:
             tail.start()
             overview.start()
+            notified.start()
         try:
             yield
         finally:
+            await notified.stop()
             await overview.stop()
             await tail.stop()
             with contextlib.suppress(Exception):

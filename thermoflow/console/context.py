@@ -11,6 +11,7 @@ from aiohttp import web
 
 from thermoflow.console.auth import Credentials, Session, Sessions
 from thermoflow.console.deadletters import DeadLetterTail
+from thermoflow.console.notified import NotifierState
 from thermoflow.console.overview import Overview
 from thermoflow.console.pool import Pool
 from thermoflow.console.rules_view import RulesView
@@ -26,6 +27,7 @@ POOL: Final = web.AppKey("pool", Pool)
 OVERVIEW: Final = web.AppKey("overview", Overview)
 DEADLETTERS: Final = web.AppKey("deadletters", DeadLetterTail)
 RULES: Final = web.AppKey("rules", RulesView)
+NOTIFIED: Final = web.AppKey("notified", NotifierState)
 SESSION: Final = web.RequestKey("session", Session)
 #: A POST's text fields (the console takes no file uploads).
 FORM: Final = web.RequestKey[dict[str, str]]("form")

@@ -13,6 +13,7 @@ from thermoflow.console import params, queries
 from thermoflow.console.context import (
     DEADLETTERS,
     FORM,
+    NOTIFIED,
     OVERVIEW,
     POOL,
     RULES,
@@ -101,7 +102,8 @@ async def incident(request: web.Request) -> web.StreamResponse:
     row, steps = await request.app[POOL].run(read)
     if row is None:
         raise web.HTTPNotFound(text=f"no incident {incident_id!r}")
-    return render(request, "incident.html", incident=row, steps=steps)
+    notified = request.app[NOTIFIED].get(incident_id)
+    return render(request, "incident.html", incident=row, steps=steps, notified=notified)
 
 
 async def acknowledge(request: web.Request) -> web.StreamResponse:

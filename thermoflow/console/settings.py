@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
+from thermoflow.alerts.settings import NOTIFIER_STATE_TOPIC
 from thermoflow.settings import ThermoflowSettings
 
 #: The consumer groups whose lag the overview shows, by default the pipeline's own.
@@ -43,6 +44,11 @@ class ConsoleSettings(ThermoflowSettings):
         min_length=1,
         pattern=r"^[A-Za-z0-9._-]+$",
         description="the sink's consumer group: its commits count the readings stored",
+    )
+    notifier_state_topic: str = Field(
+        NOTIFIER_STATE_TOPIC,
+        min_length=1,
+        description="the notifier's compacted state topic: how many notifications each incident got",
     )
     console_deadletters: int = Field(
         1000, ge=10, le=100_000, description="most recent dead letters the console keeps and shows"
