@@ -378,8 +378,8 @@ async def test_incident_page_counts_the_notifiers_notifications(
     state = Incident(
         incident_id=incident_id, device_id=row.device_id, rule_id=row.rule_id, metric=row.metric,
         condition=row.condition, threshold=row.threshold, severity="critical",
-        opened_at=row.opened_at.timestamp(), last_breach_at=row.last_breach_at.timestamp(), peak_value=row.peak_value, breach_count=1,
-        notified_at=1_764_218_400.0, seq=3,
+        opened_at=row.opened_at.timestamp(), last_breach_at=row.last_breach_at.timestamp(),
+        peak_value=row.peak_value, breach_count=1, notified_at=1_764_218_400.0, seq=3,
     )  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
