@@ -23,6 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
+from tests.conftest import free_port
 from tests.support.fakes import make_alert
 from thermoflow import db, mqtt
 from thermoflow.alerts.kafka_io import write_states
@@ -260,6 +261,16 @@ async def test_deadletters_escaped_and_redriven_once_to_mqtt(
         assert "sent 1 back to the bridge; 1 already redriven before" in await answer.text()
         await _until(lambda: len(received) >= 2)
         assert received == [payloads[0], payloads[2]]
+        # The broker away: the page says so and nothing is recorded (the letter can be sent later).
+        away = console_settings(
+            settings, deadletter_topic=deadletters, mqtt_url=f"mqtt://127.0.0.1:{free_port()}"
+        )
+        other = await client_for(away, background=True)
+        await asyncio.wait_for(other.app[DEADLETTERS].caught_up.wait(), 30)
+        other_csrf = await login(other)
+        [second] = [x for x in other.app[DEADLETTERS].letters() if x.payload == payloads[1]]
+        answer = await other.post("/deadletters/redrive", data={"csrf": other_csrf, "letter": second.ref})
+        assert "redrive failed, nothing recorded" in await answer.text()
         with db.connect(settings) as conn:
             rows = conn.execute(
                 "SELECT deadletter_offset, mqtt_topic, redriven_by FROM deadletter_redrives ORDER BY 1"

@@ -224,7 +224,7 @@ async def redrive(request: web.Request) -> web.StreamResponse:
 
     try:
         sent = await request.app[POOL].run(claim_and_send)
-    except (RedriveError, OSError) as exc:
+    except (RedriveError, RuntimeError, OSError, ValueError) as exc:  # paho: no connection, refused
         log.warning("console_redrive_failed", user=user, error=str(exc)[:300])
         session.flash.append(f"redrive failed, nothing recorded: {exc}")
     else:
