@@ -407,3 +407,19 @@ async def test_incident_page_counts_the_notifiers_notifications(
         assert time.monotonic() < deadline, html
         await asyncio.sleep(0.2)
     assert "2025-11-27 04:40:00 UTC" in html
+
+
+async def test_shutdown_ends_open_event_streams(settings: ThermoflowSettings) -> None:
+    """A browser holding the overview open must not hold up the console's stop (aiohttp waits 60 s)."""
+    db.migrate(settings)
+
+    async def serve_and_stop(session: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+        async with serving(console_settings(settings, console_port=0), background=True) as url:
+            stream = await session.get(url + "overview/events")
+            assert (await stream.content.readline()).startswith(b"data: ")
+        return stream  # the context's exit returned: the server stopped with the stream open
+
+    async with aiohttp.ClientSession() as session:
+        stream = await asyncio.wait_for(serve_and_stop(session), 30)
+        assert await asyncio.wait_for(stream.content.read(), 10) is not None  # ended, not hanging
+        stream.close()

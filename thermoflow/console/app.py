@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
@@ -20,6 +21,7 @@ from aiohttp import web
 from thermoflow.console import pages
 from thermoflow.console.auth import USER_NAME, Credentials, Session, Sessions, load_users
 from thermoflow.console.context import (
+    CLOSING,
     CREDENTIALS,
     DEADLETTERS,
     FORM,
@@ -201,6 +203,12 @@ def create_app(settings: ConsoleSettings, *, background: bool = True) -> web.App
             with contextlib.suppress(Exception):
                 pool.close()
 
+    app[CLOSING] = asyncio.Event()
+
+    async def closing(app: web.Application) -> None:
+        app[CLOSING].set()
+
+    app.on_shutdown.append(closing)
     app.cleanup_ctx.append(parts)
     return app
 

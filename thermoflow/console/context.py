@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +29,8 @@ OVERVIEW: Final = web.AppKey("overview", Overview)
 DEADLETTERS: Final = web.AppKey("deadletters", DeadLetterTail)
 RULES: Final = web.AppKey("rules", RulesView)
 NOTIFIED: Final = web.AppKey("notified", NotifierState)
+#: Set when the server begins to shut down: open event streams end, so the shutdown does not wait.
+CLOSING: Final = web.AppKey("closing", asyncio.Event)
 SESSION: Final = web.RequestKey("session", Session)
 #: A POST's text fields (the console takes no file uploads).
 FORM: Final = web.RequestKey[dict[str, str]]("form")

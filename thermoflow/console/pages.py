@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -11,6 +11,7 @@ from aiohttp import web
 
 from thermoflow.console import params, queries
 from thermoflow.console.context import (
+    CLOSING,
     DEADLETTERS,
     FORM,
     NOTIFIED,
@@ -28,8 +29,9 @@ from thermoflow.rules import DEFAULT_METRIC
 
 log = get_logger(__name__)
 
-#: Seconds an overview stream waits for a sample before it sends the latest again (a keep-alive).
-SSE_WAIT_S: Final = 5.0
+#: Seconds an overview stream waits for a sample before it sends a keep-alive comment (and looks
+#: whether the server is closing).
+SSE_WAIT_S: Final = 1.0
 #: Bytes of a payload shown on the dead-letter page.
 PAYLOAD_SHOWN: Final = 2000
 
@@ -58,14 +60,16 @@ async def overview_events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
+    closing = request.app[CLOSING]
     seen = -1
-    try:
-        while True:
+    with contextlib.suppress(ConnectionResetError):  # the page went away
+        while not closing.is_set():
             figures = await sampler.wait(seen, SSE_WAIT_S)
+            if int(figures.get("sample", 0)) == seen:
+                await response.write(b": keep-alive\n\n")
+                continue
             seen = int(figures.get("sample", 0))
             await response.write(f"data: {json.dumps(figures, separators=(',', ':'))}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
     return response
 
 
