@@ -64,6 +64,11 @@ def console_command(
     url = f"http://{settings.console_host}:{settings.console_port}/"
     log.info("console_listening", url=url, read_open=settings.read_open)
     typer.echo(f"thermoflow console on {url} (reading {'open' if settings.read_open else 'needs a login'})")
+    if settings.console_users_file is None and not settings.console_token:
+        typer.echo(
+            "no operator can log in: set THERMOFLOW_CONSOLE_TOKEN or --users-file to acknowledge and redrive",
+            err=True,
+        )
     web.run_app(app, host=settings.console_host, port=settings.console_port, print=None)
 
 
