@@ -126,3 +126,14 @@ def test_hash_password_prints_a_line_for_the_users_file() -> None:
     assert result.exit_code == 0, result.output
     hashed = result.output.strip().splitlines()[-1]
     assert Credentials(users=parse_users(f"ana:{hashed}")).check("ana", "s3cret") == "ana"
+
+
+def test_a_flood_of_anonymous_visits_does_not_log_an_operator_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("thermoflow.console.auth.MAX_SESSIONS", 10)
+    sessions = Sessions(lifetime=60.0)
+    operator = sessions.login(sessions.new(), "ana")
+    first = sessions.new()
+    for _ in range(50):
+        sessions.new()
+    assert sessions.get(operator.session_id) is operator
+    assert sessions.get(first.session_id) is None  # the oldest anonymous ones went

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
+from urllib.parse import quote
 
 import psycopg
 from aiohttp import web
@@ -117,14 +118,8 @@ async def _checked(request: web.Request, handler: Handler, session: Session) -> 
     elif session.user is None and not public and not settings.read_open:
         if request.path.startswith("/overview/"):
             raise web.HTTPUnauthorized(text="log in to read the console")
-        raise web.HTTPFound(f"/login?next={_quote(request.path_qs)}")
+        raise web.HTTPFound(f"/login?next={quote(request.path_qs, safe='')}")
     return await handler(request)
-
-
-def _quote(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(path, safe="")
 
 
 def safe_next(target: str | None) -> str:

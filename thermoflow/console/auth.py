@@ -105,21 +105,27 @@ class Session:
 
 
 class Sessions:
-    """Sessions by their cookie id, at most :data:`MAX_SESSIONS`, each for ``lifetime`` seconds."""
+    """Sessions by their cookie id, each for ``lifetime`` seconds.
+
+    Anonymous ones (every visitor gets one, for its CSRF token) are capped at :data:`MAX_SESSIONS`,
+    oldest dropped first; logged-in ones are kept apart, so a flood of cookie-less requests cannot
+    push an operator out.
+    """
 
     def __init__(self, *, lifetime: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._lifetime = lifetime
         self._clock = clock
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
+        self._operators: dict[str, Session] = {}
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
-        session = self._by_id.get(session_id)
+        session = self._operators.get(session_id) or self._anonymous.get(session_id)
         if session is None:
             return None
         if session.expires < self._clock():
-            del self._by_id[session_id]
+            self.logout(session)
             return None
         return session
 
@@ -129,17 +135,26 @@ class Sessions:
             csrf=secrets.token_urlsafe(32),
             expires=self._clock() + self._lifetime,
         )
-        self._by_id[session.session_id] = session
-        while len(self._by_id) > MAX_SESSIONS:
-            self._by_id.popitem(last=False)
+        self._anonymous[session.session_id] = session
+        while len(self._anonymous) > MAX_SESSIONS:
+            self._anonymous.popitem(last=False)
         return session
 
     def login(self, old: Session, user: str) -> Session:
         """A fresh session (new id and CSRF token) for ``user``: the id seen before login is dropped."""
-        self._by_id.pop(old.session_id, None)
-        session = self.new()
-        session.user = user
+        self.logout(old)
+        session = Session(
+            session_id=secrets.token_urlsafe(32),
+            csrf=secrets.token_urlsafe(32),
+            expires=self._clock() + self._lifetime,
+            user=user,
+        )
+        now = self._clock()
+        for expired in [s for s in self._operators.values() if s.expires < now]:
+            self.logout(expired)
+        self._operators[session.session_id] = session
         return session
 
     def logout(self, session: Session) -> None:
-        self._by_id.pop(session.session_id, None)
+        self._anonymous.pop(session.session_id, None)
+        self._operators.pop(session.session_id, None)
