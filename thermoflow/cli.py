@@ -387,11 +387,18 @@ def register_components() -> None:
     if _registered:
         return
     from thermoflow.alerts.cli import register as register_alerts
+    from thermoflow.console.cli import register as register_console
     from thermoflow.ingest.cli import register as register_ingest
     from thermoflow.processors.cli import register as register_processors
     from thermoflow.simulator.cli import register as register_simulator
 
-    for register in (register_ingest, register_processors, register_alerts, register_simulator):
+    for register in (
+        register_ingest,
+        register_processors,
+        register_alerts,
+        register_simulator,
+        register_console,
+    ):
         register(app)
     _registered = True
 

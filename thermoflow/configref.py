@@ -20,6 +20,7 @@ COMPONENT_SETTINGS = (
     ("processors (`thermoflow process`)", "thermoflow.processors.settings"),
     ("alerts (`thermoflow alerts store`, `thermoflow alerts notify`)", "thermoflow.alerts.settings"),
     ("simulator (`thermoflow simulate`)", "thermoflow.simulator.settings"),
+    ("operator console (`thermoflow console`)", "thermoflow.console.settings"),
 )
 
 

@@ -38,6 +38,10 @@ def test_the_wheel_carries_the_components_their_data_and_py_typed(wheel: zipfile
         "thermoflow/alerts/store.py",
         "thermoflow/simulator/run.py",
         "thermoflow/rules.py",
+        "thermoflow/console/templates/base.html",  # the console's pages and its vendored chart library
+        "thermoflow/console/static/uPlot.iife.min.js",
+        "thermoflow/console/static/uPlot.LICENSE",
+        "thermoflow/console/static/overview.js",
     ):
         assert path in names, path
     assert any(name.startswith("thermoflow/migrations/") and name.endswith(".sql") for name in names)

@@ -1,0 +1,105 @@
+"""What the notifier has sent per incident, read from its own compacted state topic.
+
+The notifier keeps no table: it persists the latest state of each (device, rule, kind) incident
+to ``notifier_state_topic`` (:mod:`thermoflow.alerts.kafka_io`), with ``seq`` (how many
+transitions it has notified: fire, escalations, repeats, resolve) and ``notified_at`` (the last
+fire, escalation or repeat). The console follows that topic from its start, so the incident page
+can say how many notifications went out. Only the latest incident of each key is there: for an
+older one of the same device, rule and kind, the page says nothing is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from thermoflow.alerts.lifecycle import Incident
+from thermoflow.kafka import partition_counts
+from thermoflow.logs import get_logger
+from thermoflow.settings import ThermoflowSettings
+
+log = get_logger(__name__)
+
+RETRY_S = 5.0
+_decoder = msgspec.json.Decoder(Incident)
+
+
+@dataclass(frozen=True)
+class Notified:
+    sent: int  # transitions notified
+    last_at: float | None  # the last fire, escalation or repeat
+    resolved_at: float | None
+
+
+class NotifierState:
+    """The notifier's persisted incident states by incident id, kept current by a task."""
+
+    def __init__(self, settings: ThermoflowSettings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self._by_key: dict[bytes, str] = {}
+        self._by_id: dict[str, Notified] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, incident_id: str) -> Notified | None:
+        return self._by_id.get(incident_id)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """One record of the state topic: the key's latest state, or its removal (a tombstone)."""
+        if key is None:
+            return
+        old = self._by_key.pop(key, None)
+        if old is not None:
+            self._by_id.pop(old, None)
+        if value is None:
+            return
+        try:
+            incident = _decoder.decode(value)
+        except msgspec.DecodeError:
+            return  # not the notifier's: nothing to show for it
+        self._by_key[key] = incident.incident_id
+        self._by_id[incident.incident_id] = Notified(incident.seq, incident.notified_at, incident.resolved_at)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notifier-state")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Kafka away or no notifier yet: look again soon
+                log.info("notifier_state_retry", topic=self.topic, error=str(exc)[:300])
+            await asyncio.sleep(RETRY_S)
+
+    async def _follow(self) -> None:
+        count = (await partition_counts(self.settings, [self.topic], timeout=10.0)).get(self.topic)
+        if not count:
+            raise LookupError(f"topic {self.topic} not found (no notifier has run yet)")
+        consumer = AIOKafkaConsumer(
+            **self.settings.kafka_options(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=500
+        )
+        try:
+            await consumer.start()
+            partitions = [TopicPartition(self.topic, p) for p in range(count)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            while True:
+                batches: dict[TopicPartition, list[Any]] = await consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        self.apply(record.key, record.value)
+        finally:
+            await consumer.stop()
