@@ -5,9 +5,11 @@ fetched chunk of records (see :mod:`thermoflow.processors.batching` for why).
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
 function (retried with backoff; a batch that keeps failing is dead-lettered whole) -> send
 its events to the sink -> wait until Kafka has acked every record sent. Only then does the
-agent return to ``take_events``, which acks the batch's events; faust commits acked offsets
-(after flushing its producer) every ``broker_commit_interval``. So nothing is committed
-before its output is durable: at-least-once.
+agent ack the batch's events and have faust commit their offsets. So nothing is committed
+before its output is durable: at-least-once. A stateful function (the device detectors) also
+writes its state to Kafka; that is done every ``state_interval``, not per batch, and the
+batches processed since the last write stay unacked until the next one
+(:meth:`BatchRunner.flush`): nothing is committed before the state covering it is stored.
 
 After the acks, the batch moves its partitions' watermarks (:mod:`thermoflow.processors.watermarks`);
 every ``watermark_interval`` a :class:`WatermarkEmitter` sends each owned partition's
@@ -196,6 +198,10 @@ class BatchRunner:
         # A batch and the timer take turns: the state one writes must not carry the other's
         # changes before that one's alerts are acked.
         self.turn = asyncio.Lock()
+        # A stateful function's processed batches whose state is not written yet: their offsets
+        # are not committed until it is (:meth:`hold`, :meth:`flush`).
+        self.held: list[Any] = []
+        self.persisted_at = time.monotonic()
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -211,7 +217,12 @@ class BatchRunner:
                 watchdog.waiting(len(records))
                 async with self.turn:
                     await self.process(records)
-                await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
+                    if isinstance(self.body, Stateful):
+                        self.hold(events)
+                        if time.monotonic() - self.persisted_at >= self.settings.state_interval:
+                            await self.flush()
+                if not isinstance(self.body, Stateful):
+                    await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
                 watchdog.progress()
                 watchdog.waiting(0)
                 if first:
@@ -255,8 +266,6 @@ class BatchRunner:
                 deliveries.append(await self._send(emit))
             self.metrics.count("emitted", len(emits))
         await asyncio.gather(*deliveries)
-        if isinstance(self.body, Stateful):
-            await self.body.persist()  # only now: stored state never ahead of the alerts it implies
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
             self.emitter.processed(records, batch)
             await self.emitter.emit()
@@ -270,9 +279,45 @@ class BatchRunner:
             key=emit.key.encode(), value=_encoder.encode(emit.event), headers=list(emit.headers) or None
         )
 
+    def hold(self, events: Sequence[Any]) -> None:
+        """Keep a processed batch's events unacked until :meth:`flush` writes the state it changed.
+
+        The extra reference makes the ack ``take_events`` gives them after the batch a
+        non-final one, so faust commits none of their offsets before :meth:`flush` acks them.
+        """
+        for event in events:
+            event.message.incref()
+        self.held += events
+
+    async def flush(self) -> None:
+        """Write the state the held batches (and timer ticks) changed, then commit their offsets.
+
+        Called after a batch or a timer tick once ``state_interval`` has passed since the last
+        write, so the stored state lags the processed readings by at most ``state_interval`` plus
+        a tick (``watermark_interval``) or a batch, and the committed offsets
+        never pass the stored state: a crash replays the batches since the last flush from the
+        state that was stored before them, and sends the same alert ids again. Stored state is
+        never ahead of the alerts it implies: every held batch's output was acked before it was held.
+        """
+        assert isinstance(self.body, Stateful)
+        await self.body.persist()
+        self.persisted_at = time.monotonic()
+        held, self.held = self.held, []
+        if held:
+            await ChunkScheduler.settle(self.sink.app.consumer, held)
+
     def revoked(self, revoked: set[TP]) -> None:
-        """Partitions of the source topic went elsewhere: a stateful function forgets their state."""
+        """Partitions of the source topic went elsewhere: a stateful function forgets their state.
+
+        Their held batches are never acked: the new owner reads them again from the committed
+        offsets, with the state stored before them (the same alerts, the same ids).
+        """
         partitions = {tp.partition for tp in revoked if tp.topic == self.source}
+        self.held = [
+            event
+            for event in self.held
+            if not (event.message.tp.topic == self.source and event.message.tp.partition in partitions)
+        ]
         if partitions and isinstance(self.body, Stateful):
             self.body.revoked(partitions)
             self.log.info("state_revoked", partitions=sorted(partitions))
@@ -292,7 +337,8 @@ class BatchRunner:
             except faust.exceptions.NotReady:  # stopping under way: nothing was persisted, all is found again
                 self.log.info("timer_stopped", unsent=len(emits))
                 return
-            await self.body.persist()
+            if time.monotonic() - self.persisted_at >= self.settings.state_interval:
+                await self.flush()  # what the last batches held, when no batch came to do it
         self.metrics.count("emitted", len(emits))
 
     async def _dead_letter(self, record: KafkaRecord, reason: str) -> asyncio.Future[Any]:
