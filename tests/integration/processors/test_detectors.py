@@ -239,8 +239,9 @@ async def test_offsets_wait_for_the_state_and_a_kill_replays_the_same_alerts(rig
         return ids
 
     alerts = await rig.alerts(
-        until=lambda found: len(at_final(found)) == len(STUCK)
-        and all(len(ids) >= 2 for ids in at_final(found).values()),
+        until=lambda found: (
+            len(at_final(found)) == len(STUCK) and all(len(ids) >= 2 for ids in at_final(found).values())
+        ),
         conditions=("stuck",),
     )
     assert_runs_kept(alerts, start=start)
