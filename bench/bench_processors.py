@@ -276,6 +276,7 @@ async def main() -> None:
         "THERMOFLOW_DEADLETTER_TOPIC": deadletter,
         # Commit often, so "all committed" is seen soon after it happens (the rate's end point).
         "THERMOFLOW_COMMIT_INTERVAL": "0.2",
+        "THERMOFLOW_HTTP_PORT": "0",  # no /metrics endpoint: port 9108 may be another process's
     }
     plain_rules = logs / "rules-thresholds-only.yaml"
     plain_rules.write_text(yaml.safe_dump(thresholds_only(yaml.safe_load(DEFAULT_RULES_FILE.read_text()))))

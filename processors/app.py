@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,7 @@ def build_app(
 
     ticks = [getattr(body, "tick") for body in bodies if callable(getattr(body, "tick", None))]  # noqa: B009
     stateful = [runner for runner in runners if isinstance(runner.body, Stateful)]
+    _stateful_runners[app] = stateful
 
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         for runner in stateful:
@@ -170,6 +172,17 @@ def build_app(
         log.info("processor_metrics", **metrics.snapshot())
 
     return app
+
+
+_stateful_runners: weakref.WeakKeyDictionary[faust.App, list[BatchRunner]] = weakref.WeakKeyDictionary()
+
+
+async def flush_state(app: faust.App) -> None:
+    """On a clean stop, before the app stops: write the state of what was processed and commit it,
+    so the next owner of the partitions replays nothing (:meth:`BatchRunner.flush`)."""
+    for runner in _stateful_runners.get(app, []):
+        async with runner.turn:
+            await runner.flush()
 
 
 class BatchRunner:
