@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 
 import faust
 import msgspec
+import numpy as np
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
@@ -52,6 +54,8 @@ from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 _encoder = msgspec.json.Encoder()
+_partition = operator.attrgetter("partition")
+_offset = operator.attrgetter("offset")
 
 
 def broker_credentials(settings: ProcessorSettings) -> Any:
@@ -317,7 +321,9 @@ class BatchRunner:
         self.persisted_at = time.monotonic()
         held, self.held = self.held, []
         if held:
-            await ChunkScheduler.settle(self.sink.app.consumer, held)
+            consumer = self.sink.app.consumer
+            assigned = consumer.assignment()  # a batch held while its partition was revoked stays unacked
+            await ChunkScheduler.settle(consumer, [event for event in held if event.message.tp in assigned])
 
     def revoked(self, revoked: set[TP]) -> None:
         """Partitions of the source topic went elsewhere: a stateful function forgets their state.
@@ -407,10 +413,11 @@ class WatermarkEmitter:
         """A batch's records are done and its output acked: move their partitions forward."""
         now = self.clock()
         event_time = latest_per_partition(batch.partition, batch.event_ts)
-        ends: dict[int, int] = {}
-        for record in records:
-            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-        for partition, end in ends.items():
+        count = len(records)  # the records' partitions and offsets read in C, not a Python step per record
+        partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
+        offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
+        for partition, last in latest_per_partition(partitions, offsets).items():
+            end = int(last) + 1
             self.progress.processed(partition, event_time=event_time.get(partition), next_offset=end, now=now)
 
     async def emit(self) -> None:
