@@ -5,9 +5,11 @@ fetched chunk of records (see :mod:`thermoflow.processors.batching` for why).
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
 function (retried with backoff; a batch that keeps failing is dead-lettered whole) -> send
 its events to the sink -> wait until Kafka has acked every record sent. Only then does the
-agent return to ``take_events``, which acks the batch's events; faust commits acked offsets
-(after flushing its producer) every ``broker_commit_interval``. So nothing is committed
-before its output is durable: at-least-once.
+agent ack the batch's events and have faust commit their offsets. So nothing is committed
+before its output is durable: at-least-once. A stateful function (the device detectors) also
+writes its state to Kafka; that is done every ``state_interval``, not per batch, and the
+batches processed since the last write stay unacked until the next one
+(:meth:`BatchRunner.flush`): nothing is committed before the state covering it is stored.
 
 Each event's Kafka record carries a ``traceparent`` (:mod:`thermoflow.tracing`): the one of the
 reading that triggered it (an alert of the worst reading carries that reading's trace), or a new
@@ -26,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import operator
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +65,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 _encoder = msgspec.json.Encoder()
+_partition = operator.attrgetter("partition")
+_offset = operator.attrgetter("offset")
 
 
 def broker_credentials(settings: ProcessorSettings) -> Any:
@@ -153,6 +159,7 @@ def build_app(
 
     ticks = [getattr(body, "tick") for body in bodies if callable(getattr(body, "tick", None))]  # noqa: B009
     stateful = [runner for runner in runners if isinstance(runner.body, Stateful)]
+    _stateful_runners[app] = stateful
 
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         for runner in stateful:
@@ -180,6 +187,17 @@ def build_app(
         log.info("processor_metrics", **metrics.snapshot())
 
     return app
+
+
+_stateful_runners: weakref.WeakKeyDictionary[faust.App, list[BatchRunner]] = weakref.WeakKeyDictionary()
+
+
+async def flush_state(app: faust.App) -> None:
+    """On a clean stop, before the app stops: write the state of what was processed and commit it,
+    so the next owner of the partitions replays nothing (:meth:`BatchRunner.flush`)."""
+    for runner in _stateful_runners.get(app, []):
+        async with runner.turn:
+            await runner.flush()
 
 
 class BatchRunner:
@@ -211,6 +229,10 @@ class BatchRunner:
         self.turn = asyncio.Lock()
         self.traces = tracing.TraceSource(ratio=settings.trace_sample_ratio)
         self.tracing = tracing.configure("processors")
+        # A stateful function's processed batches whose state is not written yet: their offsets
+        # are not committed until it is (:meth:`hold`, :meth:`flush`).
+        self.held: list[Any] = []
+        self.persisted_at = time.monotonic()
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -226,7 +248,12 @@ class BatchRunner:
                 watchdog.waiting(len(records))
                 async with self.turn:
                     await self.process(records)
-                await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
+                    if isinstance(self.body, Stateful):
+                        self.hold(events)
+                        if time.monotonic() - self.persisted_at >= self.settings.state_interval:
+                            await self.flush()
+                if not isinstance(self.body, Stateful):
+                    await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
                 watchdog.progress()
                 watchdog.waiting(0)
                 if first:
@@ -277,8 +304,6 @@ class BatchRunner:
         finally:
             for span in spans:
                 span.end()
-        if isinstance(self.body, Stateful):
-            await self.body.persist()  # only now: stored state never ahead of the alerts it implies
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
             self.emitter.processed(records, batch)
             await self.emitter.emit()
@@ -326,9 +351,47 @@ class BatchRunner:
             key=emit.key.encode(), value=_encoder.encode(emit.event), headers=list(emit.headers) or None
         )
 
+    def hold(self, events: Sequence[Any]) -> None:
+        """Keep a processed batch's events unacked until :meth:`flush` writes the state it changed.
+
+        The extra reference makes the ack ``take_events`` gives them after the batch a
+        non-final one, so faust commits none of their offsets before :meth:`flush` acks them.
+        """
+        for event in events:
+            event.message.incref()
+        self.held += events
+
+    async def flush(self) -> None:
+        """Write the state the held batches (and timer ticks) changed, then commit their offsets.
+
+        Called after a batch or a timer tick once ``state_interval`` has passed since the last
+        write, so the stored state lags the processed readings by at most ``state_interval`` plus
+        a tick (``watermark_interval``) or a batch, and the committed offsets
+        never pass the stored state: a crash replays the batches since the last flush from the
+        state that was stored before them, and sends the same alert ids again. Stored state is
+        never ahead of the alerts it implies: every held batch's output was acked before it was held.
+        """
+        assert isinstance(self.body, Stateful)
+        await self.body.persist()
+        self.persisted_at = time.monotonic()
+        held, self.held = self.held, []
+        if held:
+            consumer = self.sink.app.consumer
+            assigned = consumer.assignment()  # a batch held while its partition was revoked stays unacked
+            await ChunkScheduler.settle(consumer, [event for event in held if event.message.tp in assigned])
+
     def revoked(self, revoked: set[TP]) -> None:
-        """Partitions of the source topic went elsewhere: a stateful function forgets their state."""
+        """Partitions of the source topic went elsewhere: a stateful function forgets their state.
+
+        Their held batches are never acked: the new owner reads them again from the committed
+        offsets, with the state stored before them (the same alerts, the same ids).
+        """
         partitions = {tp.partition for tp in revoked if tp.topic == self.source}
+        self.held = [
+            event
+            for event in self.held
+            if not (event.message.tp.topic == self.source and event.message.tp.partition in partitions)
+        ]
         if partitions and isinstance(self.body, Stateful):
             self.body.revoked(partitions)
             self.log.info("state_revoked", partitions=sorted(partitions))
@@ -353,7 +416,8 @@ class BatchRunner:
             finally:
                 for span in spans:
                     span.end()
-            await self.body.persist()
+            if time.monotonic() - self.persisted_at >= self.settings.state_interval:
+                await self.flush()  # what the last batches held, when no batch came to do it
         self.metrics.count("emitted", len(emits))
 
     async def _dead_letter(self, record: KafkaRecord, reason: str) -> asyncio.Future[Any]:
@@ -426,10 +490,11 @@ class WatermarkEmitter:
         """A batch's records are done and its output acked: move their partitions forward."""
         now = self.clock()
         event_time = latest_per_partition(batch.partition, batch.event_ts)
-        ends: dict[int, int] = {}
-        for record in records:
-            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-        for partition, end in ends.items():
+        count = len(records)  # the records' partitions and offsets read in C, not a Python step per record
+        partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
+        offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
+        for partition, last in latest_per_partition(partitions, offsets).items():
+            end = int(last) + 1
             self.progress.processed(partition, event_time=event_time.get(partition), next_offset=end, now=now)
 
     async def emit(self) -> None:

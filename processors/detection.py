@@ -43,7 +43,7 @@ from thermoflow.processors.detectors import (
     offline,
 )
 from thermoflow.processors.runtime import Emit
-from thermoflow.processors.state import StateStore, split_key, state_key
+from thermoflow.processors.state import StateStore, split_key
 from thermoflow.processors.thresholds import I64, CompiledRules
 from thermoflow.processors.watermarks import latest_per_partition
 
@@ -130,10 +130,13 @@ class DeviceDetectors:
         seen = cols.pair[mine]
         first = np.flatnonzero(np.r_[True, seen[1:] > np.maximum.accumulate(seen)[:-1]])
         table = self.store.table
-        rows = table.rows(
-            [state_key(cols.device_ids[p], cols.metrics[p]) for p in pairs.tolist()],
-            batch.partition[mine[first]],
-        )
+        if pairs.size == len(on):  # every pair watched: the usual case, no gather
+            device_ids, metrics = cols.device_ids, cols.metrics
+        else:
+            chosen = pairs.tolist()
+            device_ids = list(map(cols.device_ids.__getitem__, chosen))
+            metrics = list(map(cols.metrics.__getitem__, chosen))
+        rows = table.pair_rows(device_ids, metrics, batch.partition[mine[first]])
         states = table.states.take(rows)
         readings = Readings(
             device=number[cols.pair[mine]],

@@ -68,10 +68,12 @@ class Stateful(Protocol):
         """Every ``watermark_interval``: what time alone detects (``now`` is the wall clock)."""
 
     async def persist(self) -> None:
-        """After the batch's (or the timer's) events are acked: write the state they changed.
+        """Write the state changed since the last call; every event those changes imply is acked.
 
-        Stored state is never ahead of the alerts it implies: a crash before this replays the
-        batch from the old state and sends the same alert ids again.
+        Called every ``state_interval`` (after a batch, or by the timer), not per batch: the
+        batches since the last call keep their offsets uncommitted until it returns. Stored
+        state is never ahead of the alerts it implies: a crash before this replays those
+        batches from the old state and sends the same alert ids again.
         """
 
 

@@ -36,6 +36,13 @@ class ProcessorSettings(ThermoflowSettings):
     commit_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between offset commits (of what has been sent)"
     )
+    state_interval: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds between writes of the device detectors' state to Kafka; the readings"
+        " processed since the last write are committed with the next (a crash replays them)",
+    )
     session_timeout: float = Field(
         10.0,
         ge=6,

@@ -57,6 +57,7 @@ class StateTable:
     def __init__(self, capacity: int = 1024) -> None:
         self.states = DeviceStates.empty(capacity)
         self.index: dict[str, int] = {}
+        self.pairs: dict[tuple[str, str], int] = {}  # the same rows by (device_id, metric): the batch path
         self.keys: list[str | None] = [None] * capacity
         self.partition = np.full(capacity, -1, dtype=np.int64)
         self.dirty = np.zeros(capacity, dtype=bool)
@@ -72,6 +73,14 @@ class StateTable:
             rows[at] = self._add(keys[at], int(partitions[at]))
         return rows
 
+    def pair_rows(self, device_ids: Sequence[str], metrics: Sequence[str], partitions: I64) -> I64:
+        """:meth:`rows` by (device_id, metric): with every pair known, one lookup per pair in C."""
+        try:
+            pairs = zip(device_ids, metrics, strict=True)
+            return np.fromiter(map(self.pairs.__getitem__, pairs), dtype=np.int64, count=len(device_ids))
+        except KeyError:  # a pair new here
+            return self.rows(list(map(state_key, device_ids, metrics)), partitions)
+
     def get(self, key: str) -> int | None:
         return self.index.get(key)
 
@@ -80,6 +89,7 @@ class StateTable:
             self._grow()
         row = self._free.pop()
         self.index[key] = row
+        self.pairs[split_key(key)] = row
         self.keys[row] = key
         self.partition[row] = partition
         return row
@@ -104,6 +114,7 @@ class StateTable:
                 key = self.keys[row]
                 if key is not None:
                     del self.index[key]
+                    del self.pairs[split_key(key)]
                 self.keys[row] = None
                 self._free.append(row)
             self.states.put(rows, DeviceStates.empty(rows.size))

@@ -81,11 +81,18 @@ class CompiledRules:
         if last and last[0] is device_ids and last[1] is metrics:
             cached: I64 = last[2]
             return cached
-        rows = np.fromiter(
-            (self.rule_index(d, m) for d, m in zip(device_ids, metrics, strict=True)),
-            dtype=np.int64,
-            count=len(device_ids),
-        )
+        try:  # every pair seen before (a running worker's usual batch): the lookups loop in C
+            rows = np.fromiter(
+                map(self._rule_of.__getitem__, zip(device_ids, metrics, strict=True)),
+                dtype=np.int64,
+                count=len(device_ids),
+            )
+        except KeyError:
+            rows = np.fromiter(
+                (self.rule_index(d, m) for d, m in zip(device_ids, metrics, strict=True)),
+                dtype=np.int64,
+                count=len(device_ids),
+            )
         rows.flags.writeable = False  # shared between callers
         self._last[:] = [device_ids, metrics, rows]
         return rows

@@ -29,7 +29,7 @@ from thermoflow.http import component_health, serve
 from thermoflow.kafka import DEFAULT_PARTITIONS
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
-from thermoflow.processors.app import build_app
+from thermoflow.processors.app import build_app, flush_state
 from thermoflow.processors.batching import check_versions
 from thermoflow.processors.runtime import import_functions, registry
 from thermoflow.processors.settings import ProcessorSettings
@@ -181,6 +181,8 @@ async def _serve(
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
+        if stop.is_set() and not running.done():
+            await _flush_state(app, timeout=settings.shutdown_grace / 2)
         await worker.stop()
         if not running.done():
             running.cancel()
@@ -192,6 +194,15 @@ async def _serve(
         log.error("worker_crashed", reason=repr(failure))
         return 1
     return 0
+
+
+async def _flush_state(app: faust.App, *, timeout: float) -> None:
+    """Write the detectors' state and commit what it covers before stopping; if that fails (or
+    takes half the shutdown grace), the next owner replays from the last commit: the stop goes on."""
+    try:
+        await asyncio.wait_for(flush_state(app), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001  # Kafka unreachable, say: a replay, not a failed stop
+        log.warning("state_flush_on_stop_failed", error=repr(exc))
 
 
 def run_workers(settings: ProcessorSettings, *, env: dict[str, str]) -> int:

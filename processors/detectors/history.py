@@ -39,6 +39,8 @@ from thermoflow.processors.detectors.state import DeviceStates
 SCALE_FLOOR: Final = 1e-9
 #: MAD to a normal standard deviation.
 MAD_SCALE: Final = 1.4826
+#: Rows of baselines gathered at once for their min and max (bounds the memory a batch takes).
+_RANGE_CHUNK: Final = 16_384
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,19 +207,25 @@ def outlier_scores(
 
 
 def _range(values: F64, low: I64, counts: I64) -> tuple[F64, F64]:
-    """Min and max of ``values[low : low + count]`` per row (NaN for empty rows): sparse tables."""
-    levels = max(int(counts.max(initial=1)).bit_length(), 1)
-    size = values.size + (1 << levels)
-    low_table, high_table = np.full((levels, size), np.inf), np.full((levels, size), -np.inf)
-    low_table[0, : values.size] = values
-    high_table[0, : values.size] = values
-    for level in range(1, levels):
-        half = 1 << (level - 1)
-        np.minimum(low_table[level - 1, :-half], low_table[level - 1, half:], out=low_table[level, :-half])
-        np.maximum(high_table[level - 1, :-half], high_table[level - 1, half:], out=high_table[level, :-half])
-    rung: I64 = (np.frexp(np.maximum(counts, 1))[1] - 1).astype(np.int64)  # floor(log2), exactly
-    tail = low + np.maximum(counts, 1) - (1 << rung)
-    lowest = np.minimum(low_table[rung, low], low_table[rung, tail])
-    highest = np.maximum(high_table[rung, low], high_table[rung, tail])
+    """Min and max of ``values[low : low + count]`` per row (NaN for empty rows).
+
+    Each row's values are gathered into a row of a ``(rows, max count)`` matrix (a sliding-window
+    view: at most a window of entries per row, so a few MB per chunk of rows), the cells past a
+    row's count masked. A sparse table over the whole history, the obvious alternative, allocates
+    and fills ``log2(window)`` copies of it per batch: most of the detectors' time.
+    """
+    lowest, highest = np.full(low.size, np.nan), np.full(low.size, np.nan)
+    width = int(counts.max(initial=0))
+    if width == 0:
+        return lowest, highest
+    padded = np.concatenate([values, np.full(width, np.nan)])  # a window may run past the end
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width)
+    inside_all = np.arange(width) < counts[:, None]
+    for at in range(0, low.size, _RANGE_CHUNK):
+        rows = slice(at, at + _RANGE_CHUNK)
+        window, inside = windows[low[rows]], inside_all[rows]
+        lowest[rows] = np.where(inside, window, np.inf).min(axis=1)
+        highest[rows] = np.where(inside, window, -np.inf).max(axis=1)
     empty = counts == 0
-    return np.where(empty, np.nan, lowest), np.where(empty, np.nan, highest)
+    lowest[empty] = highest[empty] = np.nan
+    return lowest, highest

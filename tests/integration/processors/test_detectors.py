@@ -13,6 +13,7 @@ from aiokafka.structs import ConsumerRecord
 
 from tests.integration.processors.conftest import ProcessorRig
 from thermoflow.events import AlertEvent, Reading, decode_alert
+from thermoflow.observe import committed
 from thermoflow.processors.detectors import DeviceStates
 
 RULES = """
@@ -200,3 +201,49 @@ async def state_reaches_after(rig: ProcessorRig, moment: float, devices: list[st
         return all(latest.get(device, 0.0) >= moment for device in devices)
 
     await read_state(rig, done)
+
+
+async def test_offsets_wait_for_the_state_and_a_kill_replays_the_same_alerts(rig: ProcessorRig) -> None:
+    """The state is written every ``state_interval``, not per batch: until it is, the readings it
+    covers are not committed, so a worker killed before the write is replayed from the state
+    stored before them, and the replay sends the same alerts (same ids, the stuck run kept)."""
+    rig.rules_file.write_text(RULES)
+    start = time.time() - 300
+    worker = rig.start(THERMOFLOW_STATE_INTERVAL="60")
+    await send_seconds(rig, range(0, 70), start=start)
+    first = await stuck_until(rig, start + 69)
+    assert_runs_kept(first, start=start)
+    assert await committed(rig.settings, rig.group, rig.readings_topic) == 0, "committed before the state"
+    state_topic = f"{rig.group}-device-state"
+    await rig.wait_for_topic(state_topic)
+    assert await rig.everything(state_topic) == [], "state written before state_interval"
+    worker.proc.kill()
+    worker.proc.wait()
+
+    rig.start()  # the default state_interval, 1 s
+    sent = len(DEVICES) * 70
+    await state_reaches(rig, last_ts=start + 69, devices=set(DEVICES))
+    for _ in range(120):
+        if await committed(rig.settings, rig.group, rig.readings_topic) == sent:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError("the replayed readings were never committed")
+    final = start + 69  # each run's last batch holds it, its worst stuck reading: alerted both times
+
+    def at_final(found: list[AlertEvent]) -> dict[str, list[str]]:
+        ids: dict[str, list[str]] = defaultdict(list)
+        for alert in found:
+            if alert.reading_ts == final:
+                ids[alert.device_id].append(alert.alert_id)
+        return ids
+
+    alerts = await rig.alerts(
+        until=lambda found: (
+            len(at_final(found)) == len(STUCK) and all(len(ids) >= 2 for ids in at_final(found).values())
+        ),
+        conditions=("stuck",),
+    )
+    assert_runs_kept(alerts, start=start)
+    for device_id, ids in at_final(alerts).items():  # the first run's alert, then the replay's
+        assert len(set(ids)) == 1, f"{device_id}: the replay sends the same alert id, got {ids}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from thermoflow.events import AlertEvent, Clear, Reading, encode, is_clear
 from thermoflow.processors.columns import RawRecord, ReadingBatch, decode_batch
 from thermoflow.processors.detection import PIPELINE, DeviceDetectors, silent_rule
@@ -230,3 +232,19 @@ def test_a_reloaded_rules_file_takes_effect_for_the_next_batch() -> None:
     shorter = rules(RULES.replace("for: 60", "for: 30"))  # what RulesWatcher hands over after a reload
     (alert,) = alerts(found.check(batch(seconds(["rack-stuck"], range(50, 52))), shorter))
     assert (alert.condition, alert.threshold, alert.value) == ("stuck", 30.0, 51.0)
+
+
+def test_state_rows_by_pair_agree_with_rows_by_key_through_adds_and_drops() -> None:
+    from thermoflow.processors.state import StateTable
+
+    table = StateTable(capacity=2)  # grown on the way
+    on = [0, 0, 1]
+    first = table.pair_rows(["a", "b", "c"], ["t", "t", "t"], np.array(on))  # new pairs: the slow path
+    assert first.tolist() == [table.get(state_key(d, "t")) for d in "abc"]
+    again = table.pair_rows(["c", "a"], ["t", "t"], np.array([1, 0]))  # all known: the fast path
+    assert again.tolist() == [first[2], first[0]]
+    table.drop([0])  # a and b go
+    assert table.get(state_key("a", "t")) is None and ("a", "t") not in table.pairs
+    fresh = table.pair_rows(["a", "c"], ["t", "t"], np.array([0, 1]))
+    assert fresh.tolist() == [table.get(state_key("a", "t")), first[2]]
+    assert table.partition[fresh[0]] == 0 and len(table) == 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from thermoflow.processors.detectors import (
     HISTORY,
@@ -245,3 +247,25 @@ def test_state_round_trips_through_bytes_and_stays_small() -> None:
 def test_bad_settings_name_their_field(make: object, field: str) -> None:
     with pytest.raises(DetectorConfigError, match=f"`{field}"):
         make()  # type: ignore[operator]
+
+
+@given(
+    st.lists(st.floats(-50, 50, allow_nan=False), min_size=1, max_size=60),
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 40)), min_size=1, max_size=30),
+)
+def test_baseline_range_is_the_min_and_max_of_each_slice(
+    values: list[float], rows: list[tuple[int, int]]
+) -> None:
+    from thermoflow.processors.detectors import history
+
+    array = np.array(values)
+    rows = [(min(low, len(values)), min(count, len(values) - min(low, len(values)))) for low, count in rows]
+    low = np.array([r[0] for r in rows], dtype=np.int64)
+    counts = np.array([r[1] for r in rows], dtype=np.int64)
+    lowest, highest = history._range(array, low, counts)
+    for at, (start, count) in enumerate(rows):
+        part = values[start : start + count]
+        if part:
+            assert (float(lowest[at]), float(highest[at])) == (min(part), max(part))
+        else:
+            assert np.isnan(lowest[at]) and np.isnan(highest[at]), "an empty baseline has no range"
