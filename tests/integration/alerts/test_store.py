@@ -387,7 +387,7 @@ async def test_a_second_store_joins_and_leaves_mid_run_and_each_alert_is_stored_
         except psycopg.errors.UndefinedTable:
             return 0
 
-    leaving, left = asyncio.Event(), asyncio.Event()
+    leaving, left, fed_while_leaving = asyncio.Event(), asyncio.Event(), asyncio.Event()
     sent_while_leaving = 0
 
     async def feed() -> None:  # ~600 alerts/s for ~20 s: batches of every partition, ~10 commits/s
@@ -398,6 +398,8 @@ async def test_a_second_store_joins_and_leaves_mid_run_and_each_alert_is_stored_
                 await leaving.wait()
             await produce(settings, topic, alerts[chunk : chunk + 150])
             sent_while_leaving += leaving.is_set() and not left.is_set()
+            if leaving.is_set():
+                fed_while_leaving.set()
             await asyncio.sleep(0.25)
 
     async def until(check: Callable[[], bool], what: str, timeout: float = 90) -> None:
@@ -423,6 +425,9 @@ async def test_a_second_store_joins_and_leaves_mid_run_and_each_alert_is_stored_
         at_join = stored()
         await until(lambda: stored() >= at_join + 1500, "alerts stored by both")
         leaving.set()
+        # The stop starts once alerts are on their way again, however slow the machine (a store
+        # that stops faster than one produce would leave with none arriving).
+        await asyncio.wait_for(fed_while_leaving.wait(), 60)
         assert await asyncio.to_thread(second.terminate) == 0, second.log()  # its last batch committed
         left.set()
         assert sent_while_leaving, "the second store must leave while alerts arrive"
