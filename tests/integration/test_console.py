@@ -156,6 +156,23 @@ async def test_incidents_escape_device_ids_and_ack_once_with_note(
     assert "freezer-1" not in filtered and "&lt;script&gt;" in filtered
 
 
+async def test_an_ack_kafka_does_not_take_is_not_stored_and_the_page_says_so(
+    settings: ThermoflowSettings, client_for: Callable[..., Any]
+) -> None:
+    # The notifier hears of an acknowledgement only from Kafka: without Kafka, none is stored.
+    await seed(settings, "freezer-9")
+    target = incident_ids(settings)["freezer-9"]
+    client = await client_for(console_settings(settings, kafka_bootstrap=f"127.0.0.1:{free_port()}"))
+    csrf = await login(client)
+    answer = await client.post(f"/incidents/{target}/ack", data={"csrf": csrf, "note": "x"})
+    assert answer.status == 200  # back on the incident's page
+    page = await answer.text()
+    assert "not acknowledged, nothing stored" in page and "Kafka" in page
+    assert 'id="ack"' in page  # still firing: the button is there to try again
+    with db.connect(settings) as conn:
+        assert conn.execute("SELECT status, ack_note FROM incidents").fetchall() == [("firing", None)]
+
+
 async def test_writes_need_login_and_csrf(
     settings: ThermoflowSettings, client_for: Callable[..., Any]
 ) -> None:
