@@ -65,11 +65,7 @@ def add_incidents(conn: psycopg.Connection[Any], *, total: int, devices: int, da
         " LATERAL (SELECT now() - make_interval(secs => (n::float8 / %(extra)s) * %(span)s)) o(t)",
         {"ids": ids, "devices": devices, "extra": extra, "span": days * 86_400.0},
     )
-    conn.execute(
-        "INSERT INTO incident_acks (incident_id, acknowledged_at, acknowledged_by, note)"
-        " SELECT incident_id, acknowledged_at, acknowledged_by, 'looked at it' FROM incidents"
-        " WHERE acknowledged_at IS NOT NULL ON CONFLICT DO NOTHING"
-    )
+    conn.execute("UPDATE incidents SET ack_note = 'looked at it' WHERE acknowledged_at IS NOT NULL")
     conn.execute("ANALYZE incidents")
     return extra
 

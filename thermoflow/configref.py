@@ -23,6 +23,18 @@ COMPONENT_SETTINGS = (
     ("operator console (`thermoflow console`)", "thermoflow.console.settings"),
 )
 
+#: The real flags of the sections whose command does not name them ``--<field>``: field -> flag,
+#: and a field missing here has no flag (environment only). Other sections show ``--<field>``.
+FLAGS: dict[str, dict[str, str]] = {
+    "thermoflow.console.settings": {
+        "console_host": "--host",
+        "console_port": "--port",
+        "console_users_file": "--users-file",
+        "console_read_open": "--read-open/--read-closed",
+        "console_rules_file": "--rules-file",
+    },
+}
+
 
 def _settings_classes(module_name: str) -> list[type[BaseSettings]]:
     module = importlib.import_module(module_name)
@@ -44,7 +56,20 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
-def _rows(cls: type[BaseSettings], skip: set[str]) -> list[str]:
+def _flag(name: str, flags: dict[str, str] | None) -> str:
+    """The flag column: ``--<field>``, or the section's real flag, or nothing (environment only).
+
+    >>> _flag("mqtt_url", None), _flag("console_port", FLAGS["thermoflow.console.settings"])
+    ('`--mqtt-url`', '`--port`')
+    >>> _flag("console_token", FLAGS["thermoflow.console.settings"])
+    ''
+    """
+    if flags is None:
+        return f"`--{name.replace('_', '-')}`"
+    return f"`{flags[name]}`" if name in flags else ""
+
+
+def _rows(cls: type[BaseSettings], skip: set[str], flags: dict[str, str] | None = None) -> list[str]:
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     rows = []
     for name, field in cls.model_fields.items():
@@ -52,14 +77,14 @@ def _rows(cls: type[BaseSettings], skip: set[str]) -> list[str]:
             continue
         description = (field.description or "").replace("|", "\\|")
         rows.append(
-            f"| `{prefix}{name.upper()}` | `--{name.replace('_', '-')}` | {_default(field)} | {description} |"
+            f"| `{prefix}{name.upper()}` | {_flag(name, flags)} | {_default(field)} | {description} |"
         )
     return rows
 
 
 def render() -> str:
     """The whole reference as Markdown."""
-    header = ["| environment variable | default | meaning |", "|---|---|---|"]
+    header = ["| environment variable | flag | default | meaning |", "|---|---|---|---|"]
     shared = set(ThermoflowSettings.model_fields)
     lines = [
         "# Configuration reference",
@@ -67,6 +92,7 @@ def render() -> str:
         "Generated from the settings classes by `python -m thermoflow.configref`; do not edit by hand.",
         "Every command reads its flags first, then these environment variables, then the defaults",
         "(which point at the local stack); `thermoflow <command> --help` lists a command's flags.",
+        "A setting with no flag is read from the environment only.",
         "",
         "## Shared by every component",
         "",
@@ -74,7 +100,8 @@ def render() -> str:
         *_rows(ThermoflowSettings, set()),
     ]
     for title, module_name in COMPONENT_SETTINGS:
-        rows = [row for cls in _settings_classes(module_name) for row in _rows(cls, shared)]
+        flags = FLAGS.get(module_name)
+        rows = [row for cls in _settings_classes(module_name) for row in _rows(cls, shared, flags)]
         lines += ["", f"## {title}", "", *header, *dict.fromkeys(rows)]
     return "\n".join(lines) + "\n"
 

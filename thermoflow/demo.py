@@ -7,12 +7,19 @@ latest ones. When the fleet is done (or on Ctrl-C) the consumers catch up, the r
 incidents resolve, everything stops, and a summary of this run is printed. The view and the
 summary count from the start of this run (:class:`RunStart`), not from the stack's first:
 earlier runs on the same stack are not in them.
+
+The operator console (`thermoflow console`) is served from this process for as long as the demo
+runs, on port 8080 unless it is taken (then on a free one, and the view says so). Its login is
+any operator name with THERMOFLOW_CONSOLE_TOKEN, or, when that is not set, a token made for this
+run: it is shown in the live view only, never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import secrets
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -28,6 +36,8 @@ from rich.table import Table
 from thermoflow import db
 from thermoflow.alerts.notification import describe as describe_condition
 from thermoflow.component import STOP_SIGNALS
+from thermoflow.console.app import serving
+from thermoflow.console.settings import ConsoleSettings
 from thermoflow.observe import Baseline, KafkaObserver, kafka_observer
 from thermoflow.pipeline_run import PipelineRun
 from thermoflow.settings import ThermoflowSettings
@@ -41,6 +51,68 @@ ANOMALY_RATE = 10.0  # per device-hour: the demo fleet's 200 devices x 120 s inj
 #: The summary's threshold row: the vectorized threshold check against its scalar reference, not how
 #: much of what went wrong with the fleet was caught (that is the ``anomalies caught`` rows).
 THRESHOLD_CHECK = "threshold alerts precision / recall (vs scalar rules)"
+
+
+#: The name the view suggests for the console's login (the token logs in any name).
+CONSOLE_USER = "demo"
+
+
+@dataclass(frozen=True)
+class ConsoleAt:
+    """Where the demo's console answers and how to log in, as the live view shows it."""
+
+    url: str
+    token: str
+    #: Why the URL is not on the port asked for ('' when it is).
+    moved: str = ""
+
+    def lines(self) -> list[str]:
+        """
+        >>> ConsoleAt("http://127.0.0.1:8080/", "t0k").lines()
+        ['console http://127.0.0.1:8080/   log in: any name (e.g. demo), password t0k']
+        """
+        login = f"log in: any name (e.g. {CONSOLE_USER}), password {self.token}"
+        return [f"console {self.url}   {login}"] + ([self.moved] if self.moved else [])
+
+
+def console_settings(run: PipelineRun) -> ConsoleSettings:
+    """The console on the run's database, topics and groups; host, port and token from the
+    environment (THERMOFLOW_CONSOLE_*) as for `thermoflow console`, else 127.0.0.1:8080 and a
+    token made for this run."""
+    names = run.names
+    groups = {
+        part: names.get(f"THERMOFLOW_{part.upper()}_GROUP", f"thermoflow-{default}")
+        for part, default in [("processor", "processors"), ("sink", "sink"), ("store", "alerts-store"),
+                              ("notify", "alerts-notify")]
+    }  # fmt: skip
+    overrides: dict[str, Any] = {
+        **run.settings.model_dump(),
+        "console_groups": ",".join(groups.values()),
+        "sink_group": groups["sink"],
+    }
+    if "THERMOFLOW_NOTIFIER_STATE_TOPIC" in names:
+        overrides["notifier_state_topic"] = names["THERMOFLOW_NOTIFIER_STATE_TOPIC"]
+    settings = ConsoleSettings(**overrides)
+    if not settings.console_token:
+        settings = settings.model_copy(update={"console_token": SecretStr(secrets.token_urlsafe(12))})
+    return settings
+
+
+async def open_console(
+    stack: contextlib.AsyncExitStack, settings: ConsoleSettings, *, background: bool = True
+) -> ConsoleAt:
+    """Serve the console until ``stack`` closes: on its port, or on a free one when that is taken."""
+    token = settings.console_token.get_secret_value() if settings.console_token else ""
+    try:
+        return ConsoleAt(await stack.enter_async_context(serving(settings, background=background)), token)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+    url = await stack.enter_async_context(
+        serving(settings.model_copy(update={"console_port": 0}), background=background)
+    )
+    moved = f"port {settings.console_port} is taken (another program listens on it): the console is on {url}"
+    return ConsoleAt(url, token, moved)
 
 
 #: Incidents about a device; the others are the pipeline's own (``ingest_silent`` and such).
@@ -162,7 +234,9 @@ def describe(delivery: Delivery) -> str:
     return " ".join(words) or delivery.body.decode(errors="replace")[:80]
 
 
-def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: str) -> Group:
+def render(
+    run: PipelineRun, sample: Sample, previous: Sample | None, *, title: str, console: ConsoleAt | None = None
+) -> Group:
     s = run.settings
     span = sample.at - previous.at if previous else 0.0
 
@@ -202,7 +276,10 @@ def render(run: PipelineRun, sample: Sample, previous: Sample | None, *, title: 
     notes = Table("time", "notification", title="latest notifications", expand=True)
     for delivery in run.receiver.deliveries[-8:][::-1]:
         notes.add_row(time.strftime("%H:%M:%S", time.localtime(delivery.received_at)), describe(delivery))
-    return Group(Panel(Group(flow, lag), title=title), incidents, notes)
+    parts: list[Any] = [flow, lag]
+    if console is not None:
+        parts.insert(0, "\n".join(console.lines()))
+    return Group(Panel(Group(*parts), title=title), incidents, notes)
 
 
 async def run_demo(
@@ -215,8 +292,12 @@ async def run_demo(
     console: Console,
     anomaly_rate: float = ANOMALY_RATE,
     anomaly_schedule: Path | None = None,
+    with_console: bool = True,
 ) -> dict[str, Any]:
     """Run the pipeline and a fleet for ``duration`` seconds; returns the summary of this run.
+
+    With ``with_console``, the operator console serves the run from its start to its end
+    (:func:`console_settings`, :func:`open_console`); the view shows its URL and login.
 
     ``run`` is :func:`demo_run` for `thermoflow demo` (the local stack's default names). The
     fleet injects ``anomaly_rate`` anomalies per device-hour, plus those of ``anomaly_schedule``
@@ -230,11 +311,17 @@ async def run_demo(
     fleet: asyncio.Task[dict[str, Any]] | None = None
     report: dict[str, Any] = {}
     began: list[RunStart] = []
+    served = contextlib.AsyncExitStack()
+    console_at: list[ConsoleAt] = []
 
     async def begin() -> None:
         began.append(await run_start(run.settings))  # before anything of this run reaches Kafka
         # `thermoflow run` stops its components when this process ends, even by SIGKILL.
         await run.start("--exit-with-parent")
+        if with_console:  # after run.start: the database's migrations are applied
+            console_at.append(await open_console(served, console_settings(run)))
+            if not live:
+                console.print("\n".join(console_at[0].lines()))
 
     try:
         if not await until_stopped(begin(), stop):
@@ -259,7 +346,10 @@ async def run_demo(
                         f"   notifications {len(run.receiver.deliveries)}"
                     )
                     if view is not None:
-                        view.update(render(run, sample, previous, title=title), refresh=True)
+                        shown = render(
+                            run, sample, previous, title=title, console=next(iter(console_at), None)
+                        )
+                        view.update(shown, refresh=True)
                     previous = sample
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(stop.wait()), REFRESH_S)
@@ -272,6 +362,7 @@ async def run_demo(
             fleet.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await fleet
+        await served.aclose()  # the console first: its readers of the run's topics stop with it
         await run.stop()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import free_port
 from tests.support.fakes import make_alert
+from tests.support.topics import read_topic
 from thermoflow import db, mqtt
 from thermoflow.alerts.kafka_io import write_states
 from thermoflow.alerts.lifecycle import Incident, Policy
@@ -33,7 +34,7 @@ from thermoflow.console import queries
 from thermoflow.console.app import create_app, serving
 from thermoflow.console.context import DEADLETTERS
 from thermoflow.console.settings import ConsoleSettings
-from thermoflow.events import DeadLetter, dead_letter_headers
+from thermoflow.events import DeadLetter, dead_letter_headers, is_ack
 from thermoflow.settings import ThermoflowSettings
 
 pytestmark = pytest.mark.integration
@@ -75,6 +76,11 @@ async def client_for() -> AsyncIterator[Callable[..., Any]]:
         await client.close()
 
 
+def _json(record: Any) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(record.value)
+    return decoded
+
+
 def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "the page has no CSRF field"
@@ -98,10 +104,11 @@ def incident_ids(settings: ThermoflowSettings) -> dict[str, str]:
 
 
 async def test_incidents_escape_device_ids_and_ack_once_with_note(
-    settings: ThermoflowSettings, client_for: Callable[..., Any]
+    settings: ThermoflowSettings, client_for: Callable[..., Any], new_topic: Callable[..., str]
 ) -> None:
     await seed(settings, "freezer-1", SCRIPT)
-    client = await client_for(console_settings(settings))
+    alerts_topic = new_topic("alerts")
+    client = await client_for(console_settings(settings, alerts_topic=alerts_topic))
     page = await client.get("/incidents?status=open")
     html = await page.text()
     assert page.status == 200
@@ -126,11 +133,20 @@ async def test_incidents_escape_device_ids_and_ack_once_with_note(
         status, by = conn.execute(
             "SELECT status, acknowledged_by FROM incidents WHERE incident_id = %s", (target,)
         ).fetchone() or (None, None)
-        notes = conn.execute("SELECT acknowledged_by, note FROM incident_acks").fetchall()
+        notes = conn.execute(
+            "SELECT acknowledged_by, ack_note FROM incidents WHERE ack_note IS NOT NULL"
+        ).fetchall()
         other = conn.execute("SELECT status FROM incidents WHERE incident_id = %s", (ids[SCRIPT],)).fetchone()
     assert (status, by) == ("acknowledged", "ana")
     assert notes == [("ana", "on my way <b>now</b>")]
     assert other == ("firing",)
+    # The notifier hears of it as from `thermoflow alerts ack`: one ack record, with who and the note.
+    acks = [
+        r for r in await read_topic(settings, alerts_topic, at_least=1, extra_polls=4) if is_ack(r.headers)
+    ]
+    assert [(a["incident_id"], a["acknowledged_by"], a["note"]) for a in map(_json, acks)] == [
+        (target, "ana", "on my way <b>now</b>")
+    ]
 
     detail = await (await client.get(f"/incidents/{target}")).text()
     assert "acknowledged" in detail and "on my way &lt;b&gt;now&lt;/b&gt;" in detail
@@ -138,6 +154,23 @@ async def test_incidents_escape_device_ids_and_ack_once_with_note(
 
     filtered = await (await client.get("/incidents", params={"status": "firing"})).text()
     assert "freezer-1" not in filtered and "&lt;script&gt;" in filtered
+
+
+async def test_an_ack_kafka_does_not_take_is_not_stored_and_the_page_says_so(
+    settings: ThermoflowSettings, client_for: Callable[..., Any]
+) -> None:
+    # The notifier hears of an acknowledgement only from Kafka: without Kafka, none is stored.
+    await seed(settings, "freezer-9")
+    target = incident_ids(settings)["freezer-9"]
+    client = await client_for(console_settings(settings, kafka_bootstrap=f"127.0.0.1:{free_port()}"))
+    csrf = await login(client)
+    answer = await client.post(f"/incidents/{target}/ack", data={"csrf": csrf, "note": "x"})
+    assert answer.status == 200  # back on the incident's page
+    page = await answer.text()
+    assert "not acknowledged, nothing stored" in page and "Kafka" in page
+    assert 'id="ack"' in page  # still firing: the button is there to try again
+    with db.connect(settings) as conn:
+        assert conn.execute("SELECT status, ack_note FROM incidents").fetchall() == [("firing", None)]
 
 
 async def test_writes_need_login_and_csrf(

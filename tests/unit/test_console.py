@@ -137,3 +137,21 @@ def test_a_flood_of_anonymous_visits_does_not_log_an_operator_out(monkeypatch: p
         sessions.new()
     assert sessions.get(operator.session_id) is operator
     assert sessions.get(first.session_id) is None  # the oldest anonymous ones went
+
+
+def test_the_configuration_reference_shows_the_consoles_real_flags() -> None:
+    # docs/configuration.md listed `--console-host` and such; `thermoflow console` has `--host`.
+    import typer.main
+
+    from thermoflow.cli import app, register_components
+    from thermoflow.configref import FLAGS, render
+
+    register_components()
+    command = typer.main.get_command(app).commands["console"]  # type: ignore[attr-defined]
+    real = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    flags = FLAGS["thermoflow.console.settings"]
+    assert all(part in real for flag in flags.values() for part in flag.split("/")), (flags, real)
+    section = render().split("## operator console", 1)[1]
+    assert "| `THERMOFLOW_CONSOLE_PORT` | `--port` |" in section
+    assert "| `THERMOFLOW_CONSOLE_TOKEN` |  |" in section  # environment only: no flag
+    assert "--console-" not in section

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
+import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
+import aiohttp
 import pytest
 from rich.console import Console
 
 from thermoflow import demo
+from thermoflow.console.settings import ConsoleSettings
 from thermoflow.demo import THRESHOLD_CHECK, Sample, Stored, describe, render, run_demo, summarize
 from thermoflow.pipeline_run import PipelineRun
 from thermoflow.settings import ThermoflowSettings
-from thermoflow.webhook_receiver import Delivery
+from thermoflow.webhook_receiver import Delivery, WebhookReceiver
 
 
 def _text(renderable: object) -> str:
@@ -147,3 +152,127 @@ async def test_a_demo_whose_pipeline_fails_to_start_stops_what_it_started(tmp_pa
     with pytest.raises(RuntimeError, match="sink_started"):
         await _demo(run)
     assert run.stopped
+
+
+# -- the console the demo serves (issue 16) ---------------------------------------------------------
+
+
+def test_the_live_view_shows_the_consoles_url_and_login(tmp_path: Path) -> None:
+    run = PipelineRun(ThermoflowSettings(), tmp_path)
+    at = demo.ConsoleAt("http://127.0.0.1:40123/", "s3cret-token", moved="port 8080 is taken: ...")
+    view = _text(render(run, Sample(0.0, {}, {}, Stored()), None, title="demo", console=at))
+    assert "http://127.0.0.1:40123/" in view
+    assert "s3cret-token" in view and "any name" in view
+    assert "port 8080 is taken" in view
+
+
+def test_the_demo_login_is_a_token_of_this_run_unless_one_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("THERMOFLOW_CONSOLE_TOKEN", raising=False)
+    monkeypatch.delenv("THERMOFLOW_CONSOLE_PORT", raising=False)
+    run = PipelineRun.isolated(ThermoflowSettings(), tmp_path, resolve_after=20.0)
+    first, second = demo.console_settings(run), demo.console_settings(run)
+    assert first.console_token is not None and second.console_token is not None
+    assert len(first.console_token.get_secret_value()) >= 16
+    assert first.console_token.get_secret_value() != second.console_token.get_secret_value()
+    assert first.console_port == 8080 and first.console_host == "127.0.0.1"
+    # The console reads the run's own topics and groups, not the stack's defaults.
+    assert first.deadletter_topic == run.settings.deadletter_topic
+    assert first.sink_group == run.names["THERMOFLOW_SINK_GROUP"]
+    assert run.names["THERMOFLOW_NOTIFY_GROUP"] in first.groups
+    assert first.notifier_state_topic == run.names["THERMOFLOW_NOTIFIER_STATE_TOPIC"]
+
+    monkeypatch.setenv("THERMOFLOW_CONSOLE_TOKEN", "chosen-by-me")
+    chosen = demo.console_settings(run).console_token
+    assert chosen is not None and chosen.get_secret_value() == "chosen-by-me"
+
+
+async def _status(url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url + "healthz") as answer:
+        return answer.status
+
+
+async def test_a_taken_port_moves_the_console_to_a_free_one_and_says_so(tmp_path: Path) -> None:
+    run = PipelineRun(ThermoflowSettings(), tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = demo.console_settings(run).model_copy(update={"console_port": port})
+        async with contextlib.AsyncExitStack() as stack:
+            at = await demo.open_console(stack, settings, background=False)
+            assert f":{port}/" not in at.url
+            assert f"port {port} is taken" in at.moved and at.url in at.moved
+            assert await _status(at.url) == 200
+        with pytest.raises(aiohttp.ClientConnectionError):  # closed with the stack
+            await _status(at.url)
+
+
+class _QuickRun:
+    """A run whose pipeline starts at once and whose fleet checks the console while it publishes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.settings = ThermoflowSettings()
+        self.names: dict[str, str] = {}
+        self.workdir = workdir
+        self.receiver = WebhookReceiver()
+        self.seen: list[tuple[str, int]] = []
+        self.view = ""
+
+    async def start(self, *run_args: str) -> None:
+        pass
+
+    async def simulate(self, *args: str) -> dict[str, object]:
+        for _ in range(100):  # the view shows the console once it is up
+            await asyncio.sleep(0.05)
+            self.view = _SCREEN.getvalue()
+            if "console http://" in self.view:
+                break
+        url = self.view.split("console ", 1)[1].split()[0]
+        self.seen.append((url, await _status(url)))
+        return {}
+
+    async def stop(self) -> int | None:
+        return 0
+
+
+_SCREEN = io.StringIO()
+
+
+@pytest.mark.usefixtures("no_kafka_baseline")
+async def test_the_demo_serves_the_console_while_it_runs_and_stops_it_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("THERMOFLOW_CONSOLE_PORT", raising=False)
+    monkeypatch.delenv("THERMOFLOW_CONSOLE_TOKEN", raising=False)
+
+    @contextlib.asynccontextmanager
+    async def observer(_settings: ThermoflowSettings) -> AsyncIterator[None]:
+        yield None
+
+    async def sample(*_: object) -> Sample:
+        return Sample(time.monotonic(), {}, {}, Stored())
+
+    async def settled(*_: object) -> None:
+        pass
+
+    async def quiet_console(stack: contextlib.AsyncExitStack, settings: ConsoleSettings) -> demo.ConsoleAt:
+        # The pages, without the parts that read Kafka and MQTT in the background: no services here.
+        return await opened(stack, settings, background=False)
+
+    opened = demo.open_console
+    monkeypatch.setattr(demo, "kafka_observer", observer)
+    monkeypatch.setattr(demo, "take_sample", sample)
+    monkeypatch.setattr(demo, "settle", settled)
+    monkeypatch.setattr(demo, "open_console", quiet_console)
+    _SCREEN.seek(0)
+    _SCREEN.truncate()
+    run = _QuickRun(tmp_path)
+    screen = Console(file=_SCREEN, force_terminal=True, width=200, color_system=None)
+    await run_demo(cast(PipelineRun, run), devices=1, duration=1.0, seed=1, live=True, console=screen)
+    [(url, status)] = run.seen
+    assert status == 200, "the console did not answer while the demo ran"
+    assert "password " in run.view and "any name" in run.view
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _status(url)

@@ -6,9 +6,12 @@ import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 from aiohttp import web
 
+from thermoflow.alerts.ack import acknowledge_incident_async
+from thermoflow.alerts.queries import AckError, InvalidAck
 from thermoflow.console import params, queries
 from thermoflow.console.context import (
     CLOSING,
@@ -23,6 +26,7 @@ from thermoflow.console.context import (
     session_of,
 )
 from thermoflow.console.deadletters import Letter, RedriveError, publish_to_bridge
+from thermoflow.errors import ServiceError
 from thermoflow.logs import get_logger
 from thermoflow.readings_query import plan as history_plan
 from thermoflow.rules import DEFAULT_METRIC
@@ -111,23 +115,28 @@ async def incident(request: web.Request) -> web.StreamResponse:
 
 
 async def acknowledge(request: web.Request) -> web.StreamResponse:
-    """Acknowledge as `thermoflow alerts ack` does, with the note; a second click changes nothing."""
+    """Acknowledge as `thermoflow alerts ack` does: the row (who, when, the note) and the ack record
+    that makes the notifier tell the channels once and stop repeating. A second click changes nothing."""
     incident_id = _incident_id(request)
     form: dict[str, str] = request[FORM]
     note = params.text(form, "note", max_len=params.MAX_NOTE, allow_newlines=True) or ""
     user = _user(request)
+    flash = session_of(request).flash
     try:
-        acked = await request.app[POOL].run(
-            lambda conn: queries.acknowledge_with_note(conn, incident_id, by=user, note=note)
-        )
-    except queries.AckError as exc:
-        session_of(request).flash.append(str(exc))
+        done = await acknowledge_incident_async(request.app[SETTINGS], incident_id, by=user, note=note)
+    except InvalidAck as exc:
+        flash.append(f"not acknowledged: {exc}")
+    except AckError as exc:
         if str(exc).startswith("no incident"):
             raise web.HTTPNotFound(text=str(exc)) from None
+        flash.append(str(exc))
+    except ServiceError as exc:  # PostgreSQL or Kafka unreachable: nothing was stored
+        log.warning("console_ack_failed", incident_id=incident_id, user=user, error=str(exc)[:300])
+        flash.append(f"not acknowledged, nothing stored; try again: {exc}")
     else:
-        log.info("console_ack", incident_id=incident_id, user=user, acknowledged=acked)
-        session_of(request).flash.append("acknowledged" if acked else "already acknowledged: nothing changed")
-    raise web.HTTPSeeOther(f"/incidents/{incident_id}")
+        log.info("console_ack", incident_id=incident_id, user=user, acknowledged=done.new)
+        flash.append("acknowledged" if done.new else "already acknowledged: nothing changed")
+    raise web.HTTPSeeOther(f"/incidents/{quote(incident_id, safe='')}")
 
 
 # -- device ------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The console's SQL: what each page reads, and its two writes (acknowledge with a note, redrive records).
+"""The console's SQL: what each page reads, and its one write of its own (redrive records).
+
+An acknowledgement is not here: the console calls :func:`thermoflow.alerts.ack.acknowledge_incident_async`,
+as `thermoflow alerts ack` does.
 
 Every function takes a connection (autocommit, from :class:`~thermoflow.console.pool.Pool`)
 and returns plain data for the templates. User text only ever travels as a parameter.
@@ -13,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row, dict_row
 
-from thermoflow.alerts.queries import _COLUMNS, AckError, IncidentRow, acknowledge
+from thermoflow.alerts.queries import _COLUMNS, AckError, IncidentRow
 from thermoflow.readings_query import Plan
 from thermoflow.readings_query import sql as history_sql
 
@@ -64,7 +67,7 @@ class Step:
 
 
 def timeline(conn: psycopg.Connection[Any], row: IncidentRow) -> list[Step]:
-    """Opened, escalated (its first critical alert after a warning start), each acknowledgement, resolved.
+    """Opened, escalated (first critical after a warning start), acknowledged (who, note), resolved.
 
     The alert events of the incident are those of its device, rule and kind from its opening on.
     """
@@ -79,20 +82,8 @@ def timeline(conn: psycopg.Connection[Any], row: IncidentRow) -> list[Step]:
     steps = [Step(row.opened_at, "opened", severity=_first_severity(first, row.severity))]
     if "warning" in first and "critical" in first and first["critical"] > first["warning"]:
         steps.append(Step(first["critical"], "escalated", severity="critical"))
-    acks = conn.execute(
-        "SELECT acknowledged_at, acknowledged_by, note FROM incident_acks WHERE incident_id = %s"
-        " ORDER BY acknowledged_at",
-        (row.incident_id,),
-    ).fetchall()
-    steps += [Step(at, "acknowledged", by=by, note=note) for at, by, note in acks]
-    if not acks:  # acknowledged elsewhere (`thermoflow alerts ack`): no note
-        ack = conn.execute(
-            "SELECT acknowledged_at, acknowledged_by FROM incidents WHERE incident_id = %s"
-            " AND acknowledged_at IS NOT NULL",
-            (row.incident_id,),
-        ).fetchone()
-        if ack is not None:
-            steps.append(Step(ack[0], "acknowledged", by=ack[1]))
+    if row.acknowledged_at is not None:  # set by `thermoflow alerts ack` and the console alike
+        steps.append(Step(row.acknowledged_at, "acknowledged", by=row.acknowledged_by, note=row.ack_note))
     if row.resolved_at is not None:
         steps.append(Step(row.resolved_at, "resolved"))
     return sorted(steps, key=lambda step: step.at)
@@ -102,27 +93,6 @@ def _first_severity(first: dict[str, datetime], fallback: str) -> str:
     if not first:
         return fallback
     return min(first, key=lambda severity: first[severity])
-
-
-def acknowledge_with_note(conn: psycopg.Connection[Any], incident_id: str, *, by: str, note: str) -> bool:
-    """Do what `thermoflow alerts ack` does, and keep the note; True if this call acknowledged it.
-
-    The incident's row is locked first, so two clicks at once are one acknowledgement: the second
-    finds it acknowledged and records nothing. Raises :class:`AckError` as ``acknowledge`` does.
-    """
-    with conn.transaction():
-        found = conn.execute(
-            "SELECT status FROM incidents WHERE incident_id = %s FOR UPDATE", (incident_id,)
-        ).fetchone()
-        row = acknowledge(conn, incident_id, by=by)  # raises for an unknown or resolved incident
-        if found is None or found[0] != "firing":
-            return False
-        conn.execute(
-            "INSERT INTO incident_acks (incident_id, acknowledged_at, acknowledged_by, note)"
-            " SELECT incident_id, acknowledged_at, acknowledged_by, %s FROM incidents WHERE incident_id = %s",
-            (note, row.incident_id),
-        )
-        return True
 
 
 def history(conn: psycopg.Connection[Any], plan: Plan, now: datetime) -> list[dict[str, Any]]:
