@@ -9,6 +9,7 @@ database schema and MQTT client ids, so runs never see each other's data).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -159,7 +160,13 @@ class PipelineRun:
                 stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 env=self.env(),
             )  # fmt: skip
-            code = await proc.wait()
+            try:
+                code = await proc.wait()
+            except asyncio.CancelledError:  # the caller gave up on the fleet: so does the fleet
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise
         if code != 0:
             tail = (self.workdir / log_name).read_text(errors="replace")[-3000:]
             raise RuntimeError(f"thermoflow simulate exited {code}:\n{tail}")
