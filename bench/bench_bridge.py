@@ -31,9 +31,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -41,7 +39,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT))  # run as a script: `bench` is a package of the repository
+
+from bench.common import checkout, cpu_seconds  # noqa: E402
+
 T0 = float(int(time.time()) - 3600)  # the first payload's ts: an hour ago
 
 
@@ -53,12 +54,6 @@ def payload(i: int, devices: int, t0: float = T0) -> tuple[str, bytes]:
         i,
     )
     return device, body
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
 
 
 class Result(NamedTuple):
@@ -274,14 +269,6 @@ async def run_case(
             await bridge.wait()
 
 
-def checkout(revision: str) -> Path:
-    """``revision``'s tree in a temporary folder (``git archive``), to run its bridge."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-bridge-previous-"))
-    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
-
-
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "inf"
 
@@ -293,7 +280,7 @@ async def main(args: argparse.Namespace) -> None:
     qos1 = await run_case("bridge, QoS 1, ack after Kafka", args=args, qos=1)
     before = None
     if args.previous:
-        tree = checkout(args.previous)
+        tree = checkout(args.previous, root=ROOT)
         try:
             before = await run_case(
                 f"bridge at {args.previous[:12]}, QoS 1 (previous code)", args=args, qos=1, tree=tree

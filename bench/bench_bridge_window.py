@@ -27,15 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "bench_bridge.py"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run_window(window: int, *, args: argparse.Namespace) -> tuple[float, float, int]:
     """(readings/s, bridge CPU-s per 1,000 readings, readings landed) for one window."""
     from bench.bench_bridge import end_offsets, measure
+    from bench.common import cpu_seconds
     from thermoflow.ingest.settings import IngestSettings
     from thermoflow.kafka import ensure_topics
 

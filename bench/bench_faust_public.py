@@ -65,6 +65,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.bench_processors import prefill, readings
+from bench.common import cpu_seconds
 from thermoflow import kafka
 from thermoflow.observe import committed
 from thermoflow.settings import ThermoflowSettings
@@ -72,7 +73,6 @@ from thermoflow.settings import ThermoflowSettings
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("process", "take", "take_events", "take_events_big", "noack_events", "scheduler")
 CHUNK_SERIALIZER = "bench-faustpub-chunk"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the worker side: one faust app per process ---------------------------------------------------
@@ -235,12 +235,6 @@ class Result:
     rate: float  # readings/s
     cpu_per_1000: float  # CPU-seconds of the worker process per 1,000 readings
     committed: int
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
 
 
 async def measure(

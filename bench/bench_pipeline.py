@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cpu import cpu_of, spent  # noqa: E402
+from bench.common import cpu_of, spent  # noqa: E402
 from thermoflow.pipeline_run import PipelineRun  # noqa: E402
 from thermoflow.stack import Stack, StackConfig  # noqa: E402
 

@@ -1,6 +1,7 @@
 """Processors benchmark: the pure check, one worker end to end on real Kafka, cold start, a naive baseline.
 
     .venv/bin/python bench/bench_processors.py [--readings 2000000] [--partitions 12] [--baseline-seconds 20]
+                                               [--previous REV]
 
 Kafka comes from THERMOFLOW_KAFKA_BOOTSTRAP (default: the local stack, 127.0.0.1:9092).
 It pre-fills a fresh topic with readings (1% of them breach a rule), then, in the same run:
@@ -14,7 +15,9 @@ It pre-fills a fresh topic with readings (1% of them breach a rule), then, in th
    state read and written to Kafka, offline timer), and the ratio of the two;
 3. cold start: seconds from starting that process to its first batch processed;
 4. the baseline: a naive faust agent (one event at a time: decode, classify, send) over the
-   same topic in its own consumer group, readings/s, and the ratio.
+   same topic in its own consumer group, readings/s, and the ratio;
+5. with ``--previous REV``, the thresholds-only case again on that revision's code (e.g. the
+   commit before the Prometheus metrics), and this code's ratio to it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ from thermoflow.rules import DEFAULT_RULES_FILE, load_rules, thresholds_only
 from thermoflow.settings import ThermoflowSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT))  # run as a script: `bench` is a package of the repository
+
+from bench.common import checkout, cpu_seconds  # noqa: E402
+
 PROFILES = {
     "freezer": (-22.0, -16.0),
     "coldroom": (2.0, 6.0),
@@ -124,12 +130,6 @@ async def prefill(settings: ThermoflowSettings, topic: str, batch: list[Reading]
     return time.perf_counter() - started
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14, 15
-
-
 def first_batch_at(log_path: Path) -> float | None:
     for line in log_path.read_text(errors="replace").splitlines():
         if '"first_batch_processed"' in line:
@@ -143,6 +143,7 @@ async def measure(
     *,
     command: list[str],
     env: dict[str, str],
+    cwd: Path = ROOT,
     group: str,
     topic: str,
     total: int,
@@ -157,7 +158,7 @@ async def measure(
     started = time.time()
     with log_path.open("w") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            *command, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT
+            *command, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd
         )
         try:
             first: tuple[float, int, float] | None = None
@@ -188,6 +189,39 @@ async def measure(
         "cold_start": (first_batch - started) if first_batch else float("nan"),
         "exit_code": float(proc.returncode or 0),
     }
+
+
+async def previous_code(
+    settings: ThermoflowSettings,
+    args: argparse.Namespace,
+    *,
+    env: dict[str, str],
+    rules_file: Path,
+    topic: str,
+    logs: Path,
+) -> dict[str, float]:
+    """The thresholds-only case on ``args.previous``'s code (its tree first on the path), median of trials."""
+    tree = checkout(args.previous, root=ROOT)
+    trials = []
+    for trial in range(args.trials):
+        group = f"bench-previous-{uuid.uuid4().hex[:8]}"
+        result = await measure(
+            settings,
+            command=[sys.executable, "-m", "thermoflow", "process"],
+            env={**env, "PYTHONPATH": str(tree), "THERMOFLOW_PROCESSOR_GROUP": group,
+                 "THERMOFLOW_RULES_FILE": str(rules_file)},
+            cwd=tree,
+            group=group,
+            topic=topic,
+            total=args.readings,
+            max_seconds=300,
+            log_path=logs / f"previous-{trial}.log",
+        )  # fmt: skip
+        trials.append(result)
+        print(f"  thresholds only at {args.previous[:12]}, trial {trial + 1}:"
+              f" {result['rate']:,.0f} readings/s, {result['cpu_per_1000']:.4f} CPU-s/1000",
+              flush=True)  # fmt: skip
+    return {key: statistics.median(t[key] for t in trials) for key in ("rate", "cpu_per_1000")}
 
 
 # -- the baseline: a naive faust agent, one event at a time ---------------------------------------
@@ -251,6 +285,7 @@ async def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--previous", help="a git revision whose worker runs the thresholds-only case too")
     args = parser.parse_args()
 
     settings = ThermoflowSettings()
@@ -318,6 +353,16 @@ async def main() -> None:
         f" {full['cpu_per_1000'] / plain['cpu_per_1000']:.2f}x the CPU per reading",
         flush=True,
     )
+    if args.previous:
+        previous = await previous_code(
+            settings, args, env=env, rules_file=plain_rules, topic=source, logs=logs
+        )
+        print(
+            f"thresholds only, this code / {args.previous[:12]}:"
+            f" {plain['rate'] / previous['rate']:.2f}x the rate,"
+            f" {plain['cpu_per_1000'] / previous['cpu_per_1000']:.2f}x the CPU per reading",
+            flush=True,
+        )
     worker = plain
     print(f"cold start (process start -> first batch processed, median): {worker['cold_start']:.2f}s")
     if not args.skip_baseline:

@@ -44,6 +44,11 @@ from psycopg import sql
 from thermoflow import db, readings_query
 from thermoflow.settings import ThermoflowSettings
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: `bench` is a package of the repository
+
+from bench.common import cpu_seconds  # noqa: E402
+
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "thermoflow.json"
 RANGES = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
 TARGET_MS = 100.0
@@ -65,9 +70,7 @@ PRUNE = {"stored_at": "ts", "detected_at": "reading_ts"}
 
 def backend_cpu(conn: psycopg.Connection[Any]) -> float:
     """CPU seconds the connection's server process has used so far (the server runs on this machine)."""
-    pid = conn.info.backend_pid
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(conn.info.backend_pid)
 
 
 @contextmanager

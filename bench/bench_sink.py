@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -41,6 +42,11 @@ from thermoflow.ingest.rows import Row, pg_micros
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.ingest.sink import ReadingsSink, ReadingsWriter
 from thermoflow.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: `bench` is a package of the repository
+
+from bench.common import cpu_seconds  # noqa: E402
 
 T0 = 1_764_000_000.0
 
@@ -62,17 +68,9 @@ async def fill(settings: IngestSettings, topic: str, batch: list[Reading]) -> No
     await kafka.produce_events(settings, topic, batch, chunk=50_000)
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
 def backend_cpu(pids: Iterable[int]) -> dict[int, float]:
-    """CPU-seconds (user + system) each process has used, from ``/proc/<pid>/stat``."""
-    used = {}
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        used[pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
-    return used
+    """CPU-seconds (user + system) each process has used (the database's backends run here)."""
+    return {pid: cpu_seconds(pid) for pid in pids}
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from paho.mqtt import client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from bench.common import cpu_seconds  # noqa: E402
 from tests.support.hostile import catalogue, expected_outcome, fuzz_payloads, reason_class  # noqa: E402
 from thermoflow.events import parse_dead_letter_headers  # noqa: E402
 from thermoflow.ingest.settings import IngestSettings  # noqa: E402
@@ -48,13 +49,6 @@ from thermoflow.kafka import ensure_topics  # noqa: E402
 
 READINGS = "readings"
 _COUNTERS = ("received", "acked", "dead_lettered", "produced")
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
 
 
 def build(args: argparse.Namespace, prefix: str) -> tuple[list[tuple[str, bytes]], Counter[str]]:

@@ -1,12 +1,16 @@
-"""CPU time of processes, read from ``/proc``: the benchmarks' figure that moves least with load.
+"""What the benchmarks share: CPU time of processes from ``/proc``, and a previous revision's tree.
 
 Wall-clock rates on a shared machine swing by 2x between runs; the CPU a process spends per
 reading hardly moves, so every benchmark prints CPU-seconds per 1,000 readings beside its rate.
+A benchmark that compares with earlier code runs that code's tree (:func:`checkout`) in the
+same run.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,3 +37,11 @@ def cpu_of(pids: Mapping[str, int]) -> dict[str, float]:
 def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     """CPU seconds each process spent between two readings of :func:`cpu_of` (present in both)."""
     return {name: after[name] - before[name] for name in before if name in after}
+
+
+def checkout(revision: str, *, root: Path) -> Path:
+    """``revision``'s tree of the repository at ``root``, in a new temporary folder (``git archive``)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{revision[:12]}-"))
+    archive = subprocess.run(["git", "archive", revision], cwd=root, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
