@@ -14,7 +14,6 @@ came from MQTT, and only whole ones can be sent again (a cut payload is not the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections import deque
 from collections.abc import Iterable
@@ -24,14 +23,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from thermoflow import mqtt, topics
+from thermoflow.console.follow import TopicFollower
 from thermoflow.events import EventDecodeError, parse_dead_letter_headers
 from thermoflow.kafka import partition_counts
-from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
-
-log = get_logger(__name__)
-
-RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,15 +78,16 @@ def letter_of(partition: int, offset: int, timestamp_ms: int, headers: Iterable[
     return Letter(partition, offset, timestamp_ms, error, stage, source, failed_at, value or b"", truncated)
 
 
-class DeadLetterTail:
+class DeadLetterTail(TopicFollower):
     """The newest ``keep`` dead letters of ``settings.deadletter_topic``, kept current by a task."""
+
+    name = "deadletter-tail"
 
     def __init__(self, settings: ThermoflowSettings, *, keep: int) -> None:
         self.settings = settings
         self.topic = settings.deadletter_topic
         self.keep = keep
         self._letters: deque[Letter] = deque(maxlen=keep)
-        self._task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()
 
     def letters(self, *, reason: str | None = None) -> list[Letter]:
@@ -109,26 +105,7 @@ class DeadLetterTail:
             counts[letter.error] = counts.get(letter.error, 0) + 1
         return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="deadletter-tail")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._tail()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Kafka away or the topic not made yet: look again soon
-                log.warning("deadletter_tail_retry", topic=self.topic, error=str(exc)[:300])
-            await asyncio.sleep(RETRY_S)
-
-    async def _tail(self) -> None:
+    async def _follow(self) -> None:
         count = (await partition_counts(self.settings, [self.topic], timeout=10.0)).get(self.topic)
         if not count:
             raise LookupError(f"topic {self.topic} not found")

@@ -10,8 +10,6 @@ older one of the same device, rule and kind, the page says nothing is known.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +17,10 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from thermoflow.alerts.lifecycle import Incident
+from thermoflow.console.follow import TopicFollower
 from thermoflow.kafka import partition_counts
-from thermoflow.logs import get_logger
 from thermoflow.settings import ThermoflowSettings
 
-log = get_logger(__name__)
-
-RETRY_S = 5.0
 _decoder = msgspec.json.Decoder(Incident)
 
 
@@ -36,15 +31,16 @@ class Notified:
     resolved_at: float | None
 
 
-class NotifierState:
+class NotifierState(TopicFollower):
     """The notifier's persisted incident states by incident id, kept current by a task."""
+
+    name = "notifier-state"
 
     def __init__(self, settings: ThermoflowSettings, topic: str) -> None:
         self.settings = settings
         self.topic = topic
         self._by_key: dict[bytes, str] = {}
         self._by_id: dict[str, Notified] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def get(self, incident_id: str) -> Notified | None:
         return self._by_id.get(incident_id)
@@ -64,25 +60,6 @@ class NotifierState:
             return  # not the notifier's: nothing to show for it
         self._by_key[key] = incident.incident_id
         self._by_id[incident.incident_id] = Notified(incident.seq, incident.notified_at, incident.resolved_at)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="notifier-state")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Kafka away or no notifier yet: look again soon
-                log.info("notifier_state_retry", topic=self.topic, error=str(exc)[:300])
-            await asyncio.sleep(RETRY_S)
 
     async def _follow(self) -> None:
         count = (await partition_counts(self.settings, [self.topic], timeout=10.0)).get(self.topic)
