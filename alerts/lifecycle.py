@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
@@ -258,20 +258,27 @@ def apply_breach(
     return opened, transitions
 
 
+#: Seconds within which two event times are the same instant: two microseconds, for the rounding
+#: of a time stored by PostgreSQL (a newer silence opens a whole reading period later, never this close).
+SAME_INSTANT: Final = 2e-6
+
+
 def apply_clear(incident: Incident | None, clear: Clear) -> tuple[Incident | None, list[Transition]]:
     """Resolve the open incident a :class:`~thermoflow.events.Clear` ends, at its ``cleared_at``.
 
     Only an open incident of the clear's kind that opened at or before ``since`` (the last reading
     before the silence): a clear of an older silence, replayed or late, must not end a newer
-    one. A replayed clear of a resolved incident changes nothing. Times compare at microseconds:
-    an incident read back from PostgreSQL has its ``opened_at`` rounded to them.
+    one. A replayed clear of a resolved incident changes nothing. Times compare within
+    :data:`SAME_INSTANT`: an incident read back from PostgreSQL has its ``opened_at`` rounded to
+    microseconds PostgreSQL's way, which is not always Python's ``round(x, 6)``: 1796016887.7887235
+    is stored as .788724 and rounds here to .788723.
     """
     if (
         incident is None
         or not incident.is_open
         or not incident.clears_on_data
         or incident.kind != incident_kind(clear.condition)
-        or round(incident.opened_at, 6) > round(clear.since, 6)  # the store keeps microseconds
+        or incident.opened_at - clear.since > SAME_INSTANT
     ):
         return incident, []
     resolved = msgspec.structs.replace(incident, resolved_at=clear.cleared_at, seq=incident.seq + 1)

@@ -185,6 +185,18 @@ def test_a_clear_ends_an_incident_read_back_from_the_store_at_microseconds() -> 
     assert resolved.resolved_at == since + 60
 
 
+def test_a_clear_ends_an_incident_postgresql_rounded_otherwise_than_python() -> None:
+    """PostgreSQL rounds ``x`` seconds to microseconds as rint(x * 10^6): for this ``since`` that is
+    one microsecond above Python's ``round(since, 6)`` (a CI run left such an offline incident open)."""
+    since = 1_796_016_887.7887235
+    stored_at = round(since * 1e6) / 1e6  # PostgreSQL's rounding
+    assert round(stored_at, 6) > round(since, 6)
+    incident, _ = apply_breach(None, offline("f", since), policy=POLICY, now=since + 31)
+    stored = msgspec.structs.replace(incident, opened_at=stored_at)
+    resolved, transitions = apply_clear(stored, clear("f", since=since, cleared_at=since + 60))
+    assert [t.kind for t in transitions] == ["resolve"] and resolved is not None
+
+
 def test_a_threshold_incident_still_resolves_by_quiet_time_beside_an_open_offline_one() -> None:
     tracker = IncidentTracker(POLICY)
     tracker.on_alert(threshold_alert("f", 1_000.0), now=1_000.0, partition=0)
