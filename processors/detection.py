@@ -29,7 +29,15 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from thermoflow.events import CLEAR_HEADERS, AlertEvent, Clear, Condition, Severity, new_alert
+from thermoflow.events import (
+    CLEAR_HEADERS,
+    PIPELINE_DEVICE,
+    AlertEvent,
+    Clear,
+    Condition,
+    Severity,
+    new_alert,
+)
 from thermoflow.logs import get_logger
 from thermoflow.processors.columns import ReadingBatch
 from thermoflow.processors.detectors import (
@@ -49,8 +57,7 @@ from thermoflow.processors.watermarks import latest_per_partition
 
 log = get_logger(__name__)
 
-#: The device id of alerts about the pipeline rather than a device (DESIGN.md).
-PIPELINE: Final = "pipeline"
+#: The metric of an ``ingest_silent`` alert: readings arriving at all.
 INGEST_METRIC: Final = "readings"
 
 
@@ -199,7 +206,7 @@ class DeviceDetectors:
                 if since is not None:
                     emits.append(
                         self._clear(
-                            device_id=PIPELINE,
+                            device_id=PIPELINE_DEVICE,
                             rule_id=silent_rule(self.source_topic, silent),
                             condition="ingest_silent",
                             since=since,
@@ -293,7 +300,7 @@ class DeviceDetectors:
                 since=silence.since,
             )
             event = new_alert(
-                device_id=PIPELINE,
+                device_id=PIPELINE_DEVICE,
                 metric=INGEST_METRIC,
                 rule_id=silent_rule(self.source_topic, silence.partition),
                 severity="critical",
@@ -303,7 +310,7 @@ class DeviceDetectors:
                 reading_ts=silence.since,
                 detected_at=detected_at,
             )
-            emits.append(Emit(key=PIPELINE, event=event))
+            emits.append(Emit(key=PIPELINE_DEVICE, event=event))
         return emits
 
     # -- records -----------------------------------------------------------------------------

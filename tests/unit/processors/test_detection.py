@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thermoflow.events import AlertEvent, Clear, Reading, encode, is_clear
+from thermoflow.events import PIPELINE_DEVICE, AlertEvent, Clear, Reading, encode, is_clear
 from thermoflow.processors.columns import RawRecord, ReadingBatch, decode_batch
-from thermoflow.processors.detection import PIPELINE, DeviceDetectors, silent_rule
+from thermoflow.processors.detection import DeviceDetectors, silent_rule
 from thermoflow.processors.detectors import DeviceStates
 from thermoflow.processors.runtime import Emit
 from thermoflow.processors.state import StateStore, state_key
@@ -156,7 +156,7 @@ def test_a_silent_partition_is_one_ingest_silent_alert_and_clears_when_it_receiv
     emitted = alerts(found.on_timer(rules(), now=100.0, caught_up=lambda p: True))
     silent = [a for a in emitted if a.condition == "ingest_silent"]
     assert [(a.device_id, a.rule_id, a.reading_ts) for a in silent] == [
-        (PIPELINE, silent_rule(TOPIC, 0), 4.0)
+        (PIPELINE_DEVICE, silent_rule(TOPIC, 0), 4.0)
     ]
     assert silent[0].value == 96.0 and silent[0].threshold == 60.0
     assert [
@@ -167,7 +167,7 @@ def test_a_silent_partition_is_one_ingest_silent_alert_and_clears_when_it_receiv
 
     (clear,) = clears(found.check(batch(seconds(["rack-a"], range(100, 101), partition=0)), rules()))
     assert (clear.device_id, clear.rule_id, clear.since, clear.cleared_at) == (
-        PIPELINE,
+        PIPELINE_DEVICE,
         silent_rule(TOPIC, 0),
         4.0,
         100.0,
