@@ -44,17 +44,22 @@ class Baseline:
 class KafkaObserver:
     """One admin client and one group-less consumer, reused for every look."""
 
-    def __init__(self, settings: ThermoflowSettings) -> None:
-        self._admin = AIOKafkaAdminClient(**settings.kafka_options())
-        self._consumer = AIOKafkaConsumer(**settings.kafka_options(), group_id=None, enable_auto_commit=False)
+    def __init__(self, settings: ThermoflowSettings, *, timeout: float | None = None) -> None:
+        options = settings.kafka_options()
+        if timeout is not None:
+            options["request_timeout_ms"] = int(timeout * 1000)
+        self._admin = AIOKafkaAdminClient(**options)
+        self._consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
 
     async def start(self) -> None:
         await self._admin.start()
         await self._consumer.start()
 
     async def close(self) -> None:
-        await self._consumer.stop()
-        await self._admin.close()
+        try:
+            await self._consumer.stop()
+        finally:
+            await self._admin.close()
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         described = await self._admin.describe_topics([topic])
@@ -101,6 +106,27 @@ class KafkaObserver:
                     max(0, end - offsets.get(tp, 0)) for tp, end in ends.items() if tp.topic in read
                 )
         return result
+
+    async def topic_lag(self, group: str, topic: str) -> int:
+        """Records of ``topic`` that ``group`` has not committed yet, over every partition.
+
+        A partition without a commit counts from its start (the consumers' ``earliest`` reset,
+        KEDA's ``offsetResetPolicy: earliest``). A topic that does not exist has no lag.
+        """
+        partitions = await self._partitions(topic)
+        if not partitions:
+            return 0
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
+        starts: dict[TopicPartition, int] = await self._consumer.beginning_offsets(partitions)
+        committed: dict[TopicPartition, Any] = await self._admin.list_consumer_group_offsets(
+            group, partitions=partitions
+        )
+        total = 0
+        for tp, end in ends.items():
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None and meta.offset >= 0 else starts.get(tp, 0)
+            total += max(0, end - offset)
+        return total
 
     async def group_lag(self, group: str) -> int | None:
         """Records ``group`` has not committed yet, over the partitions it has committed on (None: it
