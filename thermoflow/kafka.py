@@ -71,8 +71,9 @@ def consumer(
 ) -> AIOKafkaConsumer:
     """A consumer that commits only when told to (after its output is durable).
 
-    Its fetches wait up to ``kafka_fetch_wait`` for ``kafka_fetch_min_bytes``: a fetch that
-    answers with whatever one record is there makes many tiny batches, and each batch costs its
+    Its fetches wait up to ``settings.fetch_wait`` (from the latency budget) for
+    ``kafka_fetch_min_bytes``: a fetch that answers with whatever one record is there makes many
+    tiny batches, and each batch costs its
     consumer (a COPY, a commit) the same whatever its size. In a group it is a static member
     when :func:`group_instance_id` gives it an id.
     """
@@ -85,7 +86,7 @@ def consumer(
         "fetch_max_bytes": 64 << 20,
         "max_partition_fetch_bytes": 8 << 20,
         "fetch_min_bytes": settings.kafka_fetch_min_bytes,
-        "fetch_max_wait_ms": round(settings.kafka_fetch_wait * 1000),
+        "fetch_max_wait_ms": round(settings.fetch_wait * 1000),
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topic_names, **settings.kafka_options(), **options)

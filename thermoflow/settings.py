@@ -54,11 +54,20 @@ class ThermoflowSettings(BaseSettings):
     kafka_fetch_min_bytes: int = Field(
         256 << 10, ge=1, description="bytes a consumer's fetch waits for (up to kafka_fetch_wait)"
     )
-    kafka_fetch_wait: float = Field(
-        0.02,
+    kafka_fetch_wait: float | None = Field(
+        None,
         ge=0,
         le=10,
-        description="seconds a consumer's fetch may wait for kafka_fetch_min_bytes: fewer, larger batches",
+        description="seconds a consumer's fetch may wait for kafka_fetch_min_bytes: fewer, larger batches"
+        " [three quarters of latency_budget]",
+    )
+    latency_budget: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="seconds a reading may wait in each hop (the bridge's linger, a consumer's fetch, the"
+        " processor's batch) so that batches grow with the load: a longer budget spends less CPU per"
+        " reading at a low rate and when idle, a shorter one keeps the latency lower",
     )
 
     instance: int | None = Field(
@@ -241,6 +250,14 @@ class ThermoflowSettings(BaseSettings):
         if self.mqtt_tls_cert:
             context.load_cert_chain(self.mqtt_tls_cert, self.mqtt_tls_key)
         return context
+
+    @property
+    def fetch_wait(self) -> float:
+        """How long a consumer's fetch waits for more records: kafka_fetch_wait, or ¾ of the latency
+        budget (the last quarter is the hop's own work). Under load the fetch fills
+        kafka_fetch_min_bytes first and returns at once; at a low rate it waits, so batches stay
+        large; idle, a consumer asks Kafka once per wait instead of 50 times a second."""
+        return self.kafka_fetch_wait if self.kafka_fetch_wait is not None else 0.75 * self.latency_budget
 
     def kafka_options(self) -> dict[str, Any]:
         """Keyword arguments shared by aiokafka's producer, consumer and admin client."""
