@@ -1,11 +1,13 @@
-"""Static group membership ids: stable across a restart, distinct between instances, opt-in."""
+"""Consumer options: static group membership ids, and fetch waits from the latency budget."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from pydantic import ValidationError
 
+from thermoflow import kafka
 from thermoflow.kafka import group_instance_id
 from thermoflow.settings import ThermoflowSettings
 
@@ -39,3 +41,24 @@ def test_an_explicit_instance_id_wins_and_no_group_means_no_id(monkeypatch: pyte
     monkeypatch.setenv("THERMOFLOW_INSTANCE_ID", "sink-pod-7")
     assert group_instance_id(ThermoflowSettings(), "thermoflow-sink") == "sink-pod-7"
     assert group_instance_id(ThermoflowSettings(), None) is None
+
+
+async def test_a_consumers_fetch_waits_three_quarters_of_the_latency_budget_unless_told() -> None:
+    # Kafka answers a fetch at kafka_fetch_min_bytes or at this wait: idle, it is how often a
+    # consumer asks (50 times a second at the old fixed 20 ms, 3.5% of a core per consumer).
+    budget = kafka.consumer(ThermoflowSettings(latency_budget=0.2), "t", group_id="g")
+    fixed = kafka.consumer(ThermoflowSettings(latency_budget=0.2, kafka_fetch_wait=0.02), "t", group_id="g")
+    default = kafka.consumer(ThermoflowSettings(), "t", group_id="g")
+    waits = [consumer._fetch_max_wait_ms for consumer in (budget, fixed, default)]
+    for consumer in (budget, fixed, default):
+        await consumer.stop()  # never started: only marks it closed
+    assert waits == [150, 20, 75]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "11", "nan", "inf", "a lot"])
+def test_a_latency_budget_out_of_range_fails_fast_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.setenv("THERMOFLOW_LATENCY_BUDGET", bad)
+    with pytest.raises(ValidationError, match="latency_budget"):
+        ThermoflowSettings()
