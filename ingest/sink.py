@@ -200,6 +200,7 @@ class ReadingsSink:
             pipeline=len(self._writers),
             metrics=self.metrics,
             group=self.settings.sink_group,
+            commit_every=self.settings.sink_commit_every,
         )
         try:
             await consumer.start()
