@@ -4,7 +4,8 @@ Per batch: decode (pure, :mod:`thermoflow.ingest.rows`), binary COPY the rows in
 (when some are stored already, COPY into a staging table and ``INSERT ... ON CONFLICT DO
 NOTHING`` instead, so a replayed batch adds no rows: :class:`ReadingsWriter`), commit,
 dead-letter what was no reading, and only then commit the Kafka offsets
-(:class:`thermoflow.consume.ConsumeLoop`, which also holds the rebalance policy).
+(:class:`thermoflow.consume.ConsumeLoop`, which also holds the rebalance policy; the offsets of
+the batches stored meanwhile commit together every ``sink_commit_every`` seconds at most).
 The database work runs on a worker thread with a synchronous connection: binary COPY's
 ``write_row`` is then a plain C-accelerated call per row, and the event loop meanwhile fetches
 and decodes the next batch (``sink_writers`` batches written at once, committed in order).
