@@ -1,10 +1,14 @@
 """Readings sink benchmark: rows/s into PostgreSQL from one process, and an ``executemany`` baseline.
 
     .venv/bin/python bench/bench_sink.py [--readings 500000] [--devices 5000] [--baseline 50000]
+                                         [--plain] [--previous REV]
 
 Kafka and PostgreSQL come from THERMOFLOW_KAFKA_BOOTSTRAP / THERMOFLOW_DATABASE_URL (default: the
-local stack). Each run uses a fresh topic (12 partitions), consumer group and database schema
-(dropped at the end). In the same run it measures:
+local stack; a TimescaleDB there makes ``readings`` a hypertable). ``--plain`` starts a private
+PostgreSQL without TimescaleDB on this machine for the run (plain tables), and stops it after.
+``--previous REV`` first runs the same benchmark on that revision's code (:func:`checkout`),
+then on this one: a before/after in one sitting. Each run uses a fresh topic (12 partitions),
+consumer group and database schema (dropped at the end). In the same run it measures:
 
 1. the sink (`ReadingsSink`, the code of `thermoflow sink`, one process) draining a pre-filled
    topic: rows/s from its first stored batch until every reading is a row (Kafka -> PostgreSQL);
@@ -25,10 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +51,12 @@ from thermoflow.ingest.rows import Row, pg_micros
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.ingest.sink import ReadingsSink, ReadingsWriter
 from thermoflow.metrics import Metrics
+from thermoflow.stack.services import Postgres, remove_home, service_home
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: `bench` is a package of the repository
 
-from bench.common import cpu_seconds  # noqa: E402
+from bench.common import checkout, cpu_seconds  # noqa: E402
 
 T0 = 1_764_000_000.0
 
@@ -164,7 +174,53 @@ def bench_executemany(settings: IngestSettings, batch: list[Reading], batch_size
         )
 
 
+@contextlib.contextmanager
+def plain_postgres() -> Iterator[str]:
+    """A private PostgreSQL without TimescaleDB (plain tables), for the run; its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    home = service_home(ROOT / ".thermoflow" / f"bench-plain-{uuid.uuid4().hex[:8]}")
+    server = Postgres(home=home, host="127.0.0.1", port=port, timescaledb=False)
+    server.up()
+    try:
+        yield server.address
+    finally:
+        server.down()
+        remove_home(home)
+
+
+def run_previous(revision: str, argv: list[str]) -> None:
+    """This benchmark, with these arguments, on ``revision``'s thermoflow (its tree first on the path)."""
+    tree = checkout(revision, root=ROOT)
+    try:
+        print(f"--- {revision} ---", flush=True)
+        environment = {**os.environ, "PYTHONPATH": str(tree)}
+        subprocess.run([sys.executable, __file__, *argv], env=environment, check=True)
+        print("--- this tree ---", flush=True)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.plain:
+        with plain_postgres() as url:
+            os.environ["THERMOFLOW_DATABASE_URL"] = url
+            print(f"plain PostgreSQL (no TimescaleDB) at {url}")
+            await measure(args)
+    else:
+        await measure(args)
+
+
+def code_of() -> str:
+    """Which thermoflow this run measures (a previous revision's tree, or this one)."""
+    import thermoflow
+
+    return str(Path(thermoflow.__file__).resolve().parent.parent)
+
+
+async def measure(args: argparse.Namespace) -> None:
+    print(f"code: {code_of()}")
     tune_gc()  # as `thermoflow sink` runs (thermoflow.component.run_until_signal)
     tag = uuid.uuid4().hex[:8]
     base = IngestSettings()
@@ -175,6 +231,7 @@ async def main(args: argparse.Namespace) -> None:
             "readings_topic": f"bench-sink-{tag}",
             "sink_group": f"bench-sink-{tag}",
             "database_schema": f"bench_sink_{tag}",
+            "http_port": 0,  # no /metrics: another run may hold the port
         }
     )
     await kafka.ensure_topics(settings, {settings.readings_topic: 12})
@@ -215,4 +272,10 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--writer-rows", type=int, default=500_000, help="rows for the database-only figure")
     parser.add_argument("--baseline", type=int, default=50_000, help="rows for the executemany baseline")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--plain", action="store_true", help="a private PostgreSQL without TimescaleDB")
+    parser.add_argument("--previous", metavar="REV", help="run on that revision's code first, then on this")
+    arguments = parser.parse_args()
+    if arguments.previous:
+        previous_argv = [arg for arg in sys.argv[1:] if arg not in ("--previous", arguments.previous)]
+        run_previous(arguments.previous, previous_argv)
+    asyncio.run(main(arguments))

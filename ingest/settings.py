@@ -104,6 +104,14 @@ class IngestSettings(ThermoflowSettings):
         2, ge=1, le=16, description="database connections writing batches at once (offsets commit in order)"
     )
     sink_wait: float = Field(0.2, gt=0, le=60, description="seconds to wait to fill a batch")
+    sink_commit_every: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="seconds between Kafka offset commits at most often, of the batches stored"
+        " meanwhile (0: after every batch; a crash replays what is stored and not committed, and"
+        " stores none of it twice)",
+    )
 
     log_level: str = Field("INFO", description="log level")
 

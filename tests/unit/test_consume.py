@@ -135,6 +135,7 @@ def make(
     watchdog: Watchdog | None = None,
     metrics: Metrics | None = None,
     on_assigned: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
+    commit_every: float = 0.0,
 ) -> consume.ConsumeLoop:
     return consume.ConsumeLoop(
         consumer,
@@ -146,6 +147,7 @@ def make(
         pipeline=pipeline,
         on_assigned=on_assigned,
         metrics=metrics,
+        commit_every=commit_every,
     )
 
 
@@ -301,3 +303,47 @@ async def test_a_handler_error_is_raised_and_nothing_in_flight_is_committed(
     with pytest.raises(RuntimeError, match="a bug"):
         await asyncio.wait_for(started.task, 5)
     assert consumer.commits == [] and handler.durable[1].cancelled()
+
+
+async def test_with_commit_every_the_durable_batches_commit_together_and_all_before_the_end(
+    consumer: FakeConsumer,
+) -> None:
+    watchdog = RecordingWatchdog()
+    running = Running(consumer, make(consumer, consume.inline(_stored), watchdog=watchdog, commit_every=60))
+    await running.listener.on_partitions_assigned({tp(0), tp(1)})
+    consumer.fetches.put_nowait(fetched(0, 0, 10))
+    await until(lambda: len(consumer.commits) == 1, "the first commit")  # the first is due at once
+    consumer.fetches.put_nowait(fetched(0, 10, 10))
+    consumer.fetches.put_nowait(fetched(0, 20, 10) | fetched(1, 0, 3))
+    await until(lambda: consumer.fetches.empty(), "the fetches")
+    await asyncio.sleep(0.03)
+    assert consumer.commits == [{tp(0): 10}]  # durable, and not due for a minute
+    assert watchdog.waits[-1] == 23  # waiting until committed
+    await running.finish()
+    assert consumer.commits == [{tp(0): 10}, {tp(0): 30, tp(1): 3}]  # the end commits them
+    assert watchdog.waits[-1] == 0
+
+
+async def test_with_commit_every_a_revocation_commits_what_is_durable_first(consumer: FakeConsumer) -> None:
+    running = Running(consumer, make(consumer, consume.inline(_stored), commit_every=60))
+    await running.listener.on_partitions_assigned({tp(0)})
+    consumer.fetches.put_nowait(fetched(0, 0, 10))
+    consumer.fetches.put_nowait(fetched(0, 10, 5))
+    await until(lambda: consumer.fetches.empty() and len(consumer.commits) == 1, "the fetches")
+    await asyncio.sleep(0.02)
+    await running.listener.on_partitions_revoked({tp(0)})
+    assert consumer.commits == [{tp(0): 10}, {tp(0): 15}]  # before the partitions go
+    await running.finish()
+
+
+async def test_with_commit_every_a_durable_batch_is_committed_once_due_without_another_batch(
+    consumer: FakeConsumer,
+) -> None:
+    running = Running(consumer, make(consumer, consume.inline(_stored), commit_every=0.1))
+    await running.listener.on_partitions_assigned({tp(0)})
+    consumer.fetches.put_nowait(fetched(0, 0, 10))
+    consumer.fetches.put_nowait(fetched(0, 10, 5))
+    await until(lambda: len(consumer.commits) == 2, "the second commit, on an empty fetch")
+    assert consumer.commits == [{tp(0): 10}, {tp(0): 15}]
+    assert not running.task.done()
+    await running.finish()

@@ -115,3 +115,24 @@ def test_a_replay_into_compressed_chunks_stores_only_the_new_readings(
     assert writer.write(rows(fleet(0, 1000) + fleet(1000, 1010))) == 10
     assert writer.write(rows(fleet(1010, 1020))) == 10
     assert count_rows(config) == 1020
+
+
+@pytest.mark.parametrize("database", ["timescaledb"], indirect=True)
+def test_a_hypertables_index_on_ts_is_brin_and_still_serves_a_time_range(
+    config: IngestSettings, writer: ReadingsWriter
+) -> None:
+    """The sink writes in key order, which scattered every row over a btree on ts (080)."""
+    assert writer.write(rows(fleet(0, 2000))) == 2000
+    with db.connect(config) as conn:
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND tablename = 'readings'"
+        ).fetchall()
+        conn.execute("SET enable_seqscan = off")  # a few rows: the planner would rather scan them
+        plan = conn.execute(
+            "EXPLAIN SELECT count(*) FROM readings WHERE ts >= to_timestamp(%s) AND ts < to_timestamp(%s)",
+            (T0 + 100, T0 + 200),
+        ).fetchall()
+    assert {name for name, _ in indexes} == {"readings_pkey", "readings_ts_brin"}
+    assert "USING brin (ts)" in dict(indexes)["readings_ts_brin"]
+    assert any("readings_ts_brin" in line for (line,) in plan), plan
