@@ -113,11 +113,12 @@ class Outbox:
     async def due(self) -> None:
         """Until records are gathered and their flush is due."""
         while not self.records:
-            await self._wake.wait()
             self._wake.clear()
+            await self._wake.wait()
         delay = self._since + self.linger - time.monotonic()
-        if self._due or delay <= 0:
+        if self._due or delay <= 0:  # every reason to flush now sets _due until the take
             return
+        self._wake.clear()  # set by the first record's add, which was no reason to flush
         timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
         try:
             await self._wake.wait()  # the linger's end, a full batch, or hurry()
