@@ -203,11 +203,16 @@ class KafkaDelivery:
         task.add_done_callback(self.tasks.discard)
 
     async def group(self, outbox: list[tuple[OutRecord, Held]]) -> dict[tuple[str, int], Group]:
+        """The records per topic-partition, in order; a key seen before costs one lookup, no await."""
         groups: dict[tuple[str, int], Group] = {}
+        known = self._partition_of
         for record, owner in outbox:
             if owner.dropped:  # its connection is gone: the broker sends the message again
                 continue
-            partition = await self._partition(record)
+            key = record.key
+            partition = known.get((record.topic, key)) if key is not None else None
+            if partition is None:
+                partition = await self._partition(record)
             group = groups.get((record.topic, partition))
             if group is None:
                 group = groups[(record.topic, partition)] = Group()

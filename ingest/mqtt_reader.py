@@ -156,7 +156,7 @@ class BulkReadClient(paho.Client):
                     self.drained = size < _CHUNK
                     break
             # TLS: records already decrypted wait in the SSL object, not the socket: no readable event.
-            while not lost and tls and sock.pending():
+            while not lost and isinstance(sock, ssl.SSLSocket) and sock.pending():
                 chunks.append(self._sock_recv(sock.pending()))
         except BlockingIOError:
             self.drained = True
