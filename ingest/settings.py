@@ -131,8 +131,10 @@ class IngestSettings(ThermoflowSettings):
         """Seconds the bridge gathers a batch at most: bridge_linger, or half the latency budget.
 
         Under load half the window fills first and the batch goes at once; at a low rate the
-        bridge waits, so a Kafka request and a PUBACK write carry many messages. The other half
-        of the budget is Kafka's ack and the bridge's own work.
+        bridge waits, so a Kafka request and a PUBACK write carry many messages: each flush costs
+        about 1.5 ms of CPU whatever its size (bench_bridge --steady 5000: 24.9, 18.8 and 16.0 µs
+        per reading with 25, 50 and 75 ms). Half, not the ¾ a consumer's fetch waits: with ¾,
+        publish → stored at 5,000/s had a p99 of 273 ms against 192 ms (probe_load, one run each).
         """
         return self.bridge_linger if self.bridge_linger is not None else 0.5 * self.latency_budget
 

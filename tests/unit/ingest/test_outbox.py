@@ -109,3 +109,11 @@ async def test_the_reader_rests_until_read_now_then_reads_everything_that_came()
         io.pause()
         ours.close()
         theirs.close()
+
+
+def test_the_linger_is_half_the_latency_budget_unless_set() -> None:
+    from thermoflow.ingest.settings import IngestSettings
+
+    assert IngestSettings().linger == 0.05
+    assert IngestSettings(latency_budget=0.4).linger == 0.2
+    assert IngestSettings(latency_budget=0.4, bridge_linger=0).linger == 0
