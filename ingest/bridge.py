@@ -8,7 +8,9 @@ so ``client.ack`` is only called from the thread that owns the client and no loc
   ``_on_publish`` translates each message (pure, :mod:`thermoflow.ingest.records`) into the
   outbox and notes it in the ack line (``_pending``, :class:`thermoflow.ingest.acks.AckLine`).
 - The sender task hands the outbox to the Kafka side (:mod:`thermoflow.ingest.delivery`): one
-  batch per partition, and a delivery task that resends what failed until Kafka takes it.
+  batch per partition, and a delivery task that resends what failed until Kafka takes it. It
+  flushes when half the window is gathered, or ``settings.linger`` after the first record; the
+  reader rests meanwhile and reads what came at the flush (:class:`~thermoflow.ingest.delivery.Outbox`).
 - Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
   the head of the line is acked once it and everything before it is in Kafka.
 - The bridge holds at most a window of ``min(mqtt_receive_maximum, bridge_max_pending)``
