@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_bridge.py [--messages 200000] [--devices 1000] [--connections 4]
                                            [--previous REV]
+    .venv/bin/python bench/bench_bridge.py --steady 5000,20000 [--seconds 20] [--previous REV]
 
 MQTT, Kafka from THERMOFLOW_MQTT_URL / THERMOFLOW_KAFKA_BOOTSTRAP (default: the local stack).
 Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In the same run:
@@ -15,6 +16,10 @@ Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In
    the same QoS 1 case on that revision's code (``git archive`` into a temporary folder, run from
    there), for before/after in one run;
 4. the ratios.
+
+With ``--steady RATES`` only: the bridge's CPU per reading at each fixed rate (QoS 1, paced in
+10 ms steps), for this tree and for ``--previous``'s in the same run: the figure that counts for a
+fleet publishing steadily, where per-wakeup and per-request costs weigh most.
 
 Throughput = readings landed in Kafka per second: the readings topic's end offsets, polled every
 0.1 s, from the first record until all of them are there. CPU = the bridge process's user + system
@@ -69,7 +74,10 @@ class Result(NamedTuple):
 # -- the publisher (a subprocess) ---------------------------------------------------------------
 
 
-async def publish(*, prefix: str, messages: int, devices: int, qos: int, connections: int) -> None:
+async def publish(
+    *, prefix: str, messages: int, devices: int, qos: int, connections: int, rate: float = 0.0
+) -> None:
+    """Publish ``messages``: as fast as the broker takes them, or at ``rate`` messages/s (10 ms steps)."""
     from thermoflow.ingest.settings import IngestSettings
     from thermoflow.simulator import packets
     from thermoflow.simulator.connection import Connection, Endpoint, PublishStats
@@ -85,9 +93,11 @@ async def publish(*, prefix: str, messages: int, devices: int, qos: int, connect
     for connection in pool:
         await connection.connect()
     fields = [packets.topic_field(f"{prefix}/freezer-{d:04d}/temperature".encode()) for d in range(devices)]
-    chunk = 2000
+    chunk = max(1, int(rate / 100)) if rate else 2000
     started = time.perf_counter()
     for start in range(0, messages, chunk):
+        if rate:  # a steady fleet: each step at its time
+            await asyncio.sleep(max(0.0, started + start / rate - time.perf_counter()))
         index = range(start, min(start + chunk, messages))
         connection = pool[(start // chunk) % connections]
         connection.publish([fields[i % devices] for i in index], [payload(i, devices)[1] for i in index])
@@ -199,9 +209,16 @@ async def measure(*, bootstrap: str, topic: str, partitions: int, expected: int,
 
 
 async def run_case(
-    name: str, *, args: argparse.Namespace, qos: int, naive: bool = False, tree: Path = ROOT
+    name: str,
+    *,
+    args: argparse.Namespace,
+    qos: int,
+    naive: bool = False,
+    tree: Path = ROOT,
+    rate: float = 0.0,
 ) -> Result:
-    """One bridge (``tree``'s code, or the naive one) under one publisher run."""
+    """One bridge (``tree``'s code, or the naive one) under one publisher run (at ``rate``/s if given)."""
+    messages = int(rate * args.seconds) if rate else args.messages
     from thermoflow.ingest.settings import IngestSettings
     from thermoflow.kafka import ensure_topics
 
@@ -238,14 +255,14 @@ async def run_case(
             await asyncio.sleep(2.5)  # started, connected, subscribed
         cpu_before = cpu_seconds(bridge.pid)
         publisher = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "publish", prefix, str(args.messages), str(args.devices), str(qos),
-            str(args.connections), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            sys.executable, __file__, "publish", prefix, str(messages), str(args.devices), str(qos),
+            str(args.connections), str(rate), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         rate = await measure(
             bootstrap=settings.kafka_bootstrap,
             topic=readings_topic,
             partitions=12,
-            expected=args.messages,
+            expected=messages,
             timeout=args.timeout,
         )
         cpu = cpu_seconds(bridge.pid) - cpu_before
@@ -255,8 +272,8 @@ async def run_case(
         result = Result(rate, cpu, landed)
         print(
             f"{name:<48} {rate:>9,.0f} readings/s  {1000 * cpu / max(landed, 1):>7.4f} CPU-s/1k"
-            f"  {result.per_cpu_second:>8,.0f} readings/CPU-s   ({landed:,} of {args.messages:,} landed;"
-            f" publisher {args.messages / published['seconds']:,.0f} msg/s)",
+            f"  {result.per_cpu_second:>8,.0f} readings/CPU-s   ({landed:,} of {messages:,} landed;"
+            f" publisher {messages / published['seconds']:,.0f} msg/s)",
             flush=True,
         )
         return result
@@ -273,7 +290,34 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "inf"
 
 
+async def steady(args: argparse.Namespace) -> None:
+    """CPU per reading at fixed rates, this tree's bridge beside ``--previous``'s, in one run.
+
+    At a steady rate the per-wakeup, per-request and per-batch costs weigh most (a fleet's
+    normal day), unlike the bulk runs above, where batches are as large as they get.
+    """
+    tree = checkout(args.previous, root=ROOT) if args.previous else None
+    try:
+        for rate in args.steady:
+            now = await run_case(f"bridge, QoS 1, steady {rate:,.0f}/s", args=args, qos=1, rate=rate)
+            if tree is not None:
+                before = await run_case(
+                    f"bridge at {args.previous[:12]}, steady {rate:,.0f}/s", args=args, qos=1, tree=tree,
+                    rate=rate,
+                )  # fmt: skip
+                print(f"steady {rate:,.0f}/s: {1e3 * now.cpu / max(now.readings, 1):.4f} CPU-s/1k readings"
+                      f" (previous {1e3 * before.cpu / max(before.readings, 1):.4f}),"
+                      f" {ratio(before.cpu / max(before.readings, 1), now.cpu / max(now.readings, 1))}"
+                      " less CPU per reading", flush=True)  # fmt: skip
+    finally:
+        if tree is not None:
+            shutil.rmtree(tree, ignore_errors=True)
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.steady:
+        await steady(args)
+        return
     print(
         f"{args.messages:,} messages from {args.devices:,} devices, {args.connections} publisher connections"
     )
@@ -299,10 +343,10 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
-        prefix, messages, devices, qos, connections = sys.argv[2:7]
+        prefix, messages, devices, qos, connections, rate = sys.argv[2:8]
         asyncio.run(
             publish(prefix=prefix, messages=int(messages), devices=int(devices), qos=int(qos),
-                    connections=int(connections))
+                    connections=int(connections), rate=float(rate))
         )  # fmt: skip
     elif len(sys.argv) > 1 and sys.argv[1] == "naive":
         naive_bridge(filters=sys.argv[2], readings_topic=sys.argv[3])
@@ -315,4 +359,10 @@ if __name__ == "__main__":
         parser.add_argument("--connections", type=int, default=4)
         parser.add_argument("--timeout", type=float, default=120.0)
         parser.add_argument("--previous", help="a git revision whose bridge runs the QoS 1 case too")
+        parser.add_argument(
+            "--steady",
+            type=lambda text: [float(rate) for rate in text.split(",")],
+            help="only the steady-rate figure: CPU per reading at these rates/s, e.g. 5000,20000",
+        )
+        parser.add_argument("--seconds", type=float, default=20.0, help="seconds of each steady rate")
         asyncio.run(main(parser.parse_args()))

@@ -8,7 +8,9 @@ so ``client.ack`` is only called from the thread that owns the client and no loc
   ``_on_publish`` translates each message (pure, :mod:`thermoflow.ingest.records`) into the
   outbox and notes it in the ack line (``_pending``, :class:`thermoflow.ingest.acks.AckLine`).
 - The sender task hands the outbox to the Kafka side (:mod:`thermoflow.ingest.delivery`): one
-  batch per partition, and a delivery task that resends what failed until Kafka takes it.
+  batch per partition, and a delivery task that resends what failed until Kafka takes it. It
+  flushes when half the window is gathered, or ``settings.linger`` after the first record; the
+  reader rests meanwhile and reads what came at the flush (:class:`~thermoflow.ingest.delivery.Outbox`).
 - Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
   the head of the line is acked once it and everything before it is in Kafka.
 - The bridge holds at most a window of ``min(mqtt_receive_maximum, bridge_max_pending)``
@@ -36,11 +38,11 @@ from aiokafka import AIOKafkaProducer
 from thermoflow import tracing
 from thermoflow.http import component_health, serve
 from thermoflow.ingest.acks import AckLine, Held
-from thermoflow.ingest.delivery import Group, KafkaDelivery, start_producer, stop_producer
+from thermoflow.ingest.delivery import Group, KafkaDelivery, Outbox, start_producer, stop_producer
 from thermoflow.ingest.mapping import TopicTemplate
 from thermoflow.ingest.mqtt_reader import check_paho_version
 from thermoflow.ingest.mqtt_session import MqttSession
-from thermoflow.ingest.records import LogSampler, OutRecord, Translator, dead_letter_reason
+from thermoflow.ingest.records import LogSampler, Translator, dead_letter_reason
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -82,8 +84,8 @@ class Bridge:
         self._dead_letter_log = LogSampler(per_second=10)
         self._traces = tracing.MessageTraces(ratio=settings.trace_sample_ratio, service="bridge")
         self._pending = AckLine(window=min(settings.mqtt_receive_maximum, settings.bridge_max_pending))
-        self._outbox: list[tuple[OutRecord, Held]] = []
-        self._outbox_ready = asyncio.Event()
+        # Half the window per batch: the other half keeps coming in while Kafka acks the first.
+        self._outbox = Outbox(batch=self._pending.window // 2, linger=settings.linger)
         self._received = 0  # counted here, moved into the metrics per flush (no lock per message)
         self._stopping = False
         self._sending = False
@@ -92,6 +94,7 @@ class Bridge:
             on_publish=self._on_publish,
             room=self._pending.room,
             may_read=lambda: not self._stopping and self._pending.room() > 0,
+            rest=lambda: bool(self._outbox) and self._outbox.linger > 0,  # gathering: read at the flush
             on_lost=self._on_lost,
             metrics=self.metrics,
             watchdog=self.watchdog,
@@ -172,7 +175,7 @@ class Bridge:
             if self._deliveries():
                 await asyncio.wait(list(self._deliveries()))
             else:
-                self._outbox_ready.set()
+                self._outbox.hurry()
                 await asyncio.sleep(0.005)  # the sender picks the outbox up
 
     def _deliveries(self) -> set[asyncio.Task[None]]:
@@ -205,28 +208,20 @@ class Bridge:
                 log.warning("dead_letter", topic=topic[:200], error=out.error[:500], not_logged=held,
                             trace_id=tracing.trace_id_of(trace))  # fmt: skip
         pending.records = len(out.records)
-        outbox = self._outbox
-        for record in out.records:
-            outbox.append((record, pending))
-        if len(self._pending) >= self.settings.bridge_max_pending:
+        self._outbox.add(out.records, pending)
+        if self._pending.room() <= 0:  # the window is full: no more comes in until acks go out
             self._io.pause()
-        self._outbox_ready.set()
+            self._outbox.hurry()
 
     # -- Kafka ---------------------------------------------------------------------------------
 
     async def _sender(self) -> None:
-        """Move the outbox into Kafka batches, one delivery task per flush."""
+        """Move the outbox into Kafka batches when its flush is due, one delivery task per flush."""
         while True:
-            await self._outbox_ready.wait()
-            if self.settings.bridge_linger and not self._stopping:
-                # Let a few reads gather: one produce request per linger, not one per socket read.
-                await asyncio.sleep(self.settings.bridge_linger)
-            self._outbox_ready.clear()
-            if not self._outbox:
-                continue
-            outbox, self._outbox = self._outbox, []
+            await self._outbox.due()
+            self._io.read_now()  # what waited in the socket meanwhile joins this flush
+            outbox = self._outbox.take()
             self._flush_counts()
-            self._io.resume()
             self._sending = True  # neither in the outbox nor in a delivery yet: the drain waits
             try:
                 assert self._kafka is not None

@@ -55,6 +55,23 @@ _SENML_RELATIVE_BELOW: Final = 2.0**28
 _json: Final = msgspec.json.Decoder()
 
 
+class _Plain(msgspec.Struct, forbid_unknown_fields=True):
+    """The payload nearly every device sends: ``{"value": 21.5, "ts": ..., "seq": 7, "unit": "C"}``.
+
+    Decoded into a struct in C, it skips the dict and its lookups (a third of decoding). Any
+    other key or type fails the decode, and the payload takes the general path, which alone
+    words the reasons: the fast path only ever returns a reading the general path would return.
+    """
+
+    value: float
+    ts: float = math.nan  # absent (JSON has no NaN)
+    seq: int | None = None
+    unit: str = "C"
+
+
+_plain: Final = msgspec.json.Decoder(_Plain)
+
+
 class PayloadError(ValueError):
     """A payload that yields no valid reading; the message is the reason, fit for a dead letter."""
 
@@ -90,6 +107,10 @@ def decode_payload(
         raise PayloadError(f"payload of {len(payload)} bytes exceeds the limit of {limits.max_bytes}")
     if payload.startswith(_BOM):  # RFC 8259 section 8.1: a parser may ignore a byte order mark
         payload = payload[3:]
+    if fields is not None and fields.device_id and payload[:1] == b"{":
+        reading = _plain_reading(payload, fields=fields, received_at=received_at, limits=limits)
+        if reading is not None:
+            return [reading]
     try:
         document = _json.decode(payload)
     except msgspec.DecodeError as exc:
@@ -109,6 +130,31 @@ def decode_payload(
         value = _number(document, "payload")
         return [_reading(fields, None, value=value, unit="C", ts=received_at, at=received_at, limits=limits)]
     raise PayloadError(f"payload is a JSON {type(document).__name__}, not an object, number or SenML array")
+
+
+def _plain_reading(
+    payload: bytes, *, fields: TopicFields, received_at: float, limits: PayloadLimits
+) -> Reading | None:
+    """The reading of a :class:`_Plain` payload from a topic naming its device; None: not one, or
+    not valid (the general path then says why)."""
+    try:
+        plain = _plain.decode(payload)
+        seq = plain.seq
+        if seq is not None and not _INT64_MIN <= seq <= _INT64_MAX:
+            return None
+        ts = plain.ts
+        return _reading(
+            fields,
+            None,
+            value=plain.value,
+            unit=plain.unit,
+            ts=received_at if ts != ts else parse_timestamp(ts, what="`ts`"),
+            at=received_at,
+            limits=limits,
+            seq=seq,
+        )
+    except (msgspec.DecodeError, PayloadError):
+        return None
 
 
 def json_depth(document: Any, *, limit: int) -> int:

@@ -28,7 +28,7 @@ It relies on these internals of paho-mqtt 2.2 (pinned ``>=2.2,<2.3`` in pyprojec
 - ``_sock_recv`` and ``_sock`` (the read), ``_sock_close`` (a close without a DISCONNECT round);
 - ``_in_packet`` and ``_packet_handle`` (paho's own handler for the packets the reader does not
   cut itself), ``_loop_rc_handle`` (a read's error into a disconnect);
-- ``_packet_queue`` (the PUBACKs queued as one write);
+- ``_out_packet`` and ``loop_write`` (the PUBACKs queued and written as one write);
 - ``_protocol``, ``_last_bytes_received`` and ``_ping_t`` (the keepalive's bookkeeping).
 
 The bridge's tests cover it against a real Mosquitto in MQTT 5 and 3.1.1, and
@@ -92,7 +92,7 @@ def check_paho_version(installed: Callable[[str], str] | None = None) -> None:
         f" {found or 'not installed'}. Install the tested set with `pip install -r requirements.lock`."
         " Before widening the pin, check that paho's Client still has the internals listed in"
         " ingest/mqtt_reader.py's docstring (_sock_recv, _in_packet, _packet_handle, _loop_rc_handle,"
-        " _packet_queue, _sock_close, _ping_t ...) with the same meaning, then run `pytest"
+        " _out_packet, _sock_close, _ping_t ...) with the same meaning, then run `pytest"
         " tests/unit/ingest tests/integration/ingest tests/e2e` and `python bench/bench_bridge.py`,"
         " and update PAHO_VERSIONS in ingest/mqtt_reader.py with the pin in pyproject.toml (`make lock`)."
     )
@@ -121,6 +121,7 @@ class BulkReadClient(paho.Client):
         self.on_publish_packet = on_publish
         self.room = room
         self.holding = False  # whole packets wait in _rest for room in the window
+        self.drained = True  # the last read took all the socket had (less than a chunk)
         self._rest = b""  # packets not handled yet: a partial one, or held ones
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
@@ -138,17 +139,30 @@ class BulkReadClient(paho.Client):
                 return self._loop_rc_handle(rc)
             if self.holding or self._sock is None:
                 return _OK
-        data, lost = b"", False
+        chunks: list[bytes] = []
+        size, lost, tls = 0, False, isinstance(sock, ssl.SSLSocket)
+        self.drained = False
         try:
-            data = self._sock_recv(_CHUNK)
-            lost = not data
+            # Plain TCP: one recv takes what the kernel holds, up to a chunk. TLS: a recv returns
+            # one TLS record (often one packet), so read records until none is left or a chunk is full.
+            while size < _CHUNK:
+                piece = self._sock_recv(_CHUNK - size)
+                if not piece:
+                    lost = True
+                    break
+                chunks.append(piece)
+                size += len(piece)
+                if not tls:
+                    self.drained = size < _CHUNK
+                    break
             # TLS: records already decrypted wait in the SSL object, not the socket: no readable event.
             while not lost and isinstance(sock, ssl.SSLSocket) and sock.pending():
-                data += self._sock_recv(sock.pending())
+                chunks.append(self._sock_recv(sock.pending()))
         except BlockingIOError:
-            pass
+            self.drained = True
         except OSError:
             lost = True
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if data:
             self._last_bytes_received = paho.time_func()
             try:
@@ -220,10 +234,18 @@ class BulkReadClient(paho.Client):
         """PUBACK these QoS 1 packet ids in one write (paho's ``ack`` queues and writes each apart).
 
         Each is the 4-byte PUBACK that paho's ``ack`` sends (MQTT 5 allows leaving out a success
-        reason code), queued together as one of paho's outgoing packets.
+        reason code), queued together as one of paho's outgoing packets and written at once, on
+        the loop's thread: paho's ``_packet_queue`` would instead register the socket for
+        writing and unregister it after the write, two more system calls per flush. What the
+        socket does not take now is written by paho's write loop when the socket is writable.
         """
         if mids:
-            self._packet_queue(PUBACK, pubacks(mids), 0, 1)
+            packet = pubacks(mids)
+            self._out_packet.append(
+                {"command": PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(packet),
+                 "packet": packet, "info": None}
+            )  # fmt: skip
+            self.loop_write()
 
     def loop_misc(self) -> MQTTErrorCode:
         """paho's keepalive; while the window is full, a PINGRESP may sit unread behind PUBLISHes."""
@@ -247,13 +269,20 @@ class PahoOnAsyncio:
     ``may_read()`` says whether to read at all (not while stopping, nor with a full window).
     Reading pauses when the window is full and resumes once acks make room; packets the client
     already holds are handled on resume, as no readable event will come for them.
+
+    ``rest()`` is asked after a read that took all the socket had: True rests the reader (the
+    caller is gathering a batch) until :meth:`read_now`, which reads what came meanwhile in one
+    go. At a low rate a readable event carries a message or two, and each wakeup of the loop
+    costs more CPU than the messages: resting, the reader wakes about twice per batch instead.
     """
 
-    def __init__(self, *, may_read: Callable[[], bool]) -> None:
+    def __init__(self, *, may_read: Callable[[], bool], rest: Callable[[], bool] = lambda: False) -> None:
         self.may_read = may_read
+        self.rest = rest
         self.client: BulkReadClient | None = None
         self.sock: socket.socket | None = None
         self.reading = False
+        self.resting = False  # paused by rest() until read_now()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
 
@@ -281,14 +310,29 @@ class PahoOnAsyncio:
         self.reading = False
 
     def resume(self) -> None:
-        """Read again, if ``may_read()`` (a no-op while unconnected)."""
+        """Read again, if ``may_read()`` and not resting (a no-op while unconnected)."""
         loop, sock = self._loop, self.sock
-        if self.reading or sock is None or loop is None or not self.may_read():
+        if self.reading or self.resting or sock is None or loop is None or not self.may_read():
             return
         loop.add_reader(sock, self._readable)
         self.reading = True
         if self.client is not None and self.client.holding:
             loop.call_soon(self._readable)  # packets already read wait: no readable event will come
+
+    def read_now(self, *, max_chunks: int = 64) -> None:
+        """End a rest: read what the socket holds now (while ``may_read()``), then read on events."""
+        self.resting = False
+        client = self.client
+        for _ in range(max_chunks):
+            if client is None or self.sock is None or not self.may_read():
+                break
+            client.loop_read()
+            if client.holding or client.drained:
+                break
+        if client is not None and client.holding:
+            self.pause()
+        else:
+            self.resume()
 
     def _readable(self) -> None:
         """One chunk of what the socket holds (up to 64 KiB); the loop calls again while more is there."""
@@ -298,6 +342,9 @@ class PahoOnAsyncio:
         client.loop_read()
         if client.holding:  # the window is full: read again once acks make room
             self.pause()
+        elif client.drained and self.rest():
+            self.pause()
+            self.resting = True
 
     def _in_loop(self, callback: Callable[[socket.socket], None], sock: socket.socket) -> None:
         """Run now when on the loop's thread (paho closes the socket right after), else hand over."""
@@ -325,6 +372,7 @@ class PahoOnAsyncio:
         if self.sock is sock:
             self.sock = None
             self.reading = False
+            self.resting = False  # a new connection reads at once
 
     def _on_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         self._in_loop(self._register_write, sock)

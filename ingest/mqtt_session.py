@@ -41,6 +41,7 @@ class MqttSession:
         on_publish: PublishHandler,
         room: Callable[[], int],
         may_read: Callable[[], bool],
+        rest: Callable[[], bool] = lambda: False,
         on_lost: Callable[[str], None],
         metrics: Metrics,
         watchdog: Watchdog,
@@ -48,7 +49,7 @@ class MqttSession:
         self.settings = settings
         self.metrics = metrics
         self.watchdog = watchdog
-        self.io = PahoOnAsyncio(may_read=may_read)
+        self.io = PahoOnAsyncio(may_read=may_read, rest=rest)
         self.connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._on_publish = on_publish

@@ -27,6 +27,14 @@ class OutRecord(NamedTuple):
     headers: KafkaHeaders
 
 
+class _Topic(NamedTuple):
+    """What one MQTT topic gives each of its records (cached per topic)."""
+
+    fields: TopicFields | None
+    headers: KafkaHeaders
+    key: bytes | None  # the topic's device id, the Kafka key of its readings
+
+
 class Translation(NamedTuple):
     records: list[OutRecord]
     error: str | None  # the dead letter's reason, when the message became one
@@ -66,22 +74,23 @@ class Translator:
         self.deadletter_topic = deadletter_topic
         self.limits = limits
         self.deadletter_max_bytes = deadletter_max_bytes
-        self._fields: dict[str, TopicFields | None] = {}  # a device publishes to the same topic
-        self._headers: dict[str, KafkaHeaders] = {}
+        # A device publishes to the same topic: its fields, headers and Kafka key, once per topic.
+        self._topics: dict[str, _Topic] = {}
 
-    def _topic(self, mqtt_topic: str) -> tuple[TopicFields | None, KafkaHeaders]:
-        if mqtt_topic not in self._fields:
+    def _topic(self, mqtt_topic: str) -> _Topic:
+        known = self._topics.get(mqtt_topic)
+        if known is None:
             if len(mqtt_topic) > MAX_TOPIC_LENGTH:
                 raise PayloadError(
                     f"MQTT topic of {len(mqtt_topic)} characters is longer than {MAX_TOPIC_LENGTH}"
                 )
-            if len(self._fields) >= _CACHE_TOPICS:
-                self._fields.clear()
-                self._headers.clear()
+            if len(self._topics) >= _CACHE_TOPICS:
+                self._topics.clear()
             headers = [(topics.HEADER_MQTT_TOPIC, mqtt_topic.encode("utf-8", "replace")), _JSON_HEADER]
-            self._fields[mqtt_topic] = self.template.match(mqtt_topic)
-            self._headers[mqtt_topic] = headers
-        return self._fields[mqtt_topic], self._headers[mqtt_topic]
+            fields = self.template.match(mqtt_topic)
+            key = fields.device_id.encode() if fields is not None and fields.device_id else None
+            known = self._topics[mqtt_topic] = _Topic(fields, headers, key)
+        return known
 
     def translate(
         self, mqtt_topic: str, payload: bytes, *, received_at: float, traceparent: bytes | None = None
@@ -108,13 +117,18 @@ class Translator:
     ) -> Translation:
         fields: TopicFields | None = None
         try:
-            fields, headers = self._topic(mqtt_topic)
+            fields, headers, key = self._topic(mqtt_topic)
             if traceparent is not None:  # one list per message, shared by its readings
                 headers = [*headers, (tracing.HEADER, traceparent)]
             readings = decode_payload(payload, fields=fields, received_at=received_at, limits=self.limits)
             if not readings:  # every message must end somewhere: its ack waits for its records
                 raise PayloadError("payload holds no reading")
             readings_topic = self.readings_topic
+            if len(readings) == 1:  # nearly every message: the topic's device, its key known
+                reading = readings[0]
+                if key is None or fields is None or reading.device_id != fields.device_id:
+                    key = reading.device_id.encode()
+                return Translation([OutRecord(readings_topic, key, encode(reading), headers)], None)
             return Translation(
                 [OutRecord(readings_topic, r.device_id.encode(), encode(r), headers) for r in readings], None
             )

@@ -85,11 +85,12 @@ class IngestSettings(ThermoflowSettings):
         description="messages of any QoS held before the bridge stops reading its socket (the window is"
         " the smaller of this and mqtt_receive_maximum)",
     )
-    bridge_linger: float = Field(
-        0.005,
+    bridge_linger: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description="seconds the bridge gathers messages before producing them: fewer, larger Kafka requests",
+        description="seconds at most the bridge gathers messages before producing them, unless half its"
+        " window came first: fewer, larger Kafka requests and PUBACK writes [half of latency_budget]",
     )
     metrics_interval: float = Field(10.0, gt=0, description="seconds between metrics log lines")
 
@@ -132,6 +133,18 @@ class IngestSettings(ThermoflowSettings):
         if not _split(filters):
             raise ValueError("give at least one topic filter")
         return filters
+
+    @property
+    def linger(self) -> float:
+        """Seconds the bridge gathers a batch at most: bridge_linger, or half the latency budget.
+
+        Under load half the window fills first and the batch goes at once; at a low rate the
+        bridge waits, so a Kafka request and a PUBACK write carry many messages: each flush costs
+        about 1.5 ms of CPU whatever its size (bench_bridge --steady 5000: 24.9, 18.8 and 16.0 µs
+        per reading with 25, 50 and 75 ms). Half, not the ¾ a consumer's fetch waits: with ¾,
+        publish → stored at 5,000/s had a p99 of 273 ms against 192 ms (probe_load, one run each).
+        """
+        return self.bridge_linger if self.bridge_linger is not None else 0.5 * self.latency_budget
 
     @property
     def payload_limits(self) -> PayloadLimits:

@@ -173,3 +173,42 @@ def test_epoch_seconds_and_milliseconds_mean_the_same_moment(seconds: float) -> 
 def test_docstring_examples(module: object) -> None:
     failures, _ = doctest.testmod(module, raise_on_error=False)  # type: ignore[arg-type]
     assert failures == 0
+
+
+def _outcome(payload: bytes, fields: TopicFields) -> object:
+    try:
+        return decode_payload(payload, fields=fields, received_at=NOW)
+    except PayloadError as exc:
+        return f"PayloadError: {exc}"
+
+
+_any_value = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["C", "F", "K", "degF", "x", "", "2025-11-27T04:40:00Z", "2025-11-27T04:40:00"]),
+    st.just({"v": 1}),
+    st.just([1]),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["value", "ts", "seq", "unit", "u", "temp", "device_id", "timestamp"]),
+        st.one_of(
+            _any_value,
+            st.floats(min_value=NOW - 8 * 86_400, max_value=NOW + 700),
+            st.floats(min_value=-1e3, max_value=1e3),
+        ),
+    ),
+    st.sampled_from([FIELDS, TopicFields(device_id="freezer-0042", metric=None)]),
+)
+def test_the_fast_path_of_plain_payloads_decides_as_the_general_path(
+    document: dict[str, object], fields: TopicFields
+) -> None:
+    """A plain object takes a typed fast path; the same bytes after a space take the general one."""
+    import json
+
+    payload = json.dumps(document).encode()
+    assert _outcome(payload, fields) == _outcome(b" " + payload, fields)

@@ -6,6 +6,7 @@ arbitrary pieces and calls ``loop_read`` on the other, as the bridge does on a r
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -150,16 +151,26 @@ def test_parse_publish_names_what_is_cut_off(body: bytes, reason: str) -> None:
 def test_ack_many_writes_the_pubacks_paho_would_send_one_by_one(reader5: Reader) -> None:
     one_by_one = BulkReadClient(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, on_publish=print)
     one_by_one._sock = reader5.ours
-    for client in (one_by_one, reader5.client):  # as in the bridge: queued, written when writable
-        client.on_socket_register_write = lambda *_: None
+    registered: list[object] = []
+    for client in (one_by_one, reader5.client):  # as in the bridge: paho queues, writes when writable
+        client.on_socket_register_write = lambda *_, c=client: registered.append(c)
     for mid in (1, 300, 65535):
         one_by_one._send_puback(mid)
-    reader5.client.ack_many([1, 300, 65535])
+    reader5.client.ack_many([1, 300, 65535])  # written at once, in one write
     reader5.client.ack_many([])
-    [queued] = reader5.client._out_packet
-    assert queued["packet"] == b"".join(packet["packet"] for packet in one_by_one._out_packet)
-    assert reader5.client.loop_write() == MQTTErrorCode.MQTT_ERR_SUCCESS
-    assert reader5.theirs.recv(100) == queued["packet"]
+    assert not reader5.client._out_packet and reader5.client not in registered
+    assert reader5.theirs.recv(100) == b"".join(packet["packet"] for packet in one_by_one._out_packet)
+
+
+def test_ack_many_leaves_what_the_socket_does_not_take_to_the_write_loop(reader5: Reader) -> None:
+    registered: list[object] = []
+    reader5.client.on_socket_register_write = lambda *_: registered.append(True)
+    reader5.ours.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # fill the socket's buffers: the broker is not reading
+            reader5.ours.send(b"x" * 65536)
+    reader5.client.ack_many([1, 2])
+    assert registered and len(reader5.client._out_packet) == 1  # written once the socket is writable
 
 
 def test_nothing_after_a_server_disconnect_is_carried_into_the_next_connection(reader5: Reader) -> None:

@@ -16,7 +16,7 @@ from thermoflow.settings import ConfigError
 ROOT = Path(__file__).resolve().parents[3]
 #: paho-mqtt's private names the adapter relies on (its docstring lists them).
 PAHO_PRIVATES = (
-    "_sock_recv", "_sock_close", "_in_packet", "_packet_handle", "_loop_rc_handle", "_packet_queue",
+    "_sock_recv", "_sock_close", "_in_packet", "_packet_handle", "_loop_rc_handle", "_out_packet",
     "_ping_t", "_last_bytes_received", "_last_msg_out",
 )  # fmt: skip
 
