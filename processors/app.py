@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import operator
 import time
 import weakref
@@ -39,6 +40,7 @@ import faust
 import msgspec
 import numpy as np
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from thermoflow import kafka, tracing
@@ -233,6 +235,7 @@ class BatchRunner:
         # are not committed until it is (:meth:`hold`, :meth:`flush`).
         self.held: list[Any] = []
         self.persisted_at = time.monotonic()
+        self.output = BatchSender(sink, self.sink_topic)
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -296,8 +299,7 @@ class BatchRunner:
                 for record in batch.records:
                     deliveries.append(await self._dead_letter(record, reason))
             emits, spans = self.traced(emits, batch, started_ns=started_ns)
-            for emit in emits:
-                deliveries.append(await self._send(emit))
+            deliveries += await self.output.send(emits)
             self.metrics.count("emitted", len(emits))
         try:
             await asyncio.gather(*deliveries)
@@ -343,13 +345,6 @@ class BatchRunner:
             assert traceparent is not None
             traced.append(dataclasses.replace(emit, headers=(*emit.headers, (tracing.HEADER, traceparent))))
         return traced, spans
-
-    async def _send(self, emit: Emit) -> asyncio.Future[Any]:
-        self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset,
-                       trace_id=tracing.trace_id_of(tracing.header_of(emit.headers)))  # fmt: skip
-        return await self.sink.send(  # type: ignore[no-any-return]
-            key=emit.key.encode(), value=_encoder.encode(emit.event), headers=list(emit.headers) or None
-        )
 
     def hold(self, events: Sequence[Any]) -> None:
         """Keep a processed batch's events unacked until :meth:`flush` writes the state it changed.
@@ -409,7 +404,7 @@ class BatchRunner:
             emits, spans = self.traced(self.body.on_timer(now=time.time(), caught_up=caught_up), None,
                                        started_ns=started_ns)  # fmt: skip
             try:
-                await asyncio.gather(*[await self._send(emit) for emit in emits])
+                await asyncio.gather(*await self.output.send(emits))
             except faust.exceptions.NotReady:  # stopping under way: nothing was persisted, all is found again
                 self.log.info("timer_stopped", unsent=len(emits))
                 return
@@ -433,6 +428,64 @@ class BatchRunner:
         return await self.deadletter.send(  # type: ignore[no-any-return]
             key=record.key, value=record.value, headers=dead_letter_headers(letter)
         )
+
+
+class BatchSender:
+    """Sends a batch's events to the sink topic as one Kafka producer batch per partition.
+
+    faust's ``topic.send`` costs a faust message, a future and an aiokafka record per event (16%
+    of a worker's time with every detector on); here a batch's events cost one ``send_batch``
+    (one future) per partition. The partition is the one aiokafka's default partitioner picks
+    for the key (murmur2, cached per key: it is pure Python), so a device's alerts land where
+    they always did, in the order they were emitted.
+    """
+
+    def __init__(self, sink: Any, topic: str) -> None:
+        self.sink = sink
+        self.topic = topic
+        self._partitions = 0
+        self._partition_of: dict[bytes, int] = {}
+
+    async def send(self, emits: Sequence[Emit]) -> list[asyncio.Future[Any]]:
+        """Send ``emits``; the futures of their batches' acks (raises faust's NotReady when stopping)."""
+        if not emits:
+            return []
+        producer = self.sink.app.producer._ensure_producer()  # faust's aiokafka producer, started
+        count = len(await producer.partitions_for(self.topic))
+        if count != self._partitions:
+            self._partitions, self._partition_of = count, {}
+        builders: dict[int, Any] = {}
+        futures: list[asyncio.Future[Any]] = []
+        for emit in emits:
+            key = emit.key.encode()
+            partition = self._partition_of.get(key)
+            if partition is None:
+                partition = self._partition_of[key] = partition_for(key, count)
+            value = _encoder.encode(emit.event)
+            headers = list(emit.headers)
+            builder = builders.get(partition)
+            if builder is None:
+                builder = builders[partition] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
+                futures.append(await producer.send_batch(builder, self.topic, partition=partition))
+                builder = builders[partition] = producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None, headers=headers)
+        for partition, builder in builders.items():
+            futures.append(await producer.send_batch(builder, self.topic, partition=partition))
+        if log.is_enabled_for(logging.DEBUG):
+            for emit in emits:
+                log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset,
+                          trace_id=tracing.trace_id_of(tracing.header_of(emit.headers)))  # fmt: skip
+        return futures
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition aiokafka's default partitioner gives a keyed record among ``partitions``.
+
+    >>> partition_for(b"freezer-00001", 6) == partition_for(b"freezer-00001", 6) < 6
+    True
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _reading_traceparents(
