@@ -32,7 +32,13 @@ class ProcessorSettings(ThermoflowSettings):
     max_chunks: int = Field(
         16, ge=1, le=1024, description="partition chunks (fetched runs of records) per batch at most"
     )
-    max_wait: float = Field(0.25, gt=0, le=60, description="seconds to wait to fill a batch")
+    max_wait: float | None = Field(
+        None,
+        gt=0,
+        le=60,
+        description="seconds to wait to fill a batch once its first chunk is fetched [a quarter of"
+        " latency_budget: the fetch waits up to the other three quarters]",
+    )
     commit_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between offset commits (of what has been sent)"
     )
@@ -92,6 +98,17 @@ class ProcessorSettings(ThermoflowSettings):
         0, ge=0, le=10_000, description="this process's number under `thermoflow run` (THERMOFLOW_INSTANCE)"
     )
     log_level: str = Field("INFO", description="log level")
+
+    @property
+    def batch_wait(self) -> float:
+        """Seconds a batch waits for more chunks: ``max_wait``, else a quarter of the latency budget.
+
+        The fetch before it has waited up to ``fetch_wait`` (three quarters) for Kafka to gather
+        ``kafka_fetch_min_bytes``, so a reading waits at most the budget in this hop before its
+        batch is processed, and at a low rate the batches still come a few per budget, not one
+        per handful of readings.
+        """
+        return self.max_wait if self.max_wait is not None else 0.25 * self.latency_budget
 
     @property
     def function_modules(self) -> list[str]:
