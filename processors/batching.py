@@ -44,7 +44,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
+from thermoflow.logs import get_logger
 from thermoflow.settings import ConfigError
+
+log = get_logger(__name__)
 
 #: The value serializer of a chunked topic: the value is already the chunk's list of records.
 CHUNK_SERIALIZER: Final = "thermoflow-chunk"
@@ -214,6 +217,7 @@ class _FetchTunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_min_bytes = self.fetch_min_bytes
         consumer._fetch_max_wait_ms = max(1, round(self.fetch_wait * 1000))
+        log.info("consumer_fetch", min_bytes=self.fetch_min_bytes, max_wait_ms=consumer._fetch_max_wait_ms)
         return consumer
 
 
