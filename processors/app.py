@@ -47,7 +47,12 @@ from thermoflow import kafka, tracing
 from thermoflow.events import WATERMARK_HEADERS, DeadLetter, dead_letter_headers, encode, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
-from thermoflow.processors.batching import CHUNK_SERIALIZER, ChunkScheduler, FetchTunedTransport
+from thermoflow.processors.batching import (
+    CHUNK_SERIALIZER,
+    ChunkScheduler,
+    FetchTunedTransport,
+    deliver_raw_records,
+)
 from thermoflow.processors.columns import KafkaRecord, ReadingBatch, decode_batch
 from thermoflow.processors.runtime import (
     Emit,
@@ -59,6 +64,7 @@ from thermoflow.processors.runtime import (
     call_with_retries,
 )
 from thermoflow.processors.settings import ProcessorSettings
+from thermoflow.processors.thresholds import I64
 from thermoflow.processors.watermarks import PartitionProgress, latest_per_partition
 from thermoflow.watchdog import Watchdog
 
@@ -92,6 +98,9 @@ def build_app(
 ) -> faust.App:
     """A faust app running every function of ``registry``; one per worker process."""
     sources = frozenset(spec.source_topic(settings) for spec in registry.specs())
+    deliver_raw_records(
+        sources
+    )  # their records reach the agents as aiokafka decoded them (processors.batching)
     app = faust.App(
         settings.processor_group,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
@@ -249,9 +258,13 @@ class BatchRunner:
             # Each event is one partition's fetched chunk of records (processors.batching).
             async for events in stream.take_events(self.settings.max_chunks, within=self.settings.batch_wait):
                 records = [record for event in events for record in event.value]
+                partitions = np.repeat(
+                    np.fromiter((event.message.partition for event in events), np.int64, len(events)),
+                    np.fromiter((len(event.value) for event in events), np.int64, len(events)),
+                )
                 watchdog.waiting(len(records))
                 async with self.turn:
-                    await self.process(records)
+                    await self.process(records, partitions)
                     if isinstance(self.body, Stateful):
                         self.hold(events)
                         if time.monotonic() - self.persisted_at >= self.settings.state_interval:
@@ -268,11 +281,15 @@ class BatchRunner:
         finally:
             watchdog.stop()
 
-    async def process(self, records: Sequence[KafkaRecord]) -> None:
-        """Decode, call, send; returns only once every output record is acked by Kafka."""
+    async def process(self, records: Sequence[Any], partitions: I64 | None = None) -> None:
+        """Decode, call, send; returns only once every output record is acked by Kafka.
+
+        ``partitions`` is each record's partition, for records that carry none (aiokafka's raw
+        records: :func:`~thermoflow.processors.batching.deliver_raw_records`).
+        """
         started = time.perf_counter()
         started_ns = time.time_ns()
-        batch, rejects = decode_batch(self.source, records)
+        batch, rejects = decode_batch(self.source, records, partitions)
         deliveries: list[asyncio.Future[Any]] = []
         spans: list[Span] = []
         for reject in rejects:
@@ -297,8 +314,8 @@ class BatchRunner:
                 )
                 emits = []
                 reason = f"function {self.spec.name!r} {exc}"
-                for record in batch.records:
-                    deliveries.append(await self._dead_letter(record, reason))
+                for record, partition in zip(batch.records, batch.partition.tolist(), strict=True):
+                    deliveries.append(await self._dead_letter(record, reason, partition=partition))
             emits, spans = self.traced(emits, batch, started_ns=started_ns)
             deliveries += await self.output.send(emits)
             self.metrics.count("emitted", len(emits))
@@ -308,7 +325,7 @@ class BatchRunner:
             for span in spans:
                 span.end()
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
-            self.emitter.processed(records, batch)
+            self.emitter.processed(records, batch, partitions)
             await self.emitter.emit()
         self.metrics.count("readings", len(batch))
         self.metrics.count("dead_letters", len(rejects), reason="decode")
@@ -416,12 +433,16 @@ class BatchRunner:
                 await self.flush()  # what the last batches held, when no batch came to do it
         self.metrics.count("emitted", len(emits))
 
-    async def _dead_letter(self, record: KafkaRecord, reason: str) -> asyncio.Future[Any]:
-        source = kafka_source(topic=self.source, partition=record.partition, offset=record.offset)
+    async def _dead_letter(
+        self, record: KafkaRecord, reason: str, *, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """Send ``record`` to the dead-letter topic; ``partition`` for a raw record, which has none."""
+        partition = record.partition if partition is None else partition
+        source = kafka_source(topic=self.source, partition=partition, offset=record.offset)
         self.log.warning(
             "dead_letter",
             reason=reason,
-            partition=record.partition,
+            partition=partition,
             offset=record.offset,
             device_id=record.key.decode("utf-8", "replace") if record.key else None,
         )
@@ -502,7 +523,8 @@ def _reading_traceparents(
     found: dict[tuple[int | None, int | None], bytes | None] = {}
     for index in np.flatnonzero(np.isin(positions, keys)).tolist():
         record = batch.records[index]
-        found[(record.partition, record.offset)] = tracing.header_of(getattr(record, "headers", None))
+        position = (int(batch.partition[index]), int(batch.offset[index]))
+        found[position] = tracing.header_of(getattr(record, "headers", None))
     return found
 
 
@@ -540,12 +562,16 @@ class WatermarkEmitter:
         self._counting: asyncio.Task[None] | None = None
         self._disturbed_at = float("-inf")  # the last time Kafka did not ack a watermark round
 
-    def processed(self, records: Sequence[KafkaRecord], batch: ReadingBatch) -> None:
-        """A batch's records are done and its output acked: move their partitions forward."""
+    def processed(self, records: Sequence[Any], batch: ReadingBatch, partitions: I64 | None = None) -> None:
+        """A batch's records are done and its output acked: move their partitions forward.
+
+        ``partitions``: each record's, for records that carry none (raw aiokafka records).
+        """
         now = self.clock()
         event_time = latest_per_partition(batch.partition, batch.event_ts)
         count = len(records)  # the records' partitions and offsets read in C, not a Python step per record
-        partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
+        if partitions is None:
+            partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
         offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
         for partition, last in latest_per_partition(partitions, offsets).items():
             end = int(last) + 1

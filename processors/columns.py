@@ -66,6 +66,7 @@ class RawRecord:
     value: bytes | None
     partition: int
     offset: int
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +111,15 @@ def _decode_all(values: Sequence[bytes]) -> list[Any] | None:
     return readings if len(readings) == len(values) else None  # blank records are skipped by decode_lines
 
 
-def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBatch, list[Reject]]:
+def decode_batch(
+    topic: str, records: Sequence[Any], partitions: I64 | None = None
+) -> tuple[ReadingBatch, list[Reject]]:
     """Decode a batch of ``telemetry.readings`` records to columns; undecodable ones are rejected.
+
+    ``partitions``, when given, is each record's partition, and the records need not carry
+    one (aiokafka's raw records: :func:`thermoflow.processors.batching.deliver_raw_records`).
+    Then the batch's ``records`` are those raw records; a reject is a :class:`RawRecord`
+    naming its partition.
 
     >>> ok = RawRecord(b"f-1", b'{"device_id": "f-1", "value": -3.5, "ts": 10.0, "received_at": 10.1}', 0, 7)
     >>> bad = RawRecord(b"f-2", b'{"device_id": "f-2"}', 0, 8)
@@ -128,6 +136,12 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
     if values and all(values):
         readings = _decode_all(values)  # type: ignore[arg-type]  # all() checked: no None, no b""
     if readings is None:
+        if partitions is not None:  # the slow path names each record's partition
+            records = [
+                RawRecord(r.key, r.value, p, r.offset, getattr(r, "headers", None) or ())
+                for r, p in zip(records, partitions.tolist(), strict=True)
+            ]
+            partitions = None
         readings, valid = [], []
         for record in records:
             if not record.value:
@@ -155,7 +169,11 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
     batch = ReadingBatch(
         topic=topic,
         columns=columns,
-        partition=np.fromiter(map(_partition, kept), dtype=np.int64, count=len(kept)),
+        partition=(
+            partitions
+            if partitions is not None
+            else np.fromiter(map(_partition, kept), dtype=np.int64, count=len(kept))
+        ),
         offset=np.fromiter(map(_offset, kept), dtype=np.int64, count=len(kept)),
         records=kept,
         received_at=received_at,

@@ -1,0 +1,43 @@
+"""decode_batch over records that carry no partition (aiokafka's raw records), given the partitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from thermoflow.processors.columns import RawRecord, decode_batch
+
+
+@dataclass(frozen=True)
+class Raw:
+    """What aiokafka's DefaultRecord offers: no topic, no partition."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def reading(device: str, value: float) -> bytes:
+    return b'{"device_id": "%s", "value": %r, "ts": 10.0, "received_at": 10.5}' % (device.encode(), value)
+
+
+def test_valid_records_take_their_partitions_from_the_array() -> None:
+    records = [Raw(7, b"a", reading("a", 1.0)), Raw(3, b"b", reading("b", 2.0))]
+    batch, rejects = decode_batch("t", records, np.array([4, 9]))
+    assert rejects == []
+    assert batch.partition.tolist() == [4, 9] and batch.offset.tolist() == [7, 3]
+
+
+def test_a_bad_record_becomes_a_reject_naming_its_partition_and_keeps_its_headers() -> None:
+    records = [
+        Raw(7, b"a", reading("a", 1.0)),
+        Raw(8, b"b", b"not json", (("traceparent", b"00-x"),)),
+        Raw(2, b"c", reading("c", 3.0)),
+    ]
+    batch, rejects = decode_batch("t", records, np.array([4, 4, 5]))
+    assert batch.partition.tolist() == [4, 5] and batch.offset.tolist() == [7, 2]
+    (reject,) = rejects
+    assert reject.record == RawRecord(b"b", b"not json", 4, 8, (("traceparent", b"00-x"),))
+    assert "invalid reading" in reject.error or "JSON" in reject.error
