@@ -36,8 +36,8 @@ class ProcessorSettings(ThermoflowSettings):
         None,
         gt=0,
         le=60,
-        description="seconds to wait to fill a batch once its first chunk is fetched [a quarter of"
-        " latency_budget: the fetch waits up to the other three quarters]",
+        description="seconds between the batches a worker cuts from what its fetches brought"
+        " [latency_budget]",
     )
     commit_interval: float = Field(
         1.0, gt=0, le=60, description="seconds between offset commits (of what has been sent)"
@@ -101,14 +101,16 @@ class ProcessorSettings(ThermoflowSettings):
 
     @property
     def batch_wait(self) -> float:
-        """Seconds a batch waits for more chunks: ``max_wait``, else a quarter of the latency budget.
+        """Seconds between batches at a low rate: ``max_wait``, else the latency budget.
 
-        The fetch before it has waited up to ``fetch_wait`` (three quarters) for Kafka to gather
-        ``kafka_fetch_min_bytes``, so a reading waits at most the budget in this hop before its
-        batch is processed, and at a low rate the batches still come a few per budget, not one
-        per handful of readings.
+        faust's ``take_events`` hands on what is buffered every ``batch_wait`` seconds (or at
+        ``max_chunks``). Each batch costs the detectors about 3 ms whatever its size, so at a
+        steady 5,000 readings/s a quarter of the budget (25 ms) cut 40% more batches than the
+        whole budget, and cost the worker 31-36 µs of CPU per reading instead of 27 (measured
+        under `thermoflow run`). A reading waits up to the fetch's ``fetch_wait`` in Kafka, then
+        up to ``batch_wait`` here; under load both fill at once and neither waits.
         """
-        return self.max_wait if self.max_wait is not None else 0.25 * self.latency_budget
+        return self.max_wait if self.max_wait is not None else self.latency_budget
 
     @property
     def function_modules(self) -> list[str]:
