@@ -507,7 +507,7 @@ def partition_for(key: bytes, partitions: int) -> int:
     >>> partition_for(b"freezer-00001", 6) == partition_for(b"freezer-00001", 6) < 6
     True
     """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _reading_traceparents(

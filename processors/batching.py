@@ -280,7 +280,7 @@ def deliver_raw_records(topics: Iterable[str]) -> None:
     :func:`check_versions` accepts.
     """
     _RAW_TOPICS.update(topics)
-    aiokafka_fetcher.PartitionRecords._unpack_records = _unpack_records  # type: ignore[method-assign]
+    aiokafka_fetcher.PartitionRecords._unpack_records = _unpack_records
 
 
 def _unpack_records(self: Any) -> Iterator[Any]:
