@@ -31,7 +31,11 @@ def _wire_struct() -> type[msgspec.Struct]:
         (f.name, f.type) if f.required else (f.name, f.type, f.default)
         for f in msgspec.structs.fields(Reading)
     ]
-    return msgspec.defstruct("WireReading", fields, kw_only=True, frozen=True, forbid_unknown_fields=False)
+    # gc=False: a decoded reading holds only strings and numbers, so it can never be part of a
+    # reference cycle, and the garbage collector need not track the batch's thousands of them.
+    return msgspec.defstruct(
+        "WireReading", fields, kw_only=True, frozen=True, forbid_unknown_fields=False, gc=False
+    )
 
 
 WireReading: Final = _wire_struct()
@@ -41,6 +45,8 @@ _partition: Final = operator.attrgetter("partition")
 _offset: Final = operator.attrgetter("offset")
 _pair_key: Final = operator.attrgetter("device_id", "metric")
 _reading_value: Final = operator.attrgetter("value")
+_reading_device: Final = operator.attrgetter("device_id")
+_reading_metric: Final = operator.attrgetter("metric")
 _reading_ts: Final = operator.attrgetter("ts")
 _reading_received_at: Final = operator.attrgetter("received_at")
 
@@ -111,6 +117,26 @@ def _decode_all(values: Sequence[bytes]) -> list[Any] | None:
     return readings if len(readings) == len(values) else None  # blank records are skipped by decode_lines
 
 
+def _pairs(readings: Sequence[Any]) -> tuple[I64, list[str], list[str]]:
+    """Each reading's (device, metric) pair as an index, and the distinct pairs in first-seen order.
+
+    When the batch has one metric (the usual case) the device ids are the keys: a string
+    caches its hash, a (device, metric) tuple computes it again at every lookup.
+    """
+    metric_set = set(map(_reading_metric, readings))
+    if len(metric_set) == 1:
+        keys: list[Any] = list(map(_reading_device, readings))
+        (metric,) = metric_set
+        distinct = list(dict.fromkeys(keys))
+        device_ids, metrics = distinct, [metric] * len(distinct)
+    else:
+        keys = list(map(_pair_key, readings))
+        distinct = list(dict.fromkeys(keys))
+        device_ids, metrics = [device_id for device_id, _ in distinct], [metric for _, metric in distinct]
+    index = dict(zip(distinct, range(len(distinct)), strict=True))
+    return np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys)), device_ids, metrics
+
+
 def decode_batch(
     topic: str, records: Sequence[Any], partitions: I64 | None = None
 ) -> tuple[ReadingBatch, list[Reject]]:
@@ -156,12 +182,11 @@ def decode_batch(
         kept = valid
 
     count = len(readings)
-    keys = list(map(_pair_key, readings))
-    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # distinct pairs, in first-seen order
+    pair, device_ids, metrics = _pairs(readings)
     columns = ReadingColumns(
-        device_ids=[device_id for device_id, _ in index],
-        metrics=[metric for _, metric in index],
-        pair=np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=count),
+        device_ids=device_ids,
+        metrics=metrics,
+        pair=pair,
         values=np.fromiter(map(_reading_value, readings), dtype=np.float64, count=count),
         ts=np.fromiter(map(_reading_ts, readings), dtype=np.float64, count=count),
     )

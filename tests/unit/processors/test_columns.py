@@ -41,3 +41,19 @@ def test_a_bad_record_becomes_a_reject_naming_its_partition_and_keeps_its_header
     (reject,) = rejects
     assert reject.record == RawRecord(b"b", b"not json", 4, 8, (("traceparent", b"00-x"),))
     assert "invalid reading" in reject.error or "JSON" in reject.error
+
+
+def test_pairs_are_device_and_metric_whether_a_batch_has_one_metric_or_several() -> None:
+    def raw(offset: int, device: str, metric: str) -> Raw:
+        body = b'{"device_id": "%s", "metric": "%s", "value": 1.0, "ts": 1.0, "received_at": 1.0}'
+        return Raw(offset, device.encode(), body % (device.encode(), metric.encode()))
+
+    one, _ = decode_batch("t", [raw(0, "a", "t"), raw(1, "b", "t"), raw(2, "a", "t")], np.zeros(3, np.int64))
+    assert (one.columns.device_ids, one.columns.metrics, one.columns.pair.tolist()) == (
+        ["a", "b"], ["t", "t"], [0, 1, 0]
+    )  # fmt: skip
+    mixed = [raw(0, "a", "t"), raw(1, "a", "h"), raw(2, "b", "t"), raw(3, "a", "t")]
+    two, _ = decode_batch("t", mixed, np.zeros(4, np.int64))
+    assert (two.columns.device_ids, two.columns.metrics, two.columns.pair.tolist()) == (
+        ["a", "a", "b"], ["t", "h", "t"], [0, 1, 2, 0]
+    )  # fmt: skip
