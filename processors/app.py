@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import operator
 import time
@@ -257,7 +258,7 @@ class BatchRunner:
         try:
             # Each event is one partition's fetched chunk of records (processors.batching).
             async for events in stream.take_events(self.settings.max_chunks, within=self.settings.batch_wait):
-                records = [record for event in events for record in event.value]
+                records = list(itertools.chain.from_iterable(event.value for event in events))
                 partitions = np.repeat(
                     np.fromiter((event.message.partition for event in events), np.int64, len(events)),
                     np.fromiter((len(event.value) for event in events), np.int64, len(events)),
@@ -295,7 +296,7 @@ class BatchRunner:
         for reject in rejects:
             deliveries.append(await self._dead_letter(reject.record, reject.error))
         if len(batch) and isinstance(self.body, Stateful):
-            await self.body.load({int(p) for p in batch.partition})
+            await self.body.load(set(np.unique(batch.partition).tolist()))
         if len(batch):
             try:
                 emits = await call_with_retries(
