@@ -600,7 +600,9 @@ class WatermarkEmitter:
         source_partitions, sink_partitions = self._counts
         owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.progress.topic}
         self.progress.assign(owned, now=now)
-        positions = {p: await self._position(p) for p in owned}
+        # The consumer's position (a call into faust's consumer thread) only stands in for the
+        # offset processed when nothing was processed since the assignment.
+        positions = {p: await self._position(p) for p in owned if self.progress.next_offset(p) is None}
         marks = self.progress.marks(
             partitions=source_partitions,
             caught_up=lambda p, next_offset: self._caught_up(p, next_offset, positions.get(p)),
