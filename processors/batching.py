@@ -43,14 +43,11 @@ import aiokafka.errors
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.structs import ConsumerRecord
 from faust.serializers import codecs
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
-from thermoflow.logs import get_logger
 from thermoflow.settings import ConfigError
 
-log = get_logger(__name__)
 _value: Final = operator.attrgetter("value")
 
 #: The value serializer of a chunked topic: the value is already the chunk's list of records.
@@ -215,50 +212,6 @@ class ChunkScheduler(DefaultSchedulingStrategy):
             serialized_value_size=sum(len(value) for value in map(_value, chunk) if value),
             headers=(),
         )
-
-
-class _FetchTunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_min_bytes: ClassVar[int] = 1
-    fetch_wait: ClassVar[float] = 1.5
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_min_bytes = self.fetch_min_bytes
-        consumer._fetch_max_wait_ms = max(1, round(self.fetch_wait * 1000))
-        log.info("consumer_fetch", min_bytes=self.fetch_min_bytes, max_wait_ms=consumer._fetch_max_wait_ms)
-        return consumer
-
-
-class _FetchTunedConsumer(faust_aiokafka.Consumer):
-    thread_class: ClassVar[type[_FetchTunedConsumerThread]] = _FetchTunedConsumerThread
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return self.thread_class(self, loop=self.loop, beacon=self.beacon)
-
-
-class FetchTunedTransport(faust_aiokafka.Transport):
-    """faust's Kafka transport, with the worker consumer's fetch wait and minimum size set.
-
-    faust fixes them at 1 byte and 1500 ms: Kafka answers a fetch as soon as it holds one new
-    record, so at a steady rate every few records cost a fetch, a hand-over from faust's
-    consumer thread to the agent's loop (``call_soon_threadsafe``) and a batch. With
-    ``fetch_min_bytes`` and a wait within the latency budget, a fetch brings what arrived
-    during the wait, and batches grow with the load instead of the wakeups. Both are set on the
-    aiokafka consumer faust builds, before it starts (``AIOKafkaConsumer._fetch_min_bytes`` and
-    ``_fetch_max_wait_ms``, which its ``start`` hands to the fetcher): aiokafka's own names,
-    pinned with the versions :func:`check_versions` accepts.
-    """
-
-    @classmethod
-    def tuned(cls, *, fetch_min_bytes: int, fetch_wait: float) -> type[FetchTunedTransport]:
-        """The transport class whose worker consumer fetches ``fetch_min_bytes`` or waits ``fetch_wait`` s."""
-        thread = type(
-            "FetchTunedConsumerThread",
-            (_FetchTunedConsumerThread,),
-            {"fetch_min_bytes": fetch_min_bytes, "fetch_wait": fetch_wait},
-        )
-        consumer = type("FetchTunedConsumer", (_FetchTunedConsumer,), {"thread_class": thread})
-        return type("FetchTunedTransport", (cls,), {"Consumer": consumer})
 
 
 #: Topics whose fetched records reach the scheduler as aiokafka's raw records (deliver_raw_records).

@@ -107,8 +107,8 @@ class ProcessorSettings(ThermoflowSettings):
         ``max_chunks``). Each batch costs the detectors about 3 ms whatever its size, so at a
         steady 5,000 readings/s a quarter of the budget (25 ms) cut 40% more batches than the
         whole budget, and cost the worker 31-36 µs of CPU per reading instead of 27 (measured
-        under `thermoflow run`). A reading waits up to the fetch's ``fetch_wait`` in Kafka, then
-        up to ``batch_wait`` here; under load both fill at once and neither waits.
+        under `thermoflow run`). faust's fetch returns as soon as Kafka holds a record, so a
+        reading waits up to ``batch_wait`` here; under load ``max_chunks`` fills first.
         """
         return self.max_wait if self.max_wait is not None else self.latency_budget
 
