@@ -184,7 +184,7 @@ def run_public_worker(variant: str) -> None:
     )
     value_serializer = CHUNK_SERIALIZER if variant == "scheduler" else "raw"
     source = app.topic(settings.readings_topic, key_serializer="raw", value_serializer=value_serializer)
-    max_batch, max_wait = settings.max_batch, settings.max_wait
+    max_batch, max_wait = settings.max_batch, settings.batch_wait
 
     async def take(stream: Any) -> None:
         async for values in stream.take(max_batch, within=max_wait):

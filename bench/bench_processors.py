@@ -16,8 +16,8 @@ It pre-fills a fresh topic with readings (1% of them breach a rule), then, in th
 3. cold start: seconds from starting that process to its first batch processed;
 4. the baseline: a naive faust agent (one event at a time: decode, classify, send) over the
    same topic in its own consumer group, readings/s, and the ratio;
-5. with ``--previous REV``, the thresholds-only case again on that revision's code (e.g. the
-   commit before the Prometheus metrics), and this code's ratio to it.
+5. with ``--previous REV``, the same cases again on that revision's code (e.g. the commit
+   before a change), and this code's ratio to it; ``--only thresholds|every`` runs one case.
 """
 
 from __future__ import annotations
@@ -165,6 +165,8 @@ async def measure(
             last = (time.time(), 0, 0.0)
             while time.time() - started < 120 + max_seconds:
                 done = await committed(settings, group, topic)
+                if proc.returncode is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode}; see {log_path}")
                 now, cpu = time.time(), cpu_seconds(proc.pid)
                 if done and first is None:
                     first = (now, done, cpu)
@@ -197,10 +199,11 @@ async def previous_code(
     *,
     env: dict[str, str],
     rules_file: Path,
+    label: str,
     topic: str,
     logs: Path,
 ) -> dict[str, float]:
-    """The thresholds-only case on ``args.previous``'s code (its tree first on the path), median of trials."""
+    """One case on ``args.previous``'s code (its tree first on the path), median of trials."""
     tree = checkout(args.previous, root=ROOT)
     trials = []
     for trial in range(args.trials):
@@ -215,10 +218,10 @@ async def previous_code(
             topic=topic,
             total=args.readings,
             max_seconds=300,
-            log_path=logs / f"previous-{trial}.log",
+            log_path=logs / f"previous-{label.replace(' ', '-')}-{trial}.log",
         )  # fmt: skip
         trials.append(result)
-        print(f"  thresholds only at {args.previous[:12]}, trial {trial + 1}:"
+        print(f"  {label} at {args.previous[:12]}, trial {trial + 1}:"
               f" {result['rate']:,.0f} readings/s, {result['cpu_per_1000']:.4f} CPU-s/1000",
               flush=True)  # fmt: skip
     return {key: statistics.median(t[key] for t in trials) for key in ("rate", "cpu_per_1000")}
@@ -285,7 +288,10 @@ async def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--previous", help="a git revision whose worker runs the thresholds-only case too")
+    parser.add_argument("--previous", help="a git revision whose worker runs the same cases too")
+    parser.add_argument(
+        "--only", choices=("thresholds", "every"), help="run one case: thresholds only, or every detector on"
+    )
     args = parser.parse_args()
 
     settings = ThermoflowSettings()
@@ -316,7 +322,10 @@ async def main() -> None:
     plain_rules = logs / "rules-thresholds-only.yaml"
     plain_rules.write_text(yaml.safe_dump(thresholds_only(yaml.safe_load(DEFAULT_RULES_FILE.read_text()))))
     results: dict[str, dict[str, float]] = {}
-    for label, rules_file in (("thresholds only", plain_rules), ("every detector on", DEFAULT_RULES_FILE)):
+    cases = {"thresholds only": plain_rules, "every detector on": DEFAULT_RULES_FILE}
+    if args.only:
+        cases = {label: rules for label, rules in cases.items() if label.startswith(args.only)}
+    for label, rules_file in cases.items():
         trials = []
         for trial in range(args.trials):
             group = f"bench-process-{run}-{len(results)}-{trial}"
@@ -347,23 +356,25 @@ async def main() -> None:
             f" {worker['cpu_per_1000']:.4f} CPU-s per 1,000 readings",
             flush=True,
         )
-    plain, full = results["thresholds only"], results["every detector on"]
-    print(
-        f"every detector on / thresholds only: {full['rate'] / plain['rate']:.2f}x the rate,"
-        f" {full['cpu_per_1000'] / plain['cpu_per_1000']:.2f}x the CPU per reading",
-        flush=True,
-    )
-    if args.previous:
-        previous = await previous_code(
-            settings, args, env=env, rules_file=plain_rules, topic=source, logs=logs
-        )
+    if len(results) == 2:
+        plain, full = results["thresholds only"], results["every detector on"]
         print(
-            f"thresholds only, this code / {args.previous[:12]}:"
-            f" {plain['rate'] / previous['rate']:.2f}x the rate,"
-            f" {plain['cpu_per_1000'] / previous['cpu_per_1000']:.2f}x the CPU per reading",
+            f"every detector on / thresholds only: {full['rate'] / plain['rate']:.2f}x the rate,"
+            f" {full['cpu_per_1000'] / plain['cpu_per_1000']:.2f}x the CPU per reading",
             flush=True,
         )
-    worker = plain
+    if args.previous:
+        for label, rules_file in cases.items():
+            previous = await previous_code(
+                settings, args, env=env, rules_file=rules_file, label=label, topic=source, logs=logs
+            )
+            print(
+                f"{label}, this code / {args.previous[:12]}:"
+                f" {results[label]['rate'] / previous['rate']:.2f}x the rate,"
+                f" {results[label]['cpu_per_1000'] / previous['cpu_per_1000']:.2f}x the CPU per reading",
+                flush=True,
+            )
+    worker = next(iter(results.values()))
     print(f"cold start (process start -> first batch processed, median): {worker['cold_start']:.2f}s")
     if not args.skip_baseline:
         naive = await measure(

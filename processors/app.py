@@ -1,5 +1,5 @@
 """The faust app: each registered function runs as an agent over
-``stream.take_events(max_chunks, within=max_wait)``, where each event is one partition's
+``stream.take_events(max_chunks, within=batch_wait)``, where each event is one partition's
 fetched chunk of records (see :mod:`thermoflow.processors.batching` for why).
 
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
+import logging
 import operator
 import time
 import weakref
@@ -39,13 +41,18 @@ import faust
 import msgspec
 import numpy as np
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from thermoflow import kafka, tracing
 from thermoflow.events import WATERMARK_HEADERS, DeadLetter, dead_letter_headers, encode, kafka_source
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
-from thermoflow.processors.batching import CHUNK_SERIALIZER, ChunkScheduler
+from thermoflow.processors.batching import (
+    CHUNK_SERIALIZER,
+    ChunkScheduler,
+    deliver_raw_records,
+)
 from thermoflow.processors.columns import KafkaRecord, ReadingBatch, decode_batch
 from thermoflow.processors.runtime import (
     Emit,
@@ -57,6 +64,7 @@ from thermoflow.processors.runtime import (
     call_with_retries,
 )
 from thermoflow.processors.settings import ProcessorSettings
+from thermoflow.processors.thresholds import I64
 from thermoflow.processors.watermarks import PartitionProgress, latest_per_partition
 from thermoflow.watchdog import Watchdog
 
@@ -90,6 +98,9 @@ def build_app(
 ) -> faust.App:
     """A faust app running every function of ``registry``; one per worker process."""
     sources = frozenset(spec.source_topic(settings) for spec in registry.specs())
+    deliver_raw_records(
+        sources
+    )  # their records reach the agents as aiokafka decoded them (processors.batching)
     app = faust.App(
         settings.processor_group,
         broker=[f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")],
@@ -114,9 +125,11 @@ def build_app(
         broker_max_poll_records=settings.max_batch,
         consumer_max_fetch_size=8 << 20,
         # No fetch_min_bytes / fetch_max_wait: faust has no setting for them (it fixes 1 byte and
-        # 1500 ms), and the kafka_fetch_* tuning the other consumers use measured no better here:
-        # 20,000 readings/s live, 0.009 CPU-s per 1,000 readings with faust's values, 0.020 with
-        # 256 KiB / 20 ms.
+        # 1500 ms), and the kafka_fetch_* tuning the other consumers use measured no better here.
+        # Set on faust's consumer (256 KiB / 75 ms, three quarters of latency_budget), a steady
+        # 5,000 readings/s cost the worker 26.8-27.5 µs of CPU per reading against 25.4-30.3 with
+        # faust's values, and idle 1.7% of a core against 0.9%. Earlier, live at 20,000/s: 0.009
+        # CPU-s per 1,000 readings with faust's values, 0.020 with 256 KiB / 20 ms.
         stream_buffer_maxsize=4 * settings.max_chunks,  # counted in partition chunks (processors.batching)
         producer_acks=-1,
         producer_linger=0.005,
@@ -233,6 +246,7 @@ class BatchRunner:
         # are not committed until it is (:meth:`hold`, :meth:`flush`).
         self.held: list[Any] = []
         self.persisted_at = time.monotonic()
+        self.output = BatchSender(sink, self.sink_topic)
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -243,11 +257,15 @@ class BatchRunner:
         watchdog.start()
         try:
             # Each event is one partition's fetched chunk of records (processors.batching).
-            async for events in stream.take_events(self.settings.max_chunks, within=self.settings.max_wait):
-                records = [record for event in events for record in event.value]
+            async for events in stream.take_events(self.settings.max_chunks, within=self.settings.batch_wait):
+                records = list(itertools.chain.from_iterable(event.value for event in events))
+                partitions = np.repeat(
+                    np.fromiter((event.message.partition for event in events), np.int64, len(events)),
+                    np.fromiter((len(event.value) for event in events), np.int64, len(events)),
+                )
                 watchdog.waiting(len(records))
                 async with self.turn:
-                    await self.process(records)
+                    await self.process(records, partitions)
                     if isinstance(self.body, Stateful):
                         self.hold(events)
                         if time.monotonic() - self.persisted_at >= self.settings.state_interval:
@@ -264,17 +282,21 @@ class BatchRunner:
         finally:
             watchdog.stop()
 
-    async def process(self, records: Sequence[KafkaRecord]) -> None:
-        """Decode, call, send; returns only once every output record is acked by Kafka."""
+    async def process(self, records: Sequence[Any], partitions: I64 | None = None) -> None:
+        """Decode, call, send; returns only once every output record is acked by Kafka.
+
+        ``partitions`` is each record's partition, for records that carry none (aiokafka's raw
+        records: :func:`~thermoflow.processors.batching.deliver_raw_records`).
+        """
         started = time.perf_counter()
         started_ns = time.time_ns()
-        batch, rejects = decode_batch(self.source, records)
+        batch, rejects = decode_batch(self.source, records, partitions)
         deliveries: list[asyncio.Future[Any]] = []
         spans: list[Span] = []
         for reject in rejects:
             deliveries.append(await self._dead_letter(reject.record, reject.error))
         if len(batch) and isinstance(self.body, Stateful):
-            await self.body.load({int(p) for p in batch.partition})
+            await self.body.load(set(np.unique(batch.partition).tolist()))
         if len(batch):
             try:
                 emits = await call_with_retries(
@@ -293,11 +315,10 @@ class BatchRunner:
                 )
                 emits = []
                 reason = f"function {self.spec.name!r} {exc}"
-                for record in batch.records:
-                    deliveries.append(await self._dead_letter(record, reason))
+                for record, partition in zip(batch.records, batch.partition.tolist(), strict=True):
+                    deliveries.append(await self._dead_letter(record, reason, partition=partition))
             emits, spans = self.traced(emits, batch, started_ns=started_ns)
-            for emit in emits:
-                deliveries.append(await self._send(emit))
+            deliveries += await self.output.send(emits)
             self.metrics.count("emitted", len(emits))
         try:
             await asyncio.gather(*deliveries)
@@ -305,7 +326,7 @@ class BatchRunner:
             for span in spans:
                 span.end()
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
-            self.emitter.processed(records, batch)
+            self.emitter.processed(records, batch, partitions)
             await self.emitter.emit()
         self.metrics.count("readings", len(batch))
         self.metrics.count("dead_letters", len(rejects), reason="decode")
@@ -343,13 +364,6 @@ class BatchRunner:
             assert traceparent is not None
             traced.append(dataclasses.replace(emit, headers=(*emit.headers, (tracing.HEADER, traceparent))))
         return traced, spans
-
-    async def _send(self, emit: Emit) -> asyncio.Future[Any]:
-        self.log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset,
-                       trace_id=tracing.trace_id_of(tracing.header_of(emit.headers)))  # fmt: skip
-        return await self.sink.send(  # type: ignore[no-any-return]
-            key=emit.key.encode(), value=_encoder.encode(emit.event), headers=list(emit.headers) or None
-        )
 
     def hold(self, events: Sequence[Any]) -> None:
         """Keep a processed batch's events unacked until :meth:`flush` writes the state it changed.
@@ -409,7 +423,7 @@ class BatchRunner:
             emits, spans = self.traced(self.body.on_timer(now=time.time(), caught_up=caught_up), None,
                                        started_ns=started_ns)  # fmt: skip
             try:
-                await asyncio.gather(*[await self._send(emit) for emit in emits])
+                await asyncio.gather(*await self.output.send(emits))
             except faust.exceptions.NotReady:  # stopping under way: nothing was persisted, all is found again
                 self.log.info("timer_stopped", unsent=len(emits))
                 return
@@ -420,12 +434,16 @@ class BatchRunner:
                 await self.flush()  # what the last batches held, when no batch came to do it
         self.metrics.count("emitted", len(emits))
 
-    async def _dead_letter(self, record: KafkaRecord, reason: str) -> asyncio.Future[Any]:
-        source = kafka_source(topic=self.source, partition=record.partition, offset=record.offset)
+    async def _dead_letter(
+        self, record: KafkaRecord, reason: str, *, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """Send ``record`` to the dead-letter topic; ``partition`` for a raw record, which has none."""
+        partition = record.partition if partition is None else partition
+        source = kafka_source(topic=self.source, partition=partition, offset=record.offset)
         self.log.warning(
             "dead_letter",
             reason=reason,
-            partition=record.partition,
+            partition=partition,
             offset=record.offset,
             device_id=record.key.decode("utf-8", "replace") if record.key else None,
         )
@@ -433,6 +451,64 @@ class BatchRunner:
         return await self.deadletter.send(  # type: ignore[no-any-return]
             key=record.key, value=record.value, headers=dead_letter_headers(letter)
         )
+
+
+class BatchSender:
+    """Sends a batch's events to the sink topic as one Kafka producer batch per partition.
+
+    faust's ``topic.send`` costs a faust message, a future and an aiokafka record per event (16%
+    of a worker's time with every detector on); here a batch's events cost one ``send_batch``
+    (one future) per partition. The partition is the one aiokafka's default partitioner picks
+    for the key (murmur2, cached per key: it is pure Python), so a device's alerts land where
+    they always did, in the order they were emitted.
+    """
+
+    def __init__(self, sink: Any, topic: str) -> None:
+        self.sink = sink
+        self.topic = topic
+        self._partitions = 0
+        self._partition_of: dict[bytes, int] = {}
+
+    async def send(self, emits: Sequence[Emit]) -> list[asyncio.Future[Any]]:
+        """Send ``emits``; the futures of their batches' acks (raises faust's NotReady when stopping)."""
+        if not emits:
+            return []
+        producer = self.sink.app.producer._ensure_producer()  # faust's aiokafka producer, started
+        count = len(await producer.partitions_for(self.topic))
+        if count != self._partitions:
+            self._partitions, self._partition_of = count, {}
+        builders: dict[int, Any] = {}
+        futures: list[asyncio.Future[Any]] = []
+        for emit in emits:
+            key = emit.key.encode()
+            partition = self._partition_of.get(key)
+            if partition is None:
+                partition = self._partition_of[key] = partition_for(key, count)
+            value = _encoder.encode(emit.event)
+            headers = list(emit.headers)
+            builder = builders.get(partition)
+            if builder is None:
+                builder = builders[partition] = producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
+                futures.append(await producer.send_batch(builder, self.topic, partition=partition))
+                builder = builders[partition] = producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None, headers=headers)
+        for partition, builder in builders.items():
+            futures.append(await producer.send_batch(builder, self.topic, partition=partition))
+        if log.is_enabled_for(logging.DEBUG):
+            for emit in emits:
+                log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset,
+                          trace_id=tracing.trace_id_of(tracing.header_of(emit.headers)))  # fmt: skip
+        return futures
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition aiokafka's default partitioner gives a keyed record among ``partitions``.
+
+    >>> partition_for(b"freezer-00001", 6) == partition_for(b"freezer-00001", 6) < 6
+    True
+    """
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _reading_traceparents(
@@ -448,7 +524,8 @@ def _reading_traceparents(
     found: dict[tuple[int | None, int | None], bytes | None] = {}
     for index in np.flatnonzero(np.isin(positions, keys)).tolist():
         record = batch.records[index]
-        found[(record.partition, record.offset)] = tracing.header_of(getattr(record, "headers", None))
+        position = (int(batch.partition[index]), int(batch.offset[index]))
+        found[position] = tracing.header_of(getattr(record, "headers", None))
     return found
 
 
@@ -486,12 +563,16 @@ class WatermarkEmitter:
         self._counting: asyncio.Task[None] | None = None
         self._disturbed_at = float("-inf")  # the last time Kafka did not ack a watermark round
 
-    def processed(self, records: Sequence[KafkaRecord], batch: ReadingBatch) -> None:
-        """A batch's records are done and its output acked: move their partitions forward."""
+    def processed(self, records: Sequence[Any], batch: ReadingBatch, partitions: I64 | None = None) -> None:
+        """A batch's records are done and its output acked: move their partitions forward.
+
+        ``partitions``: each record's, for records that carry none (raw aiokafka records).
+        """
         now = self.clock()
         event_time = latest_per_partition(batch.partition, batch.event_ts)
         count = len(records)  # the records' partitions and offsets read in C, not a Python step per record
-        partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
+        if partitions is None:
+            partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
         offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
         for partition, last in latest_per_partition(partitions, offsets).items():
             end = int(last) + 1
@@ -519,7 +600,9 @@ class WatermarkEmitter:
         source_partitions, sink_partitions = self._counts
         owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.progress.topic}
         self.progress.assign(owned, now=now)
-        positions = {p: await self._position(p) for p in owned}
+        # The consumer's position (a call into faust's consumer thread) only stands in for the
+        # offset processed when nothing was processed since the assignment.
+        positions = {p: await self._position(p) for p in owned if self.progress.next_offset(p) is None}
         marks = self.progress.marks(
             partitions=source_partitions,
             caught_up=lambda p, next_offset: self._caught_up(p, next_offset, positions.get(p)),

@@ -33,17 +33,22 @@ not committed) and read again by the new owner.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Final
 
+import aiokafka.errors
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.structs import ConsumerRecord
 from faust.serializers import codecs
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
 from thermoflow.settings import ConfigError
+
+_value: Final = operator.attrgetter("value")
 
 #: The value serializer of a chunked topic: the value is already the chunk's list of records.
 CHUNK_SERIALIZER: Final = "thermoflow-chunk"
@@ -141,7 +146,7 @@ class ChunkScheduler(DefaultSchedulingStrategy):
         for tp, chunk in records.items():
             if chunk and tp.topic in self.topics:
                 for part in self.split(chunk):
-                    yield tp, self.as_record(part)
+                    yield tp, self.as_record(part, tp)
         if others:
             yield from super().iterate(others)
 
@@ -187,12 +192,16 @@ class ChunkScheduler(DefaultSchedulingStrategy):
             yield chunk
 
     @staticmethod
-    def as_record(chunk: Sequence[ConsumerRecord]) -> ConsumerRecord:
-        """One record standing for the chunk: its value the records, its offset the last one's."""
+    def as_record(chunk: Sequence[Any], tp: TP) -> ConsumerRecord:
+        """One record standing for ``tp``'s chunk: its value the records, its offset the last one's.
+
+        The chunk's records are aiokafka's own (see :func:`deliver_raw_records`): offset, key,
+        value, headers and timestamp, but no topic or partition, which are ``tp``'s.
+        """
         last = chunk[-1]
         return ConsumerRecord(
-            topic=last.topic,
-            partition=last.partition,
+            topic=tp.topic,
+            partition=tp.partition,
             offset=last.offset,
             timestamp=last.timestamp,
             timestamp_type=last.timestamp_type,
@@ -200,6 +209,47 @@ class ChunkScheduler(DefaultSchedulingStrategy):
             value=chunk,
             checksum=None,
             serialized_key_size=0,
-            serialized_value_size=sum(record.serialized_value_size for record in chunk),
+            serialized_value_size=sum(len(value) for value in map(_value, chunk) if value),
             headers=(),
         )
+
+
+#: Topics whose fetched records reach the scheduler as aiokafka's raw records (deliver_raw_records).
+_RAW_TOPICS: set[str] = set()
+_unpack_consumer_records: Final = aiokafka_fetcher.PartitionRecords._unpack_records
+
+
+def deliver_raw_records(topics: Iterable[str]) -> None:
+    """Have aiokafka's fetcher hand on the records of ``topics`` as it decoded them, in this process.
+
+    aiokafka wraps every fetched record in a ``ConsumerRecord`` (a dataclass of eleven fields,
+    its headers copied to a tuple): 12-23% of a worker's time with every detector on. A chunked
+    topic's records only ever reach :class:`ChunkScheduler`, which folds them into one item per
+    chunk, and the batch decoder, which reads their offset, key, value and headers: the
+    records of aiokafka's record batch (``DefaultRecord``) have all four, and the chunk's
+    partition comes from its ``TP``. Other topics (and a read_committed consumer, which must
+    skip aborted transactions) keep aiokafka's own unpacking. The replacement is aiokafka's
+    ``PartitionRecords._unpack_records`` without the wrapping; pinned with the versions
+    :func:`check_versions` accepts.
+    """
+    _RAW_TOPICS.update(topics)
+    aiokafka_fetcher.PartitionRecords._unpack_records = _unpack_records
+
+
+def _unpack_records(self: Any) -> Iterator[Any]:
+    """aiokafka 0.14's ``PartitionRecords._unpack_records``, yielding raw records for ``_RAW_TOPICS``."""
+    if self._tp.topic not in _RAW_TOPICS or self._isolation_level == aiokafka_fetcher.READ_COMMITTED:
+        yield from _unpack_consumer_records(self)
+        return
+    records = self._records
+    while records.has_next():
+        batch = records.next_batch()
+        if self._check_crcs and not batch.validate_crc():
+            raise aiokafka.errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
+        if not batch.is_control_batch:
+            for record in batch:
+                if record.offset < self.next_fetch_offset:  # a compressed batch fetched from its start
+                    continue
+                self.next_fetch_offset = record.offset + 1
+                yield record
+        self.next_fetch_offset = batch.next_offset

@@ -31,7 +31,11 @@ def _wire_struct() -> type[msgspec.Struct]:
         (f.name, f.type) if f.required else (f.name, f.type, f.default)
         for f in msgspec.structs.fields(Reading)
     ]
-    return msgspec.defstruct("WireReading", fields, kw_only=True, frozen=True, forbid_unknown_fields=False)
+    # gc=False: a decoded reading holds only strings and numbers, so it can never be part of a
+    # reference cycle, and the garbage collector need not track the batch's thousands of them.
+    return msgspec.defstruct(
+        "WireReading", fields, kw_only=True, frozen=True, forbid_unknown_fields=False, gc=False
+    )
 
 
 WireReading: Final = _wire_struct()
@@ -41,6 +45,8 @@ _partition: Final = operator.attrgetter("partition")
 _offset: Final = operator.attrgetter("offset")
 _pair_key: Final = operator.attrgetter("device_id", "metric")
 _reading_value: Final = operator.attrgetter("value")
+_reading_device: Final = operator.attrgetter("device_id")
+_reading_metric: Final = operator.attrgetter("metric")
 _reading_ts: Final = operator.attrgetter("ts")
 _reading_received_at: Final = operator.attrgetter("received_at")
 
@@ -66,6 +72,7 @@ class RawRecord:
     value: bytes | None
     partition: int
     offset: int
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +117,35 @@ def _decode_all(values: Sequence[bytes]) -> list[Any] | None:
     return readings if len(readings) == len(values) else None  # blank records are skipped by decode_lines
 
 
-def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBatch, list[Reject]]:
+def _pairs(readings: Sequence[Any]) -> tuple[I64, list[str], list[str]]:
+    """Each reading's (device, metric) pair as an index, and the distinct pairs in first-seen order.
+
+    When the batch has one metric (the usual case) the device ids are the keys: a string
+    caches its hash, a (device, metric) tuple computes it again at every lookup.
+    """
+    metric_set = set(map(_reading_metric, readings))
+    if len(metric_set) == 1:
+        keys: list[Any] = list(map(_reading_device, readings))
+        (metric,) = metric_set
+        distinct = list(dict.fromkeys(keys))
+        device_ids, metrics = distinct, [metric] * len(distinct)
+    else:
+        keys = list(map(_pair_key, readings))
+        distinct = list(dict.fromkeys(keys))
+        device_ids, metrics = [device_id for device_id, _ in distinct], [metric for _, metric in distinct]
+    index = dict(zip(distinct, range(len(distinct)), strict=True))
+    return np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys)), device_ids, metrics
+
+
+def decode_batch(
+    topic: str, records: Sequence[Any], partitions: I64 | None = None
+) -> tuple[ReadingBatch, list[Reject]]:
     """Decode a batch of ``telemetry.readings`` records to columns; undecodable ones are rejected.
+
+    ``partitions``, when given, is each record's partition, and the records need not carry
+    one (aiokafka's raw records: :func:`thermoflow.processors.batching.deliver_raw_records`).
+    Then the batch's ``records`` are those raw records; a reject is a :class:`RawRecord`
+    naming its partition.
 
     >>> ok = RawRecord(b"f-1", b'{"device_id": "f-1", "value": -3.5, "ts": 10.0, "received_at": 10.1}', 0, 7)
     >>> bad = RawRecord(b"f-2", b'{"device_id": "f-2"}', 0, 8)
@@ -128,6 +162,12 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
     if values and all(values):
         readings = _decode_all(values)  # type: ignore[arg-type]  # all() checked: no None, no b""
     if readings is None:
+        if partitions is not None:  # the slow path names each record's partition
+            records = [
+                RawRecord(r.key, r.value, p, r.offset, getattr(r, "headers", None) or ())
+                for r, p in zip(records, partitions.tolist(), strict=True)
+            ]
+            partitions = None
         readings, valid = [], []
         for record in records:
             if not record.value:
@@ -142,12 +182,11 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
         kept = valid
 
     count = len(readings)
-    keys = list(map(_pair_key, readings))
-    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # distinct pairs, in first-seen order
+    pair, device_ids, metrics = _pairs(readings)
     columns = ReadingColumns(
-        device_ids=[device_id for device_id, _ in index],
-        metrics=[metric for _, metric in index],
-        pair=np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=count),
+        device_ids=device_ids,
+        metrics=metrics,
+        pair=pair,
         values=np.fromiter(map(_reading_value, readings), dtype=np.float64, count=count),
         ts=np.fromiter(map(_reading_ts, readings), dtype=np.float64, count=count),
     )
@@ -155,7 +194,11 @@ def decode_batch(topic: str, records: Sequence[KafkaRecord]) -> tuple[ReadingBat
     batch = ReadingBatch(
         topic=topic,
         columns=columns,
-        partition=np.fromiter(map(_partition, kept), dtype=np.int64, count=len(kept)),
+        partition=(
+            partitions
+            if partitions is not None
+            else np.fromiter(map(_partition, kept), dtype=np.int64, count=len(kept))
+        ),
         offset=np.fromiter(map(_offset, kept), dtype=np.int64, count=len(kept)),
         records=kept,
         received_at=received_at,

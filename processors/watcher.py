@@ -57,6 +57,10 @@ class RulesWatcher:
         stamp = _stamp(self.path)
         if stamp == self._stamp:
             return False
+        if stamp is not None and stamp[1] == 0:
+            # An empty file is one being written (truncated, not yet filled): reading it would put
+            # a rule set without rules in force. Look again at the next poll.
+            return False
         self._stamp = stamp  # a broken file is reported once, not on every poll
         try:
             rules = compile_rules(load_rules(self.path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
+from typing import Any
 
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -133,3 +134,47 @@ async def test_settle_acks_the_batch_then_gives_one_commit_round_per_chunk_of_th
     await ChunkScheduler.settle(consumer, events)
     assert all(event.acked for event in events)
     assert consumer.acked_when_committing == [True] * 4  # partition 0 has 3 chunks, plus one round
+
+
+def _fetched(topic: str, first: int, count: int, *, fetch_offset: int) -> object:
+    """aiokafka's PartitionRecords over one record batch of ``count`` records from offset ``first``."""
+    from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+    for delta in range(count):
+        builder.append(delta, timestamp=1_000 + delta, key=b"k", value=b"v%d" % delta, headers=[("h", b"x")])
+    data = bytearray(builder.build())
+    data[0:8] = first.to_bytes(8, "big", signed=True)  # the batch's base offset
+    return PartitionRecords(
+        TopicPartition(topic, 3),
+        MemoryRecords(bytes(data)),
+        [],
+        fetch_offset,
+        None,
+        None,
+        False,
+        READ_UNCOMMITTED,
+    )
+
+
+def test_a_chunked_topic_s_fetched_records_are_aiokafka_s_raw_records_from_the_fetch_offset() -> None:
+    """No ConsumerRecord per record for the processors' topics; the fetch position moves as before."""
+    from thermoflow.processors.batching import deliver_raw_records
+
+    deliver_raw_records(["raw-topic"])
+    fetched: Any = _fetched("raw-topic", 100, 5, fetch_offset=102)  # a batch fetched from its start
+    records = list(fetched)
+    assert [(r.offset, r.key, r.value, list(r.headers)) for r in records] == [
+        (o, b"k", b"v%d" % (o - 100), [("h", b"x")]) for o in range(102, 105)
+    ]
+    assert not isinstance(records[0], ConsumerRecord) and fetched.next_fetch_offset == 105
+    (item,) = [
+        item for _, item in ChunkScheduler.for_topics(["raw-topic"])().iterate({TP("raw-topic", 3): records})
+    ]
+    assert (item.topic, item.partition, item.offset, item.serialized_value_size) == ("raw-topic", 3, 104, 6)
+
+    other: Any = _fetched("other-topic", 0, 2, fetch_offset=0)  # any other topic: aiokafka's own records
+    assert [(r.topic, r.partition, r.offset) for r in other] == [("other-topic", 3, 0), ("other-topic", 3, 1)]

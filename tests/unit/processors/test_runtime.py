@@ -223,3 +223,17 @@ def test_the_batch_decoder_accepts_exactly_what_decode_reading_accepts(payload: 
     if expected:
         assert (batch.device_id(0), batch.metric(0)) == (expected.device_id, expected.metric)
         assert (batch.columns.values[0], batch.columns.ts[0]) == (expected.value, expected.ts)
+
+
+def test_watcher_waits_for_a_file_being_written_instead_of_loading_it_empty(tmp_path: Path) -> None:
+    """A reload that catches the file truncated but not yet rewritten must not drop every rule."""
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules: [{id: r1, devices: '*', above: {warning: 10}}]")
+    now = [0.0]
+    watcher = RulesWatcher(path, interval=1.0, clock=lambda: now[0])
+    path.write_text("")  # mid-write
+    now[0] = 1.0
+    assert watcher.current().rule_ids == ("r1",) and watcher.reloads == 0
+    path.write_text("rules: [{id: r2, devices: '*', above: {warning: 10}}]")
+    now[0] = 2.0
+    assert watcher.current().rule_ids == ("r2",) and watcher.reloads == 1
