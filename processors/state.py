@@ -198,29 +198,40 @@ class StateStore:
             return missing
 
     async def persist(self) -> None:
-        """Write every changed pair's state, one producer batch per partition; returns once acked."""
+        """Write every changed pair's state, one producer batch per partition; returns once acked.
+
+        A partition revoked while this waits (for the producer, or for a full batch to go) is not
+        written: its new owner replays from the committed offsets with the state stored before
+        them, and its rows may already hold other pairs. So the rows' keys and partitions are
+        taken before the first wait, and each row is written only while its partition is loaded.
+        """
         rows, records = self.table.changed()
         if not records:
             return
+        partitions = self.table.partition[rows].tolist()
+        keys = [self.table.keys[row] for row in rows.tolist()]
         producer = await self._writer()
         builders: dict[int, Any] = {}
         sent: list[asyncio.Future[Any]] = []
-        for row, value in zip(rows.tolist(), records, strict=True):
-            partition = int(self.table.partition[row])
-            key = str(self.table.keys[row]).encode()
+        for partition, key, value in zip(partitions, keys, records, strict=True):
+            if partition not in self._loaded:
+                continue
+            raw_key = str(key).encode()
             builder = builders.get(partition)
             if builder is None:
                 builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            if builder.append(key=raw_key, value=value, timestamp=None) is None:  # full: send, start another
                 sent.append(await producer.send_batch(builder, self.topic, partition=partition))
                 builder = builders[partition] = producer.create_batch()
-                builder.append(key=key, value=value, timestamp=None)
+                builder.append(key=raw_key, value=value, timestamp=None)
         for partition, builder in builders.items():
             sent.append(await producer.send_batch(builder, self.topic, partition=partition))
         try:
             await asyncio.gather(*sent)
         except BaseException:
-            self.table.dirty[rows] = True  # written again with the next batch's changes
+            # written again with the next batch's changes: the rows that still hold their pairs
+            still = [row for row, key in zip(rows.tolist(), keys, strict=True) if self.table.keys[row] == key]
+            self.table.dirty[still] = True
             raise
 
     async def _retrying(self, retry: RetryCallState) -> None:

@@ -159,7 +159,12 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None, componen
     handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            # format_exc_info: a library's logged exception keeps its traceback (faust's "Crashed")
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
             foreign_pre_chain=[
                 *shared,
                 structlog.stdlib.add_logger_name,

@@ -108,3 +108,19 @@ def test_the_line_after_the_window_carries_the_count_in_the_log_output(
     logging.getLogger("aiokafka.client").error("Unable connect to node with id %s: %s", 1, "refused")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [line.get("repeated") for line in lines] == [None, 4]
+
+
+def test_a_librarys_logged_exception_keeps_its_traceback(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # faust logs a crashed app with exc_info: the line said only "AssertionError()" and where it
+    # came from was lost (a rebalance crash took a session to find).
+    configure_logging(json=True)
+    try:
+        assert 1 < 0
+    except AssertionError:
+        logging.getLogger("faust.app.base").exception("[^-App]: Crashed reason=%r", AssertionError())
+    (line,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert "Traceback (most recent call last)" in line["exception"]
+    assert "assert 1 < 0" in line["exception"]
+    assert "exc_info" not in line

@@ -1,0 +1,48 @@
+"""The detectors' state store on real Kafka: a revocation while state is being written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+
+from thermoflow.processors.state import StateStore, state_key
+from thermoflow.settings import ThermoflowSettings
+
+
+def changed(store: StateStore, device: str, partition: int) -> None:
+    """A pair of ``partition`` whose state changed since the last write."""
+    rows = store.table.rows([state_key(device, "temperature")], np.array([partition], dtype=np.int64))
+    store.table.dirty[rows] = True
+
+
+async def test_a_partition_revoked_while_its_state_is_written_is_skipped_not_a_crash(
+    settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    # The worker's timer wrote state while a rebalance took partition 1: the write read the
+    # rows' partitions after its first wait, found -1 and crashed the worker (aiokafka's
+    # `assert partition >= 0`), and `thermoflow run --workers 2` went down with it.
+    topic = new_topic("state", partitions=2)
+    store = StateStore(settings, topic=topic)
+    store.mark_loaded([0, 1])
+    changed(store, "kept-0", 0)
+    changed(store, "moved-1", 1)
+    try:
+        writing = asyncio.create_task(store.persist())
+        await asyncio.sleep(0)  # the write now waits for its producer to start
+        store.revoked([1])  # the rebalance: partition 1's rows are freed
+        await writing
+        changed(store, "new-0", 0)  # a freed row taken by another pair, written in a write of its own
+        await store.persist()
+    finally:
+        await store.close()
+
+    reader = StateStore(settings, topic=topic)
+    try:
+        await reader.load([0, 1])
+        stored = {key for key in reader.table.index}
+    finally:
+        await reader.close()
+    # The revoked partition's state is left to its new owner; the rest is written once, whole.
+    assert stored == {state_key("kept-0", "temperature"), state_key("new-0", "temperature")}
