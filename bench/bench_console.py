@@ -90,7 +90,7 @@ def letters(count: int) -> list[Letter]:
 
 @contextmanager
 def private_timescaledb() -> Iterator[str]:
-    from thermoflow.stack.services import Postgres, remove_home, service_home
+    from thermoflow.stack.services import Postgres, service_home
 
     home = service_home(ROOT / ".thermoflow" / f"bench-timescaledb-{uuid.uuid4().hex[:8]}")
     server = Postgres(home=home, host="127.0.0.1", port=_free_port(), timescaledb=True)
@@ -98,12 +98,8 @@ def private_timescaledb() -> Iterator[str]:
         raise SystemExit(
             "TimescaleDB is not installed here (make setup installs it from ../shared/timescaledb)"
         )
-    server.up()
-    try:
-        yield server.address
-    finally:
-        server.down()
-        remove_home(home)
+    with server.serving() as url:
+        yield url
 
 
 def _free_port() -> int:

@@ -51,7 +51,7 @@ from thermoflow.ingest.rows import Row, pg_micros
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.ingest.sink import ReadingsSink, ReadingsWriter
 from thermoflow.metrics import Metrics
-from thermoflow.stack.services import Postgres, remove_home, service_home
+from thermoflow.stack.services import Postgres, service_home
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: `bench` is a package of the repository
@@ -93,6 +93,8 @@ class Figure:
 
     @classmethod
     def of(cls, *, rows: int, seconds: float, client: float, backend: float) -> Figure:
+        if rows <= 0:  # timed from the first stored batch: nothing came after it
+            raise SystemExit("too few readings to time: the first batch held them all (raise --readings)")
         return cls(rows / seconds if seconds else 0.0, client / rows * 1000, backend / rows * 1000)
 
     def line(self, name: str) -> str:
@@ -181,13 +183,8 @@ def plain_postgres() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     home = service_home(ROOT / ".thermoflow" / f"bench-plain-{uuid.uuid4().hex[:8]}")
-    server = Postgres(home=home, host="127.0.0.1", port=port, timescaledb=False)
-    server.up()
-    try:
-        yield server.address
-    finally:
-        server.down()
-        remove_home(home)
+    with Postgres(home=home, host="127.0.0.1", port=port, timescaledb=False).serving() as url:
+        yield url
 
 
 def run_previous(revision: str, argv: list[str]) -> None:

@@ -196,12 +196,8 @@ def timescale_url(endpoints: Endpoints) -> Iterator[str | None]:
     if not server.timescaledb_installed():
         yield None
         return
-    server.up()
-    try:
-        yield server.address
-    finally:
-        server.down()
-        remove_home(home)
+    with server.serving() as url:
+        yield url
 
 
 @pytest.fixture

@@ -143,12 +143,8 @@ def installed_not_preloaded() -> Iterator[str]:
     server = Postgres(home=home, host="127.0.0.1", port=free_port(), timescaledb=False)
     if not server.timescaledb_installed():
         pytest.skip("TimescaleDB is not installed here: nothing to not preload")
-    server.up()
-    try:
-        yield server.address
-    finally:
-        server.down()
-        remove_home(home)
+    with server.serving() as url:
+        yield url
 
 
 def test_timescaledb_installed_but_not_preloaded_gives_plain_tables_and_says_why(

@@ -16,6 +16,7 @@ import shutil
 import socket
 import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -394,6 +395,16 @@ class Postgres:
                 "run `make setup` (as root) or `apt-get install postgresql`"
             )
         return found
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[str]:
+        """A private server for a ``with`` block: started, its URL, then stopped and its data removed."""
+        self.up()
+        try:
+            yield self.address
+        finally:
+            self.down()
+            remove_home(self.home)
 
     def timescaledb_installed(self) -> bool:
         """Whether this PostgreSQL has the TimescaleDB extension (its library and control file)."""
