@@ -20,7 +20,6 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
 
 from thermoflow import kafka, tracing
 from thermoflow.alerts.lifecycle import Incident
@@ -257,7 +256,7 @@ async def decode_batch(
 def partition_of(device_id: str, *, partitions: int) -> int:
     """The ``telemetry.alerts`` partition of a device's alerts: Kafka's default partitioner on the
     key (murmur2, as the Java client and aiokafka, which the processors send with)."""
-    return (int(murmur2(device_id.encode())) & 0x7FFFFFFF) % partitions
+    return kafka.partition_for(device_id.encode(), partitions)
 
 
 async def caught_up(consumer: AIOKafkaConsumer) -> bool:

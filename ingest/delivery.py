@@ -23,7 +23,6 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from tenacity import RetryCallState, Retrying, wait_exponential, wait_random
 
 from thermoflow import kafka
@@ -231,7 +230,7 @@ class KafkaDelivery:
         cache_key = (record.topic, record.key)
         partition = self._partition_of.get(cache_key)
         if partition is None:
-            partition = (murmur2(record.key) & 0x7FFFFFFF) % count
+            partition = kafka.partition_for(record.key, count)
             if len(self._partition_of) > 1_000_000:
                 self._partition_of.clear()
             self._partition_of[cache_key] = partition

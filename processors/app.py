@@ -41,7 +41,6 @@ import faust
 import msgspec
 import numpy as np
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from thermoflow import kafka, tracing
@@ -477,38 +476,19 @@ class BatchSender:
         count = len(await producer.partitions_for(self.topic))
         if count != self._partitions:
             self._partitions, self._partition_of = count, {}
-        builders: dict[int, Any] = {}
-        futures: list[asyncio.Future[Any]] = []
+        records = []
         for emit in emits:
             key = emit.key.encode()
             partition = self._partition_of.get(key)
             if partition is None:
-                partition = self._partition_of[key] = partition_for(key, count)
-            value = _encoder.encode(emit.event)
-            headers = list(emit.headers)
-            builder = builders.get(partition)
-            if builder is None:
-                builder = builders[partition] = producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full
-                futures.append(await producer.send_batch(builder, self.topic, partition=partition))
-                builder = builders[partition] = producer.create_batch()
-                builder.append(key=key, value=value, timestamp=None, headers=headers)
-        for partition, builder in builders.items():
-            futures.append(await producer.send_batch(builder, self.topic, partition=partition))
+                partition = self._partition_of[key] = kafka.partition_for(key, count)
+            records.append((partition, key, _encoder.encode(emit.event), list(emit.headers)))
+        futures = await kafka.send_batches(producer, self.topic, records)
         if log.is_enabled_for(logging.DEBUG):
             for emit in emits:
                 log.debug("emitted", device_id=emit.key, partition=emit.partition, offset=emit.offset,
                           trace_id=tracing.trace_id_of(tracing.header_of(emit.headers)))  # fmt: skip
         return futures
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition aiokafka's default partitioner gives a keyed record among ``partitions``.
-
-    >>> partition_for(b"freezer-00001", 6) == partition_for(b"freezer-00001", 6) < 6
-    True
-    """
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _reading_traceparents(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -211,21 +211,15 @@ class StateStore:
         partitions = self.table.partition[rows].tolist()
         keys = [self.table.keys[row] for row in rows.tolist()]
         producer = await self._writer()
-        builders: dict[int, Any] = {}
-        sent: list[asyncio.Future[Any]] = []
-        for partition, key, value in zip(partitions, keys, records, strict=True):
-            if partition not in self._loaded:
-                continue
-            raw_key = str(key).encode()
-            builder = builders.get(partition)
-            if builder is None:
-                builder = builders[partition] = producer.create_batch()
-            if builder.append(key=raw_key, value=value, timestamp=None) is None:  # full: send, start another
-                sent.append(await producer.send_batch(builder, self.topic, partition=partition))
-                builder = builders[partition] = producer.create_batch()
-                builder.append(key=raw_key, value=value, timestamp=None)
-        for partition, builder in builders.items():
-            sent.append(await producer.send_batch(builder, self.topic, partition=partition))
+        sent = await kafka.send_batches(
+            producer,
+            self.topic,
+            (
+                (partition, str(key).encode(), value, None)
+                for partition, key, value in zip(partitions, keys, records, strict=True)
+                if partition in self._loaded  # checked at each record: a send may wait
+            ),
+        )
         try:
             await asyncio.gather(*sent)
         except BaseException:

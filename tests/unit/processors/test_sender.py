@@ -1,4 +1,4 @@
-"""The processors' batched alert sender picks the partition aiokafka's own partitioner would."""
+"""The one partitioner the bridge, the processors and the alert store share is aiokafka's own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thermoflow.processors.app import partition_for
+from thermoflow.kafka import partition_for
 
 
 @given(key=st.binary(min_size=1, max_size=64), partitions=st.integers(1, 64))
