@@ -235,7 +235,7 @@ async def run_case(
         "THERMOFLOW_TOPIC_TEMPLATE": f"{prefix}/{{device_id}}/{{metric}}",
         "THERMOFLOW_MQTT_CLIENT_ID": f"bench-bridge-{tag}",
         "THERMOFLOW_MQTT_SESSION_EXPIRY": "60",
-        "THERMOFLOW_LOG_LEVEL": "WARNING",
+        "THERMOFLOW_LOG_LEVEL": "INFO",  # its `mqtt_subscribed` line starts the publisher
         "THERMOFLOW_HTTP_PORT": "0",  # no /metrics: the default port may be another run's
     }
     if naive:
@@ -245,14 +245,22 @@ async def run_case(
         if tree != ROOT:  # that revision's packages first on the path
             env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
     bridge = await asyncio.create_subprocess_exec(
-        *command, env=env, cwd=tree, stdout=asyncio.subprocess.PIPE if naive else None
-    )
+        *command, env=env, cwd=tree, stdout=asyncio.subprocess.PIPE,
+        stderr=None if naive else asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    drain: asyncio.Task[None] | None = None
+    profiler: asyncio.subprocess.Process | None = None
     try:
+        assert bridge.stdout is not None
         if naive:
-            assert bridge.stdout is not None
             await bridge.stdout.readline()
         else:
-            await asyncio.sleep(2.5)  # started, connected, subscribed
+            # Publishing before the bridge subscribed would lose messages (no session yet), and its
+            # start (imports, connects) would count as CPU per reading: wait for its subscription.
+            await asyncio.wait_for(_until_line(bridge.stdout, b"mqtt_subscribed"), args.timeout)
+            drain = asyncio.create_task(_until_line(bridge.stdout, b"\0never"))
+            if args.profile:
+                profiler = await _profile(bridge.pid, args, name=name)
         cpu_before = cpu_seconds(bridge.pid)
         publisher = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "publish", prefix, str(messages), str(args.devices), str(qos),
@@ -278,12 +286,38 @@ async def run_case(
         )
         return result
     finally:
+        if profiler is not None:
+            await profiler.wait()
         bridge.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(bridge.wait(), 60)
         except TimeoutError:
             bridge.kill()
             await bridge.wait()
+        if drain is not None:
+            drain.cancel()
+
+
+async def _until_line(stream: asyncio.StreamReader, marker: bytes) -> None:
+    """Read ``stream`` until a line holding ``marker`` (or its end), dropping what comes before."""
+    while line := await stream.readline():
+        if marker in line:
+            return
+
+
+async def _profile(pid: int, args: argparse.Namespace, *, name: str) -> asyncio.subprocess.Process:
+    """py-spy the bridge at 200 Hz while it holds the GIL (``--profile DIR``: a raw profile per case).
+
+    Only samples holding the GIL: a sample in a system call (a write that wakes Kafka, then a wait
+    for the core) is wall time on a busy machine, not the bridge's CPU.
+    """
+    out = Path(args.profile) / f"{''.join(c if c.isalnum() else '-' for c in name)}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        args.py_spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "--nonblocking", "--gil",
+        "-d", str(max(1, int(args.seconds))), "-o", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def ratio(a: float, b: float) -> str:
@@ -365,4 +399,6 @@ if __name__ == "__main__":
             help="only the steady-rate figure: CPU per reading at these rates/s, e.g. 5000,20000",
         )
         parser.add_argument("--seconds", type=float, default=20.0, help="seconds of each steady rate")
+        parser.add_argument("--profile", help="a folder: py-spy each bridge (200 Hz) while it is measured")
+        parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy's path")
         asyncio.run(main(parser.parse_args()))

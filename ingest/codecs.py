@@ -72,6 +72,26 @@ class _Plain(msgspec.Struct, forbid_unknown_fields=True):
 _plain: Final = msgspec.json.Decoder(_Plain)
 
 
+class _Wire(msgspec.Struct, kw_only=True, gc=False):
+    """:class:`~thermoflow.events.Reading`'s fields in its order, for encoding only: the same JSON.
+
+    Built from values already checked, it skips ``Reading.__post_init__``, a Python call per
+    reading; tests/unit/ingest/test_codecs.py holds the two to the same fields and bytes.
+    """
+
+    v: int = 1
+    device_id: str
+    metric: str
+    value: float
+    unit: str = "C"
+    ts: float
+    seq: int | None = None
+    received_at: float
+
+
+_wire: Final = msgspec.json.Encoder()
+
+
 class PayloadError(ValueError):
     """A payload that yields no valid reading; the message is the reason, fit for a dead letter."""
 
@@ -155,6 +175,41 @@ def _plain_reading(
         )
     except (msgspec.DecodeError, PayloadError):
         return None
+
+
+def plain_record(
+    payload: bytes, *, device_id: str, metric: str, received_at: float, limits: PayloadLimits
+) -> bytes | None:
+    """The ``telemetry.readings`` value of a :class:`_Plain` payload, encoded; None: not one, or not
+    valid (the general path, :func:`decode_payload`, then decodes it or says why).
+
+    The bridge's path for nearly every message: no :class:`~thermoflow.events.Reading` is built, and
+    the caller checked ``device_id`` and ``metric`` once for the topic (:func:`check_id`). It
+    returns only what ``encode(decode_payload(...)[0])`` would, and refuses the rest.
+    """
+    try:
+        plain = _plain.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    seq, ts, value, unit = plain.seq, plain.ts, plain.value, plain.unit
+    if seq is not None and not _INT64_MIN <= seq <= _INT64_MAX:
+        return None
+    if ts != ts:  # absent
+        ts = received_at
+    elif ts > _MS_ABOVE or ts < 0.0 or not math.isfinite(ts):
+        return None  # milliseconds, microseconds or no time: the general path's parse_timestamp
+    if not received_at - limits.max_age <= ts <= received_at + limits.max_ahead:
+        return None
+    if unit != "C":
+        try:
+            value = to_celsius(value, unit)
+        except PayloadError:
+            return None
+    if not math.isfinite(value):
+        return None
+    return _wire.encode(
+        _Wire(device_id=device_id, metric=metric, value=value, ts=ts, seq=seq, received_at=received_at)
+    )
 
 
 def json_depth(document: Any, *, limit: int) -> int:

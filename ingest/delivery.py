@@ -204,17 +204,24 @@ class KafkaDelivery:
     async def group(self, outbox: list[tuple[OutRecord, Held]]) -> dict[tuple[str, int], Group]:
         """The records per topic-partition, in order; a key seen before costs one lookup, no await."""
         groups: dict[tuple[str, int], Group] = {}
+        # Per record, two lookups and two appends: (topic, key) -> its group, while the key's
+        # partition is known (nearly always: a fleet's devices keep their keys).
+        of_key: dict[tuple[str, bytes | None], Group] = {}
         known = self._partition_of
         for record, owner in outbox:
             if owner.dropped:  # its connection is gone: the broker sends the message again
                 continue
-            key = record.key
-            partition = known.get((record.topic, key)) if key is not None else None
-            if partition is None:
-                partition = await self._partition(record)
-            group = groups.get((record.topic, partition))
+            topic, key = record[0], record[1]
+            group = of_key.get((topic, key)) if key is not None else None
             if group is None:
-                group = groups[(record.topic, partition)] = Group()
+                partition = known.get((topic, key)) if key is not None else None
+                if partition is None:
+                    partition = await self._partition(record)
+                group = groups.get((topic, partition))
+                if group is None:
+                    group = groups[(topic, partition)] = Group()
+                if key is not None:
+                    of_key[(topic, key)] = group
             group.records.append(record)
             group.owners.append(owner)
         return groups
@@ -258,14 +265,10 @@ class KafkaDelivery:
             start = 0
             while start < len(group.records):
                 batch = producer.create_batch()
+                append = batch.append
                 end = start
-                for record in group.records[start:]:
-                    if (
-                        batch.append(
-                            key=record.key, value=record.value, timestamp=None, headers=record.headers
-                        )
-                        is None
-                    ):
+                for _, key, value, headers in group.records[start:] if start else group.records:
+                    if append(key=key, value=value, timestamp=None, headers=headers) is None:
                         break
                     end += 1
                 if end == start:  # a record bigger than a batch: cannot happen below max_payload_bytes

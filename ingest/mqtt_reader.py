@@ -38,8 +38,10 @@ tests/unit/ingest/test_mqtt_reader.py against paho's own client without a broker
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -49,7 +51,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
-from thermoflow.mqtt import PUBACK, MalformedPacketError, parse_publish, pubacks, read_remaining_length
+from thermoflow.mqtt import PUBACK, MalformedPacketError, parse_publish, read_remaining_length
 from thermoflow.settings import ConfigError
 
 #: ``(topic, payload, packet id, QoS)`` of one received PUBLISH; the packet id is 0 for QoS 0.
@@ -59,6 +61,15 @@ _CHUNK: Final = 65_536
 _PUBLISH: Final = 0x30
 _QOS2: Final = 0x04
 _OK: Final = MQTTErrorCode.MQTT_ERR_SUCCESS
+#: A PUBACK as one big-endian 32-bit word: the type, remaining length 2, then the packet id
+#: (thermoflow.mqtt.pubacks's bytes, packed in one call instead of one bytes object per id).
+_PUBACK_HEAD: Final = PUBACK << 24 | 2 << 16
+
+
+@functools.lru_cache(maxsize=64)
+def _pubacks_of(count: int) -> struct.Struct:
+    return struct.Struct(f">{count}I")
+
 
 #: The paho-mqtt versions this adapter was written for and tested with: at least, below
 #: (pyproject.toml pins the same; requirements.lock holds 2.2.0).
@@ -182,15 +193,29 @@ class BulkReadClient(paho.Client):
         self.holding = False
         while end - pos >= 2:
             header = buf[pos]
-            length = read_remaining_length(buf, pos + 1, end)
-            if length is None or length[1] + length[0] > end:
-                break  # the rest of this packet comes with the next read
-            start, stop = length[1], length[1] + length[0]
+            size = buf[pos + 1]
+            if size < 0x80:  # a remaining length of one byte: most readings
+                start, stop = pos + 2, pos + 2 + size
+            else:
+                length = read_remaining_length(buf, pos + 1, end)
+                if length is None:
+                    break  # the rest of this packet comes with the next read
+                start, stop = length[1], length[1] + length[0]
+            if stop > end:
+                break
             if header & 0xF0 == _PUBLISH and not header & _QOS2:
                 if room <= 0:
                     self.holding = True
                     break
                 room -= 1
+                if header & 0x06 and stop - start >= 2:  # QoS 1: parse_publish, inlined
+                    cut = start + 2 + (buf[start] << 8 | buf[start + 1])  # the topic's end
+                    body = cut + 2 + mqtt5  # after the packet id, and MQTT 5's properties length
+                    if body <= stop and not (mqtt5 and buf[cut + 2]):  # no properties (nearly all)
+                        on_publish(buf[start + 2 : cut].decode("utf-8", "replace"), buf[body:stop],
+                                   buf[cut] << 8 | buf[cut + 1], 1)  # fmt: skip
+                        pos = stop
+                        continue
                 topic, payload, mid = parse_publish(header, buf, start, stop, mqtt5=mqtt5)
                 on_publish(topic.decode("utf-8", "replace"), payload, mid, (header >> 1) & 0x03)
             else:
@@ -240,7 +265,7 @@ class BulkReadClient(paho.Client):
         socket does not take now is written by paho's write loop when the socket is writable.
         """
         if mids:
-            packet = pubacks(mids)
+            packet = _pubacks_of(len(mids)).pack(*[_PUBACK_HEAD | mid for mid in mids])
             self._out_packet.append(
                 {"command": PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(packet),
                  "packet": packet, "info": None}

@@ -11,7 +11,15 @@ from typing import Final, NamedTuple
 
 from thermoflow import topics, tracing
 from thermoflow.events import DeadLetter, KafkaHeaders, dead_letter_body, dead_letter_headers, encode
-from thermoflow.ingest.codecs import DEFAULT_LIMITS, PayloadError, PayloadLimits, decode_payload
+from thermoflow.ingest.codecs import (
+    DEFAULT_LIMITS,
+    DEFAULT_METRIC,
+    PayloadError,
+    PayloadLimits,
+    check_id,
+    decode_payload,
+    plain_record,
+)
 from thermoflow.ingest.mapping import TopicFields, TopicTemplate
 from thermoflow.logs import get_logger
 
@@ -33,6 +41,9 @@ class _Topic(NamedTuple):
     fields: TopicFields | None
     headers: KafkaHeaders
     key: bytes | None  # the topic's device id, the Kafka key of its readings
+    #: (device id, metric) when the topic names a valid device id and its metric is valid (or
+    #: absent): its plain payloads take :func:`~thermoflow.ingest.codecs.plain_record`.
+    ids: tuple[str, str] | None
 
 
 class Translation(NamedTuple):
@@ -89,7 +100,7 @@ class Translator:
             headers = [(topics.HEADER_MQTT_TOPIC, mqtt_topic.encode("utf-8", "replace")), _JSON_HEADER]
             fields = self.template.match(mqtt_topic)
             key = fields.device_id.encode() if fields is not None and fields.device_id else None
-            known = self._topics[mqtt_topic] = _Topic(fields, headers, key)
+            known = self._topics[mqtt_topic] = _Topic(fields, headers, key, _valid_ids(fields))
         return known
 
     def translate(
@@ -117,7 +128,15 @@ class Translator:
     ) -> Translation:
         fields: TopicFields | None = None
         try:
-            fields, headers, key = self._topic(mqtt_topic)
+            fields, headers, key, ids = self._topic(mqtt_topic)
+            if ids is not None and payload[:1] == b"{" and len(payload) <= self.limits.max_bytes:
+                value = plain_record(
+                    payload, device_id=ids[0], metric=ids[1], received_at=received_at, limits=self.limits
+                )
+                if value is not None:  # nearly every message: one reading, the topic's key
+                    if traceparent is not None:
+                        headers = [*headers, (tracing.HEADER, traceparent)]
+                    return Translation([OutRecord(self.readings_topic, key, value, headers)], None)
             if traceparent is not None:  # one list per message, shared by its readings
                 headers = [*headers, (tracing.HEADER, traceparent)]
             readings = decode_payload(payload, fields=fields, received_at=received_at, limits=self.limits)
@@ -156,6 +175,19 @@ class Translator:
         if traceparent is not None:
             headers.append((tracing.HEADER, traceparent))
         return Translation([OutRecord(self.deadletter_topic, None, body, headers)], reason)
+
+
+def _valid_ids(fields: TopicFields | None) -> tuple[str, str] | None:
+    """The topic's (device id, metric) for :func:`plain_record`, when both are valid ids."""
+    if fields is None or not fields.device_id:
+        return None
+    metric = fields.metric or DEFAULT_METRIC
+    try:
+        check_id(fields.device_id, "device id")
+        check_id(metric, "metric")
+    except PayloadError:
+        return None  # the general path says which is wrong, for each message
+    return fields.device_id, metric
 
 
 def dead_letter_reason(error: str) -> str:

@@ -13,11 +13,20 @@ import thermoflow.ingest.codecs
 import thermoflow.ingest.mapping
 import thermoflow.ingest.records
 import thermoflow.ingest.rows
-from thermoflow.ingest.codecs import PayloadError, PayloadLimits, decode_payload, parse_timestamp, to_celsius
+from thermoflow.events import Reading, decode_reading, encode
+from thermoflow.ingest.codecs import (
+    PayloadError,
+    PayloadLimits,
+    decode_payload,
+    parse_timestamp,
+    plain_record,
+    to_celsius,
+)
 from thermoflow.ingest.mapping import TopicFields
 
 FIELDS = TopicFields(device_id="freezer-0042", metric="temperature")
 NOW = 1764218400.0
+LIMITS = PayloadLimits()
 
 
 def one(
@@ -212,3 +221,63 @@ def test_the_fast_path_of_plain_payloads_decides_as_the_general_path(
 
     payload = json.dumps(document).encode()
     assert _outcome(payload, fields) == _outcome(b" " + payload, fields)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["value", "ts", "seq", "unit", "u", "temp", "device_id", "timestamp"]),
+        st.one_of(
+            _any_value,
+            st.floats(min_value=NOW - 8 * 86_400, max_value=NOW + 700),
+            st.floats(min_value=-1e3, max_value=1e3),
+            st.floats(min_value=1e11, max_value=1e17),
+        ),
+    ),
+    st.sampled_from(["temperature", "humidity"]),
+)
+def test_the_bridges_plain_record_is_the_general_paths_reading_encoded_or_nothing(
+    document: dict[str, object], metric: str
+) -> None:
+    """plain_record may decline a payload (the general path then decides), never differ from it."""
+    import json
+
+    payload = json.dumps(document).encode()
+    fields = TopicFields(device_id="freezer-0042", metric=metric)
+    record = plain_record(payload, device_id="freezer-0042", metric=metric, received_at=NOW, limits=LIMITS)
+    if record is not None:
+        readings = decode_payload(payload, fields=fields, received_at=NOW)
+        assert [record] == [encode(reading) for reading in readings]
+
+
+def test_plain_record_takes_the_payload_nearly_every_device_sends() -> None:
+    payload = b'{"value": 41.0, "ts": %r, "seq": 12, "unit": "F"}' % (NOW - 5.0)
+    record = plain_record(payload, device_id="f-1", metric="temperature", received_at=NOW, limits=LIMITS)
+    assert record == encode(decode_payload(payload, fields=TopicFields("f-1", None), received_at=NOW)[0])
+    assert decode_reading(record or b"") == Reading(
+        device_id="f-1", value=5.0, ts=NOW - 5.0, seq=12, received_at=NOW
+    )
+
+
+def test_the_encoding_only_reading_has_the_contracts_fields_in_its_order() -> None:
+    from thermoflow.ingest.codecs import _Wire
+
+    assert _Wire.__struct_fields__ == Reading.__struct_fields__
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"value": 1.0, "ts": %r}' % (NOW + 601),  # ahead of the window
+        b'{"value": 1.0, "ts": %r}' % (NOW - 8 * 86_400),  # behind it
+        b'{"value": 1.0, "ts": %d}' % int(NOW * 1000),  # milliseconds: the general path converts them
+        b'{"value": 1.0, "seq": 9223372036854775808}',  # beyond int64
+        b'{"value": 1e999}',  # not finite
+        b'{"value": 1.0, "unit": "parsec"}',
+        b'{"value": "1.0"}',
+        b'{"value": 1.0, "ts": -1.0}',
+        b'{"value": 1.0, "extra": 1}',
+    ],
+)
+def test_plain_record_leaves_every_doubtful_payload_to_the_general_path(payload: bytes) -> None:
+    record = plain_record(payload, device_id="f-1", metric="temperature", received_at=NOW, limits=LIMITS)
+    assert record is None
