@@ -229,14 +229,20 @@ class Bridge:
             finally:
                 self._sending = False
 
-    def _delivered(self, group: Group) -> None:
-        for owner in group.owners:  # AckLine.delivered, inlined: once per record
-            if not owner.dropped:
-                owner.records -= 1
-                if owner.records <= 0:
-                    owner.done = True
-        if group.records and group.records[0].topic == self.settings.readings_topic:  # one topic a group
-            self.metrics.count("produced", len(group.records))
+    def _delivered(self, groups: list[Group]) -> None:
+        """Kafka acked these groups (one response's): mark their messages, then ack once."""
+        produced = 0
+        readings_topic = self.settings.readings_topic
+        for group in groups:
+            for owner in group.owners:  # AckLine.delivered, inlined: once per record
+                if not owner.dropped:
+                    owner.records -= 1
+                    if owner.records <= 0:
+                        owner.done = True
+            if group.records and group.records[0].topic == readings_topic:  # one topic per group
+                produced += len(group.records)
+        if produced:
+            self.metrics.count("produced", produced)
         self._ack_ready()
 
     def _ack_ready(self) -> None:

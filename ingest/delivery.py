@@ -3,8 +3,9 @@
 :class:`KafkaDelivery` groups the outbox per topic-partition, the way aiokafka's default
 partitioner would (murmur2 of the key, cached: murmur2 is pure Python), sends one
 ``send_batch`` per full batch (one future per batch, not per record) and starts a task that
-waits for Kafka's acks and resends what failed, with backoff, until Kafka takes it. Each group
-Kafka acked goes to ``on_delivered``; the bridge marks its messages in the ack line.
+waits for Kafka's acks and resends what failed, with backoff, until Kafka takes it. The groups
+Kafka acked go to ``on_delivered``, those of one response together; the bridge marks their
+messages in the ack line and acks them in one write.
 
 :class:`Outbox` gathers the records between two flushes; the flush's moment adapts to the load.
 
@@ -181,7 +182,7 @@ class KafkaDelivery:
     def __init__(
         self,
         producer: AIOKafkaProducer,
-        on_delivered: Callable[[Group], None],
+        on_delivered: Callable[[list[Group]], None],
         metrics: Metrics,
         watchdog: Watchdog,
     ) -> None:
@@ -288,16 +289,22 @@ class KafkaDelivery:
         attempt = 0
         while sent:
             failed: dict[tuple[str, int], Group] = {}
+            # Kafka answers a flush's batches in one response: they go to on_delivered together
+            # (one PUBACK write per response, not one per partition); what came before a wait, first.
+            delivered: list[Group] = []
             for group, outcome in sent:
                 error: BaseException | None = outcome if isinstance(outcome, BaseException) else None
                 if error is None:
                     assert isinstance(outcome, asyncio.Future)
+                    if delivered and not outcome.done():
+                        self.on_delivered(delivered)
+                        delivered = []
                     try:
                         await outcome
                     except KafkaError as exc:
                         error = exc
                 if error is None:
-                    self.on_delivered(group)
+                    delivered.append(group)
                     continue
                 self.metrics.count("produce_failures", len(group.records))
                 self.watchdog.retrying("kafka produce failed")
@@ -307,6 +314,8 @@ class KafkaDelivery:
                 retry = failed.setdefault((group.records[0].topic, -1), Group())
                 retry.records.extend(group.records)
                 retry.owners.extend(group.owners)
+            if delivered:
+                self.on_delivered(delivered)
             if not failed:
                 break
             await asyncio.sleep(backoff(attempt))
