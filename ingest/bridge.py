@@ -8,9 +8,9 @@ so ``client.ack`` is only called from the thread that owns the client and no loc
   ``_on_publish`` translates each message (pure, :mod:`thermoflow.ingest.records`) into the
   outbox and notes it in the ack line (``_pending``, :class:`thermoflow.ingest.acks.AckLine`).
 - The sender task hands the outbox to the Kafka side (:mod:`thermoflow.ingest.delivery`): one
-  batch per partition, and a delivery task that resends what failed until Kafka takes it. It
-  flushes when half the window is gathered, or ``settings.linger`` after the first record; the
-  reader rests meanwhile and reads what came at the flush (:class:`~thermoflow.ingest.delivery.Outbox`).
+  batch per partition, and a delivery task that resends what failed until Kafka takes it. It flushes
+  at half a window, or ``settings.linger`` after the first record (steady load: the last flush);
+  the reader rests meanwhile and reads what came at the flush (:class:`~thermoflow.ingest.delivery.Outbox`).
 - Acks go out in the order the messages came in (MQTT 3.1.1 section 4.6 asks for that):
   the head of the line is acked once it and everything before it is in Kafka.
 - The bridge holds at most a window of ``min(mqtt_receive_maximum, bridge_max_pending)``
@@ -186,8 +186,7 @@ class Bridge:
     def _on_lost(self, reason: str) -> None:
         """Drop the held messages unacked, their records unsent: the resumed session sends them again."""
         self._traces.end_all()
-        dropped = self._pending.drop_all()
-        if dropped:
+        if dropped := self._pending.drop_all():
             log.info("mqtt_pending_dropped", pending=dropped, reason=reason)
 
     def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
@@ -219,8 +218,13 @@ class Bridge:
         """Move the outbox into Kafka batches when its flush is due, one delivery task per flush."""
         while True:
             await self._outbox.due()
-            self._io.read_now()  # what waited in the socket meanwhile joins this flush
+            flushed_at = time.monotonic()
+            self._io.read_now(rest=self._outbox.steady)  # what waited in the socket joins this flush
             outbox = self._outbox.take()
+            if self._io.resting:  # a steady load: the next flush reads what comes by then
+                self._outbox.expect(flushed_at)
+            if not outbox:
+                continue
             self._flush_counts()
             self._sending = True  # neither in the outbox nor in a delivery yet: the drain waits
             try:
@@ -231,18 +235,15 @@ class Bridge:
 
     def _delivered(self, groups: list[Group]) -> None:
         """Kafka acked these groups (one response's): mark their messages, then ack once."""
-        produced = 0
-        readings_topic = self.settings.readings_topic
+        produced, readings_topic = 0, self.settings.readings_topic
         for group in groups:
             for owner in group.owners:  # AckLine.delivered, inlined: once per record
                 if not owner.dropped:
                     owner.records -= 1
-                    if owner.records <= 0:
-                        owner.done = True
+                    owner.done = owner.records <= 0
             if group.records and group.records[0].topic == readings_topic:  # one topic per group
                 produced += len(group.records)
-        if produced:
-            self.metrics.count("produced", produced)
+        self.metrics.count("produced", produced)
         self._ack_ready()
 
     def _ack_ready(self) -> None:
@@ -279,9 +280,8 @@ class Bridge:
                 self._log_metrics("bridge_metrics")
 
     def _flush_counts(self) -> None:
-        if self._received:
-            self.metrics.count("received", self._received)
-            self._received = 0
+        self.metrics.count("received", self._received)
+        self._received = 0
 
     def _log_metrics(self, event: str) -> None:
         self._flush_counts()

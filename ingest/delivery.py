@@ -84,8 +84,9 @@ class Outbox:
         self.batch = max(1, batch)
         self.linger = linger
         self.records: list[tuple[OutRecord, Held]] = []
-        self._since = 0.0  # monotonic time of the first record
+        self._since = 0.0  # monotonic time of the first record (or of the expecting flush)
         self._due = False
+        self.expecting = False  # a flush is due at the linger's end even with nothing gathered
         self._wake = asyncio.Event()
 
     def __len__(self) -> int:
@@ -97,7 +98,7 @@ class Outbox:
     def add(self, records: list[OutRecord], owner: Held) -> None:
         """One message's records (``owner.received`` starts the linger of an empty outbox)."""
         out = self.records
-        if not out:
+        if not out and not self.expecting:
             self._since = owner.received
             self._wake.set()
         for record in records:
@@ -110,9 +111,28 @@ class Outbox:
         self._due = True
         self._wake.set()
 
+    def steady(self) -> bool:
+        """Whether the reader may rest till the next flush: some records, under half a batch.
+
+        Under half: the next flush reads less than a batch, still within the window. Nearer the
+        batch, reading on events lets a full batch go as soon as it is there.
+        """
+        return 0 < len(self.records) < self.batch // 2 and self.linger > 0
+
+    def expect(self, since: float) -> None:
+        """A steady load: the next flush is due ``linger`` after ``since``, whatever has come by then.
+
+        The bridge calls it after a flush while its reader rests: what comes meanwhile waits in the
+        socket, read all at once at that flush. No message waits longer than the linger, and the
+        reader wakes once per flush instead of also for the first message of each batch.
+        """
+        self._since = since
+        self.expecting = True
+        self._wake.set()
+
     async def due(self) -> None:
-        """Until records are gathered and their flush is due."""
-        while not self.records:
+        """Until records are gathered (or :meth:`expect` was called) and the flush is due."""
+        while not self.records and not self.expecting:
             self._wake.clear()
             await self._wake.wait()
         delay = self._since + self.linger - time.monotonic()
@@ -129,6 +149,7 @@ class Outbox:
         """The gathered records; the outbox starts again empty."""
         records, self.records = self.records, []
         self._due = False
+        self.expecting = False
         self._wake.clear()
         return records
 

@@ -344,8 +344,9 @@ class PahoOnAsyncio:
         if self.client is not None and self.client.holding:
             loop.call_soon(self._readable)  # packets already read wait: no readable event will come
 
-    def read_now(self, *, max_chunks: int = 64) -> None:
-        """End a rest: read what the socket holds now (while ``may_read()``), then read on events."""
+    def read_now(self, *, max_chunks: int = 64, rest: Callable[[], bool] = lambda: False) -> None:
+        """Read what the socket holds now (while ``may_read()``); then read on events, or, if
+        ``rest()`` says so once the socket is drained, rest until the next ``read_now``."""
         self.resting = False
         client = self.client
         for _ in range(max_chunks):
@@ -356,6 +357,9 @@ class PahoOnAsyncio:
                 break
         if client is not None and client.holding:
             self.pause()
+        elif client is not None and self.sock is not None and client.drained and rest():
+            self.pause()
+            self.resting = True
         else:
             self.resume()
 

@@ -17,7 +17,8 @@ from thermoflow.watchdog import Watchdog
 
 
 def group(partition: int) -> Group:
-    return Group([OutRecord("readings", b"f-%d" % partition, b"{}", [])], [Held(partition, 1, 0.0, records=1)])
+    record = OutRecord("readings", b"f-%d" % partition, b"{}", [])
+    return Group([record], [Held(partition, 1, 0.0, records=1)])
 
 
 def delivery(calls: list[list[int]]) -> KafkaDelivery:
@@ -25,7 +26,8 @@ def delivery(calls: list[list[int]]) -> KafkaDelivery:
         calls.append([g.owners[0].mid for g in groups])
 
     producer: Any = None  # never asked: nothing fails
-    return KafkaDelivery(producer, on_delivered, Metrics("bridge"), Watchdog(component="bridge", stall_after=0))
+    watchdog = Watchdog(component="bridge", stall_after=0)
+    return KafkaDelivery(producer, on_delivered, Metrics("bridge"), watchdog)
 
 
 async def test_one_responses_batches_are_delivered_in_one_call_so_one_puback_write() -> None:

@@ -117,3 +117,55 @@ def test_the_linger_is_half_the_latency_budget_unless_set() -> None:
     assert IngestSettings().linger == 0.05
     assert IngestSettings(latency_budget=0.4).linger == 0.2
     assert IngestSettings(latency_budget=0.4, bridge_linger=0).linger == 0
+
+
+async def test_under_a_steady_load_the_next_flush_is_due_a_linger_after_the_last_one() -> None:
+    outbox = Outbox(batch=100, linger=60.0)
+    outbox.expect(time.monotonic() - 61.0)  # the last flush went a linger ago; the reader rests since
+    await asyncio.wait_for(outbox.due(), 5.0)  # due, though nothing was gathered
+    assert outbox.take() == [] and not outbox.expecting
+    outbox.expect(time.monotonic() - 61.0)
+    outbox.add([RECORD], message(1))  # read just now: its linger counts from the last flush, not from it
+    await asyncio.wait_for(outbox.due(), 5.0)
+    assert [owner.mid for _, owner in outbox.take()] == [1]
+
+
+def test_the_reader_rests_on_steadily_only_below_half_a_batch() -> None:
+    outbox = Outbox(batch=100, linger=0.05)
+    assert not outbox.steady()  # nothing came: read on events
+    for mid in range(49):
+        outbox.add([RECORD], message(mid))
+    assert outbox.steady()
+    outbox.add([RECORD], message(49))
+    assert not outbox.steady()  # near a batch: read on events, so a full batch goes at once
+    assert not Outbox(batch=100, linger=0).steady()
+
+
+async def test_read_now_can_leave_the_reader_resting_till_the_next_read_now() -> None:
+    received: list[int] = []
+    client = BulkReadClient(
+        CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, on_publish=lambda *m: received.append(m[2])
+    )
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    io = PahoOnAsyncio(may_read=lambda: True)
+    io.attach(client)
+    io.sock = ours
+    try:
+        theirs.sendall(publish_packet("a/1", b"1", qos=1, mid=1, mqtt5=True))
+        await asyncio.sleep(0.01)
+        io.read_now(rest=lambda: True)
+        assert received == [1] and io.resting and not io.reading
+        theirs.sendall(publish_packet("a/1", b"1", qos=1, mid=2, mqtt5=True))
+        await asyncio.sleep(0.05)
+        assert received == [1]  # no wakeup for it: the next flush reads it
+        io.resume()  # e.g. acks made room: still resting
+        await asyncio.sleep(0.05)
+        assert received == [1]
+        io.read_now(rest=lambda: False)
+        assert received == [1, 2] and io.reading and not io.resting
+    finally:
+        io.pause()
+        ours.close()
+        theirs.close()
