@@ -187,6 +187,8 @@ def plain_record(
     the caller checked ``device_id`` and ``metric`` once for the topic (:func:`check_id`). It
     returns only what ``encode(decode_payload(...)[0])`` would, and refuses the rest.
     """
+    if len(payload) > limits.max_bytes:
+        return None
     try:
         plain = _plain.decode(payload)
     except msgspec.DecodeError:

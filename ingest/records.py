@@ -113,6 +113,19 @@ class Translator:
         and every ack after it, forever: even a bug of its own becomes the message's dead letter.
         """
         try:
+            known = self._topics.get(mqtt_topic)
+            if known is not None and known.ids is not None and payload[:1] == b"{":  # nearly every one
+                device_id, metric = known.ids
+                value = plain_record(
+                    payload, device_id=device_id, metric=metric, received_at=received_at, limits=self.limits
+                )
+                if value is not None:  # one reading, the topic's key; else the general path decides
+                    headers = (
+                        known.headers
+                        if traceparent is None
+                        else [*known.headers, (tracing.HEADER, traceparent)]
+                    )
+                    return Translation([OutRecord(self.readings_topic, known.key, value, headers)], None)
             return self._translate(mqtt_topic, payload, received_at=received_at, traceparent=traceparent)
         except Exception as exc:
             log.exception(
@@ -128,15 +141,7 @@ class Translator:
     ) -> Translation:
         fields: TopicFields | None = None
         try:
-            fields, headers, key, ids = self._topic(mqtt_topic)
-            if ids is not None and payload[:1] == b"{" and len(payload) <= self.limits.max_bytes:
-                value = plain_record(
-                    payload, device_id=ids[0], metric=ids[1], received_at=received_at, limits=self.limits
-                )
-                if value is not None:  # nearly every message: one reading, the topic's key
-                    if traceparent is not None:
-                        headers = [*headers, (tracing.HEADER, traceparent)]
-                    return Translation([OutRecord(self.readings_topic, key, value, headers)], None)
+            fields, headers, key, _ = self._topic(mqtt_topic)
             if traceparent is not None:  # one list per message, shared by its readings
                 headers = [*headers, (tracing.HEADER, traceparent)]
             readings = decode_payload(payload, fields=fields, received_at=received_at, limits=self.limits)

@@ -276,6 +276,7 @@ def test_the_encoding_only_reading_has_the_contracts_fields_in_its_order() -> No
         b'{"value": "1.0"}',
         b'{"value": 1.0, "ts": -1.0}',
         b'{"value": 1.0, "extra": 1}',
+        b'{"value": 1.0' + b" " * 65_536 + b"}",  # over the size limit: refused unparsed
     ],
 )
 def test_plain_record_leaves_every_doubtful_payload_to_the_general_path(payload: bytes) -> None:

@@ -100,3 +100,21 @@ def test_rows_from_values_keeps_readings_and_names_the_rest() -> None:
     assert batch.rows == [("f-1", "temperature", -18.0, pg_micros(1.5), 3, pg_micros(2.0))]
     assert [index for index, _ in batch.errors] == [1, 2]
     assert "$.value" in batch.errors[1][1]
+
+
+def test_a_topics_later_messages_take_the_fast_path_to_the_same_records() -> None:
+    translator = Translator(TopicTemplate("s/{device_id}/{metric}"), readings_topic="r", deadletter_topic="d")
+    trace = b"00-0123456789abcdef0123456789abcdef-0123456789abcdef-00"
+    payload = b'{"value": 50, "unit": "F", "ts": 10.0, "seq": 3}'
+    first = translator.translate("s/f-1/humidity", payload, received_at=11.0, traceparent=trace)  # general
+    again = translator.translate("s/f-1/humidity", payload, received_at=11.0, traceparent=trace)  # fast
+    assert first == again and again.error is None
+    assert again.records[0].headers[-1] == ("traceparent", trace)
+    assert decode_reading(again.records[0].value).metric == "humidity"
+
+
+def test_a_topic_naming_an_invalid_device_id_dead_letters_every_message_not_just_the_first() -> None:
+    translator = Translator(TopicTemplate("s/{device_id}/{metric}"), readings_topic="r", deadletter_topic="d")
+    for _ in range(2):  # the second one finds the topic cached
+        out = translator.translate("s/f\ufffd1/temperature", b'{"value": 1.0}', received_at=11.0)
+        assert out.error is not None and "device id" in out.error and out.records[0].topic == "d"
