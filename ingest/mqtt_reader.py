@@ -331,7 +331,7 @@ class PahoOnAsyncio:
 
     def pause(self) -> None:
         if self.reading and self.sock is not None and self._loop is not None:
-            self._loop.remove_reader(self.sock)
+            self._loop.remove_reader(self.sock.fileno())  # the fd: see resume
         self.reading = False
 
     def resume(self) -> None:
@@ -339,7 +339,9 @@ class PahoOnAsyncio:
         loop, sock = self._loop, self.sock
         if self.reading or self.resting or sock is None or loop is None or not self.may_read():
             return
-        loop.add_reader(sock, self._readable)
+        # The fd, not the socket: the selector looks it up first, and the KeyError of a socket not
+        # registered formats the socket's repr (two system calls, its addresses) on every resume.
+        loop.add_reader(sock.fileno(), self._readable)
         self.reading = True
         if self.client is not None and self.client.holding:
             loop.call_soon(self._readable)  # packets already read wait: no readable event will come

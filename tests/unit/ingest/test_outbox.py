@@ -169,3 +169,27 @@ async def test_read_now_can_leave_the_reader_resting_till_the_next_read_now() ->
         io.pause()
         ours.close()
         theirs.close()
+
+
+class _NoRepr(socket.socket):
+    def __repr__(self) -> str:  # two system calls (its addresses), on every resume if asked
+        raise AssertionError("the reader formatted the socket's repr")
+
+
+async def test_pausing_and_resuming_the_reader_never_formats_the_sockets_repr() -> None:
+    client = BulkReadClient(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, on_publish=lambda *m: None)
+    plain, theirs = socket.socketpair()
+    ours = _NoRepr(fileno=plain.detach())
+    ours.setblocking(False)
+    client._sock = ours
+    io = PahoOnAsyncio(may_read=lambda: True)
+    io.attach(client)
+    io.sock = ours
+    try:
+        for _ in range(3):
+            io.resume()
+            assert io.reading
+            io.pause()
+    finally:
+        ours.close()
+        theirs.close()
