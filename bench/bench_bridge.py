@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_bridge.py [--messages 200000] [--devices 1000] [--connections 4]
                                            [--previous REV]
     .venv/bin/python bench/bench_bridge.py --steady 5000,20000 [--seconds 20] [--previous REV]
+                                           [--profile DIR --py-spy PATH]
 
 MQTT, Kafka from THERMOFLOW_MQTT_URL / THERMOFLOW_KAFKA_BOOTSTRAP (default: the local stack).
 Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In the same run:
@@ -19,7 +20,9 @@ Each run uses fresh Kafka topics (12 partitions), MQTT topics and client ids. In
 
 With ``--steady RATES`` only: the bridge's CPU per reading at each fixed rate (QoS 1, paced in
 10 ms steps), for this tree and for ``--previous``'s in the same run: the figure that counts for a
-fleet publishing steadily, where per-wakeup and per-request costs weigh most.
+fleet publishing steadily, where per-wakeup and per-request costs weigh most. With ``--profile
+DIR``, py-spy samples each bridge at 200 Hz while it is measured (only while it holds the GIL) and
+leaves a raw profile per case in DIR.
 
 Throughput = readings landed in Kafka per second: the readings topic's end offsets, polled every
 0.1 s, from the first record until all of them are there. CPU = the bridge process's user + system
