@@ -25,6 +25,7 @@ from thermoflow.processors.detectors import history
 from thermoflow.processors.detectors.config import (
     CRITICAL,
     F64,
+    HISTORY,
     I64,
     KINDS,
     OUTLIER,
@@ -33,7 +34,7 @@ from thermoflow.processors.detectors.config import (
     WARNING,
     CompiledDetectors,
 )
-from thermoflow.processors.detectors.grouping import group, group_starts
+from thermoflow.processors.detectors.grouping import Mask, group, group_starts
 from thermoflow.processors.detectors.state import DeviceStates
 from thermoflow.processors.detectors.stuck import run_starts
 
@@ -219,8 +220,60 @@ def _history(
     first = group_starts(device)
     unit = np.cumsum(first) - 1
     bucket = np.floor(ts / step)
+    fresh = history.fresh(unit=unit, devices=device[first], bucket=bucket, states=states, step=step[first])
+    # The merged history is a matrix as wide as the most entries a device adds: devices that add
+    # many (a backlog) go in matrices of their own, by powers of two, so one never widens every row.
+    added = np.bincount(unit[fresh], minlength=int(unit[-1]) + 1)
+    if added.max() <= HISTORY:
+        parts = [np.arange(unit.size)]
+    else:
+        size = np.where(added <= HISTORY, 0, np.frexp(added.astype(np.float64))[1])[unit]
+        parts = [np.flatnonzero(size == part) for part in np.unique(size).tolist()]
+    for at in parts:
+        whole = at.size == unit.size
+        _windows(
+            found,
+            at=chosen[at],
+            device=device if whole else device[at],
+            ts=ts if whole else ts[at],
+            value=value if whole else value[at],
+            row=row if whole else row[at],
+            step=step if whole else step[at],
+            bucket=bucket if whole else bucket[at],
+            new=fresh if whole else fresh[at],
+            states=states,
+            new_states=new,
+            config=config,
+        )
+
+
+def _windows(
+    found: Findings,
+    *,
+    at: I64,
+    device: I64,
+    ts: F64,
+    value: F64,
+    row: I64,
+    step: F64,
+    bucket: F64,
+    new: Mask,
+    states: DeviceStates,
+    new_states: DeviceStates,
+    config: CompiledDetectors,
+) -> None:
+    """Rate and outlier of readings ``at`` (grouped by device, by ts), over their devices' merged history."""
+    first = group_starts(device)
+    unit = np.cumsum(first) - 1
     merged = history.merge(
-        unit=unit, devices=device[first], ts=ts, value=value, bucket=bucket, states=states, step=step[first]
+        unit=unit,
+        devices=device[first],
+        ts=ts,
+        value=value,
+        bucket=bucket,
+        new=new,
+        states=states,
+        step=step[first],
     )
     window = config.rate_window[row]
     rated = np.flatnonzero(~np.isnan(window))
@@ -233,8 +286,8 @@ def _history(
             window=window[rated],
             step=step[rated],
         )
-        found.rate[chosen[rated]] = rate
-        found.rate_severity[chosen[rated]] = _severities(np.abs(rate), config.rate_limits[row[rated]])
+        found.rate[at[rated]] = rate
+        found.rate_severity[at[rated]] = _severities(np.abs(rate), config.rate_limits[row[rated]])
     buckets = config.outlier_buckets[row]
     scored = np.flatnonzero(buckets > 0)
     if scored.size:
@@ -247,9 +300,9 @@ def _history(
             min_samples=config.outlier_min_samples[row[scored]],
             min_abs=config.outlier_min_abs[row[scored]],
         )
-        found.score[chosen[scored]] = score
-        found.outlier_severity[chosen[scored]] = _severities(score, config.outlier_thresholds[row[scored]])
-    history.store(merged, new)
+        found.score[at[scored]] = score
+        found.outlier_severity[at[scored]] = _severities(score, config.outlier_thresholds[row[scored]])
+    history.store(merged, new_states)
 
 
 def worst(found: Findings, *, config: CompiledDetectors, rows: I64) -> Detections:
