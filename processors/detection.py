@@ -152,7 +152,8 @@ class DeviceDetectors:
             received_at=batch.received_at[mine],
             value=cols.values[mine],
         )
-        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs])
+        # ``states`` is this batch's copy (take): its history columns can become the new state's.
+        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs], reuse_history=True)
         table.states.put(rows, new)
         table.dirty[rows] = True
         table.rule[rows] = rule_rows[pairs]

@@ -17,6 +17,7 @@ emitted, and every detection emitted is one of the stream's findings.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -37,6 +38,8 @@ from thermoflow.processors.detectors.config import (
 from thermoflow.processors.detectors.grouping import Mask, group, group_starts
 from thermoflow.processors.detectors.state import DeviceStates
 from thermoflow.processors.detectors.stuck import run_starts
+
+Column = TypeVar("Column", F64, I64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,19 +103,34 @@ class Detections:
         return SEVERITIES[int(self.severity[row]) - 1]
 
 
-def _copy(states: DeviceStates) -> DeviceStates:
-    return replace(states, **{name: getattr(states, name).copy() for name in states.__dataclass_fields__})
+#: The state columns the history detectors rewrite; :func:`scan` may write them in place.
+_HISTORY_COLUMNS = frozenset({"hist_ts", "hist_value", "hist_len"})
+
+
+def _copy(states: DeviceStates, *, reuse_history: bool) -> DeviceStates:
+    shared = _HISTORY_COLUMNS if reuse_history else frozenset()
+    return replace(
+        states,
+        **{name: getattr(states, name).copy() for name in states.__dataclass_fields__ if name not in shared},
+    )
 
 
 def scan(
-    readings: Readings, *, states: DeviceStates, config: CompiledDetectors, rows: I64
+    readings: Readings,
+    *,
+    states: DeviceStates,
+    config: CompiledDetectors,
+    rows: I64,
+    reuse_history: bool = False,
 ) -> tuple[Findings, DeviceStates]:
-    """Every accepted reading's findings, and the devices' new state. ``states`` is not modified.
+    """Every accepted reading's findings, and the devices' new state. ``states`` is not modified,
+    unless ``reuse_history``: then its history columns become the new state's (written in place,
+    not copied: ``states`` is a copy the caller drops afterwards).
 
     ``rows[d]`` is device ``d``'s config row (``NO_DETECTORS`` for none). Readings may come
     in any order; late ones (see :mod:`thermoflow.processors.detectors.grouping`) only refresh ``last_seen``.
     """
-    new = _copy(states)
+    new = _copy(states, reuse_history=reuse_history)
     grouped = group(device=readings.device, ts=readings.ts, last_ts=states.last_ts)
     if grouped.order.size:
         seen = np.maximum.reduceat(readings.received_at[grouped.order], grouped.starts)
@@ -163,18 +181,31 @@ def _stuck(
     carried = np.isfinite(states.run_start[owner])
     at = first[carried]  # the carried run goes before its device's first reading, as an element [min, max]
     owners = owner[carried]
-    element_device = np.insert(device, at, owners)
-    low = np.insert(value[chosen], at, states.run_min[owners])
-    high = np.insert(value[chosen], at, states.run_max[owners])
-    element_ts = np.insert(ts, at, states.run_start[owners])
+    # np.insert of each column, with the positions worked out once: element at[i] + i is carried
+    # run i, the others are the readings in order.
+    is_reading = np.ones(chosen.size + at.size, dtype=bool)
+    is_reading[at + np.arange(at.size)] = False
+    reading_at = np.flatnonzero(is_reading)
+    carried_at = np.flatnonzero(~is_reading)
+
+    def spread(readings: Column, carried: Column) -> Column:
+        column: Column = np.empty(is_reading.size, dtype=readings.dtype)
+        column[reading_at] = readings
+        column[carried_at] = carried
+        return column
+
+    chosen_tolerance = tolerance[chosen]
+    element_device = spread(device, owners)
+    low = spread(value[chosen], states.run_min[owners])
+    high = spread(value[chosen], states.run_max[owners])
+    element_ts = spread(ts, states.run_start[owners])
     starts = run_starts(
         low=low,
         high=high,
-        tolerance=np.insert(tolerance[chosen], at, tolerance[chosen][at]),
+        tolerance=spread(chosen_tolerance, chosen_tolerance[at]),
         first=group_starts(element_device),
     )
-    is_reading = np.insert(np.ones(chosen.size, dtype=bool), at, False)
-    seconds = ts - element_ts[starts[is_reading]]
+    seconds = ts - element_ts[starts[reading_at]]
     found.stuck_seconds[chosen] = seconds
     found.stuck[chosen] = np.where(
         seconds >= config.stuck_for[row[chosen]], config.stuck_severity[row[chosen]], 0
@@ -343,7 +374,12 @@ def worst(found: Findings, *, config: CompiledDetectors, rows: I64) -> Detection
 
 
 def detect(
-    readings: Readings, *, states: DeviceStates, config: CompiledDetectors, rows: I64
+    readings: Readings,
+    *,
+    states: DeviceStates,
+    config: CompiledDetectors,
+    rows: I64,
+    reuse_history: bool = False,
 ) -> tuple[Detections, DeviceStates]:
     """Stuck, rate and outlier detections of a batch (the worst per device and kind), and the new state.
 
@@ -357,5 +393,5 @@ def detect(
     >>> state.run_start.tolist(), state.last_seen.tolist()
     ([0.0], [90.0])
     """
-    found, new = scan(readings, states=states, config=config, rows=rows)
+    found, new = scan(readings, states=states, config=config, rows=rows, reuse_history=reuse_history)
     return worst(found, config=config, rows=rows), new

@@ -136,20 +136,18 @@ def merge(
 
 
 def store(history: History, states: DeviceStates) -> None:
-    """Keep the last HISTORY entries of each device of ``history`` in ``states`` (in place)."""
+    """Keep the last HISTORY entries of each device of ``history`` in ``states`` (in place).
+
+    A row's last HISTORY cells (or its first, NaN past its entries, when it has fewer) are one
+    window of a sliding-window view of the flat matrix: a gather of whole rows.
+    """
     kept = np.minimum(history.counts, HISTORY)
     rows = history.devices.size
-    entry_ts = history.ts[: rows * history.width].reshape(rows, history.width)
-    entry_value = history.value[: rows * history.width].reshape(rows, history.width)
-    rows_at = slice(None) if rows == len(states) else history.devices  # every state row, in order
-    if np.array_equal(kept, history.counts):  # nothing to drop: the first HISTORY columns (NaN past kept)
-        states.hist_ts[rows_at] = entry_ts[:, :HISTORY]
-        states.hist_value[rows_at] = entry_value[:, :HISTORY]
-    else:
-        column = (history.counts - kept)[:, None] + np.arange(HISTORY)
-        states.hist_ts[rows_at] = np.take_along_axis(entry_ts, column, axis=1)
-        states.hist_value[rows_at] = np.take_along_axis(entry_value, column, axis=1)
-    states.hist_len[rows_at] = kept
+    start = np.arange(rows) * history.width + (history.counts - kept)
+    for source, target in ((history.ts, states.hist_ts), (history.value, states.hist_value)):
+        windows = np.lib.stride_tricks.sliding_window_view(source, HISTORY)
+        target[slice(None) if rows == len(states) else history.devices] = windows[start]
+    states.hist_len[history.devices] = kept
 
 
 def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step: F64) -> F64:

@@ -161,7 +161,7 @@ def run(batches: list[Stream], device_configs: Configs) -> tuple[list[Any], list
     states = DeviceStates.empty(DEVICES)
     findings, detections, offset = [], [], 0
     for batch in batches:
-        found, states = scan(readings(batch), states=states, config=config, rows=rows)
+        found, states = scan(readings(batch), states=states, config=config, rows=rows, reuse_history=True)
         findings.append(vectorized_rows(found, offset))
         detections.append(detection_rows(worst(found, config=config, rows=rows), offset))
         offset += len(batch)
