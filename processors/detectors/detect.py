@@ -215,8 +215,9 @@ def _stuck(
     run_of = np.cumsum(starts == np.arange(starts.size)) - 1
     ends = np.flatnonzero(np.append(element_device[1:] != element_device[:-1], True))
     new.run_start[owner] = element_ts[starts[ends]]
-    new.run_min[owner] = np.minimum.reduceat(low, run_first)[run_of[ends]]
-    new.run_max[owner] = np.maximum.reduceat(high, run_first)[run_of[ends]]
+    # fmin/fmax keep the first of equal values, as the scalar fold does: 0.0 then -0.0 stays 0.0.
+    new.run_min[owner] = np.fmin.reduceat(low, run_first)[run_of[ends]]
+    new.run_max[owner] = np.fmax.reduceat(high, run_first)[run_of[ends]]
 
 
 def _severities(measure: F64, limits: F64) -> I64:

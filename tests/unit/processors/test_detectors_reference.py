@@ -313,3 +313,16 @@ def test_devices_adding_many_history_entries_at_once_match_the_reference(
         assert [r[1:] for r in got] == [r[1:] for r in expected]
     stored = [memories.get(d, reference.Memory()).record() for d in range(DEVICES)]
     assert states.to_bytes() == DeviceStates.from_records(stored).to_bytes()
+
+
+def test_a_stuck_run_of_signed_zeros_is_stored_as_the_scalar_fold_stores_it() -> None:
+    """0.0 then -0.0 are equal: the run's min and max keep the first, as Python's min and max do
+    (numpy's minimum keeps the second), so the stored state is the reference's byte for byte."""
+    config = DetectorConfig(stuck=StuckConfig(tolerance=0.0, stuck_for=0.5))
+    for values in ((0.0, -0.0), (-0.0, 0.0)):
+        stream = [reference.ScalarReading(0, 100.0 + i, 100.0 + i, v) for i, v in enumerate(values)]
+        device_configs: Configs = {0: config, 1: None, 2: None}
+        _, _, states = run([stream], device_configs)
+        memories: dict[int, reference.Memory] = {}
+        reference.scan(stream, memories, device_configs)
+        assert states.to_bytes()[0] == DeviceStates.from_records([memories[0].record()]).to_bytes()[0]
