@@ -197,8 +197,32 @@ def outlier_scores(
 
     The median lies between the baseline's min and max, so a reading within ``min_abs`` of
     both cannot be an outlier: only the others pay for a median and a MAD. Most readings of
-    a sensor whose ``min_abs`` is above its noise are skipped that way.
+    a sensor whose ``min_abs`` is above its noise are skipped that way. A baseline is a part of
+    its device's row, so a reading within ``min_abs`` of the whole row's min and max is skipped
+    first, before its baseline is even looked up.
     """
+    rows = history.devices.size
+    matrix = history.value[: rows * history.width].reshape(rows, history.width)
+    row_low, row_high = np.fmin.reduce(matrix, axis=1), np.fmax.reduce(matrix, axis=1)  # NaN: no entry
+    rest = np.flatnonzero(~((value - row_low[unit] <= min_abs) & (row_high[unit] - value <= min_abs)))
+    score = np.full(unit.size, np.nan)
+    if rest.size:
+        score[rest] = _scores(
+            history=history,
+            unit=unit[rest],
+            bucket=bucket[rest],
+            value=value[rest],
+            buckets=buckets[rest],
+            min_samples=min_samples[rest],
+            min_abs=min_abs[rest],
+        )
+    return score
+
+
+def _scores(
+    *, history: History, unit: I64, bucket: F64, value: F64, buckets: I64, min_samples: I64, min_abs: F64
+) -> F64:
+    """:func:`outlier_scores` of readings, each with its baseline's range looked up."""
     first = np.ones(unit.size, dtype=bool)
     first[1:] = (unit[1:] != unit[:-1]) | (bucket[1:] != bucket[:-1])
     pair = np.cumsum(first) - 1
