@@ -7,6 +7,7 @@ back to one decode per record so each bad record gets its own reason.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,20 +122,24 @@ def _pairs(readings: Sequence[Any]) -> tuple[I64, list[str], list[str]]:
     """Each reading's (device, metric) pair as an index, and the distinct pairs in first-seen order.
 
     When the batch has one metric (the usual case) the device ids are the keys: a string
-    caches its hash, a (device, metric) tuple computes it again at every lookup.
+    caches its hash, a (device, metric) tuple computes it again at every lookup. One dict pass:
+    ``setdefault(key, position)`` answers each reading with its key's first position, which
+    numbers the pairs in first-seen order with array operations (the dict keeps that order).
     """
     metric_set = set(map(_reading_metric, readings))
-    if len(metric_set) == 1:
-        keys: list[Any] = list(map(_reading_device, readings))
+    single = len(metric_set) == 1
+    keys = map(_reading_device, readings) if single else map(_pair_key, readings)
+    index: dict[Any, int] = {}
+    first = np.fromiter(map(index.setdefault, keys, itertools.count()), dtype=np.int64, count=len(readings))
+    is_first = np.zeros(first.size, dtype=bool)
+    is_first[first] = True
+    number = np.cumsum(is_first) - 1
+    if single:
         (metric,) = metric_set
-        distinct = list(dict.fromkeys(keys))
-        device_ids, metrics = distinct, [metric] * len(distinct)
+        device_ids, metrics = list(index), [metric] * len(index)
     else:
-        keys = list(map(_pair_key, readings))
-        distinct = list(dict.fromkeys(keys))
-        device_ids, metrics = [device_id for device_id, _ in distinct], [metric for _, metric in distinct]
-    index = dict(zip(distinct, range(len(distinct)), strict=True))
-    return np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys)), device_ids, metrics
+        device_ids, metrics = [device_id for device_id, _ in index], [metric for _, metric in index]
+    return number[first], device_ids, metrics
 
 
 def decode_batch(

@@ -32,10 +32,10 @@ import numpy.typing as npt
 from thermoflow.events import (
     CLEAR_HEADERS,
     PIPELINE_DEVICE,
+    SEVERITIES,
     AlertEvent,
     Clear,
     Condition,
-    Severity,
     new_alert,
 )
 from thermoflow.logs import get_logger
@@ -51,7 +51,7 @@ from thermoflow.processors.detectors import (
     offline,
 )
 from thermoflow.processors.runtime import Emit
-from thermoflow.processors.state import StateStore, split_key
+from thermoflow.processors.state import UNKNOWN_RULE, StateStore, split_key
 from thermoflow.processors.thresholds import I64, CompiledRules
 from thermoflow.processors.watermarks import latest_per_partition
 
@@ -106,6 +106,7 @@ class DeviceDetectors:
             self._config = compile_detectors([rule.detectors for rule in rules.ruleset.rules])
             self._on = any_detector(self._config)
             self._rules = rules
+            self.store.table.rule[:] = UNKNOWN_RULE  # the rows' rule rows were the old rules'
         return self._config
 
     def revoked(self, partitions: Sequence[int]) -> None:
@@ -151,24 +152,23 @@ class DeviceDetectors:
             received_at=batch.received_at[mine],
             value=cols.values[mine],
         )
-        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs])
+        # ``states`` is this batch's copy (take): its history columns can become the new state's.
+        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs], reuse_history=True)
         table.states.put(rows, new)
         table.dirty[rows] = True
+        table.rule[rows] = rule_rows[pairs]
 
-        for row in range(len(found)):
-            pair = int(pairs[found.device[row]])
-            reading = int(mine[found.reading[row]])
-            emits.append(
-                self._alert(
-                    found,
-                    row,
-                    device_id=cols.device_ids[pair],
-                    metric=cols.metrics[pair],
-                    rule_id=rules.rule_ids[int(rule_rows[pair])],
-                    detected_at=detected_at,
-                    source=(int(batch.partition[reading]), int(batch.offset[reading])),
-                )
-            )
+        fired = pairs[found.device]
+        evidence = mine[found.reading]
+        emits += self._alerts(
+            found,
+            device_ids=[cols.device_ids[p] for p in fired.tolist()],
+            metrics=[cols.metrics[p] for p in fired.tolist()],
+            rule_ids=[rules.rule_ids[r] for r in rule_rows[fired].tolist()],
+            detected_at=detected_at,
+            partitions=batch.partition[evidence].tolist(),
+            offsets=batch.offset[evidence].tolist(),
+        )
 
         back = (states.offline_reported == states.last_seen) & (new.last_seen > states.last_seen)
         if back.any():
@@ -252,28 +252,28 @@ class DeviceDetectors:
         fired = rows[found.device]
         states.offline_reported[fired] = updated[found.device]
         table.dirty[fired] = True
-        emits: list[Emit] = []
-        for at, row in enumerate(fired.tolist()):
-            device_id, metric = split_key(str(table.keys[row]))
-            rule = rules.rule_index(device_id, metric)
-            emits.append(
-                self._alert(
-                    found,
-                    at,
-                    device_id=device_id,
-                    metric=metric,
-                    rule_id=rules.rule_ids[rule],
-                    detected_at=detected_at,
-                    source=None,
-                )
-            )
-        return emits
+        names = [split_key(str(table.keys[row])) for row in fired.tolist()]
+        none: list[int | None] = [None] * len(names)
+        return self._alerts(
+            found,
+            device_ids=[device_id for device_id, _ in names],
+            metrics=[metric for _, metric in names],
+            rule_ids=[rules.rule_ids[r] for r in table.rule[fired].tolist()],
+            detected_at=detected_at,
+            partitions=none,
+            offsets=none,
+        )
 
     def _rule_rows(self, rules: CompiledRules, rows: I64) -> I64:
-        """The rule row of each table row: one dict lookup per pair (cached by the rules)."""
-        keys = self.store.table.keys
-        names = [split_key(str(keys[row])) for row in rows.tolist()]
-        return rules.rule_indices([d for d, _ in names], [m for _, m in names])
+        """The rule row of each table row: cached in the table, a dict lookup per pair not cached yet."""
+        table = self.store.table
+        known: I64 = table.rule[rows]
+        missing = rows[known == UNKNOWN_RULE]
+        if missing.size:
+            names = [split_key(str(table.keys[row])) for row in missing.tolist()]
+            table.rule[missing] = rules.rule_indices([d for d, _ in names], [m for _, m in names])
+            known = table.rule[rows]
+        return known
 
     def _ingest_silent(
         self, *, now: float, caught_up: Callable[[int], bool], detected_at: float
@@ -316,31 +316,43 @@ class DeviceDetectors:
     # -- records -----------------------------------------------------------------------------
 
     @staticmethod
-    def _alert(
+    def _alerts(
         found: Detections,
-        row: int,
         *,
-        device_id: str,
-        metric: str,
-        rule_id: str,
+        device_ids: Sequence[str],
+        metrics: Sequence[str],
+        rule_ids: Sequence[str],
         detected_at: float,
-        source: tuple[int, int] | None,
-    ) -> Emit:
-        condition: Condition = KINDS[int(found.kind[row])]
-        severity: Severity = found.severity_name(row)
-        event: AlertEvent = new_alert(
-            device_id=device_id,
-            metric=metric,
-            rule_id=rule_id,
-            severity=severity,
-            condition=condition,
-            threshold=float(found.threshold[row]),
-            value=float(found.value[row]),
-            reading_ts=float(found.reading_ts[row]),
-            detected_at=detected_at,
+        partitions: Sequence[int | None],
+        offsets: Sequence[int | None],
+    ) -> list[Emit]:
+        """One alert per detection; the columns are turned into Python values once, not cell by cell."""
+        emits: list[Emit] = []
+        columns = zip(
+            found.kind.tolist(),
+            found.severity.tolist(),
+            found.threshold.tolist(),
+            found.value.tolist(),
+            found.reading_ts.tolist(),
+            strict=True,
         )
-        partition, offset = source if source is not None else (None, None)
-        return Emit(key=device_id, event=event, partition=partition, offset=offset)
+        sources = zip(device_ids, metrics, rule_ids, partitions, offsets, strict=True)
+        for (kind, severity, threshold, value, at), (device_id, metric, rule_id, partition, offset) in zip(
+            columns, sources, strict=True
+        ):
+            event: AlertEvent = new_alert(
+                device_id=device_id,
+                metric=metric,
+                rule_id=rule_id,
+                severity=SEVERITIES[severity - 1],
+                condition=KINDS[kind],
+                threshold=threshold,
+                value=value,
+                reading_ts=at,
+                detected_at=detected_at,
+            )
+            emits.append(Emit(key=device_id, event=event, partition=partition, offset=offset))
+        return emits
 
     @staticmethod
     def _clear(

@@ -33,6 +33,9 @@ from thermoflow.settings import ThermoflowSettings
 
 log = get_logger(__name__)
 
+#: :attr:`StateTable.rule` of a row whose rule row is not known (yet, or since the rules changed).
+UNKNOWN_RULE: Final = -2
+
 #: Separates device id and metric in a state key: neither may hold a control character.
 KEY_SEPARATOR: Final = "\x1f"
 
@@ -61,6 +64,9 @@ class StateTable:
         self.keys: list[str | None] = [None] * capacity
         self.partition = np.full(capacity, -1, dtype=np.int64)
         self.dirty = np.zeros(capacity, dtype=bool)
+        # The owner's cache of each row's rule row (UNKNOWN_RULE until it sets one; a row that
+        # takes another pair forgets it): the offline timer then looks up no rule per row and tick.
+        self.rule = np.full(capacity, UNKNOWN_RULE, dtype=np.int64)
         self._free: list[int] = list(range(capacity - 1, -1, -1))
 
     def __len__(self) -> int:
@@ -92,6 +98,7 @@ class StateTable:
         self.pairs[split_key(key)] = row
         self.keys[row] = key
         self.partition[row] = partition
+        self.rule[row] = UNKNOWN_RULE
         return row
 
     def _grow(self) -> None:
@@ -100,6 +107,7 @@ class StateTable:
         self.keys += [None] * old
         self.partition = np.concatenate([self.partition, np.full(old, -1, dtype=np.int64)])
         self.dirty = np.concatenate([self.dirty, np.zeros(old, dtype=bool)])
+        self.rule = np.concatenate([self.rule, np.full(old, UNKNOWN_RULE, dtype=np.int64)])
         self._free += list(range(2 * old - 1, old - 1, -1))
 
     def of_partition(self, partition: int) -> I64:
@@ -120,6 +128,7 @@ class StateTable:
             self.states.put(rows, DeviceStates.empty(rows.size))
             self.partition[rows] = -1
             self.dirty[rows] = False
+            self.rule[rows] = UNKNOWN_RULE
 
     def load(self, partition: int, records: dict[str, bytes]) -> int:
         """Read one partition's stored records (the latest per key); returns how many were unreadable."""

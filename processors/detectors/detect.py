@@ -17,6 +17,7 @@ emitted, and every detection emitted is one of the stream's findings.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from thermoflow.processors.detectors import history
 from thermoflow.processors.detectors.config import (
     CRITICAL,
     F64,
+    HISTORY,
     I64,
     KINDS,
     OUTLIER,
@@ -33,9 +35,11 @@ from thermoflow.processors.detectors.config import (
     WARNING,
     CompiledDetectors,
 )
-from thermoflow.processors.detectors.grouping import group, group_starts
+from thermoflow.processors.detectors.grouping import Mask, group, group_starts
 from thermoflow.processors.detectors.state import DeviceStates
 from thermoflow.processors.detectors.stuck import run_starts
+
+Column = TypeVar("Column", F64, I64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,19 +103,34 @@ class Detections:
         return SEVERITIES[int(self.severity[row]) - 1]
 
 
-def _copy(states: DeviceStates) -> DeviceStates:
-    return replace(states, **{name: getattr(states, name).copy() for name in states.__dataclass_fields__})
+#: The state columns the history detectors rewrite; :func:`scan` may write them in place.
+_HISTORY_COLUMNS = frozenset({"hist_ts", "hist_value", "hist_len"})
+
+
+def _copy(states: DeviceStates, *, reuse_history: bool) -> DeviceStates:
+    shared = _HISTORY_COLUMNS if reuse_history else frozenset()
+    return replace(
+        states,
+        **{name: getattr(states, name).copy() for name in states.__dataclass_fields__ if name not in shared},
+    )
 
 
 def scan(
-    readings: Readings, *, states: DeviceStates, config: CompiledDetectors, rows: I64
+    readings: Readings,
+    *,
+    states: DeviceStates,
+    config: CompiledDetectors,
+    rows: I64,
+    reuse_history: bool = False,
 ) -> tuple[Findings, DeviceStates]:
-    """Every accepted reading's findings, and the devices' new state. ``states`` is not modified.
+    """Every accepted reading's findings, and the devices' new state. ``states`` is not modified,
+    unless ``reuse_history``: then its history columns become the new state's (written in place,
+    not copied: ``states`` is a copy the caller drops afterwards).
 
     ``rows[d]`` is device ``d``'s config row (``NO_DETECTORS`` for none). Readings may come
     in any order; late ones (see :mod:`thermoflow.processors.detectors.grouping`) only refresh ``last_seen``.
     """
-    new = _copy(states)
+    new = _copy(states, reuse_history=reuse_history)
     grouped = group(device=readings.device, ts=readings.ts, last_ts=states.last_ts)
     if grouped.order.size:
         seen = np.maximum.reduceat(readings.received_at[grouped.order], grouped.starts)
@@ -162,18 +181,31 @@ def _stuck(
     carried = np.isfinite(states.run_start[owner])
     at = first[carried]  # the carried run goes before its device's first reading, as an element [min, max]
     owners = owner[carried]
-    element_device = np.insert(device, at, owners)
-    low = np.insert(value[chosen], at, states.run_min[owners])
-    high = np.insert(value[chosen], at, states.run_max[owners])
-    element_ts = np.insert(ts, at, states.run_start[owners])
+    # np.insert of each column, with the positions worked out once: element at[i] + i is carried
+    # run i, the others are the readings in order.
+    is_reading = np.ones(chosen.size + at.size, dtype=bool)
+    is_reading[at + np.arange(at.size)] = False
+    reading_at = np.flatnonzero(is_reading)
+    carried_at = np.flatnonzero(~is_reading)
+
+    def spread(readings: Column, carried: Column) -> Column:
+        column: Column = np.empty(is_reading.size, dtype=readings.dtype)
+        column[reading_at] = readings
+        column[carried_at] = carried
+        return column
+
+    chosen_tolerance = tolerance[chosen]
+    element_device = spread(device, owners)
+    low = spread(value[chosen], states.run_min[owners])
+    high = spread(value[chosen], states.run_max[owners])
+    element_ts = spread(ts, states.run_start[owners])
     starts = run_starts(
         low=low,
         high=high,
-        tolerance=np.insert(tolerance[chosen], at, tolerance[chosen][at]),
+        tolerance=spread(chosen_tolerance, chosen_tolerance[at]),
         first=group_starts(element_device),
     )
-    is_reading = np.insert(np.ones(chosen.size, dtype=bool), at, False)
-    seconds = ts - element_ts[starts[is_reading]]
+    seconds = ts - element_ts[starts[reading_at]]
     found.stuck_seconds[chosen] = seconds
     found.stuck[chosen] = np.where(
         seconds >= config.stuck_for[row[chosen]], config.stuck_severity[row[chosen]], 0
@@ -183,8 +215,9 @@ def _stuck(
     run_of = np.cumsum(starts == np.arange(starts.size)) - 1
     ends = np.flatnonzero(np.append(element_device[1:] != element_device[:-1], True))
     new.run_start[owner] = element_ts[starts[ends]]
-    new.run_min[owner] = np.minimum.reduceat(low, run_first)[run_of[ends]]
-    new.run_max[owner] = np.maximum.reduceat(high, run_first)[run_of[ends]]
+    # fmin/fmax keep the first of equal values, as the scalar fold does: 0.0 then -0.0 stays 0.0.
+    new.run_min[owner] = np.fmin.reduceat(low, run_first)[run_of[ends]]
+    new.run_max[owner] = np.fmax.reduceat(high, run_first)[run_of[ends]]
 
 
 def _severities(measure: F64, limits: F64) -> I64:
@@ -219,8 +252,60 @@ def _history(
     first = group_starts(device)
     unit = np.cumsum(first) - 1
     bucket = np.floor(ts / step)
+    fresh = history.fresh(unit=unit, devices=device[first], bucket=bucket, states=states, step=step[first])
+    # The merged history is a matrix as wide as the most entries a device adds: devices that add
+    # many (a backlog) go in matrices of their own, by powers of two, so one never widens every row.
+    added = np.bincount(unit[fresh], minlength=int(unit[-1]) + 1)
+    if added.max() <= HISTORY:
+        parts = [np.arange(unit.size)]
+    else:
+        size = np.where(added <= HISTORY, 0, np.frexp(added.astype(np.float64))[1])[unit]
+        parts = [np.flatnonzero(size == part) for part in np.unique(size).tolist()]
+    for at in parts:
+        whole = at.size == unit.size
+        _windows(
+            found,
+            at=chosen[at],
+            device=device if whole else device[at],
+            ts=ts if whole else ts[at],
+            value=value if whole else value[at],
+            row=row if whole else row[at],
+            step=step if whole else step[at],
+            bucket=bucket if whole else bucket[at],
+            new=fresh if whole else fresh[at],
+            states=states,
+            new_states=new,
+            config=config,
+        )
+
+
+def _windows(
+    found: Findings,
+    *,
+    at: I64,
+    device: I64,
+    ts: F64,
+    value: F64,
+    row: I64,
+    step: F64,
+    bucket: F64,
+    new: Mask,
+    states: DeviceStates,
+    new_states: DeviceStates,
+    config: CompiledDetectors,
+) -> None:
+    """Rate and outlier of readings ``at`` (grouped by device, by ts), over their devices' merged history."""
+    first = group_starts(device)
+    unit = np.cumsum(first) - 1
     merged = history.merge(
-        unit=unit, devices=device[first], ts=ts, value=value, bucket=bucket, states=states, step=step[first]
+        unit=unit,
+        devices=device[first],
+        ts=ts,
+        value=value,
+        bucket=bucket,
+        new=new,
+        states=states,
+        step=step[first],
     )
     window = config.rate_window[row]
     rated = np.flatnonzero(~np.isnan(window))
@@ -233,8 +318,8 @@ def _history(
             window=window[rated],
             step=step[rated],
         )
-        found.rate[chosen[rated]] = rate
-        found.rate_severity[chosen[rated]] = _severities(np.abs(rate), config.rate_limits[row[rated]])
+        found.rate[at[rated]] = rate
+        found.rate_severity[at[rated]] = _severities(np.abs(rate), config.rate_limits[row[rated]])
     buckets = config.outlier_buckets[row]
     scored = np.flatnonzero(buckets > 0)
     if scored.size:
@@ -247,9 +332,9 @@ def _history(
             min_samples=config.outlier_min_samples[row[scored]],
             min_abs=config.outlier_min_abs[row[scored]],
         )
-        found.score[chosen[scored]] = score
-        found.outlier_severity[chosen[scored]] = _severities(score, config.outlier_thresholds[row[scored]])
-    history.store(merged, new)
+        found.score[at[scored]] = score
+        found.outlier_severity[at[scored]] = _severities(score, config.outlier_thresholds[row[scored]])
+    history.store(merged, new_states)
 
 
 def worst(found: Findings, *, config: CompiledDetectors, rows: I64) -> Detections:
@@ -290,7 +375,12 @@ def worst(found: Findings, *, config: CompiledDetectors, rows: I64) -> Detection
 
 
 def detect(
-    readings: Readings, *, states: DeviceStates, config: CompiledDetectors, rows: I64
+    readings: Readings,
+    *,
+    states: DeviceStates,
+    config: CompiledDetectors,
+    rows: I64,
+    reuse_history: bool = False,
 ) -> tuple[Detections, DeviceStates]:
     """Stuck, rate and outlier detections of a batch (the worst per device and kind), and the new state.
 
@@ -304,5 +394,5 @@ def detect(
     >>> state.run_start.tolist(), state.last_seen.tolist()
     ([0.0], [90.0])
     """
-    found, new = scan(readings, states=states, config=config, rows=rows)
+    found, new = scan(readings, states=states, config=config, rows=rows, reuse_history=reuse_history)
     return worst(found, config=config, rows=rows), new

@@ -32,29 +32,31 @@ from typing import Final
 import numpy as np
 
 from thermoflow.processors.detectors.config import F64, HISTORY, I64, WINDOW_BUCKETS
-from thermoflow.processors.detectors.grouping import group_starts
+from thermoflow.processors.detectors.grouping import Mask, group_starts
 from thermoflow.processors.detectors.state import DeviceStates
 
 #: The smallest MAD scale (°C): a baseline that never moved scores |x - median| / 1e-9, not inf.
 SCALE_FLOOR: Final = 1e-9
 #: MAD to a normal standard deviation.
 MAD_SCALE: Final = 1.4826
-#: Rows of baselines gathered at once for their min and max (bounds the memory a batch takes).
-_RANGE_CHUNK: Final = 16_384
 
 
 @dataclass(frozen=True, eq=False)
 class History:
-    """The merged history (state entries, then this batch's bucket firsts) of the devices in ``devices``."""
+    """The merged history (state entries, then this batch's bucket firsts) of the devices in ``devices``.
+
+    A matrix with a row per device (``unit`` indexes them) and ``width`` columns: the row's
+    entries oldest first, then NaN. ``ts``, ``value`` and ``key`` are that matrix flattened, so
+    entry ``p`` is in row ``p // width``; a row's padding keys sort after its entries.
+    """
 
     devices: I64  # batch devices, ascending; ``unit`` below indexes them
-    unit: I64  # per entry
-    ts: F64
+    width: int
+    ts: F64  # (rows * width,): the rows' entries, NaN past ``counts``
     value: F64
-    key: F64  # unit * span + (bucket - base): sorted, exact
+    key: F64  # unit * span + (bucket - base), padding unit * span + span - 1: sorted, exact
     span: float
     base: float
-    offsets: I64  # where each device's entries begin
     counts: I64
 
     def search_key(self, unit: I64, bucket: F64) -> F64:
@@ -62,11 +64,14 @@ class History:
         result: F64 = unit * self.span + (bucket - self.base)
         return result
 
+    def unit_of(self, entry: I64) -> I64:
+        """The row (device unit) of flat entries."""
+        result: I64 = entry // self.width
+        return result
 
-def merge(
-    *, unit: I64, devices: I64, ts: F64, value: F64, bucket: F64, states: DeviceStates, step: F64
-) -> History:
-    """The history of ``devices`` with this batch's accepted readings (grouped by ``unit``, by ts).
+
+def fresh(*, unit: I64, devices: I64, bucket: F64, states: DeviceStates, step: F64) -> Mask:
+    """Which readings (grouped by ``unit``, by ts) start a bucket: the entries they add to the history.
 
     ``step`` is per device (of ``devices``); ``bucket`` per reading.
     """
@@ -76,52 +81,72 @@ def merge(
     previous[1:] = bucket[:-1]
     firsts = group_starts(unit)
     previous[firsts] = np.floor(last / step)[unit[firsts]]
-    new = np.flatnonzero(bucket != previous)  # NaN (no history yet) differs from everything
-    new_counts = np.bincount(unit[new], minlength=devices.size)
-
-    counts = stored + new_counts
-    offsets = np.cumsum(counts) - counts
-    total = int(counts.sum())
-    entry_unit = np.repeat(np.arange(devices.size), counts)
-    entry_ts, entry_value = np.empty(total), np.empty(total)
-    mask = np.arange(HISTORY) < stored[:, None]
-    old_at = _ranges(offsets, stored)
-    entry_ts[old_at] = states.hist_ts[devices][mask]
-    entry_value[old_at] = states.hist_value[devices][mask]
-    new_at = _ranges(offsets + stored, new_counts)
-    entry_ts[new_at] = ts[new]
-    entry_value[new_at] = value[new]
-
-    entry_bucket = np.floor(entry_ts / step[entry_unit])
-    base = float(min(entry_bucket.min(initial=np.inf), bucket.min(initial=np.inf))) - WINDOW_BUCKETS - 2
-    top = float(max(entry_bucket.max(initial=-np.inf), bucket.max(initial=-np.inf)))
-    span = float(2 ** int(np.ceil(np.log2(top - base + 2)))) if total or bucket.size else 1.0
-    if span * (devices.size + 1) >= 2.0**53:
-        raise ValueError(
-            f"detector history keys would lose precision: {devices.size} devices x {span} buckets"
-        )
-    key = entry_unit * span + (entry_bucket - base)
-    return History(devices, entry_unit, entry_ts, entry_value, key, span, base, offsets, counts)
-
-
-def _ranges(starts: I64, lengths: I64) -> I64:
-    """The concatenated ranges ``starts[i] .. starts[i] + lengths[i] - 1``."""
-    total = int(lengths.sum())
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    result: I64 = np.arange(total) + shift
+    result: Mask = bucket != previous  # NaN (no history yet) differs from everything
     return result
 
 
+def merge(
+    *, unit: I64, devices: I64, ts: F64, value: F64, bucket: F64, new: Mask, states: DeviceStates, step: F64
+) -> History:
+    """The history of ``devices`` with this batch's accepted readings (grouped by ``unit``, by ts).
+
+    ``new`` marks the readings that start a bucket (:func:`fresh`); ``step`` is per device
+    (of ``devices``); ``bucket`` per reading. The stored rows are copied whole into the
+    matrix and the new entries scattered after them: no per-entry gather of the stored ones.
+    """
+    rows = devices.size
+    everyone = rows == len(states)  # devices ascending and distinct: every state row, in order
+    stored = states.hist_len[devices]
+    added = np.flatnonzero(new)
+    added_unit = unit[added]
+    added_counts = np.bincount(added_unit, minlength=rows)
+    width = HISTORY + int(added_counts.max(initial=0))
+    # Flat arrays of rows * width cells and one more past the end, so a window ending at the last
+    # cell still has a valid end index (``_range``); a row's cells are NaN past its entries.
+    size = rows * width
+    entry_ts, entry_value, key = np.empty(size + 1), np.empty(size + 1), np.empty(size + 1)
+    matrix_ts = entry_ts[:size].reshape(rows, width)
+    matrix_value = entry_value[:size].reshape(rows, width)
+    matrix_ts[:, :HISTORY] = states.hist_ts if everyone else states.hist_ts[devices]
+    matrix_value[:, :HISTORY] = states.hist_value if everyone else states.hist_value[devices]
+    matrix_ts[:, HISTORY:] = matrix_value[:, HISTORY:] = entry_ts[size] = entry_value[size] = np.nan
+    rank = np.arange(added.size) - (np.cumsum(added_counts) - added_counts)[added_unit]
+    column = stored[added_unit] + rank
+    matrix_ts[added_unit, column] = ts[added]
+    matrix_value[added_unit, column] = value[added]
+    counts = stored + added_counts
+
+    matrix_key = key[:size].reshape(rows, width)
+    np.divide(matrix_ts, step[:, None], out=matrix_key)
+    np.floor(matrix_key, out=matrix_key)  # each entry's bucket, NaN past the entries
+    filled = np.flatnonzero(counts)
+    # Entries are in ts order along a row: its first is its smallest bucket, its last the largest.
+    earliest = matrix_key[filled, 0]
+    latest = matrix_key[filled, counts[filled] - 1]
+    base = float(min(earliest.min(initial=np.inf), bucket.min(initial=np.inf))) - WINDOW_BUCKETS - 2
+    top = float(max(latest.max(initial=-np.inf), bucket.max(initial=-np.inf)))
+    span = float(2 ** int(np.ceil(np.log2(top - base + 2)))) if filled.size or bucket.size else 1.0
+    if span * (rows + 1) >= 2.0**53:
+        raise ValueError(f"detector history keys would lose precision: {rows} devices x {span} buckets")
+    offset = np.arange(rows, dtype=np.float64)[:, None] * span - base
+    matrix_key += offset
+    np.copyto(matrix_key, offset + (base + span - 1), where=np.isnan(matrix_ts))
+    key[size] = rows * span
+    return History(devices, width, entry_ts, entry_value, key, span, base, counts)
+
+
 def store(history: History, states: DeviceStates) -> None:
-    """Keep the last HISTORY entries of each device of ``history`` in ``states`` (in place)."""
+    """Keep the last HISTORY entries of each device of ``history`` in ``states`` (in place).
+
+    A row's last HISTORY cells (or its first, NaN past its entries, when it has fewer) are one
+    window of a sliding-window view of the flat matrix: a gather of whole rows.
+    """
     kept = np.minimum(history.counts, HISTORY)
-    rows = np.repeat(history.devices, kept)
-    columns = _ranges(np.zeros_like(kept), kept)
-    source = _ranges(history.offsets + history.counts - kept, kept)
-    states.hist_ts[history.devices] = np.nan
-    states.hist_value[history.devices] = np.nan
-    states.hist_ts[rows, columns] = history.ts[source]
-    states.hist_value[rows, columns] = history.value[source]
+    rows = history.devices.size
+    start = np.arange(rows) * history.width + (history.counts - kept)
+    for source, target in ((history.ts, states.hist_ts), (history.value, states.hist_value)):
+        windows = np.lib.stride_tricks.sliding_window_view(source, HISTORY)
+        target[slice(None) if rows == len(states) else history.devices] = windows[start]
     states.hist_len[history.devices] = kept
 
 
@@ -132,7 +157,7 @@ def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step
     # The key finds the last entry of the anchor's bucket or before; within that bucket an
     # entry may be later than ``reach``: step back (once, barring a step changed by a reload).
     while True:
-        inside = (found >= 0) & (history.unit[np.maximum(found, 0)] == unit)
+        inside = (found >= 0) & (history.unit_of(np.maximum(found, 0)) == unit)
         late = inside & (history.ts[np.maximum(found, 0)] > reach)
         if not late.any():
             break
@@ -145,9 +170,9 @@ def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step
     # and earlier than the reading: a one-reading spike as the anchor must not echo a window later.
     framed = (
         (anchor >= 1)
-        & (history.unit[before] == unit[rated])
+        & (history.unit_of(before) == unit[rated])
         & (anchor < last)
-        & (history.unit[after] == unit[rated])
+        & (history.unit_of(after) == unit[rated])
         & (history.ts[after] < ts[rated])
     )
     level = np.where(
@@ -172,8 +197,32 @@ def outlier_scores(
 
     The median lies between the baseline's min and max, so a reading within ``min_abs`` of
     both cannot be an outlier: only the others pay for a median and a MAD. Most readings of
-    a sensor whose ``min_abs`` is above its noise are skipped that way.
+    a sensor whose ``min_abs`` is above its noise are skipped that way. A baseline is a part of
+    its device's row, so a reading within ``min_abs`` of the whole row's min and max is skipped
+    first, before its baseline is even looked up.
     """
+    rows = history.devices.size
+    matrix = history.value[: rows * history.width].reshape(rows, history.width)
+    row_low, row_high = np.fmin.reduce(matrix, axis=1), np.fmax.reduce(matrix, axis=1)  # NaN: no entry
+    rest = np.flatnonzero(~((value - row_low[unit] <= min_abs) & (row_high[unit] - value <= min_abs)))
+    score = np.full(unit.size, np.nan)
+    if rest.size:
+        score[rest] = _scores(
+            history=history,
+            unit=unit[rest],
+            bucket=bucket[rest],
+            value=value[rest],
+            buckets=buckets[rest],
+            min_samples=min_samples[rest],
+            min_abs=min_abs[rest],
+        )
+    return score
+
+
+def _scores(
+    *, history: History, unit: I64, bucket: F64, value: F64, buckets: I64, min_samples: I64, min_abs: F64
+) -> F64:
+    """:func:`outlier_scores` of readings, each with its baseline's range looked up."""
     first = np.ones(unit.size, dtype=bool)
     first[1:] = (unit[1:] != unit[:-1]) | (bucket[1:] != bucket[:-1])
     pair = np.cumsum(first) - 1
@@ -209,23 +258,19 @@ def outlier_scores(
 def _range(values: F64, low: I64, counts: I64) -> tuple[F64, F64]:
     """Min and max of ``values[low : low + count]`` per row (NaN for empty rows).
 
-    Each row's values are gathered into a row of a ``(rows, max count)`` matrix (a sliding-window
-    view: at most a window of entries per row, so a few MB per chunk of rows), the cells past a
-    row's count masked. A sparse table over the whole history, the obvious alternative, allocates
-    and fills ``log2(window)`` copies of it per batch: most of the detectors' time.
+    One ``reduceat`` each over the bounds ``low, end`` of every row in turn: a single pass over
+    the values in C when the rows are in order (the gaps between rows are reduced and dropped),
+    no ``(rows, window)`` matrix of gathered values.
     """
     lowest, highest = np.full(low.size, np.nan), np.full(low.size, np.nan)
-    width = int(counts.max(initial=0))
-    if width == 0:
+    filled = np.flatnonzero(counts > 0)
+    if filled.size == 0:
         return lowest, highest
-    padded = np.concatenate([values, np.full(width, np.nan)])  # a window may run past the end
-    windows = np.lib.stride_tricks.sliding_window_view(padded, width)
-    inside_all = np.arange(width) < counts[:, None]
-    for at in range(0, low.size, _RANGE_CHUNK):
-        rows = slice(at, at + _RANGE_CHUNK)
-        window, inside = windows[low[rows]], inside_all[rows]
-        lowest[rows] = np.where(inside, window, np.inf).min(axis=1)
-        highest[rows] = np.where(inside, window, -np.inf).max(axis=1)
-    empty = counts == 0
-    lowest[empty] = highest[empty] = np.nan
+    bounds = np.empty(2 * filled.size, dtype=np.int64)
+    bounds[0::2] = low[filled]
+    bounds[1::2] = low[filled] + counts[filled]
+    if bounds[1::2].max() >= values.size:  # reduceat's indices must be valid: one NaN past the end
+        values = np.append(values, np.nan)
+    lowest[filled] = np.minimum.reduceat(values, bounds)[0::2]
+    highest[filled] = np.maximum.reduceat(values, bounds)[0::2]
     return lowest, highest

@@ -248,3 +248,20 @@ def test_state_rows_by_pair_agree_with_rows_by_key_through_adds_and_drops() -> N
     fresh = table.pair_rows(["a", "c"], ["t", "t"], np.array([0, 1]))
     assert fresh.tolist() == [table.get(state_key("a", "t")), first[2]]
     assert table.partition[fresh[0]] == 0 and len(table) == 2
+
+
+def test_the_offline_timer_follows_a_reloaded_rules_file() -> None:
+    """The timer's rule per pair is cached between ticks: a reload (here a rule put first) must not
+    leave it pointing at the old rules' rows."""
+    found = detectors()
+    found.check(batch(seconds(["rack-a", "rack-b"], range(0, 10))), rules())
+    assert alerts(found.on_timer(rules(), now=10.0, caught_up=lambda p: True)) == []
+    first = '  - id: other\n    devices: "other-*"\n    above: {critical: 50}\n'
+    reloaded = rules(
+        RULES.replace("rules:\n", "rules:\n" + first)
+        .replace("id: rack", "id: rack-fast")
+        .replace("offline_after: 30", "offline_after: 10")
+    )
+    found.check(batch(seconds(["rack-a"], range(10, 25))), reloaded)  # rack-b silent since 9
+    (offline,) = alerts(found.on_timer(reloaded, now=25.0, caught_up=lambda p: True))
+    assert (offline.device_id, offline.rule_id, offline.threshold) == ("rack-b", "rack-fast", 10.0)

@@ -161,7 +161,7 @@ def run(batches: list[Stream], device_configs: Configs) -> tuple[list[Any], list
     states = DeviceStates.empty(DEVICES)
     findings, detections, offset = [], [], 0
     for batch in batches:
-        found, states = scan(readings(batch), states=states, config=config, rows=rows)
+        found, states = scan(readings(batch), states=states, config=config, rows=rows, reuse_history=True)
         findings.append(vectorized_rows(found, offset))
         detections.append(detection_rows(worst(found, config=config, rows=rows), offset))
         offset += len(batch)
@@ -278,3 +278,51 @@ def test_history_holds_every_window_across_cuts(
     split, _, split_state = run(cut(stream, data), device_configs)
     assert [r[1:] for r in itertools.chain.from_iterable(split)] == [r[1:] for r in whole[0]]
     assert split_state.to_bytes() == whole_state.to_bytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.tuples(st.integers(40, 160), st.integers(1, 30), st.integers(70, 90)),
+    values=st.lists(st.floats(-5, 5, allow_nan=False), min_size=280, max_size=280),
+    data=st.data(),
+)
+def test_devices_adding_many_history_entries_at_once_match_the_reference(
+    lengths: tuple[int, int, int], values: list[float], data: st.DataObject
+) -> None:
+    """A backlog: devices adding more entries in one batch than the state keeps, and by different
+    amounts, beside one adding a few (their histories are merged in matrices of their own)."""
+    stream = []
+    for device, length in enumerate(lengths):  # one reading per second: a new bucket each
+        stream += [reference.ScalarReading(device, 100.0 + i, 100.0 + i, 0.0) for i in range(length)]
+    stream.sort(key=lambda r: (r.ts, r.device))
+    stream = [
+        reference.ScalarReading(r.device, r.ts, r.received_at, v)
+        for r, v in zip(stream, values, strict=False)
+    ]
+    rate = RateConfig(window=8.0, limits={"warning": 1.0})
+    outlier = OutlierConfig(window=8.0, thresholds={"warning": 1.0}, min_abs_deviation=0.01, min_samples=1)
+    device_configs: Configs = dict.fromkeys(range(DEVICES), DetectorConfig(rate=rate, outlier=outlier))
+    batches = cut(stream, data)
+    findings, _, states = run(batches, device_configs)
+    memories: dict[int, reference.Memory] = {}
+    for batch, got in zip(batches, findings, strict=True):
+        expected = sorted(
+            (comparable(astuple(f)) for f in reference.scan(batch, memories, device_configs)),
+            key=lambda r: (r[1], r[2]),
+        )
+        assert [r[1:] for r in got] == [r[1:] for r in expected]
+    stored = [memories.get(d, reference.Memory()).record() for d in range(DEVICES)]
+    assert states.to_bytes() == DeviceStates.from_records(stored).to_bytes()
+
+
+def test_a_stuck_run_of_signed_zeros_is_stored_as_the_scalar_fold_stores_it() -> None:
+    """0.0 then -0.0 are equal: the run's min and max keep the first, as Python's min and max do
+    (numpy's minimum keeps the second), so the stored state is the reference's byte for byte."""
+    config = DetectorConfig(stuck=StuckConfig(tolerance=0.0, stuck_for=0.5))
+    for values in ((0.0, -0.0), (-0.0, 0.0)):
+        stream = [reference.ScalarReading(0, 100.0 + i, 100.0 + i, v) for i, v in enumerate(values)]
+        device_configs: Configs = {0: config, 1: None, 2: None}
+        _, _, states = run([stream], device_configs)
+        memories: dict[int, reference.Memory] = {}
+        reference.scan(stream, memories, device_configs)
+        assert states.to_bytes()[0] == DeviceStates.from_records([memories[0].record()]).to_bytes()[0]
