@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from thermoflow import consume, db, kafka
+from thermoflow.aiokafka_fetch import FetchPacing
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
 from thermoflow.http import component_health, serve
 from thermoflow.ingest.rows import ROW_COLUMNS, ROW_TYPES, Row, RowBatch, rows_from_values
@@ -202,6 +203,9 @@ class ReadingsSink:
             metrics=self.metrics,
             group=self.settings.sink_group,
             commit_every=self.settings.sink_commit_every,
+            pacing=FetchPacing(
+                consumer, min_bytes=self.settings.kafka_fetch_min_bytes, wait=self.settings.fetch_wait
+            ),
         )
         try:
             await consumer.start()
