@@ -12,14 +12,27 @@ fetch every two seconds; and the first record after a pause comes back at once, 
 fetch wait's delay. The first fetch with records switches back.
 aiokafka reads both values from its fetcher each time it builds a fetch request.
 
-They are not public, so :func:`check_version` pins the aiokafka versions this was written
-for: on another one the pacing does nothing (with a warning).
+**Raw records** (:func:`deliver_raw_records`). aiokafka wraps every fetched record in a
+``ConsumerRecord`` (a dataclass of eleven fields, its headers copied to a tuple): 0.6 µs per
+record. The consumers read four of its fields, ``offset``, ``key``, ``value`` and ``headers``
+(the partition comes from the fetch's mapping), and aiokafka's own records (``DefaultRecord``)
+have all four (:class:`Record`): for the topics given, the fetcher hands those on as they are.
+The processors do the same for theirs (``processors/batching.py``); installed after them, this
+keeps their topics theirs.
+
+Neither is public, so :func:`check_version` pins the aiokafka versions this was written for:
+on another one the pacing does nothing and the records stay ``ConsumerRecord``s (with a
+warning), which the consumers read the same way.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
+
+import aiokafka.errors
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 
 from thermoflow.logs import get_logger
 
@@ -30,6 +43,22 @@ IDLE_FETCH_WAIT: Final = 2.0
 
 #: The aiokafka versions (major, minor) whose fetcher this module knows: from, up to (excluded).
 AIOKAFKA_VERSIONS: Final = ((0, 11), (0, 15))
+
+
+class Record(Protocol):
+    """What a consumer reads of a fetched record: a raw ``DefaultRecord`` or a ``ConsumerRecord``."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 class _Consumer(Protocol):
@@ -87,3 +116,46 @@ class FetchPacing:
             return
         self.idle = idle
         fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = self._idle if idle else self._busy
+
+
+#: Topics whose fetched records the fetcher hands on raw, in this process (:func:`deliver_raw_records`).
+_RAW_TOPICS: set[str] = set()
+_unpack_wrapped: Callable[[Any], Iterator[Any]] | None = None  # the unpacking installed before ours
+
+
+def deliver_raw_records(topics: Iterable[str]) -> None:
+    """Have aiokafka's fetcher hand on the records of ``topics`` as it decoded them (:class:`Record`).
+
+    Other topics, and a read_committed consumer (which must skip aborted transactions), keep
+    the unpacking that was installed before. Does nothing (records stay ``ConsumerRecord``s) on
+    an aiokafka this was not written for.
+    """
+    global _unpack_wrapped
+    if not check_version():
+        log.warning("raw_records_disabled", reason="aiokafka is not a version aiokafka_fetch.py knows")
+        return
+    _RAW_TOPICS.update(topics)
+    installed = aiokafka_fetcher.PartitionRecords._unpack_records
+    if installed is not _unpack_raw:  # first call, or another unpacking was installed over ours since
+        _unpack_wrapped = installed
+        aiokafka_fetcher.PartitionRecords._unpack_records = _unpack_raw
+
+
+def _unpack_raw(self: Any) -> Iterator[Any]:
+    """aiokafka 0.14's ``PartitionRecords._unpack_records``, yielding raw records for ``_RAW_TOPICS``."""
+    if self._tp.topic not in _RAW_TOPICS or self._isolation_level == aiokafka_fetcher.READ_COMMITTED:
+        assert _unpack_wrapped is not None
+        yield from _unpack_wrapped(self)
+        return
+    records = self._records
+    while records.has_next():
+        batch = records.next_batch()
+        if self._check_crcs and not batch.validate_crc():
+            raise aiokafka.errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
+        if not batch.is_control_batch:
+            for record in batch:
+                if record.offset < self.next_fetch_offset:  # a compressed batch fetched from its start
+                    continue
+                self.next_fetch_offset = record.offset + 1
+                yield record
+        self.next_fetch_offset = batch.next_offset

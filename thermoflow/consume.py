@@ -50,17 +50,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 
-from thermoflow.aiokafka_fetch import FetchPacing
+from thermoflow.aiokafka_fetch import FetchPacing, Record
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 
-Records = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+#: A fetch: each partition's records in offset order (raw or not: :mod:`thermoflow.aiokafka_fetch`).
+Records = Mapping[TopicPartition, Sequence[Record]]
 
 #: A completed batch resolves it to True (output durable: commit) or False (stopped first: replay).
 Durable = asyncio.Future[bool]
@@ -100,7 +101,7 @@ class Batch:
         offsets = {tp: batch[-1].offset + 1 for tp, batch in records.items() if batch}
         return cls(records=records, offsets=offsets, count=sum(len(batch) for batch in records.values()))
 
-    def all(self) -> list[ConsumerRecord[bytes, bytes]]:
+    def all(self) -> list[Record]:
         """Every record, partition after partition."""
         return [record for batch in self.records.values() for record in batch]
 
