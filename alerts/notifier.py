@@ -197,7 +197,9 @@ class Notifier:
         producer = kafka.producer(settings, linger_ms=0)  # state writes are on the latency path
         dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
         dispatcher = self._dispatcher or self._build_dispatcher(dead_letters)
-        consumer = kafka.consumer(settings, group_id=settings.notify_group, max_poll_records=2000)
+        consumer = kafka.consumer(
+            settings, group_id=settings.notify_group, sparse=True, max_poll_records=2000
+        )
 
         async def start(batch: consume.Batch) -> consume.Durable:
             return await self._start(
@@ -216,6 +218,7 @@ class Notifier:
             on_assigned=self.reload_state,
             metrics=self.metrics,
             group=settings.notify_group,
+            commit_every=settings.alerts_commit_every,
         )
         watching: asyncio.Task[None] | None = None
         try:

@@ -42,6 +42,14 @@ class AlertsSettings(ThermoflowSettings):
         20_000, ge=1, le=100_000, description="most alert events per database transaction"
     )
     store_batch_wait: float = Field(0.5, ge=0, description="seconds to wait to fill a store batch")
+    alerts_commit_every: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="seconds between the store's and the notifier's Kafka offset commits at most often,"
+        " of the batches done meanwhile (0: after every batch; a crash replays what is done and not"
+        " committed, and neither stores nor notifies any of it twice)",
+    )
 
     # Notifier routing and channels.
     notify_routes: Path | None = Field(

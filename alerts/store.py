@@ -489,7 +489,7 @@ class AlertStore:
         producer = kafka.producer(settings)
         await producer.start()
         dead_letters = KafkaDeadLetters(producer, settings.deadletter_topic)
-        consumer = kafka.consumer(settings, group_id=settings.store_group)
+        consumer = kafka.consumer(settings, group_id=settings.store_group, sparse=True)
         next_sweep = 0.0
 
         async def handle(batch: consume.Batch) -> bool:
@@ -519,6 +519,7 @@ class AlertStore:
             wait=settings.store_batch_wait,
             metrics=self.metrics,
             group=settings.store_group,
+            commit_every=settings.alerts_commit_every,
         )
         try:
             await consumer.start()

@@ -27,11 +27,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import psycopg
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from psycopg import sql
 
 from thermoflow import consume, db, kafka
+from thermoflow.aiokafka_fetch import FetchPacing, deliver_raw_records
 from thermoflow.events import DeadLetter, dead_letter_headers, kafka_source
 from thermoflow.http import component_health, serve
 from thermoflow.ingest.rows import ROW_COLUMNS, ROW_TYPES, Row, RowBatch, rows_from_values
@@ -182,6 +183,7 @@ class ReadingsSink:
     async def _run(self, stop: asyncio.Event) -> None:
         if not await db.migrate_when_available(self.settings, stop):
             return
+        deliver_raw_records([self.settings.readings_topic])  # no ConsumerRecord per reading
         consumer = kafka.consumer(
             self.settings, group_id=self.settings.sink_group, max_poll_records=self.settings.sink_batch
         )
@@ -202,6 +204,9 @@ class ReadingsSink:
             metrics=self.metrics,
             group=self.settings.sink_group,
             commit_every=self.settings.sink_commit_every,
+            pacing=FetchPacing(
+                consumer, min_bytes=self.settings.kafka_fetch_min_bytes, wait=self.settings.fetch_wait
+            ),
         )
         try:
             await consumer.start()
@@ -225,13 +230,12 @@ class ReadingsSink:
             self._log_metrics("sink_metrics")
         if not batch.count:
             return consume.settled()
-        records = batch.all()
-        decoded = rows_from_values([record.value for record in records])
-        return asyncio.create_task(self._store(records, decoded, producer, stop))
+        values = [record.value for records in batch.records.values() for record in records]
+        return asyncio.create_task(self._store(batch.records, rows_from_values(values), producer, stop))
 
     async def _store(
         self,
-        records: list[ConsumerRecord[bytes, bytes]],
+        records: consume.Records,
         batch: RowBatch,
         producer: AIOKafkaProducer,
         stop: asyncio.Event,
@@ -259,7 +263,7 @@ class ReadingsSink:
             self.metrics.count("dead_lettered", len(batch.errors), reason="decode")
         if refused:
             self.metrics.count("dead_lettered", len(refused), reason="refused_by_database")
-        self.metrics.count("consumed", len(records))
+        self.metrics.count("consumed", len(batch.rows) + len(batch.errors))
         self.metrics.count("rows_inserted", inserted)
         self.metrics.count("rows_duplicate", len(batch.rows) - len(refused) - inserted)
         self.metrics.observe("batch_write", time.monotonic() - started)
@@ -285,16 +289,15 @@ class ReadingsSink:
         log.warning("dead_letter_failed", error=repr(exc), retry_in=round(delay, 1))
 
     async def _dead_letter(
-        self,
-        records: list[ConsumerRecord[bytes, bytes]],
-        errors: list[tuple[int, str]],
-        producer: AIOKafkaProducer,
+        self, records: consume.Records, errors: list[tuple[int, str]], producer: AIOKafkaProducer
     ) -> None:
+        """Each refused record's original value, with the reason and its topic/partition/offset."""
+        located = [(tp, record) for tp, batch in records.items() for record in batch]  # decoding's order
         futures = []
         now = time.time()
         for index, reason in errors:
-            record = records[index]
-            source = kafka_source(topic=record.topic, partition=record.partition, offset=record.offset)
+            tp, record = located[index]
+            source = kafka_source(topic=tp.topic, partition=tp.partition, offset=record.offset)
             log.warning("dead_letter", source=source, error=reason)
             letter = DeadLetter(error=reason, stage="ingest", source=source, failed_at=now)
             futures.append(

@@ -50,16 +50,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 
+from thermoflow.aiokafka_fetch import FetchPacing, Record
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog
 
 log = get_logger(__name__)
 
-Records = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+#: A fetch: each partition's records in offset order (raw or not: :mod:`thermoflow.aiokafka_fetch`).
+Records = Mapping[TopicPartition, Sequence[Record]]
 
 #: A completed batch resolves it to True (output durable: commit) or False (stopped first: replay).
 Durable = asyncio.Future[bool]
@@ -99,7 +101,7 @@ class Batch:
         offsets = {tp: batch[-1].offset + 1 for tp, batch in records.items() if batch}
         return cls(records=records, offsets=offsets, count=sum(len(batch) for batch in records.values()))
 
-    def all(self) -> list[ConsumerRecord[bytes, bytes]]:
+    def all(self) -> list[Record]:
         """Every record, partition after partition."""
         return [record for batch in self.records.values() for record in batch]
 
@@ -152,6 +154,8 @@ class ConsumeLoop:
         group: the consumer group, as the lag's label.
         commit_every: seconds between offset commits at most often (0: after every batch). What
             is durable is always committed before a revocation and when the loop ends.
+        pacing: told the record count of every fetch, to switch the consumer's fetches between
+            gathering and idle (:class:`~thermoflow.aiokafka_fetch.FetchPacing`).
     """
 
     def __init__(
@@ -168,6 +172,7 @@ class ConsumeLoop:
         metrics: Metrics | None = None,
         group: str = "",
         commit_every: float = 0.0,
+        pacing: FetchPacing | None = None,
     ) -> None:
         if pipeline < 0:
             raise ValueError(f"pipeline must be 0 or more, not {pipeline}")
@@ -184,6 +189,7 @@ class ConsumeLoop:
         self._group = group
         self._in_flight: deque[tuple[Batch, Durable]] = deque()
         self._commit_every = commit_every
+        self._pacing = pacing
         self._durable: list[Batch] = []  # durable, in fetch order, offsets not committed yet
         self._next_commit = 0.0  # monotonic time from which the next commit is due
         # Held while a batch is handed over or a commit is made: a revocation waits for it, so
@@ -205,6 +211,8 @@ class ConsumeLoop:
                 fetched = await self._consumer.getmany(timeout_ms=self._wait_ms, max_records=self._batch_size)
                 epoch = self._epoch  # read before any await: the assignment these records came from
                 batch = Batch.of(fetched)
+                if self._pacing is not None:
+                    self._pacing.fetched(batch.count)
                 self._fetched(batch.count)
                 self._report_lag(batch)
                 if self._failure is not None:

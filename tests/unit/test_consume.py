@@ -15,6 +15,7 @@ from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from thermoflow import consume
+from thermoflow.aiokafka_fetch import FetchPacing
 from thermoflow.metrics import Metrics
 from thermoflow.watchdog import Watchdog
 
@@ -346,4 +347,25 @@ async def test_with_commit_every_a_durable_batch_is_committed_once_due_without_a
     await until(lambda: len(consumer.commits) == 2, "the second commit, on an empty fetch")
     assert consumer.commits == [{tp(0): 10}, {tp(0): 15}]
     assert not running.task.done()
+    await running.finish()
+
+
+async def test_the_pacing_is_told_every_fetchs_record_count_empty_ones_too(consumer: FakeConsumer) -> None:
+    class Pacing(FetchPacing):
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def fetched(self, count: int) -> None:
+            self.counts.append(count)
+
+    pacing = Pacing()
+    loop = consume.ConsumeLoop(
+        consumer, topics=[TOPIC], handle=consume.inline(_stored), watchdog=RecordingWatchdog(),
+        batch_size=100, wait=0.005, pacing=pacing,
+    )  # fmt: skip
+    running = Running(consumer, loop)
+    await running.listener.on_partitions_assigned({tp(0)})
+    await until(lambda: 0 in pacing.counts, "an empty fetch")
+    consumer.fetches.put_nowait(fetched(0, 0, 7))
+    await until(lambda: 7 in pacing.counts, "the fetch of 7")
     await running.finish()
