@@ -4,11 +4,11 @@ fetched chunk of records (see :mod:`thermoflow.processors.batching` for why).
 
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
 function (retried with backoff; a batch that keeps failing is dead-lettered whole) -> send
-its events to the sink -> wait until Kafka has acked every record sent. Only then does the
-agent ack the batch's events and have faust commit their offsets. So nothing is committed
-before its output is durable: at-least-once. A stateful function (the device detectors) also
+its events to the sink -> wait until Kafka has acked every record sent. Only then are the
+batch's offsets committed (:class:`~thermoflow.processors.batching.Commits`). So nothing is
+committed before its output is durable: at-least-once. A stateful function (the device detectors) also
 writes its state to Kafka; that is done every ``state_interval``, not per batch, and the
-batches processed since the last write stay unacked until the next one
+batches processed since the last write stay uncommitted until the next one
 (:meth:`BatchRunner.flush`): nothing is committed before the state covering it is stored.
 
 Each event's Kafka record carries a ``traceparent`` (:mod:`thermoflow.tracing`): the one of the
@@ -50,6 +50,7 @@ from thermoflow.metrics import Metrics
 from thermoflow.processors.batching import (
     CHUNK_SERIALIZER,
     ChunkScheduler,
+    Commits,
     deliver_raw_records,
 )
 from thermoflow.processors.columns import KafkaRecord, ReadingBatch, decode_batch
@@ -164,8 +165,9 @@ def build_app(
             emitter=emitters[-1],
         )
         runners.append(runner)
+        # No acks: faust keeps no offsets of it, the runner commits them (processors.batching).
         source = app.topic(
-            spec.source_topic(settings), key_serializer="raw", value_serializer=CHUNK_SERIALIZER
+            spec.source_topic(settings), key_serializer="raw", value_serializer=CHUNK_SERIALIZER, acks=False
         )
         app.agent(source, name=f"processors.{spec.name}")(runner.agent)
 
@@ -174,7 +176,7 @@ def build_app(
     _stateful_runners[app] = stateful
 
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        for runner in stateful:
+        for runner in runners:
             runner.revoked(revoked)
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # mode's stub wants sync
@@ -242,8 +244,9 @@ class BatchRunner:
         self.traces = tracing.TraceSource(ratio=settings.trace_sample_ratio)
         self.tracing = tracing.configure("processors")
         # A stateful function's processed batches whose state is not written yet: their offsets
-        # are not committed until it is (:meth:`hold`, :meth:`flush`).
+        # are not committed until it is (:meth:`flush`).
         self.held: list[Any] = []
+        self.commits = Commits()
         self.persisted_at = time.monotonic()
         self.output = BatchSender(sink, self.sink_topic)
 
@@ -266,11 +269,12 @@ class BatchRunner:
                 async with self.turn:
                     await self.process(records, partitions)
                     if isinstance(self.body, Stateful):
-                        self.hold(events)
+                        self.held += events
                         if time.monotonic() - self.persisted_at >= self.settings.state_interval:
                             await self.flush()
                 if not isinstance(self.body, Stateful):
-                    await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
+                    self.commits.done(events)  # output durable: commit it all
+                    await self.commits.commit(stream.app.consumer)
                 watchdog.progress()
                 watchdog.waiting(0)
                 if first:
@@ -364,16 +368,6 @@ class BatchRunner:
             traced.append(dataclasses.replace(emit, headers=(*emit.headers, (tracing.HEADER, traceparent))))
         return traced, spans
 
-    def hold(self, events: Sequence[Any]) -> None:
-        """Keep a processed batch's events unacked until :meth:`flush` writes the state it changed.
-
-        The extra reference makes the ack ``take_events`` gives them after the batch a
-        non-final one, so faust commits none of their offsets before :meth:`flush` acks them.
-        """
-        for event in events:
-            event.message.incref()
-        self.held += events
-
     async def flush(self) -> None:
         """Write the state the held batches (and timer ticks) changed, then commit their offsets.
 
@@ -390,15 +384,18 @@ class BatchRunner:
         held, self.held = self.held, []
         if held:
             consumer = self.sink.app.consumer
-            assigned = consumer.assignment()  # a batch held while its partition was revoked stays unacked
-            await ChunkScheduler.settle(consumer, [event for event in held if event.message.tp in assigned])
+            assigned = consumer.assignment()  # a batch held while its partition was revoked stays uncommitted
+            self.commits.done(event for event in held if event.message.tp in assigned)
+            await self.commits.commit(consumer)
 
     def revoked(self, revoked: set[TP]) -> None:
-        """Partitions of the source topic went elsewhere: a stateful function forgets their state.
+        """Partitions of the source topic went elsewhere: their offsets are no longer ours to
+        commit, and a stateful function forgets their state.
 
-        Their held batches are never acked: the new owner reads them again from the committed
+        Their held batches are never committed: the new owner reads them again from the committed
         offsets, with the state stored before them (the same alerts, the same ids).
         """
+        self.commits.forget(revoked)
         partitions = {tp.partition for tp in revoked if tp.topic == self.source}
         self.held = [
             event

@@ -60,8 +60,8 @@ async def wait_committed(rig: ProcessorRig, want: dict[int, int], *, timeout: fl
 async def test_a_partition_whose_first_chunk_is_the_lone_record_at_offset_0_keeps_committing(
     rig: ProcessorRig, new_topic: object
 ) -> None:
-    """faust's drain loop takes read offset 0 for none: without the adapter's split, the chunk
-    after it got no gap and the partition never committed again."""
+    """faust's drain loop takes read offset 0 for none: when faust committed the chunks, the
+    chunk after it got no gap and the partition never committed again."""
     assert callable(new_topic)
     rig.readings_topic = new_topic("readings", partitions=1)
     await rig.send_readings([reading("rack-0", 20.0, 1.0)])  # offset 0, alone
@@ -78,9 +78,8 @@ async def test_a_partition_whose_first_chunk_is_the_lone_record_at_offset_0_keep
 
 
 async def test_commits_keep_up_with_a_live_stream_of_small_chunks(rig: ProcessorRig) -> None:
-    """Each commit round of faust commits one chunk per partition (its gap includes the
-    delivered offset): without ChunkScheduler.settle the committed offsets fell further
-    behind for as long as readings came in."""
+    """The committed offsets follow the processed chunks while readings keep coming: with faust's
+    own commits (a round moved a partition on by one chunk) they fell further and further behind."""
     worker = rig.start()
     await rig.send_readings([reading("rack-warm", 20.0, 1.0)])
     await _wait_for_log(worker.log, "first_batch_processed", timeout=90)
