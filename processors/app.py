@@ -1,6 +1,6 @@
 """The faust app: each registered function runs as an agent over
-``stream.take_events(max_chunks, within=batch_wait)``, where each event is one partition's
-fetched chunk of records (see :mod:`thermoflow.processors.batching` for why).
+``stream.take_events(max_chunks, within=batch_wait)``, where each event is one fetch's
+chunks of records, a chunk per partition (see :mod:`thermoflow.processors.batching` for why).
 
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
 function (retried with backoff; a batch that keeps failing is dead-lettered whole) -> send
@@ -49,6 +49,7 @@ from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.processors.batching import (
     CHUNK_SERIALIZER,
+    Chunk,
     ChunkScheduler,
     Commits,
     deliver_raw_records,
@@ -130,12 +131,12 @@ def build_app(
         # 5,000 readings/s cost the worker 26.8-27.5 µs of CPU per reading against 25.4-30.3 with
         # faust's values, and idle 1.7% of a core against 0.9%. Earlier, live at 20,000/s: 0.009
         # CPU-s per 1,000 readings with faust's values, 0.020 with 256 KiB / 20 ms.
-        stream_buffer_maxsize=4 * settings.max_chunks,  # counted in partition chunks (processors.batching)
+        stream_buffer_maxsize=4 * settings.max_chunks,  # counted in fetches (processors.batching)
         producer_acks=-1,
         producer_linger=0.005,
         producer_max_batch_size=1 << 20,
         stream_wait_empty=False,  # a batch cut short by a rebalance is replayed (at-least-once)
-        ConsumerScheduler=ChunkScheduler.for_topics(sources),  # one event per partition chunk
+        ConsumerScheduler=ChunkScheduler.for_topics(sources),  # one event per fetch
     )
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
     bodies: list[FunctionBody] = []
@@ -245,7 +246,7 @@ class BatchRunner:
         self.tracing = tracing.configure("processors")
         # A stateful function's processed batches whose state is not written yet: their offsets
         # are not committed until it is (:meth:`flush`).
-        self.held: list[Any] = []
+        self.held: list[Chunk] = []
         self.commits = Commits()
         self.persisted_at = time.monotonic()
         self.output = BatchSender(sink, self.sink_topic)
@@ -258,22 +259,23 @@ class BatchRunner:
         watchdog = Watchdog(component=f"processor.{self.spec.name}", stall_after=self.settings.stall_timeout)
         watchdog.start()
         try:
-            # Each event is one partition's fetched chunk of records (processors.batching).
+            # Each event is one fetch's chunks of records, one per partition (processors.batching).
             async for events in stream.take_events(self.settings.max_chunks, within=self.settings.batch_wait):
-                records = list(itertools.chain.from_iterable(event.value for event in events))
+                chunks: list[Chunk] = [chunk for event in events for chunk in event.value]
+                records = list(itertools.chain.from_iterable(chunk for _, chunk in chunks))
                 partitions = np.repeat(
-                    np.fromiter((event.message.partition for event in events), np.int64, len(events)),
-                    np.fromiter((len(event.value) for event in events), np.int64, len(events)),
+                    np.fromiter((tp.partition for tp, _ in chunks), np.int64, len(chunks)),
+                    np.fromiter((len(chunk) for _, chunk in chunks), np.int64, len(chunks)),
                 )
                 watchdog.waiting(len(records))
                 async with self.turn:
                     await self.process(records, partitions)
                     if isinstance(self.body, Stateful):
-                        self.held += events
+                        self.held += chunks
                         if time.monotonic() - self.persisted_at >= self.settings.state_interval:
                             await self.flush()
                 if not isinstance(self.body, Stateful):
-                    self.commits.done(events)  # output durable: commit it all
+                    self.commits.done(chunks)  # output durable: commit it all
                     await self.commits.commit(stream.app.consumer)
                 watchdog.progress()
                 watchdog.waiting(0)
@@ -385,7 +387,7 @@ class BatchRunner:
         if held:
             consumer = self.sink.app.consumer
             assigned = consumer.assignment()  # a batch held while its partition was revoked stays uncommitted
-            self.commits.done(event for event in held if event.message.tp in assigned)
+            self.commits.done(chunk for chunk in held if chunk[0] in assigned)
             await self.commits.commit(consumer)
 
     def revoked(self, revoked: set[TP]) -> None:
@@ -397,11 +399,7 @@ class BatchRunner:
         """
         self.commits.forget(revoked)
         partitions = {tp.partition for tp in revoked if tp.topic == self.source}
-        self.held = [
-            event
-            for event in self.held
-            if not (event.message.tp.topic == self.source and event.message.tp.partition in partitions)
-        ]
+        self.held = [chunk for chunk in self.held if chunk[0] not in revoked]
         if partitions and isinstance(self.body, Stateful):
             self.body.revoked(partitions)
             self.log.info("state_revoked", partitions=sorted(partitions))

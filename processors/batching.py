@@ -1,18 +1,20 @@
-"""The one adapter between faust and the processors' batches: one event per fetched partition chunk.
+"""The one adapter between faust and the processors' batches: one event per fetch.
 
 Why: faust delivers every record on its own (a ``Message``, an ``Event``, a ``wait_first``
 with two tasks, the stream's processors), about 60-80 µs of Python per record, which caps a
 worker near 3,000-13,000 records/s however the agent batches afterwards (measured with
 faust's public ``take``, ``take_events`` and ``noack``: ``bench/bench_faust_public.py``).
 The threshold check needs hundreds of thousands per second, so for the processors' source
-topics :class:`ChunkScheduler` hands faust *one* item per fetched partition chunk: an
-aiokafka ``ConsumerRecord`` whose value is the chunk's list of records and whose offset is
-the chunk's last. A pass-through codec (:data:`CHUNK_SERIALIZER`) lets that value reach the
-agent as it is.
+topics :class:`ChunkScheduler` hands faust *one* item per fetch (per topic): an aiokafka
+``ConsumerRecord`` whose value is the fetch's chunks, each a partition's ``(TP, records)``.
+A pass-through codec (:data:`CHUNK_SERIALIZER`) lets that value reach the agent as it is.
+faust's machinery per item (a message, an event, a ``wait_first`` with two tasks, the stream's
+queue and take buffer) is paid once per fetch, not once per partition of it: a fetch at a steady
+5,000 readings/s holds a few readings from each of the twelve partitions.
 
 At-least-once is the processors' own, not faust's: a chunked topic is declared without acks
 (``app.topic(..., acks=False)``), so faust keeps no per-offset bookkeeping for it (no gaps
-between chunk items, no acked lists, no commit rounds), and :class:`Commits` commits each
+between items, no acked lists, no commit rounds), and :class:`Commits` commits each
 partition's offset after the last chunk whose output Kafka has acked. Before this, faust's gap
 bookkeeping (an ``IntervalTree`` merged at every chunk, each gap's offsets expanded into a list
 at every commit, one commit round per chunk) cost about a sixth of a worker's CPU at a steady
@@ -22,7 +24,9 @@ It leans on what faust *does*, not only on what it promises, so it is pinned to 
 it was written for and :func:`check_versions` refuses to start on others:
 
 - ``Consumer.getmany`` passes the scheduler's items to ``_to_message``, which reads the
-  ``ConsumerRecord`` fields;
+  ``ConsumerRecord`` fields; the item's ``TP`` and offset are its first chunk's (the drain loop
+  drops an item below that partition's read offset, which a fetch never is: aiokafka drops what
+  it fetched from before a seek);
 - the drain loop (``Consumer._drain_messages``) adds gaps only for topics with acks, and
   ``Consumer.ack`` records offsets only for those: nothing of a chunked topic is committed by faust;
 - ``Consumer._commit(offsets)`` (the transport's commit, the one faust's own commit ends in)
@@ -32,13 +36,13 @@ it was written for and :func:`check_versions` refuses to start on others:
   whole: more duplicates on replay than record by record, still at-least-once (alert ids are
   deterministic, so a replayed alert is the same alert).
 
-A rebalance behaves as in faust: a chunk of a revoked partition is dropped (its offsets were
-not committed) and read again by the new owner.
+A rebalance behaves as in faust: a fetch from before it is dropped (faust skips an item of an
+older consumer generation; its offsets were not committed) and read again from the committed
+offsets.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Final
@@ -51,8 +55,6 @@ from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
 from thermoflow.settings import ConfigError
-
-_value: Final = operator.attrgetter("value")
 
 #: The value serializer of a chunked topic: the value is already the chunk's list of records.
 CHUNK_SERIALIZER: Final = "thermoflow-chunk"
@@ -129,8 +131,12 @@ class _PassThrough(codecs.Codec):
 codecs.register(CHUNK_SERIALIZER, _PassThrough())
 
 
+#: One partition's records of a fetch: its TP and aiokafka's raw records, in offset order.
+Chunk = tuple[TP, Sequence[Any]]
+
+
 class ChunkScheduler(DefaultSchedulingStrategy):
-    """faust's ``ConsumerScheduler``, handing on each fetched chunk of ``topics`` as one record.
+    """faust's ``ConsumerScheduler``, handing on each fetch's chunks of a topic of ``topics`` as one record.
 
     faust builds the scheduler itself, without arguments: :meth:`for_topics` makes the class
     to give it (``faust.App(..., ConsumerScheduler=ChunkScheduler.for_topics(names))``).
@@ -146,22 +152,30 @@ class ChunkScheduler(DefaultSchedulingStrategy):
         return type("ChunkScheduler", (cls,), {"topics": frozenset(topics), "__doc__": cls.__doc__})
 
     def iterate(self, records: Mapping[TP, list[ConsumerRecord]]) -> Iterator[tuple[TP, Any]]:
-        """The items faust's drain loop delivers: chunks of ``topics``, then the other records."""
-        others = {tp: chunk for tp, chunk in records.items() if tp.topic not in self.topics}
+        """The items faust's drain loop delivers: one per topic of ``topics`` with records in
+        this fetch, then the other topics' records one by one."""
+        chunked: dict[str, list[Chunk]] = {}
+        others = {}
         for tp, chunk in records.items():
-            if chunk and tp.topic in self.topics:
-                yield tp, self.as_record(chunk, tp)
+            if tp.topic not in self.topics:
+                others[tp] = chunk
+            elif chunk:
+                chunked.setdefault(tp.topic, []).append((tp, chunk))
+        for chunks in chunked.values():
+            yield chunks[0][0], self.as_record(chunks)
         if others:
             yield from super().iterate(others)
 
     @staticmethod
-    def as_record(chunk: Sequence[Any], tp: TP) -> ConsumerRecord:
-        """One record standing for ``tp``'s chunk: its value the records, its offset the last one's.
+    def as_record(chunks: Sequence[Chunk]) -> ConsumerRecord:
+        """One record standing for a fetch's ``chunks`` of one topic: its value the chunks, its
+        partition and offset the first chunk's (its last record's offset).
 
-        The chunk's records are aiokafka's own (see :func:`deliver_raw_records`): offset, key,
-        value, headers and timestamp, but no topic or partition, which are ``tp``'s.
+        The chunks' records are aiokafka's own (see :func:`deliver_raw_records`): offset, key,
+        value, headers and timestamp, but no topic or partition, which are their chunk's ``TP``'s.
         """
-        last = chunk[-1]
+        tp, first = chunks[0]
+        last = first[-1]
         return ConsumerRecord(
             topic=tp.topic,
             partition=tp.partition,
@@ -169,10 +183,10 @@ class ChunkScheduler(DefaultSchedulingStrategy):
             timestamp=last.timestamp,
             timestamp_type=last.timestamp_type,
             key=None,
-            value=chunk,
+            value=chunks,
             checksum=None,
             serialized_key_size=0,
-            serialized_value_size=sum(len(value) for value in map(_value, chunk) if value),
+            serialized_value_size=0,  # faust reads it nowhere; a sum would be a Python step per record
             headers=(),
         )
 
@@ -191,14 +205,13 @@ class Commits:
         self._done: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
 
-    def done(self, events: Iterable[Any]) -> None:
-        """These chunk events (faust events of :class:`ChunkScheduler` items) are done."""
+    def done(self, chunks: Iterable[Chunk]) -> None:
+        """These chunks (of :class:`ChunkScheduler` items) are done."""
         done = self._done
-        for event in events:
-            message = event.message
-            after = message.offset + 1
-            if after > done.get(message.tp, -1):
-                done[message.tp] = after
+        for tp, records in chunks:
+            after = records[-1].offset + 1
+            if after > done.get(tp, -1):
+                done[tp] = after
 
     def forget(self, tps: Iterable[TP]) -> None:
         """These partitions went to another worker: their next owner commits them."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from faust.types import TP
 
 from thermoflow.processors.batching import (
     FAUST_VERSION,
+    Chunk,
     ChunkScheduler,
     Commits,
     IncompatibleVersions,
@@ -74,16 +74,17 @@ def test_another_version_fails_at_start_up_naming_both_and_what_to_run(
     assert "requirements.lock" in message and "tests/integration/processors" in message
 
 
-def test_each_chunk_of_a_chunked_topic_is_one_record_standing_for_it() -> None:
+def test_a_fetch_of_a_chunked_topic_is_one_record_standing_for_its_chunks() -> None:
+    """faust's per-item machinery (message, event, wait_first, queue) was paid once per partition
+    of a fetch: at a steady rate a fetch holds a few readings from each of twelve partitions."""
     scheduler = ChunkScheduler.for_topics([READINGS])()
     chunk0 = [record(o, partition=0) for o in range(5, 9)]
     chunk3 = [record(o, partition=3) for o in range(20, 21)]
     items = list(scheduler.iterate({TP(READINGS, 0): chunk0, TP(READINGS, 3): chunk3, TP(READINGS, 4): []}))
-    assert [(tp, item.offset) for tp, item in items] == [(TP(READINGS, 0), 8), (TP(READINGS, 3), 20)]
-    first = items[0][1]
-    assert first.value == chunk0 and first.key is None
-    assert (first.topic, first.partition, first.timestamp) == (READINGS, 0, 1_008)
-    assert first.serialized_value_size == 40
+    assert [(tp, item.offset) for tp, item in items] == [(TP(READINGS, 0), 8)]  # the first chunk's
+    (item,) = [item for _, item in items]
+    assert item.value == [(TP(READINGS, 0), chunk0), (TP(READINGS, 3), chunk3)] and item.key is None
+    assert (item.topic, item.partition, item.timestamp) == (READINGS, 0, 1_008)
 
 
 def test_other_topics_keep_faust_s_record_by_record_delivery() -> None:
@@ -91,7 +92,7 @@ def test_other_topics_keep_faust_s_record_by_record_delivery() -> None:
     changelog = [record(o, topic="changelog") for o in range(3)]
     items = list(scheduler.iterate({TP("changelog", 0): changelog, TP(READINGS, 0): [record(7)]}))
     assert [(tp.topic, item.offset, item.value) for tp, item in items] == [
-        (READINGS, 7, [record(7)]),
+        (READINGS, 7, [(TP(READINGS, 0), [record(7)])]),
         ("changelog", 0, b"v" * 10),
         ("changelog", 1, b"v" * 10),
         ("changelog", 2, b"v" * 10),
@@ -114,20 +115,19 @@ class FakeConsumer:
         return self.answer
 
 
-def chunk_event(partition: int, last: int) -> Any:
-    """A faust event of one chunk item of ``partition`` ending at offset ``last``."""
-    item = ChunkScheduler.as_record([record(last, partition=partition)], TP(READINGS, partition))
-    return SimpleNamespace(message=SimpleNamespace(tp=TP(READINGS, item.partition), offset=item.offset))
+def chunk(partition: int, last: int) -> Chunk:
+    """A chunk of ``partition`` ending at offset ``last``."""
+    return TP(READINGS, partition), [record(last - 1, partition=partition), record(last, partition=partition)]
 
 
 async def test_commits_commit_the_offset_after_each_partition_s_last_done_chunk_once() -> None:
     commits = Commits()
     consumer = FakeConsumer(assigned={TP(READINGS, 0), TP(READINGS, 1)})
-    commits.done([chunk_event(0, 9), chunk_event(1, 4), chunk_event(0, 19)])
+    commits.done([chunk(0, 9), chunk(1, 4), chunk(0, 19)])
     assert await commits.commit(consumer)
     assert consumer.commits == [{TP(READINGS, 0): 20, TP(READINGS, 1): 5}]
     assert not await commits.commit(consumer)  # nothing moved: no request
-    commits.done([chunk_event(1, 7)])
+    commits.done([chunk(1, 7)])
     assert await commits.commit(consumer)
     assert consumer.commits[-1] == {TP(READINGS, 1): 8}
 
@@ -135,7 +135,7 @@ async def test_commits_commit_the_offset_after_each_partition_s_last_done_chunk_
 async def test_commits_leave_out_partitions_not_owned_and_forget_revoked_ones() -> None:
     commits = Commits()
     consumer = FakeConsumer(assigned={TP(READINGS, 0)})
-    commits.done([chunk_event(0, 9), chunk_event(2, 4)])
+    commits.done([chunk(0, 9), chunk(2, 4)])
     await commits.commit(consumer)
     assert consumer.commits == [{TP(READINGS, 0): 10}]
     commits.forget([TP(READINGS, 0)])
@@ -146,7 +146,7 @@ async def test_commits_leave_out_partitions_not_owned_and_forget_revoked_ones() 
 async def test_a_commit_refused_by_a_rebalance_stays_pending() -> None:
     commits = Commits()
     consumer = FakeConsumer(assigned={TP(READINGS, 0)}, answer=False)
-    commits.done([chunk_event(0, 9)])
+    commits.done([chunk(0, 9)])
     assert not await commits.commit(consumer)
     assert commits.pending(consumer.assigned) == {TP(READINGS, 0): 10}
 
@@ -189,7 +189,7 @@ def test_a_chunked_topic_s_fetched_records_are_aiokafka_s_raw_records_from_the_f
     (item,) = [
         item for _, item in ChunkScheduler.for_topics(["raw-topic"])().iterate({TP("raw-topic", 3): records})
     ]
-    assert (item.topic, item.partition, item.offset, item.serialized_value_size) == ("raw-topic", 3, 104, 6)
+    assert (item.topic, item.partition, item.offset) == ("raw-topic", 3, 104)
 
     other: Any = _fetched("other-topic", 0, 2, fetch_offset=0)  # any other topic: aiokafka's own records
     assert [(r.topic, r.partition, r.offset) for r in other] == [("other-topic", 3, 0), ("other-topic", 3, 1)]
