@@ -33,7 +33,7 @@ import logging
 import operator
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,9 +267,10 @@ class BatchRunner:
                     np.fromiter((tp.partition for tp, _ in chunks), np.int64, len(chunks)),
                     np.fromiter((len(chunk) for _, chunk in chunks), np.int64, len(chunks)),
                 )
+                ends = {tp.partition: chunk[-1].offset + 1 for tp, chunk in chunks}  # chunks in offset order
                 watchdog.waiting(len(records))
                 async with self.turn:
-                    await self.process(records, partitions)
+                    await self.process(records, partitions, ends)
                     if isinstance(self.body, Stateful):
                         self.held += chunks
                         if time.monotonic() - self.persisted_at >= self.settings.state_interval:
@@ -287,11 +288,14 @@ class BatchRunner:
         finally:
             watchdog.stop()
 
-    async def process(self, records: Sequence[Any], partitions: I64 | None = None) -> None:
+    async def process(
+        self, records: Sequence[Any], partitions: I64 | None = None, ends: Mapping[int, int] | None = None
+    ) -> None:
         """Decode, call, send; returns only once every output record is acked by Kafka.
 
         ``partitions`` is each record's partition, for records that carry none (aiokafka's raw
-        records: :func:`~thermoflow.processors.batching.deliver_raw_records`).
+        records: :func:`~thermoflow.processors.batching.deliver_raw_records`); ``ends`` the offset
+        after each partition's last record (:meth:`WatermarkEmitter.processed`).
         """
         started = time.perf_counter()
         started_ns = time.time_ns()
@@ -331,7 +335,7 @@ class BatchRunner:
             for span in spans:
                 span.end()
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
-            self.emitter.processed(records, batch, partitions)
+            self.emitter.processed(records, batch, partitions, ends)
             await self.emitter.emit()
         self.metrics.count("readings", len(batch))
         self.metrics.count("dead_letters", len(rejects), reason="decode")
@@ -538,19 +542,31 @@ class WatermarkEmitter:
         self._counting: asyncio.Task[None] | None = None
         self._disturbed_at = float("-inf")  # the last time Kafka did not ack a watermark round
 
-    def processed(self, records: Sequence[Any], batch: ReadingBatch, partitions: I64 | None = None) -> None:
+    def processed(
+        self,
+        records: Sequence[Any],
+        batch: ReadingBatch,
+        partitions: I64 | None = None,
+        ends: Mapping[int, int] | None = None,
+    ) -> None:
         """A batch's records are done and its output acked: move their partitions forward.
 
         ``partitions``: each record's, for records that carry none (raw aiokafka records).
+        ``ends``: the offset after each partition's last record, when the caller knows it (from
+        the chunks), so the records' offsets need not be read one by one.
         """
         now = self.clock()
         event_time = latest_per_partition(batch.partition, batch.event_ts)
-        count = len(records)  # the records' partitions and offsets read in C, not a Python step per record
-        if partitions is None:
-            partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
-        offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
-        for partition, last in latest_per_partition(partitions, offsets).items():
-            end = int(last) + 1
+        if ends is None:
+            count = len(records)  # the records' partitions and offsets read in C, not a Python step each
+            if partitions is None:
+                partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
+            offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
+            ends = {
+                partition: int(last) + 1
+                for partition, last in latest_per_partition(partitions, offsets).items()
+            }
+        for partition, end in ends.items():
             self.progress.processed(partition, event_time=event_time.get(partition), next_offset=end, now=now)
 
     async def emit(self) -> None:
