@@ -599,14 +599,17 @@ class WatermarkEmitter:
             caught_up=lambda p, next_offset: self._caught_up(p, next_offset, positions.get(p)),
             now=now,
         )
-        futures = []
-        for mark in marks:
-            value = encode(mark)
-            for partition in range(sink_partitions):
-                sent = await self.sink.send(
-                    value=value, partition=partition, headers=list(WATERMARK_HEADERS), force=True
-                )
-                futures.append(sent)
+        # One producer batch per sink partition (faust's send per record and partition was 2% of
+        # a worker's CPU at a steady 5,000 readings/s); NotReady when stopping, as faust's send.
+        values = [encode(mark) for mark in marks]
+        records = [
+            (partition, None, value, WATERMARK_HEADERS)
+            for partition in range(sink_partitions)
+            for value in values
+        ]
+        futures = await kafka.send_batches(
+            self.sink.app.producer._ensure_producer(), self.sink_topic, records
+        )
         if futures:
             self._inflight = asyncio.ensure_future(asyncio.gather(*futures))
             self.log.debug("watermarks_sent", marks=len(marks), partitions=sink_partitions)

@@ -43,7 +43,11 @@ class ProcessorSettings(ThermoflowSettings):
         " [latency_budget]",
     )
     commit_interval: float = Field(
-        1.0, gt=0, le=60, description="seconds between offset commits (of what has been sent)"
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds between faust's own commit rounds (the readings' offsets are committed"
+        " after each batch, or with each state write)",
     )
     state_interval: float = Field(
         1.0,

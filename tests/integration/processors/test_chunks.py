@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -19,6 +20,7 @@ from tests.integration.processors.test_process import (
 )
 from thermoflow import kafka
 from thermoflow.component import EXIT_STOP_TIMEOUT
+from thermoflow.events import Watermark, decode_watermark, is_watermark
 from thermoflow.processors import reference
 
 
@@ -194,3 +196,29 @@ async def test_a_worker_stuck_on_stop_exits_with_code_4_after_the_grace(
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=30) == EXIT_STOP_TIMEOUT
     assert "shutdown_stuck" in worker.log()
+
+
+async def test_every_alerts_partition_gets_the_watermark_of_every_readings_partition_processed(
+    rig: ProcessorRig,
+) -> None:
+    """The watermarks go out as one producer batch per alerts partition: each still carries the
+    watermark header, no key, and the event time of the readings its partition processed."""
+    worker = rig.start()
+    await rig.send_readings([reading(f"rack-{i}", 20.0, 1_000.0 + i) for i in range(60)])
+    processed = {partition for partition, end in (await ends(rig)).items() if end}
+    alerts_partitions = (await kafka.partition_counts(rig.settings, [rig.alerts_topic]))[rig.alerts_topic]
+    want = {(sink, source) for sink in range(alerts_partitions) for source in processed}
+
+    def marks(found: list[Any]) -> dict[tuple[int, int], Watermark]:
+        return {
+            (record.partition, mark.partition): mark
+            for record in found
+            if is_watermark(record.headers)
+            for mark in [decode_watermark(record.value)]
+        }
+
+    found = await rig.records(rig.alerts_topic, until=lambda found: marks(found).keys() >= want, timeout=60)
+    assert all(record.key is None for record in found if is_watermark(record.headers))
+    for mark in marks(found).values():
+        assert mark.topic == rig.readings_topic and 1_000.0 <= mark.event_time <= 1_059.0 and not mark.idle
+    assert worker.stop() == 0
