@@ -30,7 +30,7 @@ class ProcessorSettings(ThermoflowSettings):
     workers: int = Field(1, ge=1, le=64, description="worker processes to run")
     max_batch: int = Field(20_000, ge=1, le=1_000_000, description="readings per fetch from Kafka at most")
     max_chunks: int = Field(
-        4,
+        16,
         ge=1,
         le=1024,
         description="fetches from Kafka per batch at most (each up to max_batch readings, all partitions)",
