@@ -1,14 +1,14 @@
 """The faust app: each registered function runs as an agent over
-``stream.take_events(max_chunks, within=batch_wait)``, where each event is one partition's
-fetched chunk of records (see :mod:`thermoflow.processors.batching` for why).
+``stream.take_events(max_chunks, within=batch_wait)``, where each event is one fetch's
+chunks of records, a chunk per partition (see :mod:`thermoflow.processors.batching` for why).
 
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
 function (retried with backoff; a batch that keeps failing is dead-lettered whole) -> send
-its events to the sink -> wait until Kafka has acked every record sent. Only then does the
-agent ack the batch's events and have faust commit their offsets. So nothing is committed
-before its output is durable: at-least-once. A stateful function (the device detectors) also
+its events to the sink -> wait until Kafka has acked every record sent. Only then are the
+batch's offsets committed (:class:`~thermoflow.processors.batching.Commits`). So nothing is
+committed before its output is durable: at-least-once. A stateful function (the device detectors) also
 writes its state to Kafka; that is done every ``state_interval``, not per batch, and the
-batches processed since the last write stay unacked until the next one
+batches processed since the last write stay uncommitted until the next one
 (:meth:`BatchRunner.flush`): nothing is committed before the state covering it is stored.
 
 Each event's Kafka record carries a ``traceparent`` (:mod:`thermoflow.tracing`): the one of the
@@ -33,7 +33,7 @@ import logging
 import operator
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,9 @@ from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
 from thermoflow.processors.batching import (
     CHUNK_SERIALIZER,
+    Chunk,
     ChunkScheduler,
+    Commits,
     deliver_raw_records,
 )
 from thermoflow.processors.columns import KafkaRecord, ReadingBatch, decode_batch
@@ -129,12 +131,12 @@ def build_app(
         # 5,000 readings/s cost the worker 26.8-27.5 µs of CPU per reading against 25.4-30.3 with
         # faust's values, and idle 1.7% of a core against 0.9%. Earlier, live at 20,000/s: 0.009
         # CPU-s per 1,000 readings with faust's values, 0.020 with 256 KiB / 20 ms.
-        stream_buffer_maxsize=4 * settings.max_chunks,  # counted in partition chunks (processors.batching)
+        stream_buffer_maxsize=4 * settings.max_chunks,  # counted in fetches (processors.batching)
         producer_acks=-1,
         producer_linger=0.005,
         producer_max_batch_size=1 << 20,
         stream_wait_empty=False,  # a batch cut short by a rebalance is replayed (at-least-once)
-        ConsumerScheduler=ChunkScheduler.for_topics(sources),  # one event per partition chunk
+        ConsumerScheduler=ChunkScheduler.for_topics(sources),  # one event per fetch
     )
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
     bodies: list[FunctionBody] = []
@@ -164,8 +166,9 @@ def build_app(
             emitter=emitters[-1],
         )
         runners.append(runner)
+        # No acks: faust keeps no offsets of it, the runner commits them (processors.batching).
         source = app.topic(
-            spec.source_topic(settings), key_serializer="raw", value_serializer=CHUNK_SERIALIZER
+            spec.source_topic(settings), key_serializer="raw", value_serializer=CHUNK_SERIALIZER, acks=False
         )
         app.agent(source, name=f"processors.{spec.name}")(runner.agent)
 
@@ -174,7 +177,7 @@ def build_app(
     _stateful_runners[app] = stateful
 
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        for runner in stateful:
+        for runner in runners:
             runner.revoked(revoked)
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # mode's stub wants sync
@@ -242,8 +245,9 @@ class BatchRunner:
         self.traces = tracing.TraceSource(ratio=settings.trace_sample_ratio)
         self.tracing = tracing.configure("processors")
         # A stateful function's processed batches whose state is not written yet: their offsets
-        # are not committed until it is (:meth:`hold`, :meth:`flush`).
-        self.held: list[Any] = []
+        # are not committed until it is (:meth:`flush`).
+        self.held: list[Chunk] = []
+        self.commits = Commits()
         self.persisted_at = time.monotonic()
         self.output = BatchSender(sink, self.sink_topic)
 
@@ -255,22 +259,25 @@ class BatchRunner:
         watchdog = Watchdog(component=f"processor.{self.spec.name}", stall_after=self.settings.stall_timeout)
         watchdog.start()
         try:
-            # Each event is one partition's fetched chunk of records (processors.batching).
+            # Each event is one fetch's chunks of records, one per partition (processors.batching).
             async for events in stream.take_events(self.settings.max_chunks, within=self.settings.batch_wait):
-                records = list(itertools.chain.from_iterable(event.value for event in events))
+                chunks: list[Chunk] = [chunk for event in events for chunk in event.value]
+                records = list(itertools.chain.from_iterable(chunk for _, chunk in chunks))
                 partitions = np.repeat(
-                    np.fromiter((event.message.partition for event in events), np.int64, len(events)),
-                    np.fromiter((len(event.value) for event in events), np.int64, len(events)),
+                    np.fromiter((tp.partition for tp, _ in chunks), np.int64, len(chunks)),
+                    np.fromiter((len(chunk) for _, chunk in chunks), np.int64, len(chunks)),
                 )
+                ends = {tp.partition: chunk[-1].offset + 1 for tp, chunk in chunks}  # chunks in offset order
                 watchdog.waiting(len(records))
                 async with self.turn:
-                    await self.process(records, partitions)
+                    await self.process(records, partitions, ends)
                     if isinstance(self.body, Stateful):
-                        self.hold(events)
+                        self.held += chunks
                         if time.monotonic() - self.persisted_at >= self.settings.state_interval:
                             await self.flush()
                 if not isinstance(self.body, Stateful):
-                    await ChunkScheduler.settle(stream.app.consumer, events)  # output durable: commit it all
+                    self.commits.done(chunks)  # output durable: commit it all
+                    await self.commits.commit(stream.app.consumer)
                 watchdog.progress()
                 watchdog.waiting(0)
                 if first:
@@ -281,11 +288,14 @@ class BatchRunner:
         finally:
             watchdog.stop()
 
-    async def process(self, records: Sequence[Any], partitions: I64 | None = None) -> None:
+    async def process(
+        self, records: Sequence[Any], partitions: I64 | None = None, ends: Mapping[int, int] | None = None
+    ) -> None:
         """Decode, call, send; returns only once every output record is acked by Kafka.
 
         ``partitions`` is each record's partition, for records that carry none (aiokafka's raw
-        records: :func:`~thermoflow.processors.batching.deliver_raw_records`).
+        records: :func:`~thermoflow.processors.batching.deliver_raw_records`); ``ends`` the offset
+        after each partition's last record (:meth:`WatermarkEmitter.processed`).
         """
         started = time.perf_counter()
         started_ns = time.time_ns()
@@ -325,7 +335,7 @@ class BatchRunner:
             for span in spans:
                 span.end()
         if self.emitter is not None:  # only now: the watermark must land behind the batch's alerts
-            self.emitter.processed(records, batch, partitions)
+            self.emitter.processed(records, batch, partitions, ends)
             await self.emitter.emit()
         self.metrics.count("readings", len(batch))
         self.metrics.count("dead_letters", len(rejects), reason="decode")
@@ -364,16 +374,6 @@ class BatchRunner:
             traced.append(dataclasses.replace(emit, headers=(*emit.headers, (tracing.HEADER, traceparent))))
         return traced, spans
 
-    def hold(self, events: Sequence[Any]) -> None:
-        """Keep a processed batch's events unacked until :meth:`flush` writes the state it changed.
-
-        The extra reference makes the ack ``take_events`` gives them after the batch a
-        non-final one, so faust commits none of their offsets before :meth:`flush` acks them.
-        """
-        for event in events:
-            event.message.incref()
-        self.held += events
-
     async def flush(self) -> None:
         """Write the state the held batches (and timer ticks) changed, then commit their offsets.
 
@@ -390,21 +390,20 @@ class BatchRunner:
         held, self.held = self.held, []
         if held:
             consumer = self.sink.app.consumer
-            assigned = consumer.assignment()  # a batch held while its partition was revoked stays unacked
-            await ChunkScheduler.settle(consumer, [event for event in held if event.message.tp in assigned])
+            assigned = consumer.assignment()  # a batch held while its partition was revoked stays uncommitted
+            self.commits.done(chunk for chunk in held if chunk[0] in assigned)
+            await self.commits.commit(consumer)
 
     def revoked(self, revoked: set[TP]) -> None:
-        """Partitions of the source topic went elsewhere: a stateful function forgets their state.
+        """Partitions of the source topic went elsewhere: their offsets are no longer ours to
+        commit, and a stateful function forgets their state.
 
-        Their held batches are never acked: the new owner reads them again from the committed
+        Their held batches are never committed: the new owner reads them again from the committed
         offsets, with the state stored before them (the same alerts, the same ids).
         """
+        self.commits.forget(revoked)
         partitions = {tp.partition for tp in revoked if tp.topic == self.source}
-        self.held = [
-            event
-            for event in self.held
-            if not (event.message.tp.topic == self.source and event.message.tp.partition in partitions)
-        ]
+        self.held = [chunk for chunk in self.held if chunk[0] not in revoked]
         if partitions and isinstance(self.body, Stateful):
             self.body.revoked(partitions)
             self.log.info("state_revoked", partitions=sorted(partitions))
@@ -543,19 +542,31 @@ class WatermarkEmitter:
         self._counting: asyncio.Task[None] | None = None
         self._disturbed_at = float("-inf")  # the last time Kafka did not ack a watermark round
 
-    def processed(self, records: Sequence[Any], batch: ReadingBatch, partitions: I64 | None = None) -> None:
+    def processed(
+        self,
+        records: Sequence[Any],
+        batch: ReadingBatch,
+        partitions: I64 | None = None,
+        ends: Mapping[int, int] | None = None,
+    ) -> None:
         """A batch's records are done and its output acked: move their partitions forward.
 
         ``partitions``: each record's, for records that carry none (raw aiokafka records).
+        ``ends``: the offset after each partition's last record, when the caller knows it (from
+        the chunks), so the records' offsets need not be read one by one.
         """
         now = self.clock()
         event_time = latest_per_partition(batch.partition, batch.event_ts)
-        count = len(records)  # the records' partitions and offsets read in C, not a Python step per record
-        if partitions is None:
-            partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
-        offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
-        for partition, last in latest_per_partition(partitions, offsets).items():
-            end = int(last) + 1
+        if ends is None:
+            count = len(records)  # the records' partitions and offsets read in C, not a Python step each
+            if partitions is None:
+                partitions = np.fromiter(map(_partition, records), dtype=np.int64, count=count)
+            offsets = np.fromiter(map(_offset, records), dtype=np.float64, count=count)  # exact below 2**53
+            ends = {
+                partition: int(last) + 1
+                for partition, last in latest_per_partition(partitions, offsets).items()
+            }
+        for partition, end in ends.items():
             self.progress.processed(partition, event_time=event_time.get(partition), next_offset=end, now=now)
 
     async def emit(self) -> None:
@@ -588,14 +599,17 @@ class WatermarkEmitter:
             caught_up=lambda p, next_offset: self._caught_up(p, next_offset, positions.get(p)),
             now=now,
         )
-        futures = []
-        for mark in marks:
-            value = encode(mark)
-            for partition in range(sink_partitions):
-                sent = await self.sink.send(
-                    value=value, partition=partition, headers=list(WATERMARK_HEADERS), force=True
-                )
-                futures.append(sent)
+        # One producer batch per sink partition (faust's send per record and partition was 2% of
+        # a worker's CPU at a steady 5,000 readings/s); NotReady when stopping, as faust's send.
+        values = [encode(mark) for mark in marks]
+        records = [
+            (partition, None, value, WATERMARK_HEADERS)
+            for partition in range(sink_partitions)
+            for value in values
+        ]
+        futures = await kafka.send_batches(
+            self.sink.app.producer._ensure_producer(), self.sink_topic, records
+        )
         if futures:
             self._inflight = asyncio.ensure_future(asyncio.gather(*futures))
             self.log.debug("watermarks_sent", marks=len(marks), partitions=sink_partitions)

@@ -1,41 +1,49 @@
-"""The one adapter between faust and the processors' batches: one event per fetched partition chunk.
+"""The one adapter between faust and the processors' batches: one event per fetch.
 
 Why: faust delivers every record on its own (a ``Message``, an ``Event``, a ``wait_first``
 with two tasks, the stream's processors), about 60-80 µs of Python per record, which caps a
 worker near 3,000-13,000 records/s however the agent batches afterwards (measured with
 faust's public ``take``, ``take_events`` and ``noack``: ``bench/bench_faust_public.py``).
 The threshold check needs hundreds of thousands per second, so for the processors' source
-topics :class:`ChunkScheduler` hands faust *one* item per fetched partition chunk: an
-aiokafka ``ConsumerRecord`` whose value is the chunk's list of records and whose offset is
-the chunk's last. A pass-through codec (:data:`CHUNK_SERIALIZER`) lets that value reach the
-agent as it is.
+topics :class:`ChunkScheduler` hands faust *one* item per fetch (per topic): an aiokafka
+``ConsumerRecord`` whose value is the fetch's chunks, each a partition's ``(TP, records)``.
+A pass-through codec (:data:`CHUNK_SERIALIZER`) lets that value reach the agent as it is.
+faust's machinery per item (a message, an event, a ``wait_first`` with two tasks, the stream's
+queue and take buffer) is paid once per fetch, not once per partition of it: a fetch at a steady
+5,000 readings/s holds a few readings from each of the twelve partitions.
 
-Only public extension points are used: the ``ConsumerScheduler`` setting and
-``faust.serializers.codecs.register``. At-least-once stays faust's own mechanism: its drain
-loop sees the offsets between two chunk items as a *gap* (its bookkeeping for offsets it
-does not deliver, as on compacted topics) and commits them once the item above them is
-acked, which ``stream.take_events`` does after the agent has sent the chunk's output.
+At-least-once is the processors' own, not faust's: a chunked topic is declared without acks
+(``app.topic(..., acks=False)``), so faust keeps no per-offset bookkeeping for it (no gaps
+between items, no acked lists, no commit rounds), and :class:`Commits` commits each
+partition's offset after the last chunk whose output Kafka has acked. Before this, faust's gap
+bookkeeping (an ``IntervalTree`` merged at every chunk, each gap's offsets expanded into a list
+at every commit, one commit round per chunk) cost about a sixth of a worker's CPU at a steady
+5,000 readings/s.
 
-But it leans on what faust *does*, not on what it promises, so it is pinned to the versions
+It leans on what faust *does*, not only on what it promises, so it is pinned to the versions
 it was written for and :func:`check_versions` refuses to start on others:
 
-- the drain loop (``Consumer._drain_messages``) adds a gap only ``if gap > 1 and r_offset``:
-  a read offset of 0 counts as none (see :meth:`ChunkScheduler.split`);
 - ``Consumer.getmany`` passes the scheduler's items to ``_to_message``, which reads the
-  ``ConsumerRecord`` fields;
+  ``ConsumerRecord`` fields; the item's ``TP`` and offset are its first chunk's (the drain loop
+  drops an item below that partition's read offset, which a fetch never is: aiokafka drops what
+  it fetched from before a seek);
+- the drain loop (``Consumer._drain_messages``) adds gaps only for topics with acks, and
+  ``Consumer.ack`` records offsets only for those: nothing of a chunked topic is committed by faust;
+- ``Consumer._commit(offsets)`` (the transport's commit, the one faust's own commit ends in)
+  commits the offsets it is given for the assigned partitions, and returns False when the
+  group has already rebalanced;
 - after a seek (a rebalance, a restart) a chunk that straddles the seek position is passed
   whole: more duplicates on replay than record by record, still at-least-once (alert ids are
   deterministic, so a replayed alert is the same alert).
 
-A rebalance behaves as in faust: a chunk of a revoked partition is dropped (its offsets were
-not committed) and read again by the new owner.
+A rebalance behaves as in faust: a fetch from before it is dropped (faust skips an item of an
+older consumer generation; its offsets were not committed) and read again from the committed
+offsets.
 """
 
 from __future__ import annotations
 
-import operator
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Final
 
@@ -47,8 +55,6 @@ from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
 from thermoflow.settings import ConfigError
-
-_value: Final = operator.attrgetter("value")
 
 #: The value serializer of a chunked topic: the value is already the chunk's list of records.
 CHUNK_SERIALIZER: Final = "thermoflow-chunk"
@@ -87,8 +93,9 @@ def check_versions(installed: Callable[[str], str] | None = None) -> None:
         f" aiokafka>={_dotted(AIOKAFKA_VERSIONS[0])},<{_dotted(AIOKAFKA_VERSIONS[1])},"
         f" but found faust-streaming {faust_found} and aiokafka {aiokafka_found}. Install the tested set with"
         " `pip install -r requirements.lock`. Before widening the pin, check that the new faust's"
-        " Consumer._drain_messages still adds a gap only `if gap > 1 and r_offset` and getmany still"
-        " hands the scheduler's items to _to_message, then run `pytest tests/unit/processors"
+        " getmany still hands the scheduler's items to _to_message, Consumer._drain_messages and"
+        " Consumer.ack still keep no offsets of a topic without acks, and Consumer._commit(offsets)"
+        " still commits what it is given, then run `pytest tests/unit/processors"
         " tests/integration/processors tests/e2e` and `python bench/bench_processors.py`, and update"
         " FAUST_VERSION / AIOKAFKA_VERSIONS in processors/batching.py with the pins in pyproject.toml"
         " (`make lock`)."
@@ -124,8 +131,12 @@ class _PassThrough(codecs.Codec):
 codecs.register(CHUNK_SERIALIZER, _PassThrough())
 
 
+#: One partition's records of a fetch: its TP and aiokafka's raw records, in offset order.
+Chunk = tuple[TP, Sequence[Any]]
+
+
 class ChunkScheduler(DefaultSchedulingStrategy):
-    """faust's ``ConsumerScheduler``, handing on each fetched chunk of ``topics`` as one record.
+    """faust's ``ConsumerScheduler``, handing on each fetch's chunks of a topic of ``topics`` as one record.
 
     faust builds the scheduler itself, without arguments: :meth:`for_topics` makes the class
     to give it (``faust.App(..., ConsumerScheduler=ChunkScheduler.for_topics(names))``).
@@ -141,64 +152,30 @@ class ChunkScheduler(DefaultSchedulingStrategy):
         return type("ChunkScheduler", (cls,), {"topics": frozenset(topics), "__doc__": cls.__doc__})
 
     def iterate(self, records: Mapping[TP, list[ConsumerRecord]]) -> Iterator[tuple[TP, Any]]:
-        """The items faust's drain loop delivers: chunks of ``topics``, then the other records."""
-        others = {tp: chunk for tp, chunk in records.items() if tp.topic not in self.topics}
+        """The items faust's drain loop delivers: one per topic of ``topics`` with records in
+        this fetch, then the other topics' records one by one."""
+        chunked: dict[str, list[Chunk]] = {}
+        others = {}
         for tp, chunk in records.items():
-            if chunk and tp.topic in self.topics:
-                for part in self.split(chunk):
-                    yield tp, self.as_record(part, tp)
+            if tp.topic not in self.topics:
+                others[tp] = chunk
+            elif chunk:
+                chunked.setdefault(tp.topic, []).append((tp, chunk))
+        for chunks in chunked.values():
+            yield chunks[0][0], self.as_record(chunks)
         if others:
             yield from super().iterate(others)
 
     @staticmethod
-    async def settle(consumer: Any, events: Sequence[Any]) -> None:
-        """Ack a processed batch of chunk events and have faust commit all of it now.
+    def as_record(chunks: Sequence[Chunk]) -> ConsumerRecord:
+        """One record standing for a fetch's ``chunks`` of one topic: its value the chunks, its
+        partition and offset the first chunk's (its last record's offset).
 
-        faust 0.15.3's drain loop registers a gap up to *and including* the offset it
-        delivers (``_add_gap(tp, r_offset + 1, offset)``), so each chunk's last offset is
-        both in a gap and acked. The duplicate ends the run of consecutive offsets that
-        ``Consumer._new_offset`` commits: one commit round moves a partition on by one chunk
-        only. With a round every ``commit_interval`` and tens of chunks a second per
-        partition, the committed offsets would fall further behind for as long as readings
-        come in, and a restart would replay all of it. So: ack the batch's events (the ack
-        ``take_events`` makes after the batch then finds them acked) and give faust one
-        commit round per chunk of the partition with the most chunks in the batch, and one
-        more for a round lost to a commit already under way. A round with nothing to commit
-        costs no request.
-
-        Args:
-            consumer: the app's faust consumer (``app.consumer``).
-            events: the batch's events, one per chunk.
+        The chunks' records are aiokafka's own (see :func:`deliver_raw_records`): offset, key,
+        value, headers and timestamp, but no topic or partition, which are their chunk's ``TP``'s.
         """
-        for event in events:
-            event.ack()
-        per_partition = Counter(event.message.tp for event in events)
-        for _ in range(max(per_partition.values(), default=0) + 1):
-            await consumer.commit()
-
-    @staticmethod
-    def split(chunk: Sequence[ConsumerRecord]) -> Iterator[Sequence[ConsumerRecord]]:
-        """The chunk, except that one starting at offset 1 gives its first record alone.
-
-        faust's drain loop adds the gap below a delivered offset only ``if gap > 1 and
-        r_offset``: after a lone record at offset 0 its read offset is 0, which counts as
-        none, so a chunk 1..n would get no gap and its commit would wait for offsets 1..n-1
-        for ever. Offset 1 on its own sets the read offset to 1, and the rest gets its gap.
-        """
-        if chunk[0].offset == 1 and len(chunk) > 1:
-            yield chunk[:1]
-            yield chunk[1:]
-        else:
-            yield chunk
-
-    @staticmethod
-    def as_record(chunk: Sequence[Any], tp: TP) -> ConsumerRecord:
-        """One record standing for ``tp``'s chunk: its value the records, its offset the last one's.
-
-        The chunk's records are aiokafka's own (see :func:`deliver_raw_records`): offset, key,
-        value, headers and timestamp, but no topic or partition, which are ``tp``'s.
-        """
-        last = chunk[-1]
+        tp, first = chunks[0]
+        last = first[-1]
         return ConsumerRecord(
             topic=tp.topic,
             partition=tp.partition,
@@ -206,12 +183,61 @@ class ChunkScheduler(DefaultSchedulingStrategy):
             timestamp=last.timestamp,
             timestamp_type=last.timestamp_type,
             key=None,
-            value=chunk,
+            value=chunks,
             checksum=None,
             serialized_key_size=0,
-            serialized_value_size=sum(len(value) for value in map(_value, chunk) if value),
+            serialized_value_size=0,  # faust reads it nowhere; a sum would be a Python step per record
             headers=(),
         )
+
+
+class Commits:
+    """The offsets of the chunked topics a worker may commit, and their commits.
+
+    A chunk is *done* once its output is acked by Kafka (and, for a stateful function, the
+    state it changed is stored): :meth:`done` then moves its partition's next offset past the
+    chunk's last record. :meth:`commit` commits the done offsets that moved since the last
+    commit, for the partitions the worker still owns. A partition's chunks are processed in
+    order, so everything below a done offset is done too.
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}
+
+    def done(self, chunks: Iterable[Chunk]) -> None:
+        """These chunks (of :class:`ChunkScheduler` items) are done."""
+        done = self._done
+        for tp, records in chunks:
+            after = records[-1].offset + 1
+            if after > done.get(tp, -1):
+                done[tp] = after
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """These partitions went to another worker: their next owner commits them."""
+        for tp in tps:
+            self._done.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    def pending(self, assigned: Collection[TP]) -> dict[TP, int]:
+        """The done offsets not committed yet, of the partitions in ``assigned``."""
+        committed = self._committed
+        return {
+            tp: offset
+            for tp, offset in self._done.items()
+            if tp in assigned and offset > committed.get(tp, -1)
+        }
+
+    async def commit(self, consumer: Any) -> bool:
+        """Commit the pending offsets through faust's consumer (``app.consumer``); False if
+        there were none, or the group rebalanced meanwhile (the next owner reads them again)."""
+        offsets = self.pending(consumer.assignment())
+        if not offsets:
+            return False
+        committed = bool(await consumer._commit(offsets))
+        if committed:
+            self._committed.update(offsets)
+        return committed
 
 
 #: Topics whose fetched records reach the scheduler as aiokafka's raw records (deliver_raw_records).

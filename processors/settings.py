@@ -30,7 +30,10 @@ class ProcessorSettings(ThermoflowSettings):
     workers: int = Field(1, ge=1, le=64, description="worker processes to run")
     max_batch: int = Field(20_000, ge=1, le=1_000_000, description="readings per fetch from Kafka at most")
     max_chunks: int = Field(
-        16, ge=1, le=1024, description="partition chunks (fetched runs of records) per batch at most"
+        16,
+        ge=1,
+        le=1024,
+        description="fetches from Kafka per batch at most (each up to max_batch readings, all partitions)",
     )
     max_wait: float | None = Field(
         None,
@@ -40,7 +43,11 @@ class ProcessorSettings(ThermoflowSettings):
         " [latency_budget]",
     )
     commit_interval: float = Field(
-        1.0, gt=0, le=60, description="seconds between offset commits (of what has been sent)"
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds between faust's own commit rounds (the readings' offsets are committed"
+        " after each batch, or with each state write)",
     )
     state_interval: float = Field(
         1.0,

@@ -202,7 +202,7 @@ def partition_for(key: bytes, partitions: int) -> int:
 async def send_batches(
     producer: AIOKafkaProducer,
     topic: str,
-    records: Iterable[tuple[int, bytes, bytes, Sequence[tuple[str, bytes]] | None]],
+    records: Iterable[tuple[int, bytes | None, bytes, Sequence[tuple[str, bytes]] | None]],
 ) -> list[asyncio.Future[Any]]:
     """Send ``(partition, key, value, headers)`` records as one producer batch per partition (more
     when one fills), in order; the futures of their acks.

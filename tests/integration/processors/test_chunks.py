@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -19,6 +20,7 @@ from tests.integration.processors.test_process import (
 )
 from thermoflow import kafka
 from thermoflow.component import EXIT_STOP_TIMEOUT
+from thermoflow.events import Watermark, decode_watermark, is_watermark
 from thermoflow.processors import reference
 
 
@@ -60,8 +62,8 @@ async def wait_committed(rig: ProcessorRig, want: dict[int, int], *, timeout: fl
 async def test_a_partition_whose_first_chunk_is_the_lone_record_at_offset_0_keeps_committing(
     rig: ProcessorRig, new_topic: object
 ) -> None:
-    """faust's drain loop takes read offset 0 for none: without the adapter's split, the chunk
-    after it got no gap and the partition never committed again."""
+    """faust's drain loop takes read offset 0 for none: when faust committed the chunks, the
+    chunk after it got no gap and the partition never committed again."""
     assert callable(new_topic)
     rig.readings_topic = new_topic("readings", partitions=1)
     await rig.send_readings([reading("rack-0", 20.0, 1.0)])  # offset 0, alone
@@ -78,9 +80,8 @@ async def test_a_partition_whose_first_chunk_is_the_lone_record_at_offset_0_keep
 
 
 async def test_commits_keep_up_with_a_live_stream_of_small_chunks(rig: ProcessorRig) -> None:
-    """Each commit round of faust commits one chunk per partition (its gap includes the
-    delivered offset): without ChunkScheduler.settle the committed offsets fell further
-    behind for as long as readings came in."""
+    """The committed offsets follow the processed chunks while readings keep coming: with faust's
+    own commits (a round moved a partition on by one chunk) they fell further and further behind."""
     worker = rig.start()
     await rig.send_readings([reading("rack-warm", 20.0, 1.0)])
     await _wait_for_log(worker.log, "first_batch_processed", timeout=90)
@@ -195,3 +196,29 @@ async def test_a_worker_stuck_on_stop_exits_with_code_4_after_the_grace(
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=30) == EXIT_STOP_TIMEOUT
     assert "shutdown_stuck" in worker.log()
+
+
+async def test_every_alerts_partition_gets_the_watermark_of_every_readings_partition_processed(
+    rig: ProcessorRig,
+) -> None:
+    """The watermarks go out as one producer batch per alerts partition: each still carries the
+    watermark header, no key, and the event time of the readings its partition processed."""
+    worker = rig.start()
+    await rig.send_readings([reading(f"rack-{i}", 20.0, 1_000.0 + i) for i in range(60)])
+    processed = {partition for partition, end in (await ends(rig)).items() if end}
+    alerts_partitions = (await kafka.partition_counts(rig.settings, [rig.alerts_topic]))[rig.alerts_topic]
+    want = {(sink, source) for sink in range(alerts_partitions) for source in processed}
+
+    def marks(found: list[Any]) -> dict[tuple[int, int], Watermark]:
+        return {
+            (record.partition, mark.partition): mark
+            for record in found
+            if is_watermark(record.headers)
+            for mark in [decode_watermark(record.value)]
+        }
+
+    found = await rig.records(rig.alerts_topic, until=lambda found: marks(found).keys() >= want, timeout=60)
+    assert all(record.key is None for record in found if is_watermark(record.headers))
+    for mark in marks(found).values():
+        assert mark.topic == rig.readings_topic and 1_000.0 <= mark.event_time <= 1_059.0 and not mark.idle
+    assert worker.stop() == 0

@@ -1,4 +1,4 @@
-"""processors.batching without Kafka: the version check, the chunk items, the commit rounds."""
+"""processors.batching without Kafka: the version check, the chunk items, the commits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from thermoflow.processors.batching import FAUST_VERSION, ChunkScheduler, IncompatibleVersions, check_versions
+from thermoflow.processors.batching import (
+    FAUST_VERSION,
+    Chunk,
+    ChunkScheduler,
+    Commits,
+    IncompatibleVersions,
+    check_versions,
+)
 
 READINGS = "readings"
 
@@ -67,16 +74,17 @@ def test_another_version_fails_at_start_up_naming_both_and_what_to_run(
     assert "requirements.lock" in message and "tests/integration/processors" in message
 
 
-def test_each_chunk_of_a_chunked_topic_is_one_record_standing_for_it() -> None:
+def test_a_fetch_of_a_chunked_topic_is_one_record_standing_for_its_chunks() -> None:
+    """faust's per-item machinery (message, event, wait_first, queue) was paid once per partition
+    of a fetch: at a steady rate a fetch holds a few readings from each of twelve partitions."""
     scheduler = ChunkScheduler.for_topics([READINGS])()
     chunk0 = [record(o, partition=0) for o in range(5, 9)]
     chunk3 = [record(o, partition=3) for o in range(20, 21)]
     items = list(scheduler.iterate({TP(READINGS, 0): chunk0, TP(READINGS, 3): chunk3, TP(READINGS, 4): []}))
-    assert [(tp, item.offset) for tp, item in items] == [(TP(READINGS, 0), 8), (TP(READINGS, 3), 20)]
-    first = items[0][1]
-    assert first.value == chunk0 and first.key is None
-    assert (first.topic, first.partition, first.timestamp) == (READINGS, 0, 1_008)
-    assert first.serialized_value_size == 40
+    assert [(tp, item.offset) for tp, item in items] == [(TP(READINGS, 0), 8)]  # the first chunk's
+    (item,) = [item for _, item in items]
+    assert item.value == [(TP(READINGS, 0), chunk0), (TP(READINGS, 3), chunk3)] and item.key is None
+    assert (item.topic, item.partition, item.timestamp) == (READINGS, 0, 1_008)
 
 
 def test_other_topics_keep_faust_s_record_by_record_delivery() -> None:
@@ -84,56 +92,63 @@ def test_other_topics_keep_faust_s_record_by_record_delivery() -> None:
     changelog = [record(o, topic="changelog") for o in range(3)]
     items = list(scheduler.iterate({TP("changelog", 0): changelog, TP(READINGS, 0): [record(7)]}))
     assert [(tp.topic, item.offset, item.value) for tp, item in items] == [
-        (READINGS, 7, [record(7)]),
+        (READINGS, 7, [(TP(READINGS, 0), [record(7)])]),
         ("changelog", 0, b"v" * 10),
         ("changelog", 1, b"v" * 10),
         ("changelog", 2, b"v" * 10),
     ]
 
 
-def test_a_chunk_starting_at_offset_1_gives_that_record_alone_first() -> None:
-    """faust's drain loop treats read offset 0 as none: see test_chunks.py for the commit it saves."""
-    scheduler = ChunkScheduler.for_topics([READINGS])()
-    items = list(scheduler.iterate({TP(READINGS, 0): [record(o) for o in range(1, 6)]}))
-    assert [(item.offset, [r.offset for r in item.value]) for _, item in items] == [
-        (1, [1]),
-        (5, [2, 3, 4, 5]),
-    ]
-    (only,) = scheduler.iterate({TP(READINGS, 0): [record(1)]})
-    assert only[1].offset == 1
-
-
 @dataclass
-class FakeMessage:
-    tp: TP
+class FakeConsumer:
+    """faust's consumer as :class:`Commits` uses it: the assignment, and the transport's commit."""
+
+    assigned: set[TP]
+    answer: bool = True
+    commits: list[dict[TP, int]] = field(default_factory=list)
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        return self.answer
 
 
-@dataclass
-class FakeEvent:
-    message: FakeMessage
-    acked: bool = False
-
-    def ack(self) -> bool:
-        self.acked = True
-        return True
+def chunk(partition: int, last: int) -> Chunk:
+    """A chunk of ``partition`` ending at offset ``last``."""
+    return TP(READINGS, partition), [record(last - 1, partition=partition), record(last, partition=partition)]
 
 
-@dataclass
-class CountingConsumer:
-    acked_when_committing: list[bool] = field(default_factory=list)
-    events: list[FakeEvent] = field(default_factory=list)
+async def test_commits_commit_the_offset_after_each_partition_s_last_done_chunk_once() -> None:
+    commits = Commits()
+    consumer = FakeConsumer(assigned={TP(READINGS, 0), TP(READINGS, 1)})
+    commits.done([chunk(0, 9), chunk(1, 4), chunk(0, 19)])
+    assert await commits.commit(consumer)
+    assert consumer.commits == [{TP(READINGS, 0): 20, TP(READINGS, 1): 5}]
+    assert not await commits.commit(consumer)  # nothing moved: no request
+    commits.done([chunk(1, 7)])
+    assert await commits.commit(consumer)
+    assert consumer.commits[-1] == {TP(READINGS, 1): 8}
 
-    async def commit(self) -> bool:
-        self.acked_when_committing.append(all(event.acked for event in self.events))
-        return True
+
+async def test_commits_leave_out_partitions_not_owned_and_forget_revoked_ones() -> None:
+    commits = Commits()
+    consumer = FakeConsumer(assigned={TP(READINGS, 0)})
+    commits.done([chunk(0, 9), chunk(2, 4)])
+    await commits.commit(consumer)
+    assert consumer.commits == [{TP(READINGS, 0): 10}]
+    commits.forget([TP(READINGS, 0)])
+    consumer.assigned = {TP(READINGS, 0), TP(READINGS, 2)}
+    assert commits.pending(consumer.assigned) == {TP(READINGS, 2): 5}
 
 
-async def test_settle_acks_the_batch_then_gives_one_commit_round_per_chunk_of_the_busiest_partition() -> None:
-    events = [FakeEvent(FakeMessage(TP(READINGS, p))) for p in (0, 1, 0, 2, 0)]
-    consumer = CountingConsumer(events=events)
-    await ChunkScheduler.settle(consumer, events)
-    assert all(event.acked for event in events)
-    assert consumer.acked_when_committing == [True] * 4  # partition 0 has 3 chunks, plus one round
+async def test_a_commit_refused_by_a_rebalance_stays_pending() -> None:
+    commits = Commits()
+    consumer = FakeConsumer(assigned={TP(READINGS, 0)}, answer=False)
+    commits.done([chunk(0, 9)])
+    assert not await commits.commit(consumer)
+    assert commits.pending(consumer.assigned) == {TP(READINGS, 0): 10}
 
 
 def _fetched(topic: str, first: int, count: int, *, fetch_offset: int) -> object:
@@ -174,7 +189,25 @@ def test_a_chunked_topic_s_fetched_records_are_aiokafka_s_raw_records_from_the_f
     (item,) = [
         item for _, item in ChunkScheduler.for_topics(["raw-topic"])().iterate({TP("raw-topic", 3): records})
     ]
-    assert (item.topic, item.partition, item.offset, item.serialized_value_size) == ("raw-topic", 3, 104, 6)
+    assert (item.topic, item.partition, item.offset) == ("raw-topic", 3, 104)
 
     other: Any = _fetched("other-topic", 0, 2, fetch_offset=0)  # any other topic: aiokafka's own records
     assert [(r.topic, r.partition, r.offset) for r in other] == [("other-topic", 3, 0), ("other-topic", 3, 1)]
+
+
+def test_faust_keeps_no_offsets_of_a_worker_s_source_topic(tmp_path: Any) -> None:
+    """Its gap bookkeeping (an IntervalTree merged per chunk, every offset of a gap listed at each
+    commit) was a sixth of a worker's CPU: the runner commits the source's offsets itself."""
+    from thermoflow.metrics import Metrics
+    from thermoflow.processors.app import build_app
+    from thermoflow.processors.runtime import Registry
+    from thermoflow.processors.settings import ProcessorSettings
+
+    registry = Registry()
+    registry.function(source="unit-readings", sink="unit-alerts", name="nothing")(lambda batch: [])
+    app = build_app(
+        ProcessorSettings(), registry=registry, worker_index=0, data_dir=tmp_path, metrics=Metrics("unit")
+    )
+    (agent,) = app.agents.values()
+    assert agent.channel.get_topic_name() == "unit-readings"
+    assert agent.channel.acks is False

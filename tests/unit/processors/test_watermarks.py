@@ -81,3 +81,33 @@ def test_latest_per_partition_matches_a_plain_loop() -> None:
     for p, v in zip(partition.tolist(), values.tolist(), strict=True):
         expected[p] = max(expected.get(p, -np.inf), v)
     assert latest_per_partition(partition, values) == expected
+
+
+def test_the_emitter_moves_partitions_alike_from_the_records_or_from_the_chunks_ends() -> None:
+    """The runner passes each partition's end from its chunks, not reading every record's offset."""
+    from types import SimpleNamespace
+
+    from thermoflow.processors.app import WatermarkEmitter
+    from thermoflow.processors.settings import ProcessorSettings
+
+    def reading(device: str, ts: float) -> bytes:
+        return encode(Reading(device_id=device, value=20.0, ts=ts, received_at=ts))
+
+    records = [RawRecord(b"a", reading("a", 5.0), 0, 7), RawRecord(b"b", reading("b", 9.0), 3, 40)]
+    records += [RawRecord(b"c", b"not json", 3, 41)]  # a dead letter still moves its partition on
+    batch, _ = decode_batch("readings", records)
+    progress = []
+    for ends in (None, {0: 8, 3: 42}):
+        emitter = WatermarkEmitter(
+            app=SimpleNamespace(),
+            sink=SimpleNamespace(),
+            sink_topic="alerts",
+            progress=PartitionProgress(source="f", topic="readings", idle_after=30.0),
+            settings=ProcessorSettings(),
+            clock=lambda: 100.0,
+        )
+        emitter.processed(records, batch, None, ends)
+        progress.append(
+            {p: (emitter.progress.next_offset(p), emitter.progress._partitions[p].event_time) for p in (0, 3)}
+        )
+    assert progress[0] == progress[1] == {0: (8, 5.0), 3: (42, 9.0)}
