@@ -47,8 +47,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Final
 
-import aiokafka.errors
-from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.structs import ConsumerRecord
 from faust.serializers import codecs
 from faust.transport.utils import DefaultSchedulingStrategy
@@ -171,8 +169,9 @@ class ChunkScheduler(DefaultSchedulingStrategy):
         """One record standing for a fetch's ``chunks`` of one topic: its value the chunks, its
         partition and offset the first chunk's (its last record's offset).
 
-        The chunks' records are aiokafka's own (see :func:`deliver_raw_records`): offset, key,
-        value, headers and timestamp, but no topic or partition, which are their chunk's ``TP``'s.
+        The chunks' records are aiokafka's own (:func:`thermoflow.aiokafka_fetch.deliver_raw_records`):
+        offset, key, value, headers and timestamp, but no topic or partition, which are their
+        chunk's ``TP``'s.
         """
         tp, first = chunks[0]
         last = first[-1]
@@ -238,44 +237,3 @@ class Commits:
         if committed:
             self._committed.update(offsets)
         return committed
-
-
-#: Topics whose fetched records reach the scheduler as aiokafka's raw records (deliver_raw_records).
-_RAW_TOPICS: set[str] = set()
-_unpack_consumer_records: Final = aiokafka_fetcher.PartitionRecords._unpack_records
-
-
-def deliver_raw_records(topics: Iterable[str]) -> None:
-    """Have aiokafka's fetcher hand on the records of ``topics`` as it decoded them, in this process.
-
-    aiokafka wraps every fetched record in a ``ConsumerRecord`` (a dataclass of eleven fields,
-    its headers copied to a tuple): 12-23% of a worker's time with every detector on. A chunked
-    topic's records only ever reach :class:`ChunkScheduler`, which folds them into one item per
-    chunk, and the batch decoder, which reads their offset, key, value and headers: the
-    records of aiokafka's record batch (``DefaultRecord``) have all four, and the chunk's
-    partition comes from its ``TP``. Other topics (and a read_committed consumer, which must
-    skip aborted transactions) keep aiokafka's own unpacking. The replacement is aiokafka's
-    ``PartitionRecords._unpack_records`` without the wrapping; pinned with the versions
-    :func:`check_versions` accepts.
-    """
-    _RAW_TOPICS.update(topics)
-    aiokafka_fetcher.PartitionRecords._unpack_records = _unpack_records
-
-
-def _unpack_records(self: Any) -> Iterator[Any]:
-    """aiokafka 0.14's ``PartitionRecords._unpack_records``, yielding raw records for ``_RAW_TOPICS``."""
-    if self._tp.topic not in _RAW_TOPICS or self._isolation_level == aiokafka_fetcher.READ_COMMITTED:
-        yield from _unpack_consumer_records(self)
-        return
-    records = self._records
-    while records.has_next():
-        batch = records.next_batch()
-        if self._check_crcs and not batch.validate_crc():
-            raise aiokafka.errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
-        if not batch.is_control_batch:
-            for record in batch:
-                if record.offset < self.next_fetch_offset:  # a compressed batch fetched from its start
-                    continue
-                self.next_fetch_offset = record.offset + 1
-                yield record
-        self.next_fetch_offset = batch.next_offset

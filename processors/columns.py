@@ -148,7 +148,7 @@ def decode_batch(
     """Decode a batch of ``telemetry.readings`` records to columns; undecodable ones are rejected.
 
     ``partitions``, when given, is each record's partition, and the records need not carry
-    one (aiokafka's raw records: :func:`thermoflow.processors.batching.deliver_raw_records`).
+    one (aiokafka's raw records: :func:`thermoflow.aiokafka_fetch.deliver_raw_records`).
     Then the batch's ``records`` are those raw records; a reject is a :class:`RawRecord`
     naming its partition.
 

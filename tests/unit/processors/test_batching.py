@@ -177,7 +177,7 @@ def _fetched(topic: str, first: int, count: int, *, fetch_offset: int) -> object
 
 def test_a_chunked_topic_s_fetched_records_are_aiokafka_s_raw_records_from_the_fetch_offset() -> None:
     """No ConsumerRecord per record for the processors' topics; the fetch position moves as before."""
-    from thermoflow.processors.batching import deliver_raw_records
+    from thermoflow.aiokafka_fetch import deliver_raw_records
 
     deliver_raw_records(["raw-topic"])
     fetched: Any = _fetched("raw-topic", 100, 5, fetch_offset=102)  # a batch fetched from its start
