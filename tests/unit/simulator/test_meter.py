@@ -58,7 +58,7 @@ def test_a_bad_record_costs_only_itself() -> None:
             Record(_reading("rack-0", 1001.0, 0), 1_001_100),
             Record(b'{"device_id": "rack-1"', 1_001_200),  # truncated
             Record(None, 1_001_300),  # a tombstone
-            Record(_reading("rack-1", 1001.4, 7)[:-1] + b',"x":1},' + _reading("rack-1", 1001.5, 8), 1_001_400),
+            Record(_reading("rack-1", 1001.4, 7) + b"," + _reading("rack-1", 1001.5, 8), 1_001_400),  # two
             Record(_reading("rack-1", 1001.6, 9), 1_001_600),
         ]
     )
