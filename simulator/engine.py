@@ -90,6 +90,7 @@ class Engine:
         self._values: Floats = np.empty(0)
         self._publish = np.empty(0, dtype=np.bool_)
         self._malformed = np.empty(0, dtype=np.bool_)
+        self._breaching: NDArray[np.bool_] | None = None
 
     def _next_tick(self, now: float) -> None:
         self.tick += 1
@@ -99,6 +100,7 @@ class Engine:
             self.anomalies.extend(effects.started)
             self.anomaly_started_at.extend([now] * len(effects.started))
         self._values = np.round(values, DECIMALS)
+        self._breaching = self.truth.breaching(self._values)
         self._publish = effects.publish & ~effects.malformed
         self._malformed = effects.publish & effects.malformed
         self._pos = 0
@@ -128,7 +130,10 @@ class Engine:
                 seqs = self.seq[idx].copy()
                 self.seq[idx] += 1
                 values = self._values[idx]
-                self.truth.record(idx, seqs, ts, values)
+                if self._breaching is not None:
+                    hit = np.flatnonzero(self._breaching[idx])
+                    if hit.size:
+                        self.truth.record(idx[hit], seqs[hit], ts[hit], values[hit])
                 if self.keys is not None:
                     self.keys.devices.append(idx)
                     self.keys.seqs.append(seqs)

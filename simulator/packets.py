@@ -53,6 +53,10 @@ class ProtocolError(Exception):
 
 # Precomputed for the hot path: most packets are shorter than 16 KiB.
 _LENGTHS: Final = tuple(remaining_length(n) for n in range(16384))
+#: The remaining-length fields of lengths below 16384, by length (the publisher's inline PUBLISH).
+PUBLISH_LENGTHS: Final = _LENGTHS
+#: A packet id's two bytes.
+pack_packet_id: Final = _U16.pack
 
 
 def topic_field(topic: bytes) -> bytes:

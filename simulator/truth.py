@@ -156,6 +156,18 @@ class GroundTruth:
             )
         return int(hit.size)
 
+    def breaching(self, values: Floats) -> NDArray[np.bool_] | None:
+        """Per device, whether ``values`` (one per device of the fleet, in order) breach its rule.
+
+        The publisher classifies a tick's values once and passes :meth:`record` only the
+        readings that breach: the same breaches and counts as recording every reading, without a
+        dozen numpy calls per chunk of a few readings. None without thresholds (nothing to record).
+        """
+        if self.thresholds is None:
+            return None
+        rank, _, _ = self.thresholds.classify(np.arange(values.size), values)
+        return rank > 0
+
     def record_malformed(self, device: int, ts: float, variant: int) -> None:
         self.counts["malformed"] += 1
         if self.keep:
