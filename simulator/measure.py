@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from array import array
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -32,11 +32,10 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.consumer import fetcher as aiokafka_fetcher
-from aiokafka.errors import CorruptRecordException
 from psycopg import sql
 
 from thermoflow import db, kafka
+from thermoflow.aiokafka_fetch import deliver_raw_records
 from thermoflow.events import (
     CLEARED_CONDITIONS,
     AlertEvent,
@@ -63,47 +62,6 @@ _FETCH_WAIT_MS = 500
 _FETCH_MIN_BYTES = 4 << 20
 #: The validating decoder of :func:`thermoflow.events.decode_reading`, for a fetch's values at once.
 _reading_list: Final = msgspec.json.Decoder(list[Reading])
-
-
-#: Topics whose fetched records the meter takes as aiokafka decoded them (see _deliver_raw_records).
-_RAW_TOPICS: set[str] = set()
-_unpack_records_before: Callable[[Any], Iterator[Any]] | None = None
-
-
-def _deliver_raw_records(topic: str) -> None:
-    """Have aiokafka's fetcher, in this process, hand on the records of ``topic`` unwrapped.
-
-    aiokafka wraps every fetched record in a ``ConsumerRecord`` (eleven fields, its headers
-    copied to a tuple), a large share of the meter's CPU per reading; the meter reads only a
-    reading's value and timestamp, which aiokafka's own record (``DefaultRecord``) has. The
-    same replacement as :func:`thermoflow.processors.batching.deliver_raw_records` (without
-    importing faust into the load generator); other topics go to the unpacking that was there.
-    """
-    global _unpack_records_before
-    _RAW_TOPICS.add(topic)
-    if _unpack_records_before is None:
-        _unpack_records_before = aiokafka_fetcher.PartitionRecords._unpack_records
-        aiokafka_fetcher.PartitionRecords._unpack_records = _unpack_raw_records
-
-
-def _unpack_raw_records(self: Any) -> Iterator[Any]:
-    """aiokafka 0.14's ``PartitionRecords._unpack_records``, yielding raw records for ``_RAW_TOPICS``."""
-    assert _unpack_records_before is not None
-    if self._tp.topic not in _RAW_TOPICS or self._isolation_level == aiokafka_fetcher.READ_COMMITTED:
-        yield from _unpack_records_before(self)
-        return
-    records = self._records
-    while records.has_next():
-        batch = records.next_batch()
-        if self._check_crcs and not batch.validate_crc():
-            raise CorruptRecordException(f"Invalid CRC - {self._tp}")
-        if not batch.is_control_batch:
-            for record in batch:
-                if record.offset < self.next_fetch_offset:  # a compressed batch fetched from its start
-                    continue
-                self.next_fetch_offset = record.offset + 1
-                yield record
-        self.next_fetch_offset = batch.next_offset
 
 
 @dataclass
@@ -198,7 +156,8 @@ class KafkaMeter:
             s.deadletter_topic: "deadletter",
         }
         await kafka.ensure_topics(s, {s.readings_topic: 12, s.alerts_topic: 6, s.deadletter_topic: 3})
-        _deliver_raw_records(s.readings_topic)
+        # The meter reads a reading's value and timestamp: no ConsumerRecord per reading.
+        deliver_raw_records([s.readings_topic])
         consumer = kafka.consumer(
             s,
             group_id=None,
