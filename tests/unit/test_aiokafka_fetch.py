@@ -70,7 +70,7 @@ async def test_a_sparse_consumer_fetches_from_the_first_byte_and_waits_long_for_
     assert options == [(1, round(IDLE_FETCH_WAIT * 1000)), (256 << 10, 75)]
 
 
-def _fetched(topic: str, first: int, count: int, *, fetch_offset: int) -> Any:
+def partition_records(topic: str, first: int, count: int, *, fetch_offset: int) -> Any:
     """aiokafka's PartitionRecords over one record batch of ``count`` records from offset ``first``."""
     builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
     for delta in range(count):
@@ -91,13 +91,14 @@ def _fetched(topic: str, first: int, count: int, *, fetch_offset: int) -> Any:
 
 def test_a_raw_topic_s_records_come_as_aiokafka_decoded_them_from_the_fetch_offset() -> None:
     deliver_raw_records(["raw-readings"])
-    fetched = _fetched("raw-readings", 100, 5, fetch_offset=102)  # a batch fetched from its start
+    fetched = partition_records("raw-readings", 100, 5, fetch_offset=102)  # a batch fetched from its start
     records = list(fetched)
     assert [(r.offset, r.key, r.value, list(r.headers)) for r in records] == [
         (o, b"k", b"v%d" % (o - 100), [("h", b"x")]) for o in range(102, 105)
     ]
     assert not isinstance(records[0], ConsumerRecord) and fetched.next_fetch_offset == 105
-    other = list(_fetched("other-topic", 0, 2, fetch_offset=0))  # any other topic: aiokafka's own records
+    # any other topic: aiokafka's own records
+    other = list(partition_records("other-topic", 0, 2, fetch_offset=0))
     assert [(r.topic, r.partition, r.offset) for r in other] == [("other-topic", 3, 0), ("other-topic", 3, 1)]
 
 
@@ -114,8 +115,9 @@ def test_raw_records_survive_another_unpacking_installed_over_them_and_keep_its_
     PartitionRecords._unpack_records = another
     try:
         deliver_raw_records(["raw-readings"])
-        assert not isinstance(next(iter(_fetched("raw-readings", 0, 1, fetch_offset=0))), ConsumerRecord)
-        assert isinstance(next(iter(_fetched("theirs", 0, 1, fetch_offset=0))), ConsumerRecord)
+        raw = next(iter(partition_records("raw-readings", 0, 1, fetch_offset=0)))
+        assert not isinstance(raw, ConsumerRecord)
+        assert isinstance(next(iter(partition_records("theirs", 0, 1, fetch_offset=0))), ConsumerRecord)
         assert seen == ["theirs"]
     finally:
         PartitionRecords._unpack_records = ours

@@ -202,15 +202,20 @@ _any_value = st.one_of(
 )
 
 
-@given(
-    st.dictionaries(
-        st.sampled_from(["value", "ts", "seq", "unit", "u", "temp", "device_id", "timestamp"]),
-        st.one_of(
-            _any_value,
-            st.floats(min_value=NOW - 8 * 86_400, max_value=NOW + 700),
-            st.floats(min_value=-1e3, max_value=1e3),
-        ),
+#: Payload objects near a plain reading: its keys and others, in-range and hostile values.
+_documents = st.dictionaries(
+    st.sampled_from(["value", "ts", "seq", "unit", "u", "temp", "device_id", "timestamp"]),
+    st.one_of(
+        _any_value,
+        st.floats(min_value=NOW - 8 * 86_400, max_value=NOW + 700),
+        st.floats(min_value=-1e3, max_value=1e3),
+        st.floats(min_value=1e11, max_value=1e17),  # timestamps in ms, µs
     ),
+)
+
+
+@given(
+    _documents,
     st.sampled_from([FIELDS, TopicFields(device_id="freezer-0042", metric=None)]),
 )
 def test_the_fast_path_of_plain_payloads_decides_as_the_general_path(
@@ -224,15 +229,7 @@ def test_the_fast_path_of_plain_payloads_decides_as_the_general_path(
 
 
 @given(
-    st.dictionaries(
-        st.sampled_from(["value", "ts", "seq", "unit", "u", "temp", "device_id", "timestamp"]),
-        st.one_of(
-            _any_value,
-            st.floats(min_value=NOW - 8 * 86_400, max_value=NOW + 700),
-            st.floats(min_value=-1e3, max_value=1e3),
-            st.floats(min_value=1e11, max_value=1e17),
-        ),
-    ),
+    _documents,
     st.sampled_from(["temperature", "humidity"]),
 )
 def test_the_bridges_plain_record_is_the_general_paths_reading_encoded_or_nothing(

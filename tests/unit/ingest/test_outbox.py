@@ -78,7 +78,8 @@ async def test_the_linger_counts_from_the_first_message_received() -> None:
     assert await flushed_after(outbox) < 0.2
 
 
-async def test_the_reader_rests_until_read_now_then_reads_everything_that_came() -> None:
+def _client_on_a_socketpair() -> tuple[BulkReadClient, list[int], socket.socket, socket.socket]:
+    """A bulk-reading paho client on one end of a socket pair, and the mids of what it received."""
     received: list[int] = []
     client = BulkReadClient(
         CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, on_publish=lambda *m: received.append(m[2])
@@ -86,6 +87,11 @@ async def test_the_reader_rests_until_read_now_then_reads_everything_that_came()
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     client._sock = ours
+    return client, received, ours, theirs
+
+
+async def test_the_reader_rests_until_read_now_then_reads_everything_that_came() -> None:
+    client, received, ours, theirs = _client_on_a_socketpair()
     gathering = [False]
     io = PahoOnAsyncio(may_read=lambda: True, rest=lambda: gathering[0])
     io.attach(client)
@@ -142,13 +148,7 @@ def test_the_reader_rests_on_steadily_only_below_half_a_batch() -> None:
 
 
 async def test_read_now_can_leave_the_reader_resting_till_the_next_read_now() -> None:
-    received: list[int] = []
-    client = BulkReadClient(
-        CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, on_publish=lambda *m: received.append(m[2])
-    )
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    client._sock = ours
+    client, received, ours, theirs = _client_on_a_socketpair()
     io = PahoOnAsyncio(may_read=lambda: True)
     io.attach(client)
     io.sock = ours

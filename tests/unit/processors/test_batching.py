@@ -10,6 +10,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
+from tests.unit.test_aiokafka_fetch import partition_records
+from thermoflow.aiokafka_fetch import deliver_raw_records
 from thermoflow.processors.batching import (
     FAUST_VERSION,
     Chunk,
@@ -151,48 +153,16 @@ async def test_a_commit_refused_by_a_rebalance_stays_pending() -> None:
     assert commits.pending(consumer.assigned) == {TP(READINGS, 0): 10}
 
 
-def _fetched(topic: str, first: int, count: int, *, fetch_offset: int) -> object:
-    """aiokafka's PartitionRecords over one record batch of ``count`` records from offset ``first``."""
-    from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
-    from aiokafka.record.default_records import DefaultRecordBatchBuilder
-    from aiokafka.record.memory_records import MemoryRecords
-    from aiokafka.structs import TopicPartition
-
-    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
-    for delta in range(count):
-        builder.append(delta, timestamp=1_000 + delta, key=b"k", value=b"v%d" % delta, headers=[("h", b"x")])
-    data = bytearray(builder.build())
-    data[0:8] = first.to_bytes(8, "big", signed=True)  # the batch's base offset
-    return PartitionRecords(
-        TopicPartition(topic, 3),
-        MemoryRecords(bytes(data)),
-        [],
-        fetch_offset,
-        None,
-        None,
-        False,
-        READ_UNCOMMITTED,
-    )
-
-
-def test_a_chunked_topic_s_fetched_records_are_aiokafka_s_raw_records_from_the_fetch_offset() -> None:
-    """No ConsumerRecord per record for the processors' topics; the fetch position moves as before."""
-    from thermoflow.aiokafka_fetch import deliver_raw_records
-
+def test_a_chunked_topic_s_raw_records_make_one_item_with_the_chunk_s_partition_and_offset() -> None:
+    """The worker's topics come as aiokafka's raw records (thermoflow.aiokafka_fetch, tested
+    there), which carry no topic or partition: the item takes them from the chunk's TP."""
     deliver_raw_records(["raw-topic"])
-    fetched: Any = _fetched("raw-topic", 100, 5, fetch_offset=102)  # a batch fetched from its start
-    records = list(fetched)
-    assert [(r.offset, r.key, r.value, list(r.headers)) for r in records] == [
-        (o, b"k", b"v%d" % (o - 100), [("h", b"x")]) for o in range(102, 105)
-    ]
-    assert not isinstance(records[0], ConsumerRecord) and fetched.next_fetch_offset == 105
+    records = list(partition_records("raw-topic", 100, 5, fetch_offset=102))
+    assert not isinstance(records[0], ConsumerRecord)
     (item,) = [
         item for _, item in ChunkScheduler.for_topics(["raw-topic"])().iterate({TP("raw-topic", 3): records})
     ]
     assert (item.topic, item.partition, item.offset) == ("raw-topic", 3, 104)
-
-    other: Any = _fetched("other-topic", 0, 2, fetch_offset=0)  # any other topic: aiokafka's own records
-    assert [(r.topic, r.partition, r.offset) for r in other] == [("other-topic", 3, 0), ("other-topic", 3, 1)]
 
 
 def test_faust_keeps_no_offsets_of_a_worker_s_source_topic(tmp_path: Any) -> None:
