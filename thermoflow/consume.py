@@ -101,10 +101,6 @@ class Batch:
         offsets = {tp: batch[-1].offset + 1 for tp, batch in records.items() if batch}
         return cls(records=records, offsets=offsets, count=sum(len(batch) for batch in records.values()))
 
-    def all(self) -> list[Record]:
-        """Every record, partition after partition."""
-        return [record for batch in self.records.values() for record in batch]
-
 
 def settled(durable: bool = True) -> Durable:
     """A :data:`Durable` that is already complete: the handler's work is done (or was stopped)."""
