@@ -65,14 +65,15 @@ def prepare(settings: ProcessorSettings) -> None:
     asyncio.run(check())
 
 
-async def ensure_state_topic(settings: ProcessorSettings) -> None:
-    """The detectors' state topic: compacted, with as many partitions as the readings (it is keyed alike).
+async def ensure_state_topic(settings: ProcessorSettings) -> list[str]:
+    """Create the detectors' state topic if missing: compacted, with as many partitions as the
+    readings (it is keyed alike). Returns ``[its name]`` when it was created here, else ``[]``.
 
     Fewer partitions than the readings would put two readings partitions' state in one: that
     fails here, naming both counts, rather than mixing states later.
     """
     readings = (await kafka.partition_counts(settings, [settings.readings_topic]))[settings.readings_topic]
-    await kafka.ensure_topics(
+    created = await kafka.ensure_topics(
         settings,
         {settings.state_topic: readings},
         configs={settings.state_topic: {"cleanup.policy": "compact", "segment.ms": "600000"}},
@@ -84,6 +85,7 @@ async def ensure_state_topic(settings: ProcessorSettings) -> None:
             f"{settings.readings_topic!r} has {readings}: they must match"
             " (delete the state topic to rebuild it)"
         )
+    return created
 
 
 class _Worker(faust.Worker):

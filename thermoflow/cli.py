@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from thermoflow import db, kafka, reach, readings_query, rollups, run_plan, topics
+from thermoflow import db, kafka, reach, readings_query, rollups, run_plan
 from thermoflow.settings import ConfigError, ThermoflowSettings, load_settings
 from thermoflow.stack import ServiceError, Stack, StackConfig
 from thermoflow.stack import check as stack_check
@@ -158,18 +158,24 @@ def stack_check_command(state_dir: StateDir = Path(".thermoflow/stack")) -> None
 def init_command(
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
     database_url: Annotated[str | None, typer.Option(help="PostgreSQL URL")] = None,
-    readings_partitions: Annotated[int, typer.Option(min=1, help="partitions of telemetry.readings")] = 12,
-    alerts_partitions: Annotated[int, typer.Option(min=1, help="partitions of telemetry.alerts")] = 6,
+    readings_partitions: Annotated[int, typer.Option(min=1, help="partitions of the readings topic")] = 12,
+    alerts_partitions: Annotated[int, typer.Option(min=1, help="partitions of the alerts topic")] = 6,
 ) -> None:
-    """Create the pipeline's topics and apply the database migrations (idempotent)."""
+    """Create the pipeline's topics (the detectors' compacted state topic too, partitioned like the
+    readings) and apply the database migrations (idempotent)."""
+    from thermoflow.processors.settings import ProcessorSettings
+    from thermoflow.processors.worker import ensure_state_topic
+
     settings = load_settings(ThermoflowSettings, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
+    processors = load_settings(ProcessorSettings, kafka_bootstrap=kafka_bootstrap, database_url=database_url)
     partitions = {
-        topics.READINGS: readings_partitions,
-        topics.ALERTS: alerts_partitions,
-        topics.DEADLETTER: 3,
+        settings.readings_topic: readings_partitions,
+        settings.alerts_topic: alerts_partitions,
+        settings.deadletter_topic: 3,
     }
     with reach.needs(reach.kafka(settings)):
         created = asyncio.run(kafka.ensure_topics(settings, partitions))
+        created += asyncio.run(ensure_state_topic(processors))
     with reach.needs(reach.database(settings)):
         applied = db.migrate(settings)
         retention = rollups.apply_retention(settings)
