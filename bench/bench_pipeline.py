@@ -95,6 +95,11 @@ async def pipeline_at(stack: Stack, rate: float, seconds: float) -> dict[str, An
             hop.removeprefix("publish_to_"): (report["latency"].get(hop) or {}).get("p99_ms")
             for hop in ("publish_to_bridge", "publish_to_kafka", "publish_to_stored", "publish_to_alert")
         },
+        # Each component's own share, so that a queue early in the line is not read as a later one's.
+        "p99_own_ms": {
+            hop: (report["latency"].get(hop) or {}).get("p99_ms")
+            for hop in ("bridge_to_kafka", "kafka_to_alert")
+        },
         "cpu_per_1000": {name: 1000 * cpu / max(1, database.get("rows") or 0) for name, cpu in busy.items()},
     }
     result["sustained"] = bool(
@@ -112,9 +117,10 @@ def format_cpu(result: dict[str, Any]) -> str:
     idle_of = sorted(result["idle_per_process"].items())
     idle = ", ".join(f"{name} {100 * share:.2f}" for name, share in idle_of)
     hops = ", ".join(f"{hop} {ms}" for hop, ms in result["p99_hops_ms"].items())
+    own = ", ".join(f"{hop} {ms}" for hop, ms in result["p99_own_ms"].items())
     return (f"    CPU-s per 1,000 readings: total {total:.4f} ({1000 * total:.1f} µs/reading) = {parts};"
             f" idle: {100 * result['idle_core_share']:.1f}% of a core = {idle}\n"
-            f"    p99 per hop, ms from publish: {hops}")  # fmt: skip
+            f"    p99 per hop, ms from publish: {hops}; a component's own: {own}")  # fmt: skip
 
 
 async def publish_only(stack: Stack, rate: float, seconds: float) -> float:
