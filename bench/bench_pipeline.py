@@ -23,7 +23,10 @@ sustained pipeline rate over that ceiling. With ``--shares``, the target rates a
 that run's ceiling instead of fixed rates (a slower host gets a lower target), and ``--runs``
 repeats the whole measurement, ceiling included, so a noisy host shows in the spread.
 Each row also gives the p99 of every hop (publish -> bridge, -> Kafka, -> stored, -> alert)
-so that a queue shows where it builds.
+so that a queue shows where it builds, each component's own share (bridge -> Kafka, Kafka ->
+alert), and the publish side's (the broker's PUBACK, and the most readings the simulator held
+queued behind full QoS 1 windows): on a host short of CPU the tail is often made there, before
+the bridge has read anything.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ async def pipeline_at(stack: Stack, rate: float, seconds: float) -> dict[str, An
         "p50_stored_ms": stored.get("p50_ms"),
         "p99_stored_ms": stored.get("p99_ms"),
         "p99_alert_ms": alert.get("p99_ms"),
+        # The publish side's own delay: the broker's PUBACK, and readings stamped but still queued in
+        # the simulator behind a full QoS 1 window. Seconds here mean the host could not publish the
+        # rate, whatever the pipeline does.
+        "puback_ms": [(report["publish"].get("ack_latency") or {}).get(p) for p in ("p50_ms", "p99_ms")],
+        "queued_peak": max((s["queued"] for s in report["publish"].get("timeline") or []), default=0),
         "precision": report["alerts"]["precision"],
         "recall": report["alerts"]["recall"],
         "idle_core_share": sum(idle.values()) / IDLE_SECONDS,
@@ -94,6 +102,11 @@ async def pipeline_at(stack: Stack, rate: float, seconds: float) -> dict[str, An
         "p99_hops_ms": {
             hop.removeprefix("publish_to_"): (report["latency"].get(hop) or {}).get("p99_ms")
             for hop in ("publish_to_bridge", "publish_to_kafka", "publish_to_stored", "publish_to_alert")
+        },
+        # Each component's own share, so that a queue early in the line is not read as a later one's.
+        "p99_own_ms": {
+            hop: (report["latency"].get(hop) or {}).get("p99_ms")
+            for hop in ("bridge_to_kafka", "kafka_to_alert")
         },
         "cpu_per_1000": {name: 1000 * cpu / max(1, database.get("rows") or 0) for name, cpu in busy.items()},
     }
@@ -112,9 +125,12 @@ def format_cpu(result: dict[str, Any]) -> str:
     idle_of = sorted(result["idle_per_process"].items())
     idle = ", ".join(f"{name} {100 * share:.2f}" for name, share in idle_of)
     hops = ", ".join(f"{hop} {ms}" for hop, ms in result["p99_hops_ms"].items())
+    own = ", ".join(f"{hop} {ms}" for hop, ms in result["p99_own_ms"].items())
     return (f"    CPU-s per 1,000 readings: total {total:.4f} ({1000 * total:.1f} µs/reading) = {parts};"
             f" idle: {100 * result['idle_core_share']:.1f}% of a core = {idle}\n"
-            f"    p99 per hop, ms from publish: {hops}")  # fmt: skip
+            f"    p99 per hop, ms from publish: {hops}; a component's own: {own}\n"
+            f"    publish side: PUBACK p50/p99 {result['puback_ms'][0]}/{result['puback_ms'][1]} ms,"
+            f" at most {result['queued_peak']:,} readings queued in the simulator")  # fmt: skip
 
 
 async def publish_only(stack: Stack, rate: float, seconds: float) -> float:

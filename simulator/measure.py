@@ -13,6 +13,14 @@ Latency hops (seconds, from the publish time the simulator wrote into the payloa
 - ``publish_to_alert``: the Kafka record timestamp of an alert minus its ``reading_ts``;
 - ``publish_to_stored``: the ``readings`` row's ``stored_at`` minus ``ts`` (:func:`database_delivery`).
 
+Each of those adds up every hop before it, so a queue early in the line shows in all of them. Two
+intervals isolate a component's own share, per reading:
+
+- ``bridge_to_kafka``: the reading's Kafka record timestamp minus its ``received_at`` (the bridge,
+  from reading the message to handing it to its producer);
+- ``kafka_to_alert``: an alert's Kafka record timestamp minus the Kafka record timestamp of the
+  reading it names (matched by device and ``ts``): the processor, from its fetch to its send.
+
 All on one machine's clock; across machines they are only as good as its NTP. Kafka record
 timestamps have millisecond resolution (truncated), so a Kafka hop can read up to 1 ms low,
 even slightly negative on an idle pipeline.
@@ -137,6 +145,8 @@ class KafkaMeter:
     to_bridge: array[float] = field(default_factory=lambda: array("d"))
     to_kafka: array[float] = field(default_factory=lambda: array("d"))
     to_alert: array[float] = field(default_factory=lambda: array("d"))
+    alert_dev: array[int] = field(default_factory=lambda: array("q"))  # of to_alert's alerts
+    alert_reading_ts: array[float] = field(default_factory=lambda: array("d"))
     alerts: list[AlertEvent] = field(default_factory=list)
     deadletters: int = 0
     undecodable: int = 0
@@ -271,6 +281,8 @@ class KafkaMeter:
             self.alerts.append(alert)
             if alert.condition not in CLEARED_CONDITIONS:  # offline's evidence is the last reading before it
                 self.to_alert.append(record.timestamp / 1000.0 - alert.reading_ts)
+                self.alert_dev.append(self.device_index[alert.device_id])
+                self.alert_reading_ts.append(alert.reading_ts)
 
     def _deadletters(self, records: list[Any]) -> None:
         for record in records:
@@ -295,7 +307,35 @@ class KafkaMeter:
         if with_ts:
             hops["publish_to_bridge"] = percentiles(np.frombuffer(self.to_bridge))
             hops["publish_to_kafka"] = percentiles(np.frombuffer(self.to_kafka))
+            to_kafka = np.frombuffer(self.to_kafka)
+            hops["bridge_to_kafka"] = percentiles(to_kafka - np.frombuffer(self.to_bridge))
+            hops["kafka_to_alert"] = percentiles(self.kafka_to_alert())
         return hops
+
+    def kafka_to_alert(self) -> Any:
+        """Per alert whose reading was measured: its record timestamp minus that reading's (seconds).
+
+        The reading is found by device and ``ts`` (a device's ``ts`` only grows); an alert on a
+        reading the meter did not see (a lost one) has no figure.
+        """
+        alert_dev = np.frombuffer(self.alert_dev, dtype=np.int64)
+        if not alert_dev.size or not self.readings_dev:
+            return np.empty(0)
+        origin = self.since
+
+        def keys(dev: Any, ts: Any) -> Any:
+            return (dev << 40) | np.round((ts - origin) * 1e6).astype(np.int64)
+
+        reading_keys = keys(np.frombuffer(self.readings_dev, dtype=np.int64), np.frombuffer(self.readings_ts))
+        order = np.argsort(reading_keys, kind="stable")
+        sorted_keys = reading_keys[order]
+        alert_ts = np.frombuffer(self.alert_reading_ts)
+        wanted = keys(alert_dev, alert_ts)
+        at = np.minimum(np.searchsorted(sorted_keys, wanted), sorted_keys.size - 1)
+        found = sorted_keys[at] == wanted
+        reading_stamp = np.frombuffer(self.readings_ts) + np.frombuffer(self.to_kafka)  # record timestamps
+        alert_stamp = alert_ts + np.frombuffer(self.to_alert)
+        return (alert_stamp - reading_stamp[order[at]])[found]
 
     async def settle(
         self,

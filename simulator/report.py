@@ -46,6 +46,8 @@ latency                       null, or per hop {p50_ms, p95_ms, p99_ms, max_ms, 
   .publish_to_kafka           readings record timestamp - ts
   .publish_to_alert           alerts record timestamp - reading_ts
   .publish_to_stored          readings row stored_at - ts
+  .bridge_to_kafka            readings record timestamp - reading.received_at (the bridge's own share)
+  .kafka_to_alert             alerts record timestamp - its reading's record timestamp (the processor's)
 delivery                      null, or:
   .kafka                      {key ("seq" | "ts" | "count"), expected, received, unique, lost,
                                duplicates, unexpected, lost_by_device {device_id: n}}
@@ -173,7 +175,8 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     )
     if report["measured"]:
         latency = report["latency"] or {}
-        for hop in ("publish_to_bridge", "publish_to_kafka", "publish_to_alert", "publish_to_stored"):
+        hops = ("publish_to_bridge", "publish_to_kafka", "publish_to_alert", "publish_to_stored")
+        for hop in (*hops, "bridge_to_kafka", "kafka_to_alert"):
             table.add_row(hop.replace("_", " "), _ms(latency.get(hop)))
         delivery = report["delivery"] or {}
         k = delivery.get("kafka") or {}

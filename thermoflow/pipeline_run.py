@@ -95,6 +95,14 @@ class PipelineRun:
             **self.names,
         }
 
+    def simulator_env(self) -> dict[str, str]:
+        """The children's environment without THERMOFLOW_HTTP_PORT: that port (a base the run counts
+        up from for its instances) is the first instance's, so a simulator serving /metrics there
+        would fail to bind it (a run on another port base than the default, beside other runs)."""
+        env = self.env()
+        env.pop("THERMOFLOW_HTTP_PORT", None)
+        return env
+
     async def start(self, *run_args: str, timeout: float = 90.0) -> None:
         """Create topics and schema, start `thermoflow run`, wait until the bridge and sink are up."""
         await asyncio.to_thread(self.workdir.mkdir, parents=True, exist_ok=True)
@@ -158,7 +166,7 @@ class PipelineRun:
                 "--deadletter-topic", s.deadletter_topic, "--measure" if measure else "--no-measure",
                 "--report", str(report), "--quiet",
                 stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                env=self.env(),
+                env=self.simulator_env(),
             )  # fmt: skip
             try:
                 code = await proc.wait()

@@ -1,12 +1,13 @@
-"""The meter's reading columns: a fetch decoded at once keeps exactly what decoding record by record keeps."""
+"""The meter's reading columns: a fetch decoded at once keeps exactly what decoding record by record keeps;
+and the per-component hops it derives from them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from thermoflow.events import Reading, encode
+from thermoflow.events import AlertEvent, Reading, encode
 from thermoflow.settings import ThermoflowSettings
 from thermoflow.simulator.measure import KafkaMeter
 
@@ -17,6 +18,7 @@ class Record:
 
     value: bytes | None
     timestamp: int
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _meter() -> KafkaMeter:
@@ -67,3 +69,46 @@ def test_a_bad_record_costs_only_itself() -> None:
     assert seqs.tolist() == [0, 9]
     assert np.allclose(np.frombuffer(meter.to_kafka), [0.1, 0.0])
     assert meter.undecodable == 3
+
+
+def _alert(device: str, reading_ts: float) -> bytes:
+    return encode(
+        AlertEvent(
+            alert_id=f"{device}-{reading_ts}", device_id=device, metric="temperature", rule_id="r",
+            severity="critical", condition="above", threshold=30.0, value=31.0, reading_ts=reading_ts,
+            detected_at=reading_ts,
+        )
+    )  # fmt: skip
+
+
+def test_each_component_s_own_share_is_measured_from_the_record_timestamps_before_it() -> None:
+    meter = _meter()
+    meter._readings(  # received_at is ts + 0.25
+        [
+            Record(_reading("rack-1", 1001.5, 3), 1_001_800),  # bridge 50 ms
+            Record(_reading("rack-0", 1002.0, 4), 1_002_400),  # bridge 150 ms
+            Record(_reading("rack-0", 1002.5, 5), 1_002_800),  # bridge 50 ms
+        ]
+    )
+    meter._alerts(
+        [
+            Record(_alert("rack-0", 1002.0), 1_002_520),  # 120 ms after its reading's record
+            Record(_alert("rack-1", 1001.5), 1_002_100),  # 300 ms after
+            Record(_alert("rack-1", 1001.7), 1_002_100),  # its reading was never seen: no figure
+        ]
+    )
+    assert np.allclose(np.sort(meter.kafka_to_alert()), [0.12, 0.3])
+    hops = meter.latency(with_ts=True)
+    assert hops["kafka_to_alert"]["samples"] == 2
+    assert hops["kafka_to_alert"]["max_ms"] == 300.0
+    assert hops["bridge_to_kafka"]["samples"] == 3
+    assert hops["bridge_to_kafka"]["p50_ms"] == 50.0
+    assert hops["publish_to_alert"]["samples"] == 3
+
+
+def test_no_alert_or_no_reading_gives_no_processor_figure() -> None:
+    meter = _meter()
+    assert meter.kafka_to_alert().size == 0
+    meter._alerts([Record(_alert("rack-0", 1002.0), 1_002_520)])
+    assert meter.kafka_to_alert().size == 0
+    assert meter.latency(with_ts=True)["kafka_to_alert"] is None
