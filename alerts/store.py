@@ -1,7 +1,7 @@
 """`thermoflow alerts store`: telemetry.alerts -> alert_events and incidents in PostgreSQL.
 
-Per batch, in one transaction: COPY the events into a temporary table, insert the ones not
-stored yet (``ON CONFLICT DO NOTHING RETURNING``), fold only those, and the batch's clears, in
+Per batch, in one transaction: insert the events (``ON CONFLICT DO NOTHING RETURNING``: the
+ones not stored yet), fold only those, and the batch's clears, in
 topic order into the open incidents (:func:`thermoflow.alerts.lifecycle.fold_events`, pure; one
 open incident per device, rule and kind) and upsert the incidents that changed. A clear is not
 stored itself: it resolves the offline (or ingest_silent) incident it ends, and a replayed one
@@ -27,11 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import msgspec
 import psycopg
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -67,22 +68,16 @@ T = TypeVar("T")
 _EVENT_COLUMNS = (
     "alert_id, reading_ts, device_id, metric, rule_id, severity, condition, threshold, value, detected_at"
 )
-_STAGE_DDL = """
-CREATE TEMP TABLE IF NOT EXISTS alert_stage (
-    alert_id text, reading_ts float8, device_id text, metric text, rule_id text, severity text,
-    condition text, threshold float8, value float8, detected_at float8
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS incident_stage (
-    incident_id text, device_id text, rule_id text, kind text, metric text, condition text, threshold float8,
-    severity text, status text, opened_at float8, last_breach_at float8, peak_value float8,
-    breach_count bigint, resolved_at float8
-) ON COMMIT DELETE ROWS
-"""
+# The batch's events as one JSON parameter (msgspec encodes the structs in C): one statement, where
+# COPY into a staging table and an INSERT from it took three round trips, and one array parameter
+# per column cost more to dump than the rest of the batch's work.
 _INSERT_EVENTS = f"""
 INSERT INTO alert_events ({_EVENT_COLUMNS})
 SELECT alert_id, to_timestamp(reading_ts), device_id, metric, rule_id, severity,
        condition, threshold, value, to_timestamp(detected_at)
-FROM alert_stage
+FROM json_to_recordset(%s::json) AS e(
+    alert_id text, reading_ts float8, device_id text, metric text, rule_id text, severity text,
+    condition text, threshold float8, value float8, detected_at float8)
 ON CONFLICT DO NOTHING  -- also skips a duplicate within the batch: no DISTINCT (and no sort) needed
 RETURNING alert_id
 """
@@ -92,17 +87,19 @@ SELECT incident_id, device_id, rule_id, metric, condition, threshold, severity, 
        peak_value, breach_count
 FROM incidents
 WHERE status <> 'resolved'
-  AND (device_id, rule_id, kind) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
+  AND (device_id, rule_id, kind) IN (
+      SELECT * FROM json_to_recordset(%s::json) AS k(device_id text, rule_id text, kind text))
 FOR UPDATE
 """
-# The latest resolved incident of each (device, rule, kind) without an open one: an alert whose reading
-# lies inside it is a replay (the processors may cut re-read batches differently, giving a new
-# alert id), and folds into nothing, as in the notifier, instead of opening an incident of its own.
+# The latest resolved incident of each (device, rule, kind), for those without an open one: an alert
+# whose reading lies inside it is a replay (the processors may cut re-read batches differently,
+# giving a new alert id), and folds into nothing, as in the notifier, instead of opening an
+# incident of its own. Asked for every key of the batch, with the open ones, in one round trip.
 _LATEST_RESOLVED = """
 SELECT i.incident_id, i.device_id, i.rule_id, i.metric, i.condition, i.threshold, i.severity, i.status,
        extract(epoch FROM i.opened_at)::float8, extract(epoch FROM i.last_breach_at)::float8,
        i.peak_value, i.breach_count, extract(epoch FROM i.resolved_at)::float8
-FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(device_id, rule_id, kind)
+FROM json_to_recordset(%s::json) AS k(device_id text, rule_id text, kind text)
 CROSS JOIN LATERAL (
     SELECT * FROM incidents
     WHERE device_id = k.device_id AND rule_id = k.rule_id AND kind = k.kind AND status = 'resolved'
@@ -115,13 +112,17 @@ INSERT INTO incidents (incident_id, device_id, rule_id, kind, metric, condition,
 SELECT incident_id, device_id, rule_id, kind, metric, condition, threshold, severity, status,
        to_timestamp(opened_at), to_timestamp(last_breach_at), peak_value, breach_count,
        to_timestamp(resolved_at)
-FROM incident_stage
+FROM json_to_recordset(%s::json) AS s(
+    incident_id text, device_id text, rule_id text, kind text, metric text, condition text,
+    threshold float8, severity text, status text, opened_at float8, last_breach_at float8,
+    peak_value float8, breach_count bigint, resolved_at float8)
 ORDER BY status = 'resolved' DESC  -- close an old incident before its successor opens
 ON CONFLICT (incident_id) DO UPDATE SET
     severity = EXCLUDED.severity, status = EXCLUDED.status, last_breach_at = EXCLUDED.last_breach_at,
     peak_value = EXCLUDED.peak_value, breach_count = EXCLUDED.breach_count,
     resolved_at = EXCLUDED.resolved_at, updated_at = now()
 """
+_json = msgspec.json.Encoder()
 # Incidents that end on a clear (offline, ingest_silent, the pipeline's own) never resolve by quiet time.
 _SWEEP_CANDIDATES = """
 SELECT DISTINCT device_id FROM incidents
@@ -135,21 +136,6 @@ WHERE i.device_id = due.device_id AND i.status <> 'resolved' AND i.last_breach_a
   AND i.kind <> ALL(%s::text[])
 """
 _CLEARED_KINDS = sorted(CLEARED_CONDITIONS)  # a cleared condition is its own incident kind
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _text(value: str) -> str:
-    """A string as a COPY text-format field."""
-    if value.isprintable() and "\\" not in value:  # the common case: nothing to escape
-        return value
-    return value.translate(_COPY_ESCAPES)
-
-
-def _copy_text(rows: Iterable[tuple[str, ...]]) -> bytes:
-    """Rows of already-formatted fields as one COPY text-format payload (faster than write_row)."""
-    return "".join("\t".join(row) + "\n" for row in rows).encode()
 
 
 def unstorable(alert: AlertEvent) -> str | None:
@@ -201,26 +187,27 @@ class BatchResult:
 
 
 async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Create this connection's staging tables (emptied at every commit)."""
-    await conn.execute(_STAGE_DDL)
-    await conn.commit()
+    """Nothing to do: a connection needs no setup since the staging tables are gone. Kept for
+    the callers that still prepare one before :func:`store_batch` (the console's tests)."""
 
 
 async def store_batch(
     conn: psycopg.AsyncConnection[Any], *, alerts: Sequence[AlertEvent | Clear], policy: Policy
 ) -> BatchResult:
     """Store a batch of alert events and update their incidents (with the batch's clears, in
-    order), in one transaction."""
+    order), in one transaction.
+
+    At a few alerts a batch, each round trip to the database costs the store more CPU than the
+    work it carries, so there are few: the events go in one statement with one JSON parameter,
+    the incidents' upsert too (no staging tables), and the latest resolved incidents are only
+    asked for the keys without an open one.
+    """
     events = [a for a in alerts if isinstance(a, AlertEvent)]
     async with conn.transaction(), conn.cursor() as cur:
-        async with cur.copy(f"COPY alert_stage ({_EVENT_COLUMNS}) FROM STDIN") as copy:
-            await copy.write(_copy_text(
-                (_text(a.alert_id), repr(a.reading_ts), _text(a.device_id), _text(a.metric), _text(a.rule_id),
-                 a.severity, a.condition, repr(a.threshold), repr(a.value), repr(a.detected_at))
-                for a in events
-            ))  # fmt: skip
-        await cur.execute(_INSERT_EVENTS)
-        new_ids = {row[0] for row in await cur.fetchall()}
+        new_ids: set[str] = set()
+        if events:
+            await cur.execute(_INSERT_EVENTS, (_json.encode(events).decode(),))
+            new_ids = {row[0] for row in await cur.fetchall()}
         fresh: list[AlertEvent | Clear] = []
         for a in alerts:
             if isinstance(a, Clear):
@@ -233,40 +220,41 @@ async def store_batch(
     return BatchResult(inserted=inserted, duplicates=len(events) - inserted, incidents_changed=changed)
 
 
-def _columns(keys: Sequence[IncidentKey]) -> tuple[list[str], list[str], list[str]]:
-    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+def _keys_json(keys: Sequence[IncidentKey]) -> str:
+    """Incident keys as the JSON rows the incident queries take."""
+    return _json.encode([{"device_id": d, "rule_id": r, "kind": k} for d, r, k in keys]).decode()
 
 
 async def _update_incidents(
     cur: psycopg.AsyncCursor[Any], events: list[AlertEvent | Clear], *, policy: Policy
 ) -> int:
     keys = sorted({key_of_alert(e) for e in events})
-    await cur.execute(_OPEN_INCIDENTS, _columns(keys))
+    await cur.execute(_OPEN_INCIDENTS, (_keys_json(keys),))
     latest = _stored_incidents(await cur.fetchall())
     without_open = [key for key in keys if key not in latest]
     if without_open:
-        await cur.execute(_LATEST_RESOLVED, _columns(without_open))
+        await cur.execute(_LATEST_RESOLVED, (_keys_json(without_open),))
         latest.update(_stored_incidents(await cur.fetchall()))
     known = {stored.incident.incident_id: stored for stored in latest.values()}
-    changed = {
-        incident_id: stored
+    changed = [
+        stored
         for incident_id, stored in fold_events(latest, events, policy=policy).items()
         if known.get(incident_id) != stored  # a replay inside a resolved incident changes nothing
-    }
-    if not changed:
-        return 0
-    async with cur.copy(
-        "COPY incident_stage (incident_id, device_id, rule_id, kind, metric, condition, threshold, severity,"
-        " status, opened_at, last_breach_at, peak_value, breach_count, resolved_at) FROM STDIN"
-    ) as copy:
-        await copy.write(_copy_text(
-            (i.incident_id, _text(i.device_id), _text(i.rule_id), i.kind, _text(i.metric), i.condition,
-             repr(i.threshold), i.severity, status, repr(i.opened_at), repr(i.last_breach_at),
-             repr(i.peak_value), str(i.breach_count), r"\N" if i.resolved_at is None else repr(i.resolved_at))
-            for i, status in changed.values()
-        ))  # fmt: skip
-    await cur.execute(_UPSERT_INCIDENTS)
+    ]
+    if changed:
+        await cur.execute(_UPSERT_INCIDENTS, (_incidents_json(changed),))
     return len(changed)
+
+
+def _incidents_json(changed: Sequence[StoredIncident]) -> str:
+    """The changed incidents as the JSON rows of :data:`_UPSERT_INCIDENTS`."""
+    return _json.encode([
+        {"incident_id": i.incident_id, "device_id": i.device_id, "rule_id": i.rule_id, "kind": i.kind,
+         "metric": i.metric, "condition": i.condition, "threshold": i.threshold, "severity": i.severity,
+         "status": status, "opened_at": i.opened_at, "last_breach_at": i.last_breach_at,
+         "peak_value": i.peak_value, "breach_count": i.breach_count, "resolved_at": i.resolved_at}
+        for i, status in changed
+    ]).decode()  # fmt: skip
 
 
 def _stored_incidents(rows: Sequence[Any]) -> dict[IncidentKey, StoredIncident]:
@@ -358,7 +346,6 @@ class AlertStore:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = await db.connect_async(self.settings)
-                await prepare(self._conn)
             return await work(self._conn)
         except Exception as exc:
             if db.classify(exc) is not db.Fault.DATA:  # a data error rolled back; the connection is fine
