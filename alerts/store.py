@@ -186,11 +186,6 @@ class BatchResult:
     incidents_changed: int
 
 
-async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Nothing to do: a connection needs no setup since the staging tables are gone. Kept for
-    the callers that still prepare one before :func:`store_batch` (the console's tests)."""
-
-
 async def store_batch(
     conn: psycopg.AsyncConnection[Any], *, alerts: Sequence[AlertEvent | Clear], policy: Policy
 ) -> BatchResult:

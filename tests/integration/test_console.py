@@ -29,7 +29,7 @@ from tests.support.topics import read_topic
 from thermoflow import db, mqtt
 from thermoflow.alerts.kafka_io import write_states
 from thermoflow.alerts.lifecycle import Incident, Policy
-from thermoflow.alerts.store import prepare, store_batch
+from thermoflow.alerts.store import store_batch
 from thermoflow.console import queries
 from thermoflow.console.app import create_app, serving
 from thermoflow.console.context import DEADLETTERS
@@ -53,7 +53,6 @@ async def seed(settings: ThermoflowSettings, *device_ids: str) -> None:
     db.migrate(settings)
     conn = await db.connect_async(settings)
     try:
-        await prepare(conn)
         now = time.time()
         alerts = [make_alert(device, now - 60) for device in device_ids]
         await store_batch(conn, alerts=alerts, policy=Policy(resolve_after=3600, repeat_interval=3600))

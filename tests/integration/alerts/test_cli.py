@@ -13,7 +13,7 @@ import pytest
 from tests.support.fakes import make_alert
 from thermoflow import db, kafka
 from thermoflow.alerts.lifecycle import Policy
-from thermoflow.alerts.store import prepare, store_batch
+from thermoflow.alerts.store import store_batch
 from thermoflow.cli import main
 from thermoflow.events import decode_ack, is_ack
 from thermoflow.settings import ThermoflowSettings
@@ -42,7 +42,6 @@ def _seed(settings: ThermoflowSettings) -> None:
     async def seed() -> None:
         conn = await db.connect_async(settings)
         try:
-            await prepare(conn)
             alerts = [make_alert("fridge-1", 100.0), make_alert("fridge-2", 100.0, severity="critical")]
             alerts.append(make_alert("fridge-3", 0.0))
             alerts.append(make_alert("fridge-3", 1000.0))  # a gap: its first incident resolved

@@ -22,7 +22,7 @@ from thermoflow.alerts.notifier import Notifier
 from thermoflow.alerts.queries import list_incidents
 from thermoflow.alerts.routing import LogRoute, Routes
 from thermoflow.alerts.settings import AlertsSettings
-from thermoflow.alerts.store import AlertStore, prepare, store_batch, sweep
+from thermoflow.alerts.store import AlertStore, store_batch, sweep
 from thermoflow.events import (
     CLEAR_HEADERS,
     WATERMARK_HEADERS,
@@ -119,7 +119,6 @@ async def test_the_store_keeps_an_incident_per_kind_and_ends_offline_ones_only_o
     db.migrate(settings)
     conn = await db.connect_async(settings)
     try:
-        await prepare(conn)
         await store_batch(
             conn,
             alerts=[

@@ -24,7 +24,7 @@ from thermoflow.alerts.kafka_io import partition_of
 from thermoflow.alerts.lifecycle import Policy
 from thermoflow.alerts.queries import AckError, acknowledge, list_incidents
 from thermoflow.alerts.settings import AlertsSettings
-from thermoflow.alerts.store import AlertStore, prepare, store_batch, sweep
+from thermoflow.alerts.store import AlertStore, store_batch, sweep
 from thermoflow.events import AlertEvent, Severity, encode, parse_dead_letter_headers
 from thermoflow.settings import ThermoflowSettings
 
@@ -78,7 +78,6 @@ async def test_duplicates_and_replays_store_one_row_each_and_count_right(
     alerts = _scenario()
     aconn = await db.connect_async(settings)
     try:
-        await prepare(aconn)
         # The batch carries duplicates; then the same events come again, split differently.
         first = await store_batch(aconn, alerts=alerts[:70] + alerts[:10], policy=POLICY)
         second = await store_batch(aconn, alerts=alerts[50:] + alerts[60:65], policy=POLICY)
@@ -114,7 +113,6 @@ async def test_sweep_resolves_quiet_incidents_on_the_injected_clock_and_ack_work
     clock = FakeClock()
     conn = await db.connect_async(settings)
     try:
-        await prepare(conn)
         await store_batch(
             conn, alerts=[make_alert("a", clock()), make_alert("b", clock() + 30)], policy=POLICY
         )
@@ -143,7 +141,6 @@ async def test_a_replayed_alert_inside_a_resolved_incident_opens_no_incident_and
     db.migrate(settings)
     conn = await db.connect_async(settings)
     try:
-        await prepare(conn)
         await store_batch(conn, alerts=[make_alert("a", 1_000.0), make_alert("a", 1_010.0)], policy=POLICY)
         assert await sweep(conn, watermarks={0: 1_070.0}, partitions=1, policy=POLICY) == 1
         replay = await store_batch(conn, alerts=[make_alert("a", 1_005.0, value=6.0)], policy=POLICY)
@@ -169,7 +166,6 @@ async def test_sweep_resolves_only_incidents_of_partitions_whose_watermark_has_p
     assert on[0] and on[1]
     conn = await db.connect_async(settings)
     try:
-        await prepare(conn)
         await store_batch(conn, alerts=[make_alert(d, 1_000.0) for d in devices], policy=POLICY)
         # Partition 1's watermark is past the quiet period, partition 0's is not; no other is known.
         assert await sweep(conn, watermarks={0: 1_059.0, 1: 1_060.0}, partitions=2, policy=POLICY) == len(
