@@ -18,8 +18,8 @@ connection means another message on the new one).
 
     >>> line = AckLine(window=3)
     >>> a, b = Held(1, 1, 0.0, records=1), Held(2, 1, 0.0, records=2)
-    >>> line.append(a); line.append(b); line.room()
-    1
+    >>> line.append(a), line.append(b)  # the room left
+    (2, 1)
     >>> line.delivered(b); line.delivered(b); [m.mid for m in line.pop_ready()]  # b waits for a
     []
     >>> line.delivered(a); [m.mid for m in line.pop_ready()], line.unacked
@@ -77,13 +77,16 @@ class AckLine:
         """How many more messages may be taken now (0 when the window is full)."""
         return self.window - len(self._line)
 
-    def append(self, message: Held) -> None:
-        """Take one message, at the end of the line (the reader checks :meth:`room` first)."""
+    def append(self, message: Held) -> int:
+        """Take one message, at the end of the line (the reader checks :meth:`room` first); returns
+        the room left (:meth:`room`, without a second call per message)."""
         line = self._line
         line.append(message)
         self.taken += 1
-        if len(line) > self.peak:
-            self.peak = len(line)
+        held = len(line)
+        if held > self.peak:
+            self.peak = held
+        return self.window - held
 
     @staticmethod
     def delivered(message: Held) -> None:

@@ -106,6 +106,16 @@ class Outbox:
         if len(out) >= self.batch:
             self.hurry()
 
+    def add_one(self, record: OutRecord, owner: Held) -> None:
+        """:meth:`add` of a message with one record (nearly every one), without the loop."""
+        out = self.records
+        if not out and not self.expecting:
+            self._since = owner.received
+            self._wake.set()
+        out.append((record, owner))
+        if len(out) >= self.batch:
+            self.hurry()
+
     def hurry(self) -> None:
         """Flush what is gathered as soon as the sender can."""
         self._due = True

@@ -18,10 +18,12 @@ from thermoflow.ingest.codecs import (
     PayloadLimits,
     check_id,
     decode_payload,
-    plain_record,
+    encode_wire,
+    plain_wire,
 )
 from thermoflow.ingest.mapping import TopicFields, TopicTemplate
 from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -42,7 +44,7 @@ class _Topic(NamedTuple):
     headers: KafkaHeaders
     key: bytes | None  # the topic's device id, the Kafka key of its readings
     #: (device id, metric) when the topic names a valid device id and its metric is valid (or
-    #: absent): its plain payloads take :func:`~thermoflow.ingest.codecs.plain_record`.
+    #: absent): its plain payloads take :meth:`Translator.plain`.
     ids: tuple[str, str] | None
 
 
@@ -132,11 +134,12 @@ class Translator:
             if known is None or known.ids is None or payload[:1] != b"{":
                 return None
             device_id, metric = known.ids
-            value = plain_record(
+            wire = plain_wire(
                 payload, device_id=device_id, metric=metric, received_at=received_at, limits=self.limits
             )
-            if value is None:
+            if wire is None:
                 return None
+            value = encode_wire(wire)
             headers = known.headers
             if traceparent is not None:
                 headers = [*headers, (tracing.HEADER, traceparent)]
@@ -216,7 +219,7 @@ class Translator:
 
 
 def _valid_ids(fields: TopicFields | None) -> tuple[str, str] | None:
-    """The topic's (device id, metric) for :func:`plain_record`, when both are valid ids."""
+    """The topic's (device id, metric) for :meth:`Translator.plain`, when both are valid ids."""
     if fields is None or not fields.device_id:
         return None
     metric = fields.metric or DEFAULT_METRIC
@@ -270,3 +273,22 @@ class LogSampler:
         self._admitted += 1
         held, self._held = self._held, 0
         return held
+
+
+class DeadLetterNotes:
+    """Each dead letter counted by reason (``dead_lettered``), and logged: a sample of them
+    (:class:`LogSampler`), so a flood of bad payloads is not a flood of log lines."""
+
+    def __init__(self, metrics: Metrics, *, per_second: int = 10) -> None:
+        self.metrics = metrics
+        self._sampler = LogSampler(per_second=per_second)
+
+    def note(self, topic: str, error: str | None, *, traceparent: bytes | None, now: float) -> None:
+        """The message became a dead letter for ``error``, if not None (``now``: monotonic seconds)."""
+        if error is None:
+            return
+        self.metrics.count("dead_lettered", reason=dead_letter_reason(error))
+        held = self._sampler.admit(now=now)
+        if held is not None:
+            log.warning("dead_letter", topic=topic[:200], error=error[:500], not_logged=held,
+                        trace_id=tracing.trace_id_of(traceparent))  # fmt: skip
