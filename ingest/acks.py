@@ -30,15 +30,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 
-@dataclass(slots=True)
-class Held:
+class Held(msgspec.Struct, gc=False):
     """One MQTT message the bridge holds: acked when ``done`` and first in line.
 
     ``records`` counts its Kafka records not yet acked by Kafka; set it once its translation is
     known, before any of them can be delivered.
+
+    A msgspec struct, built in C: a third of the cost of a slotted dataclass's Python
+    ``__init__``, once per message. Its fields are numbers only, so the cyclic GC need not track it.
     """
 
     mid: int
