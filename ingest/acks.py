@@ -18,8 +18,8 @@ connection means another message on the new one).
 
     >>> line = AckLine(window=3)
     >>> a, b = Held(1, 1, 0.0, records=1), Held(2, 1, 0.0, records=2)
-    >>> line.append(a); line.append(b); line.room()
-    1
+    >>> line.append(a), line.append(b)  # the room left
+    (2, 1)
     >>> line.delivered(b); line.delivered(b); [m.mid for m in line.pop_ready()]  # b waits for a
     []
     >>> line.delivered(a); [m.mid for m in line.pop_ready()], line.unacked
@@ -30,15 +30,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 
-@dataclass(slots=True)
-class Held:
+class Held(msgspec.Struct, gc=False):
     """One MQTT message the bridge holds: acked when ``done`` and first in line.
 
     ``records`` counts its Kafka records not yet acked by Kafka; set it once its translation is
     known, before any of them can be delivered.
+
+    A msgspec struct, built in C: a third of the cost of a slotted dataclass's Python
+    ``__init__``, once per message. Its fields are numbers only, so the cyclic GC need not track it.
     """
 
     mid: int
@@ -77,13 +80,16 @@ class AckLine:
         """How many more messages may be taken now (0 when the window is full)."""
         return self.window - len(self._line)
 
-    def append(self, message: Held) -> None:
-        """Take one message, at the end of the line (the reader checks :meth:`room` first)."""
+    def append(self, message: Held) -> int:
+        """Take one message, at the end of the line (the reader checks :meth:`room` first); returns
+        the room left (:meth:`room`, without a second call per message)."""
         line = self._line
         line.append(message)
         self.taken += 1
-        if len(line) > self.peak:
-            self.peak = len(line)
+        held = len(line)
+        if held > self.peak:
+            self.peak = held
+        return self.window - held
 
     @staticmethod
     def delivered(message: Held) -> None:

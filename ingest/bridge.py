@@ -42,7 +42,7 @@ from thermoflow.ingest.delivery import Group, KafkaDelivery, Outbox, start_produ
 from thermoflow.ingest.mapping import TopicTemplate
 from thermoflow.ingest.mqtt_reader import check_paho_version
 from thermoflow.ingest.mqtt_session import MqttSession
-from thermoflow.ingest.records import LogSampler, Translator, dead_letter_reason
+from thermoflow.ingest.records import DeadLetterNotes, Translator
 from thermoflow.ingest.settings import IngestSettings
 from thermoflow.logs import get_logger
 from thermoflow.metrics import Metrics
@@ -81,7 +81,7 @@ class Bridge:
             limits=settings.payload_limits,
             deadletter_max_bytes=settings.deadletter_max_bytes,
         )
-        self._dead_letter_log = LogSampler(per_second=10)
+        self._dead_letters = DeadLetterNotes(self.metrics, per_second=10)
         self._traces = tracing.MessageTraces(ratio=settings.trace_sample_ratio, service="bridge")
         self._pending = AckLine(window=min(settings.mqtt_receive_maximum, settings.bridge_max_pending))
         # Half the window per batch: the other half keeps coming in while Kafka acks the first.
@@ -195,20 +195,20 @@ class Bridge:
         It runs inside paho's read of the socket: an exception here would leave the message
         pending forever, and the acks of every message after it with it.
         """
-        pending = Held(mid, qos, time.monotonic())
-        self._pending.append(pending)
+        pending = Held(mid, qos, time.monotonic(), 1)
+        room = self._pending.append(pending)
         self._received += 1
-        trace = self._traces.begin(pending, attributes={"messaging.mqtt.topic": topic[:200]})
-        out = self._translator.translate(topic, payload, received_at=self._wall_clock(), traceparent=trace)
-        if out.error is not None:
-            self.metrics.count("dead_lettered", reason=dead_letter_reason(out.error))
-            held = self._dead_letter_log.admit(now=pending.received)
-            if held is not None:
-                log.warning("dead_letter", topic=topic[:200], error=out.error[:500], not_logged=held,
-                            trace_id=tracing.trace_id_of(trace))  # fmt: skip
-        pending.records = len(out.records)
-        self._outbox.add(out.records, pending)
-        if self._pending.room() <= 0:  # the window is full: no more comes in until acks go out
+        trace = self._traces.begin(pending, attributes=lambda: {"messaging.mqtt.topic": topic[:200]})
+        received_at = self._wall_clock()
+        record = self._translator.plain(topic, payload, received_at=received_at, traceparent=trace)
+        if record is not None:  # nearly every message: one reading, no Translation
+            self._outbox.add_one(record, pending)
+        else:  # the general path: any other payload, or the message's dead letter
+            out = self._translator.general(topic, payload, received_at=received_at, traceparent=trace)
+            self._dead_letters.note(topic, out.error, traceparent=trace, now=pending.received)
+            pending.records = len(out.records)
+            self._outbox.add(out.records, pending)
+        if room <= 0:  # the window is full: no more comes in until acks go out
             self._io.pause()
             self._outbox.hurry()
 

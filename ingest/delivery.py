@@ -106,6 +106,16 @@ class Outbox:
         if len(out) >= self.batch:
             self.hurry()
 
+    def add_one(self, record: OutRecord, owner: Held) -> None:
+        """:meth:`add` of a message with one record (nearly every one), without the loop."""
+        out = self.records
+        if not out and not self.expecting:
+            self._since = owner.received
+            self._wake.set()
+        out.append((record, owner))
+        if len(out) >= self.batch:
+            self.hurry()
+
     def hurry(self) -> None:
         """Flush what is gathered as soon as the sender can."""
         self._due = True
@@ -213,7 +223,7 @@ class KafkaDelivery:
         self.watchdog = watchdog
         self.tasks: set[asyncio.Task[None]] = set()  # deliveries waiting for Kafka's acks
         self._partitions: dict[str, int] = {}
-        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._partition_of: dict[str, dict[bytes, int]] = {}  # per topic: a key's partition
         self._round_robin = 0
 
     async def submit(self, outbox: list[tuple[OutRecord, Held]]) -> None:
@@ -224,29 +234,35 @@ class KafkaDelivery:
         task.add_done_callback(self.tasks.discard)
 
     async def group(self, outbox: list[tuple[OutRecord, Held]]) -> dict[tuple[str, int], Group]:
-        """The records per topic-partition, in order; a key seen before costs one lookup, no await."""
-        groups: dict[tuple[str, int], Group] = {}
-        # Per record, two lookups and two appends: (topic, key) -> its group, while the key's
-        # partition is known (nearly always: a fleet's devices keep their keys).
-        of_key: dict[tuple[str, bytes | None], Group] = {}
-        known = self._partition_of
+        """The records per topic-partition, in order; a key seen before costs two lookups, no await."""
+        # Per record, two lookups and two appends: the key's partition, while it is known (nearly
+        # always: a fleet's devices keep their keys), then its group. The topic seldom changes
+        # (readings, now and then a dead letter): its two tables are looked up only then.
+        of_topic: dict[str, dict[int, Group]] = {}
+        topic_now: str | None = None  # the topic of the tables below
+        partition_of: dict[bytes, int] = {}
+        groups: dict[int, Group] = {}
         for record, owner in outbox:
             if owner.dropped:  # its connection is gone: the broker sends the message again
                 continue
             topic, key = record[0], record[1]
-            group = of_key.get((topic, key)) if key is not None else None
+            if topic is not topic_now:
+                topic_now = topic
+                partition_of = self._partition_of.setdefault(topic, {})
+                groups = of_topic.setdefault(topic, {})
+            partition = partition_of.get(key) if key is not None else None
+            if partition is None:
+                partition = await self._partition(record)
+            group = groups.get(partition)
             if group is None:
-                partition = known.get((topic, key)) if key is not None else None
-                if partition is None:
-                    partition = await self._partition(record)
-                group = groups.get((topic, partition))
-                if group is None:
-                    group = groups[(topic, partition)] = Group()
-                if key is not None:
-                    of_key[(topic, key)] = group
+                group = groups[partition] = Group()
             group.records.append(record)
             group.owners.append(owner)
-        return groups
+        return {
+            (t, partition): group
+            for t, of_partition in of_topic.items()
+            for partition, group in of_partition.items()
+        }
 
     async def _partition(self, record: OutRecord) -> int:
         """The default partitioner's choice (murmur2 of the key), cached per key: murmur2 is pure Python."""
@@ -256,13 +272,13 @@ class KafkaDelivery:
         if record.key is None:
             self._round_robin += 1
             return self._round_robin % count
-        cache_key = (record.topic, record.key)
-        partition = self._partition_of.get(cache_key)
+        partition_of = self._partition_of.setdefault(record.topic, {})
+        partition = partition_of.get(record.key)
         if partition is None:
             partition = kafka.partition_for(record.key, count)
-            if len(self._partition_of) > 1_000_000:
-                self._partition_of.clear()
-            self._partition_of[cache_key] = partition
+            if len(partition_of) > 1_000_000:
+                partition_of.clear()
+            partition_of[record.key] = partition
         return partition
 
     async def _partition_count(self, topic: str) -> int:

@@ -18,10 +18,12 @@ from thermoflow.ingest.codecs import (
     PayloadLimits,
     check_id,
     decode_payload,
-    plain_record,
+    encode_wire,
+    plain_wire,
 )
 from thermoflow.ingest.mapping import TopicFields, TopicTemplate
 from thermoflow.logs import get_logger
+from thermoflow.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -42,7 +44,7 @@ class _Topic(NamedTuple):
     headers: KafkaHeaders
     key: bytes | None  # the topic's device id, the Kafka key of its readings
     #: (device id, metric) when the topic names a valid device id and its metric is valid (or
-    #: absent): its plain payloads take :func:`~thermoflow.ingest.codecs.plain_record`.
+    #: absent): its plain payloads take :meth:`Translator.plain`.
     ids: tuple[str, str] | None
 
 
@@ -52,6 +54,7 @@ class Translation(NamedTuple):
 
 
 _JSON_HEADER: Final = (topics.HEADER_CONTENT_TYPE, topics.CONTENT_TYPE_JSON)
+_new_tuple: Final = tuple.__new__
 _CACHE_TOPICS: Final = 200_000  # topics whose fields and headers are kept (about one per device)
 #: Longer MQTT topics (up to 65,535 bytes on the wire) are refused: none names a valid device id
 #: and metric, and each would be copied into every record's header and the topic cache.
@@ -112,21 +115,50 @@ class Translator:
         runs inside the bridge's read of the socket, where an exception would hold the message,
         and every ack after it, forever: even a bug of its own becomes the message's dead letter.
         """
+        record = self.plain(mqtt_topic, payload, received_at=received_at, traceparent=traceparent)
+        if record is not None:
+            return Translation([record], None)
+        return self.general(mqtt_topic, payload, received_at=received_at, traceparent=traceparent)
+
+    def plain(
+        self, mqtt_topic: str, payload: bytes, *, received_at: float, traceparent: bytes | None = None
+    ) -> OutRecord | None:
+        """The one reading record of a plain payload on a known topic (nearly every message), or
+        None: then :meth:`general` decides. Never raises.
+
+        :meth:`translate` is this, then :meth:`general`; the bridge calls the two itself, so that
+        nearly every message costs no :class:`Translation`.
+        """
         try:
             known = self._topics.get(mqtt_topic)
-            if known is not None and known.ids is not None and payload[:1] == b"{":  # nearly every one
-                device_id, metric = known.ids
-                value = plain_record(
-                    payload, device_id=device_id, metric=metric, received_at=received_at, limits=self.limits
-                )
-                if value is not None:  # one reading, the topic's key; else the general path decides
-                    headers = (
-                        known.headers
-                        if traceparent is None
-                        else [*known.headers, (tracing.HEADER, traceparent)]
-                    )
-                    return Translation([OutRecord(self.readings_topic, known.key, value, headers)], None)
-            return self._translate(mqtt_topic, payload, received_at=received_at, traceparent=traceparent)
+            if known is None or known.ids is None or payload[:1] != b"{":
+                return None
+            device_id, metric = known.ids
+            wire = plain_wire(
+                payload, device_id=device_id, metric=metric, received_at=received_at, limits=self.limits
+            )
+            if wire is None:
+                return None
+            value = encode_wire(wire)
+            headers = known.headers
+            if traceparent is not None:
+                headers = [*headers, (tracing.HEADER, traceparent)]
+            # One reading, the topic's key; tuple.__new__ skips the NamedTuple's Python-level __new__.
+            return _new_tuple(OutRecord, (self.readings_topic, known.key, value, headers))
+        except Exception:  # noqa: BLE001 - general() decides, and says what went wrong
+            return None
+
+    def general(
+        self, mqtt_topic: str, payload: bytes, *, received_at: float, traceparent: bytes | None = None
+    ) -> Translation:
+        """:meth:`translate` for a message :meth:`plain` did not take: its readings, or its dead
+        letter with the reason (never an exception)."""
+        try:
+            known = self._topics.get(mqtt_topic)  # as plain() found it: did it decode the payload?
+            plain = known is None or known.ids is None or payload[:1] != b"{"
+            return self._translate(
+                mqtt_topic, payload, received_at=received_at, traceparent=traceparent, plain=plain
+            )
         except Exception as exc:
             log.exception(
                 "translate_failed", topic=mqtt_topic[:200], trace_id=tracing.trace_id_of(traceparent)
@@ -137,14 +169,18 @@ class Translator:
             )
 
     def _translate(
-        self, mqtt_topic: str, payload: bytes, *, received_at: float, traceparent: bytes | None
+        self, mqtt_topic: str, payload: bytes, *, received_at: float, traceparent: bytes | None, plain: bool
     ) -> Translation:
+        """The general path; ``plain``: whether :func:`decode_payload` is to try the plain fast path
+        (False when :meth:`plain` did for this payload, and declined it)."""
         fields: TopicFields | None = None
         try:
             fields, headers, key, _ = self._topic(mqtt_topic)
             if traceparent is not None:  # one list per message, shared by its readings
                 headers = [*headers, (tracing.HEADER, traceparent)]
-            readings = decode_payload(payload, fields=fields, received_at=received_at, limits=self.limits)
+            readings = decode_payload(
+                payload, fields=fields, received_at=received_at, limits=self.limits, plain=plain
+            )
             if not readings:  # every message must end somewhere: its ack waits for its records
                 raise PayloadError("payload holds no reading")
             readings_topic = self.readings_topic
@@ -183,7 +219,7 @@ class Translator:
 
 
 def _valid_ids(fields: TopicFields | None) -> tuple[str, str] | None:
-    """The topic's (device id, metric) for :func:`plain_record`, when both are valid ids."""
+    """The topic's (device id, metric) for :meth:`Translator.plain`, when both are valid ids."""
     if fields is None or not fields.device_id:
         return None
     metric = fields.metric or DEFAULT_METRIC
@@ -237,3 +273,22 @@ class LogSampler:
         self._admitted += 1
         held, self._held = self._held, 0
         return held
+
+
+class DeadLetterNotes:
+    """Each dead letter counted by reason (``dead_lettered``), and logged: a sample of them
+    (:class:`LogSampler`), so a flood of bad payloads is not a flood of log lines."""
+
+    def __init__(self, metrics: Metrics, *, per_second: int = 10) -> None:
+        self.metrics = metrics
+        self._sampler = LogSampler(per_second=per_second)
+
+    def note(self, topic: str, error: str | None, *, traceparent: bytes | None, now: float) -> None:
+        """The message became a dead letter for ``error``, if not None (``now``: monotonic seconds)."""
+        if error is None:
+            return
+        self.metrics.count("dead_lettered", reason=dead_letter_reason(error))
+        held = self._sampler.admit(now=now)
+        if held is not None:
+            log.warning("dead_letter", topic=topic[:200], error=error[:500], not_logged=held,
+                        trace_id=tracing.trace_id_of(traceparent))  # fmt: skip

@@ -25,7 +25,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -265,11 +265,22 @@ class MessageTraces:
         self._name = f"{service}.message"
         self._spans: dict[int, Span] = {}  # by id() of the held message, until it is acked or dropped
 
-    def begin(self, message: object, *, attributes: Mapping[str, Any] | None = None) -> bytes:
-        """The message's traceparent; a sampled one gets a span that lasts until :meth:`end`."""
+    def begin(
+        self,
+        message: object,
+        *,
+        attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    ) -> bytes:
+        """The message's traceparent; a sampled one gets a span that lasts until :meth:`end`.
+
+        ``attributes`` may be a function that builds them: it is called only for a span, so an
+        unsampled message (nearly every one) does not pay for them.
+        """
         traceparent = self._source.new()
         if traceparent[-1] != self._SAMPLED or not self._tracing.enabled:  # the common case
             return traceparent
+        if callable(attributes):
+            attributes = attributes()
         span = self._tracing.root(self._name, attributes=attributes)
         if span is None:
             return traceparent

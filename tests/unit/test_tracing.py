@@ -157,6 +157,26 @@ def test_spans_start_only_for_sampled_valid_parents_and_continue_their_trace(
     assert f"{finished.context.span_id:016x}" == child.span_id
 
 
+def test_a_messages_span_attributes_are_built_for_its_span_only(spans: InMemorySpanExporter) -> None:
+    """The bridge passes a function: an unsampled message (nearly every one) never calls it."""
+    built: list[str] = []
+
+    def attributes() -> dict[str, str]:
+        built.append("built")
+        return {"messaging.mqtt.topic": "s/f-1/temperature"}
+
+    assert parse(tracing.MessageTraces(ratio=0.0, service="bridge").begin(object(), attributes=attributes))
+    assert built == []
+    traces, message = tracing.MessageTraces(ratio=1.0, service="bridge"), object()
+    traceparent = traces.begin(message, attributes=attributes)
+    traces.end([message], acked=True)
+    [span] = spans.get_finished_spans()
+    assert built == ["built"] and span.attributes == {
+        "messaging.mqtt.topic": "s/f-1/temperature", "thermoflow.acked": True, "thermoflow.records": 0,
+    }  # fmt: skip
+    assert parse(traceparent).span_id == f"{span.context.span_id:016x}"  # type: ignore[union-attr]
+
+
 def test_without_an_exporter_tracing_is_off_and_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)

@@ -184,9 +184,9 @@ def test_docstring_examples(module: object) -> None:
     assert failures == 0
 
 
-def _outcome(payload: bytes, fields: TopicFields) -> object:
+def _outcome(payload: bytes, fields: TopicFields, *, plain: bool = True) -> object:
     try:
-        return decode_payload(payload, fields=fields, received_at=NOW)
+        return decode_payload(payload, fields=fields, received_at=NOW, plain=plain)
     except PayloadError as exc:
         return f"PayloadError: {exc}"
 
@@ -226,6 +226,8 @@ def test_the_fast_path_of_plain_payloads_decides_as_the_general_path(
 
     payload = json.dumps(document).encode()
     assert _outcome(payload, fields) == _outcome(b" " + payload, fields)
+    # The bridge's Translator skips the fast path it already tried: the same decision without it.
+    assert _outcome(payload, fields) == _outcome(payload, fields, plain=False)
 
 
 @given(
@@ -244,6 +246,26 @@ def test_the_bridges_plain_record_is_the_general_paths_reading_encoded_or_nothin
     if record is not None:
         readings = decode_payload(payload, fields=fields, received_at=NOW)
         assert [record] == [encode(reading) for reading in readings]
+
+
+@given(_documents, st.sampled_from([None, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"]))
+def test_the_translators_plain_record_is_its_translation_or_nothing(
+    document: dict[str, object], traceparent: bytes | None
+) -> None:
+    """The bridge calls Translator.plain, then general() for what it declines: translate()'s result."""
+    import json
+
+    from thermoflow.ingest.mapping import TopicTemplate
+    from thermoflow.ingest.records import Translator
+
+    translator = Translator(TopicTemplate("s/{device_id}/{metric}"), readings_topic="r", deadletter_topic="d")
+    topic, payload = "s/freezer-0042/temperature", json.dumps(document).encode()
+    assert translator.plain(topic, b'{"value": 1.0}', received_at=NOW) is None  # a topic not seen yet
+    translator.translate(topic, b"1.0", received_at=NOW)
+    record = translator.plain(topic, payload, received_at=NOW, traceparent=traceparent)
+    out = translator.translate(topic, payload, received_at=NOW, traceparent=traceparent)
+    assert record is None or (out.records == [record] and out.error is None)
+    assert translator.general(topic, payload, received_at=NOW, traceparent=traceparent) == out
 
 
 def test_plain_record_takes_the_payload_nearly_every_device_sends() -> None:

@@ -236,3 +236,26 @@ def test_the_bridge_callback_turns_any_translation_failure_into_a_dead_letter(
     error = parse_dead_letter_headers(record.headers).error
     assert error == "internal error translating message: RecursionError"
     assert (pending.mid, pending.records) == (7, 1)
+
+
+def test_a_bug_in_the_plain_fast_path_becomes_the_messages_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bridge's fast path (Translator.plain) never raises: the general path decides and says why."""
+    from thermoflow.ingest.bridge import Bridge
+    from thermoflow.ingest.settings import IngestSettings
+
+    bridge = Bridge(IngestSettings(), wall_clock=lambda: NOW)
+    bridge._on_publish("sensors/f-1/temperature", b'{"value": 1.0}', 1, 1)  # the topic is known now
+
+    def broken(*_: object, **__: object) -> None:
+        raise ZeroDivisionError("a codec's bug")
+
+    monkeypatch.setattr("thermoflow.ingest.records.plain_wire", broken)
+    monkeypatch.setattr("thermoflow.ingest.records.decode_payload", broken)
+    bridge._on_publish("sensors/f-1/temperature", b'{"value": 2.0}', 2, 1)
+    [(reading, _), (letter, pending)] = bridge._outbox
+    assert (reading.topic, letter.topic) == (bridge.settings.readings_topic, bridge.settings.deadletter_topic)
+    error = parse_dead_letter_headers(letter.headers).error
+    assert error == "internal error decoding payload: ZeroDivisionError: a codec's bug"
+    assert (letter.value, pending.mid, pending.records) == (b'{"value": 2.0}', 2, 1)
