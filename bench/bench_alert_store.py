@@ -27,7 +27,7 @@ from psycopg import sql
 from thermoflow import db, kafka
 from thermoflow.alerts.lifecycle import Policy
 from thermoflow.alerts.settings import AlertsSettings
-from thermoflow.alerts.store import AlertStore, prepare, store_batch
+from thermoflow.alerts.store import AlertStore, store_batch
 from thermoflow.events import AlertEvent, Severity, new_alert
 
 
@@ -85,7 +85,6 @@ async def bench_store_batch(settings: AlertsSettings, alerts: list[AlertEvent], 
     conn = await db.connect_async(settings)
     size = settings.store_batch_size
     try:
-        await prepare(conn)
         started = time.perf_counter()
         for chunk in range(0, len(alerts), size):
             await store_batch(conn, alerts=alerts[chunk : chunk + size], policy=policy)
