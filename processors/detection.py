@@ -145,16 +145,16 @@ class DeviceDetectors:
             device_ids = list(map(cols.device_ids.__getitem__, chosen))
             metrics = list(map(cols.metrics.__getitem__, chosen))
         rows = table.pair_rows(device_ids, metrics, batch.partition[mine[first]])
-        states = table.states.take(rows)
+        # The scalars are copied out; the history is read and written in the table's rows in place.
+        states = table.states.take(rows, history=False)
         readings = Readings(
             device=number[cols.pair[mine]],
             ts=cols.ts[mine],
             received_at=batch.received_at[mine],
             value=cols.values[mine],
         )
-        # ``states`` is this batch's copy (take): its history columns can become the new state's.
-        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs], reuse_history=True)
-        table.states.put(rows, new)
+        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs], history_at=rows)
+        table.states.put(rows, new, history=False)
         table.dirty[rows] = True
         table.rule[rows] = rule_rows[pairs]
 

@@ -248,6 +248,10 @@ def test_state_rows_by_pair_agree_with_rows_by_key_through_adds_and_drops() -> N
     fresh = table.pair_rows(["a", "c"], ["t", "t"], np.array([0, 1]))
     assert fresh.tolist() == [table.get(state_key("a", "t")), first[2]]
     assert table.partition[fresh[0]] == 0 and len(table) == 2
+    # a batch of two metrics looks pairs up by both: c's humidity is a pair of its own
+    mixed = table.pair_rows(["c", "c", "a"], ["t", "h", "t"], np.array([1, 1, 0]))
+    assert mixed.tolist() == [first[2], table.get(state_key("c", "h")), fresh[0]]
+    assert table.pair_rows(["c"], ["h"], np.array([1])).tolist() == [mixed[1]]  # one metric, not t
 
 
 def test_the_offline_timer_follows_a_reloaded_rules_file() -> None:
