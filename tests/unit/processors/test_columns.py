@@ -57,3 +57,13 @@ def test_pairs_are_device_and_metric_whether_a_batch_has_one_metric_or_several()
     assert (two.columns.device_ids, two.columns.metrics, two.columns.pair.tolist()) == (
         ["a", "a", "b"], ["t", "h", "t"], [0, 1, 2, 0]
     )  # fmt: skip
+
+
+def test_a_record_holding_two_lines_is_never_read_as_two_records() -> None:
+    """The fast path joins records by newlines: a record of two readings on two lines beside a blank
+    one would decode to as many readings as records, each credited to the wrong record."""
+    two_lines = reading("a", 1.0) + b"\n" + reading("b", 2.0)
+    records = [Raw(1, b"a", two_lines), Raw(2, b"x", b" "), Raw(3, b"c", reading("c", 3.0))]
+    batch, rejects = decode_batch("t", records, np.array([0, 0, 0]))
+    assert [r.record.offset for r in rejects] == [1, 2]
+    assert batch.offset.tolist() == [3] and batch.device_id(0) == "c"
