@@ -59,6 +59,7 @@ class History:
     span: float
     base: float
     counts: I64
+    grown: I64  # the rows (units) this batch added entries to: the only ones whose stored history changes
 
     def search_key(self, unit: I64, bucket: F64) -> F64:
         """The key of (device unit, bucket) for searchsorted."""
@@ -156,22 +157,38 @@ def merge(
     matrix_key += offset
     np.copyto(matrix_key, offset + (base + span - 1), where=np.isnan(matrix_ts))
     key[size] = rows * span
-    return History(devices, state_rows, width, entry_ts, entry_value, key, span, base, counts)
+    grown = np.flatnonzero(added_counts)
+    return History(devices, state_rows, width, entry_ts, entry_value, key, span, base, counts, grown)
 
 
 def store(history: History, states: DeviceStates) -> None:
     """Keep the last HISTORY entries of each device of ``history`` in ``states`` (in place).
 
     A row's last HISTORY cells (or its first, NaN past its entries, when it has fewer) are one
-    window of a sliding-window view of the flat matrix: a gather of whole rows.
+    window of a sliding-window view of the flat matrix: a gather of whole rows. Only the rows
+    the batch added entries to are written: the others hold what is stored already (a device
+    reporting more often than its buckets adds an entry to a few batches in many).
     """
-    kept = np.minimum(history.counts, HISTORY)
-    rows = history.devices.size
-    start = np.arange(rows) * history.width + (history.counts - kept)
+    units = history.grown
+    if not units.size:
+        return
+    every = units.size == history.devices.size
+    counts = history.counts if every else history.counts[units]
+    kept = np.minimum(counts, HISTORY)
+    start = units * history.width + (counts - kept)
+    rows = history.rows if every else _rows_of(history, units)
     for source, target in ((history.ts, states.hist_ts), (history.value, states.hist_value)):
         windows = np.lib.stride_tricks.sliding_window_view(source, HISTORY)
-        target[history.rows] = windows[start]
-    states.hist_len[history.rows] = kept
+        target[rows] = windows[start]
+    states.hist_len[rows] = kept
+
+
+def _rows_of(history: History, units: I64) -> I64:
+    """The state rows of some of ``history``'s rows (units)."""
+    if isinstance(history.rows, slice):  # every state row, in order: unit u is row u
+        return units
+    rows: I64 = history.rows[units]
+    return rows
 
 
 def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step: F64) -> F64:
