@@ -40,7 +40,7 @@ def _wire_struct() -> type[msgspec.Struct]:
 
 
 WireReading: Final = _wire_struct()
-_array_decoder: Final = msgspec.json.Decoder(list[WireReading])
+_array_decoder: Final = msgspec.json.Decoder(list[WireReading])  # type: ignore[valid-type]  # built at runtime
 _value: Final = operator.attrgetter("value")
 _partition: Final = operator.attrgetter("partition")
 _offset: Final = operator.attrgetter("offset")
