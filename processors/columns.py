@@ -1,8 +1,8 @@
 """Batch decoding: raw Kafka records in, a :class:`ReadingBatch` (columns) and the rejects out.
 
 Pure: no Kafka client. The fast path decodes a whole batch in one msgspec call over the
-values joined by newlines; when any record is bad (or holds a newline of its own), it falls
-back to one decode per record so each bad record gets its own reason.
+values joined into one JSON array; when any record is bad (or is not exactly one JSON
+value), it falls back to one decode per record so each bad record gets its own reason.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _wire_struct() -> type[msgspec.Struct]:
 
 
 WireReading: Final = _wire_struct()
-_lines_decoder: Final = msgspec.json.Decoder(WireReading)
+_array_decoder: Final = msgspec.json.Decoder(list[WireReading])  # type: ignore[valid-type]  # built at runtime
 _value: Final = operator.attrgetter("value")
 _partition: Final = operator.attrgetter("partition")
 _offset: Final = operator.attrgetter("offset")
@@ -107,15 +107,18 @@ class ReadingBatch:
 
 
 def _decode_all(values: Sequence[bytes]) -> list[Any] | None:
-    """The fast path: every record valid and newline-free, or None."""
-    joined = b"\n".join(values)
-    if joined.count(b"\n") != len(values) - 1:
-        return None  # a record holds a newline: lines would not be records
+    """The fast path: every record valid, decoded as one JSON array of them; or None.
+
+    The records are joined by commas into one array. A record can only add elements (an empty
+    or blank one is a syntax error between two commas, a record that closes the array leaves
+    trailing data), so as many readings as records means one per record, in order: a record of
+    two readings (``{...},{...}``) makes one too many, whatever the others hold.
+    """
     try:
-        readings = _lines_decoder.decode_lines(joined)
+        readings: list[Any] = _array_decoder.decode(b"".join((b"[", b",".join(values), b"]")))
     except (msgspec.DecodeError, ValueError):
         return None
-    return readings if len(readings) == len(values) else None  # blank records are skipped by decode_lines
+    return readings if len(readings) == len(values) else None
 
 
 def _pairs(readings: Sequence[Any]) -> tuple[I64, list[str], list[str]]:

@@ -52,8 +52,7 @@ from thermoflow.processors.detectors import (
 )
 from thermoflow.processors.runtime import Emit
 from thermoflow.processors.state import UNKNOWN_RULE, StateStore, split_key
-from thermoflow.processors.thresholds import I64, CompiledRules
-from thermoflow.processors.watermarks import latest_per_partition
+from thermoflow.processors.thresholds import F64, I64, CompiledRules
 
 log = get_logger(__name__)
 
@@ -68,6 +67,36 @@ def silent_rule(topic: str, partition: int | None) -> str:
     ('ingest-silent/telemetry.readings/3', 'ingest-silent/telemetry.readings')
     """
     return f"ingest-silent/{topic}" if partition is None else f"ingest-silent/{topic}/{partition}"
+
+
+def receive_bounds(partition: I64, received_at: F64) -> dict[int, tuple[float, float]]:
+    """The earliest and latest ``received_at`` of each partition of a batch.
+
+    A batch is a few runs of one partition each (a fetch's records, partition by partition), so
+    one reduction per run and a Python step per run, not a sort of the batch; many short runs
+    (readings interleaved) are sorted by partition first.
+
+    >>> receive_bounds(np.array([1, 1, 0, 1]), np.array([5.0, 3.0, 7.0, 4.0]))
+    {1: (3.0, 5.0), 0: (7.0, 7.0)}
+    """
+    if not partition.size:
+        return {}
+    starts = np.flatnonzero(np.r_[True, partition[1:] != partition[:-1]])
+    if starts.size > 64:
+        order = np.argsort(partition, kind="stable")
+        partition, received_at = partition[order], received_at[order]
+        starts = np.flatnonzero(np.r_[True, partition[1:] != partition[:-1]])
+    bounds: dict[int, tuple[float, float]] = {}
+    runs = zip(
+        partition[starts].tolist(),
+        np.minimum.reduceat(received_at, starts).tolist(),
+        np.maximum.reduceat(received_at, starts).tolist(),
+        strict=True,
+    )
+    for key, low, high in runs:
+        seen = bounds.get(key)
+        bounds[key] = (low, high) if seen is None else (min(seen[0], low), max(seen[1], high))
+    return bounds
 
 
 def any_detector(config: CompiledDetectors) -> npt.NDArray[np.bool_]:
@@ -145,16 +174,16 @@ class DeviceDetectors:
             device_ids = list(map(cols.device_ids.__getitem__, chosen))
             metrics = list(map(cols.metrics.__getitem__, chosen))
         rows = table.pair_rows(device_ids, metrics, batch.partition[mine[first]])
-        states = table.states.take(rows)
+        # The scalars are copied out; the history is read and written in the table's rows in place.
+        states = table.states.take(rows, history=False)
         readings = Readings(
             device=number[cols.pair[mine]],
             ts=cols.ts[mine],
             received_at=batch.received_at[mine],
             value=cols.values[mine],
         )
-        # ``states`` is this batch's copy (take): its history columns can become the new state's.
-        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs], reuse_history=True)
-        table.states.put(rows, new)
+        found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs], history_at=rows)
+        table.states.put(rows, new, history=False)
         table.dirty[rows] = True
         table.rule[rows] = rule_rows[pairs]
 
@@ -191,9 +220,9 @@ class DeviceDetectors:
     def _ingest_back(self, batch: ReadingBatch, detected_at: float) -> list[Emit]:
         """Move the partitions' event time; clear the silences of partitions that receive again."""
         emits: list[Emit] = []
-        first = latest_per_partition(batch.partition, -batch.received_at)  # minus the earliest
-        for partition, latest in latest_per_partition(batch.partition, batch.received_at).items():
-            cleared_at = -first[partition]
+        for partition, (cleared_at, latest) in sorted(
+            receive_bounds(batch.partition, batch.received_at).items()
+        ):
             # A partition new here (a restart, a rebalance) may have a silence another process
             # reported: its readings end that too (a clear of nothing open is a no-op).
             new_here = partition not in self._event_time

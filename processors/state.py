@@ -17,6 +17,7 @@ device never seen: the detectors start it afresh rather than stall.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Collection, Sequence
 from typing import Final
 
@@ -28,7 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 from thermoflow import kafka
 from thermoflow.logs import get_logger
 from thermoflow.processors.detectors import RECORD_SIZE, DeviceStates, readable
-from thermoflow.processors.thresholds import I64
+from thermoflow.processors.thresholds import I64, single_metric
 from thermoflow.settings import ThermoflowSettings
 
 log = get_logger(__name__)
@@ -60,7 +61,10 @@ class StateTable:
     def __init__(self, capacity: int = 1024) -> None:
         self.states = DeviceStates.empty(capacity)
         self.index: dict[str, int] = {}
-        self.pairs: dict[tuple[str, str], int] = {}  # the same rows by (device_id, metric): the batch path
+        self.pairs: dict[tuple[str, str], int] = {}  # the same rows by (device_id, metric)
+        # ...and by metric, then device id: the batch path, a lookup by the device's string (its
+        # hash cached) when a batch has one metric, no (device, metric) tuple per pair.
+        self.by_metric: dict[str, dict[str, int]] = {}
         self.keys: list[str | None] = [None] * capacity
         self.partition = np.full(capacity, -1, dtype=np.int64)
         self.dirty = np.zeros(capacity, dtype=bool)
@@ -74,18 +78,28 @@ class StateTable:
 
     def rows(self, keys: Sequence[str], partitions: I64) -> I64:
         """The row of each key, a fresh (never seen) row for a new one on its partition."""
-        rows = np.fromiter((self.index.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        rows = np.fromiter(map(self.index.get, keys, itertools.repeat(-1)), dtype=np.int64, count=len(keys))
         for at in np.flatnonzero(rows < 0).tolist():
             rows[at] = self._add(keys[at], int(partitions[at]))
         return rows
 
     def pair_rows(self, device_ids: Sequence[str], metrics: Sequence[str], partitions: I64) -> I64:
-        """:meth:`rows` by (device_id, metric): with every pair known, one lookup per pair in C."""
-        try:
-            pairs = zip(device_ids, metrics, strict=True)
-            return np.fromiter(map(self.pairs.__getitem__, pairs), dtype=np.int64, count=len(device_ids))
-        except KeyError:  # a pair new here
-            return self.rows(list(map(state_key, device_ids, metrics)), partitions)
+        """:meth:`rows` by (device_id, metric): one lookup per pair in C, by the device id alone
+        when the batch has one metric; only the pairs new here are added one by one."""
+        metric = single_metric(metrics)
+        count = len(device_ids)
+        if metric is not None:
+            known = self.by_metric.get(metric, {})
+            rows = np.fromiter(map(known.get, device_ids, itertools.repeat(-1)), dtype=np.int64, count=count)
+        else:
+            rows = np.fromiter(
+                map(self.pairs.get, zip(device_ids, metrics, strict=True), itertools.repeat(-1)),
+                dtype=np.int64,
+                count=count,
+            )
+        for at in np.flatnonzero(rows < 0).tolist():  # pairs new here
+            rows[at] = self._add(state_key(device_ids[at], metrics[at]), int(partitions[at]))
+        return rows
 
     def get(self, key: str) -> int | None:
         return self.index.get(key)
@@ -95,7 +109,9 @@ class StateTable:
             self._grow()
         row = self._free.pop()
         self.index[key] = row
-        self.pairs[split_key(key)] = row
+        device_id, metric = split_key(key)
+        self.pairs[device_id, metric] = row
+        self.by_metric.setdefault(metric, {})[device_id] = row
         self.keys[row] = key
         self.partition[row] = partition
         self.rule[row] = UNKNOWN_RULE
@@ -122,7 +138,9 @@ class StateTable:
                 key = self.keys[row]
                 if key is not None:
                     del self.index[key]
-                    del self.pairs[split_key(key)]
+                    device_id, metric = split_key(key)
+                    del self.pairs[device_id, metric]
+                    del self.by_metric[metric][device_id]
                 self.keys[row] = None
                 self._free.append(row)
             self.states.put(rows, DeviceStates.empty(rows.size))

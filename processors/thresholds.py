@@ -56,6 +56,9 @@ class CompiledRules:
     above: F64
     below: F64
     _rule_of: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+    # The same answers by metric, then device id: a batch of one metric looks its devices up by
+    # their string (whose hash is cached), no (device, metric) tuple built and hashed per pair.
+    _by_metric: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     _last: list[Any] = field(default_factory=list, repr=False)
 
     def rule_index(self, device_id: str, metric: str) -> int:
@@ -69,6 +72,7 @@ class CompiledRules:
                 len(self._rule_of) < 1_000_000
             ):  # bounded: a fleet of ids never seen again can't grow it forever
                 self._rule_of[pair] = found
+                self._by_metric.setdefault(metric, {})[device_id] = found
         return found
 
     def rule_indices(self, device_ids: Sequence[str], metrics: Sequence[str]) -> I64:
@@ -82,11 +86,12 @@ class CompiledRules:
             cached: I64 = last[2]
             return cached
         try:  # every pair seen before (a running worker's usual batch): the lookups loop in C
-            rows = np.fromiter(
-                map(self._rule_of.__getitem__, zip(device_ids, metrics, strict=True)),
-                dtype=np.int64,
-                count=len(device_ids),
-            )
+            metric = single_metric(metrics)
+            if metric is not None and metric in self._by_metric:
+                lookup = map(self._by_metric[metric].__getitem__, device_ids)
+            else:
+                lookup = map(self._rule_of.__getitem__, zip(device_ids, metrics, strict=True))
+            rows = np.fromiter(lookup, dtype=np.int64, count=len(device_ids))
         except KeyError:
             rows = np.fromiter(
                 (self.rule_index(d, m) for d, m in zip(device_ids, metrics, strict=True)),
@@ -96,6 +101,22 @@ class CompiledRules:
         rows.flags.writeable = False  # shared between callers
         self._last[:] = [device_ids, metrics, rows]
         return rows
+
+
+def single_metric(metrics: Sequence[str]) -> str | None:
+    """The one metric of every pair, or None (none, or several). A batch of one metric names the
+    same string object for each pair (:func:`thermoflow.processors.columns.decode_batch`), which
+    ``list.count`` compares by identity first: a pass in C, no string compared.
+
+    >>> single_metric(["t", "t"]), single_metric(["t", "h"]), single_metric([])
+    ('t', None, None)
+    """
+    if not metrics:
+        return None
+    first = metrics[0]
+    if isinstance(metrics, list):
+        return first if metrics.count(first) == len(metrics) else None
+    return first if all(metric == first for metric in metrics) else None
 
 
 def compile_rules(ruleset: RuleSet) -> CompiledRules:

@@ -279,6 +279,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     failed_at: float
 
 
+_blake2b: Final = hashlib.blake2b
+
+
 def stable_id(*parts: str, size: int = 16) -> str:
     """A hex id of ``size`` bytes from ``parts`` (BLAKE2b over them joined by U+001F).
 
@@ -323,15 +326,18 @@ def new_alert(
     reading_ts: float,
     detected_at: float,
 ) -> AlertEvent:
-    """An alert event with its ``alert_id`` derived from its own fields (:func:`alert_id`)."""
+    """An alert event with its ``alert_id`` derived from its own fields (:func:`alert_id`).
+
+    The id's text is built here in one f-string, the same text :func:`alert_id` joins: a
+    worker builds thousands of alerts a second, and the two calls and the join cost more
+    than the hash.
+    """
+    if condition == "above" or condition == "below":  # the threshold kind: the id it always had
+        text = f"{device_id}\x1f{rule_id}\x1f{severity}\x1f{reading_ts!r}"
+    else:
+        text = f"{device_id}\x1f{rule_id}\x1f{severity}\x1f{reading_ts!r}\x1f{condition}"
     return AlertEvent(
-        alert_id=alert_id(
-            device_id=device_id,
-            rule_id=rule_id,
-            severity=severity,
-            reading_ts=reading_ts,
-            condition=condition,
-        ),
+        alert_id=_blake2b(text.encode(), digest_size=16).hexdigest(),
         device_id=device_id,
         metric=metric,
         rule_id=rule_id,

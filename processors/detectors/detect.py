@@ -122,15 +122,21 @@ def scan(
     config: CompiledDetectors,
     rows: I64,
     reuse_history: bool = False,
+    history_at: I64 | None = None,
 ) -> tuple[Findings, DeviceStates]:
     """Every accepted reading's findings, and the devices' new state. ``states`` is not modified,
     unless ``reuse_history``: then its history columns become the new state's (written in place,
     not copied: ``states`` is a copy the caller drops afterwards).
 
+    With ``history_at``, ``states``' history columns are a whole table's (see
+    :meth:`DeviceStates.take` with ``history=False``): device ``d``'s history is their row
+    ``history_at[d]``, read and written there in place, and the new state shares them. A batch
+    then gathers and scatters only the history rows its readings touch, once each.
+
     ``rows[d]`` is device ``d``'s config row (``NO_DETECTORS`` for none). Readings may come
     in any order; late ones (see :mod:`thermoflow.processors.detectors.grouping`) only refresh ``last_seen``.
     """
-    new = _copy(states, reuse_history=reuse_history)
+    new = _copy(states, reuse_history=reuse_history or history_at is not None)
     grouped = group(device=readings.device, ts=readings.ts, last_ts=states.last_ts)
     if grouped.order.size:
         seen = np.maximum.reduceat(readings.received_at[grouped.order], grouped.starts)
@@ -155,7 +161,7 @@ def scan(
         outlier_severity=np.zeros(count, dtype=np.int64),
     )
     _stuck(found, row=row, value=value, states=states, new=new, config=config)
-    _history(found, row=row, value=value, states=states, new=new, config=config)
+    _history(found, row=row, value=value, states=states, new=new, config=config, history_at=history_at)
     return found, new
 
 
@@ -234,6 +240,7 @@ def _history(
     states: DeviceStates,
     new: DeviceStates,
     config: CompiledDetectors,
+    history_at: I64 | None,
 ) -> None:
     step = config.step[row]
     chosen = np.flatnonzero(~np.isnan(step))
@@ -252,7 +259,9 @@ def _history(
     first = group_starts(device)
     unit = np.cumsum(first) - 1
     bucket = np.floor(ts / step)
-    fresh = history.fresh(unit=unit, devices=device[first], bucket=bucket, states=states, step=step[first])
+    fresh = history.fresh(
+        unit=unit, devices=device[first], bucket=bucket, states=states, step=step[first], at=history_at
+    )
     # The merged history is a matrix as wide as the most entries a device adds: devices that add
     # many (a backlog) go in matrices of their own, by powers of two, so one never widens every row.
     added = np.bincount(unit[fresh], minlength=int(unit[-1]) + 1)
@@ -276,6 +285,7 @@ def _history(
             states=states,
             new_states=new,
             config=config,
+            history_at=history_at,
         )
 
 
@@ -293,6 +303,7 @@ def _windows(
     states: DeviceStates,
     new_states: DeviceStates,
     config: CompiledDetectors,
+    history_at: I64 | None,
 ) -> None:
     """Rate and outlier of readings ``at`` (grouped by device, by ts), over their devices' merged history."""
     first = group_starts(device)
@@ -306,6 +317,7 @@ def _windows(
         new=new,
         states=states,
         step=step[first],
+        at=history_at,
     )
     window = config.rate_window[row]
     rated = np.flatnonzero(~np.isnan(window))
@@ -381,8 +393,10 @@ def detect(
     config: CompiledDetectors,
     rows: I64,
     reuse_history: bool = False,
+    history_at: I64 | None = None,
 ) -> tuple[Detections, DeviceStates]:
-    """Stuck, rate and outlier detections of a batch (the worst per device and kind), and the new state.
+    """Stuck, rate and outlier detections of a batch (the worst per device and kind), and the new state
+    (``reuse_history``, ``history_at``: as in :func:`scan`).
 
     >>> from thermoflow.processors.detectors.config import DetectorConfig, StuckConfig, compile_detectors
     >>> config = compile_detectors([DetectorConfig(stuck=StuckConfig(tolerance=0.1, stuck_for=60.0))])
@@ -394,5 +408,7 @@ def detect(
     >>> state.run_start.tolist(), state.last_seen.tolist()
     ([0.0], [90.0])
     """
-    found, new = scan(readings, states=states, config=config, rows=rows, reuse_history=reuse_history)
+    found, new = scan(
+        readings, states=states, config=config, rows=rows, reuse_history=reuse_history, history_at=history_at
+    )
     return worst(found, config=config, rows=rows), new

@@ -51,6 +51,7 @@ class History:
     """
 
     devices: I64  # batch devices, ascending; ``unit`` below indexes them
+    rows: I64 | slice  # their rows in the states' history columns (a slice: every row, in order)
     width: int
     ts: F64  # (rows * width,): the rows' entries, NaN past ``counts``
     value: F64
@@ -58,6 +59,7 @@ class History:
     span: float
     base: float
     counts: I64
+    grown: I64  # the rows (units) this batch added entries to: the only ones whose stored history changes
 
     def search_key(self, unit: I64, bucket: F64) -> F64:
         """The key of (device unit, bucket) for searchsorted."""
@@ -70,13 +72,26 @@ class History:
         return result
 
 
-def fresh(*, unit: I64, devices: I64, bucket: F64, states: DeviceStates, step: F64) -> Mask:
+def history_rows(devices: I64, states: DeviceStates, at: I64 | None) -> I64 | slice:
+    """The rows of ``devices`` in ``states``' history columns: ``at[devices]`` when the history
+    columns are a whole table's (``at``: each batch device's row there), else ``devices`` (a
+    slice when they are every row, in order: no gather)."""
+    if at is not None:
+        rows: I64 = at[devices]
+        return rows
+    return slice(None) if devices.size == len(states) else devices
+
+
+def fresh(
+    *, unit: I64, devices: I64, bucket: F64, states: DeviceStates, step: F64, at: I64 | None = None
+) -> Mask:
     """Which readings (grouped by ``unit``, by ts) start a bucket: the entries they add to the history.
 
-    ``step`` is per device (of ``devices``); ``bucket`` per reading.
+    ``step`` is per device (of ``devices``); ``bucket`` per reading; ``at`` as in :func:`history_rows`.
     """
-    stored = states.hist_len[devices]
-    last = np.where(stored > 0, states.hist_ts[devices, np.maximum(stored - 1, 0)], np.nan)
+    rows = devices if at is None else at[devices]
+    stored = states.hist_len[rows]
+    last = np.where(stored > 0, states.hist_ts[rows, np.maximum(stored - 1, 0)], np.nan)
     previous = np.empty_like(bucket)
     previous[1:] = bucket[:-1]
     firsts = group_starts(unit)
@@ -86,17 +101,27 @@ def fresh(*, unit: I64, devices: I64, bucket: F64, states: DeviceStates, step: F
 
 
 def merge(
-    *, unit: I64, devices: I64, ts: F64, value: F64, bucket: F64, new: Mask, states: DeviceStates, step: F64
+    *,
+    unit: I64,
+    devices: I64,
+    ts: F64,
+    value: F64,
+    bucket: F64,
+    new: Mask,
+    states: DeviceStates,
+    step: F64,
+    at: I64 | None = None,
 ) -> History:
     """The history of ``devices`` with this batch's accepted readings (grouped by ``unit``, by ts).
 
     ``new`` marks the readings that start a bucket (:func:`fresh`); ``step`` is per device
-    (of ``devices``); ``bucket`` per reading. The stored rows are copied whole into the
-    matrix and the new entries scattered after them: no per-entry gather of the stored ones.
+    (of ``devices``); ``bucket`` per reading; ``at`` as in :func:`history_rows`. The stored rows
+    are copied whole into the matrix and the new entries scattered after them: no per-entry
+    gather of the stored ones.
     """
     rows = devices.size
-    everyone = rows == len(states)  # devices ascending and distinct: every state row, in order
-    stored = states.hist_len[devices]
+    state_rows = history_rows(devices, states, at)
+    stored = states.hist_len[state_rows]
     added = np.flatnonzero(new)
     added_unit = unit[added]
     added_counts = np.bincount(added_unit, minlength=rows)
@@ -107,8 +132,8 @@ def merge(
     entry_ts, entry_value, key = np.empty(size + 1), np.empty(size + 1), np.empty(size + 1)
     matrix_ts = entry_ts[:size].reshape(rows, width)
     matrix_value = entry_value[:size].reshape(rows, width)
-    matrix_ts[:, :HISTORY] = states.hist_ts if everyone else states.hist_ts[devices]
-    matrix_value[:, :HISTORY] = states.hist_value if everyone else states.hist_value[devices]
+    matrix_ts[:, :HISTORY] = states.hist_ts[state_rows]
+    matrix_value[:, :HISTORY] = states.hist_value[state_rows]
     matrix_ts[:, HISTORY:] = matrix_value[:, HISTORY:] = entry_ts[size] = entry_value[size] = np.nan
     rank = np.arange(added.size) - (np.cumsum(added_counts) - added_counts)[added_unit]
     column = stored[added_unit] + rank
@@ -132,22 +157,38 @@ def merge(
     matrix_key += offset
     np.copyto(matrix_key, offset + (base + span - 1), where=np.isnan(matrix_ts))
     key[size] = rows * span
-    return History(devices, width, entry_ts, entry_value, key, span, base, counts)
+    grown = np.flatnonzero(added_counts)
+    return History(devices, state_rows, width, entry_ts, entry_value, key, span, base, counts, grown)
 
 
 def store(history: History, states: DeviceStates) -> None:
     """Keep the last HISTORY entries of each device of ``history`` in ``states`` (in place).
 
     A row's last HISTORY cells (or its first, NaN past its entries, when it has fewer) are one
-    window of a sliding-window view of the flat matrix: a gather of whole rows.
+    window of a sliding-window view of the flat matrix: a gather of whole rows. Only the rows
+    the batch added entries to are written: the others hold what is stored already (a device
+    reporting more often than its buckets adds an entry to a few batches in many).
     """
-    kept = np.minimum(history.counts, HISTORY)
-    rows = history.devices.size
-    start = np.arange(rows) * history.width + (history.counts - kept)
+    units = history.grown
+    if not units.size:
+        return
+    every = units.size == history.devices.size
+    counts = history.counts if every else history.counts[units]
+    kept = np.minimum(counts, HISTORY)
+    start = units * history.width + (counts - kept)
+    rows = history.rows if every else _rows_of(history, units)
     for source, target in ((history.ts, states.hist_ts), (history.value, states.hist_value)):
         windows = np.lib.stride_tricks.sliding_window_view(source, HISTORY)
-        target[slice(None) if rows == len(states) else history.devices] = windows[start]
-    states.hist_len[history.devices] = kept
+        target[rows] = windows[start]
+    states.hist_len[rows] = kept
+
+
+def _rows_of(history: History, units: I64) -> I64:
+    """The state rows of some of ``history``'s rows (units)."""
+    if isinstance(history.rows, slice):  # every state row, in order: unit u is row u
+        return units
+    rows: I64 = history.rows[units]
+    return rows
 
 
 def rates(*, history: History, unit: I64, ts: F64, value: F64, window: F64, step: F64) -> F64:

@@ -92,14 +92,26 @@ class DeviceStates:
             hist_len=np.zeros(count, dtype=np.int64),
         )
 
-    def take(self, rows: I64) -> DeviceStates:
-        """The states of ``rows``, as a new table (a copy)."""
-        return DeviceStates(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+    def take(self, rows: I64, *, history: bool = True) -> DeviceStates:
+        """The states of ``rows``, as a new table (a copy).
 
-    def put(self, rows: I64, other: DeviceStates) -> None:
-        """Write ``other``'s states into ``rows`` (in place)."""
-        for f in fields(self):
-            getattr(self, f.name)[rows] = getattr(other, f.name)
+        Without ``history``, only the per-device scalars are copied; the history columns are
+        this table's own (not a copy, every row): for :func:`~thermoflow.processors.detectors.scan`
+        with ``history_at=rows``, which reads and writes the history rows it needs in place.
+        """
+        if history:
+            return DeviceStates(**{name: getattr(self, name)[rows] for name in _COLUMNS})
+        return DeviceStates(
+            **{name: getattr(self, name)[rows] for name in SCALARS},
+            hist_ts=self.hist_ts,
+            hist_value=self.hist_value,
+            hist_len=self.hist_len,
+        )
+
+    def put(self, rows: I64, other: DeviceStates, *, history: bool = True) -> None:
+        """Write ``other``'s states into ``rows`` (in place); without ``history``, only the scalars."""
+        for name in _COLUMNS if history else SCALARS:
+            getattr(self, name)[rows] = getattr(other, name)
 
     def grown(self, capacity: int) -> DeviceStates:
         """A copy with room for ``capacity`` devices, the new rows never seen."""
@@ -166,6 +178,10 @@ class DeviceStates:
         states.hist_value[at] = np.where(keep, packed["hist_value"], np.nan)
         states.hist_len[at] = size
         return states
+
+
+#: Every column of :class:`DeviceStates`, in field order.
+_COLUMNS: Final = tuple(f.name for f in fields(DeviceStates))
 
 
 def readable(blob: bytes | None) -> bool:

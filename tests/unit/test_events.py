@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import msgspec
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thermoflow import events
-from thermoflow.events import AlertEvent, DeadLetter, EventDecodeError, Reading
+from thermoflow.events import AlertEvent, DeadLetter, EventDecodeError, Reading, Severity
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 device_ids = st.text(min_size=1, max_size=64)
@@ -112,6 +113,35 @@ def test_alert_id_is_stable_and_sensitive(device_id: str, rule_id: str, severity
     assert first != events.alert_id(
         device_id=device_id + "x", rule_id=rule_id, severity=severity, reading_ts=ts
     )
+
+
+@given(
+    device_ids,
+    st.text(min_size=1),
+    st.sampled_from(events.SEVERITIES),
+    finite,
+    st.sampled_from((*typing.get_args(events.KindCondition), "above", "below")),
+)
+def test_a_new_alerts_id_is_alert_id_of_its_fields(
+    device_id: str, rule_id: str, severity: Severity, ts: float, condition: events.Condition
+) -> None:
+    """new_alert builds the id's text itself: it must stay the id every store and replay compares."""
+    alert = events.new_alert(
+        device_id=device_id,
+        metric="temperature",
+        rule_id=rule_id,
+        severity=severity,
+        condition=condition,
+        threshold=1.0,
+        value=2.0,
+        reading_ts=ts,
+        detected_at=3.0,
+    )
+    assert alert.alert_id == events.alert_id(
+        device_id=device_id, rule_id=rule_id, severity=severity, reading_ts=ts, condition=condition
+    )
+    if condition == "above":  # the threshold id of old: four parts, no kind
+        assert alert.alert_id == events.stable_id(device_id, rule_id, severity, repr(ts))
 
 
 @given(

@@ -57,3 +57,27 @@ def test_pairs_are_device_and_metric_whether_a_batch_has_one_metric_or_several()
     assert (two.columns.device_ids, two.columns.metrics, two.columns.pair.tolist()) == (
         ["a", "a", "b"], ["t", "h", "t"], [0, 1, 2, 0]
     )  # fmt: skip
+
+
+def test_a_record_holding_two_lines_is_never_read_as_two_records() -> None:
+    """The fast path joins records by newlines: a record of two readings on two lines beside a blank
+    one would decode to as many readings as records, each credited to the wrong record."""
+    two_lines = reading("a", 1.0) + b"\n" + reading("b", 2.0)
+    records = [Raw(1, b"a", two_lines), Raw(2, b"x", b" "), Raw(3, b"c", reading("c", 3.0))]
+    batch, rejects = decode_batch("t", records, np.array([0, 0, 0]))
+    assert [r.record.offset for r in rejects] == [1, 2]
+    assert batch.offset.tolist() == [3] and batch.device_id(0) == "c"
+
+
+def test_a_record_of_two_readings_or_one_closing_the_array_is_rejected_alone() -> None:
+    """The fast path decodes the records as one JSON array: a record holding a comma-separated
+    pair, or one that ends the array early, must not shift the readings of the others."""
+    two = reading("a", 1.0) + b"," + reading("b", 2.0)
+    closing = reading("x", 9.0) + b"]"
+    records = [Raw(1, b"a", two), Raw(2, b"c", reading("c", 3.0)), Raw(3, b"x", closing)]
+    batch, rejects = decode_batch("t", records, np.array([0, 0, 0]))
+    assert [r.record.offset for r in rejects] == [1, 3]
+    assert batch.offset.tolist() == [2] and batch.device_id(0) == "c"
+    ok = [Raw(4, b"d", reading("d", 4.0) + b"\n"), Raw(5, b"e", b" " + reading("e", 5.0))]
+    batch, rejects = decode_batch("t", ok, np.array([0, 0]))  # whitespace around a record is JSON's
+    assert rejects == [] and [batch.device_id(i) for i in range(2)] == ["d", "e"]

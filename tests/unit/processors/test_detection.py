@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thermoflow.events import PIPELINE_DEVICE, AlertEvent, Clear, Reading, encode, is_clear
 from thermoflow.processors.columns import RawRecord, ReadingBatch, decode_batch
-from thermoflow.processors.detection import DeviceDetectors, silent_rule
+from thermoflow.processors.detection import DeviceDetectors, receive_bounds, silent_rule
 from thermoflow.processors.detectors import DeviceStates
 from thermoflow.processors.runtime import Emit
 from thermoflow.processors.state import StateStore, state_key
@@ -248,6 +250,10 @@ def test_state_rows_by_pair_agree_with_rows_by_key_through_adds_and_drops() -> N
     fresh = table.pair_rows(["a", "c"], ["t", "t"], np.array([0, 1]))
     assert fresh.tolist() == [table.get(state_key("a", "t")), first[2]]
     assert table.partition[fresh[0]] == 0 and len(table) == 2
+    # a batch of two metrics looks pairs up by both: c's humidity is a pair of its own
+    mixed = table.pair_rows(["c", "c", "a"], ["t", "h", "t"], np.array([1, 1, 0]))
+    assert mixed.tolist() == [first[2], table.get(state_key("c", "h")), fresh[0]]
+    assert table.pair_rows(["c"], ["h"], np.array([1])).tolist() == [mixed[1]]  # one metric, not t
 
 
 def test_the_offline_timer_follows_a_reloaded_rules_file() -> None:
@@ -265,3 +271,25 @@ def test_the_offline_timer_follows_a_reloaded_rules_file() -> None:
     found.check(batch(seconds(["rack-a"], range(10, 25))), reloaded)  # rack-b silent since 9
     (offline,) = alerts(found.on_timer(reloaded, now=25.0, caught_up=lambda p: True))
     assert (offline.device_id, offline.rule_id, offline.threshold) == ("rack-b", "rack-fast", 10.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    readings=st.lists(st.tuples(st.integers(0, 5), st.floats(0, 1e9, allow_nan=False)), max_size=300),
+    runs=st.booleans(),
+)
+def test_receive_bounds_are_each_partitions_earliest_and_latest(
+    readings: list[tuple[int, float]], runs: bool
+) -> None:
+    """In runs of one partition (a fetch) or interleaved (more runs than are reduced one by one)."""
+    if runs:
+        readings.sort(key=lambda r: r[0])
+    want: dict[int, tuple[float, float]] = {}
+    for partition, at in readings:
+        low, high = want.get(partition, (at, at))
+        want[partition] = (min(low, at), max(high, at))
+    got = receive_bounds(
+        np.array([p for p, _ in readings], dtype=np.int64),
+        np.array([a for _, a in readings], dtype=np.float64),
+    )
+    assert got == want

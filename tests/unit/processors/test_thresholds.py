@@ -194,3 +194,29 @@ def test_a_batch_spanning_a_long_time_keeps_one_alert_per_window_so_the_breach_s
     times = np.sort(batch.ts[found.reading])
     assert len(found) == 30 and set(batch.pair[found.reading].tolist()) == {0}
     assert times[0] == 1_000.0 and float(np.diff(times).max()) <= 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rules=rulesets(),
+    batches=st.lists(
+        st.lists(st.tuples(st.sampled_from(DEVICES), st.sampled_from(METRICS)), min_size=1, unique=True),
+        max_size=5,
+    ),
+)
+def test_rule_rows_of_later_batches_come_from_the_cache_and_agree(
+    rules: RuleSet, batches: list[list[tuple[str, str]]]
+) -> None:
+    """One compiled rules object over batches of one metric and of both (the cache by metric)."""
+    compiled = compile_rules(rules)
+    for pairs in batches:
+        for _ in range(2):  # the second asks the warm cache
+            devices, metrics = [d for d, _ in pairs], [m for _, m in pairs]
+            want = [
+                -1 if rule is None else rules.rules.index(rule)
+                for rule in (rules.rule_for(d, m) for d, m in pairs)
+            ]
+            assert compiled.rule_indices(devices, metrics).tolist() == want
+            single = [d for d, m in pairs if m == metrics[0]]
+            want_single = [w for (_, m), w in zip(pairs, want, strict=True) if m == metrics[0]]
+            assert compiled.rule_indices(single, [metrics[0]] * len(single)).tolist() == want_single
