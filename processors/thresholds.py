@@ -103,7 +103,7 @@ class CompiledRules:
         return rows
 
 
-def single_metric(metrics: Sequence[str]) -> str | None:
+def single_metric(names: Sequence[str]) -> str | None:
     """The one metric of every pair, or None (none, or several). A batch of one metric names the
     same string object for each pair (:func:`thermoflow.processors.columns.decode_batch`), which
     ``list.count`` compares by identity first: a pass in C, no string compared.
@@ -111,12 +111,12 @@ def single_metric(metrics: Sequence[str]) -> str | None:
     >>> single_metric(["t", "t"]), single_metric(["t", "h"]), single_metric([])
     ('t', None, None)
     """
-    if not metrics:
+    if not names:
         return None
-    first = metrics[0]
-    if isinstance(metrics, list):
-        return first if metrics.count(first) == len(metrics) else None
-    return first if all(metric == first for metric in metrics) else None
+    first = names[0]
+    if isinstance(names, list):
+        return first if names.count(first) == len(names) else None
+    return first if all(name == first for name in names) else None
 
 
 def compile_rules(ruleset: RuleSet) -> CompiledRules:
