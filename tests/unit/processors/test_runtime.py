@@ -124,7 +124,9 @@ def test_watcher_reloads_on_change_and_keeps_old_rules_on_a_broken_file(tmp_path
     assert watcher.poll() and watcher.current().rule_ids == ("r4",)
 
 
-async def test_call_with_retries_backs_off_then_succeeds() -> None:
+@pytest.mark.parametrize(("failures", "expected_sleeps"), [(2, [0.1, 0.2]), (0, [])])
+async def test_call_with_retries_backs_off_then_succeeds(failures: int, expected_sleeps: list[float]) -> None:
+    """Each failure waits the doubled backoff; a first call that succeeds is made once, no sleep."""
     sleeps: list[float] = []
     calls = []
 
@@ -133,30 +135,14 @@ async def test_call_with_retries_backs_off_then_succeeds() -> None:
 
     def body(batch: ReadingBatch) -> list[Emit]:
         calls.append(batch)
-        if len(calls) < 3:
+        if len(calls) <= failures:
             raise RuntimeError("transient")
         return []
 
     batch, _ = decode_batch("t", [])
     assert await call_with_retries(body, batch, attempts=4, backoff=0.1, sleep=sleep) == []
-    assert len(calls) == 3
-    assert sleeps == [0.1, 0.2]
-
-
-async def test_call_with_retries_calls_once_when_the_first_call_succeeds() -> None:
-    sleeps: list[float] = []
-    calls = []
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    def body(batch: ReadingBatch) -> list[Emit]:
-        calls.append(batch)
-        return []
-
-    batch, _ = decode_batch("t", [])
-    assert await call_with_retries(body, batch, attempts=3, backoff=0.5, sleep=sleep) == []
-    assert len(calls) == 1 and sleeps == []
+    assert len(calls) == failures + 1
+    assert sleeps == expected_sleeps
 
 
 async def test_call_with_retries_gives_up_after_the_last_attempt() -> None:
