@@ -33,7 +33,10 @@ scheduler       public settings only: a ``ConsumerScheduler`` that yields one ai
                 pin and start-up check as the copy. This prototype lacks the product's commit
                 rounds (``ChunkScheduler.settle``): faust's gap includes the delivered offset,
                 so each commit round moves a partition on by one chunk only, and its
-                committed offsets (what this script measures) lag.
+                committed offsets (what this script measures) lag. Its items are partition
+                chunks, and it takes ``max_chunks`` of them per batch; the product's items are
+                whole fetches (every partition's chunk) and ``max_chunks`` counts those, so
+                this prototype's batches are up to a fetch's partition count smaller.
 
 Readings/s depend on what else the 2 shared cores run; compare the ratios and CPU-s within
 one run. The worker's CPU per reading is the steadier figure.
@@ -149,7 +152,7 @@ def run_public_worker(variant: str) -> None:
     if variant in ("take_events_big", "noack_events"):
         extra = {"broker_max_poll_records": None, "stream_buffer_maxsize": 131_072}
     elif variant == "scheduler":
-        extra["stream_buffer_maxsize"] = 4 * settings.max_chunks  # counted in chunks
+        extra["stream_buffer_maxsize"] = 4 * settings.max_chunks  # counted in partition chunks here
         extra["ConsumerScheduler"] = chunk_scheduler(frozenset({settings.readings_topic}))
     app = faust.App(
         settings.processor_group,
