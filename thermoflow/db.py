@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -142,11 +143,15 @@ def drop_schema(dsn: str, schema: str) -> None:
 
     Dropping the schema that holds TimescaleDB drops the extension, and with it every hypertable's
     rows in every schema of the database: data loss far beyond the schema. Tests, the harness and
-    tools drop their schemas through here.
+    tools drop their schemas through here. The schema's TimescaleDB jobs are stopped first
+    (:func:`stop_jobs`).
 
     Raises:
         SchemaHoldsExtension: ``schema`` holds an extension; nothing was dropped.
     """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not extensions_in(conn, schema):  # else refused below, with its jobs left as they were
+            stop_jobs(conn, schema)
     for attempt in Retrying(
         retry=retry_if_exception_type(_BUSY), stop=stop_after_attempt(5), wait=wait_exponential(0.2, max=2.0),
         reraise=True,
@@ -163,6 +168,58 @@ def drop_schema(dsn: str, schema: str) -> None:
                     " hypertable's rows)"
                 )
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def timescaledb_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """The schema the TimescaleDB extension lives in; None where this database has no TimescaleDB."""
+    row = conn.execute(
+        "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'"
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+#: How long :func:`stop_jobs` waits for a schema's running TimescaleDB jobs to end.
+JOBS_END_WITHIN_S: Final = 60.0
+#: What ``stop_jobs`` asks of the server: the schema's jobs' workers (their backend type is the
+#: job's name) and the jobs the scheduler still counts as running.
+_RUNNING_JOBS: Final = (
+    "SELECT count(*) FROM timescaledb_information.jobs j"
+    " LEFT JOIN timescaledb_information.job_stats s USING (job_id)"
+    " WHERE j.hypertable_schema = %(schema)s AND (s.job_status = 'Running'"
+    " OR EXISTS (SELECT FROM pg_stat_activity a WHERE a.backend_type = j.application_name))"
+)
+
+
+def stop_jobs(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Unschedule the TimescaleDB jobs (rollup refreshes, compression, retention) on ``schema``'s
+    objects and wait until none of them runs; nothing to do without TimescaleDB.
+
+    Dropping a continuous aggregate while its refresh job runs crashes that job's worker
+    (TimescaleDB 2.28, segfault), and PostgreSQL then restarts every connection of the server:
+    seen in tests, which drop each schema a second after ``migrate`` made its jobs and the
+    scheduler started them. ``conn`` must be in autocommit: the scheduler must see the change.
+    A worker that starts just after the unscheduling is caught by a second look a moment later.
+    """
+    extension = timescaledb_schema(conn)
+    if extension is None:
+        return
+    stopped = conn.execute(
+        sql.SQL(
+            "SELECT {}.alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+            " WHERE hypertable_schema = %s"
+        ).format(sql.Identifier(extension)),
+        (schema,),
+    ).fetchall()
+    if not stopped:
+        return
+    clear = 0
+    deadline = time.monotonic() + JOBS_END_WITHIN_S
+    while clear < 2 and time.monotonic() < deadline:
+        running = conn.execute(_RUNNING_JOBS, {"schema": schema}).fetchone()
+        clear = clear + 1 if running is not None and running[0] == 0 else 0
+        time.sleep(0.05)
+    if clear < 2:
+        log.warning("jobs_still_running", schema=schema, waited_s=JOBS_END_WITHIN_S)
 
 
 #: What a TimescaleDB background job (a rollup's refresh, a compression) working on a schema's

@@ -36,16 +36,9 @@ def retention_days(settings: ThermoflowSettings) -> dict[str, int]:
     }
 
 
-def _timescaledb_schema(conn: psycopg.Connection[Any]) -> str | None:
-    row = conn.execute(
-        "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'"
-    ).fetchone()
-    return None if row is None else str(row[0])
-
-
 def current_retention(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """The retention policies in the connection's schema: relation -> ``drop_after`` (TimescaleDB only)."""
-    if _timescaledb_schema(conn) is None:
+    if db.timescaledb_schema(conn) is None:
         return {}
     rows = conn.execute(
         "SELECT hypertable_name, config->>'drop_after' FROM timescaledb_information.jobs"
@@ -63,7 +56,7 @@ def apply_retention(settings: ThermoflowSettings) -> dict[str, int]:
     days = retention_days(settings)
     applied: dict[str, int] = {}
     with db.connect(settings) as conn, conn.transaction():
-        schema = _timescaledb_schema(conn)
+        schema = db.timescaledb_schema(conn)
         if schema is None:
             log.info("retention_not_applied", reason="no TimescaleDB: plain tables keep every row")
             return {}

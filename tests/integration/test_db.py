@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,6 +107,54 @@ def test_init_works_in_a_second_schema_and_dropping_the_first_keeps_the_seconds_
         assert _counts(second) == (100, 1)
         with psycopg.connect(url) as conn:
             assert db.hypertables(conn, "tf_b") == expected
+
+
+def _jobs_running(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The names of ``schema``'s TimescaleDB jobs whose workers run now."""
+    rows = conn.execute(
+        "SELECT j.application_name FROM timescaledb_information.jobs j JOIN pg_stat_activity a"
+        " ON a.backend_type = j.application_name WHERE j.hypertable_schema = %s",
+        (schema,),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+@ON_TIMESCALEDB
+def test_dropping_a_schema_while_its_jobs_run_keeps_the_server_up(settings: ThermoflowSettings) -> None:
+    """A rollup dropped under its refresh job crashed that job's worker (TimescaleDB 2.28, signal
+    11), and the server then ended every connection: CI lost a run's last tests to it. `drop_schema`
+    first unschedules the schema's jobs and waits until none runs (`stop_jobs`); a connection opened
+    before outlives the drops."""
+    with psycopg.connect(settings.database_dsn, autocommit=True) as watcher:
+        backend = watcher.info.backend_pid
+        extension = db.timescaledb_schema(watcher)
+        assert extension is not None
+        for _ in range(3):
+            schema = f"test_jobs_{uuid.uuid4().hex[:8]}"
+            db.migrate(settings.model_copy(update={"database_schema": schema}))
+            watcher.execute(
+                sql.SQL(
+                    "SELECT {}.alter_job(job_id, next_start => now()) FROM timescaledb_information.jobs"
+                    " WHERE hypertable_schema = %s"
+                ).format(sql.Identifier(extension)),
+                (schema,),
+            )
+            deadline = time.monotonic() + 30
+            while not _jobs_running(watcher, schema):
+                assert time.monotonic() < deadline, f"no job of {schema} started in 30 s: no race to test"
+                time.sleep(0.02)
+
+            db.stop_jobs(watcher, schema)
+
+            assert _jobs_running(watcher, schema) == []
+            scheduled = watcher.execute(
+                "SELECT count(*) FILTER (WHERE scheduled), count(*) FROM timescaledb_information.jobs"
+                " WHERE hypertable_schema = %s",
+                (schema,),
+            ).fetchone()
+            assert scheduled is not None and scheduled[0] == 0 and scheduled[1] > 0
+            db.drop_schema(settings.database_dsn, schema)
+        assert watcher.execute("SELECT pg_backend_pid()").fetchone() == (backend,)
 
 
 @pytest.mark.both_databases
