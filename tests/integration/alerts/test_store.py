@@ -57,7 +57,9 @@ def _counts(settings: ThermoflowSettings) -> tuple[int, int, int, int]:
 
 
 def _device(d: int) -> str:
-    return "dev-0" if d == 0 else f"dev-{d}" if d < 3 else f"dev\t{d}\\with\nodd chars"
+    """Ids as they come from outside: JSON's escapes (quotes, backslashes, control characters) and
+    non-ASCII text, up to a character outside the BMP, must reach the database unchanged."""
+    return "dev-0" if d == 0 else f"dev-{d}" if d < 3 else f'dev\t{d}\\with\n"odd" chars: Kühlraum ❄ 🧊'
 
 
 def _scenario(devices: int = 4, steps: int = 30) -> list[AlertEvent]:
@@ -97,6 +99,10 @@ async def test_duplicates_and_replays_store_one_row_each_and_count_right(
     by_device: dict[str, list[Any]] = {}
     for row in rows:
         by_device.setdefault(row.device_id, []).append(row)
+    assert set(by_device) == {_device(d) for d in range(4)}
+    with db.connect(settings) as conn:
+        stored = {row[0] for row in conn.execute("SELECT DISTINCT device_id FROM alert_events")}
+    assert stored == set(by_device)
     assert sorted(r.status for r in by_device["dev-0"]) == ["firing", "resolved"]
     assert all(
         r.severity == "critical" and r.breach_count == 30 for d in ("dev-1", "dev-2") for r in by_device[d]
