@@ -134,8 +134,10 @@ def _pairs(readings: Sequence[Any]) -> tuple[I64, list[str], list[str]]:
     ``setdefault(key, position)`` answers each reading with its key's first position, which
     numbers the pairs in first-seen order with array operations (the dict keeps that order).
     """
-    metric_set = {reading.metric for reading in readings}  # comprehensions, not map(): see _floats
-    single = len(metric_set) == 1
+    # Comprehensions, not map() (see _floats); one metric is told by list.count, which compares
+    # the equal strings, where a set would hash every reading's.
+    names = [reading.metric for reading in readings]
+    single = bool(names) and names.count(names[0]) == len(names)
     keys: list[Any]
     if single:
         keys = [reading.device_id for reading in readings]
@@ -147,7 +149,7 @@ def _pairs(readings: Sequence[Any]) -> tuple[I64, list[str], list[str]]:
     is_first[first] = True
     number = np.cumsum(is_first) - 1
     if single:
-        (metric,) = metric_set
+        metric = names[0]
         device_ids, metrics = list(index), [metric] * len(index)
     else:
         device_ids, metrics = [device_id for device_id, _ in index], [metric for _, metric in index]
