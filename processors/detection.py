@@ -163,8 +163,11 @@ class DeviceDetectors:
         pairs = np.flatnonzero(on)
         number = np.cumsum(on) - 1
         mine = np.flatnonzero(on[cols.pair] & owned)
+        # Every reading and pair watched here (the usual batch): the batch's columns and pair
+        # numbers as they are, no gathers.
+        every = mine.size == cols.pair.size and pairs.size == len(on)
         # Pairs are numbered in first-seen order: a pair's first reading raises the running maximum.
-        seen = cols.pair[mine]
+        seen = cols.pair if every else cols.pair[mine]
         first = np.flatnonzero(np.r_[True, seen[1:] > np.maximum.accumulate(seen)[:-1]])
         table = self.store.table
         if pairs.size == len(on):  # every pair watched: the usual case, no gather
@@ -173,14 +176,18 @@ class DeviceDetectors:
             chosen = pairs.tolist()
             device_ids = list(map(cols.device_ids.__getitem__, chosen))
             metrics = list(map(cols.metrics.__getitem__, chosen))
-        rows = table.pair_rows(device_ids, metrics, batch.partition[mine[first]])
+        rows = table.pair_rows(device_ids, metrics, batch.partition[first if every else mine[first]])
         # The scalars are copied out; the history is read and written in the table's rows in place.
         states = table.states.take(rows, history=False)
-        readings = Readings(
-            device=number[cols.pair[mine]],
-            ts=cols.ts[mine],
-            received_at=batch.received_at[mine],
-            value=cols.values[mine],
+        readings = (
+            Readings(device=seen, ts=cols.ts, received_at=batch.received_at, value=cols.values)
+            if every
+            else Readings(
+                device=number[seen],
+                ts=cols.ts[mine],
+                received_at=batch.received_at[mine],
+                value=cols.values[mine],
+            )
         )
         found, new = detect(readings, states=states, config=config, rows=rule_rows[pairs], history_at=rows)
         table.states.put(rows, new, history=False)
@@ -188,7 +195,7 @@ class DeviceDetectors:
         table.rule[rows] = rule_rows[pairs]
 
         fired = pairs[found.device]
-        evidence = mine[found.reading]
+        evidence = found.reading if every else mine[found.reading]
         emits += self._alerts(
             found,
             device_ids=[cols.device_ids[p] for p in fired.tolist()],
