@@ -182,6 +182,12 @@ def build_app(
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]  # mode's stub wants sync
 
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        for runner in runners:
+            runner.assigned(assigned)
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+
     @app.timer(interval=settings.watermark_interval)  # type: ignore[untyped-decorator]
     async def detector_timers() -> None:
         for runner in stateful:
@@ -253,6 +259,7 @@ class BatchRunner:
         self.commits = Commits()
         self.persisted_at = time.monotonic()
         self.output = BatchSender(sink, self.sink_topic)
+        self.loading: asyncio.Future[None] | None = None  # the state read started at an assignment
 
     async def agent(self, stream: Any) -> None:
         started = time.monotonic()
@@ -396,6 +403,20 @@ class BatchRunner:
             assigned = consumer.assignment()  # a batch held while its partition was revoked stays uncommitted
             self.commits.done(chunk for chunk in held if chunk[0] in assigned)
             await self.commits.commit(consumer)
+
+    def assigned(self, assigned: set[TP]) -> None:
+        """After a rebalance (and at the start): a stateful function reads its partitions' state
+        now, not when their first batch comes, which would wait for it (the state topic's reader
+        to start and read, about half a second, a latency that every reading of that batch took)."""
+        partitions = {tp.partition for tp in assigned if tp.topic == self.source}
+        if self.stateful is None or not partitions:
+            return
+        self.loading = asyncio.ensure_future(self.stateful.load(partitions))
+        self.loading.add_done_callback(self._loaded)
+
+    def _loaded(self, loading: asyncio.Future[None]) -> None:
+        if not loading.cancelled() and loading.exception() is not None:  # a batch's load tries again
+            self.log.warning("state_preload_failed", error=repr(loading.exception()))
 
     def revoked(self, revoked: set[TP]) -> None:
         """Partitions of the source topic went elsewhere: their offsets are no longer ours to
