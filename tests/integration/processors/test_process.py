@@ -271,3 +271,14 @@ async def test_a_function_that_keeps_failing_dead_letters_its_batch_and_the_stre
     assert {a.device_id for a in alerts} == {"rack-poison", "rack-fine"}
     assert len(letters) == 1
     assert worker.stop() == 0
+
+
+async def test_a_worker_reads_its_partitions_state_when_they_are_assigned_before_any_reading(
+    rig: ProcessorRig,
+) -> None:
+    # Read at the first batch instead, it took that batch about half a second longer (the state
+    # topic's reader starting), and every reading of the batch waited for it.
+    worker = rig.start()
+    await _wait_for_log(worker.log, "state_loaded", timeout=90)
+    assert "first_batch_processed" not in worker.log()  # no reading came: the assignment read it
+    assert worker.stop() == 0
