@@ -161,16 +161,16 @@ class DeviceDetectors:
         if not on.any():
             return emits
         pairs = np.flatnonzero(on)
-        number = np.cumsum(on) - 1
         mine = np.flatnonzero(on[cols.pair] & owned)
         # Every reading and pair watched here (the usual batch): the batch's columns and pair
         # numbers as they are, no gathers.
-        every = mine.size == cols.pair.size and pairs.size == len(on)
+        all_pairs = pairs.size == len(on)
+        every = all_pairs and mine.size == cols.pair.size
         # Pairs are numbered in first-seen order: a pair's first reading raises the running maximum.
         seen = cols.pair if every else cols.pair[mine]
         first = np.flatnonzero(np.r_[True, seen[1:] > np.maximum.accumulate(seen)[:-1]])
         table = self.store.table
-        if pairs.size == len(on):  # every pair watched: the usual case, no gather
+        if all_pairs:  # every pair watched: the usual case, no gather
             device_ids, metrics = cols.device_ids, cols.metrics
         else:
             chosen = pairs.tolist()
@@ -183,7 +183,7 @@ class DeviceDetectors:
             Readings(device=seen, ts=cols.ts, received_at=batch.received_at, value=cols.values)
             if every
             else Readings(
-                device=number[seen],
+                device=(np.cumsum(on) - 1)[seen],  # the watched pairs renumbered 0..n-1
                 ts=cols.ts[mine],
                 received_at=batch.received_at[mine],
                 value=cols.values[mine],

@@ -265,7 +265,7 @@ def timescaledb_available(conn: psycopg.Connection[Any]) -> bool:
 
 def hypertables(conn: psycopg.Connection[Any], schema: str) -> list[str]:
     """The tables of ``schema`` that are hypertables (none without TimescaleDB)."""
-    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None:
+    if timescaledb_schema(conn) is None:
         return []
     rows = conn.execute(
         "SELECT hypertable_name FROM timescaledb_information.hypertables"

@@ -165,15 +165,18 @@ def scan(
     return found, new
 
 
-def _every_or(positions: I64, size: int) -> I64 | slice:
+def _every_or(positions: I64, size: int) -> I64 | slice | None:
     """``positions`` (ascending, distinct) as an index: a slice of all ``size`` elements when
-    they are every one (and there are some), so indexing with it is a view, not a gather. The usual batch has
-    every device under every detector, and a gather costs about ten instructions a reading.
+    they are every one, so indexing with it is a view, not a gather; None when there are none.
+    The usual batch has every device under every detector, and a gather costs about ten
+    instructions a reading.
 
-    >>> _every_or(np.arange(3), 3), _every_or(np.array([0, 2]), 3).tolist(), _every_or(np.arange(0), 0).size
-    (slice(None, None, None), [0, 2], 0)
+    >>> _every_or(np.arange(3), 3), _every_or(np.array([0, 2]), 3).tolist(), _every_or(np.arange(0), 0)
+    (slice(None, None, None), [0, 2], None)
     """
-    return slice(None) if positions.size == size > 0 else positions
+    if positions.size == 0:
+        return None
+    return slice(None) if positions.size == size else positions
 
 
 def _within(at: I64 | slice, positions: I64 | slice) -> I64 | slice:
@@ -201,7 +204,7 @@ def _stuck(
     dropped = found.device[off]  # a rule that turned stuck off drops the run
     new.run_start[dropped] = new.run_min[dropped] = new.run_max[dropped] = np.nan
     chosen = _every_or(np.flatnonzero(~off), off.size)
-    if isinstance(chosen, np.ndarray) and chosen.size == 0:
+    if chosen is None:
         return
     device, ts = found.device[chosen], found.ts[chosen]
     first = np.flatnonzero(group_starts(device))
@@ -343,7 +346,7 @@ def _windows(
     )
     window = config.rate_window[row]
     rated = _every_or(np.flatnonzero(~np.isnan(window)), window.size)
-    if isinstance(rated, slice) or rated.size:
+    if rated is not None:
         rate = history.rates(
             history=merged,
             unit=unit[rated],
@@ -357,7 +360,7 @@ def _windows(
         found.rate_severity[target] = _severities(np.abs(rate), config.rate_limits[row[rated]])
     buckets = config.outlier_buckets[row]
     scored = _every_or(np.flatnonzero(buckets > 0), buckets.size)
-    if isinstance(scored, slice) or scored.size:
+    if scored is not None:
         score = history.outlier_scores(
             history=merged,
             unit=unit[scored],

@@ -51,7 +51,7 @@ def backend(
 def is_timescale(settings: ThermoflowSettings) -> bool:
     """Whether the rollups in the settings' schema are continuous aggregates (else plain views)."""
     with db.connect(settings) as conn:
-        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is None:
+        if db.timescaledb_schema(conn) is None:
             return False
         row = conn.execute(
             "SELECT count(*) FROM timescaledb_information.continuous_aggregates"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import astuple, replace
 from typing import Any
 
@@ -57,14 +58,23 @@ outlier_configs = st.builds(
     min_abs_deviation=st.sampled_from([0.01, 0.5]),
     min_samples=st.integers(1, 5),
 )
-configs = st.builds(
-    DetectorConfig,
-    offline_after=st.sampled_from([None, 2.0, 5.0]),
-    offline_severity=st.sampled_from(["warning", "critical"]),
-    stuck=st.one_of(st.none(), stuck_configs),
-    rate=st.one_of(st.none(), rate_configs),
-    outlier=st.one_of(st.none(), outlier_configs),
-)
+
+
+def detector_configs(
+    detector: Callable[[st.SearchStrategy[Any]], st.SearchStrategy[Any]],
+) -> st.SearchStrategy[Any]:
+    """Rules' detector settings, each of stuck, rate and outlier drawn through ``detector``."""
+    return st.builds(
+        DetectorConfig,
+        offline_after=st.sampled_from([None, 2.0, 5.0]),
+        offline_severity=st.sampled_from(["warning", "critical"]),
+        stuck=detector(stuck_configs),
+        rate=detector(rate_configs),
+        outlier=detector(outlier_configs),
+    )
+
+
+configs = detector_configs(lambda detector: st.one_of(st.none(), detector))
 device_configs = st.lists(st.one_of(st.none(), configs), min_size=DEVICES, max_size=DEVICES).map(
     lambda found: dict(enumerate(found))
 )
@@ -203,14 +213,7 @@ def test_matches_the_scalar_reference(stream: Stream, device_configs: Configs, d
 #: Every device under every detector: the worker's usual batch, which skips the gathers of the
 #: readings under a detector (processors.detectors.detect._every_or), rare in ``device_configs``.
 every_detector = st.lists(
-    st.builds(
-        DetectorConfig,
-        offline_after=st.sampled_from([None, 2.0, 5.0]),
-        offline_severity=st.sampled_from(["warning", "critical"]),
-        stuck=stuck_configs,
-        rate=rate_configs,
-        outlier=outlier_configs,
-    ),
+    detector_configs(lambda detector: detector),
     min_size=DEVICES,
     max_size=DEVICES,
 ).map(lambda found: dict(enumerate(found)))
