@@ -1,8 +1,8 @@
 """Batch decoding: raw Kafka records in, a :class:`ReadingBatch` (columns) and the rejects out.
 
-Pure: no Kafka client. The fast path decodes a whole batch in one msgspec call over the
-values joined into one JSON array; when any record is bad (or is not exactly one JSON
-value), it falls back to one decode per record so each bad record gets its own reason.
+Pure: no Kafka client. The fast path decodes a whole batch in one msgspec call
+(:func:`thermoflow.events.decode_readings`); when any record is not exactly one valid reading,
+it falls back to one decode per record so each bad record gets its own reason.
 """
 
 from __future__ import annotations
@@ -13,34 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import msgspec
 import numpy as np
 
-from thermoflow.events import Reading, decode_reading
+from thermoflow.events import decode_reading, decode_readings
 from thermoflow.processors.thresholds import F64, I64, ReadingColumns
 
-
-def _wire_struct() -> type[msgspec.Struct]:
-    """``Reading``'s fields, types and defaults, without its ``__post_init__``.
-
-    The batch decoder's only difference from :func:`thermoflow.events.decode_reading`: the
-    finiteness checks in ``Reading.__post_init__`` cost a Python call per reading, and JSON
-    cannot carry a non-finite number (msgspec rejects ``1e999`` as out of range), so they
-    can never fail here. Built from ``Reading`` itself, so the two cannot drift apart.
-    """
-    fields = [
-        (f.name, f.type) if f.required else (f.name, f.type, f.default)
-        for f in msgspec.structs.fields(Reading)
-    ]
-    # gc=False: a decoded reading holds only strings and numbers, so it can never be part of a
-    # reference cycle, and the garbage collector need not track the batch's thousands of them.
-    return msgspec.defstruct(
-        "WireReading", fields, kw_only=True, frozen=True, forbid_unknown_fields=False, gc=False
-    )
-
-
-WireReading: Final = _wire_struct()
-_array_decoder: Final = msgspec.json.Decoder(list[WireReading])  # type: ignore[valid-type]  # built at runtime
 _value: Final = operator.attrgetter("value")
 _partition: Final = operator.attrgetter("partition")
 _offset: Final = operator.attrgetter("offset")
@@ -98,21 +75,6 @@ class ReadingBatch:
 
     def metric(self, reading: int) -> str:
         return self.columns.metrics[int(self.columns.pair[reading])]
-
-
-def _decode_all(values: Sequence[bytes]) -> list[Any] | None:
-    """The fast path: every record valid, decoded as one JSON array of them; or None.
-
-    The records are joined by commas into one array. A record can only add elements (an empty
-    or blank one is a syntax error between two commas, a record that closes the array leaves
-    trailing data), so as many readings as records means one per record, in order: a record of
-    two readings (``{...},{...}``) makes one too many, whatever the others hold.
-    """
-    try:
-        readings: list[Any] = _array_decoder.decode(b"".join((b"[", b",".join(values), b"]")))
-    except (msgspec.DecodeError, ValueError):
-        return None
-    return readings if len(readings) == len(values) else None
 
 
 def _floats(column: list[float]) -> F64:
@@ -176,10 +138,8 @@ def decode_batch(
     """
     rejects: list[Reject] = []
     kept: Sequence[KafkaRecord] = records
-    readings: list[Any] | None = None  # WireReading (fast path) or Reading: the same fields
-    values: list[bytes | None] = list(map(_value, records))  # map/attrgetter: loops in C, not in Python
-    if values and all(values):
-        readings = _decode_all(values)  # type: ignore[arg-type]  # all() checked: no None, no b""
+    # WireReading (fast path) or Reading: the same fields. map/attrgetter: loops in C, not in Python
+    readings: list[Any] | None = decode_readings(list(map(_value, records)))
     if readings is None:
         if partitions is not None:  # the slow path names each record's partition
             records = [

@@ -34,9 +34,8 @@ import time
 from array import array
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -51,6 +50,7 @@ from thermoflow.events import (
     Reading,
     decode_alert,
     decode_reading,
+    decode_readings,
     is_ack,
     is_clear,
     is_watermark,
@@ -68,8 +68,6 @@ _MAX_RECORDS = 20000
 #: from when it reads them): a few big fetches a second instead of one per consumer fetch_wait.
 _FETCH_WAIT_MS = 500
 _FETCH_MIN_BYTES = 4 << 20
-#: The validating decoder of :func:`thermoflow.events.decode_reading`, for a fetch's values at once.
-_reading_list: Final = msgspec.json.Decoder(list[Reading])
 
 
 @dataclass
@@ -223,15 +221,12 @@ class KafkaMeter:
         """Keep the columns of this fleet's readings: one decode for the whole fetch, then list passes.
 
         ``records`` are aiokafka's raw records or ``ConsumerRecord`` s (both have ``value`` and
-        ``timestamp``). The fetch's values are decoded as one JSON array by the same validating
-        decoder as :func:`thermoflow.events.decode_reading`; if any of them is not a reading, the
-        batch is decoded record by record, so one bad record costs only itself.
+        ``timestamp``). The fetch's values are decoded by one call
+        (:func:`thermoflow.events.decode_readings`); if any of them is not a reading, the batch is
+        decoded record by record, so one bad record costs only itself.
         """
-        try:
-            decoded = _reading_list.decode(b"[" + b",".join([r.value for r in records]) + b"]")
-        except (msgspec.DecodeError, TypeError):  # a bad record, or a value that is None
-            decoded = []
-        if len(decoded) != len(records):
+        decoded: list[Any] | None = decode_readings([r.value for r in records])
+        if decoded is None:
             records, decoded = self._decode_each(records)
         n = len(decoded)
         if not n:

@@ -15,7 +15,7 @@ import hashlib
 import math
 import unicodedata
 from collections.abc import Sequence
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -369,6 +369,63 @@ def decode_reading(payload: bytes | memoryview) -> Reading:
         return _reading_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(f"invalid reading: {exc}") from None
+
+
+def _strict_reading() -> type[msgspec.Struct]:
+    """``Reading``'s fields, types and defaults, unknown fields refused, without ``__post_init__``.
+
+    Its ``__post_init__`` checks finiteness at a Python call per reading, and JSON cannot carry
+    a non-finite number (msgspec rejects ``1e999`` as out of range), so it can never fail here.
+    Built from ``Reading`` itself, so the two cannot drift apart.
+    """
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(Reading)
+    ]
+    # gc=False: a decoded reading holds only strings and numbers, so it can never be part of a
+    # reference cycle, and the garbage collector need not track a batch's thousands of them.
+    return msgspec.defstruct(
+        "WireReading", fields, kw_only=True, frozen=True, forbid_unknown_fields=True, gc=False
+    )
+
+
+#: A reading as :func:`decode_readings` gives it: ``Reading``'s fields, read the same way.
+WireReading: Final = _strict_reading()
+_wrapped_readings: Final = msgspec.json.Decoder(list[tuple[WireReading]])  # type: ignore[valid-type]
+#: Between two values in :func:`decode_readings`' one document.
+_BETWEEN: Final = b"]\n,["
+
+
+def decode_readings(values: Sequence[bytes | None]) -> list[Any] | None:
+    """Many ``telemetry.readings`` values decoded by one call, a :data:`WireReading` each, in order;
+    or None when any of them is not one valid reading alone (decode those one by one,
+    :func:`decode_reading`, which also says what is wrong).
+
+    One call, not one per value: the values become one document, ``[[v1]\\n,[v2]\\n,...]``, read
+    as a list of one-reading arrays. A hostile value cannot make another's bytes part of its
+    reading, so a reading always comes from exactly one value:
+
+    - the separator's ``]`` is never inside a string: the newline after it would be, and JSON
+      refuses a raw control character in a string. So it closes an array, and a reading holds
+      none (every field is a string or a number; an unknown field, which could hold any JSON,
+      is refused), so it closes a one-reading array. Each value is therefore whole arrays;
+    - each array holds exactly one reading (the tuple type), and each value at least one array,
+      so as many readings as values means one per value.
+
+    >>> ok = b'{"device_id": "a", "value": 1.5, "ts": 10.0, "received_at": 10.1}'
+    >>> [r.value for r in decode_readings([ok, ok])]
+    [1.5, 1.5]
+    >>> half = ok[:30], ok[30:]  # two halves that would join into one reading
+    >>> decode_readings([*half]), decode_readings([ok + b"," + ok, b" "]), decode_readings([ok, None])
+    (None, None, None)
+    """
+    if not values:
+        return []
+    try:
+        wrapped = _wrapped_readings.decode(b"".join((b"[[", _BETWEEN.join(values), b"]]")))  # type: ignore[arg-type]
+    except (msgspec.DecodeError, TypeError):  # TypeError: a None value (a tombstone)
+        return None
+    return [reading for (reading,) in wrapped] if len(wrapped) == len(values) else None
 
 
 def decode_alert(payload: bytes | memoryview) -> AlertEvent:

@@ -189,3 +189,14 @@ def test_stored_ids_keep_their_values() -> None:
     assert (
         idempotency_key(incident_id="abc", transition="resolve", seq=3) == "059b4439776da76a80e649948170ae3d"
     )
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400", b'"nan"'])
+def test_the_one_call_decode_refuses_what_decode_reading_refuses_as_not_finite(number: bytes) -> None:
+    """decode_readings skips Reading's finiteness check: JSON must not be able to carry such a number."""
+    value = b'{"device_id": "a", "value": %s, "ts": 1.0, "received_at": 2.0}' % number
+    with pytest.raises(EventDecodeError):
+        events.decode_reading(value)
+    assert events.decode_readings([value]) is None
+    ok = b'{"device_id": "a", "value": 1e308, "ts": 1.0, "received_at": 2.0}'
+    assert [r.value for r in events.decode_readings([ok, ok]) or []] == [1e308, 1e308]

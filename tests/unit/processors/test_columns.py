@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from dataclasses import dataclass
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from thermoflow.events import decode_reading
 from thermoflow.processors.columns import RawRecord, decode_batch
 
 
@@ -81,3 +86,83 @@ def test_a_record_of_two_readings_or_one_closing_the_array_is_rejected_alone() -
     ok = [Raw(4, b"d", reading("d", 4.0) + b"\n"), Raw(5, b"e", b" " + reading("e", 5.0))]
     batch, rejects = decode_batch("t", ok, np.array([0, 0]))  # whitespace around a record is JSON's
     assert rejects == [] and [batch.device_id(i) for i in range(2)] == ["d", "e"]
+
+
+def one_by_one(records: list[Raw]) -> tuple[list[tuple[int, str, float]], list[int]]:
+    """What decoding each record alone makes of them: (offset, device, value) kept, offsets rejected."""
+    kept, rejected = [], []
+    for record in records:
+        try:
+            r = decode_reading(record.value or b"")
+        except ValueError:
+            rejected.append(record.offset)
+        else:
+            kept.append((record.offset, r.device_id, r.value))
+    return kept, rejected
+
+
+def decoded(records: list[Raw]) -> tuple[list[tuple[int, str, float]], list[int]]:
+    batch, rejects = decode_batch("t", records, np.zeros(len(records), np.int64))
+    kept = [
+        (int(batch.offset[i]), batch.device_id(i), float(batch.columns.values[i])) for i in range(len(batch))
+    ]
+    return kept, [reject.record.offset for reject in rejects]
+
+
+def test_records_that_would_join_into_readings_are_each_rejected() -> None:
+    """Three bad records that, joined by commas into one array, read as three good readings: a
+    truncated reading and its tail (across an unknown field's array, or an open string), beside
+    a record of two readings. Each is dead-lettered; the readings of the good ones stay theirs."""
+    head = b'{"device_id": "a", "value": 1.0, "ts": 1.0, "received_at": 1.0, "x": '
+    two = reading("c1", 3.0) + b"," + reading("c2", 4.0)
+    for cut in ([head + b"[[1", b"2]]}"], [head + b'"', b'"}'], [head[:-7], b'"ts": 1.0}']):
+        records = [
+            Raw(0, b"g", reading("g", 5.0)),
+            Raw(1, b"a", cut[0]),
+            Raw(2, b"a", cut[1]),
+            Raw(3, b"c", two),
+        ]
+        assert decoded(records) == one_by_one(records) == ([(0, "g", 5.0)], [1, 2, 3])
+
+
+_reading = st.fixed_dictionaries(
+    {
+        "device_id": st.sampled_from(["a", "b,c", 'q"],[']),
+        "value": st.floats(-50, 50),
+        "ts": st.just(1.0),
+        "received_at": st.just(2.0),
+    },
+    optional={
+        "x": st.recursive(
+            st.text(",]", max_size=3) | st.integers(), lambda inner: st.lists(inner, max_size=3)
+        ),
+    },
+).map(lambda r: json.dumps(r, separators=(",", ":")).encode())
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> list[bytes]:
+    """One record's worth: a reading; two run together; one cut in two at one of its commas (in a
+    string, between fields or in an array), which joined by a comma again is that reading; or blank."""
+    kind = draw(st.sampled_from(["whole", "two", "cut", "blank"]))
+    one = draw(_reading)
+    if kind == "whole":
+        return [one]
+    if kind == "two":
+        return [one + draw(st.sampled_from([b",", b"\n,", b"]\n,[", b" "])) + draw(_reading)]
+    if kind == "cut":
+        at = draw(st.sampled_from([i for i, byte in enumerate(one) if byte == ord(",")] or [len(one) // 2]))
+        return [one[:at], one[at + 1 :]]
+    return [draw(st.sampled_from([b"", b" ", b"\n"]))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_records(), min_size=1, max_size=8))
+def test_any_run_of_whole_joined_and_cut_readings_decodes_as_each_record_alone(
+    units: list[list[bytes]],
+) -> None:
+    """Readings (some with unknown fields holding strings and nested arrays) whole, run together,
+    cut in two or blank: the batch keeps exactly the records that are one valid reading alone,
+    each with its own reading, and rejects the rest."""
+    records = [Raw(offset, b"k", value) for offset, value in enumerate(itertools.chain.from_iterable(units))]
+    assert decoded(records) == one_by_one(records)
