@@ -22,10 +22,10 @@ it becomes a dead letter instead of a batch that fails forever:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from thermoflow import db
-from thermoflow.events import EventDecodeError, Reading, decode_reading
+from thermoflow.events import EventDecodeError, Reading, decode_reading, decode_readings
 
 #: One row: device_id, metric, value (°C), ts, seq, received_at (timestamps in :func:`pg_micros`).
 Row = tuple[str, str, float, int, int | None, int]
@@ -61,33 +61,42 @@ class RowBatch(NamedTuple):
 
 
 def rows_from_values(values: Sequence[bytes | None]) -> RowBatch:
-    """Decode each record value; a value that is no valid reading becomes an error with its index."""
-    rows: list[Row] = []
+    """Decode each record value; a value that is no valid reading becomes an error with its index.
+
+    A batch of storable readings, the usual one, is decoded by one call
+    (:func:`thermoflow.events.decode_readings`); any other, record by record.
+    """
+    readings: list[Any] | None = decode_readings(values)  # WireReading or Reading: the same fields
     errors: list[tuple[int, str]] = []
-    sources: list[int] = []
-    for index, value in enumerate(values):
-        if value is None:
-            errors.append((index, "record has no value"))
-            continue
-        try:
-            r = decode_reading(value)
-        except (EventDecodeError, ValueError) as exc:
-            errors.append((index, str(exc)))
-            continue
-        if not _plainly_storable(r):
-            reason = unstorable(r)
-            if reason is not None:
-                errors.append((index, f"unstorable reading: {reason}"))
+    if readings is not None and all(map(_plainly_storable, readings)):
+        sources = list(range(len(readings)))
+    else:
+        readings, sources = [], []
+        for index, value in enumerate(values):
+            if value is None:
+                errors.append((index, "record has no value"))
                 continue
-        rows.append(
-            (r.device_id, r.metric, r.value, round((r.ts - PG_EPOCH) * 1e6), r.seq,
-             round((r.received_at - PG_EPOCH) * 1e6))  # pg_micros, inline: 20,000 a batch
-        )  # fmt: skip
-        sources.append(index)
+            try:
+                r = decode_reading(value)
+            except (EventDecodeError, ValueError) as exc:
+                errors.append((index, str(exc)))
+                continue
+            if not _plainly_storable(r):
+                reason = unstorable(r)
+                if reason is not None:
+                    errors.append((index, f"unstorable reading: {reason}"))
+                    continue
+            readings.append(r)
+            sources.append(index)
+    rows: list[Row] = [
+        (r.device_id, r.metric, r.value, round((r.ts - PG_EPOCH) * 1e6), r.seq,
+         round((r.received_at - PG_EPOCH) * 1e6))  # pg_micros, inline: 20,000 a batch
+        for r in readings
+    ]  # fmt: skip
     return RowBatch(rows, errors, sources)
 
 
-def _plainly_storable(r: Reading) -> bool:
+def _plainly_storable(r: Reading | Any) -> bool:  # Any: a WireReading (decode_readings)
     """The quick test every reading takes (20,000 a batch); :func:`unstorable` then says why not."""
     return (
         _EPOCH_MIN <= r.ts <= _EPOCH_MAX

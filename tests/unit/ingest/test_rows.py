@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thermoflow.ingest.rows import rows_from_values
 
@@ -26,3 +28,31 @@ def test_an_unstorable_reading_is_an_error_naming_its_field_and_its_neighbours_a
     assert [index for index, _ in batch.errors] == [1]
     assert batch.errors[0][1].startswith("unstorable reading: " + field)
     assert len(batch.rows) == 2 and batch.sources == [0, 2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b'{"device_id":"a","value":1.5,"ts":1.0,"seq":3,"received_at":2.0}',
+                b'{"device_id":"b,\\"c","metric":"rh","value":-0.25,"ts":1e9,"received_at":1e9}',
+                b'{"device_id":"d","value":1.5,"ts":1e19,"received_at":2.0}',  # unstorable
+                b'{"device_id":"e","value":1.5,"ts":1.0,"received_at":2.0,"extra":[1]}',  # an unknown field
+                b'{"device_id":"f","value":1.5,"ts":1.0',  # a truncated reading...
+                b'"received_at":2.0}',  # ...and a tail that would join it
+                b"not json",
+                b"",
+                None,
+            ]
+        ),
+        max_size=8,
+    )
+)
+def test_a_batch_makes_the_rows_and_errors_its_records_make_one_by_one(values: list[bytes | None]) -> None:
+    """Whether the batch takes the one-call decode or not, each record is a row or an error of its own."""
+    alone = [rows_from_values([value]) for value in values]
+    batch = rows_from_values(values)
+    assert batch.rows == [row for one in alone for row in one.rows]
+    assert batch.sources == [index for index, one in enumerate(alone) if one.rows]
+    assert batch.errors == [(index, one.errors[0][1]) for index, one in enumerate(alone) if one.errors]
