@@ -97,17 +97,11 @@ class Outbox:
 
     def add(self, records: list[OutRecord], owner: Held) -> None:
         """One message's records (``owner.received`` starts the linger of an empty outbox)."""
-        out = self.records
-        if not out and not self.expecting:
-            self._since = owner.received
-            self._wake.set()
         for record in records:
-            out.append((record, owner))
-        if len(out) >= self.batch:
-            self.hurry()
+            self.add_one(record, owner)
 
     def add_one(self, record: OutRecord, owner: Held) -> None:
-        """:meth:`add` of a message with one record (nearly every one), without the loop."""
+        """One record of a message (nearly every message has one: the bridge calls this directly)."""
         out = self.records
         if not out and not self.expecting:
             self._since = owner.received
