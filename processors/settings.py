@@ -111,11 +111,12 @@ class ProcessorSettings(ThermoflowSettings):
         """Seconds between batches at a low rate: ``max_wait``, else the latency budget.
 
         faust's ``take_events`` hands on what is buffered every ``batch_wait`` seconds (or at
-        ``max_chunks``). Each batch costs the detectors about 3 ms whatever its size, so at a
-        steady 5,000 readings/s a quarter of the budget (25 ms) cut 40% more batches than the
-        whole budget, and cost the worker 31-36 µs of CPU per reading instead of 27 (measured
-        under `thermoflow run`). faust's fetch returns as soon as Kafka holds a record, so a
-        reading waits up to ``batch_wait`` here; under load ``max_chunks`` fills first.
+        ``max_chunks``). Every batch has a fixed cost: the detectors' 0.5 ms whatever its size
+        (``bench/bench_batch_cost.py``), and the worker's sends, acks and bookkeeping. At a
+        steady 20,000 readings/s half the budget (50 ms) cost the worker 10.2-11.2 µs of CPU per
+        reading instead of 9.1-9.7 and did not lower the p99 publish -> alert (measured under
+        `thermoflow run`). faust's fetch returns as soon as Kafka holds a record, so a reading
+        waits up to ``batch_wait`` here; under load ``max_chunks`` fills first.
         """
         return self.max_wait if self.max_wait is not None else self.latency_budget
 
