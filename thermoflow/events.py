@@ -15,7 +15,7 @@ import hashlib
 import math
 import unicodedata
 from collections.abc import Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -351,6 +351,7 @@ def new_alert(
 
 
 _encoder: Final = msgspec.json.Encoder()
+_Event = TypeVar("_Event")
 _reading_decoder: Final = msgspec.json.Decoder(Reading)
 _alert_decoder: Final = msgspec.json.Decoder(AlertEvent)
 _watermark_decoder: Final = msgspec.json.Decoder(Watermark)
@@ -363,12 +364,22 @@ def encode(event: Reading | AlertEvent | Watermark | Clear | Ack) -> bytes:
     return _encoder.encode(event)
 
 
+def _decode(decoder: msgspec.json.Decoder[_Event], payload: bytes | memoryview, what: str) -> _Event:
+    """One value decoded and validated, or an :class:`EventDecodeError` saying why not.
+
+    A RecursionError too: an unknown field nested a thousand levels deep exhausts the stack in
+    msgspec (the bridge refuses such a payload, but any producer can write to a topic), and a
+    consumer must dead-letter that record, not crash on it and read it again after its restart.
+    """
+    try:
+        return decoder.decode(payload)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        raise EventDecodeError(f"invalid {what}: {exc}") from None
+
+
 def decode_reading(payload: bytes | memoryview) -> Reading:
     """Decode and validate one ``telemetry.readings`` value."""
-    try:
-        return _reading_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise EventDecodeError(f"invalid reading: {exc}") from None
+    return _decode(_reading_decoder, payload, "reading")
 
 
 def _strict_reading() -> type[msgspec.Struct]:
@@ -430,34 +441,22 @@ def decode_readings(values: Sequence[bytes | None]) -> list[Any] | None:
 
 def decode_alert(payload: bytes | memoryview) -> AlertEvent:
     """Decode and validate one ``telemetry.alerts`` value."""
-    try:
-        return _alert_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise EventDecodeError(f"invalid alert event: {exc}") from None
+    return _decode(_alert_decoder, payload, "alert event")
 
 
 def decode_watermark(payload: bytes | memoryview) -> Watermark:
     """Decode and validate one watermark record of ``telemetry.alerts``."""
-    try:
-        return _watermark_decoder.decode(payload)
-    except (msgspec.DecodeError, ValueError) as exc:
-        raise EventDecodeError(f"invalid watermark: {exc}") from None
+    return _decode(_watermark_decoder, payload, "watermark")
 
 
 def decode_clear(payload: bytes | memoryview) -> Clear:
     """Decode and validate one clear record of ``telemetry.alerts``."""
-    try:
-        return _clear_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise EventDecodeError(f"invalid clear: {exc}") from None
+    return _decode(_clear_decoder, payload, "clear")
 
 
 def decode_ack(payload: bytes | memoryview) -> Ack:
     """Decode and validate one ack record of ``telemetry.alerts``."""
-    try:
-        return _ack_decoder.decode(payload)
-    except (msgspec.DecodeError, ValueError) as exc:
-        raise EventDecodeError(f"invalid ack: {exc}") from None
+    return _decode(_ack_decoder, payload, "ack")
 
 
 KafkaHeaders = list[tuple[str, bytes]]

@@ -200,3 +200,33 @@ def test_the_one_call_decode_refuses_what_decode_reading_refuses_as_not_finite(n
     assert events.decode_readings([value]) is None
     ok = b'{"device_id": "a", "value": 1e308, "ts": 1.0, "received_at": 2.0}'
     assert [r.value for r in events.decode_readings([ok, ok]) or []] == [1e308, 1e308]
+
+
+#: An unknown field nested deeper than the interpreter's stack lets msgspec go: RecursionError.
+DEEP = (
+    b'{"device_id": "a", "value": 1.5, "ts": 1.0, "received_at": 2.0, "x": '
+    + b"[" * 5000
+    + b"]" * 5000
+    + b"}"
+)
+
+
+@pytest.mark.parametrize(
+    ("decode", "what"),
+    [
+        (events.decode_reading, "reading"),
+        (events.decode_alert, "alert event"),
+        (events.decode_watermark, "watermark"),
+        (events.decode_clear, "clear"),
+        (events.decode_ack, "ack"),
+    ],
+)
+@pytest.mark.parametrize("payload", [DEEP, b"[" * 100_000 + b"]" * 100_000, b"[" * 100_000])
+def test_nesting_deeper_than_the_stack_is_a_decode_error_not_a_crash(
+    decode: typing.Callable[[bytes], object], what: str, payload: bytes
+) -> None:
+    """A consumer dead-letters such a record (any producer can write to a topic); a RecursionError
+    would end it, and its restart would read the same record again."""
+    with pytest.raises(EventDecodeError, match=f"^invalid {what}: "):
+        decode(payload)
+    assert events.decode_readings([DEEP, payload]) is None

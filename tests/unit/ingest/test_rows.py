@@ -42,6 +42,10 @@ def test_an_unstorable_reading_is_an_error_naming_its_field_and_its_neighbours_a
                 b'{"device_id":"f","value":1.5,"ts":1.0',  # a truncated reading...
                 b'"received_at":2.0}',  # ...and a tail that would join it
                 b"not json",
+                b'{"device_id":"g","value":1.5,"ts":1.0,"received_at":2.0,"x":'
+                + b"[" * 5000
+                + b"]" * 5000
+                + b"}",
                 b"",
                 None,
             ]

@@ -125,6 +125,16 @@ def test_records_that_would_join_into_readings_are_each_rejected() -> None:
         assert decoded(records) == one_by_one(records) == ([(0, "g", 5.0)], [1, 2, 3])
 
 
+def test_a_record_nested_deeper_than_the_stack_is_rejected_alone_with_its_reason() -> None:
+    """msgspec raises RecursionError there, which the one-by-one decode let through: the whole
+    batch failed, and the worker read it again after each restart."""
+    deep = reading("d", 1.0)[:-1] + b', "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    records = [Raw(0, b"g", reading("g", 5.0)), Raw(1, b"d", deep), Raw(2, b"h", reading("h", 6.0))]
+    batch, rejects = decode_batch("t", records, np.zeros(3, np.int64))
+    assert [batch.device_id(i) for i in range(len(batch))] == ["g", "h"]
+    assert [(r.record.offset, r.error.split(":")[0]) for r in rejects] == [(1, "invalid reading")]
+
+
 _reading = st.fixed_dictionaries(
     {
         "device_id": st.sampled_from(["a", "b,c", 'q"],[']),
