@@ -33,7 +33,7 @@ import logging
 import operator
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,6 +219,7 @@ async def flush_state(app: faust.App) -> None:
     for runner in _stateful_runners.get(app, []):
         async with runner.turn:
             await runner.flush()
+            await runner.settle()
 
 
 class BatchRunner:
@@ -258,6 +259,7 @@ class BatchRunner:
         self.held: list[Chunk] = []
         self.commits = Commits()
         self.persisted_at = time.monotonic()
+        self.writing: asyncio.Future[None] | None = None  # the state write under way (flush)
         self.output = BatchSender(sink, self.sink_topic)
         self.loading: asyncio.Future[None] | None = None  # the state read started at an assignment
 
@@ -385,19 +387,37 @@ class BatchRunner:
         return traced, spans
 
     async def flush(self) -> None:
-        """Write the state the held batches (and timer ticks) changed, then commit their offsets.
+        """Start writing the state the held batches (and timer ticks) changed; their offsets are
+        committed once it is stored.
 
         Called after a batch or a timer tick once ``state_interval`` has passed since the last
         write, so the stored state lags the processed readings by at most ``state_interval`` plus
         a tick (``watermark_interval``) or a batch, and the committed offsets
         never pass the stored state: a crash replays the batches since the last flush from the
         state that was stored before them, and sends the same alert ids again. Stored state is
-        never ahead of the alerts it implies: every held batch's output was acked before it was held.
+        never ahead of the alerts it implies: every held batch's output was acked before it was
+        held, and the state is taken here, before the next batch.
+
+        The write waits for its acks while the next batches are processed: it was in their
+        path, up to 76 ms every second at 20,000 readings/s. It first waits for the write before
+        it, so one is under way at a time, the commits stay in order, a write that failed
+        raises here, and one that never returns stalls the batches (the watchdog's to see).
         """
         assert self.stateful is not None
-        await self.stateful.persist()
-        self.persisted_at = time.monotonic()
+        await self.settle()
         held, self.held = self.held, []
+        write = self.stateful.persist()
+        self.persisted_at = time.monotonic()
+        self.writing = asyncio.ensure_future(self._commit_when_stored(write, held))
+
+    async def settle(self) -> None:
+        """Wait for the state write under way, if any, and its commit; raises what it raised."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            await writing
+
+    async def _commit_when_stored(self, write: Awaitable[None], held: list[Chunk]) -> None:
+        await write
         if held:
             consumer = self.sink.app.consumer
             assigned = consumer.assignment()  # a batch held while its partition was revoked stays uncommitted

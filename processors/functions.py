@@ -10,7 +10,7 @@ the alert consumers track its watermarks by that name.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from thermoflow.events import new_alert
 from thermoflow.processors.columns import ReadingBatch
@@ -104,8 +104,8 @@ class AlertCheck(ThresholdCheck):
     def on_timer(self, *, now: float, caught_up: Callable[[int], bool]) -> list[Emit]:
         return self.detectors.on_timer(self.watcher.current(), now=now, caught_up=caught_up)
 
-    async def persist(self) -> None:
-        await self.detectors.store.persist()
+    def persist(self) -> Awaitable[None]:
+        return self.detectors.store.persist()
 
     async def close(self) -> None:
         await self.detectors.store.close()

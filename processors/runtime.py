@@ -67,13 +67,16 @@ class Stateful(Protocol):
     def on_timer(self, *, now: float, caught_up: Callable[[int], bool]) -> Sequence[Emit]:
         """Every ``watermark_interval``: what time alone detects (``now`` is the wall clock)."""
 
-    async def persist(self) -> None:
-        """Write the state changed since the last call; every event those changes imply is acked.
+    def persist(self) -> Awaitable[None]:
+        """Take the state changed since the last call, at the call; the awaitable returned writes
+        it and returns once every record of it is acked.
 
-        Called every ``state_interval`` (after a batch, or by the timer), not per batch: the
-        batches since the last call keep their offsets uncommitted until it returns. Stored
-        state is never ahead of the alerts it implies: a crash before this replays those
-        batches from the old state and sends the same alert ids again.
+        Called every ``state_interval`` (after a batch, or by the timer), not per batch, with
+        every event those changes imply already acked: the batches since the last call keep
+        their offsets uncommitted until the write is done. Stored state is never ahead of the
+        alerts it implies: a crash before that replays those batches from the old state and
+        sends the same alert ids again. The worker processes the next batch while the write
+        waits, so the state must be taken at the call, not when the awaitable first runs.
         """
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Collection, Sequence
-from typing import Final
+from collections.abc import Collection, Coroutine, Sequence
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -224,30 +224,38 @@ class StateStore:
             )
             return missing
 
-    async def persist(self) -> None:
-        """Write every changed pair's state, one producer batch per partition; returns once acked.
+    def persist(self) -> Coroutine[Any, Any, None]:
+        """Take every changed pair's state now; the coroutine returned writes it, one producer
+        batch per partition, and returns once acked.
 
+        The state is taken at the call, not when the coroutine first runs, so the caller can
+        process the next batch while the write waits for its acks (:meth:`BatchRunner.flush`).
         A partition revoked while this waits (for the producer, or for a full batch to go) is not
         written: its new owner replays from the committed offsets with the state stored before
         them, and its rows may already hold other pairs. So the rows' keys and partitions are
-        taken before the first wait, and each row is written only while its partition is loaded.
+        taken at the call, and each row is written only while its partition is loaded.
         """
         rows, records = self.table.changed()
-        if not records:
-            return
         partitions = self.table.partition[rows].tolist()
         keys = [self.table.keys[row] for row in rows.tolist()]
-        producer = await self._writer()
-        sent = await kafka.send_batches(
-            producer,
-            self.topic,
-            (
-                (partition, str(key).encode(), value, None)
-                for partition, key, value in zip(partitions, keys, records, strict=True)
-                if partition in self._loaded  # checked at each record: a send may wait
-            ),
-        )
+        return self._write(rows, partitions, keys, records)
+
+    async def _write(
+        self, rows: I64, partitions: list[int], keys: list[str | None], records: list[bytes]
+    ) -> None:
+        if not records:
+            return
         try:
+            producer = await self._writer()
+            sent = await kafka.send_batches(
+                producer,
+                self.topic,
+                (
+                    (partition, str(key).encode(), value, None)
+                    for partition, key, value in zip(partitions, keys, records, strict=True)
+                    if partition in self._loaded  # checked at each record: a send may wait
+                ),
+            )
             await asyncio.gather(*sent)
         except BaseException:
             # written again with the next batch's changes: the rows that still hold their pairs

@@ -46,3 +46,33 @@ async def test_a_partition_revoked_while_its_state_is_written_is_skipped_not_a_c
         await reader.close()
     # The revoked partition's state is left to its new owner; the rest is written once, whole.
     assert stored == {state_key("kept-0", "temperature"), state_key("new-0", "temperature")}
+
+
+async def test_a_write_holds_the_state_as_it_was_when_it_was_asked_for(
+    settings: ThermoflowSettings, new_topic: Callable[..., str]
+) -> None:
+    # The worker processes the next batch while a write waits for its acks: what that batch
+    # changes belongs to the next write, whose alerts are not acked yet.
+    topic = new_topic("state", partitions=1)
+    store = StateStore(settings, topic=topic)
+    store.mark_loaded([0])
+    changed(store, "before", 0)
+    try:
+        writing = store.persist()
+        changed(store, "after", 0)  # the next batch, before the write first runs
+        await writing
+        first = await stored_keys(settings, topic)
+        await store.persist()
+    finally:
+        await store.close()
+    assert first == {state_key("before", "temperature")}
+    assert await stored_keys(settings, topic) == {state_key(d, "temperature") for d in ("before", "after")}
+
+
+async def stored_keys(settings: ThermoflowSettings, topic: str) -> set[str]:
+    reader = StateStore(settings, topic=topic)
+    try:
+        await reader.load([0])
+        return set(reader.table.index)
+    finally:
+        await reader.close()
