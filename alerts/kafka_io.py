@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from thermoflow import kafka, tracing
-from thermoflow.alerts.lifecycle import Incident
+from thermoflow.alerts.lifecycle import Incident, decode_incident
 from thermoflow.alerts.notification import Notification, to_json
 from thermoflow.events import (
     CLEARED_CONDITIONS,
@@ -48,7 +48,6 @@ from thermoflow.settings import ThermoflowSettings
 
 log = get_logger(__name__)
 
-_state_decoder = msgspec.json.Decoder(Incident)
 _encoder = msgspec.json.Encoder()
 
 
@@ -104,10 +103,13 @@ async def load_states(settings: ThermoflowSettings, topic: str) -> list[Incident
                 for record in records:
                     if record.key is None:
                         continue
-                    if record.value is None:
+                    incident = None if record.value is None else decode_incident(record.value)
+                    if incident is None:
+                        if record.value is not None:
+                            log.warning("state_record_unreadable", topic=topic, offset=record.offset)
                         latest.pop(record.key, None)
                     else:
-                        latest[record.key] = _state_decoder.decode(record.value)
+                        latest[record.key] = incident
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

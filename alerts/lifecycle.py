@@ -127,6 +127,22 @@ class Incident(msgspec.Struct, frozen=True, kw_only=True):
         return self.condition in CLEARED_CONDITIONS
 
 
+_incident_decoder: Final = msgspec.json.Decoder(Incident)
+
+
+def decode_incident(value: bytes) -> Incident | None:
+    """One record of the notifier's state topic, or None for one that is not an incident state.
+
+    Any producer can write to that topic, and it is read from its start at every start: a record
+    that is not JSON, or nests past the stack (msgspec's RecursionError), must not crash-loop
+    the notifier. Such a record is taken as no state, as the processors' state store does.
+    """
+    try:
+        return _incident_decoder.decode(value)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return None
+
+
 def key_of_alert(alert: AlertEvent | Clear) -> IncidentKey:
     """The incident key an alert (or a clear) belongs to."""
     return (alert.device_id, alert.rule_id, incident_kind(alert.condition))

@@ -13,15 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from thermoflow.alerts.lifecycle import Incident
+from thermoflow.alerts.lifecycle import decode_incident
 from thermoflow.console.follow import TopicFollower
 from thermoflow.kafka import partition_counts
 from thermoflow.settings import ThermoflowSettings
-
-_decoder = msgspec.json.Decoder(Incident)
 
 
 @dataclass(frozen=True)
@@ -54,9 +51,8 @@ class NotifierState(TopicFollower):
             self._by_id.pop(old, None)
         if value is None:
             return
-        try:
-            incident = _decoder.decode(value)
-        except msgspec.DecodeError:
+        incident = decode_incident(value)
+        if incident is None:
             return  # not the notifier's: nothing to show for it
         self._by_key[key] = incident.incident_id
         self._by_id[incident.incident_id] = Notified(incident.seq, incident.notified_at, incident.resolved_at)

@@ -3,11 +3,20 @@ repeat on an injected clock, and replays."""
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.fakes import FakeClock, make_alert
-from thermoflow.alerts.lifecycle import Policy, StoredIncident, apply_breach, fold_events, settle, tick
+from thermoflow.alerts.lifecycle import (
+    Policy,
+    StoredIncident,
+    apply_breach,
+    decode_incident,
+    fold_events,
+    settle,
+    tick,
+)
 from thermoflow.alerts.tracker import IncidentTracker
 from thermoflow.events import Severity
 
@@ -241,3 +250,15 @@ def test_a_due_repeat_of_a_partition_held_elsewhere_goes_out_after_it_comes_back
     assert tracker.on_tick(now=60.0, partitions={1, 2}) == []
     tracker.load(persisted)  # partition 3 assigned again: the same state, due once more
     assert [n.transition for n in tracker.on_tick(now=61.0, partitions={3})] == ["repeat"]
+
+
+def test_a_state_record_that_is_not_an_incident_reads_as_none_not_a_crash() -> None:
+    tracker = IncidentTracker(POLICY)
+    tracker.on_alert(make_alert("freezer-1", 100.0, value=-3.0), now=100.0)
+    [incident] = tracker.take_changed()
+    stored = msgspec.json.encode(incident)
+    assert decode_incident(stored) == incident
+    deep = b'{"incident_id": "x", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    hostile = (b"", b"\x00\xff", b"null", b"[]", b'{"incident_id": 1}', deep, b"[" * 100_000, stored[:-1])
+    for value in hostile:
+        assert decode_incident(value) is None
