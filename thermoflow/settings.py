@@ -59,7 +59,7 @@ class ThermoflowSettings(BaseSettings):
         ge=0,
         le=10,
         description="seconds a consumer's fetch may wait for kafka_fetch_min_bytes: fewer, larger batches"
-        " [three quarters of latency_budget]",
+        " [latency_budget]",
     )
     latency_budget: float = Field(
         0.1,
@@ -253,11 +253,13 @@ class ThermoflowSettings(BaseSettings):
 
     @property
     def fetch_wait(self) -> float:
-        """How long a consumer's fetch waits for more records: kafka_fetch_wait, or ¾ of the latency
-        budget (the last quarter is the hop's own work). Under load the fetch fills
-        kafka_fetch_min_bytes first and returns at once; at a low rate it waits, so batches stay
-        large; idle, a consumer asks Kafka once per wait instead of 50 times a second."""
-        return self.kafka_fetch_wait if self.kafka_fetch_wait is not None else 0.75 * self.latency_budget
+        """How long a consumer's fetch waits for more records: kafka_fetch_wait, or the latency
+        budget. Under load the fetch fills kafka_fetch_min_bytes first and returns at once; at a
+        low rate it waits, so batches stay large. A batch costs the sink about 2 ms whatever its
+        size: with the whole budget rather than ¾ of it, the sink spent 8.3-8.4 µs per reading at
+        a steady 5,000/s instead of 9.7-9.8, and p99 publish -> stored went from 131 to 155 ms
+        (3 runs each, alternating)."""
+        return self.kafka_fetch_wait if self.kafka_fetch_wait is not None else self.latency_budget
 
     def kafka_options(self) -> dict[str, Any]:
         """Keyword arguments shared by aiokafka's producer, consumer and admin client."""
