@@ -1,5 +1,6 @@
 """The faust app: each registered function runs as an agent over
-``stream.take_events(max_chunks, within=batch_wait)``, where each event is one fetch's
+``take_batches(stream, max_chunks, within=batch_wait)`` (faust's ``take_events``, cut
+``batch_wait`` after a batch's oldest record reached Kafka), where each event is one fetch's
 chunks of records, a chunk per partition (see :mod:`thermoflow.processors.batching` for why).
 
 Per batch: decode (msgspec, columns) -> dead-letter the undecodable records -> call the
@@ -53,6 +54,7 @@ from thermoflow.processors.batching import (
     Chunk,
     ChunkScheduler,
     Commits,
+    take_batches,
 )
 from thermoflow.processors.columns import KafkaRecord, ReadingBatch, decode_batch
 from thermoflow.processors.runtime import (
@@ -272,7 +274,9 @@ class BatchRunner:
         watchdog.start()
         try:
             # Each event is one fetch's chunks of records, one per partition (processors.batching).
-            async for events in stream.take_events(self.settings.max_chunks, within=self.settings.batch_wait):
+            async for events in take_batches(
+                stream, self.settings.max_chunks, within=self.settings.batch_wait
+            ):
                 chunks: list[Chunk] = [chunk for event in events for chunk in event.value]
                 records = list(itertools.chain.from_iterable(chunk for _, chunk in chunks))
                 partitions = np.repeat(

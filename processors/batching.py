@@ -39,11 +39,22 @@ it was written for and :func:`check_versions` refuses to start on others:
 A rebalance behaves as in faust: a fetch from before it is dropped (faust skips an item of an
 older consumer generation; its offsets were not committed) and read again from the committed
 offsets.
+
+Batches are cut by :func:`take_batches`, faust's ``Stream.take_events`` with one change: a batch
+closes ``within`` seconds after its oldest record reached Kafka (its record timestamp), not
+``within`` seconds after the agent handed the batch before back. With faust's rule a record
+that came while the agent worked waited that work and then a whole window. Cut by the record
+timestamps, Kafka -> alert p99 at 20,000 readings/s went from 166-170 ms to 116-126 ms, for the
+same CPU (3 runs each, alternating). It leans on faust's stream internals as ``take_events`` 0.15.3 uses them
+(``add_processor``, ``_enable_passive``, ``current_event``, ``wait_for_stopped``, ``ack``,
+``_active_agens``, ``_processors``), under the same version check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Final
 
@@ -51,6 +62,8 @@ from aiokafka.structs import ConsumerRecord
 from faust.serializers import codecs
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
+from mode.utils.aiter import aiter
+from mode.utils.futures import notify
 
 from thermoflow.settings import ConfigError
 
@@ -237,3 +250,106 @@ class Commits:
         if committed:
             self._committed.update(offsets)
         return committed
+
+
+def batch_timeout(first_at: float | None, now: float, within: float) -> float:
+    """Seconds to wait before cutting the batch whose oldest record arrived at ``first_at``.
+
+    ``within`` after that arrival, and at least a tenth of ``within`` from ``now``: a record
+    that is already old (a backlog, a slow batch before) is cut soon, but not before the fetches
+    queued behind it are in. With no record yet, up to ``within``, to look again.
+    """
+    if first_at is None:
+        return within
+    return max(within / 10, first_at + within - now)
+
+
+def arrived_at(chunks: Sequence[Chunk], now: float, within: float, *, wall: float) -> float:
+    """When (on the clock of ``now``) the oldest record of a fetch's ``chunks`` reached Kafka.
+
+    Read from the record timestamps (milliseconds, the wall clock ``wall`` is compared with), a
+    chunk's first record being its oldest, and taken as no earlier than ``within`` ago and no
+    later than ``now``: a producer clock ahead of this one counts the fetch as just arrived (faust's
+    rule), one behind or a backlog as due, never worse.
+    """
+    stamps: list[int] = [records[0].timestamp for _, records in chunks if records]
+    if not stamps:
+        return now
+    return now - min(max(wall - min(stamps) / 1000, 0.0), within)
+
+
+def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
+    """faust's ``Stream.take_events(max_, within)`` (0.15.3), but each batch is cut ``within``
+    seconds after its oldest record reached Kafka (:func:`arrived_at`, :func:`batch_timeout`), or
+    at ``max_`` items (fetches). Like faust's, the generator is registered with the stream, which
+    closes it when it stops.
+    """
+    batches = _take_batches(stream, max_, within)
+    stream._active_agens.add(batches)
+    return batches
+
+
+async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
+    loop = asyncio.get_running_loop()
+    events: list[Any] = []
+    first_at: float | None = None  # when the oldest record of the next batch reached Kafka
+    arrived = asyncio.Event()  # the buffer got an item
+    full = asyncio.Event()
+    consumed = asyncio.Event()
+    consuming: asyncio.Future[None] | None = None
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal consuming, first_at
+        try:
+            if consuming is not None:  # the batch before is still with the agent
+                try:
+                    await consuming
+                finally:
+                    consuming = None
+            event = stream.current_event
+            if event is None:
+                raise RuntimeError("take buffer found current_event is None")
+            at = arrived_at(value, loop.time(), within, wall=time.time())
+            first_at = at if first_at is None else min(first_at, at)
+            events.append(event)
+            arrived.set()
+            if len(events) >= max_:
+                full.set()
+                consumed.clear()
+                await stream.wait(consumed)  # no more than max_ in a batch
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # as faust's take: the stream crashes, the worker restarts
+            stream.log.exception("Error adding to take buffer: %r", exc)
+            await stream.crash(exc)
+        return value
+
+    enable_acks = stream.enable_acks
+    stream.enable_acks = False  # the events are acked once the agent is done with them
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(aiter(stream.channel))
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(
+                full if events else arrived,
+                timeout=batch_timeout(first_at if events else None, loop.time(), within),
+            )
+            if not events or first_at is None:
+                continue
+            if not full.is_set() and loop.time() < first_at + within - 1e-3:
+                continue
+            consuming = loop.create_future()
+            first_at = None
+            arrived.clear()
+            try:
+                yield list(events)
+            finally:
+                for event in events:
+                    await stream.ack(event)
+                events.clear()
+                notify(consuming)
+                full.clear()
+                consumed.set()
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add_to_buffer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from thermoflow.processors.batching import (
     ChunkScheduler,
     Commits,
     IncompatibleVersions,
+    arrived_at,
+    batch_timeout,
     check_versions,
 )
 
@@ -181,3 +184,34 @@ def test_faust_keeps_no_offsets_of_a_worker_s_source_topic(tmp_path: Any) -> Non
     (agent,) = app.agents.values()
     assert agent.channel.get_topic_name() == "unit-readings"
     assert agent.channel.acks is False
+
+
+def stamped(*timestamps_ms: int) -> list[Chunk]:
+    """A fetch's chunks, one per partition, each starting with a record stamped as given."""
+    return [
+        (
+            TP(READINGS, partition),
+            [SimpleNamespace(offset=0, timestamp=ms), SimpleNamespace(offset=1, timestamp=ms + 5)],
+        )
+        for partition, ms in enumerate(timestamps_ms)
+    ]
+
+
+def test_a_fetch_arrived_when_its_oldest_record_reached_kafka() -> None:
+    # now 500.0 on the loop's clock is 10,000.0 on the wall; the oldest record is 30 ms old
+    assert arrived_at(stamped(9_999_990, 9_999_970), 500.0, 0.1, wall=10_000.0) == pytest.approx(499.97)
+
+
+def test_a_hostile_or_skewed_timestamp_neither_stalls_nor_rushes_a_batch_past_the_window() -> None:
+    now, within, wall = 500.0, 0.1, 10_000.0
+    assert arrived_at(stamped(99_999_999_999_999), now, within, wall=wall) == now  # ahead: just arrived
+    assert arrived_at(stamped(-1), now, within, wall=wall) == pytest.approx(now - within)  # none: due
+    assert arrived_at(stamped(0, 9_999_990), now, within, wall=wall) == pytest.approx(now - within)  # backlog
+    assert arrived_at([], now, within, wall=wall) == now
+    assert arrived_at([(TP(READINGS, 0), [])], now, within, wall=wall) == now
+
+
+def test_a_batch_is_cut_a_window_after_its_oldest_record_and_never_sooner_than_a_tenth_of_it() -> None:
+    assert batch_timeout(None, 500.0, 0.1) == 0.1  # nothing yet: look again in a window
+    assert batch_timeout(499.97, 500.0, 0.1) == pytest.approx(0.07)
+    assert batch_timeout(499.0, 500.0, 0.1) == pytest.approx(0.01)  # long due: the fetches behind it first
