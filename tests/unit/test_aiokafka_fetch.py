@@ -67,7 +67,7 @@ async def test_a_sparse_consumer_fetches_from_the_first_byte_and_waits_long_for_
     options = [(c._fetch_min_bytes, c._fetch_max_wait_ms) for c in (sparse, gathering)]
     for consumer in (sparse, gathering):
         await consumer.stop()  # never started: only marks it closed
-    assert options == [(1, round(IDLE_FETCH_WAIT * 1000)), (256 << 10, 75)]
+    assert options == [(1, round(IDLE_FETCH_WAIT * 1000)), (256 << 10, 100)]
 
 
 def partition_records(topic: str, first: int, count: int, *, fetch_offset: int) -> Any:
