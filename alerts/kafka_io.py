@@ -103,10 +103,12 @@ async def load_states(settings: ThermoflowSettings, topic: str) -> list[Incident
                 for record in records:
                     if record.key is None:
                         continue
-                    incident = None if record.value is None else decode_incident(record.value)
-                    if incident is None:
-                        if record.value is not None:
-                            log.warning("state_record_unreadable", topic=topic, offset=record.offset)
+                    if record.value is None:  # a tombstone
+                        latest.pop(record.key, None)
+                        continue
+                    incident = decode_incident(record.value)
+                    if incident is None:  # unreadable: taken as no state
+                        log.warning("state_record_unreadable", topic=topic, offset=record.offset)
                         latest.pop(record.key, None)
                     else:
                         latest[record.key] = incident

@@ -47,6 +47,7 @@ import msgspec
 
 from thermoflow.events import (
     CLEARED_CONDITIONS,
+    DECODE_ERRORS,
     SEVERITIES,
     Ack,
     AlertEvent,
@@ -134,12 +135,12 @@ def decode_incident(value: bytes) -> Incident | None:
     """One record of the notifier's state topic, or None for one that is not an incident state.
 
     Any producer can write to that topic, and it is read from its start at every start: a record
-    that is not JSON, or nests past the stack (msgspec's RecursionError), must not crash-loop
-    the notifier. Such a record is taken as no state, as the processors' state store does.
+    that raises any of :data:`~thermoflow.events.DECODE_ERRORS` must not crash-loop the notifier.
+    Such a record is taken as no state, as the processors' state store does.
     """
     try:
         return _incident_decoder.decode(value)
-    except (msgspec.DecodeError, ValueError, RecursionError):
+    except DECODE_ERRORS:
         return None
 
 

@@ -352,6 +352,11 @@ def new_alert(
 
 _encoder: Final = msgspec.json.Encoder()
 _Event = TypeVar("_Event")
+#: What msgspec raises on a value from outside: not JSON, not the type, out of range, or nested
+#: past the stack (an unknown field a thousand levels deep: the bridge refuses such a payload,
+#: but any producer can write to a topic, and a consumer must not crash on it and read it again
+#: after its restart).
+DECODE_ERRORS: Final = (msgspec.DecodeError, ValueError, RecursionError)
 _reading_decoder: Final = msgspec.json.Decoder(Reading)
 _alert_decoder: Final = msgspec.json.Decoder(AlertEvent)
 _watermark_decoder: Final = msgspec.json.Decoder(Watermark)
@@ -365,15 +370,11 @@ def encode(event: Reading | AlertEvent | Watermark | Clear | Ack) -> bytes:
 
 
 def _decode(decoder: msgspec.json.Decoder[_Event], payload: bytes | memoryview, what: str) -> _Event:
-    """One value decoded and validated, or an :class:`EventDecodeError` saying why not.
-
-    A RecursionError too: an unknown field nested a thousand levels deep exhausts the stack in
-    msgspec (the bridge refuses such a payload, but any producer can write to a topic), and a
-    consumer must dead-letter that record, not crash on it and read it again after its restart.
-    """
+    """One value decoded and validated, or an :class:`EventDecodeError` saying why not
+    (any of :data:`DECODE_ERRORS`: the record is dead-lettered with it)."""
     try:
         return decoder.decode(payload)
-    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+    except DECODE_ERRORS as exc:
         raise EventDecodeError(f"invalid {what}: {exc}") from None
 
 

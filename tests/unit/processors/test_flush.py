@@ -82,11 +82,17 @@ async def settled() -> None:
         await asyncio.sleep(0)
 
 
-async def test_the_next_batch_goes_on_while_the_state_is_written_and_commits_wait_for_it() -> None:
+async def writing_first_batch() -> tuple[Detectors, Consumer, BatchRunner]:
+    """A runner whose first held batch (offsets 0-9) is being written, with the state as 1."""
     detectors, consumer = Detectors(state=1), Consumer()
     batches = runner(detectors, consumer)
     batches.held.append(chunk(0, 9))
     await batches.flush()  # returns with the write under way
+    return detectors, consumer, batches
+
+
+async def test_the_next_batch_goes_on_while_the_state_is_written_and_commits_wait_for_it() -> None:
+    detectors, consumer, batches = await writing_first_batch()
     assert [state for state, _ in detectors.writes] == [1]
     detectors.state = 2  # the next batch, processed meanwhile
     batches.held.append(chunk(10, 19))
@@ -105,10 +111,7 @@ async def test_the_next_batch_goes_on_while_the_state_is_written_and_commits_wai
 
 
 async def test_a_failed_write_raises_at_the_next_flush_and_commits_nothing() -> None:
-    detectors, consumer = Detectors(state=1), Consumer()
-    batches = runner(detectors, consumer)
-    batches.held.append(chunk(0, 9))
-    await batches.flush()
+    detectors, consumer, batches = await writing_first_batch()
     detectors.writes[0][1].set_exception(ConnectionError("state topic unreachable"))
     batches.held.append(chunk(10, 19))
     with pytest.raises(ConnectionError, match="unreachable"):
@@ -118,10 +121,7 @@ async def test_a_failed_write_raises_at_the_next_flush_and_commits_nothing() -> 
 
 
 async def test_one_write_at_a_time_in_order() -> None:
-    detectors, consumer = Detectors(state=1), Consumer()
-    batches = runner(detectors, consumer)
-    batches.held.append(chunk(0, 9))
-    await batches.flush()
+    detectors, consumer, batches = await writing_first_batch()
     batches.held.append(chunk(10, 19))
     second = asyncio.ensure_future(batches.flush())
     await settled()
@@ -134,10 +134,7 @@ async def test_one_write_at_a_time_in_order() -> None:
 
 
 async def test_a_batch_held_while_its_partition_was_revoked_is_not_committed() -> None:
-    detectors, consumer = Detectors(state=1), Consumer()
-    batches = runner(detectors, consumer)
-    batches.held.append(chunk(0, 9))
-    await batches.flush()
+    detectors, consumer, batches = await writing_first_batch()
     consumer.assigned = set()  # the rebalance, while the write waits
     detectors.writes[0][1].set_result(None)
     await batches.settle()
