@@ -13,6 +13,10 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from thermoflow.stack import Stack
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -32,6 +36,27 @@ def cpu_of(pids: Mapping[str, int]) -> dict[str, float]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return seconds
+
+
+def server_pids(stack: Stack) -> dict[str, int]:
+    """The local stack's servers: Mosquitto, Kafka, and PostgreSQL's postmaster with each backend
+    (its children, ``postgres-<pid>``; a backend that has ended is not listed, nor its CPU)."""
+    pids = {service.name: pid for service in stack.services if (pid := service.pid()) is not None}
+    postmaster = pids.get("postgres")
+    for stat in Path("/proc").glob("[0-9]*/stat") if postmaster is not None else ():
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone since the listing
+            continue
+        if parent == postmaster:
+            pids[f"postgres-{stat.parent.name}"] = int(stat.parent.name)
+    return pids
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's children that have ended and been waited for."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:

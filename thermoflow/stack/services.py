@@ -40,6 +40,7 @@ class Service(Protocol):
     def down(self) -> None: ...
     def running(self) -> bool: ...
     def ready(self) -> bool: ...
+    def pid(self) -> int | None: ...
 
 
 def _find(binary: str, *extra_dirs: str) -> str | None:
@@ -179,7 +180,11 @@ class Mosquitto:
         self._pid_file.unlink(missing_ok=True)
 
     def running(self) -> bool:
-        return read_pid(self._pid_file) is not None
+        return self.pid() is not None
+
+    def pid(self) -> int | None:
+        """The server's process id, or None when it is not running."""
+        return read_pid(self._pid_file)
 
     def ready(self) -> bool:
         """A real MQTT 3.1.1 CONNECT answered by a CONNACK that accepts it."""
@@ -343,7 +348,11 @@ class Kafka:
         self._pid_file.unlink(missing_ok=True)
 
     def running(self) -> bool:
-        return read_pid(self._pid_file) is not None
+        return self.pid() is not None
+
+    def pid(self) -> int | None:
+        """The server's process id, or None when it is not running."""
+        return read_pid(self._pid_file)
 
     def ready(self) -> bool:
         """A real metadata request answered by the broker."""
@@ -520,7 +529,11 @@ class Postgres:
             )
 
     def running(self) -> bool:
-        return read_pid(self._data / "postmaster.pid") is not None
+        return self.pid() is not None
+
+    def pid(self) -> int | None:
+        """The postmaster's process id (its backends are its children), or None when it is not running."""
+        return read_pid(self._data / "postmaster.pid")
 
     def ready(self) -> bool:
         """A real query answered."""
