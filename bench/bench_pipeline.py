@@ -164,19 +164,26 @@ async def publish_ceiling(stack: Stack, seconds: float) -> float:
     run = PipelineRun.isolated(stack.settings(), workdir, resolve_after=10.0)
     workdir.mkdir(parents=True, exist_ok=True)
     devices = round(CEILING_ASK / CEILING_RATE_PER_DEVICE)
+    broker = {"mosquitto": stack.mosquitto.pid() or 0}
+    broker_from, simulator_from = cpu_of(broker), children_cpu()
     report = await run.simulate(
         "--devices", str(devices), "--rate", str(CEILING_RATE_PER_DEVICE), "--duration", str(seconds),
         "--connections", "200", "--qos", "1", "--anomaly-rate", "6", "--seed", "3", measure=False,
     )  # fmt: skip
     publish = report["publish"]
-    return float(publish["acked"] / (report["run"]["duration_s"] + publish["drain_s"]))
+    acked: int = max(1, publish["acked"])
+    cpu = {**spent(broker_from, cpu_of(broker)), "simulator": children_cpu() - simulator_from}
+    ceiling = acked / (report["run"]["duration_s"] + publish["drain_s"])
+    per_1000 = ", ".join(f"{name} {1000 * s / acked:.4f}" for name, s in cpu.items())
+    print(f"baseline: the simulator alone, flat out, QoS 1, nothing consuming: {ceiling:,.0f}/s acked")
+    print(f"    CPU-s per 1,000 publishes: {per_1000}", flush=True)
+    return float(ceiling)
 
 
 async def bench(stack: Stack, rates: list[float], shares: list[float], seconds: float) -> list[float]:
     """One run: the ceiling, then each target rate; returns the sustained-or-not p99s of the run."""
     started = time.monotonic()
     ceiling = await publish_ceiling(stack, seconds)
-    print(f"baseline: the simulator alone, flat out, QoS 1, nothing consuming: {ceiling:,.0f}/s acked")
     targets = [(rate, None) for rate in rates] + [(round(share * ceiling, -2), share) for share in shares]
     results = []
     for rate, share in targets:
