@@ -48,13 +48,9 @@ def state_dir() -> Iterator[Path]:
 
 
 def stack_pids(state_dir: Path) -> list[int]:
+    """The running servers' process ids, from their pid files."""
     stack = Stack(StackConfig(state_dir=state_dir))
-    pids = []
-    for pid_file in [stack.mosquitto.home / "mosquitto.pid", stack.kafka.home / "kafka.pid",
-                     stack.postgres.home / "data" / "postmaster.pid"]:  # fmt: skip
-        if pid_file.exists():
-            pids.append(int(pid_file.read_text().split()[0]))
-    return pids
+    return [pid for service in stack.services if (pid := service.pid()) is not None]
 
 
 def test_up_twice_status_down_leaves_nothing_behind(state_dir: Path) -> None:
