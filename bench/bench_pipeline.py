@@ -60,11 +60,12 @@ CEILING_RATE_PER_DEVICE = 50.0  # its fleet: 20,000 devices, not 200,000
 SETTLE_SECONDS = 5.0  # after start: faust's recovery, the state loads and the first metadata are not idling
 
 
-def fleet_args(rate: float, seconds: float) -> list[str]:
-    devices = max(1, round(rate / RATE_PER_DEVICE))
-    return ["--devices", str(devices), "--rate", str(RATE_PER_DEVICE), "--duration", str(seconds),
-            "--connections", str(min(200, devices)), "--qos", "1", "--anomaly-rate", "6", "--seed", "3",
-            "--measure-timeout", "120"]  # fmt: skip
+def fleet_args(rate: float, seconds: float, per_device: float = RATE_PER_DEVICE) -> list[str]:
+    """The bench's fleet for ``rate`` readings/s over ``seconds``: devices at ``per_device`` each."""
+    devices = max(1, round(rate / per_device))
+    return ["--devices", str(devices), "--rate", str(per_device), "--duration", str(seconds),
+            "--connections", str(min(200, devices)), "--qos", "1",
+            "--anomaly-rate", "6", "--seed", "3"]  # fmt: skip
 
 
 async def pipeline_at(stack: Stack, rate: float, seconds: float) -> dict[str, Any]:
@@ -79,7 +80,7 @@ async def pipeline_at(stack: Stack, rate: float, seconds: float) -> dict[str, An
         await asyncio.sleep(IDLE_SECONDS)
         idle = spent(idle_from, cpu_of(pids))
         busy_from, servers_from, simulator_from = cpu_of(pids), cpu_of(server_pids(stack)), children_cpu()
-        report = await run.simulate(*fleet_args(rate, seconds))
+        report = await run.simulate(*fleet_args(rate, seconds), "--measure-timeout", "120")
         busy = spent(busy_from, cpu_of(pids))
         rest = {"simulator": children_cpu() - simulator_from}
         # A backend that PostgreSQL started during the run counts from zero; they add up under "postgres".
@@ -163,13 +164,9 @@ async def publish_ceiling(stack: Stack, seconds: float) -> float:
     shutil.rmtree(workdir, ignore_errors=True)
     run = PipelineRun.isolated(stack.settings(), workdir, resolve_after=10.0)
     workdir.mkdir(parents=True, exist_ok=True)
-    devices = round(CEILING_ASK / CEILING_RATE_PER_DEVICE)
     broker = {"mosquitto": pid} if (pid := stack.mosquitto.pid()) is not None else {}
     broker_from, simulator_from = cpu_of(broker), children_cpu()
-    report = await run.simulate(
-        "--devices", str(devices), "--rate", str(CEILING_RATE_PER_DEVICE), "--duration", str(seconds),
-        "--connections", "200", "--qos", "1", "--anomaly-rate", "6", "--seed", "3", measure=False,
-    )  # fmt: skip
+    report = await run.simulate(*fleet_args(CEILING_ASK, seconds, CEILING_RATE_PER_DEVICE), measure=False)
     publish = report["publish"]
     acked: int = max(1, publish["acked"])
     cpu = {**spent(broker_from, cpu_of(broker)), "simulator": children_cpu() - simulator_from}

@@ -174,7 +174,7 @@ class Mosquitto:
         wait_until(self.ready, timeout=20, what=f"mosquitto on {self.address}", pid=pid, log_file=log_file)
 
     def down(self) -> None:
-        pid = read_pid(self._pid_file)
+        pid = self.pid()
         if pid is not None:
             terminate(pid, timeout=10)
         self._pid_file.unlink(missing_ok=True)
@@ -342,7 +342,7 @@ class Kafka:
         )
 
     def down(self) -> None:
-        pid = read_pid(self._pid_file)
+        pid = self.pid()
         if pid is not None:
             terminate(pid, timeout=30)
         self._pid_file.unlink(missing_ok=True)
