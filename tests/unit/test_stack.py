@@ -153,3 +153,21 @@ def test_a_timeout_names_the_last_error_and_the_log_tail(tmp_path: Path) -> None
     with pytest.raises(ServiceError, match=r"(?s)within 0s \(last error: refused\).*line 99") as caught:
         process.wait_until(check, timeout=0.3, what="svc", log_file=log_file)
     assert "line 79" not in str(caught.value), "only the last 20 lines"
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "   ", "abc", "\x00\xff", "0", "-1", "-99999", "4194305", "99999999999999999999", "1e3", "12.5"],
+)
+def test_a_pid_file_holding_anything_but_a_live_pid_is_no_pid(tmp_path: Path, content: str) -> None:
+    pid_file = tmp_path / "pid"
+    pid_file.write_text(content)
+    assert process.read_pid(pid_file) is None  # and no OverflowError, no signal to a process group
+
+
+def test_a_pid_file_holding_a_live_pid_gives_it_and_a_service_tells_it(tmp_path: Path) -> None:
+    kafka = Stack(StackConfig(state_dir=tmp_path)).kafka  # its home stays under the state dir
+    assert kafka.pid() is None  # no pid file yet
+    kafka.home.mkdir(parents=True, exist_ok=True)
+    (kafka.home / "kafka.pid").write_text(f"{os.getpid()}\n")
+    assert kafka.pid() == os.getpid() and kafka.running()

@@ -9,7 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from thermoflow.errors import ServiceError as ServiceError  # raised here, defined in core
 
@@ -37,13 +37,22 @@ def _state(pid: int) -> str:
     return stat.rpartition(")")[2].split()[0]
 
 
+#: Linux's largest possible pid (``/proc/sys/kernel/pid_max`` is at most 2**22 on 64-bit).
+PID_MAX: Final = 1 << 22
+
+
 def read_pid(pid_file: Path) -> int | None:
-    """The pid in ``pid_file`` if that process still runs."""
+    """The pid in ``pid_file`` if that process still runs.
+
+    Anything else in the file is no pid: 0 and negative numbers name process groups to
+    ``kill`` and ``waitpid`` (a stray reap of a child of ours), and a number past ``PID_MAX``
+    overflows ``kill``.
+    """
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if 0 < pid <= PID_MAX and pid_alive(pid) else None
 
 
 def spawn(
