@@ -132,7 +132,11 @@ async def ensure_topics(
     timeout: float = 30.0,
     configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Create the topics that don't exist yet (with their ``configs``); returns the names it created."""
+    """Create the topics that don't exist yet (with their ``configs``); returns the names it created.
+
+    Returns once the broker serves every partition of them: Kafka acknowledges a CreateTopics
+    before its metadata reaches the brokers, and a topic described in that gap has no partitions.
+    """
     admin = AIOKafkaAdminClient(**settings.kafka_options(), request_timeout_ms=int(timeout * 1000))
     await admin.start()
     try:
@@ -151,10 +155,27 @@ async def ensure_topics(
             return []
         with contextlib.suppress(TopicAlreadyExistsError):  # another process was quicker: fine
             await admin.create_topics(wanted)
+        await _until_served(admin, [t.name for t in wanted], timeout)
         log.info("topics_created", topics=[t.name for t in wanted])
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def _until_served(admin: AIOKafkaAdminClient, names: Iterable[str], timeout: float) -> None:
+    """Wait until the broker's metadata has each of ``names`` with a leader for every partition."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    waiting = set(names)
+    while True:
+        for described in await admin.describe_topics(sorted(waiting)):
+            parts = described.get("partitions") or ()
+            if described.get("error_code", 0) == 0 and parts and all(p["leader"] >= 0 for p in parts):
+                waiting.discard(described["topic"])
+        if not waiting:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            raise TimeoutError(f"Kafka does not serve the new topics {sorted(waiting)} within {timeout:g}s")
+        await asyncio.sleep(0.05)
 
 
 async def partition_counts(
