@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 from bench.common import cpu_seconds  # noqa: E402
 from thermoflow.simulator import packets  # noqa: E402
 from thermoflow.simulator.connection import Connection, Endpoint, PublishStats  # noqa: E402
-from thermoflow.stack.process import read_pid  # noqa: E402
 from thermoflow.stack.services import Mosquitto, service_home  # noqa: E402
 
 #: label -> (autosave_interval, autosave_on_changes). The first is the baseline (the old config).
@@ -115,7 +114,7 @@ async def publish_then_kill(
     broker: Mosquitto, *, topic: str, seconds: float, rate: float
 ) -> tuple[int, float, float]:
     """Publish seq numbers until ``seconds`` pass, then kill -9 the broker; (acked, seconds, broker cpu)."""
-    pid = read_pid(broker.home / "mosquitto.pid")
+    pid = broker.pid()
     assert pid is not None
     stats = PublishStats()
     connection = Connection(

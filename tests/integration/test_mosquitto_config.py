@@ -13,7 +13,7 @@ import uuid
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from thermoflow.stack.process import pid_alive, read_pid
+from thermoflow.stack.process import pid_alive
 from thermoflow.stack.services import AUTOSAVE_INTERVAL_S, Mosquitto
 
 
@@ -100,7 +100,7 @@ def publish_acked(broker: Mosquitto, topic: str, count: int) -> None:
 
 
 def kill_9(broker: Mosquitto) -> None:
-    pid = read_pid(broker.home / "mosquitto.pid")
+    pid = broker.pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     while pid_alive(pid):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -162,12 +164,34 @@ def test_a_timeout_names_the_last_error_and_the_log_tail(tmp_path: Path) -> None
 def test_a_pid_file_holding_anything_but_a_live_pid_is_no_pid(tmp_path: Path, content: str) -> None:
     pid_file = tmp_path / "pid"
     pid_file.write_text(content)
-    assert process.read_pid(pid_file) is None  # and no OverflowError, no signal to a process group
+    # and no OverflowError, no signal to a process group
+    assert process.read_pid(pid_file, command_has="") is None
 
 
-def test_a_pid_file_holding_a_live_pid_gives_it_and_a_service_tells_it(tmp_path: Path) -> None:
+def test_a_pid_file_gives_the_live_server_it_names(tmp_path: Path) -> None:
     kafka = Stack(StackConfig(state_dir=tmp_path)).kafka  # its home stays under the state dir
     assert kafka.pid() is None  # no pid file yet
     kafka.home.mkdir(parents=True, exist_ok=True)
-    (kafka.home / "kafka.pid").write_text(f"{os.getpid()}\n")
-    assert kafka.pid() == os.getpid() and kafka.running()
+    props = kafka.home / "server.properties"
+    # A stand-in for the JVM: what identifies the server is its properties file on the command line.
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(props)])
+    try:
+        (kafka.home / "kafka.pid").write_text(f"{server.pid}\n")
+        assert kafka.pid() == server.pid and kafka.running()
+    finally:
+        server.kill()
+        server.wait()
+    assert kafka.pid() is None and not kafka.running()
+
+
+def test_a_stale_pid_file_naming_another_live_process_is_no_server_and_down_spares_it(
+    tmp_path: Path,
+) -> None:
+    # After a reboot the pid a dead server left may be any process's: here, this test's own.
+    stack = Stack(StackConfig(state_dir=tmp_path))
+    for service, pid_file in ((stack.kafka, "kafka.pid"), (stack.mosquitto, "mosquitto.pid")):
+        service.home.mkdir(parents=True, exist_ok=True)
+        (service.home / pid_file).write_text(f"{os.getpid()}\n")
+        assert service.pid() is None and not service.running()
+        service.down()  # would have sent SIGTERM to this process
+        assert not (service.home / pid_file).exists()

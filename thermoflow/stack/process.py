@@ -41,18 +41,26 @@ def _state(pid: int) -> str:
 PID_MAX: Final = 1 << 22
 
 
-def read_pid(pid_file: Path) -> int | None:
-    """The pid in ``pid_file`` if that process still runs.
+def read_pid(pid_file: Path, *, command_has: str) -> int | None:
+    """The pid in ``pid_file`` if that process still runs ``command_has`` in its command line.
 
     Anything else in the file is no pid: 0 and negative numbers name process groups to
     ``kill`` and ``waitpid`` (a stray reap of a child of ours), and a number past ``PID_MAX``
-    overflows ``kill``.
+    overflows ``kill``. A file left by a server that died before a reboot may hold the pid of
+    any process now: ``command_has`` (the service's own config or data path) tells ours apart,
+    so `stack up` does not take it for the server and `stack down` does not signal it.
     """
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if 0 < pid <= PID_MAX and pid_alive(pid) else None
+    if not (0 < pid <= PID_MAX and pid_alive(pid)):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:  # no /proc, or one that hides the process: the live pid is all there is
+        return pid
+    return pid if os.fsencode(command_has) in command else None
 
 
 def spawn(

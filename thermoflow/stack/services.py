@@ -129,6 +129,10 @@ class Mosquitto:
     def _pid_file(self) -> Path:
         return self.home / "mosquitto.pid"
 
+    @property
+    def _conf_file(self) -> Path:
+        return self.home / "mosquitto.conf"
+
     def config(self) -> str:
         # No per-client queue limit, so a slow QoS 1 subscriber (a bridge waiting on Kafka)
         # is buffered, not dropped; a 1000-message in-flight window per MQTT 3.1.1 client
@@ -166,7 +170,7 @@ class Mosquitto:
                 "mosquitto is not installed: run `make setup` (as root) or `apt-get install mosquitto`"
             )
         (self.home / "data").mkdir(parents=True, exist_ok=True)
-        conf = self.home / "mosquitto.conf"
+        conf = self._conf_file
         conf.write_text(self.config())
         _chown_to(self.home / "data", "mosquitto")
         log_file = self.home / "mosquitto.log"
@@ -184,7 +188,7 @@ class Mosquitto:
 
     def pid(self) -> int | None:
         """The server's process id, or None when it is not running."""
-        return read_pid(self._pid_file)
+        return read_pid(self._pid_file, command_has=str(self._conf_file))
 
     def ready(self) -> bool:
         """A real MQTT 3.1.1 CONNECT answered by a CONNACK that accepts it."""
@@ -224,6 +228,10 @@ class Kafka:
     @property
     def _pid_file(self) -> Path:
         return self.home / "kafka.pid"
+
+    @property
+    def _props_file(self) -> Path:
+        return self.home / "server.properties"
 
     def fetch(self) -> Path:
         """Resolve Kafka's jars with Maven into the cache (once per machine); returns the folder."""
@@ -292,7 +300,7 @@ class Kafka:
         libs = self.fetch()
         java = self._java()
         self.home.mkdir(parents=True, exist_ok=True)
-        props = self.home / "server.properties"
+        props = self._props_file
         props.write_text(self.server_properties())
         classpath = f"{libs}/*"
         if not (self.home / "data" / "meta.properties").exists():
@@ -352,7 +360,7 @@ class Kafka:
 
     def pid(self) -> int | None:
         """The server's process id, or None when it is not running."""
-        return read_pid(self._pid_file)
+        return read_pid(self._pid_file, command_has=str(self._props_file))
 
     def ready(self) -> bool:
         """A real metadata request answered by the broker."""
@@ -533,7 +541,7 @@ class Postgres:
 
     def pid(self) -> int | None:
         """The postmaster's process id (its backends are its children), or None when it is not running."""
-        return read_pid(self._data / "postmaster.pid")
+        return read_pid(self._data / "postmaster.pid", command_has=str(self._data))
 
     def ready(self) -> bool:
         """A real query answered."""
